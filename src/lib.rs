@@ -1,0 +1,14 @@
+//! Ferry: a daemon that watches folders and reliably uploads every new or changed file with
+//! chunked, resumable uploads. See ARCHITECTURE.md for the map.
+
+pub mod protocol;
+pub mod push;
+pub mod queue;
+pub mod server;
+pub mod telemetry;
+pub mod upload;
+
+/// An error in how Ferry was invoked or configured: the binary exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -1,0 +1,261 @@
+//! The `ferry` binary: parses arguments, starts logging, calls into the library, and maps errors
+//! to the documented exit codes (0 success, 1 operational failure, 2 usage or configuration
+//! error, 3 daemon not reachable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+use ferry::UsageError;
+use ferry::server::{self, Limits, ServeConfig, TokenSource};
+use ferry::upload::{RetryPolicy, UploadSettings};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Watches folders and reliably uploads every new or changed file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference receiver of the native upload protocol.
+    Serve(ServeArgs),
+    /// Upload files once, resuming an earlier interrupted push of the same file.
+    Push(PushArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:7373 (port 0 picks a free one).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Folder that receives files, at <storage>/<workspace_id>/<filename>.
+    #[arg(long)]
+    storage: PathBuf,
+    /// File holding the bearer token; else $FERRY_SERVE_TOKEN; else one is generated.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Accept only this workspace (repeatable); by default any.
+    #[arg(long = "workspace")]
+    workspaces: Vec<String>,
+    /// How long an upload session stays open.
+    #[arg(long, default_value = "24h")]
+    session_ttl: humantime::Duration,
+    /// Smallest part accepted, except a file's last.
+    #[arg(long, default_value = "256KiB")]
+    min_part_size: ByteSize,
+    /// Largest part accepted.
+    #[arg(long, default_value = "5GiB")]
+    max_part_size: ByteSize,
+    /// Most parts in one session.
+    #[arg(long, default_value_t = 10_000)]
+    max_parts: u32,
+    /// Largest file accepted.
+    #[arg(long, default_value = "1TiB")]
+    max_file_size: ByteSize,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// Files to upload.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Base URL of a native-protocol receiver, e.g. http://127.0.0.1:7373.
+    #[arg(long)]
+    url: String,
+    /// Workspace to upload into.
+    #[arg(long, default_value = "default")]
+    workspace: String,
+    /// Remote path (only with a single file); default: the file's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// File holding the bearer token; else $FERRY_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Where interrupted sessions are remembered; default: the platform data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print one JSON object describing the uploads at the end.
+    #[arg(long)]
+    json: bool,
+    /// Part size.
+    #[arg(long, default_value = "8MiB")]
+    chunk_size: ByteSize,
+    /// Parts of a file sent at once.
+    #[arg(long, default_value_t = 4)]
+    parallel_parts: usize,
+    /// Attempts per request before giving up on a transient failure.
+    #[arg(long, default_value_t = 10)]
+    retry_attempts: u32,
+    /// First retry's wait ceiling (doubles each retry, with full jitter).
+    #[arg(long, default_value = "500ms")]
+    retry_base: humantime::Duration,
+    /// Longest wait between retries.
+    #[arg(long, default_value = "5m")]
+    retry_max: humantime::Duration,
+    /// Abandon and retry a part that made no progress for this long.
+    #[arg(long, default_value = "60s")]
+    stall_timeout: humantime::Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ferry::telemetry::init("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Push(args) => push(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", ferry::push::error_chain(error.as_ref()));
+            if error.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let from_env = std::env::var("FERRY_SERVE_TOKEN").ok();
+    let (token, source) =
+        server::resolve_token(&args.storage, args.token_file.as_deref(), from_env)?;
+    for workspace in &args.workspaces {
+        server::validate::workspace_id(workspace)
+            .map_err(|problem| UsageError(format!("--workspace {workspace:?}: {problem}")))?;
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    match source {
+        TokenSource::File(path) => eprintln!("token read from {}", path.display()),
+        TokenSource::Environment => eprintln!("token read from FERRY_SERVE_TOKEN"),
+        TokenSource::Generated(path) => eprintln!("token in {}", path.display()),
+    }
+    // The one line scripts and tests read to learn the port.
+    println!("ferry serve listening on http://{address}");
+    let config = ServeConfig {
+        storage: args.storage,
+        token,
+        workspaces: args.workspaces,
+        limits: Limits {
+            min_part_size: args.min_part_size.as_u64(),
+            max_part_size: args.max_part_size.as_u64(),
+            max_parts: args.max_parts,
+            max_file_size: args.max_file_size.as_u64(),
+        },
+        session_ttl: args.session_ttl.into(),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    server::serve(listener, config, shutdown).await?;
+    Ok(())
+}
+
+async fn push(args: PushArgs) -> Result<()> {
+    if args.name.is_some() && args.files.len() > 1 {
+        return Err(
+            UsageError("--name names one remote file; give a single FILE with it".into()).into(),
+        );
+    }
+    if args.name.is_none()
+        && let Some(file) = args
+            .files
+            .iter()
+            .find(|f| ferry::push::default_remote_path(f).is_none())
+    {
+        return Err(UsageError(format!(
+            "{} has no usable file name; pass --name",
+            file.display()
+        ))
+        .into());
+    }
+    let token = match (&args.token_file, std::env::var("FERRY_TOKEN")) {
+        (Some(path), _) => server::read_token(path)
+            .map_err(|error| UsageError(ferry::push::error_chain(&error)))?,
+        (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_string(),
+        _ => {
+            return Err(
+                UsageError("no token: pass --token-file FILE or set FERRY_TOKEN".into()).into(),
+            );
+        }
+    };
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => directories::ProjectDirs::from("", "", "ferry")
+            .map(|dirs| dirs.data_dir().to_path_buf())
+            .ok_or_else(|| {
+                UsageError("no home directory to keep push sessions in; pass --data-dir".into())
+            })?,
+    };
+    if args.chunk_size.as_u64() == 0 || args.parallel_parts == 0 {
+        return Err(
+            UsageError("--chunk-size and --parallel-parts must be above zero".into()).into(),
+        );
+    }
+    let settings = UploadSettings {
+        chunk_size: args.chunk_size.as_u64(),
+        parallel_parts: args.parallel_parts,
+        max_in_flight_bytes: None,
+        retry: RetryPolicy {
+            max_attempts: args.retry_attempts.max(1),
+            backoff_base: args.retry_base.into(),
+            backoff_max: args.retry_max.into(),
+        },
+        stall_timeout: Duration::from(args.stall_timeout).max(Duration::from_millis(100)),
+    };
+    ferry::push::run(ferry::push::PushOptions {
+        files: args.files,
+        url: args.url,
+        workspace: args.workspace,
+        name: args.name,
+        token,
+        data_dir,
+        json: args.json,
+        settings,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

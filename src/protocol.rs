@@ -1,0 +1,179 @@
+//! Wire types of the native chunked upload protocol (`shared/PROTOCOL.md`), shared by both ends:
+//! the `native` backend serialises requests and parses replies with them, and `ferry serve`
+//! does the reverse. Keeping one definition means the two ends cannot drift apart silently.
+//!
+//! Field names are the protocol's contract; unknown fields in requests are ignored (serde's
+//! default), as the protocol requires.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the 1-based part number of a `PUT .../parts`.
+pub const PART_NUMBER_HEADER: &str = "fastio-part-number";
+/// Header carrying the base64 of the big-endian CRC32C of a part's body.
+pub const CHECKSUM_HEADER: &str = "fastio-checksum-crc32c";
+
+/// `POST /v1/uploads/chunked/init` request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitRequest {
+    pub filename: String,
+    pub total_size: u64,
+    pub workspace_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// `201` reply to init.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitResponse {
+    pub upload_id: String,
+    pub expires_at: String,
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+}
+
+/// One stored part, as returned by a part upload and listed by a session query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartInfo {
+    pub part_number: u32,
+    pub size: u64,
+    pub etag: String,
+    /// Base64 of the big-endian CRC32C of the stored bytes.
+    pub crc32c: String,
+}
+
+/// Lifecycle state of a session on the receiver.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Open,
+    Completed,
+    Aborted,
+}
+
+/// `GET /v1/uploads/chunked/{upload_id}` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub upload_id: String,
+    pub state: SessionState,
+    pub filename: String,
+    pub workspace_id: String,
+    pub total_size: u64,
+    pub expires_at: String,
+    pub parts: Vec<PartInfo>,
+    pub file: Option<CompletedFile>,
+}
+
+/// One entry of a complete request's manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestPart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+/// `POST /v1/uploads/chunked/{upload_id}/complete` request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteRequest {
+    pub parts: Vec<ManifestPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The file a successful complete made visible.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompletedFile {
+    pub workspace_id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub completed_at: String,
+}
+
+/// `200` reply to complete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteResponse {
+    pub file: CompletedFile,
+}
+
+/// `GET /v1/workspaces/{workspace_id}/files/{path}` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileMetadata {
+    pub workspace_id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub completed_at: String,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `GET /v1/health` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The `error` member of an error response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// Encodes a CRC32C the way the protocol carries it: base64 of the 4 big-endian bytes.
+pub fn encode_crc32c(crc: u32) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// Decodes a protocol CRC32C; `None` when it is not base64 of exactly 4 bytes.
+pub fn decode_crc32c(text: &str) -> Option<u32> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    let array: [u8; 4] = bytes.try_into().ok()?;
+    Some(u32::from_be_bytes(array))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_round_trips_and_rejects_wrong_lengths() {
+        for crc in [0, 1, 0xdead_beef, u32::MAX] {
+            assert_eq!(decode_crc32c(&encode_crc32c(crc)), Some(crc));
+        }
+        // The protocol's example: CRC32C of "123456789" is 0xe3069283.
+        assert_eq!(encode_crc32c(crc32c::crc32c(b"123456789")), "4waSgw==");
+        assert_eq!(decode_crc32c("AAAA"), None, "3 bytes");
+        assert_eq!(decode_crc32c("not base64!"), None);
+    }
+
+    #[test]
+    fn init_request_ignores_unknown_fields_and_defaults_optionals() {
+        let parsed: InitRequest = serde_json::from_str(
+            r#"{"filename":"a.txt","total_size":3,"workspace_id":"ws","extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.filename, "a.txt");
+        assert!(parsed.metadata.is_empty());
+        assert_eq!(parsed.sha256, None);
+    }
+}

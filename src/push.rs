@@ -1,0 +1,253 @@
+//! `ferry push`: one-shot uploads through the engine, with a progress bar on a terminal, plain
+//! progress lines otherwise, and a JSON summary on request. Session records live in their own
+//! store under the data directory, so a push that was killed resumes when run again.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::queue::{QueueError, Store};
+use crate::upload::{
+    BackendError, NativeBackend, NativeConfig, Progress, UploadError, UploadJob, UploadReport,
+    UploadSettings, Uploader,
+};
+
+/// Interval between plain progress lines when stderr is not a terminal.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What to push and where.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub files: Vec<PathBuf>,
+    pub url: String,
+    pub workspace: String,
+    /// Remote path for a single file; default: the file's name.
+    pub name: Option<String>,
+    pub token: String,
+    /// Folder of the push session store.
+    pub data_dir: PathBuf,
+    pub json: bool,
+    pub settings: UploadSettings,
+}
+
+/// Failures that stop a push before any file is tried.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Store(#[from] QueueError),
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{failed} of {total} files failed to upload")]
+    SomeFailed { failed: usize, total: usize },
+}
+
+/// One file's line of the `--json` summary.
+#[derive(Debug, Serialize)]
+struct FileSummary {
+    path: PathBuf,
+    remote_path: String,
+    size: u64,
+    sha256: String,
+    bytes_sent: u64,
+    parts: u32,
+    parts_resumed: u32,
+    duration_ms: u128,
+}
+
+#[derive(Debug, Serialize)]
+struct FailedFile {
+    path: PathBuf,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    files: Vec<FileSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed: Vec<FailedFile>,
+}
+
+/// The remote path of `file` when no `--name` is given: its file name.
+pub fn default_remote_path(file: &Path) -> Option<String> {
+    file.file_name()
+        .and_then(|name| name.to_str())
+        .map(str::to_owned)
+}
+
+/// Uploads every file in turn; one failure does not stop the others.
+pub async fn run(options: PushOptions) -> Result<(), PushError> {
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| PushError::DataDir {
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    let backend = NativeBackend::new(NativeConfig {
+        url: options.url.clone(),
+        workspace_id: options.workspace.clone(),
+        token: options.token.clone(),
+    })?;
+    let store_dir = options.data_dir.join("push-sessions");
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+        .await
+        .expect("opening the store does not panic")?;
+    let uploader = Uploader::new(
+        Arc::new(backend),
+        store,
+        options.settings,
+        options.settings.planner(),
+    );
+
+    let mut summary = Summary {
+        files: Vec::new(),
+        failed: Vec::new(),
+    };
+    for file in &options.files {
+        let remote_path = options
+            .name
+            .clone()
+            .or_else(|| default_remote_path(file))
+            .unwrap_or_default();
+        let job = UploadJob {
+            local_path: std::path::absolute(file).unwrap_or_else(|_| file.clone()),
+            remote_path,
+            mime_type: None,
+            metadata: Default::default(),
+        };
+        match upload_with_progress(&uploader, &job).await {
+            Ok(report) => {
+                eprintln!("{}", describe(&report));
+                summary.files.push(file_summary(file, report));
+            }
+            Err(error) => {
+                let message = error_chain(&error);
+                eprintln!("error: {message}");
+                summary.failed.push(FailedFile {
+                    path: file.clone(),
+                    error: message,
+                });
+            }
+        }
+    }
+    if options.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("the summary serialises")
+        );
+    }
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(PushError::SomeFailed {
+            failed: summary.failed.len(),
+            total: options.files.len(),
+        })
+    }
+}
+
+async fn upload_with_progress(
+    uploader: &Uploader,
+    job: &UploadJob,
+) -> Result<UploadReport, UploadError> {
+    let progress = Arc::new(Progress::default());
+    let label = job.remote_path.clone();
+    let reporter = tokio::spawn(report_progress(progress.clone(), label));
+    let result = uploader.upload(job, progress).await;
+    reporter.abort();
+    let _ = reporter.await;
+    result
+}
+
+/// Draws a bar on a terminal, or prints a line every few seconds otherwise, until aborted.
+async fn report_progress(progress: Arc<Progress>, label: String) {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_message(label);
+        // Clears the bar when the task is aborted and this guard drops.
+        struct ClearOnDrop(ProgressBar);
+        impl Drop for ClearOnDrop {
+            fn drop(&mut self) {
+                self.0.finish_and_clear();
+            }
+        }
+        let bar = ClearOnDrop(bar);
+        loop {
+            let snapshot = progress.snapshot();
+            bar.0.set_length(snapshot.total);
+            bar.0.set_position(snapshot.position());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        loop {
+            tokio::time::sleep(PLAIN_PROGRESS_EVERY).await;
+            let snapshot = progress.snapshot();
+            let percent = (snapshot.position() * 100)
+                .checked_div(snapshot.total)
+                .unwrap_or(100);
+            eprintln!(
+                "{label}: {percent}% ({} of {})",
+                ByteSize(snapshot.position()).display().iec(),
+                ByteSize(snapshot.total).display().iec()
+            );
+        }
+    }
+}
+
+fn describe(report: &UploadReport) -> String {
+    let seconds = report.duration.as_secs_f64().max(1e-6);
+    let rate = (report.bytes_sent as f64 / seconds) as u64;
+    let resumed = if report.parts_resumed > 0 {
+        format!(", {} parts resumed", report.parts_resumed)
+    } else {
+        String::new()
+    };
+    format!(
+        "uploaded {} to {} ({} in {:.1}s, {}/s{resumed})",
+        report.local_path.display(),
+        report.remote_path,
+        ByteSize(report.size).display().iec(),
+        seconds,
+        ByteSize(rate).display().iec(),
+    )
+}
+
+fn file_summary(path: &Path, report: UploadReport) -> FileSummary {
+    FileSummary {
+        path: path.to_path_buf(),
+        remote_path: report.remote_path,
+        size: report.size,
+        sha256: report.sha256,
+        bytes_sent: report.bytes_sent,
+        parts: report.parts,
+        parts_resumed: report.parts_resumed,
+        duration_ms: report.duration.as_millis(),
+    }
+}
+
+/// An error and its causes on one line, outermost first.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,245 @@
+//! The durable store. Only this module touches sled (it calls itself beta; one owner keeps the
+//! blast radius small). Today it keeps the records of resumable upload sessions; the daemon's job
+//! queue joins it here.
+//!
+//! Durability: every `*_durable` method returns only after `flush_async`, sled's durability
+//! point, so a record that was acknowledged survives a kill -9. Keys are big-endian so that a
+//! session's parts scan in part-number order. Scans are blocking and belong in `spawn_blocking`.
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+
+pub use record::{Fingerprint, PartRecord, RECORD_VERSION, UploadRecord};
+
+/// sled's page cache. Its default (1 GiB) would dwarf the daemon's memory budget; session
+/// records are small and read rarely.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Store failures. The path says which store; the cause is sled's or serde's.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot open the store at {path} (is another ferry process using it?)")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store operation failed: {operation}")]
+    Sled {
+        operation: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("a {kind} record in the store is unreadable")]
+    Corrupt {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Handle on the sled database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    uploads: sled::Tree,
+    parts: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, QueueError> {
+        let open_error = |source| QueueError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(open_error)?;
+        let uploads = db.open_tree("uploads").map_err(open_error)?;
+        let parts = db.open_tree("upload_parts").map_err(open_error)?;
+        Ok(Store { db, uploads, parts })
+    }
+
+    /// Loads a session record and its parts (sorted by number). Blocking: a prefix scan.
+    pub fn load_upload(
+        &self,
+        key: &str,
+    ) -> Result<Option<(UploadRecord, Vec<PartRecord>)>, QueueError> {
+        let Some(bytes) = self.uploads.get(key).map_err(sled_error("read upload"))? else {
+            return Ok(None);
+        };
+        let record: UploadRecord = decode("upload", &bytes)?;
+        let mut parts = Vec::new();
+        for entry in self.parts.scan_prefix(part_prefix(key)) {
+            let (_, value) = entry.map_err(sled_error("scan parts"))?;
+            parts.push(decode::<PartRecord>("part", &value)?);
+        }
+        Ok(Some((record, parts)))
+    }
+
+    /// Saves a new session record and waits until it is durable.
+    pub async fn save_upload_durable(
+        &self,
+        key: &str,
+        record: &UploadRecord,
+    ) -> Result<(), QueueError> {
+        self.uploads
+            .insert(key, encode(record))
+            .map_err(sled_error("save upload"))?;
+        self.flush().await
+    }
+
+    /// Notes a part about to be sent. Not flushed: if it is lost in a crash, the part was not
+    /// acknowledged yet and is planned again; later flushes carry it along.
+    pub fn plan_part(&self, key: &str, part: &PartRecord) -> Result<(), QueueError> {
+        self.parts
+            .insert(part_key(key, part.number), encode(part))
+            .map_err(sled_error("plan part"))?;
+        Ok(())
+    }
+
+    /// Records an acknowledged part and waits until it is durable.
+    pub async fn acknowledge_part_durable(
+        &self,
+        key: &str,
+        part: &PartRecord,
+    ) -> Result<(), QueueError> {
+        self.plan_part(key, part)?;
+        self.flush().await
+    }
+
+    /// Removes a session record and its parts, durably. Blocking: a prefix scan.
+    pub fn remove_upload(&self, key: &str) -> Result<(), QueueError> {
+        let mut batch = sled::Batch::default();
+        for entry in self.parts.scan_prefix(part_prefix(key)).keys() {
+            batch.remove(entry.map_err(sled_error("scan parts"))?);
+        }
+        self.parts
+            .apply_batch(batch)
+            .map_err(sled_error("remove parts"))?;
+        self.uploads
+            .remove(key)
+            .map_err(sled_error("remove upload"))?;
+        self.db.flush().map_err(sled_error("flush"))?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), QueueError> {
+        self.db.flush_async().await.map_err(sled_error("flush"))?;
+        Ok(())
+    }
+}
+
+fn sled_error(operation: &'static str) -> impl Fn(sled::Error) -> QueueError {
+    move |source| QueueError::Sled { operation, source }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise: plain structs with string keys")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    bytes: &[u8],
+) -> Result<T, QueueError> {
+    serde_json::from_slice(bytes).map_err(|source| QueueError::Corrupt { kind, source })
+}
+
+fn part_prefix(key: &str) -> Vec<u8> {
+    let mut prefix = key.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
+
+fn part_key(key: &str, number: u32) -> Vec<u8> {
+    let mut bytes = part_prefix(key);
+    bytes.extend_from_slice(&number.to_be_bytes());
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::backend::PartLimits;
+
+    fn upload_record() -> UploadRecord {
+        UploadRecord {
+            version: RECORD_VERSION,
+            remote: "native http://127.0.0.1:1 ws".into(),
+            remote_path: "a/b.bin".into(),
+            local_path: "/tmp/b.bin".into(),
+            upload_id: "up_1".into(),
+            fingerprint: Fingerprint {
+                size: 10,
+                mtime_ns: 1,
+                inode: 2,
+                device: 3,
+            },
+            limits: PartLimits {
+                min_part_size: 1,
+                max_part_size: 10,
+                max_parts: 10,
+                sequential: false,
+            },
+            expires_at: None,
+            created_unix: 0,
+        }
+    }
+
+    fn part(number: u32, etag: Option<&str>) -> PartRecord {
+        PartRecord {
+            version: RECORD_VERSION,
+            number,
+            offset: u64::from(number - 1) * 4,
+            size: 4,
+            etag: etag.map(str::to_owned),
+            crc32c: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_in_part_order_and_are_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .save_upload_durable("k", &upload_record())
+                .await
+                .unwrap();
+            // 256 sorts before 2 as text; big-endian keys keep numeric order.
+            for number in [256, 2, 1] {
+                store
+                    .acknowledge_part_durable("k", &part(number, Some("e")))
+                    .await
+                    .unwrap();
+            }
+            store.plan_part("other", &part(1, None)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (record, parts) = store.load_upload("k").unwrap().unwrap();
+        assert_eq!(record, upload_record());
+        let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+        assert_eq!(numbers, vec![1, 2, 256]);
+        store.remove_upload("k").unwrap();
+        assert!(store.load_upload("k").unwrap().is_none());
+        assert_eq!(store.parts.scan_prefix(part_prefix("k")).count(), 0);
+        assert_eq!(store.parts.scan_prefix(part_prefix("other")).count(), 1);
+    }
+
+    #[test]
+    fn version_1_records_still_load() {
+        let upload: UploadRecord =
+            serde_json::from_str(include_str!("../../tests/fixtures/upload-record-v1.json"))
+                .unwrap();
+        assert_eq!(upload.version, 1);
+        assert_eq!(upload.fingerprint.size, 209_715_200);
+        let part: PartRecord =
+            serde_json::from_str(include_str!("../../tests/fixtures/part-record-v1.json")).unwrap();
+        assert_eq!(part.number, 3);
+        assert!(part.is_acknowledged());
+    }
+}

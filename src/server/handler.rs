@@ -1,0 +1,573 @@
+//! One handler per protocol endpoint. Each checks its input with `validate`, runs the disk work
+//! of `storage` off the async runtime, and answers with a protocol reply or an `ApiError`.
+//!
+//! Part bodies stream through a bounded channel to a blocking writer that computes the CRC32C
+//! as the bytes land, so memory does not grow with part size, and a body that ends short of its
+//! Content-Length stores nothing.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::error::ApiError;
+use super::storage::{self, Completion, PartFile, SessionRecord};
+use super::validate::{self, ManifestProblem, StoredPart};
+use super::{AppState, SERVER_VERSION};
+use crate::protocol::{
+    CHECKSUM_HEADER, CompleteRequest, CompleteResponse, CompletedFile, FileMetadata, Health,
+    InitRequest, InitResponse, PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState,
+    decode_crc32c, encode_crc32c,
+};
+
+/// Largest JSON request body accepted: a complete manifest of 10,000 parts with long etags
+/// fits with room to spare.
+const MAX_JSON_BYTES: usize = 4 << 20;
+/// Body chunks buffered between the connection and the disk writer of one part.
+const PART_CHANNEL_CHUNKS: usize = 8;
+
+type Shared = State<Arc<AppState>>;
+
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: SERVER_VERSION.into(),
+    })
+}
+
+pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> {
+    let request: InitRequest = parse_json(body).await?;
+    validate::filename(&request.filename).map_err(ApiError::invalid_request)?;
+    validate::workspace_id(&request.workspace_id).map_err(ApiError::invalid_request)?;
+    app.check_workspace(&request.workspace_id)?;
+    validate::metadata(&request.metadata).map_err(ApiError::invalid_request)?;
+    if let Some(mime_type) = &request.mime_type
+        && (mime_type.len() > 255 || mime_type.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid_request(
+            "mime_type must be at most 255 printable bytes",
+        ));
+    }
+    if let Some(digest) = &request.sha256 {
+        validate::sha256_hex(digest).map_err(ApiError::invalid_request)?;
+    }
+    let limits = app.config.limits;
+    if request.total_size > limits.max_file_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "total_size {} is over this receiver's limit of {} bytes",
+                request.total_size, limits.max_file_size
+            ),
+        ));
+    }
+    // Parts and the assembled file coexist during complete, so twice the size must fit.
+    let storage = app.storage.clone();
+    let available = blocking(move || storage.available_bytes(), "check free space").await?;
+    if request.total_size.saturating_mul(2) > available {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!(
+                "the receiver has {available} bytes free, not enough for a {} byte upload",
+                request.total_size
+            ),
+        ));
+    }
+    let now = SystemTime::now();
+    let record = SessionRecord {
+        version: SessionRecord::new_version(),
+        upload_id: format!("up_{:032x}", rand::random::<u128>()),
+        filename: request.filename,
+        workspace_id: request.workspace_id,
+        total_size: request.total_size,
+        mime_type: request.mime_type,
+        metadata: request.metadata,
+        sha256: request.sha256,
+        min_part_size: limits.min_part_size,
+        max_part_size: limits.max_part_size,
+        max_parts: limits.max_parts,
+        created_at_unix: storage::unix_seconds(now),
+        expires_at_unix: storage::unix_seconds(now + app.config.session_ttl),
+        state: SessionState::Open,
+        completion: None,
+    };
+    let reply = InitResponse {
+        upload_id: record.upload_id.clone(),
+        expires_at: storage::rfc3339(record.expires_at_unix),
+        min_part_size: record.min_part_size,
+        max_part_size: record.max_part_size,
+        max_parts: record.max_parts,
+    };
+    let storage = app.storage.clone();
+    blocking(
+        move || storage.create_session(&record),
+        "create the session",
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(reply)).into_response())
+}
+
+pub async fn query(
+    State(app): Shared,
+    Path(upload_id): Path<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let record = app.open_record(&upload_id).await?;
+    let storage = app.storage.clone();
+    let id = upload_id.clone();
+    let parts = blocking(move || storage.list_parts(&id), "list parts").await?;
+    Ok(Json(SessionInfo {
+        upload_id,
+        state: record.state,
+        filename: record.filename,
+        workspace_id: record.workspace_id,
+        total_size: record.total_size,
+        expires_at: storage::rfc3339(record.expires_at_unix),
+        parts: parts.iter().map(part_info).collect(),
+        file: record.completion.map(|completion| completion.file),
+    }))
+}
+
+pub async fn put_part(
+    State(app): Shared,
+    Path(upload_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let part_number = header_text(&headers, PART_NUMBER_HEADER)
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|number| *number >= 1)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_part_number",
+                "Fastio-Part-Number must be a whole number from 1 to max_parts",
+            )
+        })?;
+    let content_length = header_text(&headers, header::CONTENT_LENGTH.as_str())
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "a part upload needs a Content-Length header",
+            )
+        })?;
+    let expected_crc = match header_text(&headers, CHECKSUM_HEADER) {
+        None => None,
+        Some(text) => Some(decode_crc32c(text).ok_or_else(|| {
+            ApiError::invalid_request("Fastio-Checksum-CRC32C must be base64 of 4 bytes")
+        })?),
+    };
+    let record = app.open_record(&upload_id).await?;
+    ensure_open(&record)?;
+    if part_number > record.max_parts {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_part_number",
+            format!(
+                "part number {part_number} is over max_parts {}",
+                record.max_parts
+            ),
+        ));
+    }
+    if content_length > record.max_part_size || content_length > record.total_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "part_too_large",
+            format!(
+                "part of {content_length} bytes is over max_part_size {} or the file's total_size {}",
+                record.max_part_size, record.total_size
+            ),
+        ));
+    }
+
+    let incoming = app.storage.incoming_path(&upload_id);
+    let (size, crc) = match receive_part(body, incoming.clone(), content_length).await {
+        Ok(received) => received,
+        Err(error) => {
+            let _ = tokio::fs::remove_file(&incoming).await;
+            return Err(error);
+        }
+    };
+    if let Some(expected) = expected_crc.filter(|expected| *expected != crc) {
+        let _ = tokio::fs::remove_file(&incoming).await;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "checksum_mismatch",
+            format!(
+                "part {part_number}: body has CRC32C {} but the header said {}",
+                encode_crc32c(crc),
+                encode_crc32c(expected)
+            ),
+        ));
+    }
+
+    let etag = storage::new_etag(crc);
+    // Holding the session lock across the state check and the rename means a part never lands
+    // in a session that a concurrent complete or abort has just closed.
+    let _guard = app.locks.lock(&upload_id).await;
+    let committed = match app.open_record(&upload_id).await {
+        Ok(record) if record.state == SessionState::Open => {
+            let (storage, id, tag, from) = (
+                app.storage.clone(),
+                upload_id.clone(),
+                etag.clone(),
+                incoming.clone(),
+            );
+            blocking(
+                move || storage.commit_part(&id, part_number, &from, &tag),
+                "store the part",
+            )
+            .await
+        }
+        Ok(record) => Err(ApiError::upload_not_open(state_name(record.state))),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = committed {
+        let _ = tokio::fs::remove_file(&incoming).await;
+        return Err(error);
+    }
+    let info = PartInfo {
+        part_number,
+        size,
+        etag: etag.clone(),
+        crc32c: encode_crc32c(crc),
+    };
+    let etag_header = HeaderValue::from_str(&format!("\"{etag}\""))
+        .expect("an etag of hex digits is a valid header value");
+    Ok(([(header::ETAG, etag_header)], Json(info)).into_response())
+}
+
+pub async fn complete(
+    State(app): Shared,
+    Path(upload_id): Path<String>,
+    body: Body,
+) -> Result<Json<CompleteResponse>, ApiError> {
+    let request: CompleteRequest = parse_json(body).await?;
+    if let Some(digest) = &request.sha256 {
+        validate::sha256_hex(digest).map_err(ApiError::invalid_request)?;
+    }
+    let _guard = app.locks.lock(&upload_id).await;
+    let mut record = app.open_record(&upload_id).await?;
+    match (&record.state, &record.completion) {
+        (SessionState::Completed, Some(done)) if same_manifest(&done.manifest, &request) => {
+            return Ok(Json(CompleteResponse {
+                file: done.file.clone(),
+            }));
+        }
+        (SessionState::Open, _) => {}
+        (state, _) => return Err(ApiError::upload_not_open(state_name(*state))),
+    }
+
+    let storage = app.storage.clone();
+    let id = upload_id.clone();
+    let parts = blocking(move || storage.list_parts(&id), "list parts").await?;
+    let stored: Vec<StoredPart> = parts
+        .iter()
+        .map(|part| StoredPart {
+            part_number: part.part_number,
+            size: part.size,
+            etag: part.etag.clone(),
+        })
+        .collect();
+    let chosen = validate::manifest(
+        &request.parts,
+        &stored,
+        record.min_part_size,
+        record.total_size,
+    )
+    .map_err(|problem| match problem {
+        ManifestProblem::Mismatch(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "manifest_mismatch", message)
+        }
+        ManifestProblem::PartTooSmall(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "part_too_small", message)
+        }
+    })?;
+    // `chosen` borrows `stored`, which mirrors `parts` index for index.
+    let to_assemble: Vec<PartFile> = chosen
+        .iter()
+        .map(|part| {
+            parts
+                .iter()
+                .find(|file| file.part_number == part.part_number)
+                .expect("every chosen part came from this listing")
+                .clone()
+        })
+        .collect();
+
+    let storage = app.storage.clone();
+    let (assembled, digest) = blocking(
+        move || storage.assemble(&to_assemble.iter().collect::<Vec<_>>()),
+        "assemble the file",
+    )
+    .await?;
+    let expected = request.sha256.as_ref().or(record.sha256.as_ref());
+    if let Some(expected) = expected.filter(|expected| **expected != digest) {
+        app.storage.discard_temp(&assembled);
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sha256_mismatch",
+            format!(
+                "the assembled file has sha256 {digest}, not {expected}; the session stays open"
+            ),
+        ));
+    }
+
+    let now = SystemTime::now();
+    let file = CompletedFile {
+        workspace_id: record.workspace_id.clone(),
+        path: record.filename.clone(),
+        size: record.total_size,
+        sha256: digest,
+        completed_at: humantime::format_rfc3339_seconds(now).to_string(),
+    };
+    let metadata = FileMetadata {
+        workspace_id: file.workspace_id.clone(),
+        path: file.path.clone(),
+        size: file.size,
+        sha256: file.sha256.clone(),
+        completed_at: file.completed_at.clone(),
+        mime_type: record.mime_type.clone(),
+        metadata: record.metadata.clone(),
+    };
+    record.state = SessionState::Completed;
+    record.completion = Some(Completion {
+        manifest: request.parts,
+        file: file.clone(),
+    });
+    let storage = app.storage.clone();
+    let published = blocking(
+        move || {
+            if let Err(error) = storage.publish(&assembled, &record.workspace_id, &record.filename)
+            {
+                storage.discard_temp(&assembled);
+                return Ok(Err(error));
+            }
+            storage.write_file_metadata(&metadata)?;
+            storage.write_session(&record)?;
+            storage.discard_parts(&record.upload_id)?;
+            Ok(Ok(()))
+        },
+        "publish the file",
+    )
+    .await?;
+    if let Err(error) = published {
+        // The usual cause: a folder on the way is a file, or the name is a folder.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "path_conflict",
+            format!("cannot place the file at its path: {error}"),
+        ));
+    }
+    Ok(Json(CompleteResponse { file }))
+}
+
+pub async fn abort(
+    State(app): Shared,
+    Path(upload_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let _guard = app.locks.lock(&upload_id).await;
+    let mut record = app.open_record(&upload_id).await?;
+    match record.state {
+        SessionState::Aborted => Ok(StatusCode::NO_CONTENT),
+        SessionState::Completed => Err(ApiError::upload_not_open("completed")),
+        SessionState::Open => {
+            let storage = app.storage.clone();
+            blocking(
+                move || storage.abort_session(&mut record),
+                "abort the session",
+            )
+            .await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+pub async fn file_metadata(
+    State(app): Shared,
+    Path((workspace_id, path)): Path<(String, String)>,
+) -> Result<Json<FileMetadata>, ApiError> {
+    validate::workspace_id(&workspace_id).map_err(ApiError::invalid_request)?;
+    validate::filename(&path).map_err(ApiError::invalid_request)?;
+    app.check_workspace(&workspace_id)?;
+    let storage = app.storage.clone();
+    let found = blocking(
+        move || storage.read_file_metadata(&workspace_id, &path),
+        "read file metadata",
+    )
+    .await?;
+    found.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            "no completed file at this path",
+        )
+    })
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+impl AppState {
+    /// Loads a session that exists, has not expired, and is in a workspace this receiver serves.
+    async fn open_record(&self, upload_id: &str) -> Result<SessionRecord, ApiError> {
+        if !validate::is_upload_id(upload_id) {
+            return Err(ApiError::upload_not_found());
+        }
+        let storage = self.storage.clone();
+        let id = upload_id.to_string();
+        let record = blocking(move || storage.load_session(&id), "read the session")
+            .await?
+            .filter(|record| !record.is_expired(SystemTime::now()))
+            .ok_or_else(ApiError::upload_not_found)?;
+        self.check_workspace(&record.workspace_id)?;
+        Ok(record)
+    }
+
+    fn check_workspace(&self, workspace_id: &str) -> Result<(), ApiError> {
+        let allowed = &self.config.workspaces;
+        if allowed.is_empty() || allowed.iter().any(|name| name == workspace_id) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this token may not use workspace '{workspace_id}'"),
+            ))
+        }
+    }
+}
+
+/// Streams a part body into `path` through a blocking writer; returns its size and CRC32C once
+/// the bytes are fsynced. Fails, storing nothing usable, when the body ends short.
+async fn receive_part(
+    body: Body,
+    path: PathBuf,
+    content_length: u64,
+) -> Result<(u64, u32), ApiError> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(PART_CHANNEL_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u32)> {
+        let mut file = std::fs::File::create(&path)?;
+        let (mut size, mut crc) = (0u64, 0u32);
+        while let Some(chunk) = receiver.blocking_recv() {
+            crc = crc32c::crc32c_append(crc, &chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk)?;
+        }
+        file.sync_all()?;
+        Ok((size, crc))
+    });
+    let mut stream = body.into_data_stream();
+    let mut received = 0u64;
+    let mut short = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                received += chunk.len() as u64;
+                if received > content_length || sender.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(error) => {
+                short = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    drop(sender);
+    let written = writer
+        .await
+        .map_err(|error| ApiError::internal("write the part", &error))?
+        .map_err(|error| ApiError::internal("write the part", &error))?;
+    if short.is_some() || received != content_length || written.0 != content_length {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "incomplete_body",
+            format!(
+                "the body ended after {received} of {content_length} bytes{}; nothing was stored",
+                short.map(|error| format!(" ({error})")).unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(written)
+}
+
+async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_JSON_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("request body is over {MAX_JSON_BYTES} bytes or was cut short"),
+            )
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::invalid_request(format!("request body: {error}")))
+}
+
+/// Runs blocking disk work off the runtime; an I/O failure becomes a logged `500`.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    context: &'static str,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(ApiError::internal(context, &error)),
+        Err(error) => Err(ApiError::internal(context, &error)),
+    }
+}
+
+fn ensure_open(record: &SessionRecord) -> Result<(), ApiError> {
+    match record.state {
+        SessionState::Open => Ok(()),
+        state => Err(ApiError::upload_not_open(state_name(state))),
+    }
+}
+
+fn state_name(state: SessionState) -> &'static str {
+    match state {
+        SessionState::Open => "open",
+        SessionState::Completed => "completed",
+        SessionState::Aborted => "aborted",
+    }
+}
+
+fn same_manifest(recorded: &[crate::protocol::ManifestPart], request: &CompleteRequest) -> bool {
+    recorded.len() == request.parts.len()
+        && recorded.iter().zip(&request.parts).all(|(a, b)| {
+            a.part_number == b.part_number && a.etag.trim_matches('"') == b.etag.trim_matches('"')
+        })
+}
+
+fn part_info(part: &PartFile) -> PartInfo {
+    PartInfo {
+        part_number: part.part_number,
+        size: part.size,
+        etag: part.etag.clone(),
+        crc32c: encode_crc32c(part.crc32c),
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}

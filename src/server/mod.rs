@@ -1,0 +1,330 @@
+//! `ferry serve`: the reference receiver of the native protocol (`shared/PROTOCOL.md`).
+//!
+//! It owns its `--storage DIR` and nothing else: sessions and parts live under `DIR/.ferry/`
+//! and survive restarts; completed files appear atomically at `DIR/<workspace_id>/<filename>`.
+//! Hostile input is refused with the protocol's status and code and never escapes `DIR`.
+//!
+//! `serve` takes a bound listener and a cancellation token, so tests and the daemon's embedded
+//! receiver run it in-process on `127.0.0.1:0`.
+
+mod error;
+mod handler;
+pub mod storage;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+use storage::Storage;
+
+/// Version reported by `GET /v1/health`.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Limits a receiver announces at init and enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    pub max_file_size: u64,
+}
+
+impl Default for Limits {
+    /// The protocol's example limits (S3's too), and a 1 TiB file cap.
+    fn default() -> Self {
+        Limits {
+            min_part_size: 256 * 1024,
+            max_part_size: 5 * 1024 * 1024 * 1024,
+            max_parts: 10_000,
+            max_file_size: 1 << 40,
+        }
+    }
+}
+
+/// Everything `serve` needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub storage: PathBuf,
+    pub token: String,
+    /// Workspaces accepted; empty means any.
+    pub workspaces: Vec<String>,
+    pub limits: Limits,
+    /// How long a session stays usable after init.
+    pub session_ttl: Duration,
+}
+
+/// Default session lifetime: a day, as the protocol's example shows.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Fatal receiver errors: those that stop `serve`, not those answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open storage folder {path}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read token file {path}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {path} is empty")]
+    EmptyToken { path: PathBuf },
+    #[error("limits are inconsistent: {0}")]
+    Limits(String),
+    #[error("the receiver stopped with an I/O error")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Where the bearer token came from, for the start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    Environment,
+    Generated(PathBuf),
+}
+
+/// Resolves the receiver's token: `--token-file`, else `FERRY_SERVE_TOKEN` (passed in as
+/// `from_env`), else the token generated earlier into `DIR/.ferry/token`, else a new one
+/// written there with mode 0600.
+pub fn resolve_token(
+    storage_dir: &Path,
+    token_file: Option<&Path>,
+    from_env: Option<String>,
+) -> Result<(String, TokenSource), ServerError> {
+    if let Some(path) = token_file {
+        let token = read_token(path)?;
+        return Ok((token, TokenSource::File(path.to_path_buf())));
+    }
+    if let Some(token) = from_env
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        return Ok((token, TokenSource::Environment));
+    }
+    let storage = Storage::open(storage_dir).map_err(|source| ServerError::Storage {
+        path: storage_dir.to_path_buf(),
+        source,
+    })?;
+    let path = storage.token_path();
+    if path.exists() {
+        return Ok((read_token(&path)?, TokenSource::Generated(path)));
+    }
+    let token = format!("{:032x}", rand::random::<u128>());
+    write_private(&path, &token).map_err(|source| ServerError::TokenFile {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((token, TokenSource::Generated(path)))
+}
+
+/// Reads a token file, trimming surrounding whitespace.
+pub fn read_token(path: &Path) -> Result<String, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ServerError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(ServerError::EmptyToken {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// State shared by all handlers.
+pub(crate) struct AppState {
+    storage: Storage,
+    config: ServeConfig,
+    locks: SessionLocks,
+}
+
+/// One async lock per session, serialising part commits against complete and abort. The map
+/// itself sits behind a std mutex: it is held only to look up or insert an entry, never across
+/// an await.
+#[derive(Default)]
+struct SessionLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl SessionLocks {
+    async fn lock(&self, upload_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().expect("session lock map is never poisoned");
+            map.entry(upload_id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Drops the locks nobody holds, so the map does not grow with every session ever seen.
+    fn prune(&self) {
+        let mut map = self.0.lock().expect("session lock map is never poisoned");
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+}
+
+/// Runs the receiver on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let limits = config.limits;
+    if limits.min_part_size > limits.max_part_size || limits.max_parts == 0 {
+        return Err(ServerError::Limits(format!(
+            "min part size {} must not exceed max part size {}, and max parts must be at least 1",
+            limits.min_part_size, limits.max_part_size
+        )));
+    }
+    let storage_dir = config.storage.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_dir))
+        .await
+        .expect("opening storage does not panic")
+        .map_err(|source| ServerError::Storage {
+            path: config.storage.clone(),
+            source,
+        })?;
+    let app = Arc::new(AppState {
+        storage,
+        config,
+        locks: SessionLocks::default(),
+    });
+    let sweeper = tokio::spawn(sweep(app.clone(), shutdown.clone()));
+    let result = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(ServerError::Serve);
+    shutdown.cancel();
+    let _ = sweeper.await;
+    result
+}
+
+fn router(app: Arc<AppState>) -> Router {
+    let authenticated = Router::new()
+        .route("/v1/uploads/chunked/init", post(handler::init))
+        .route(
+            "/v1/uploads/chunked/{upload_id}",
+            get(handler::query).delete(handler::abort),
+        )
+        .route(
+            "/v1/uploads/chunked/{upload_id}/parts",
+            put(handler::put_part),
+        )
+        .route(
+            "/v1/uploads/chunked/{upload_id}/complete",
+            post(handler::complete),
+        )
+        .route(
+            "/v1/workspaces/{workspace_id}/files/{*path}",
+            get(handler::file_metadata),
+        )
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(handler::health))
+        .merge(authenticated)
+        .fallback(handler::not_found)
+        .method_not_allowed_fallback(handler::method_not_allowed)
+        .with_state(app)
+}
+
+/// Checks `Authorization: Bearer <token>` before any authenticated handler runs.
+async fn authenticate(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.trim().as_bytes(), app.config.token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or unknown bearer token",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal a token prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn sweep(app: Arc<AppState>, shutdown: CancellationToken) {
+    let interval =
+        (app.config.session_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let storage = app.storage.clone();
+        match tokio::task::spawn_blocking(move || storage.sweep_expired(SystemTime::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "swept expired upload sessions"),
+            Ok(Err(error)) => tracing::warn!(%error, "sweeping expired sessions failed"),
+            Err(error) => tracing::warn!(%error, "sweeping expired sessions panicked"),
+        }
+        app.locks.prune();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_generated_once_with_mode_0600_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, source) = resolve_token(dir.path(), None, None).unwrap();
+        let TokenSource::Generated(path) = source else {
+            panic!("expected a generated token")
+        };
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (second, _) = resolve_token(dir.path(), None, None).unwrap();
+        assert_eq!(first, second);
+        let (from_env, source) = resolve_token(dir.path(), None, Some("env-token".into())).unwrap();
+        assert_eq!(
+            (from_env.as_str(), source),
+            ("env-token", TokenSource::Environment)
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_table() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,478 @@
+//! The receiver's disk layout. Only this file touches `--storage DIR`; every function is
+//! blocking and is called from `spawn_blocking` by the handlers.
+//!
+//! ```text
+//! DIR/<workspace_id>/<filename>                 completed files (the contract users read)
+//! DIR/.ferry/token                              generated bearer token (mode 0600)
+//! DIR/.ferry/sessions/<upload_id>/session.json  session record (atomic write-aside + rename)
+//! DIR/.ferry/sessions/<upload_id>/parts/<n>.<etag>   one stored part; the etag embeds its CRC32C
+//! DIR/.ferry/sessions/<upload_id>/incoming/*    parts still arriving (never listed as stored)
+//! DIR/.ferry/files/<workspace_id>/<sha256(path)>.json  metadata of completed files
+//! DIR/.ferry/tmp/*                              files being assembled by complete
+//! ```
+//!
+//! Invariants: a part is visible only after its bytes are fsynced and renamed into `parts/`, so
+//! a dropped connection or a crash stores nothing; a file is visible only after complete has
+//! assembled, fsynced and renamed it. Names reaching this module were checked by `validate`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{CompletedFile, FileMetadata, ManifestPart, SessionState};
+
+/// Version of `session.json`; bump it and keep reading the old one when the record changes.
+const SESSION_RECORD_VERSION: u32 = 1;
+/// Buffer for copying parts into the assembled file: large enough that syscalls are a small
+/// share of the cost, small enough to be irrelevant to memory.
+const COPY_BUFFER_BYTES: usize = 1 << 20;
+
+/// The stored record of one upload session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub version: u32,
+    pub upload_id: String,
+    pub filename: String,
+    pub workspace_id: String,
+    pub total_size: u64,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Limits promised to the client at init; later flag changes do not break open sessions.
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    pub created_at_unix: u64,
+    pub expires_at_unix: u64,
+    pub state: SessionState,
+    /// Set once completed: the manifest and reply, so a repeated complete is answered the same.
+    #[serde(default)]
+    pub completion: Option<Completion>,
+}
+
+/// What a successful complete recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completion {
+    pub manifest: Vec<ManifestPart>,
+    pub file: CompletedFile,
+}
+
+impl SessionRecord {
+    pub fn new_version() -> u32 {
+        SESSION_RECORD_VERSION
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        unix_seconds(now) >= self.expires_at_unix
+    }
+}
+
+/// A stored part, read back from its file name and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartFile {
+    pub part_number: u32,
+    pub etag: String,
+    pub crc32c: u32,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// Handle on the storage folder.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+    state: PathBuf,
+}
+
+impl Storage {
+    /// Opens (creating) the layout under `root`, and clears leftovers of a previous run:
+    /// half-received parts and half-assembled files can never become visible, so they go.
+    pub fn open(root: &Path) -> io::Result<Storage> {
+        fs::create_dir_all(root)?;
+        let root = fs::canonicalize(root)?;
+        let state = root.join(".ferry");
+        for sub in ["sessions", "files", "tmp"] {
+            fs::create_dir_all(state.join(sub))?;
+        }
+        let storage = Storage { root, state };
+        remove_dir_contents(&storage.state.join("tmp"))?;
+        for entry in fs::read_dir(storage.state.join("sessions"))? {
+            let incoming = entry?.path().join("incoming");
+            if incoming.is_dir() {
+                remove_dir_contents(&incoming)?;
+            }
+        }
+        Ok(storage)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a generated token is kept.
+    pub fn token_path(&self) -> PathBuf {
+        self.state.join("token")
+    }
+
+    fn session_dir(&self, upload_id: &str) -> PathBuf {
+        self.state.join("sessions").join(upload_id)
+    }
+
+    /// Creates a session's folders and writes its record.
+    pub fn create_session(&self, record: &SessionRecord) -> io::Result<()> {
+        let dir = self.session_dir(&record.upload_id);
+        fs::create_dir_all(dir.join("parts"))?;
+        fs::create_dir_all(dir.join("incoming"))?;
+        self.write_session(record)
+    }
+
+    /// Reads a session record; `None` when there is no such session.
+    pub fn load_session(&self, upload_id: &str) -> io::Result<Option<SessionRecord>> {
+        let path = self.session_dir(upload_id).join("session.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Replaces a session record atomically.
+    pub fn write_session(&self, record: &SessionRecord) -> io::Result<()> {
+        let dir = self.session_dir(&record.upload_id);
+        let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        write_atomically(&dir.join("session.json"), &bytes)
+    }
+
+    /// Lists the stored parts of a session, sorted by part number. Should a crash have left two
+    /// versions of one part (after the rename of the new, before the removal of the old), the
+    /// newer one is kept, as the last successful PUT wins.
+    pub fn list_parts(&self, upload_id: &str) -> io::Result<Vec<PartFile>> {
+        let dir = self.session_dir(upload_id).join("parts");
+        let mut by_number: BTreeMap<u32, (SystemTime, PartFile)> = BTreeMap::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some((part_number, etag, crc32c)) = parse_part_name(&name) else {
+                continue;
+            };
+            let metadata = entry.metadata()?;
+            let modified = metadata.modified()?;
+            let part = PartFile {
+                part_number,
+                etag,
+                crc32c,
+                size: metadata.len(),
+                path: entry.path(),
+            };
+            match by_number.get(&part_number) {
+                Some((existing, _)) if *existing >= modified => fs::remove_file(&part.path)?,
+                Some((_, older)) => {
+                    fs::remove_file(&older.path)?;
+                    by_number.insert(part_number, (modified, part));
+                }
+                None => {
+                    by_number.insert(part_number, (modified, part));
+                }
+            }
+        }
+        Ok(by_number.into_values().map(|(_, part)| part).collect())
+    }
+
+    /// A fresh path for a part that is still arriving.
+    pub fn incoming_path(&self, upload_id: &str) -> PathBuf {
+        let name = format!("{:016x}.tmp", rand::random::<u64>());
+        self.session_dir(upload_id).join("incoming").join(name)
+    }
+
+    /// Makes a received (and fsynced) part visible, replacing any earlier version of it.
+    pub fn commit_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        received: &Path,
+        etag: &str,
+    ) -> io::Result<()> {
+        let parts = self.session_dir(upload_id).join("parts");
+        let prefix = format!("{part_number:06}.");
+        let older: Vec<PathBuf> = fs::read_dir(&parts)?
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|entry| entry.path())
+            .collect();
+        fs::rename(received, parts.join(format!("{prefix}{etag}")))?;
+        for path in older {
+            fs::remove_file(path)?;
+        }
+        sync_dir(&parts)
+    }
+
+    /// Marks a session aborted and discards its parts.
+    pub fn abort_session(&self, record: &mut SessionRecord) -> io::Result<()> {
+        record.state = SessionState::Aborted;
+        self.write_session(record)?;
+        self.discard_parts(&record.upload_id)
+    }
+
+    /// Removes a session's parts (after complete or abort; the record stays until expiry).
+    pub fn discard_parts(&self, upload_id: &str) -> io::Result<()> {
+        let dir = self.session_dir(upload_id);
+        for sub in ["parts", "incoming"] {
+            match fs::remove_dir_all(dir.join(sub)) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Concatenates `parts` into a temp file on the storage filesystem, hashing as it goes, and
+    /// fsyncs it. Returns the temp path and the lowercase hex SHA-256 of the content.
+    pub fn assemble(&self, parts: &[&PartFile]) -> io::Result<(PathBuf, String)> {
+        let temp = self
+            .state
+            .join("tmp")
+            .join(format!("{:016x}.assembling", rand::random::<u64>()));
+        let result = (|| {
+            let mut output = File::create(&temp)?;
+            let mut hasher = Sha256::new();
+            let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+            for part in parts {
+                let mut input = File::open(&part.path)?;
+                loop {
+                    let read = input.read(&mut buffer)?;
+                    if read == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..read]);
+                    output.write_all(&buffer[..read])?;
+                }
+            }
+            output.sync_all()?;
+            Ok(hex::encode(hasher.finalize()))
+        })();
+        match result {
+            Ok(digest) => Ok((temp, digest)),
+            Err(error) => {
+                let _ = fs::remove_file(&temp);
+                Err(error)
+            }
+        }
+    }
+
+    /// Renames an assembled file to `DIR/<workspace>/<filename>`, replacing an earlier file.
+    pub fn publish(&self, assembled: &Path, workspace_id: &str, filename: &str) -> io::Result<()> {
+        let destination = self.root.join(workspace_id).join(filename);
+        let parent = destination
+            .parent()
+            .expect("a joined workspace path has a parent");
+        fs::create_dir_all(parent)?;
+        fs::rename(assembled, &destination)?;
+        sync_dir(parent)
+    }
+
+    /// Deletes a temp file that will not be published.
+    pub fn discard_temp(&self, path: &Path) {
+        if let Err(error) = fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), %error, "could not remove a temp file");
+        }
+    }
+
+    fn file_meta_path(&self, workspace_id: &str, path: &str) -> PathBuf {
+        let key = hex::encode(Sha256::digest(path.as_bytes()));
+        self.state
+            .join("files")
+            .join(workspace_id)
+            .join(format!("{key}.json"))
+    }
+
+    pub fn write_file_metadata(&self, metadata: &FileMetadata) -> io::Result<()> {
+        let path = self.file_meta_path(&metadata.workspace_id, &metadata.path);
+        fs::create_dir_all(path.parent().expect("file metadata path has a parent"))?;
+        let bytes = serde_json::to_vec_pretty(metadata).map_err(io::Error::other)?;
+        write_atomically(&path, &bytes)
+    }
+
+    pub fn read_file_metadata(
+        &self,
+        workspace_id: &str,
+        path: &str,
+    ) -> io::Result<Option<FileMetadata>> {
+        match fs::read(self.file_meta_path(workspace_id, path)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Bytes available to this process on the storage filesystem.
+    pub fn available_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path =
+            std::ffi::CString::new(self.root.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: `path` is a valid NUL-terminated string and `stats` a properly sized out
+        // parameter that statvfs fills on success.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        let result = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+    }
+
+    /// Removes sessions past their expiry (open ones with their parts, finished ones with the
+    /// record kept for idempotent completes). Returns how many were removed.
+    pub fn sweep_expired(&self, now: SystemTime) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.state.join("sessions"))? {
+            let entry = entry?;
+            let upload_id = entry.file_name().to_string_lossy().into_owned();
+            let expired = match self.load_session(&upload_id) {
+                Ok(Some(record)) => record.is_expired(now),
+                // A folder without a readable record is a crash left-over of create.
+                Ok(None) | Err(_) => entry
+                    .metadata()?
+                    .modified()
+                    .map(|at| {
+                        now.duration_since(at).unwrap_or_default() > Duration::from_secs(3600)
+                    })
+                    .unwrap_or(true),
+            };
+            if expired {
+                fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Name of a stored part: `<part_number:06>.<etag>`, where the etag starts with the 8 hex
+/// digits of the part's CRC32C.
+pub fn part_file_name(part_number: u32, etag: &str) -> String {
+    format!("{part_number:06}.{etag}")
+}
+
+/// A new etag for a part with this CRC32C: the CRC and 64 random bits, so a replaced part
+/// never gets the etag of the version it replaced.
+pub fn new_etag(crc32c: u32) -> String {
+    format!("{crc32c:08x}{:016x}", rand::random::<u64>())
+}
+
+fn parse_part_name(name: &str) -> Option<(u32, String, u32)> {
+    let (number, etag) = name.split_once('.')?;
+    let part_number = number.parse().ok()?;
+    if etag.len() != 24 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let crc32c = u32::from_str_radix(&etag[..8], 16).ok()?;
+    Some((part_number, etag.to_string(), crc32c))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// RFC 3339 text of a Unix time, as the protocol shows timestamps.
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// Writes `bytes` beside `path`, fsyncs, and renames over `path`: readers see the old or the
+/// new content, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = path.with_extension(format!("{:08x}.tmp", rand::random::<u32>()));
+    let mut file = File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temp, path)?;
+    sync_dir(
+        path.parent()
+            .expect("an atomically written file has a parent"),
+    )
+}
+
+/// Fsyncs a directory so that a rename inside it survives a power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_dir_contents(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            fs::remove_dir_all(path)?;
+        } else {
+            fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_round_trip_and_reject_foreign_files() {
+        let etag = new_etag(0xdead_beef);
+        let name = part_file_name(42, &etag);
+        assert_eq!(parse_part_name(&name), Some((42, etag, 0xdead_beef)));
+        assert_eq!(parse_part_name("000001.tmp"), None);
+        assert_eq!(parse_part_name("README"), None);
+        assert_eq!(parse_part_name("x.0123456789abcdef01234567"), None);
+    }
+
+    #[test]
+    fn newest_version_of_a_part_wins_and_the_older_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let record = SessionRecord {
+            version: 1,
+            upload_id: "up_0".into(),
+            filename: "f".into(),
+            workspace_id: "w".into(),
+            total_size: 3,
+            mime_type: None,
+            metadata: BTreeMap::new(),
+            sha256: None,
+            min_part_size: 1,
+            max_part_size: 10,
+            max_parts: 10,
+            created_at_unix: 0,
+            expires_at_unix: u64::MAX,
+            state: SessionState::Open,
+            completion: None,
+        };
+        storage.create_session(&record).unwrap();
+        for content in [&b"old"[..], &b"new!"[..]] {
+            let incoming = storage.incoming_path("up_0");
+            fs::write(&incoming, content).unwrap();
+            let etag = new_etag(crc32c::crc32c(content));
+            storage.commit_part("up_0", 1, &incoming, &etag).unwrap();
+        }
+        let parts = storage.list_parts("up_0").unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].size, 4);
+        assert_eq!(parts[0].crc32c, crc32c::crc32c(b"new!"));
+    }
+}

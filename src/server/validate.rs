@@ -1,0 +1,285 @@
+//! Pure checks of untrusted protocol input: filenames, workspace ids, upload ids and complete
+//! manifests. Nothing here touches the disk, so every rule is tested by a table, and the
+//! storage layer only ever sees names that cannot escape the storage folder.
+
+use crate::protocol::ManifestPart;
+
+/// Longest accepted `filename`, in bytes (PROTOCOL.md).
+pub const MAX_FILENAME_BYTES: usize = 1024;
+/// Longest accepted path component, in bytes: the common filesystem limit (PROTOCOL.md).
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// Most metadata entries a file may carry (PROTOCOL.md).
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key or value, in bytes (PROTOCOL.md).
+pub const MAX_METADATA_BYTES: usize = 1024;
+
+/// Checks a remote file path: relative, `/`-separated, no empty, `.` or `..` component, no NUL
+/// or control characters, at most 1024 bytes, components at most 255 bytes.
+pub fn filename(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("filename is empty".into());
+    }
+    if name.len() > MAX_FILENAME_BYTES {
+        return Err(format!(
+            "filename is {} bytes, over the limit of {MAX_FILENAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.starts_with('/') {
+        return Err("filename must be relative, not start with '/'".into());
+    }
+    if let Some(bad) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "filename contains the control character U+{:04X}",
+            bad as u32
+        ));
+    }
+    if name.contains('\\') {
+        // A backslash is a separator on Windows; refusing it keeps names portable and stops a
+        // `..\..` from meaning something on a receiver that runs there.
+        return Err("filename contains a backslash; use '/' as the separator".into());
+    }
+    for component in name.split('/') {
+        match component {
+            "" => return Err("filename has an empty path component".into()),
+            "." | ".." => {
+                return Err(format!("filename has a '{component}' path component"));
+            }
+            _ if component.len() > MAX_COMPONENT_BYTES => {
+                return Err(format!(
+                    "filename has a component of {} bytes, over the limit of {MAX_COMPONENT_BYTES}",
+                    component.len()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a workspace id: `[A-Za-z0-9_-]{1,64}`.
+pub fn workspace_id(id: &str) -> Result<(), String> {
+    let valid_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if id.is_empty() || id.len() > 64 || !valid_chars {
+        return Err("workspace_id must match [A-Za-z0-9_-]{1,64}".into());
+    }
+    Ok(())
+}
+
+/// True when `id` has the shape of an upload id this receiver issues (`up_` and 32 hex digits).
+/// Anything else is answered `404` without touching the disk.
+pub fn is_upload_id(id: &str) -> bool {
+    id.len() == 35 && id.starts_with("up_") && id[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks metadata against the protocol's limits.
+pub fn metadata(entries: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if entries.len() > MAX_METADATA_ENTRIES {
+        return Err(format!(
+            "metadata has {} entries, over the limit of {MAX_METADATA_ENTRIES}",
+            entries.len()
+        ));
+    }
+    for (key, value) in entries {
+        if key.len() > MAX_METADATA_BYTES || value.len() > MAX_METADATA_BYTES {
+            return Err(format!(
+                "metadata entry '{}' is over {MAX_METADATA_BYTES} bytes",
+                key.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a lowercase hex SHA-256 digest.
+pub fn sha256_hex(digest: &str) -> Result<(), String> {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("sha256 must be 64 lowercase hex digits".into())
+    }
+}
+
+/// A stored part as the manifest check needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    pub part_number: u32,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// Why a manifest cannot be completed; maps to the protocol's error codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestProblem {
+    /// `400 manifest_mismatch`, naming the first offending part.
+    Mismatch(String),
+    /// `400 part_too_small`.
+    PartTooSmall(String),
+}
+
+/// Checks a complete manifest against the stored parts (sorted by part number): part numbers
+/// strictly ascending, each stored with exactly that etag, every part but the last at least
+/// `min_part_size`, sizes summing to `total_size`. Returns the parts to assemble, in order.
+pub fn manifest<'a>(
+    manifest: &[ManifestPart],
+    stored: &'a [StoredPart],
+    min_part_size: u64,
+    total_size: u64,
+) -> Result<Vec<&'a StoredPart>, ManifestProblem> {
+    if manifest.is_empty() {
+        return Err(ManifestProblem::Mismatch(
+            "manifest lists no parts; even an empty file is one empty part".into(),
+        ));
+    }
+    let mut chosen = Vec::with_capacity(manifest.len());
+    let mut previous = 0u32;
+    for entry in manifest {
+        if entry.part_number <= previous {
+            return Err(ManifestProblem::Mismatch(format!(
+                "part {} is out of order: part numbers must be strictly ascending",
+                entry.part_number
+            )));
+        }
+        previous = entry.part_number;
+        let found = stored
+            .binary_search_by_key(&entry.part_number, |part| part.part_number)
+            .map(|index| &stored[index]);
+        match found {
+            Ok(part) if part.etag == entry.etag.trim_matches('"') => chosen.push(part),
+            Ok(_) => {
+                return Err(ManifestProblem::Mismatch(format!(
+                    "part {} was stored with another etag",
+                    entry.part_number
+                )));
+            }
+            Err(_) => {
+                return Err(ManifestProblem::Mismatch(format!(
+                    "part {} was never stored",
+                    entry.part_number
+                )));
+            }
+        }
+    }
+    let last = chosen.len() - 1;
+    if let Some(small) = chosen[..last].iter().find(|part| part.size < min_part_size) {
+        return Err(ManifestProblem::PartTooSmall(format!(
+            "part {} is {} bytes; every part but the last must be at least {min_part_size}",
+            small.part_number, small.size
+        )));
+    }
+    let sum: u64 = chosen.iter().map(|part| part.size).sum();
+    if sum != total_size {
+        return Err(ManifestProblem::Mismatch(format!(
+            "the parts sum to {sum} bytes but the session's total_size is {total_size}"
+        )));
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filename_table() {
+        let long_component = "a".repeat(256);
+        let long_name = format!("{}/b", "a/".repeat(600));
+        let cases: &[(&str, bool)] = &[
+            ("a.txt", true),
+            ("reports/2026/training-dataset.csv", true),
+            ("ünïcödé/файл.bin", true),
+            ("with space/and-dash_.x", true),
+            ("", false),
+            ("/etc/passwd", false),
+            ("../escape", false),
+            ("a/../../escape", false),
+            ("a/./b", false),
+            (".", false),
+            ("a//b", false),
+            ("a/", false),
+            ("nul\0byte", false),
+            ("new\nline", false),
+            ("tab\there", false),
+            ("back\\slash", false),
+            (&long_component, false),
+            (&long_name, false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(filename(name).is_ok(), *ok, "filename {name:?}");
+        }
+    }
+
+    #[test]
+    fn workspace_and_upload_id_table() {
+        for (id, ok) in [
+            ("ws_123abc", true),
+            ("default", true),
+            ("A-b_9", true),
+            ("", false),
+            ("has.dot", false),
+            ("..", false),
+            ("slash/inside", false),
+            (&"w".repeat(65) as &str, false),
+        ] {
+            assert_eq!(workspace_id(id).is_ok(), ok, "workspace {id:?}");
+        }
+        assert!(is_upload_id("up_0123456789abcdef0123456789abcdef"));
+        assert!(!is_upload_id("up_../../../../etc/passwd0000000000"));
+        assert!(!is_upload_id("up_0123"));
+        assert!(!is_upload_id("xx_0123456789abcdef0123456789abcdef"));
+    }
+
+    fn stored(parts: &[(u32, u64, &str)]) -> Vec<StoredPart> {
+        parts
+            .iter()
+            .map(|(part_number, size, etag)| StoredPart {
+                part_number: *part_number,
+                size: *size,
+                etag: etag.to_string(),
+            })
+            .collect()
+    }
+
+    fn manifest_of(parts: &[(u32, &str)]) -> Vec<ManifestPart> {
+        parts
+            .iter()
+            .map(|(part_number, etag)| ManifestPart {
+                part_number: *part_number,
+                etag: etag.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn manifest_table() {
+        let parts = stored(&[(1, 10, "a"), (2, 10, "b"), (3, 4, "c"), (5, 1, "e")]);
+        let ok = |m: &[(u32, &str)], total| manifest(&manifest_of(m), &parts, 10, total).is_ok();
+        let mismatch = |m: &[(u32, &str)], total| {
+            matches!(
+                manifest(&manifest_of(m), &parts, 10, total),
+                Err(ManifestProblem::Mismatch(_))
+            )
+        };
+        assert!(ok(&[(1, "a"), (2, "b"), (3, "c")], 24));
+        assert!(ok(&[(1, "\"a\""), (2, "b")], 20), "quoted etags accepted");
+        assert!(ok(&[(1, "a"), (2, "b"), (5, "e")], 21), "numbers may skip");
+        assert!(mismatch(&[], 0), "empty manifest");
+        assert!(mismatch(&[(2, "b"), (1, "a")], 20), "misordered");
+        assert!(mismatch(&[(1, "a"), (1, "a")], 20), "repeated");
+        assert!(mismatch(&[(1, "a"), (4, "d")], 20), "never stored");
+        assert!(mismatch(&[(1, "a"), (2, "x")], 20), "wrong etag");
+        assert!(mismatch(&[(1, "a"), (2, "b")], 21), "sizes do not sum");
+        assert!(matches!(
+            manifest(&manifest_of(&[(3, "c"), (5, "e")]), &parts, 10, 5),
+            Err(ManifestProblem::PartTooSmall(_))
+        ));
+        let empty = stored(&[(1, 0, "z")]);
+        assert!(manifest(&manifest_of(&[(1, "z")]), &empty, 10, 0).is_ok());
+    }
+}

@@ -1,0 +1,250 @@
+//! The seam between the upload engine and a remote protocol.
+//!
+//! One trait, one implementation per protocol: `native` (PROTOCOL.md) now, S3 multipart and
+//! tus 1.0 later. The shape fits all three without changing the engine:
+//! - `create` returns the remote's part limits (S3: parts ≥ 5 MiB but the last, 10,000 parts;
+//!   tus: `sequential`, one growing upload addressed by offset);
+//! - `query` lists what the remote holds (native: the session's parts; S3: ListParts; tus: HEAD,
+//!   reported as one acknowledged range from offset 0), so the engine resumes by reconciling;
+//! - `put_part` sends one part's byte range as a stream and returns its receipt (etag and, when
+//!   the remote reports one, the CRC32C it computed);
+//! - `complete` commits the manifest; `abort` discards the session.
+//!
+//! Backends classify their failures through `retry::classify_status`, so the engine decides
+//! retries in one place and never looks at a protocol's status codes itself.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use super::retry::ErrorClass;
+
+/// The bytes of one part, streamed from the local file as the remote takes them.
+pub struct PartBody {
+    pub stream: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+    /// Exact length of the stream, sent as Content-Length.
+    pub len: u64,
+}
+
+/// What a new session is for.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub remote_path: String,
+    pub size: u64,
+    pub mime_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Known up front only when the caller already hashed the file; the engine otherwise
+    /// hashes while uploading and gives the digest at complete.
+    pub sha256: Option<String>,
+}
+
+/// Part limits a remote imposes on a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLimits {
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    /// Parts must arrive one after another, in order (tus); otherwise in parallel, any order.
+    #[serde(default)]
+    pub sequential: bool,
+}
+
+/// A session the remote opened.
+#[derive(Debug, Clone)]
+pub struct RemoteSession {
+    pub id: String,
+    pub limits: PartLimits,
+    pub expires_at: Option<String>,
+}
+
+/// Addresses an existing session (S3 needs the object key beside the upload id).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRef<'a> {
+    pub id: &'a str,
+    pub remote_path: &'a str,
+}
+
+/// One part to send: its number and byte range in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSpec {
+    pub number: u32,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The remote's acknowledgement of a part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReceipt {
+    pub etag: String,
+    /// CRC32C of the bytes the remote stored, when the protocol reports it.
+    pub crc32c: Option<u32>,
+}
+
+/// A part the remote holds, as listed by `query`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePart {
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+    pub crc32c: Option<u32>,
+}
+
+/// A file the remote made visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+}
+
+/// What `query` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionStatus {
+    Open {
+        parts: Vec<RemotePart>,
+    },
+    Completed {
+        file: RemoteFile,
+    },
+    /// Expired, aborted or unknown: a new session is needed.
+    Gone,
+}
+
+/// The manifest entry for `complete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub number: u32,
+    pub etag: String,
+}
+
+/// The request a failure concerns, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Query,
+    PutPart(u32),
+    Complete,
+    Abort,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Operation::Create => write!(f, "init"),
+            Operation::Query => write!(f, "session query"),
+            Operation::PutPart(number) => write!(f, "upload of part {number}"),
+            Operation::Complete => write!(f, "complete"),
+            Operation::Abort => write!(f, "abort"),
+        }
+    }
+}
+
+/// A failed remote request. Messages name the request and, for refusals, the remote's code.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The request did not get an answer: refused, reset, timed out mid-way.
+    #[error("{operation} to {endpoint} failed: {detail}")]
+    Transport {
+        operation: Operation,
+        endpoint: String,
+        detail: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// No progress on a streaming request within the stall timeout.
+    #[error("{operation} to {endpoint} stalled: no progress for {after:?}")]
+    Stalled {
+        operation: Operation,
+        endpoint: String,
+        after: Duration,
+    },
+    /// The remote answered with an error status.
+    #[error("{operation} refused by {endpoint}: {status} {code}: {message}")]
+    Status {
+        operation: Operation,
+        endpoint: String,
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+        class: ErrorClass,
+    },
+    /// The remote answered success with a reply that breaks the protocol.
+    #[error("{operation}: {endpoint} sent an invalid reply: {problem}")]
+    InvalidReply {
+        operation: Operation,
+        endpoint: String,
+        problem: String,
+    },
+    /// The backend cannot be set up (bad URL, TLS).
+    #[error("remote {endpoint} cannot be used: {problem}")]
+    Setup { endpoint: String, problem: String },
+}
+
+impl BackendError {
+    /// Whether to retry, start over, or stop.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            BackendError::Transport { .. } | BackendError::Stalled { .. } => ErrorClass::Transient,
+            BackendError::Status { class, .. } => *class,
+            // A reply that breaks the protocol will break it again.
+            BackendError::InvalidReply { .. } | BackendError::Setup { .. } => ErrorClass::Permanent,
+        }
+    }
+
+    /// The wait the remote asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BackendError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The remote's error code, for the few the engine acts on (e.g. `sha256_mismatch`).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            BackendError::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A remote protocol. Implementations are cheap to share (`Arc<dyn Backend>`) and safe to call
+/// concurrently: the engine sends several parts of one session at once.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// A short description for logs and messages, without secrets (e.g. the base URL).
+    fn endpoint(&self) -> &str;
+
+    /// A stable identity of the remote (URL and workspace or bucket): session records are
+    /// keyed by it, so a record is never resumed against another remote.
+    fn identity(&self) -> String;
+
+    async fn create(&self, request: &CreateRequest) -> Result<RemoteSession, BackendError>;
+
+    async fn query(&self, session: SessionRef<'_>) -> Result<SessionStatus, BackendError>;
+
+    async fn put_part(
+        &self,
+        session: SessionRef<'_>,
+        part: PartSpec,
+        body: PartBody,
+    ) -> Result<PartReceipt, BackendError>;
+
+    /// `size` lets a backend scale its timeout: assembling a large file takes the remote a
+    /// while.
+    async fn complete(
+        &self,
+        session: SessionRef<'_>,
+        parts: &[CompletedPart],
+        sha256: &str,
+        size: u64,
+    ) -> Result<RemoteFile, BackendError>;
+
+    async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError>;
+}

@@ -1,0 +1,844 @@
+//! The upload engine: one resumable session per file, through any `Backend`.
+//!
+//! For each file: open it and fingerprint it; hash it on a blocking thread while the parts go
+//! out; find the session recorded for it in the store and reconcile with what the remote holds,
+//! or open a new one; send the missing parts in parallel within a part-count and byte budget,
+//! recording each acknowledged part durably; check the file did not change; complete with the
+//! manifest and the SHA-256; verify the remote's answer; forget the session record.
+//!
+//! Invariants kept here: an acknowledged part is recorded before it counts, and is not sent
+//! again on resume unless the remote lost it; a file that changed is never completed from mixed
+//! content (the session is aborted and the upload starts over); transient failures retry with
+//! backoff, permanent ones stop with the file, the request and the remote's code.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::backend::{
+    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartLimits, PartSpec,
+    RemoteFile, RemotePart, SessionRef, SessionStatus,
+};
+use super::planner::{PartObservation, PartPlanner, PlanContext, fit};
+use super::progress::Progress;
+use super::retry::{ErrorClass, RetryPolicy};
+use super::source::{AttemptWatch, LocalFile};
+use super::{UploadError, UploadSettings};
+use crate::queue::{PartRecord, RECORD_VERSION, Store, UploadRecord};
+
+/// Fresh sessions one upload may start (file changed, session expired, manifest rejected)
+/// before it gives up: a file rewritten this often is not stable enough to upload.
+const MAX_FRESH_STARTS: u32 = 3;
+/// How long to wait for a part's reader to report after its request failed.
+const READER_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds a planner for each file.
+pub type PlannerFactory = Arc<dyn Fn() -> Box<dyn PartPlanner> + Send + Sync>;
+
+/// One file to upload.
+#[derive(Debug, Clone)]
+pub struct UploadJob {
+    pub local_path: PathBuf,
+    pub remote_path: String,
+    /// Guessed from `remote_path` when not given.
+    pub mime_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub local_path: PathBuf,
+    pub remote_path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Bytes of the parts acknowledged in this run (resumed parts excluded).
+    pub bytes_sent: u64,
+    pub parts: u32,
+    /// Parts the remote already held from an earlier, interrupted run.
+    pub parts_resumed: u32,
+    pub duration: Duration,
+}
+
+/// How an attempt at a session ended, when it did not succeed.
+enum Attempt {
+    /// Boxed: the error is large and attempts travel through many `Result`s.
+    Fatal(Box<UploadError>),
+    /// Start a new session (the reason is logged).
+    Restart(String),
+}
+
+impl From<UploadError> for Attempt {
+    fn from(error: UploadError) -> Self {
+        Attempt::Fatal(Box::new(error))
+    }
+}
+
+/// Uploads files through one backend, keeping session records in the store.
+pub struct Uploader {
+    backend: Arc<dyn Backend>,
+    store: Store,
+    settings: UploadSettings,
+    planner: PlannerFactory,
+}
+
+/// Everything a part task needs, shared by the tasks of one session.
+struct SessionContext {
+    backend: Arc<dyn Backend>,
+    store: Store,
+    key: String,
+    upload_id: String,
+    remote_path: String,
+    file: Arc<LocalFile>,
+    progress: Arc<Progress>,
+    retry: RetryPolicy,
+    stall_timeout: Duration,
+}
+
+impl SessionContext {
+    fn session(&self) -> SessionRef<'_> {
+        SessionRef {
+            id: &self.upload_id,
+            remote_path: &self.remote_path,
+        }
+    }
+}
+
+/// Where a session stands after opening or resuming it.
+enum Opened {
+    /// Ready to send: parts already acknowledged carry an etag.
+    Ready {
+        record: UploadRecord,
+        parts: Vec<PartRecord>,
+    },
+    /// The remote completed it before a crash let us record that.
+    AlreadyComplete {
+        parts: Vec<PartRecord>,
+        file: RemoteFile,
+    },
+}
+
+impl Uploader {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        store: Store,
+        settings: UploadSettings,
+        planner: PlannerFactory,
+    ) -> Uploader {
+        Uploader {
+            backend,
+            store,
+            settings,
+            planner,
+        }
+    }
+
+    /// Uploads one file, resuming its earlier session if there is one. `progress` is updated
+    /// as bytes go out.
+    pub async fn upload(
+        &self,
+        job: &UploadJob,
+        progress: Arc<Progress>,
+    ) -> Result<UploadReport, UploadError> {
+        let key = session_key(&self.backend.identity(), job);
+        let mut fresh_starts = 0;
+        loop {
+            match self.attempt(job, &key, &progress).await {
+                Ok(report) => return Ok(report),
+                Err(Attempt::Fatal(error)) => return Err(*error),
+                Err(Attempt::Restart(reason)) if fresh_starts < MAX_FRESH_STARTS => {
+                    fresh_starts += 1;
+                    tracing::info!(path = %job.local_path.display(), %reason, "starting a new upload session");
+                }
+                Err(Attempt::Restart(reason)) => {
+                    return Err(UploadError::Unstable {
+                        path: job.local_path.clone(),
+                        restarts: fresh_starts,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        job: &UploadJob,
+        key: &str,
+        progress: &Arc<Progress>,
+    ) -> Result<UploadReport, Attempt> {
+        let started = Instant::now();
+        let path = job.local_path.clone();
+        let file = blocking(move || LocalFile::open(&path))
+            .await
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => UploadError::Vanished {
+                    path: job.local_path.clone(),
+                },
+                _ => UploadError::Open {
+                    path: job.local_path.clone(),
+                    source,
+                },
+            })?;
+        let file = Arc::new(file);
+        let size = file.fingerprint().size;
+        progress.start(size);
+        // Hash while the parts go out; the digest is needed only at complete.
+        let hash_cancel = CancellationToken::new();
+        let _stop_hashing = hash_cancel.clone().drop_guard();
+        let hashing = file.sha256(hash_cancel);
+
+        let (record, parts) = match self.open_session(job, key, &file).await? {
+            Opened::Ready { record, parts } => (record, parts),
+            Opened::AlreadyComplete {
+                parts,
+                file: remote,
+            } => {
+                let digest = self.digest(hashing, &file).await?;
+                self.forget(key, &job.local_path).await?;
+                if remote.size != size || remote.sha256.as_deref().is_some_and(|d| d != digest) {
+                    return Err(Attempt::Restart(
+                        "the remote completed an earlier version of the file".into(),
+                    ));
+                }
+                return Ok(UploadReport {
+                    local_path: job.local_path.clone(),
+                    remote_path: job.remote_path.clone(),
+                    size,
+                    sha256: digest,
+                    bytes_sent: 0,
+                    parts: parts.len() as u32,
+                    parts_resumed: parts.len() as u32,
+                    duration: started.elapsed(),
+                });
+            }
+        };
+        let context = Arc::new(SessionContext {
+            backend: self.backend.clone(),
+            store: self.store.clone(),
+            key: key.to_string(),
+            upload_id: record.upload_id.clone(),
+            remote_path: record.remote_path.clone(),
+            file: file.clone(),
+            progress: progress.clone(),
+            retry: self.settings.retry,
+            stall_timeout: self.settings.stall_timeout,
+        });
+        let resumed: Vec<&PartRecord> = parts.iter().filter(|p| p.is_acknowledged()).collect();
+        let parts_resumed = resumed.len() as u32;
+        let resumed_bytes: u64 = resumed.iter().map(|p| p.size).sum();
+        progress.add_resumed(resumed_bytes);
+
+        let manifest = self.send_parts(&context, record.limits, parts).await?;
+
+        let check = file.clone();
+        if blocking(move || Ok(check.changed())).await.unwrap_or(true) {
+            return Err(self
+                .start_over(&context, "the file changed during the upload")
+                .await);
+        }
+        let digest = self.digest(hashing, &file).await?;
+        let completed: Vec<CompletedPart> = manifest
+            .values()
+            .map(|part| CompletedPart {
+                number: part.number,
+                etag: part
+                    .etag
+                    .clone()
+                    .expect("manifest holds acknowledged parts"),
+            })
+            .collect();
+        let remote = match self
+            .with_retry(&job.local_path, || {
+                self.backend
+                    .complete(context.session(), &completed, &digest, size)
+            })
+            .await
+        {
+            Ok(remote) => remote,
+            Err(Attempt::Fatal(error)) if refused_manifest(&error) => {
+                let reason = format!(
+                    "the remote refused the manifest: {}",
+                    crate::push::error_chain(&*error)
+                );
+                return Err(self.start_over(&context, &reason).await);
+            }
+            Err(other) => return Err(other),
+        };
+        self.forget(key, &job.local_path).await?;
+        if remote.size != size || remote.sha256.as_deref().is_some_and(|d| d != digest) {
+            return Err(UploadError::Verification {
+                path: job.local_path.clone(),
+                detail: format!(
+                    "sent {size} bytes with sha256 {digest}, the remote reports {} bytes with sha256 {}",
+                    remote.size,
+                    remote.sha256.as_deref().unwrap_or("(none)")
+                ),
+            }
+            .into());
+        }
+        let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
+        Ok(UploadReport {
+            local_path: job.local_path.clone(),
+            remote_path: job.remote_path.clone(),
+            size,
+            sha256: digest,
+            bytes_sent,
+            parts: manifest.len() as u32,
+            parts_resumed,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Finds the recorded session for this file and reconciles it with the remote, or opens a
+    /// new one and records it durably.
+    async fn open_session(
+        &self,
+        job: &UploadJob,
+        key: &str,
+        file: &Arc<LocalFile>,
+    ) -> Result<Opened, Attempt> {
+        let store = self.store.clone();
+        let lookup = key.to_string();
+        let existing = blocking(move || Ok(store.load_upload(&lookup)))
+            .await
+            .expect("the closure returns Ok")
+            .map_err(|source| store_error(&job.local_path, source))?;
+        let identity = self.backend.identity();
+        if let Some((record, parts)) = existing {
+            let session = SessionRef {
+                id: &record.upload_id,
+                remote_path: &record.remote_path,
+            };
+            if record.fingerprint == file.fingerprint()
+                && record.remote == identity
+                && record.remote_path == job.remote_path
+            {
+                let status = self
+                    .with_retry(&job.local_path, || self.backend.query(session))
+                    .await?;
+                match status {
+                    SessionStatus::Open { parts: remote } => {
+                        let parts = reconcile(parts, &remote);
+                        return Ok(Opened::Ready { record, parts });
+                    }
+                    SessionStatus::Completed { file } => {
+                        return Ok(Opened::AlreadyComplete { parts, file });
+                    }
+                    SessionStatus::Gone => {
+                        tracing::info!(path = %job.local_path.display(), "the earlier session is gone");
+                    }
+                }
+            } else {
+                // The file changed since that session began: its parts are of other content.
+                if let Err(error) = self.backend.abort(session).await {
+                    tracing::warn!(%error, "could not abort an outdated session");
+                }
+            }
+            self.forget(key, &job.local_path).await?;
+        }
+
+        let request = CreateRequest {
+            remote_path: job.remote_path.clone(),
+            size: file.fingerprint().size,
+            mime_type: job.mime_type.clone().or_else(|| {
+                mime_guess::from_path(&job.remote_path)
+                    .first_raw()
+                    .map(str::to_owned)
+            }),
+            metadata: job.metadata.clone(),
+            sha256: None,
+        };
+        let created = self
+            .with_retry(&job.local_path, || self.backend.create(&request))
+            .await?;
+        let record = UploadRecord {
+            version: RECORD_VERSION,
+            remote: identity,
+            remote_path: job.remote_path.clone(),
+            local_path: job.local_path.clone(),
+            upload_id: created.id,
+            fingerprint: file.fingerprint(),
+            limits: created.limits,
+            expires_at: created.expires_at,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        };
+        self.store
+            .save_upload_durable(key, &record)
+            .await
+            .map_err(|source| store_error(&job.local_path, source))?;
+        Ok(Opened::Ready {
+            record,
+            parts: Vec::new(),
+        })
+    }
+
+    /// Sends every part not yet acknowledged, planning new ones as it goes; returns the
+    /// acknowledged parts by number.
+    async fn send_parts(
+        &self,
+        context: &Arc<SessionContext>,
+        limits: PartLimits,
+        parts: Vec<PartRecord>,
+    ) -> Result<BTreeMap<u32, PartRecord>, Attempt> {
+        let size = context.file.fingerprint().size;
+        let mut next_offset = parts.iter().map(PartRecord::end).max().unwrap_or(0);
+        let mut next_number = parts.iter().map(|p| p.number).max().unwrap_or(0) + 1;
+        let mut planned_any = !parts.is_empty();
+        let (done, pending): (Vec<_>, Vec<_>) =
+            parts.into_iter().partition(PartRecord::is_acknowledged);
+        let mut manifest: BTreeMap<u32, PartRecord> =
+            done.into_iter().map(|part| (part.number, part)).collect();
+        let mut pending: VecDeque<PartRecord> = pending.into();
+
+        let parallel = if limits.sequential {
+            1
+        } else {
+            self.settings.parallel_parts.max(1)
+        };
+        let budget = Budget::new(parallel, self.settings.in_flight_bytes());
+        let mut planner = (self.planner)();
+        let mut tasks: JoinSet<Result<(PartRecord, PartObservation), Attempt>> = JoinSet::new();
+        loop {
+            let next = if let Some(part) = pending.pop_front() {
+                Some(part)
+            } else if next_offset < size || (size == 0 && !planned_any) {
+                let plan = PlanContext {
+                    offset: next_offset,
+                    file_size: size,
+                    next_number,
+                    limits,
+                };
+                let part = PartRecord {
+                    version: RECORD_VERSION,
+                    number: next_number,
+                    offset: next_offset,
+                    size: fit(planner.desired_size(&plan), &plan),
+                    etag: None,
+                    crc32c: None,
+                };
+                context
+                    .store
+                    .plan_part(&context.key, &part)
+                    .map_err(|source| store_error(context.file.path(), source))?;
+                context.progress.set_part_size(part.size);
+                next_offset += part.size;
+                next_number += 1;
+                planned_any = true;
+                Some(part)
+            } else {
+                None
+            };
+            let Some(part) = next else {
+                match tasks.join_next().await {
+                    Some(joined) => {
+                        let (part, observation) = part_result(joined)?;
+                        planner.observe(&observation);
+                        manifest.insert(part.number, part);
+                    }
+                    None => break,
+                }
+                continue;
+            };
+            // Wait for room in the budget, collecting finished parts meanwhile so a failure
+            // stops the session at once.
+            let permits = loop {
+                tokio::select! {
+                    permits = budget.acquire(part.size) => break permits,
+                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                        let (done, observation) = part_result(joined)?;
+                        planner.observe(&observation);
+                        manifest.insert(done.number, done);
+                    }
+                }
+            };
+            tasks.spawn(send_part(context.clone(), part, permits));
+        }
+        Ok(manifest)
+    }
+
+    /// Runs a non-streaming request with the retry policy.
+    async fn with_retry<T, F, Fut>(&self, path: &Path, mut call: F) -> Result<T, Attempt>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let retry = self.settings.retry;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match call().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            match next_step(&retry, attempts, path, error) {
+                Step::Retry(error) => {
+                    tracing::warn!(path = %path.display(), attempts, %error, "retrying");
+                    retry.wait(attempts, error.retry_after()).await;
+                }
+                Step::Stop(attempt) => return Err(attempt),
+            }
+        }
+    }
+
+    /// Aborts the session, forgets it, and asks for a fresh start.
+    async fn start_over(&self, context: &SessionContext, reason: &str) -> Attempt {
+        if let Err(error) = self.backend.abort(context.session()).await {
+            tracing::warn!(%error, "could not abort the session");
+        }
+        match self.forget(&context.key, context.file.path()).await {
+            Ok(()) => Attempt::Restart(reason.to_string()),
+            Err(attempt) => attempt,
+        }
+    }
+
+    /// Removes a session's record from the store.
+    async fn forget(&self, key: &str, path: &Path) -> Result<(), Attempt> {
+        let store = self.store.clone();
+        let key = key.to_string();
+        blocking(move || Ok(store.remove_upload(&key)))
+            .await
+            .expect("the closure returns Ok")
+            .map_err(|source| store_error(path, source))
+    }
+
+    async fn digest(
+        &self,
+        hashing: tokio::task::JoinHandle<io::Result<String>>,
+        file: &LocalFile,
+    ) -> Result<String, Attempt> {
+        match hashing.await {
+            Ok(Ok(digest)) => Ok(digest),
+            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Err(
+                Attempt::Restart("the file changed while it was hashed".into()),
+            ),
+            Ok(Err(source)) => Err(UploadError::Read {
+                path: file.path().to_path_buf(),
+                source,
+            }
+            .into()),
+            Err(join) => Err(UploadError::Read {
+                path: file.path().to_path_buf(),
+                source: io::Error::other(join),
+            }
+            .into()),
+        }
+    }
+}
+
+fn store_error(path: &Path, source: crate::queue::QueueError) -> Attempt {
+    UploadError::Store {
+        path: path.to_path_buf(),
+        source,
+    }
+    .into()
+}
+
+/// Sends one part, retrying it under the policy; records it durably once acknowledged.
+async fn send_part(
+    context: Arc<SessionContext>,
+    part: PartRecord,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) -> Result<(PartRecord, PartObservation), Attempt> {
+    let spec = PartSpec {
+        number: part.number,
+        offset: part.offset,
+        size: part.size,
+    };
+    let path = context.file.path().to_path_buf();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let watch = Arc::new(AttemptWatch::new());
+        let (body, reader) = context
+            .file
+            .part_body(spec, watch.clone(), context.progress.clone());
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            result = context.backend.put_part(context.session(), spec, body) => result,
+            _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
+                operation: Operation::PutPart(spec.number),
+                endpoint: context.backend.endpoint().to_string(),
+                after: context.stall_timeout,
+            }),
+        };
+        let streamed = watch.streamed();
+        let local = tokio::time::timeout(READER_REPORT_TIMEOUT, reader).await;
+        let local_crc = match local {
+            Ok(Ok(Ok(crc))) => Some(crc),
+            Ok(Ok(Err(source))) => {
+                context.progress.attempt_failed(streamed);
+                // A shrinking file is a change: start over with the new content.
+                if source.kind() == io::ErrorKind::UnexpectedEof {
+                    return Err(Attempt::Restart(source.to_string()));
+                }
+                return Err(UploadError::Read { path, source }.into());
+            }
+            _ => None,
+        };
+        let error = match (outcome, local_crc) {
+            (Ok(receipt), Some(crc)) if receipt.crc32c.is_none_or(|remote| remote == crc) => {
+                let acknowledged = PartRecord {
+                    etag: Some(receipt.etag),
+                    crc32c: Some(crc),
+                    ..part
+                };
+                context
+                    .store
+                    .acknowledge_part_durable(&context.key, &acknowledged)
+                    .await
+                    .map_err(|source| UploadError::Store {
+                        path: path.clone(),
+                        source,
+                    })?;
+                context.progress.part_acknowledged(streamed, part.size);
+                let observation = PartObservation {
+                    size: part.size,
+                    elapsed: started.elapsed(),
+                    attempts,
+                };
+                return Ok((acknowledged, observation));
+            }
+            (Ok(receipt), crc) => BackendError::InvalidReply {
+                operation: Operation::PutPart(spec.number),
+                endpoint: context.backend.endpoint().to_string(),
+                problem: format!(
+                    "the remote stored CRC32C {:?} but {:?} was sent",
+                    receipt.crc32c, crc
+                ),
+            },
+            (Err(error), _) => error,
+        };
+        context.progress.attempt_failed(streamed);
+        // A part that arrived damaged is sent again, like a transient failure.
+        let retryable_mismatch = matches!(error, BackendError::InvalidReply { .. })
+            && context.retry.allows_another(attempts);
+        if retryable_mismatch {
+            tracing::warn!(path = %path.display(), part = spec.number, %error, "sending the part again");
+            continue;
+        }
+        match next_step(&context.retry, attempts, &path, error) {
+            Step::Retry(error) => {
+                tracing::warn!(path = %path.display(), part = spec.number, attempts, %error, "retrying part");
+                context.retry.wait(attempts, error.retry_after()).await;
+            }
+            Step::Stop(attempt) => return Err(attempt),
+        }
+    }
+}
+
+/// True for the complete refusals that a fresh session cures: the remote's parts do not add up
+/// to the file (it changed, or the remote lost or replaced parts).
+fn refused_manifest(error: &UploadError) -> bool {
+    matches!(error, UploadError::Remote { source, .. }
+        if matches!(source.code(), Some("sha256_mismatch" | "manifest_mismatch" | "part_too_small")))
+}
+
+enum Step {
+    Retry(BackendError),
+    Stop(Attempt),
+}
+
+/// The single decision after a failed request: retry, start a new session, or stop.
+fn next_step(retry: &RetryPolicy, attempts: u32, path: &Path, error: BackendError) -> Step {
+    match error.class() {
+        ErrorClass::Transient if retry.allows_another(attempts) => Step::Retry(error),
+        ErrorClass::Transient => Step::Stop(
+            UploadError::RetriesExhausted {
+                path: path.to_path_buf(),
+                attempts,
+                source: error,
+            }
+            .into(),
+        ),
+        ErrorClass::SessionGone => Step::Stop(Attempt::Restart(error.to_string())),
+        ErrorClass::Permanent => Step::Stop(
+            UploadError::Remote {
+                path: path.to_path_buf(),
+                source: error,
+            }
+            .into(),
+        ),
+    }
+}
+
+fn part_result(
+    joined: Result<Result<(PartRecord, PartObservation), Attempt>, tokio::task::JoinError>,
+) -> Result<(PartRecord, PartObservation), Attempt> {
+    match joined {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Keeps each recorded acknowledgement only if the remote still holds that very part (same
+/// number, etag and size, and CRC32C where both know it); the others are sent again.
+pub(crate) fn reconcile(local: Vec<PartRecord>, remote: &[RemotePart]) -> Vec<PartRecord> {
+    local
+        .into_iter()
+        .map(|part| {
+            let Some(etag) = &part.etag else {
+                return part;
+            };
+            let held = remote.iter().any(|r| {
+                r.number == part.number
+                    && r.etag.trim_matches('"') == etag.trim_matches('"')
+                    && r.size == part.size
+                    && match (r.crc32c, part.crc32c) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    }
+            });
+            if held {
+                part
+            } else {
+                PartRecord {
+                    etag: None,
+                    crc32c: None,
+                    ..part
+                }
+            }
+        })
+        .collect()
+}
+
+/// The part-count and in-flight-byte budget of one session.
+struct Budget {
+    parts: Arc<Semaphore>,
+    kibibytes: Arc<Semaphore>,
+    total_kibibytes: u32,
+}
+
+impl Budget {
+    fn new(parallel_parts: usize, in_flight_bytes: u64) -> Budget {
+        let total_kibibytes = in_flight_bytes
+            .div_ceil(1024)
+            .clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        Budget {
+            parts: Arc::new(Semaphore::new(parallel_parts)),
+            kibibytes: Arc::new(Semaphore::new(total_kibibytes as usize)),
+            total_kibibytes,
+        }
+    }
+
+    /// Waits for a part slot and for the part's bytes (a part larger than the whole budget
+    /// takes all of it, so it runs alone rather than never).
+    async fn acquire(&self, part_size: u64) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let wanted = part_size
+            .div_ceil(1024)
+            .clamp(1, u64::from(self.total_kibibytes)) as u32;
+        let slot = self
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the budget's semaphores are never closed");
+        let bytes = self
+            .kibibytes
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .expect("the budget's semaphores are never closed");
+        (slot, bytes)
+    }
+}
+
+/// The store key of a file's session: a digest of the remote's identity, the remote path and
+/// the local path, so one local file may go to several remotes and names of any length fit.
+fn session_key(identity: &str, job: &UploadJob) -> String {
+    let mut hasher = Sha256::new();
+    for field in [
+        identity.as_bytes(),
+        job.remote_path.as_bytes(),
+        job.local_path.as_os_str().as_encoded_bytes(),
+    ] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field);
+    }
+    hex::encode(hasher.finalize())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(number: u32, etag: Option<&str>, crc: Option<u32>) -> PartRecord {
+        PartRecord {
+            version: RECORD_VERSION,
+            number,
+            offset: u64::from(number - 1) * 10,
+            size: 10,
+            etag: etag.map(str::to_owned),
+            crc32c: crc,
+        }
+    }
+
+    fn remote(number: u32, etag: &str, size: u64, crc: Option<u32>) -> RemotePart {
+        RemotePart {
+            number,
+            size,
+            etag: etag.into(),
+            crc32c: crc,
+        }
+    }
+
+    #[test]
+    fn reconcile_table() {
+        let local = vec![
+            part(1, Some("a"), Some(1)), // held as recorded: kept
+            part(2, Some("b"), Some(2)), // remote has another etag: re-send
+            part(3, Some("c"), Some(3)), // remote lost it: re-send
+            part(4, None, None),         // planned, never acknowledged: send
+            part(5, Some("e"), Some(5)), // remote CRC differs: re-send
+            part(6, Some("f"), None),    // no CRC on one side: etag and size decide
+            part(7, Some("g"), Some(7)), // size differs: re-send
+        ];
+        let held = vec![
+            remote(1, "\"a\"", 10, Some(1)),
+            remote(2, "other", 10, Some(2)),
+            remote(4, "d", 10, None),
+            remote(5, "e", 10, Some(99)),
+            remote(6, "f", 10, Some(6)),
+            remote(7, "g", 9, Some(7)),
+        ];
+        let acknowledged: Vec<u32> = reconcile(local, &held)
+            .into_iter()
+            .filter(PartRecord::is_acknowledged)
+            .map(|p| p.number)
+            .collect();
+        assert_eq!(acknowledged, vec![1, 6]);
+    }
+
+    #[test]
+    fn session_keys_separate_remotes_and_paths() {
+        let job = |local: &str, remote: &str| UploadJob {
+            local_path: local.into(),
+            remote_path: remote.into(),
+            mime_type: None,
+            metadata: BTreeMap::new(),
+        };
+        let base = session_key("native a ws", &job("/x", "y"));
+        assert_eq!(base, session_key("native a ws", &job("/x", "y")));
+        assert_ne!(base, session_key("native b ws", &job("/x", "y")));
+        assert_ne!(base, session_key("native a ws", &job("/x", "z")));
+        assert_ne!(base, session_key("native a ws", &job("/xy", "")));
+    }
+}

@@ -1,0 +1,408 @@
+//! The `native` backend: the client end of PROTOCOL.md over reqwest.
+//!
+//! Only the upload backends use reqwest. Every reply is checked before it is believed (a hostile
+//! or broken receiver gets `InvalidReply`, never a panic or a bogus manifest), and the bearer
+//! token never appears in a message or log line.
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::backend::{
+    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartBody, PartLimits,
+    PartReceipt, PartSpec, RemoteFile, RemotePart, RemoteSession, SessionRef, SessionStatus,
+};
+use super::retry::classify_status;
+use crate::protocol::{
+    CompleteRequest, CompleteResponse, ErrorBody, InitRequest, InitResponse, ManifestPart,
+    PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState, decode_crc32c,
+};
+
+/// Time allowed for a request without a streamed body (init, query, abort) to be answered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed to open a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Assembly speed assumed when scaling the complete timeout: slow disks still finish.
+const COMPLETE_BYTES_PER_SECOND: u64 = 20 * 1024 * 1024;
+/// Error bodies longer than this are cut in messages.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// Where and as whom to upload.
+#[derive(Clone)]
+pub struct NativeConfig {
+    /// Base URL, e.g. `http://127.0.0.1:7373`.
+    pub url: String,
+    pub workspace_id: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for NativeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeConfig")
+            .field("url", &self.url)
+            .field("workspace_id", &self.workspace_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The native protocol client.
+pub struct NativeBackend {
+    client: Client,
+    base_url: String,
+    workspace_id: String,
+    token: String,
+}
+
+impl NativeBackend {
+    pub fn new(config: NativeConfig) -> Result<NativeBackend, BackendError> {
+        let base_url = config.url.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base_url).map_err(|error| BackendError::Setup {
+            endpoint: base_url.clone(),
+            problem: format!("not a valid URL: {error}"),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(BackendError::Setup {
+                endpoint: base_url,
+                problem: "the URL must start with http:// or https://".into(),
+            });
+        }
+        // reqwest is built without a default crypto provider (to avoid aws-lc's C build);
+        // ring is installed once per process. A second install fails harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| BackendError::Setup {
+                endpoint: base_url.clone(),
+                problem: error.to_string(),
+            })?;
+        Ok(NativeBackend {
+            client,
+            base_url,
+            workspace_id: config.workspace_id,
+            token: config.token,
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base_url))
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+    }
+
+    fn session_path(id: &str) -> String {
+        format!("/v1/uploads/chunked/{id}")
+    }
+
+    /// Sends a request; turns transport failures and error statuses into `BackendError`.
+    async fn send(
+        &self,
+        operation: Operation,
+        request: RequestBuilder,
+        on_session: bool,
+    ) -> Result<Response, BackendError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(operation, error))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.status_error(operation, response, on_session).await)
+    }
+
+    fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
+        let detail = if error.is_timeout() {
+            "timed out".to_string()
+        } else if error.is_connect() {
+            "could not connect".to_string()
+        } else {
+            "the connection failed".to_string()
+        };
+        BackendError::Transport {
+            operation,
+            endpoint: self.base_url.clone(),
+            detail,
+            // reqwest's error carries the URL, which holds no secret here (the token travels in
+            // a header).
+            source: Some(Box::new(error)),
+        }
+    }
+
+    async fn status_error(
+        &self,
+        operation: Operation,
+        response: Response,
+        on_session: bool,
+    ) -> BackendError {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (
+                "unknown".to_string(),
+                text.chars().take(MAX_ERROR_TEXT).collect::<String>(),
+            ),
+        };
+        BackendError::Status {
+            operation,
+            endpoint: self.base_url.clone(),
+            status: status.as_u16(),
+            code,
+            message,
+            retry_after,
+            class: classify_status(status.as_u16(), on_session),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        operation: Operation,
+        response: Response,
+    ) -> Result<T, BackendError> {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(operation, error))?;
+        serde_json::from_slice(&bytes).map_err(|error| self.invalid(operation, error.to_string()))
+    }
+
+    fn invalid(&self, operation: Operation, problem: String) -> BackendError {
+        BackendError::InvalidReply {
+            operation,
+            endpoint: self.base_url.clone(),
+            problem,
+        }
+    }
+}
+
+fn remote_file(file: crate::protocol::CompletedFile) -> RemoteFile {
+    RemoteFile {
+        path: file.path,
+        size: file.size,
+        sha256: Some(file.sha256),
+    }
+}
+
+/// An upload id is used in URL paths: accept only URL-safe text, so a hostile reply cannot steer
+/// later requests elsewhere.
+fn is_url_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        && id != "."
+        && id != ".."
+}
+
+fn remote_part(part: PartInfo) -> RemotePart {
+    RemotePart {
+        number: part.part_number,
+        size: part.size,
+        crc32c: decode_crc32c(&part.crc32c),
+        etag: part.etag,
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for NativeBackend {
+    fn endpoint(&self) -> &str {
+        &self.base_url
+    }
+
+    fn identity(&self) -> String {
+        format!("native {} {}", self.base_url, self.workspace_id)
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<RemoteSession, BackendError> {
+        let operation = Operation::Create;
+        let body = InitRequest {
+            filename: request.remote_path.clone(),
+            total_size: request.size,
+            workspace_id: self.workspace_id.clone(),
+            mime_type: request.mime_type.clone(),
+            metadata: request.metadata.clone(),
+            sha256: request.sha256.clone(),
+        };
+        let call = self
+            .request(Method::POST, "/v1/uploads/chunked/init")
+            .timeout(REQUEST_TIMEOUT)
+            .json(&body);
+        let response = self.send(operation, call, false).await?;
+        let reply: InitResponse = self.json(operation, response).await?;
+        if !is_url_safe_id(&reply.upload_id) {
+            return Err(self.invalid(operation, "upload_id is not URL-safe text".into()));
+        }
+        if reply.max_parts == 0
+            || reply.min_part_size > reply.max_part_size
+            || reply.max_part_size == 0
+        {
+            return Err(self.invalid(
+                operation,
+                format!(
+                    "part limits are impossible: min {} max {} parts {}",
+                    reply.min_part_size, reply.max_part_size, reply.max_parts
+                ),
+            ));
+        }
+        let capacity = reply
+            .max_part_size
+            .saturating_mul(u64::from(reply.max_parts));
+        if capacity < request.size {
+            return Err(self.invalid(
+                operation,
+                format!(
+                    "{} parts of at most {} bytes cannot hold {} bytes",
+                    reply.max_parts, reply.max_part_size, request.size
+                ),
+            ));
+        }
+        Ok(RemoteSession {
+            id: reply.upload_id,
+            limits: PartLimits {
+                min_part_size: reply.min_part_size,
+                max_part_size: reply.max_part_size,
+                max_parts: reply.max_parts,
+                sequential: false,
+            },
+            expires_at: Some(reply.expires_at),
+        })
+    }
+
+    async fn query(&self, session: SessionRef<'_>) -> Result<SessionStatus, BackendError> {
+        let operation = Operation::Query;
+        let call = self
+            .request(Method::GET, &Self::session_path(session.id))
+            .timeout(REQUEST_TIMEOUT);
+        let response = match self.send(operation, call, true).await {
+            Ok(response) => response,
+            Err(error) if error.class() == super::retry::ErrorClass::SessionGone => {
+                return Ok(SessionStatus::Gone);
+            }
+            Err(error) => return Err(error),
+        };
+        let info: SessionInfo = self.json(operation, response).await?;
+        Ok(match info.state {
+            SessionState::Aborted => SessionStatus::Gone,
+            SessionState::Completed => match info.file {
+                Some(file) => SessionStatus::Completed {
+                    file: remote_file(file),
+                },
+                None => {
+                    return Err(self.invalid(operation, "completed session without a file".into()));
+                }
+            },
+            SessionState::Open => SessionStatus::Open {
+                parts: info.parts.into_iter().map(remote_part).collect(),
+            },
+        })
+    }
+
+    async fn put_part(
+        &self,
+        session: SessionRef<'_>,
+        part: PartSpec,
+        body: PartBody,
+    ) -> Result<PartReceipt, BackendError> {
+        let operation = Operation::PutPart(part.number);
+        let call = self
+            .request(
+                Method::PUT,
+                &format!("{}/parts", Self::session_path(session.id)),
+            )
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, body.len)
+            .header(PART_NUMBER_HEADER, part.number)
+            .body(reqwest::Body::wrap_stream(body.stream));
+        let response = self.send(operation, call, true).await?;
+        let header_etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(|text| text.trim_matches('"').to_string());
+        let info: PartInfo = self.json(operation, response).await?;
+        if info.part_number != part.number || info.size != part.size {
+            return Err(self.invalid(
+                operation,
+                format!(
+                    "acknowledged part {} of {} bytes, but part {} of {} bytes was sent",
+                    info.part_number, info.size, part.number, part.size
+                ),
+            ));
+        }
+        if info.etag.is_empty() || header_etag.is_some_and(|etag| etag != info.etag) {
+            return Err(self.invalid(operation, "missing or inconsistent etag".into()));
+        }
+        let crc32c = decode_crc32c(&info.crc32c);
+        if crc32c.is_none() {
+            return Err(self.invalid(
+                operation,
+                format!("crc32c {:?} is not base64 of 4 bytes", info.crc32c),
+            ));
+        }
+        Ok(PartReceipt {
+            etag: info.etag,
+            crc32c,
+        })
+    }
+
+    async fn complete(
+        &self,
+        session: SessionRef<'_>,
+        parts: &[CompletedPart],
+        sha256: &str,
+        size: u64,
+    ) -> Result<RemoteFile, BackendError> {
+        let operation = Operation::Complete;
+        let body = CompleteRequest {
+            parts: parts
+                .iter()
+                .map(|part| ManifestPart {
+                    part_number: part.number,
+                    etag: part.etag.clone(),
+                })
+                .collect(),
+            sha256: Some(sha256.to_string()),
+        };
+        let timeout = REQUEST_TIMEOUT + Duration::from_secs(size / COMPLETE_BYTES_PER_SECOND);
+        let call = self
+            .request(
+                Method::POST,
+                &format!("{}/complete", Self::session_path(session.id)),
+            )
+            .timeout(timeout)
+            .json(&body);
+        let response = self.send(operation, call, true).await?;
+        let reply: CompleteResponse = self.json(operation, response).await?;
+        Ok(remote_file(reply.file))
+    }
+
+    async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError> {
+        let operation = Operation::Abort;
+        let call = self
+            .request(Method::DELETE, &Self::session_path(session.id))
+            .timeout(REQUEST_TIMEOUT);
+        match self.send(operation, call, true).await {
+            Ok(_) => Ok(()),
+            // Already gone is what abort wants.
+            Err(BackendError::Status { status, .. })
+                if status == StatusCode::NOT_FOUND.as_u16() =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
