@@ -69,9 +69,7 @@ impl NativeBackend {
                 problem: "the URL must start with http:// or https://".into(),
             });
         }
-        // reqwest is built without a default crypto provider (to avoid aws-lc's C build);
-        // ring is installed once per process. A second install fails harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let client = Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -193,6 +191,13 @@ fn remote_file(file: crate::protocol::CompletedFile) -> RemoteFile {
         size: file.size,
         sha256: Some(file.sha256),
     }
+}
+
+/// Installs ring as the process's TLS crypto provider. reqwest is built without a default one
+/// (aws-lc's C build costs minutes); every reqwest client in the process needs this first. A
+/// second call changes nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// An upload id is used in URL paths: accept only URL-safe text, so a hostile reply cannot steer

@@ -1,0 +1,6 @@
+//! Integration tests: one binary, real receivers on loopback, the real engine and the real
+//! `ferry` binary. See `support` for the helpers and the fault proxy.
+
+mod protocol;
+mod support;
+mod upload;

@@ -1,0 +1,308 @@
+//! A small HTTP/1.1 fault proxy for loopback tests. It sits between a client and a real
+//! receiver, forwards requests, and injects faults chosen per request: cut the connection in the
+//! middle of a body, stall it, answer `503` with `Retry-After` without forwarding, or hold a
+//! request back for a while. It can also throttle request bodies to slow an upload down.
+//!
+//! Each connection carries one request: the proxy adds `Connection: close` to what it forwards,
+//! so the receiver's reply tells the client not to reuse the connection. Every request is logged
+//! with its part number, the fault applied and when it ended, for the tests to assert on.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What to do to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward the head and half the body, then drop both connections.
+    CutMidBody,
+    /// Forward the head and half the body, then neither read nor write for this long.
+    Stall(Duration),
+    /// Answer `503` with `Retry-After: N` (seconds) without forwarding.
+    Unavailable { retry_after_secs: u64 },
+    /// Wait this long, then forward normally.
+    Delay(Duration),
+}
+
+/// One request the proxy saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub part_number: Option<u32>,
+    pub fault: Option<Fault>,
+    pub arrived: Instant,
+    /// When the reply was fully relayed (or the fault finished).
+    pub finished: Option<Instant>,
+}
+
+type Plan = dyn Fn(&RequestHead, usize) -> Option<Fault> + Send + Sync;
+
+/// The parts of a request head the fault plan can look at.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub part_number: Option<u32>,
+    pub content_length: u64,
+}
+
+impl RequestHead {
+    pub fn is_part(&self) -> bool {
+        self.method == "PUT" && self.path.ends_with("/parts")
+    }
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    plan: Mutex<Box<Plan>>,
+    log: Mutex<Vec<Seen>>,
+    /// Request body bytes per second forwarded, per connection; 0 means unlimited.
+    throttle: Mutex<u64>,
+}
+
+/// A running proxy; stops when dropped.
+pub struct FaultProxy {
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `upstream` that injects nothing yet.
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shared = Arc::new(Shared {
+            upstream,
+            plan: Mutex::new(Box::new(|_, _| None)),
+            log: Mutex::new(Vec::new()),
+            throttle: Mutex::new(0),
+        });
+        let accept_shared = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(handle(client, accept_shared.clone()));
+            }
+        });
+        FaultProxy { url, shared, task }
+    }
+
+    /// Sets the plan: called with each request head and its index among all requests; returns
+    /// the fault to inject, if any.
+    pub fn set_plan(
+        &self,
+        plan: impl Fn(&RequestHead, usize) -> Option<Fault> + Send + Sync + 'static,
+    ) {
+        *self.shared.plan.lock().unwrap() = Box::new(plan);
+    }
+
+    /// Limits request bodies to `bytes_per_second` per connection (0: unlimited).
+    pub fn set_throttle(&self, bytes_per_second: u64) {
+        *self.shared.throttle.lock().unwrap() = bytes_per_second;
+    }
+
+    pub fn log(&self) -> Vec<Seen> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.shared.log.lock().unwrap().clear();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
+    let Some((head, raw_head, early_body)) = read_head(&mut client).await else {
+        return;
+    };
+    let index;
+    let fault;
+    {
+        let mut log = shared.log.lock().unwrap();
+        index = log.len();
+        fault = (shared.plan.lock().unwrap())(&head, index);
+        log.push(Seen {
+            path: head.path.clone(),
+            part_number: head.part_number,
+            fault,
+            arrived: Instant::now(),
+            finished: None,
+        });
+    }
+    let finish = |shared: &Shared| {
+        shared.log.lock().unwrap()[index].finished = Some(Instant::now());
+    };
+
+    if let Some(Fault::Unavailable { retry_after_secs }) = fault {
+        // Drain the body first so the client sees the reply, not a reset.
+        let _ = discard(
+            &mut client,
+            head.content_length.saturating_sub(early_body.len() as u64),
+        )
+        .await;
+        let body = r#"{"error":{"code":"unavailable","message":"injected by the test proxy"}}"#;
+        let reply = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after_secs}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(reply.as_bytes()).await;
+        let _ = client.shutdown().await;
+        finish(&shared);
+        return;
+    }
+    if let Some(Fault::Delay(delay)) = fault {
+        tokio::time::sleep(delay).await;
+    }
+    let Ok(upstream) = TcpStream::connect(shared.upstream).await else {
+        // The receiver is down: the client sees its connection closed, as it would.
+        finish(&shared);
+        return;
+    };
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let (mut client_read, mut client_write) = client.into_split();
+    if upstream_write.write_all(&raw_head).await.is_err() {
+        finish(&shared);
+        return;
+    }
+    // Relay the reply concurrently: the receiver may answer before reading the whole body.
+    let reply = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    });
+
+    let cut_at = match fault {
+        Some(Fault::CutMidBody | Fault::Stall(_)) => head.content_length / 2,
+        _ => u64::MAX,
+    };
+    let throttle = *shared.throttle.lock().unwrap();
+    let forwarded = forward_body(
+        &mut client_read,
+        &mut upstream_write,
+        early_body,
+        head.content_length.min(cut_at),
+        throttle,
+    )
+    .await;
+    match fault {
+        Some(Fault::CutMidBody) => {
+            reply.abort();
+            finish(&shared);
+            return;
+        }
+        Some(Fault::Stall(duration)) => {
+            tokio::time::sleep(duration).await;
+            reply.abort();
+            finish(&shared);
+            return;
+        }
+        _ => {}
+    }
+    if forwarded.is_err() {
+        reply.abort();
+    } else {
+        let _ = reply.await;
+    }
+    finish(&shared);
+}
+
+/// Reads a request head; returns it parsed, rewritten with `Connection: close`, and any body
+/// bytes read past it.
+async fn read_head(client: &mut TcpStream) -> Option<(RequestHead, Vec<u8>, Vec<u8>)> {
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        let read = client.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(position) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break position + 4;
+        }
+        if buffer.len() > 64 * 1024 {
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&buffer[..end]).to_string();
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next()?;
+    let mut words = request_line.split(' ');
+    let method = words.next()?.to_string();
+    let path = words.next()?.to_string();
+    let mut content_length = 0;
+    let mut part_number = None;
+    let mut rewritten = format!("{request_line}\r\n");
+    for line in lines.filter(|line| !line.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "connection" => continue,
+            "content-length" => content_length = value.parse().ok()?,
+            "fastio-part-number" => part_number = value.parse().ok(),
+            _ => {}
+        }
+        rewritten.push_str(line);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("connection: close\r\n\r\n");
+    let head = RequestHead {
+        method,
+        path,
+        part_number,
+        content_length,
+    };
+    Some((head, rewritten.into_bytes(), buffer[end..].to_vec()))
+}
+
+/// Forwards `length` body bytes (some already read into `early`), at most `throttle` bytes per
+/// second when it is not 0.
+async fn forward_body(
+    client: &mut tokio::net::tcp::OwnedReadHalf,
+    upstream: &mut tokio::net::tcp::OwnedWriteHalf,
+    early: Vec<u8>,
+    length: u64,
+    throttle: u64,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    let first = early.len().min(length as usize);
+    upstream.write_all(&early[..first]).await?;
+    let mut sent = first as u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    while sent < length {
+        let want = (length - sent).min(buffer.len() as u64) as usize;
+        let read = client.read(&mut buffer[..want]).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        upstream.write_all(&buffer[..read]).await?;
+        sent += read as u64;
+        if throttle > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / throttle as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn discard(client: &mut TcpStream, mut length: u64) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    while length > 0 {
+        let want = length.min(buffer.len() as u64) as usize;
+        let read = client.read(&mut buffer[..want]).await?;
+        if read == 0 {
+            break;
+        }
+        length -= read as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The upload engine and `ferry push` against a real receiver on loopback.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry::upload::{UploadError, UploadSettings};
+
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_edge_sizes_arrive_byte_identical() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let min_part = 256 * KIB;
+    let default = UploadSettings::default();
+    let at_min_part = UploadSettings {
+        chunk_size: min_part,
+        ..UploadSettings::default()
+    };
+    // (size, settings, expected parts)
+    let cases = [
+        (0, default, 1),
+        (1, default, 1),
+        (min_part - 1, default, 1),
+        (min_part - 1, at_min_part, 1),
+        (min_part, at_min_part, 1),
+        (min_part + 1, at_min_part, 2),
+        (8 * MIB, default, 1),
+        (8 * MIB + 1, default, 2),
+        (200 * MIB, default, 25),
+    ];
+    for (index, (size, settings, parts)) in cases.into_iter().enumerate() {
+        let name = format!("size-{index}-{size}.bin");
+        let local = dir.path().join(&name);
+        random_file(&local, size, index as u64);
+        let report = Engine::new(&receiver.url, settings)
+            .upload(&local, &name)
+            .await
+            .unwrap_or_else(|error| panic!("{size} bytes: {error:?}"));
+        assert_eq!(report.size, size);
+        assert_eq!(
+            report.parts, parts,
+            "{size} bytes in {} byte chunks",
+            settings.chunk_size
+        );
+        assert_eq!(report.bytes_sent, size);
+        assert_same_content(&local, &receiver.file(&name));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_parts_arrive_out_of_order_and_assemble_in_order() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    // Hold part 1 back so that later parts are stored before it.
+    proxy.set_plan(|head, _| {
+        (head.is_part() && head.part_number == Some(1))
+            .then_some(Fault::Delay(Duration::from_millis(700)))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("ordered.bin");
+    random_file(&local, 4 * MIB, 7);
+    let settings = UploadSettings {
+        chunk_size: 256 * KIB,
+        parallel_parts: 4,
+        ..UploadSettings::default()
+    };
+    let report = Engine::new(&proxy.url, settings)
+        .upload(&local, "ordered.bin")
+        .await
+        .unwrap();
+    assert_eq!(report.parts, 16);
+    let log = proxy.log();
+    let finished = |number| {
+        log.iter()
+            .find(|seen| seen.part_number == Some(number))
+            .and_then(|seen| seen.finished)
+            .unwrap()
+    };
+    let overtaking: Vec<u32> = (2..=16).filter(|n| finished(*n) < finished(1)).collect();
+    assert!(
+        overtaking.len() >= 2,
+        "parts stored before part 1: {overtaking:?}"
+    );
+    assert_same_content(&local, &receiver.file("ordered.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_retried_and_retry_after_is_honoured() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    let seen_parts = std::sync::Mutex::new(BTreeSet::new());
+    proxy.set_plan(move |head, index| {
+        if head.method == "POST" && head.path.ends_with("/init") && index == 0 {
+            return Some(Fault::Unavailable {
+                retry_after_secs: 1,
+            });
+        }
+        if !head.is_part() {
+            return None;
+        }
+        // Fault the first attempt of parts 2, 3 and 4 (later attempts pass).
+        let number = head.part_number?;
+        if !seen_parts.lock().unwrap().insert(number) {
+            return None;
+        }
+        match number {
+            2 => Some(Fault::CutMidBody),
+            3 => Some(Fault::Unavailable {
+                retry_after_secs: 1,
+            }),
+            4 => Some(Fault::Stall(Duration::from_secs(4))),
+            _ => None,
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("faults.bin");
+    random_file(&local, 6 * MIB, 11);
+    let settings = UploadSettings {
+        chunk_size: MIB,
+        ..fast_retry_settings()
+    };
+    let started = Instant::now();
+    let report = Engine::new(&proxy.url, settings)
+        .upload(&local, "faults.bin")
+        .await
+        .unwrap();
+    assert_eq!(report.parts, 6);
+    assert_same_content(&local, &receiver.file("faults.bin"));
+
+    let log = proxy.log();
+    let faulted: Vec<_> = log.iter().filter(|seen| seen.fault.is_some()).collect();
+    assert_eq!(
+        faulted.len(),
+        4,
+        "every planned fault was injected: {log:#?}"
+    );
+    // Retry-After: 1 on init and on part 3 means their retries came at least 1 s later.
+    let init: Vec<_> = log
+        .iter()
+        .filter(|seen| seen.path.ends_with("/init"))
+        .collect();
+    let part_3: Vec<_> = log
+        .iter()
+        .filter(|seen| seen.part_number == Some(3))
+        .collect();
+    for (label, attempts) in [("init", init), ("part 3", part_3)] {
+        assert!(attempts.len() >= 2, "{label} was retried");
+        let gap = attempts[1].arrived - attempts[0].arrived;
+        assert!(
+            gap >= Duration::from_millis(950),
+            "{label} retried after only {gap:?}"
+        );
+    }
+    // The stalled part was abandoned after the 1 s stall timeout, not after the 4 s stall.
+    let part_4: Vec<_> = log
+        .iter()
+        .filter(|seen| seen.part_number == Some(4))
+        .collect();
+    assert!(part_4.len() >= 2);
+    assert!(part_4[1].arrived - part_4[0].arrived < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_fail_fast_with_a_clear_message() {
+    let receiver = Receiver::start_with(|config| {
+        config.workspaces = vec!["default".into()];
+        config.limits.max_file_size = MIB;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.bin");
+    let large = dir.path().join("large.bin");
+    random_file(&small, 10, 1);
+    random_file(&large, 2 * MIB, 2);
+    let token = token_file(dir.path());
+    let wrong_token = dir.path().join("wrong");
+    std::fs::write(&wrong_token, "not-the-token").unwrap();
+
+    let cases = [
+        (&small, &wrong_token, "default", "401 unauthorized"),
+        (&small, &token, "elsewhere", "403 forbidden"),
+        (&large, &token, "default", "413 too_large"),
+    ];
+    for (file, token, workspace, expected) in cases {
+        let started = Instant::now();
+        let output = Command::new(ferry_bin())
+            .arg("push")
+            .arg(file)
+            .args(["--url", &receiver.url, "--workspace", workspace])
+            .arg("--token-file")
+            .arg(token)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected} not in: {stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "the message names the file: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{expected} took {:?}: permanent errors are not retried",
+            started.elapsed()
+        );
+    }
+    assert_eq!(session_count(&receiver.storage), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_killed_mid_way_resumes_without_resending_acknowledged_parts() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    // 4 parts in flight at 4 MiB/s each: 48 one-MiB parts take about 3 s.
+    proxy.set_throttle(4 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("resume.bin");
+    let size = 48 * MIB;
+    random_file(&local, size, 5);
+    let token = token_file(dir.path());
+    let push = |json: bool| {
+        let mut command = Command::new(ferry_bin());
+        command
+            .arg("push")
+            .arg(&local)
+            .args(["--url", &proxy.url, "--chunk-size", "1MiB"])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stderr(Stdio::null());
+        if json {
+            command.arg("--json");
+        }
+        command
+    };
+    let mut first = push(false).stdout(Stdio::null()).spawn().unwrap();
+    wait_until("8 parts stored", Duration::from_secs(30), || {
+        receiver.stored_parts() >= 8
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let stored_before = receiver.stored_parts();
+    assert!(stored_before < 48, "the kill came before the end");
+
+    proxy.clear_log();
+    proxy.set_throttle(0);
+    let output = push(true).output().unwrap();
+    assert!(output.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let file = &summary["files"][0];
+    let (parts, resumed) = (
+        file["parts"].as_u64().unwrap(),
+        file["parts_resumed"].as_u64().unwrap(),
+    );
+    assert_eq!(parts, 48);
+    assert!(resumed > 0, "{summary}");
+    assert!(file["bytes_sent"].as_u64().unwrap() < size, "{summary}");
+    assert_eq!(
+        file["bytes_sent"].as_u64().unwrap(),
+        (parts - resumed) * MIB
+    );
+
+    // The second run sent each missing part once and nothing else.
+    let sent: Vec<u32> = proxy
+        .log()
+        .iter()
+        .filter_map(|seen| seen.part_number)
+        .collect();
+    let distinct: BTreeSet<u32> = sent.iter().copied().collect();
+    assert_eq!(sent.len(), distinct.len(), "no part sent twice: {sent:?}");
+    assert_eq!(
+        sent.len() as u64,
+        parts - resumed,
+        "only missing parts were sent: {sent:?}"
+    );
+    assert_eq!(
+        session_count(&receiver.storage),
+        1,
+        "the same session was resumed"
+    );
+    assert_same_content(&local, &receiver.file("resume.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_survives_a_receiver_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let token = token_file(dir.path());
+    let mut serve = ServeProcess::spawn(&storage, "127.0.0.1:0", &token);
+    let address = serve.address;
+    let proxy = FaultProxy::start(address).await;
+    proxy.set_throttle(4 * MIB);
+    let local = dir.path().join("restart.bin");
+    random_file(&local, 32 * MIB, 9);
+    let mut push = Command::new(ferry_bin())
+        .arg("push")
+        .arg(&local)
+        .args([
+            "--url",
+            &proxy.url,
+            "--chunk-size",
+            "1MiB",
+            "--retry-base",
+            "100ms",
+            "--retry-max",
+            "1s",
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("4 parts stored", Duration::from_secs(30), || {
+        stored_parts(&storage) >= 4
+    })
+    .await;
+    serve.child.kill().unwrap(); // SIGKILL the receiver mid-upload
+    serve.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the client sees refused connections
+    let _restarted = ServeProcess::spawn(&storage, &address.to_string(), &token);
+    proxy.set_throttle(0);
+    let status = tokio::task::spawn_blocking(move || push.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        session_count(&storage),
+        1,
+        "the session outlived the restart"
+    );
+    assert_same_content(&local, &storage.join("default/restart.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_changes_during_upload_is_not_completed_from_mixed_content() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    proxy.set_throttle(2 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("changing.bin");
+    random_file(&local, 8 * MIB, 1);
+    let settings = UploadSettings {
+        chunk_size: MIB,
+        ..fast_retry_settings()
+    };
+    let engine = Engine::new(&proxy.url, settings);
+    let rewrite = {
+        let local = local.clone();
+        let storage = receiver.storage.clone();
+        async move {
+            wait_until("2 parts stored", Duration::from_secs(20), || {
+                stored_parts(&storage) >= 2
+            })
+            .await;
+            // Rewrite in place: same inode, new content and mtime.
+            let new = local.with_extension("new");
+            random_file(&new, 8 * MIB, 2);
+            std::fs::write(&local, std::fs::read(&new).unwrap()).unwrap();
+        }
+    };
+    let (report, ()) = tokio::join!(engine.upload(&local, "changing.bin"), rewrite);
+    let report = report.unwrap();
+    assert_eq!(report.size, 8 * MIB);
+    // What arrived is exactly the new content, not a mix.
+    assert_same_content(&local.with_extension("new"), &receiver.file("changing.bin"));
+    assert!(
+        session_count(&receiver.storage) >= 2,
+        "the first session was abandoned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_file_is_reported_by_path() {
+    let receiver = Receiver::start().await;
+    let missing = std::path::Path::new("/nonexistent/ferry-test/file.bin");
+    let error = Engine::new(&receiver.url, UploadSettings::default())
+        .upload(missing, "file.bin")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, UploadError::Vanished { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("/nonexistent/ferry-test/file.bin")
+    );
+}
