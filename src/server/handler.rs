@@ -1,24 +1,20 @@
 //! One handler per protocol endpoint. Each checks its input with `validate`, runs the disk work
-//! of `storage` off the async runtime, and answers with a protocol reply or an `ApiError`.
-//!
-//! Part bodies stream through a bounded channel to a blocking writer that computes the CRC32C
-//! as the bytes land, so memory does not grow with part size, and a body that ends short of its
-//! Content-Length stores nothing.
+//! of `storage` off the async runtime (part bodies through `part`), and answers with a protocol
+//! reply or an `ApiError`.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 
 use super::error::ApiError;
-use super::storage::{self, Completion, PartFile, SessionRecord};
+use super::live::{Live, Placement};
+use super::part::{self, Reservation, Sink};
+use super::storage::{self, Completion, Location, PartFile, Received, SessionRecord};
 use super::validate::{self, ManifestProblem, StoredPart};
 use super::{AppState, SERVER_VERSION};
 use crate::protocol::{
@@ -30,8 +26,8 @@ use crate::protocol::{
 /// Largest JSON request body accepted: a complete manifest of 10,000 parts with long etags
 /// fits with room to spare.
 const MAX_JSON_BYTES: usize = 4 << 20;
-/// Body chunks buffered between the connection and the disk writer of one part.
-const PART_CHANNEL_CHUNKS: usize = 8;
+/// Poll interval while complete waits for a background hash step (one part) to finish.
+const HASH_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 type Shared = State<Arc<AppState>>;
 
@@ -190,16 +186,24 @@ pub async fn put_part(
         ));
     }
 
-    let incoming = app.storage.incoming_path(&upload_id);
-    let (size, crc) = match receive_part(body, incoming.clone(), content_length).await {
-        Ok(received) => received,
-        Err(error) => {
-            let _ = tokio::fs::remove_file(&incoming).await;
-            return Err(error);
+    let live = app.live_state(&upload_id, record.total_size).await?;
+    let reservation = Reservation::new(live, part_number, content_length);
+    let sink = match reservation.placement() {
+        Placement::InPlace { offset } => Sink::InPlace {
+            data: app.storage.data_path(&upload_id),
+            offset,
+        },
+        Placement::Loose => Sink::Loose(app.storage.incoming_path(&upload_id)),
+    };
+    let (received, crc, reservation) =
+        part::receive(body, sink, content_length, reservation).await?;
+    let discard = |received: &Received| {
+        if let Received::Loose(path) = received {
+            let _ = std::fs::remove_file(path);
         }
     };
     if let Some(expected) = expected_crc.filter(|expected| *expected != crc) {
-        let _ = tokio::fs::remove_file(&incoming).await;
+        discard(&received);
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "checksum_mismatch",
@@ -212,19 +216,19 @@ pub async fn put_part(
     }
 
     let etag = storage::new_etag(crc);
-    // Holding the session lock across the state check and the rename means a part never lands
+    // Holding the session lock across the state check and the commit means a part never lands
     // in a session that a concurrent complete or abort has just closed.
-    let _guard = app.locks.lock(&upload_id).await;
+    let guard = app.locks.lock(&upload_id).await;
     let committed = match app.open_record(&upload_id).await {
         Ok(record) if record.state == SessionState::Open => {
-            let (storage, id, tag, from) = (
+            let (storage, id, tag, what) = (
                 app.storage.clone(),
                 upload_id.clone(),
                 etag.clone(),
-                incoming.clone(),
+                received.clone(),
             );
             blocking(
-                move || storage.commit_part(&id, part_number, &from, &tag),
+                move || storage.commit_part(&id, part_number, &tag, &what),
                 "store the part",
             )
             .await
@@ -233,9 +237,17 @@ pub async fn put_part(
         Err(error) => Err(error),
     };
     if let Err(error) = committed {
-        let _ = tokio::fs::remove_file(&incoming).await;
+        discard(&received);
         return Err(error);
     }
+    reservation.commit(&etag, content_length);
+    drop(guard);
+    let (storage, id) = (app.storage.clone(), upload_id.clone());
+    blocking(move || storage.sync_parts(&id), "store the part").await?;
+    if matches!(received, Received::InPlace { .. }) {
+        part::advance_hash(app.clone(), upload_id.clone());
+    }
+    let size = content_length;
     let info = PartInfo {
         part_number,
         size,
@@ -293,27 +305,35 @@ pub async fn complete(
             ApiError::new(StatusCode::BAD_REQUEST, "part_too_small", message)
         }
     })?;
-    // `chosen` borrows `stored`, which mirrors `parts` index for index.
-    let to_assemble: Vec<PartFile> = chosen
+    // `stored` mirrors `parts` index for index.
+    let chosen: Vec<PartFile> = chosen
         .iter()
         .map(|part| {
-            parts
-                .iter()
-                .find(|file| file.part_number == part.part_number)
-                .expect("every chosen part came from this listing")
-                .clone()
+            let index = stored
+                .binary_search_by_key(&part.part_number, |p| p.part_number)
+                .expect("every chosen part came from this listing");
+            parts[index].clone()
         })
         .collect();
 
-    let storage = app.storage.clone();
-    let (assembled, digest) = blocking(
-        move || storage.assemble(&to_assemble.iter().collect::<Vec<_>>()),
-        "assemble the file",
-    )
-    .await?;
+    let assembly_started = std::time::Instant::now();
+    let (source, digest, in_place) = match app
+        .finish_in_place(&upload_id, &chosen, record.total_size)
+        .await?
+    {
+        Some(digest) => (app.storage.data_path(&upload_id), digest, true),
+        None => {
+            let (storage, id) = (app.storage.clone(), upload_id.clone());
+            let (temp, digest) =
+                blocking(move || storage.assemble(&id, &chosen), "assemble the file").await?;
+            (temp, digest, false)
+        }
+    };
     let expected = request.sha256.as_ref().or(record.sha256.as_ref());
     if let Some(expected) = expected.filter(|expected| **expected != digest) {
-        app.storage.discard_temp(&assembled);
+        if !in_place {
+            app.storage.discard_temp(&source);
+        }
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "sha256_mismatch",
@@ -348,9 +368,10 @@ pub async fn complete(
     let storage = app.storage.clone();
     let published = blocking(
         move || {
-            if let Err(error) = storage.publish(&assembled, &record.workspace_id, &record.filename)
-            {
-                storage.discard_temp(&assembled);
+            if let Err(error) = storage.publish(&source, &record.workspace_id, &record.filename) {
+                if !in_place {
+                    storage.discard_temp(&source);
+                }
                 return Ok(Err(error));
             }
             storage.write_file_metadata(&metadata)?;
@@ -369,6 +390,16 @@ pub async fn complete(
             format!("cannot place the file at its path: {error}"),
         ));
     }
+    app.live.remove(&upload_id);
+    tracing::info!(
+        upload_id,
+        in_place,
+        workspace_id = %file.workspace_id,
+        path = %file.path,
+        size = file.size,
+        assembly = ?assembly_started.elapsed(),
+        "completed upload"
+    );
     Ok(Json(CompleteResponse { file }))
 }
 
@@ -388,6 +419,7 @@ pub async fn abort(
                 "abort the session",
             )
             .await?;
+            app.live.remove(&upload_id);
             Ok(StatusCode::NO_CONTENT)
         }
     }
@@ -443,6 +475,80 @@ impl AppState {
         Ok(record)
     }
 
+    /// The live state of an open session, rebuilt from its stored parts on first use.
+    async fn live_state(
+        &self,
+        upload_id: &str,
+        total_size: u64,
+    ) -> Result<Arc<std::sync::Mutex<Live>>, ApiError> {
+        if let Some(live) = self.live.get(upload_id) {
+            return Ok(live);
+        }
+        let (storage, id) = (self.storage.clone(), upload_id.to_string());
+        let parts = blocking(move || storage.list_parts(&id), "list parts").await?;
+        Ok(self
+            .live
+            .insert(upload_id, Live::from_parts(total_size, &parts)))
+    }
+
+    /// When every part of the manifest lies in the data file at its final offset, the data file
+    /// is the file: finishes its SHA-256 from where the background hash got to and returns it.
+    /// `None` means the parts must be copied.
+    async fn finish_in_place(
+        &self,
+        upload_id: &str,
+        chosen: &[PartFile],
+        total_size: u64,
+    ) -> Result<Option<String>, ApiError> {
+        let mut end = 0;
+        for part in chosen {
+            if part.location != (Location::InPlace { offset: end }) {
+                return Ok(None);
+            }
+            end += part.size;
+        }
+        let data = self.storage.data_path(upload_id);
+        let length = tokio::fs::metadata(&data)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if length != total_size {
+            return Ok(None);
+        }
+        let live = self.live_state(upload_id, total_size).await?;
+        let progress = loop {
+            {
+                let state = live.lock().expect("live state is never poisoned");
+                if !state.is_hashing() {
+                    break state.hash_progress();
+                }
+            }
+            tokio::time::sleep(HASH_WAIT_POLL).await;
+        };
+        // Keep the background hash only if it covered a prefix of exactly these parts.
+        let hashed = progress.etags.len();
+        let usable = hashed <= chosen.len()
+            && chosen
+                .iter()
+                .zip(&progress.etags)
+                .all(|(part, etag)| part.etag == *etag);
+        let (mut hasher, from) = if usable {
+            (progress.hasher, progress.offset)
+        } else {
+            (sha2::Sha256::default(), 0)
+        };
+        let (storage, id) = (self.storage.clone(), upload_id.to_string());
+        let digest = blocking(
+            move || {
+                storage.hash_range(&id, from, total_size - from, &mut hasher)?;
+                Ok(hex::encode(sha2::Digest::finalize(hasher)))
+            },
+            "hash the file",
+        )
+        .await?;
+        Ok(Some(digest))
+    }
+
     fn check_workspace(&self, workspace_id: &str) -> Result<(), ApiError> {
         let allowed = &self.config.workspaces;
         if allowed.is_empty() || allowed.iter().any(|name| name == workspace_id) {
@@ -455,60 +561,6 @@ impl AppState {
             ))
         }
     }
-}
-
-/// Streams a part body into `path` through a blocking writer; returns its size and CRC32C once
-/// the bytes are fsynced. Fails, storing nothing usable, when the body ends short.
-async fn receive_part(
-    body: Body,
-    path: PathBuf,
-    content_length: u64,
-) -> Result<(u64, u32), ApiError> {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(PART_CHANNEL_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u32)> {
-        let mut file = std::fs::File::create(&path)?;
-        let (mut size, mut crc) = (0u64, 0u32);
-        while let Some(chunk) = receiver.blocking_recv() {
-            crc = crc32c::crc32c_append(crc, &chunk);
-            size += chunk.len() as u64;
-            file.write_all(&chunk)?;
-        }
-        file.sync_all()?;
-        Ok((size, crc))
-    });
-    let mut stream = body.into_data_stream();
-    let mut received = 0u64;
-    let mut short = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(chunk) => {
-                received += chunk.len() as u64;
-                if received > content_length || sender.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Err(error) => {
-                short = Some(error.to_string());
-                break;
-            }
-        }
-    }
-    drop(sender);
-    let written = writer
-        .await
-        .map_err(|error| ApiError::internal("write the part", &error))?
-        .map_err(|error| ApiError::internal("write the part", &error))?;
-    if short.is_some() || received != content_length || written.0 != content_length {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "incomplete_body",
-            format!(
-                "the body ended after {received} of {content_length} bytes{}; nothing was stored",
-                short.map(|error| format!(" ({error})")).unwrap_or_default()
-            ),
-        ));
-    }
-    Ok(written)
 }
 
 async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {

@@ -9,6 +9,8 @@
 
 mod error;
 mod handler;
+mod live;
+mod part;
 pub mod storage;
 pub mod validate;
 
@@ -165,6 +167,7 @@ pub(crate) struct AppState {
     storage: Storage,
     config: ServeConfig,
     locks: SessionLocks,
+    live: live::LiveSessions,
 }
 
 /// One async lock per session, serialising part commits against complete and abort. The map
@@ -214,6 +217,7 @@ pub async fn serve(
         storage,
         config,
         locks: SessionLocks::default(),
+        live: live::LiveSessions::default(),
     });
     let sweeper = tokio::spawn(sweep(app.clone(), shutdown.clone()));
     let result = axum::serve(listener, router(app))
@@ -288,8 +292,11 @@ async fn sweep(app: Arc<AppState>, shutdown: CancellationToken) {
         }
         let storage = app.storage.clone();
         match tokio::task::spawn_blocking(move || storage.sweep_expired(SystemTime::now())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::info!(removed, "swept expired upload sessions"),
+            Ok(Ok(removed)) if removed.is_empty() => {}
+            Ok(Ok(removed)) => {
+                tracing::info!(removed = removed.len(), "swept expired upload sessions");
+                app.live.retain(|id| !removed.iter().any(|gone| gone == id));
+            }
             Ok(Err(error)) => tracing::warn!(%error, "sweeping expired sessions failed"),
             Err(error) => tracing::warn!(%error, "sweeping expired sessions panicked"),
         }

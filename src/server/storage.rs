@@ -5,19 +5,24 @@
 //! DIR/<workspace_id>/<filename>                 completed files (the contract users read)
 //! DIR/.ferry/token                              generated bearer token (mode 0600)
 //! DIR/.ferry/sessions/<upload_id>/session.json  session record (atomic write-aside + rename)
-//! DIR/.ferry/sessions/<upload_id>/parts/<n>.<etag>   one stored part; the etag embeds its CRC32C
-//! DIR/.ferry/sessions/<upload_id>/incoming/*    parts still arriving (never listed as stored)
+//! DIR/.ferry/sessions/<upload_id>/data         parts written in place at their offsets (see live)
+//! DIR/.ferry/sessions/<upload_id>/parts/<n>.<etag>   a loose part: the file holds its bytes
+//! DIR/.ferry/sessions/<upload_id>/parts/<n>.<etag>.<offset>.<size>   an in-place part's marker
+//! DIR/.ferry/sessions/<upload_id>/incoming/*    loose parts still arriving (never listed)
 //! DIR/.ferry/files/<workspace_id>/<sha256(path)>.json  metadata of completed files
 //! DIR/.ferry/tmp/*                              files being assembled by complete
 //! ```
 //!
-//! Invariants: a part is visible only after its bytes are fsynced and renamed into `parts/`, so
-//! a dropped connection or a crash stores nothing; a file is visible only after complete has
-//! assembled, fsynced and renamed it. Names reaching this module were checked by `validate`.
+//! Every etag starts with the 8 hex digits of its part's CRC32C. Invariants: a part counts as
+//! stored only once its bytes are fsynced and its name is in `parts/`, so a dropped connection or
+//! a crash stores nothing (an in-place slot is written only while no stored part owns it); a file
+//! is visible only after complete has fsynced it and renamed it into place. Names reaching this
+//! module were checked by `validate`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,14 +80,23 @@ impl SessionRecord {
     }
 }
 
-/// A stored part, read back from its file name and length.
+/// Where a stored part's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// In a file of its own.
+    Loose(PathBuf),
+    /// In the session data file at this offset.
+    InPlace { offset: u64 },
+}
+
+/// A stored part, read back from its name (and, for a loose part, its length).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartFile {
     pub part_number: u32,
     pub etag: String,
     pub crc32c: u32,
     pub size: u64,
-    pub path: PathBuf,
+    pub location: Location,
 }
 
 /// Handle on the storage folder.
@@ -154,11 +168,11 @@ impl Storage {
     }
 
     /// Lists the stored parts of a session, sorted by part number. Should a crash have left two
-    /// versions of one part (after the rename of the new, before the removal of the old), the
-    /// newer one is kept, as the last successful PUT wins.
+    /// versions of one part (after the new one was committed, before the old one was removed),
+    /// the newer one is kept, as the last successful PUT wins.
     pub fn list_parts(&self, upload_id: &str) -> io::Result<Vec<PartFile>> {
         let dir = self.session_dir(upload_id).join("parts");
-        let mut by_number: BTreeMap<u32, (SystemTime, PartFile)> = BTreeMap::new();
+        let mut by_number: BTreeMap<u32, (SystemTime, PathBuf, PartFile)> = BTreeMap::new();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -169,30 +183,28 @@ impl Storage {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let Some((part_number, etag, crc32c)) = parse_part_name(&name) else {
+            let metadata = entry.metadata()?;
+            let Some(part) = parse_part_name(&name, entry.path(), metadata.len()) else {
                 continue;
             };
-            let metadata = entry.metadata()?;
             let modified = metadata.modified()?;
-            let part = PartFile {
-                part_number,
-                etag,
-                crc32c,
-                size: metadata.len(),
-                path: entry.path(),
-            };
-            match by_number.get(&part_number) {
-                Some((existing, _)) if *existing >= modified => fs::remove_file(&part.path)?,
-                Some((_, older)) => {
-                    fs::remove_file(&older.path)?;
-                    by_number.insert(part_number, (modified, part));
+            match by_number.get(&part.part_number) {
+                Some((existing, _, _)) if *existing >= modified => fs::remove_file(entry.path())?,
+                Some((_, older, _)) => {
+                    fs::remove_file(older)?;
+                    by_number.insert(part.part_number, (modified, entry.path(), part));
                 }
                 None => {
-                    by_number.insert(part_number, (modified, part));
+                    by_number.insert(part.part_number, (modified, entry.path(), part));
                 }
             }
         }
-        Ok(by_number.into_values().map(|(_, part)| part).collect())
+        Ok(by_number.into_values().map(|(_, _, part)| part).collect())
+    }
+
+    /// The session data file that in-place parts are written into.
+    pub fn data_path(&self, upload_id: &str) -> PathBuf {
+        self.session_dir(upload_id).join("data")
     }
 
     /// A fresh path for a part that is still arriving.
@@ -201,13 +213,16 @@ impl Storage {
         self.session_dir(upload_id).join("incoming").join(name)
     }
 
-    /// Makes a received (and fsynced) part visible, replacing any earlier version of it.
+    /// Commits a received and fsynced part, replacing any earlier version of it: a loose part by
+    /// renaming its file into `parts/`, an in-place part by creating its marker. The commit is
+    /// durable once `sync_parts` has run (kept apart so that it can run outside the session
+    /// lock, letting the filesystem batch the commits of parallel parts).
     pub fn commit_part(
         &self,
         upload_id: &str,
         part_number: u32,
-        received: &Path,
         etag: &str,
+        received: &Received,
     ) -> io::Result<()> {
         let parts = self.session_dir(upload_id).join("parts");
         let prefix = format!("{part_number:06}.");
@@ -216,11 +231,21 @@ impl Storage {
             .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
             .map(|entry| entry.path())
             .collect();
-        fs::rename(received, parts.join(format!("{prefix}{etag}")))?;
+        match received {
+            Received::Loose(path) => fs::rename(path, parts.join(format!("{prefix}{etag}")))?,
+            Received::InPlace { offset, size } => {
+                File::create(parts.join(format!("{prefix}{etag}.{offset}.{size}")))?;
+            }
+        }
         for path in older {
             fs::remove_file(path)?;
         }
-        sync_dir(&parts)
+        Ok(())
+    }
+
+    /// Makes the part commits of a session durable.
+    pub fn sync_parts(&self, upload_id: &str) -> io::Result<()> {
+        sync_dir(&self.session_dir(upload_id).join("parts"))
     }
 
     /// Marks a session aborted and discards its parts.
@@ -239,12 +264,15 @@ impl Storage {
                 _ => {}
             }
         }
-        Ok(())
+        match fs::remove_file(dir.join("data")) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
     }
 
-    /// Concatenates `parts` into a temp file on the storage filesystem, hashing as it goes, and
-    /// fsyncs it. Returns the temp path and the lowercase hex SHA-256 of the content.
-    pub fn assemble(&self, parts: &[&PartFile]) -> io::Result<(PathBuf, String)> {
+    /// Copies `parts`, in order, into a temp file on the storage filesystem, hashing as it goes,
+    /// and fsyncs it. Returns the temp path and the lowercase hex SHA-256 of the content.
+    pub fn assemble(&self, upload_id: &str, parts: &[PartFile]) -> io::Result<(PathBuf, String)> {
         let temp = self
             .state
             .join("tmp")
@@ -253,15 +281,19 @@ impl Storage {
             let mut output = File::create(&temp)?;
             let mut hasher = Sha256::new();
             let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+            let data = self.data_path(upload_id);
             for part in parts {
-                let mut input = File::open(&part.path)?;
-                loop {
-                    let read = input.read(&mut buffer)?;
-                    if read == 0 {
-                        break;
-                    }
-                    hasher.update(&buffer[..read]);
-                    output.write_all(&buffer[..read])?;
+                let (input, offset) = match &part.location {
+                    Location::Loose(path) => (File::open(path)?, 0),
+                    Location::InPlace { offset } => (File::open(&data)?, *offset),
+                };
+                let mut done = 0;
+                while done < part.size {
+                    let want = (part.size - done).min(buffer.len() as u64) as usize;
+                    input.read_exact_at(&mut buffer[..want], offset + done)?;
+                    hasher.update(&buffer[..want]);
+                    output.write_all(&buffer[..want])?;
+                    done += want as u64;
                 }
             }
             output.sync_all()?;
@@ -276,7 +308,28 @@ impl Storage {
         }
     }
 
-    /// Renames an assembled file to `DIR/<workspace>/<filename>`, replacing an earlier file.
+    /// Feeds `size` bytes of the session data file from `offset` into `hasher`.
+    pub fn hash_range(
+        &self,
+        upload_id: &str,
+        offset: u64,
+        size: u64,
+        hasher: &mut Sha256,
+    ) -> io::Result<()> {
+        let data = File::open(self.data_path(upload_id))?;
+        let mut buffer = vec![0u8; COPY_BUFFER_BYTES.min(size.max(1) as usize)];
+        let mut done = 0;
+        while done < size {
+            let want = (size - done).min(buffer.len() as u64) as usize;
+            data.read_exact_at(&mut buffer[..want], offset + done)?;
+            hasher.update(&buffer[..want]);
+            done += want as u64;
+        }
+        Ok(())
+    }
+
+    /// Renames a complete file (assembled, or the session data file) to
+    /// `DIR/<workspace>/<filename>`, replacing an earlier file.
     pub fn publish(&self, assembled: &Path, workspace_id: &str, filename: &str) -> io::Result<()> {
         let destination = self.root.join(workspace_id).join(filename);
         let parent = destination
@@ -339,9 +392,9 @@ impl Storage {
     }
 
     /// Removes sessions past their expiry (open ones with their parts, finished ones with the
-    /// record kept for idempotent completes). Returns how many were removed.
-    pub fn sweep_expired(&self, now: SystemTime) -> io::Result<usize> {
-        let mut removed = 0;
+    /// record kept for idempotent completes). Returns the ids of those removed.
+    pub fn sweep_expired(&self, now: SystemTime) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
         for entry in fs::read_dir(self.state.join("sessions"))? {
             let entry = entry?;
             let upload_id = entry.file_name().to_string_lossy().into_owned();
@@ -358,17 +411,20 @@ impl Storage {
             };
             if expired {
                 fs::remove_dir_all(entry.path())?;
-                removed += 1;
+                removed.push(upload_id);
             }
         }
         Ok(removed)
     }
 }
 
-/// Name of a stored part: `<part_number:06>.<etag>`, where the etag starts with the 8 hex
-/// digits of the part's CRC32C.
-pub fn part_file_name(part_number: u32, etag: &str) -> String {
-    format!("{part_number:06}.{etag}")
+/// How a received part's bytes were stored, for `commit_part`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// In this file, to be renamed into `parts/`.
+    Loose(PathBuf),
+    /// In the session data file.
+    InPlace { offset: u64, size: u64 },
 }
 
 /// A new etag for a part with this CRC32C: the CRC and 64 random bits, so a replaced part
@@ -377,14 +433,33 @@ pub fn new_etag(crc32c: u32) -> String {
     format!("{crc32c:08x}{:016x}", rand::random::<u64>())
 }
 
-fn parse_part_name(name: &str) -> Option<(u32, String, u32)> {
-    let (number, etag) = name.split_once('.')?;
-    let part_number = number.parse().ok()?;
+/// Parses `<n>.<etag>` (loose, `length` bytes at `path`) or `<n>.<etag>.<offset>.<size>`
+/// (in place). Anything else is not a part.
+fn parse_part_name(name: &str, path: PathBuf, length: u64) -> Option<PartFile> {
+    let mut fields = name.split('.');
+    let part_number = fields.next()?.parse().ok()?;
+    let etag = fields.next()?;
     if etag.len() != 24 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let crc32c = u32::from_str_radix(&etag[..8], 16).ok()?;
-    Some((part_number, etag.to_string(), crc32c))
+    let (size, location) = match (fields.next(), fields.next(), fields.next()) {
+        (None, None, None) => (length, Location::Loose(path)),
+        (Some(offset), Some(size), None) => (
+            size.parse().ok()?,
+            Location::InPlace {
+                offset: offset.parse().ok()?,
+            },
+        ),
+        _ => return None,
+    };
+    Some(PartFile {
+        part_number,
+        etag: etag.to_string(),
+        crc32c,
+        size,
+        location,
+    })
 }
 
 /// Seconds since the Unix epoch.
@@ -435,11 +510,24 @@ mod tests {
     #[test]
     fn part_names_round_trip_and_reject_foreign_files() {
         let etag = new_etag(0xdead_beef);
-        let name = part_file_name(42, &etag);
-        assert_eq!(parse_part_name(&name), Some((42, etag, 0xdead_beef)));
-        assert_eq!(parse_part_name("000001.tmp"), None);
-        assert_eq!(parse_part_name("README"), None);
-        assert_eq!(parse_part_name("x.0123456789abcdef01234567"), None);
+        let path = PathBuf::from("p");
+        let loose = parse_part_name(&format!("000042.{etag}"), path.clone(), 7).unwrap();
+        assert_eq!(
+            (loose.part_number, loose.crc32c, loose.size),
+            (42, 0xdead_beef, 7)
+        );
+        assert_eq!(loose.location, Location::Loose(path.clone()));
+        let in_place = parse_part_name(&format!("000003.{etag}.16.8"), path.clone(), 0).unwrap();
+        assert_eq!(in_place.location, Location::InPlace { offset: 16 });
+        assert_eq!(in_place.size, 8);
+        for foreign in [
+            "000001.tmp",
+            "README",
+            "x.0123456789abcdef01234567",
+            "1.0123456789abcdef01234567.1",
+        ] {
+            assert_eq!(parse_part_name(foreign, path.clone(), 0), None, "{foreign}");
+        }
     }
 
     #[test]
@@ -468,7 +556,9 @@ mod tests {
             let incoming = storage.incoming_path("up_0");
             fs::write(&incoming, content).unwrap();
             let etag = new_etag(crc32c::crc32c(content));
-            storage.commit_part("up_0", 1, &incoming, &etag).unwrap();
+            storage
+                .commit_part("up_0", 1, &etag, &Received::Loose(incoming))
+                .unwrap();
         }
         let parts = storage.list_parts("up_0").unwrap();
         assert_eq!(parts.len(), 1);

@@ -237,6 +237,7 @@ impl Uploader {
         progress.add_resumed(resumed_bytes);
 
         let manifest = self.send_parts(&context, record.limits, parts).await?;
+        tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
 
         let check = file.clone();
         if blocking(move || Ok(check.changed())).await.unwrap_or(true) {
@@ -245,6 +246,7 @@ impl Uploader {
                 .await);
         }
         let digest = self.digest(hashing, &file).await?;
+        tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), "hashed; completing");
         let completed: Vec<CompletedPart> = manifest
             .values()
             .map(|part| CompletedPart {

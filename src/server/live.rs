@@ -1,0 +1,349 @@
+//! In-memory state of open sessions: where each new part goes, and the running SHA-256 of the
+//! parts stored so far.
+//!
+//! Parts of a uniform layout (every part `stride` bytes but the last) are written in place into
+//! one session data file at `(n-1) * stride`, so that complete can publish that file by rename
+//! instead of copying every byte again. The stride is the size of part 1 (whose offset is always
+//! 0), or of whichever part arrives first: parallel parts race. A part that does not fit the
+//! layout, or one that replaces a stored part, is stored loose, in a file of its own; complete
+//! then copies.
+//!
+//! The hash advances over the in-place parts in order as they are committed, so complete
+//! usually has only the last parts left to hash. Nothing here is durable: after a restart the
+//! state is rebuilt from the stored parts and the hash starts again from the beginning.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::storage::{Location, PartFile};
+
+/// Where a part being received is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Into the session data file at this offset.
+    InPlace { offset: u64 },
+    /// Into a file of its own.
+    Loose,
+}
+
+/// A stored in-place part, as the hasher needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InPlacePart {
+    etag: String,
+    offset: u64,
+    size: u64,
+}
+
+/// The running hash over the in-place parts `1..next_part`.
+#[derive(Clone)]
+pub struct HashProgress {
+    pub hasher: Sha256,
+    /// Bytes hashed: the offset where part `next_part` must start.
+    pub offset: u64,
+    pub next_part: u32,
+    /// Etags of the parts hashed, in order.
+    pub etags: Vec<String>,
+}
+
+impl HashProgress {
+    fn fresh() -> HashProgress {
+        HashProgress {
+            hasher: Sha256::new(),
+            offset: 0,
+            next_part: 1,
+            etags: Vec::new(),
+        }
+    }
+}
+
+/// A range of the data file for the hasher to read next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashJob {
+    pub part_number: u32,
+    pub etag: String,
+    pub offset: u64,
+    pub size: u64,
+    /// The hash generation this job belongs to; a replaced part starts a new one.
+    generation: u64,
+}
+
+/// State of one open session.
+pub struct Live {
+    total_size: u64,
+    stride: Option<u64>,
+    /// Part numbers with a stored version.
+    stored: HashSet<u32>,
+    /// Part numbers being written in place right now (at most one writer per slot).
+    writing: HashSet<u32>,
+    in_place: BTreeMap<u32, InPlacePart>,
+    hash: HashProgress,
+    hash_generation: u64,
+    hashing: bool,
+}
+
+impl Live {
+    /// Rebuilds the state from the parts on disk.
+    pub fn from_parts(total_size: u64, parts: &[PartFile]) -> Live {
+        let mut live = Live {
+            total_size,
+            stride: None,
+            stored: HashSet::new(),
+            writing: HashSet::new(),
+            in_place: BTreeMap::new(),
+            hash: HashProgress::fresh(),
+            hash_generation: 0,
+            hashing: false,
+        };
+        for part in parts {
+            live.stored.insert(part.part_number);
+            if let Location::InPlace { offset } = part.location {
+                if part.part_number == 1 {
+                    live.stride = Some(part.size);
+                } else if offset > 0 {
+                    live.stride = Some(offset / u64::from(part.part_number - 1));
+                }
+                live.in_place.insert(
+                    part.part_number,
+                    InPlacePart {
+                        etag: part.etag.clone(),
+                        offset,
+                        size: part.size,
+                    },
+                );
+            }
+        }
+        live
+    }
+
+    /// Chooses where part `number` of `size` bytes goes, reserving its slot when in place.
+    pub fn place(&mut self, number: u32, size: u64) -> Placement {
+        if size == 0 || self.stored.contains(&number) || self.writing.contains(&number) {
+            return Placement::Loose;
+        }
+        // The first part to arrive sets the stride, if it can be a full part of a uniform
+        // layout. Only the last part, arriving first and short, can mislead; then the other
+        // parts do not fit, go loose, and complete copies: slower, never wrong.
+        let stride = match self.stride {
+            Some(stride) => stride,
+            None if u64::from(number).saturating_mul(size) <= self.total_size => {
+                self.stride = Some(size);
+                size
+            }
+            None => return Placement::Loose,
+        };
+        let offset = u64::from(number - 1).saturating_mul(stride);
+        let end = offset.saturating_add(size);
+        let full_part = size == stride && end <= self.total_size;
+        let last_part = size < stride && end == self.total_size;
+        if !(full_part || last_part) {
+            return Placement::Loose;
+        }
+        self.writing.insert(number);
+        Placement::InPlace { offset }
+    }
+
+    /// Releases a reservation; records the part if it was committed.
+    pub fn finish(&mut self, number: u32, placement: Placement, committed: Option<(&str, u64)>) {
+        if placement != Placement::Loose {
+            self.writing.remove(&number);
+        }
+        let Some((etag, size)) = committed else {
+            return;
+        };
+        self.stored.insert(number);
+        if number < self.hash.next_part {
+            // A hashed part was replaced: the running hash no longer describes what is stored.
+            self.hash = HashProgress::fresh();
+            self.hash_generation += 1;
+        }
+        match placement {
+            Placement::InPlace { offset } => {
+                let part = InPlacePart {
+                    etag: etag.to_string(),
+                    offset,
+                    size,
+                };
+                self.in_place.insert(number, part);
+            }
+            Placement::Loose => {
+                self.in_place.remove(&number);
+            }
+        }
+    }
+
+    /// The next range to hash, if the hasher is idle and the next part in order is in place.
+    pub fn next_hash_job(&mut self) -> Option<HashJob> {
+        if self.hashing {
+            return None;
+        }
+        let part = self.in_place.get(&self.hash.next_part)?;
+        if part.offset != self.hash.offset {
+            return None;
+        }
+        self.hashing = true;
+        Some(HashJob {
+            part_number: self.hash.next_part,
+            etag: part.etag.clone(),
+            offset: part.offset,
+            size: part.size,
+            generation: self.hash_generation,
+        })
+    }
+
+    /// Takes the hasher for a job (the job reads the bytes with the lock released).
+    pub fn take_hasher(&mut self) -> Sha256 {
+        std::mem::take(&mut self.hash.hasher)
+    }
+
+    /// Puts the hasher back after `job`; drops the work if a replacement reset the hash since.
+    pub fn hashed(&mut self, job: &HashJob, hasher: Sha256) {
+        self.hashing = false;
+        if job.generation != self.hash_generation {
+            return;
+        }
+        self.hash.hasher = hasher;
+        self.hash.offset += job.size;
+        self.hash.next_part += 1;
+        self.hash.etags.push(job.etag.clone());
+    }
+
+    /// Marks the hasher idle after a failed job, resetting the hash.
+    pub fn hash_failed(&mut self) {
+        self.hashing = false;
+        self.hash = HashProgress::fresh();
+        self.hash_generation += 1;
+    }
+
+    pub fn is_hashing(&self) -> bool {
+        self.hashing
+    }
+
+    /// The hash so far, for complete to finish.
+    pub fn hash_progress(&self) -> HashProgress {
+        self.hash.clone()
+    }
+}
+
+/// The live state of every open session this process has touched. The map sits behind a std
+/// mutex held only to look up or insert; each session's state has its own.
+#[derive(Default)]
+pub struct LiveSessions(Mutex<HashMap<String, Arc<Mutex<Live>>>>);
+
+impl LiveSessions {
+    pub fn get(&self, upload_id: &str) -> Option<Arc<Mutex<Live>>> {
+        self.0
+            .lock()
+            .expect("live map is never poisoned")
+            .get(upload_id)
+            .cloned()
+    }
+
+    /// Inserts `live` unless another request got there first; returns the one in the map.
+    pub fn insert(&self, upload_id: &str, live: Live) -> Arc<Mutex<Live>> {
+        let mut map = self.0.lock().expect("live map is never poisoned");
+        map.entry(upload_id.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(live)))
+            .clone()
+    }
+
+    pub fn remove(&self, upload_id: &str) {
+        self.0
+            .lock()
+            .expect("live map is never poisoned")
+            .remove(upload_id);
+    }
+
+    /// Keeps only the sessions for which `keep` holds.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0
+            .lock()
+            .expect("live map is never poisoned")
+            .retain(|id, _| keep(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(total: u64) -> Live {
+        Live::from_parts(total, &[])
+    }
+
+    #[test]
+    fn placement_table() {
+        // A 20-byte file in parts of 8: [0,8) [8,16) [16,20).
+        let mut session = live(20);
+        assert_eq!(
+            session.place(2, 8),
+            Placement::InPlace { offset: 8 },
+            "any full part sets the stride"
+        );
+        assert_eq!(session.place(3, 4), Placement::InPlace { offset: 16 });
+        assert_eq!(session.place(3, 4), Placement::Loose, "slot busy");
+        assert_eq!(
+            session.place(1, 5),
+            Placement::Loose,
+            "neither full nor last"
+        );
+        assert_eq!(session.place(4, 8), Placement::Loose, "beyond the end");
+        assert_eq!(session.place(1, 8), Placement::InPlace { offset: 0 });
+        session.finish(1, Placement::InPlace { offset: 0 }, Some(("a", 8)));
+        assert_eq!(
+            session.place(1, 8),
+            Placement::Loose,
+            "a replacement never overwrites"
+        );
+        session.finish(2, Placement::InPlace { offset: 8 }, None);
+        assert_eq!(
+            session.place(2, 8),
+            Placement::InPlace { offset: 8 },
+            "a failed write frees its slot"
+        );
+        assert_eq!(
+            live(0).place(1, 0),
+            Placement::Loose,
+            "empty parts are loose"
+        );
+
+        // The short last part arriving first misleads the stride; the others go loose.
+        let mut misled = live(20);
+        assert_eq!(misled.place(3, 4), Placement::InPlace { offset: 8 });
+        assert_eq!(misled.place(1, 8), Placement::Loose);
+        assert_eq!(misled.place(2, 8), Placement::Loose);
+        assert_eq!(
+            live(20).place(3, 8),
+            Placement::Loose,
+            "3 x 8 > 20: not a full part"
+        );
+    }
+
+    #[test]
+    fn hash_advances_in_order_and_resets_on_replacement() {
+        let mut session = live(20);
+        for (number, offset, size) in [(1, 0, 8), (3, 16, 4)] {
+            let placement = session.place(number, size);
+            assert_eq!(placement, Placement::InPlace { offset });
+            session.finish(number, placement, Some(("e", size)));
+        }
+        let job = session.next_hash_job().unwrap();
+        assert_eq!((job.part_number, job.offset), (1, 0));
+        assert_eq!(session.next_hash_job(), None, "one job at a time");
+        let hasher = session.take_hasher();
+        session.hashed(&job, hasher);
+        assert_eq!(session.next_hash_job(), None, "part 2 is missing");
+        let placement = session.place(2, 8);
+        session.finish(2, placement, Some(("f", 8)));
+        let job = session.next_hash_job().unwrap();
+        assert_eq!(job.part_number, 2);
+        // Part 1 is replaced while part 2 is being hashed: that work is dropped.
+        session.finish(1, Placement::Loose, Some(("g", 8)));
+        let hasher = session.take_hasher();
+        session.hashed(&job, hasher);
+        let progress = session.hash_progress();
+        assert_eq!((progress.next_part, progress.offset), (1, 0));
+        assert_eq!(session.next_hash_job(), None, "part 1 is loose now");
+    }
+}

@@ -1,0 +1,206 @@
+//! Receiving part bodies, and hashing stored parts in the background.
+//!
+//! A body streams through a bounded channel to a blocking writer that computes the CRC32C as
+//! the bytes land and fsyncs before it returns, so memory does not grow with part size, and a
+//! body that ends short of its Content-Length is not committed. The writer owns the slot
+//! reservation of an in-place part until its last write is done: even if the request is dropped
+//! mid-way, no other writer can enter the slot while bytes of this one may still land in it.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::error::ApiError;
+use super::live::{Live, Placement};
+use super::storage::Received;
+
+/// Body chunks buffered between the connection and the disk writer of one part.
+const PART_CHANNEL_CHUNKS: usize = 8;
+
+/// A part's claim on where it is written; released (without committing) when dropped.
+pub struct Reservation {
+    live: Arc<Mutex<Live>>,
+    part_number: u32,
+    placement: Placement,
+    committed: bool,
+}
+
+impl Reservation {
+    pub fn new(live: Arc<Mutex<Live>>, part_number: u32, size: u64) -> Reservation {
+        let placement = live
+            .lock()
+            .expect("live state is never poisoned")
+            .place(part_number, size);
+        Reservation {
+            live,
+            part_number,
+            placement,
+            committed: false,
+        }
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// Records the part as stored under `etag`.
+    pub fn commit(mut self, etag: &str, size: u64) {
+        self.committed = true;
+        let mut live = self.live.lock().expect("live state is never poisoned");
+        live.finish(self.part_number, self.placement, Some((etag, size)));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.committed {
+            let mut live = self.live.lock().expect("live state is never poisoned");
+            live.finish(self.part_number, self.placement, None);
+        }
+    }
+}
+
+/// Where the writer puts the bytes.
+pub enum Sink {
+    Loose(std::path::PathBuf),
+    InPlace {
+        data: std::path::PathBuf,
+        offset: u64,
+    },
+}
+
+/// Streams `body` into `sink`; returns what was received, its CRC32C and the reservation.
+/// Fails, committing nothing, when the body ends short of `content_length`.
+pub async fn receive(
+    body: Body,
+    sink: Sink,
+    content_length: u64,
+    reservation: Reservation,
+) -> Result<(Received, u32, Reservation), ApiError> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(PART_CHANNEL_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let written = (|| -> std::io::Result<(Received, u64, u32)> {
+            let (mut size, mut crc) = (0u64, 0u32);
+            match &sink {
+                Sink::Loose(path) => {
+                    let mut file = std::fs::File::create(path)?;
+                    while let Some(chunk) = receiver.blocking_recv() {
+                        crc = crc32c::crc32c_append(crc, &chunk);
+                        file.write_all(&chunk)?;
+                        size += chunk.len() as u64;
+                    }
+                    file.sync_all()?;
+                    Ok((Received::Loose(path.clone()), size, crc))
+                }
+                Sink::InPlace { data, offset } => {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(data)?;
+                    while let Some(chunk) = receiver.blocking_recv() {
+                        crc = crc32c::crc32c_append(crc, &chunk);
+                        file.write_all_at(&chunk, offset + size)?;
+                        size += chunk.len() as u64;
+                    }
+                    file.sync_data()?;
+                    Ok((
+                        Received::InPlace {
+                            offset: *offset,
+                            size,
+                        },
+                        size,
+                        crc,
+                    ))
+                }
+            }
+        })();
+        (written, reservation)
+    });
+
+    let mut stream = body.into_data_stream();
+    let mut received = 0u64;
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                received += chunk.len() as u64;
+                if received > content_length || sender.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(error) => {
+                failure = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    drop(sender);
+    let (written, reservation) = writer
+        .await
+        .map_err(|error| ApiError::internal("write the part", &error))?;
+    let (stored, size, crc) =
+        written.map_err(|error| ApiError::internal("write the part", &error))?;
+    if failure.is_some() || received != content_length || size != content_length {
+        if let Received::Loose(path) = &stored {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "incomplete_body",
+            format!(
+                "the body ended after {received} of {content_length} bytes{}; nothing was stored",
+                failure
+                    .map(|error| format!(" ({error})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok((stored, crc, reservation))
+}
+
+/// Hashes the in-place parts of a session in order, as far as they are stored, then returns.
+/// Started after each in-place commit; at most one runs per session (the live state says so).
+pub fn advance_hash(app: Arc<AppState>, upload_id: String) {
+    tokio::spawn(async move {
+        loop {
+            let Some(live) = app.live.get(&upload_id) else {
+                return;
+            };
+            let (job, mut hasher) = {
+                let mut state = live.lock().expect("live state is never poisoned");
+                let Some(job) = state.next_hash_job() else {
+                    return;
+                };
+                let hasher = state.take_hasher();
+                (job, hasher)
+            };
+            let storage = app.storage.clone();
+            let (id, offset, size) = (upload_id.clone(), job.offset, job.size);
+            let hashed = tokio::task::spawn_blocking(move || {
+                storage
+                    .hash_range(&id, offset, size, &mut hasher)
+                    .map(|()| hasher)
+            })
+            .await;
+            let mut state = live.lock().expect("live state is never poisoned");
+            match hashed {
+                Ok(Ok(hasher)) => state.hashed(&job, hasher),
+                Ok(Err(error)) => {
+                    tracing::warn!(upload_id, %error, "hashing stored parts failed; complete will hash");
+                    state.hash_failed();
+                    return;
+                }
+                Err(_) => {
+                    state.hash_failed();
+                    return;
+                }
+            }
+        }
+    });
+}
