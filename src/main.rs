@@ -177,6 +177,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn push(args: PushArgs) -> Result<()> {
+    ferry::upload::native::check_url(&args.url)
+        .map_err(|problem| UsageError(format!("--url {}: {problem}", args.url)))?;
     if args.name.is_some() && args.files.len() > 1 {
         return Err(
             UsageError("--name names one remote file; give a single FILE with it".into()).into(),

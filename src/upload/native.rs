@@ -59,16 +59,10 @@ pub struct NativeBackend {
 impl NativeBackend {
     pub fn new(config: NativeConfig) -> Result<NativeBackend, BackendError> {
         let base_url = config.url.trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&base_url).map_err(|error| BackendError::Setup {
+        check_url(&base_url).map_err(|problem| BackendError::Setup {
             endpoint: base_url.clone(),
-            problem: format!("not a valid URL: {error}"),
+            problem,
         })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(BackendError::Setup {
-                endpoint: base_url,
-                problem: "the URL must start with http:// or https://".into(),
-            });
-        }
         install_crypto_provider();
         let client = Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -191,6 +185,15 @@ fn remote_file(file: crate::protocol::CompletedFile) -> RemoteFile {
         size: file.size,
         sha256: Some(file.sha256),
     }
+}
+
+/// Checks that `url` can be a receiver's base URL: absolute, http or https.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|error| format!("not a valid URL: {error}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("the URL must start with http:// or https://".into());
+    }
+    Ok(())
 }
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a default one

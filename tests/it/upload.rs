@@ -395,3 +395,139 @@ async fn a_vanished_file_is_reported_by_path() {
             .contains("/nonexistent/ferry-test/file.bin")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_damaged_in_transit_is_sent_again() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    let damaged = std::sync::Mutex::new(false);
+    proxy.set_plan(move |head, _| {
+        let first_part_2 =
+            head.part_number == Some(2) && !std::mem::replace(&mut *damaged.lock().unwrap(), true);
+        first_part_2.then_some(Fault::Corrupt)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("damaged.bin");
+    random_file(&local, 3 * MIB, 3);
+    let settings = UploadSettings {
+        chunk_size: MIB,
+        ..fast_retry_settings()
+    };
+    let report = Engine::new(&proxy.url, settings)
+        .upload(&local, "damaged.bin")
+        .await
+        .unwrap();
+    assert_eq!(report.parts, 3);
+    let part_2 = proxy
+        .log()
+        .iter()
+        .filter(|seen| seen.part_number == Some(2))
+        .count();
+    assert_eq!(part_2, 2, "the damaged part was sent twice");
+    assert_same_content(&local, &receiver.file("damaged.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_starts_over_when_the_file_changed_or_the_session_is_gone() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("again.bin");
+    let token = token_file(dir.path());
+    let push = || {
+        let mut command = Command::new(ferry_bin());
+        command
+            .arg("push")
+            .arg(&local)
+            .args(["--url", &proxy.url, "--chunk-size", "1MiB", "--json"])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        command
+    };
+    let interrupted_push = |seed| {
+        random_file(&local, 16 * MIB, seed);
+        proxy.set_throttle(2 * MIB);
+        let mut child = push().spawn().unwrap();
+        let storage = receiver.storage.clone();
+        async move {
+            wait_until("2 parts stored", Duration::from_secs(30), || {
+                stored_parts(&storage) >= 2
+            })
+            .await;
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    };
+    let finish = || {
+        proxy.set_throttle(0);
+        let output = push().output().unwrap();
+        assert!(output.status.success());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        summary["files"][0]["parts_resumed"].as_u64().unwrap()
+    };
+
+    // The file changes between the runs: the old session is aborted, the new content sent.
+    interrupted_push(1).await;
+    random_file(&local, 16 * MIB, 2);
+    assert_eq!(finish(), 0, "nothing of the old content is reused");
+    assert_same_content(&local, &receiver.file("again.bin"));
+    let aborted = std::fs::read_dir(receiver.storage.join(".ferry/sessions"))
+        .unwrap()
+        .filter(|entry| {
+            let record =
+                std::fs::read_to_string(entry.as_ref().unwrap().path().join("session.json"))
+                    .unwrap();
+            record.contains("\"aborted\"")
+        })
+        .count();
+    assert_eq!(aborted, 1, "the outdated session was aborted");
+
+    // The receiver lost the session (expired, swept): a new one is opened.
+    interrupted_push(3).await;
+    for session in std::fs::read_dir(receiver.storage.join(".ferry/sessions")).unwrap() {
+        std::fs::remove_dir_all(session.unwrap().path()).unwrap();
+    }
+    assert_eq!(finish(), 0);
+    assert_same_content(&local, &receiver.file("again.bin"));
+}
+
+#[test]
+fn usage_errors_exit_with_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(ferry_bin());
+        command.arg("push").args(args).env_remove("FERRY_TOKEN");
+        if let Some(token) = token {
+            command.env("FERRY_TOKEN", token);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let file = file.to_str().unwrap();
+    let (code, stderr) = run(&[file, "--url", "http://127.0.0.1:9"], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("FERRY_TOKEN"), "{stderr}");
+    let (code, stderr) = run(
+        &[file, file, "--url", "http://127.0.0.1:9", "--name", "x"],
+        Some("t"),
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--name"), "{stderr}");
+    let (code, _) = run(
+        &[file, "--url", "http://127.0.0.1:9", "--chunk-size", "lots"],
+        Some("t"),
+    );
+    assert_eq!(code, Some(2), "clap's own usage errors");
+    let (code, stderr) = run(&[file, "--url", "ftp://host"], Some("t"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--url ftp://host"), "{stderr}");
+}

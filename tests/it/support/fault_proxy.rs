@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 fault proxy for loopback tests. It sits between a client and a real
 //! receiver, forwards requests, and injects faults chosen per request: cut the connection in the
 //! middle of a body, stall it, answer `503` with `Retry-After` without forwarding, or hold a
-//! request back for a while. It can also throttle request bodies to slow an upload down.
+//! request back for a while, or flip a byte of the body. It can also throttle request bodies to
+//! slow an upload down.
 //!
 //! Each connection carries one request: the proxy adds `Connection: close` to what it forwards,
 //! so the receiver's reply tells the client not to reuse the connection. Every request is logged
@@ -25,6 +26,8 @@ pub enum Fault {
     Unavailable { retry_after_secs: u64 },
     /// Wait this long, then forward normally.
     Delay(Duration),
+    /// Forward everything, but flip the bits of the body's middle byte.
+    Corrupt,
 }
 
 /// One request the proxy saw.
@@ -183,12 +186,16 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         _ => u64::MAX,
     };
     let throttle = *shared.throttle.lock().unwrap();
+    let corrupt_at = (fault == Some(Fault::Corrupt)).then_some(head.content_length / 2);
     let forwarded = forward_body(
         &mut client_read,
         &mut upstream_write,
         early_body,
         head.content_length.min(cut_at),
-        throttle,
+        BodyRules {
+            throttle,
+            corrupt_at,
+        },
     )
     .await;
     match fault {
@@ -262,36 +269,51 @@ async fn read_head(client: &mut TcpStream) -> Option<(RequestHead, Vec<u8>, Vec<
     Some((head, rewritten.into_bytes(), buffer[end..].to_vec()))
 }
 
-/// Forwards `length` body bytes (some already read into `early`), at most `throttle` bytes per
-/// second when it is not 0.
+/// How a body is forwarded.
+struct BodyRules {
+    /// Bytes per second at most; 0 for no limit.
+    throttle: u64,
+    /// Offset of a byte to flip.
+    corrupt_at: Option<u64>,
+}
+
+/// Forwards `length` body bytes (some already read into `early`) under `rules`.
 async fn forward_body(
     client: &mut tokio::net::tcp::OwnedReadHalf,
     upstream: &mut tokio::net::tcp::OwnedWriteHalf,
-    early: Vec<u8>,
+    mut early: Vec<u8>,
     length: u64,
-    throttle: u64,
+    rules: BodyRules,
 ) -> std::io::Result<()> {
     let started = Instant::now();
-    let first = early.len().min(length as usize);
-    upstream.write_all(&early[..first]).await?;
-    let mut sent = first as u64;
     let mut buffer = vec![0u8; 64 * 1024];
-    while sent < length {
+    let mut sent = 0u64;
+    early.truncate(length as usize);
+    let mut pending = early;
+    loop {
+        if let Some(at) = rules.corrupt_at
+            && (sent..sent + pending.len() as u64).contains(&at)
+        {
+            pending[(at - sent) as usize] ^= 0xff;
+        }
+        upstream.write_all(&pending).await?;
+        sent += pending.len() as u64;
+        if rules.throttle > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / rules.throttle as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if sent >= length {
+            return Ok(());
+        }
         let want = (length - sent).min(buffer.len() as u64) as usize;
         let read = client.read(&mut buffer[..want]).await?;
         if read == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        upstream.write_all(&buffer[..read]).await?;
-        sent += read as u64;
-        if throttle > 0 {
-            let due = Duration::from_secs_f64(sent as f64 / throttle as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        pending = buffer[..read].to_vec();
     }
-    Ok(())
 }
 
 async fn discard(client: &mut TcpStream, mut length: u64) -> std::io::Result<()> {
