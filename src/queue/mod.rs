@@ -1,15 +1,17 @@
 //! The durable store. Only this module touches sled (it calls itself beta; one owner keeps the
-//! blast radius small). Today it keeps the records of resumable upload sessions; the daemon's job
-//! queue joins it here.
+//! blast radius small). It keeps the daemon's job queue and upload index (`jobs`) and the
+//! records of resumable upload sessions.
 //!
 //! Durability: every `*_durable` method returns only after `flush_async`, sled's durability
 //! point, so a record that was acknowledged survives a kill -9. Keys are big-endian so that a
 //! session's parts scan in part-number order. Scans are blocking and belong in `spawn_blocking`.
 
+pub mod jobs;
 pub mod record;
 
 use std::path::{Path, PathBuf};
 
+pub use jobs::{Candidate, Counts, Enqueued, IndexEntry, JobId, JobRecord, JobState};
 pub use record::{Fingerprint, PartRecord, RECORD_VERSION, UploadRecord};
 
 /// sled's page cache. Its default (1 GiB) would dwarf the daemon's memory budget; session
@@ -45,6 +47,11 @@ pub struct Store {
     db: sled::Db,
     uploads: sled::Tree,
     parts: sled::Tree,
+    jobs: sled::Tree,
+    job_paths: sled::Tree,
+    ready: sled::Tree,
+    uploaded: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Store {
@@ -59,9 +66,17 @@ impl Store {
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(open_error)?;
-        let uploads = db.open_tree("uploads").map_err(open_error)?;
-        let parts = db.open_tree("upload_parts").map_err(open_error)?;
-        Ok(Store { db, uploads, parts })
+        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        Ok(Store {
+            uploads: tree("uploads")?,
+            parts: tree("upload_parts")?,
+            jobs: tree("jobs")?,
+            job_paths: tree("job_paths")?,
+            ready: tree("ready")?,
+            uploaded: tree("uploaded")?,
+            meta: tree("meta")?,
+            db,
+        })
     }
 
     /// Loads a session record and its parts (sorted by number). Blocking: a prefix scan.

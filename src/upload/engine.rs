@@ -31,7 +31,7 @@ use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
 use super::source::{AttemptWatch, LocalFile};
 use super::{UploadError, UploadSettings};
-use crate::queue::{PartRecord, RECORD_VERSION, Store, UploadRecord};
+use crate::queue::{Fingerprint, PartRecord, RECORD_VERSION, Store, UploadRecord};
 
 /// Fresh sessions one upload may start (file changed, session expired, manifest rejected)
 /// before it gives up: a file rewritten this often is not stable enough to upload.
@@ -57,6 +57,8 @@ pub struct UploadJob {
 pub struct UploadReport {
     pub local_path: PathBuf,
     pub remote_path: String,
+    /// The file as it was uploaded.
+    pub fingerprint: Fingerprint,
     pub size: u64,
     pub sha256: String,
     /// Bytes of the parts acknowledged in this run (resumed parts excluded).
@@ -211,6 +213,7 @@ impl Uploader {
                 return Ok(UploadReport {
                     local_path: job.local_path.clone(),
                     remote_path: job.remote_path.clone(),
+                    fingerprint: file.fingerprint(),
                     size,
                     sha256: digest,
                     bytes_sent: 0,
@@ -290,6 +293,7 @@ impl Uploader {
         Ok(UploadReport {
             local_path: job.local_path.clone(),
             remote_path: job.remote_path.clone(),
+            fingerprint: file.fingerprint(),
             size,
             sha256: digest,
             bytes_sent,

@@ -1,0 +1,384 @@
+//! The configuration: where it is found, its TOML keys (a contract, DESIGN.md), defaults, and
+//! validation. Parsing reads the file into a span-keeping tree first and then checks every key,
+//! so that every problem (unknown key, wrong type, bad value) is reported at once with its key
+//! and line, the way `ferry config check` shows them.
+//!
+//! With no file at all, the default configuration watches an outbox folder under the data
+//! directory and uploads to a receiver embedded in the daemon.
+
+mod read;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::GlobSet;
+
+use crate::upload::UploadSettings;
+use read::Reader;
+
+/// Globs ignored in every watch, besides the watch's own: temp, partial and editor files.
+pub const DEFAULT_IGNORES: &[&str] = &[
+    "**/*.tmp",
+    "**/*.temp",
+    "**/*.part",
+    "**/*.partial",
+    "**/*.crdownload",
+    "**/*.swp",
+    "**/*.swx",
+    "**/*~",
+    "**/~*",
+    "**/.#*",
+    "**/#*#",
+    "**/.DS_Store",
+    "**/Thumbs.db",
+    "**/.ferry-*",
+];
+
+/// Files uploaded at once by default: enough to overlap small files' round trips.
+pub const DEFAULT_TRANSFERS: usize = 4;
+/// Default settle window: long enough for most writers to finish a file, short enough to feel
+/// immediate.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
+/// How long finished jobs are listed before being pruned (their count is kept).
+pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Time in-flight parts get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A configuration problem, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, e.g. `watch[1].settle`.
+    pub key: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} has {} problem(s):\n  {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+    #[error("no home directory to derive default folders from; set daemon.data_dir")]
+    NoHome,
+}
+
+/// A bearer token, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Output format of the daemon's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub transfers: usize,
+    pub log_format: LogFormat,
+    pub done_retention: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// How to reach a remote.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteConfig {
+    Native {
+        url: String,
+        workspace_id: String,
+        token: Secret,
+    },
+    /// The receiver the daemon runs itself (the default configuration), storing here.
+    Embedded { storage: PathBuf },
+}
+
+/// What to do with a local file once it is uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterUpload {
+    Keep,
+    Delete,
+    MoveTo(PathBuf),
+}
+
+/// One `[[watch]]`.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub path: PathBuf,
+    pub remote: String,
+    pub prefix: String,
+    pub recursive: bool,
+    pub include: Vec<String>,
+    pub ignore: Vec<String>,
+    pub settle: Duration,
+    pub after_upload: AfterUpload,
+    pub metadata: BTreeMap<String, String>,
+    /// `include` compiled.
+    pub include_set: GlobSet,
+    /// `ignore` and the default ignores compiled.
+    pub ignore_set: GlobSet,
+}
+
+impl WatchConfig {
+    /// True when `path` (inside this watch) should be uploaded: included and not ignored.
+    pub fn accepts(&self, path: &Path) -> bool {
+        let Ok(relative) = path.strip_prefix(&self.path) else {
+            return false;
+        };
+        self.include_set.is_match(relative) && !self.ignore_set.is_match(relative)
+    }
+
+    /// The remote path of a file in this watch: `prefix` + its path relative to the watch root,
+    /// `/`-separated. `None` for paths outside the watch or not valid UTF-8.
+    pub fn remote_path(&self, path: &Path) -> Option<String> {
+        let relative = path.strip_prefix(&self.path).ok()?;
+        let parts: Option<Vec<&str>> = relative
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect();
+        Some(format!("{}{}", self.prefix, parts?.join("/")))
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub remotes: BTreeMap<String, RemoteConfig>,
+    pub upload: UploadSettings,
+    pub watches: Vec<WatchConfig>,
+    /// The file it came from; `None` for the built-in default.
+    pub source: Option<PathBuf>,
+}
+
+/// Platform folders used for defaults.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub data_dir: PathBuf,
+    pub runtime_dir: Option<PathBuf>,
+    pub config_file: PathBuf,
+}
+
+impl Defaults {
+    /// From the `directories` crate (XDG on Linux, Application Support on macOS).
+    pub fn from_platform() -> Result<Defaults, ConfigError> {
+        let dirs = directories::ProjectDirs::from("", "", "ferry").ok_or(ConfigError::NoHome)?;
+        Ok(Defaults {
+            data_dir: dirs.data_dir().to_path_buf(),
+            runtime_dir: dirs.runtime_dir().map(Path::to_path_buf),
+            config_file: dirs.config_dir().join("config.toml"),
+        })
+    }
+
+    fn socket(&self, data_dir: &Path) -> PathBuf {
+        match &self.runtime_dir {
+            Some(dir) => dir.join("ferry.sock"),
+            None => data_dir.join("ferry.sock"),
+        }
+    }
+}
+
+/// Which file to read: `--config`, else `$FERRY_CONFIG`, else the platform's config file if it
+/// exists. `None`: use the built-in default.
+pub fn locate(flag: Option<&Path>, env: Option<PathBuf>, defaults: &Defaults) -> Option<PathBuf> {
+    if let Some(path) = flag {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = env.filter(|p| !p.as_os_str().is_empty()) {
+        return Some(path);
+    }
+    defaults
+        .config_file
+        .exists()
+        .then(|| defaults.config_file.clone())
+}
+
+/// Loads the configuration from `path`, or the built-in default when `path` is `None`.
+pub fn load(path: Option<&Path>, defaults: &Defaults) -> Result<Config, ConfigError> {
+    let Some(path) = path else {
+        return Ok(builtin(defaults));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, defaults, path)
+}
+
+/// Parses configuration text; `path` names it in messages and anchors relative token files.
+pub fn parse(text: &str, defaults: &Defaults, path: &Path) -> Result<Config, ConfigError> {
+    let mut reader = Reader::new(text);
+    let config = reader.config(defaults, path);
+    match (config, reader.into_problems()) {
+        (Some(mut config), problems) if problems.is_empty() => {
+            config.source = Some(path.to_path_buf());
+            Ok(config)
+        }
+        (_, problems) => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }),
+    }
+}
+
+/// The configuration used when there is no file: one watch of `<data_dir>/outbox` uploading to
+/// the embedded receiver, which stores under `<data_dir>/received`.
+pub fn builtin(defaults: &Defaults) -> Config {
+    let data_dir = defaults.data_dir.clone();
+    let mut remotes = BTreeMap::new();
+    remotes.insert(
+        "embedded".to_string(),
+        RemoteConfig::Embedded {
+            storage: data_dir.join("received"),
+        },
+    );
+    let watch = read::watch_with_defaults(data_dir.join("outbox"), "embedded".into())
+        .expect("the default globs compile");
+    Config {
+        daemon: DaemonConfig {
+            socket: defaults.socket(&data_dir),
+            data_dir,
+            transfers: DEFAULT_TRANSFERS,
+            log_format: LogFormat::Text,
+            done_retention: DEFAULT_DONE_RETENTION,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        },
+        remotes,
+        upload: UploadSettings::default(),
+        watches: vec![watch],
+        source: None,
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, tokens left out, for `ferry config check`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let d = &self.daemon;
+        let _ = writeln!(
+            out,
+            "# source: {}",
+            self.source
+                .as_deref()
+                .map_or("built-in default".into(), |p| p.display().to_string())
+        );
+        let _ = writeln!(
+            out,
+            "[daemon]\ndata_dir = {:?}\nsocket = {:?}\ntransfers = {}",
+            d.data_dir, d.socket, d.transfers
+        );
+        let _ = writeln!(
+            out,
+            "log_format = {:?}",
+            if d.log_format == LogFormat::Json {
+                "json"
+            } else {
+                "text"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "done_retention = {:?}",
+            humantime::format_duration(d.done_retention).to_string()
+        );
+        let _ = writeln!(
+            out,
+            "shutdown_grace = {:?}\n",
+            humantime::format_duration(d.shutdown_grace).to_string()
+        );
+        for (name, remote) in &self.remotes {
+            let _ = writeln!(out, "[remotes.{name}]");
+            match remote {
+                RemoteConfig::Native {
+                    url, workspace_id, ..
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "kind = \"native\"\nurl = {url:?}\nworkspace_id = {workspace_id:?}\n# token: set (not shown)\n"
+                    );
+                }
+                RemoteConfig::Embedded { storage } => {
+                    let _ = writeln!(
+                        out,
+                        "# the receiver embedded in the daemon, storing in {}\n",
+                        storage.display()
+                    );
+                }
+            }
+        }
+        let u = &self.upload;
+        let _ = writeln!(
+            out,
+            "[upload]\nchunk_size = {:?}\nparallel_parts = {}",
+            bytesize::ByteSize(u.chunk_size).display().iec().to_string(),
+            u.parallel_parts
+        );
+        let _ = writeln!(
+            out,
+            "retry = {{ max_attempts = {}, backoff_base = {:?}, backoff_max = {:?} }}\n",
+            u.retry.max_attempts,
+            humantime::format_duration(u.retry.backoff_base).to_string(),
+            humantime::format_duration(u.retry.backoff_max).to_string()
+        );
+        for watch in &self.watches {
+            let _ = writeln!(
+                out,
+                "[[watch]]\npath = {:?}\nremote = {:?}\nprefix = {:?}\nrecursive = {}",
+                watch.path, watch.remote, watch.prefix, watch.recursive
+            );
+            let _ = writeln!(
+                out,
+                "include = {:?}\nignore = {:?}\nsettle = {:?}",
+                watch.include,
+                watch.ignore,
+                humantime::format_duration(watch.settle).to_string()
+            );
+            let after = match &watch.after_upload {
+                AfterUpload::Keep => "\"keep\"".to_string(),
+                AfterUpload::Delete => "\"delete\"".to_string(),
+                AfterUpload::MoveTo(path) => format!("{{ move_to = {path:?} }}"),
+            };
+            let _ = writeln!(out, "after_upload = {after}");
+            let metadata: Vec<String> = watch
+                .metadata
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}"))
+                .collect();
+            let _ = writeln!(out, "metadata = {{ {} }}\n", metadata.join(", "));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

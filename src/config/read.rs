@@ -1,0 +1,551 @@
+//! Reading a configuration file key by key from toml's span-keeping tree, collecting every
+//! problem with its key path and line instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::*;
+use crate::upload::RetryPolicy;
+
+pub(super) struct Reader<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+/// A duration written as a human string ("1s", "500ms").
+fn duration(text: String) -> Result<Duration, String> {
+    humantime::parse_duration(&text)
+        .map_err(|error| format!("{error} (write e.g. \"1s\" or \"500ms\")"))
+}
+
+/// A size written as a human string ("8MiB") or a number of bytes.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn size(value: SizeValue) -> Result<u64, String> {
+    match value {
+        SizeValue::Bytes(bytes) => Ok(bytes),
+        SizeValue::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|size| size.as_u64())
+            .map_err(|error| format!("{error} (write e.g. \"8MiB\")")),
+    }
+}
+
+fn globs(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(Glob::new(pattern).map_err(|error| format!("glob {pattern:?}: {error}"))?);
+    }
+    builder.build().map_err(|error| error.to_string())
+}
+
+/// A watch of `path` with every optional key at its default.
+pub(super) fn watch_with_defaults(path: PathBuf, remote: String) -> Result<WatchConfig, String> {
+    let include = vec!["**/*".to_string()];
+    let ignore: Vec<String> = Vec::new();
+    let all_ignores: Vec<String> = DEFAULT_IGNORES.iter().map(|g| g.to_string()).collect();
+    Ok(WatchConfig {
+        path,
+        remote,
+        prefix: String::new(),
+        recursive: true,
+        include_set: globs(&include)?,
+        ignore_set: globs(&all_ignores)?,
+        include,
+        ignore,
+        settle: DEFAULT_SETTLE,
+        after_upload: AfterUpload::Keep,
+        metadata: BTreeMap::new(),
+    })
+}
+
+impl<'t> Reader<'t> {
+    pub(super) fn new(text: &'t str) -> Reader<'t> {
+        Reader {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    pub(super) fn into_problems(self) -> Vec<Problem> {
+        self.problems
+    }
+
+    fn problem(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|span| {
+            self.text[..span.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        });
+        self.problems.push(Problem {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// Reports keys of `table` that are not in `known`.
+    fn unknown_keys(&mut self, path: &str, table: &DeTable<'_>, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.get_ref().as_ref()) {
+                let message = format!("unknown key; expected one of: {}", known.join(", "));
+                self.problem(join(path, key.get_ref()), Some(key.span()), message);
+            }
+        }
+    }
+
+    /// Deserializes `key` of `table`; `None` when absent, or invalid (reported).
+    fn get<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        key: &str,
+    ) -> Option<T> {
+        let value = table.get(key)?;
+        match T::deserialize(toml::de::ValueDeserializer::from(value.clone())) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                self.problem(
+                    join(path, key),
+                    Some(value.span()),
+                    error.message().to_string(),
+                );
+                None
+            }
+        }
+    }
+
+    /// Like `get`, then converts the value, reporting a failed conversion at the key.
+    fn get_as<T: DeserializeOwned, U>(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        key: &str,
+        convert: impl FnOnce(T) -> Result<U, String>,
+    ) -> Option<U> {
+        let raw = self.get::<T>(path, table, key)?;
+        match convert(raw) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                let span = table.get(key).map(Spanned::span);
+                self.problem(join(path, key), span, message);
+                None
+            }
+        }
+    }
+
+    fn require<T>(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        key: &str,
+        value: Option<T>,
+        span: Option<Range<usize>>,
+    ) -> Option<T> {
+        if value.is_none() && table.get(key).is_none() {
+            self.problem(join(path, key), span, "is required");
+        }
+        value
+    }
+
+    fn sub_table<'a, 'i>(
+        &mut self,
+        path: &str,
+        value: &'a Spanned<DeValue<'i>>,
+    ) -> Option<&'a DeTable<'i>> {
+        match value.get_ref() {
+            DeValue::Table(table) => Some(table),
+            other => {
+                self.problem(
+                    path,
+                    Some(value.span()),
+                    format!("must be a table, not a {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn config(&mut self, defaults: &Defaults, file: &Path) -> Option<Config> {
+        let root = match DeTable::parse(self.text) {
+            Ok(root) => root,
+            Err(error) => {
+                self.problem("(syntax)", error.span(), error.message().to_string());
+                return None;
+            }
+        };
+        let root = root.get_ref();
+        let base = file.parent().unwrap_or(Path::new("."));
+        self.unknown_keys("", root, &["daemon", "remotes", "upload", "watch"]);
+
+        let empty = DeTable::new();
+        let daemon_table = match root.get("daemon") {
+            Some(value) => self.sub_table("daemon", value).unwrap_or(&empty),
+            None => &empty,
+        };
+        let daemon = self.daemon(daemon_table, defaults, base);
+
+        let mut remotes = BTreeMap::new();
+        if let Some(value) = root.get("remotes")
+            && let Some(table) = self.sub_table("remotes", value)
+        {
+            for (name, value) in table.iter() {
+                let path = format!("remotes.{}", name.get_ref());
+                if let Some(remote_table) = self.sub_table(&path, value)
+                    && let Some(remote) = self.remote(&path, remote_table, value.span(), base)
+                {
+                    remotes.insert(name.get_ref().to_string(), remote);
+                }
+            }
+        }
+
+        let upload_table = match root.get("upload") {
+            Some(value) => self.sub_table("upload", value).unwrap_or(&empty),
+            None => &empty,
+        };
+        let upload = self.upload(upload_table);
+
+        let mut watches = Vec::new();
+        match root
+            .get("watch")
+            .map(|value| (value.get_ref(), value.span()))
+        {
+            None => self.problem("watch", None, "at least one [[watch]] is required"),
+            Some((DeValue::Array(entries), _)) => {
+                for (index, entry) in entries.iter().enumerate() {
+                    let path = format!("watch[{index}]");
+                    if let Some(table) = self.sub_table(&path, entry)
+                        && let Some(watch) = self.watch(&path, table, entry.span(), base, &remotes)
+                    {
+                        watches.push(watch);
+                    }
+                }
+            }
+            Some((_, span)) => self.problem(
+                "watch",
+                Some(span),
+                "must be an array of tables: write [[watch]]",
+            ),
+        }
+        Some(Config {
+            daemon: daemon?,
+            remotes,
+            upload: upload?,
+            watches,
+            source: None,
+        })
+    }
+
+    fn daemon(
+        &mut self,
+        table: &DeTable<'_>,
+        defaults: &Defaults,
+        base: &Path,
+    ) -> Option<DaemonConfig> {
+        let path = "daemon";
+        self.unknown_keys(
+            path,
+            table,
+            &[
+                "data_dir",
+                "socket",
+                "transfers",
+                "log_format",
+                "done_retention",
+                "shutdown_grace",
+            ],
+        );
+        let data_dir = self
+            .get::<PathBuf>(path, table, "data_dir")
+            .map(|dir| base.join(dir))
+            .unwrap_or_else(|| defaults.data_dir.clone());
+        let socket = self
+            .get::<PathBuf>(path, table, "socket")
+            .map(|socket| base.join(socket))
+            .unwrap_or_else(|| defaults.socket(&data_dir));
+        let transfers = self
+            .get_as(path, table, "transfers", |n: usize| {
+                if n == 0 {
+                    Err("must be at least 1".into())
+                } else {
+                    Ok(n)
+                }
+            })
+            .unwrap_or(DEFAULT_TRANSFERS);
+        let log_format = self
+            .get_as(path, table, "log_format", |text: String| {
+                match text.as_str() {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err("must be \"text\" or \"json\"".into()),
+                }
+            })
+            .unwrap_or(LogFormat::Text);
+        let done_retention = self
+            .get_as(path, table, "done_retention", duration)
+            .unwrap_or(DEFAULT_DONE_RETENTION);
+        let shutdown_grace = self
+            .get_as(path, table, "shutdown_grace", duration)
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        Some(DaemonConfig {
+            data_dir,
+            socket,
+            transfers,
+            log_format,
+            done_retention,
+            shutdown_grace,
+        })
+    }
+
+    fn remote(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        base: &Path,
+    ) -> Option<RemoteConfig> {
+        self.unknown_keys(
+            path,
+            table,
+            &["kind", "url", "workspace_id", "token_file", "token_env"],
+        );
+        let kind = self.get::<String>(path, table, "kind");
+        let kind = self.require(path, table, "kind", kind, Some(span.clone()))?;
+        if kind != "native" {
+            let message = if kind == "s3" || kind == "tus" {
+                format!("kind {kind:?} is not supported yet; use \"native\"")
+            } else {
+                format!("unknown kind {kind:?}; use \"native\"")
+            };
+            self.problem(
+                join(path, "kind"),
+                table.get("kind").map(Spanned::span),
+                message,
+            );
+            return None;
+        }
+        let url = self.get_as(path, table, "url", |url: String| {
+            crate::upload::native::check_url(&url).map(|()| url)
+        });
+        let url = self.require(path, table, "url", url, Some(span.clone()));
+        let workspace_id = self.get_as(path, table, "workspace_id", |id: String| {
+            crate::server::validate::workspace_id(&id).map(|()| id)
+        });
+        let workspace_id = self.require(
+            path,
+            table,
+            "workspace_id",
+            workspace_id,
+            Some(span.clone()),
+        );
+        let token = match (table.get("token_file"), table.get("token_env")) {
+            (Some(_), Some(value)) => {
+                self.problem(
+                    join(path, "token_env"),
+                    Some(value.span()),
+                    "give token_file or token_env, not both",
+                );
+                None
+            }
+            (Some(_), None) => self.get_as(path, table, "token_file", |file: PathBuf| {
+                crate::server::read_token(&base.join(file))
+                    .map(Secret)
+                    .map_err(|error| crate::push::error_chain(&error))
+            }),
+            (None, Some(_)) => {
+                self.get_as(
+                    path,
+                    table,
+                    "token_env",
+                    |name: String| match std::env::var(&name) {
+                        Ok(token) if !token.trim().is_empty() => {
+                            Ok(Secret(token.trim().to_string()))
+                        }
+                        _ => Err(format!("environment variable {name} is not set")),
+                    },
+                )
+            }
+            (None, None) => {
+                self.problem(
+                    path,
+                    Some(span),
+                    "needs token_file or token_env (tokens are never written inline)",
+                );
+                None
+            }
+        };
+        Some(RemoteConfig::Native {
+            url: url?,
+            workspace_id: workspace_id?,
+            token: token?,
+        })
+    }
+
+    fn upload(&mut self, table: &DeTable<'_>) -> Option<UploadSettings> {
+        let path = "upload";
+        self.unknown_keys(path, table, &["chunk_size", "parallel_parts", "retry"]);
+        let defaults = UploadSettings::default();
+        let chunk_size = self
+            .get_as(path, table, "chunk_size", |value: SizeValue| {
+                size(value).and_then(|bytes| {
+                    if bytes == 0 {
+                        Err("must be above zero".into())
+                    } else {
+                        Ok(bytes)
+                    }
+                })
+            })
+            .unwrap_or(defaults.chunk_size);
+        let parallel_parts = self
+            .get_as(path, table, "parallel_parts", |n: usize| {
+                if n == 0 {
+                    Err("must be at least 1".into())
+                } else {
+                    Ok(n)
+                }
+            })
+            .unwrap_or(defaults.parallel_parts);
+        let retry = self
+            .get_as(path, table, "retry", |policy: RetryPolicy| {
+                if policy.max_attempts == 0 {
+                    Err("max_attempts must be at least 1".into())
+                } else {
+                    Ok(policy)
+                }
+            })
+            .unwrap_or(defaults.retry);
+        Some(UploadSettings {
+            chunk_size,
+            parallel_parts,
+            retry,
+            ..defaults
+        })
+    }
+
+    fn watch(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        base: &Path,
+        remotes: &BTreeMap<String, RemoteConfig>,
+    ) -> Option<WatchConfig> {
+        self.unknown_keys(
+            path,
+            table,
+            &[
+                "path",
+                "remote",
+                "prefix",
+                "recursive",
+                "include",
+                "ignore",
+                "settle",
+                "after_upload",
+                "metadata",
+            ],
+        );
+        let root = self
+            .get::<PathBuf>(path, table, "path")
+            .map(|root| base.join(root));
+        let root = self.require(path, table, "path", root, Some(span.clone()));
+        let remote = self.get_as(path, table, "remote", |name: String| {
+            if remotes.contains_key(&name) {
+                Ok(name)
+            } else {
+                Err(format!("no [remotes.{name}] is configured"))
+            }
+        });
+        let remote = self.require(path, table, "remote", remote, Some(span));
+        let mut watch = watch_with_defaults(
+            root.clone().unwrap_or_default(),
+            remote.clone().unwrap_or_default(),
+        )
+        .expect("the default globs compile");
+        if let Some(prefix) = self.get_as(path, table, "prefix", |prefix: String| {
+            if prefix.starts_with('/') || prefix.split('/').any(|c| c == "..") {
+                Err("must be relative and free of '..'".into())
+            } else {
+                Ok(prefix)
+            }
+        }) {
+            watch.prefix = prefix;
+        }
+        if let Some(recursive) = self.get::<bool>(path, table, "recursive") {
+            watch.recursive = recursive;
+        }
+        if let Some((include, set)) = self.get_as(path, table, "include", |globs_: Vec<String>| {
+            globs(&globs_).map(|set| (globs_, set))
+        }) {
+            watch.include = include;
+            watch.include_set = set;
+        }
+        if let Some((ignore, set)) = self.get_as(path, table, "ignore", |own: Vec<String>| {
+            let all: Vec<String> = own
+                .iter()
+                .cloned()
+                .chain(DEFAULT_IGNORES.iter().map(|g| g.to_string()))
+                .collect();
+            globs(&all).map(|set| (own, set))
+        }) {
+            watch.ignore = ignore;
+            watch.ignore_set = set;
+        }
+        if let Some(settle) = self.get_as(path, table, "settle", duration) {
+            watch.settle = settle;
+        }
+        if let Some(value) = table.get("after_upload") {
+            let parsed = match value.get_ref() {
+                DeValue::String(text) if text.as_ref() == "keep" => Some(AfterUpload::Keep),
+                DeValue::String(text) if text.as_ref() == "delete" => Some(AfterUpload::Delete),
+                DeValue::Table(inner) => {
+                    let key = join(path, "after_upload");
+                    self.unknown_keys(&key, inner, &["move_to"]);
+                    self.get::<PathBuf>(&key, inner, "move_to")
+                        .map(|dir| AfterUpload::MoveTo(base.join(dir)))
+                }
+                _ => None,
+            };
+            match parsed {
+                Some(after) => watch.after_upload = after,
+                None => self.problem(
+                    join(path, "after_upload"),
+                    Some(value.span()),
+                    "must be \"keep\", \"delete\" or { move_to = \"/folder\" }",
+                ),
+            }
+        }
+        if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
+            watch.metadata = metadata;
+        }
+        root?;
+        remote?;
+        Some(watch)
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}

@@ -1,0 +1,198 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+fn defaults() -> Defaults {
+    Defaults {
+        data_dir: PathBuf::from("/data/ferry"),
+        runtime_dir: Some(PathBuf::from("/run/user/1000")),
+        config_file: PathBuf::from("/nonexistent/ferry/config.toml"),
+    }
+}
+
+/// Parses `text` as if it were `dir/config.toml`, with a token file `dir/token`.
+fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    std::fs::write(dir.join("token"), "secret-token").unwrap();
+    parse(text, &defaults(), &dir.join("config.toml"))
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
+    match result {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_documents_and_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        include_str!("../../config.example.toml").replace("/etc/ferry/main.token", "token");
+    let config = parse_in(dir.path(), &example).unwrap();
+    assert_eq!(config.daemon.transfers, 4);
+    assert_eq!(config.daemon.socket, PathBuf::from("/run/ferry/ferry.sock"));
+    assert_eq!(config.upload.chunk_size, 8 * 1024 * 1024);
+    assert_eq!(config.upload.retry.backoff_max, Duration::from_secs(300));
+    let watch = &config.watches[0];
+    assert_eq!(watch.prefix, "outbox/");
+    assert_eq!(watch.metadata["project"], "atlas");
+    assert_eq!(watch.settle, Duration::from_secs(1));
+    let RemoteConfig::Native {
+        token,
+        workspace_id,
+        ..
+    } = &config.remotes["main"]
+    else {
+        panic!("main is native");
+    };
+    assert_eq!(
+        (token.0.as_str(), workspace_id.as_str()),
+        ("secret-token", "ws_123abc")
+    );
+    assert!(
+        !config.render().contains("secret-token"),
+        "tokens are never shown"
+    );
+    assert!(!format!("{config:?}").contains("secret-token"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[daemon]
+transfers = 0
+colour = "blue"
+
+[remotes.main]
+kind = "native"
+url = "ftp://nope"
+workspace_id = "ws"
+token_file = "token"
+
+[upload]
+chunk_size = "lots"
+
+[[watch]]
+path = "/srv/a"
+remote = "elsewhere"
+settle = "soon"
+after_upload = "shred"
+"#;
+    let found = problems(parse_in(dir.path(), text));
+    let expected = [
+        ("daemon.transfers", 3),
+        ("daemon.colour", 4),
+        ("remotes.main.url", 8),
+        ("upload.chunk_size", 13),
+        ("watch[0].remote", 17),
+        ("watch[0].settle", 18),
+        ("watch[0].after_upload", 19),
+    ];
+    for (key, line) in expected {
+        assert!(
+            found.iter().any(|p| p.key == key && p.line == Some(line)),
+            "missing {key} at line {line} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn missing_and_malformed_pieces_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[daemon]\ntransfers = 2\n", "watch"),
+        (
+            "[[watch]]\nremote = \"main\"\n[remotes.main]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n",
+            "watch[0].path",
+        ),
+        (
+            "[remotes.main]\nkind = \"s3\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",
+            "remotes.main.kind",
+        ),
+        (
+            "[remotes.main]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",
+            "remotes.main",
+        ),
+        (
+            "[remotes.main]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"missing\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",
+            "remotes.main.token_file",
+        ),
+        ("[[watch]\npath = 1", "(syntax)"),
+    ];
+    for (text, key) in cases {
+        let found = problems(parse_in(dir.path(), text));
+        assert!(
+            found.iter().any(|p| p.key == key),
+            "{key} not in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_builtin_default_watches_an_outbox_into_the_embedded_receiver() {
+    let config = builtin(&defaults());
+    assert_eq!(config.watches[0].path, PathBuf::from("/data/ferry/outbox"));
+    assert_eq!(
+        config.daemon.socket,
+        PathBuf::from("/run/user/1000/ferry.sock")
+    );
+    assert!(matches!(
+        config.remotes["embedded"],
+        RemoteConfig::Embedded { .. }
+    ));
+    let no_runtime = Defaults {
+        runtime_dir: None,
+        ..defaults()
+    };
+    assert_eq!(
+        builtin(&no_runtime).daemon.socket,
+        PathBuf::from("/data/ferry/ferry.sock")
+    );
+}
+
+#[test]
+fn globs_and_remote_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n\
+                [[watch]]\npath = \"/w\"\nremote = \"r\"\nprefix = \"in/\"\ninclude = [\"**/*.csv\", \"*.txt\"]\nignore = [\"secret/**\"]\n";
+    let config = parse_in(dir.path(), text).unwrap();
+    let watch = &config.watches[0];
+    for (path, accepted) in [
+        ("/w/a.csv", true),
+        ("/w/deep/er/b.csv", true),
+        ("/w/notes.txt", true),
+        ("/w/a.bin", false),
+        ("/w/secret/x.csv", false),
+        ("/w/draft.csv.tmp", false),
+        ("/w/.#a.csv", false),
+        ("/w/~lock.csv", false),
+        ("/elsewhere/a.csv", false),
+    ] {
+        assert_eq!(watch.accepts(Path::new(path)), accepted, "{path}");
+    }
+    assert_eq!(
+        watch.remote_path(Path::new("/w/deep/b.csv")).unwrap(),
+        "in/deep/b.csv"
+    );
+}
+
+#[test]
+fn locate_prefers_flag_then_environment_then_platform_file() {
+    let d = defaults();
+    assert_eq!(
+        locate(Some(Path::new("/a.toml")), Some("/b.toml".into()), &d),
+        Some("/a.toml".into())
+    );
+    assert_eq!(
+        locate(None, Some("/b.toml".into()), &d),
+        Some("/b.toml".into())
+    );
+    assert_eq!(
+        locate(None, None, &d),
+        None,
+        "no platform file: the built-in default"
+    );
+}
