@@ -29,7 +29,7 @@ struct Run {
 
 fn main() {
     // The in-process receiver's log (one line per completed upload, with its assembly time).
-    ferry::telemetry::init("info");
+    ferry::telemetry::init("info", ferry::config::LogFormat::Text);
     let size: u64 = env_or("FERRY_BENCH_SIZE", 2 * 1024 * 1024 * 1024);
     let rounds: u32 = env_or("FERRY_BENCH_ROUNDS", 2);
     let scratch = std::env::var_os("FERRY_BENCH_DIR")

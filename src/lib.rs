@@ -1,13 +1,17 @@
 //! Ferry: a daemon that watches folders and reliably uploads every new or changed file with
 //! chunked, resumable uploads. See ARCHITECTURE.md for the map.
 
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod protocol;
 pub mod push;
 pub mod queue;
 pub mod server;
 pub mod telemetry;
 pub mod upload;
+pub mod watch;
 
 /// An error in how Ferry was invoked or configured: the binary exits with code 2.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,9 @@ use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use ferry::UsageError;
+use ferry::config::LogFormat;
+use ferry::control::{Command as ControlCommand, ControlError};
+use ferry::queue::{JobId, JobState};
 use ferry::server::{self, Limits, ServeConfig, TokenSource};
 use ferry::upload::{RetryPolicy, UploadSettings};
 use tokio_util::sync::CancellationToken;
@@ -22,16 +25,65 @@ use tokio_util::sync::CancellationToken;
     about = "Watches folders and reliably uploads every new or changed file"
 )]
 struct Cli {
+    /// Configuration file; else $FERRY_CONFIG; else the platform config file; else built-in.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Control socket of the daemon; default: the configuration's.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground (what the service runs).
+    Run,
+    /// Show the daemon's state: queue counts, active transfers, failures.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        state: Option<JobState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue failed jobs again.
+    Retry {
+        /// Job ids, as `ferry jobs` shows them.
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        ids: Vec<JobId>,
+        /// Every failed job.
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Let uploads in progress finish, start no new ones.
+    Pause,
+    /// Start uploads again after `pause`.
+    Resume,
+    /// Scan the watched folders for files the watcher missed.
+    Rescan,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run the reference receiver of the native upload protocol.
     Serve(ServeArgs),
     /// Upload files once, resuming an earlier interrupted push of the same file.
     Push(PushArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print what it means.
+    Check,
 }
 
 #[derive(Args)]
@@ -110,7 +162,18 @@ struct PushArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ferry::telemetry::init("info");
+    // The daemon logs as its configuration says; everything else logs text.
+    let daemon_config = match &cli.command {
+        Command::Run => match ferry::cli::load_config(cli.config.as_deref()) {
+            Ok(config) => Some(config),
+            Err(error) => return report(error),
+        },
+        _ => None,
+    };
+    let format = daemon_config
+        .as_ref()
+        .map_or(LogFormat::Text, |c| c.daemon.log_format);
+    ferry::telemetry::init("info", format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -118,22 +181,49 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Push(args) => push(args).await,
-        }
-    });
+    let result = runtime.block_on(dispatch(cli, daemon_config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {}", ferry::push::error_chain(error.as_ref()));
-            if error.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
+        Err(error) => report(error),
+    }
+}
+
+/// Prints the error chain and picks the exit code.
+fn report(error: anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", ferry::push::error_chain(error.as_ref()));
+    if error.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else if matches!(
+        error.downcast_ref::<ControlError>(),
+        Some(ControlError::NotRunning { .. })
+    ) {
+        ExitCode::from(3)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Result<()> {
+    let socket = || ferry::cli::socket_path(cli.socket.clone(), cli.config.as_deref());
+    match cli.command {
+        Command::Run => {
+            let mut config = daemon_config.expect("loaded before logging started");
+            if let Some(socket) = cli.socket.clone() {
+                config.daemon.socket = socket;
             }
+            ferry::cli::run(cli.config.clone(), config).await
         }
+        Command::Status { json, watch } => ferry::cli::status(&socket()?, json, watch).await,
+        Command::Jobs { state, json } => ferry::cli::jobs(&socket()?, state, json).await,
+        Command::Retry { ids, failed } => ferry::cli::retry(&socket()?, ids, failed).await,
+        Command::Pause => ferry::cli::simple(&socket()?, ControlCommand::Pause).await,
+        Command::Resume => ferry::cli::simple(&socket()?, ControlCommand::Resume).await,
+        Command::Rescan => ferry::cli::simple(&socket()?, ControlCommand::Rescan).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => ferry::cli::config_check(cli.config.as_deref()),
+        Command::Serve(args) => serve(args).await,
+        Command::Push(args) => push(args).await,
     }
 }
 

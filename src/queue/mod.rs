@@ -143,6 +143,12 @@ impl Store {
         Ok(())
     }
 
+    /// Makes everything written so far durable. Blocking.
+    pub fn flush_blocking(&self) -> Result<(), QueueError> {
+        self.db.flush().map_err(sled_error("flush"))?;
+        Ok(())
+    }
+
     async fn flush(&self) -> Result<(), QueueError> {
         self.db.flush_async().await.map_err(sled_error("flush"))?;
         Ok(())

@@ -1,0 +1,209 @@
+//! The commands behind the binary's subcommands, apart from argument parsing: starting the
+//! daemon, and the client commands that talk to it over the control socket.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use tokio_util::sync::CancellationToken;
+
+use crate::UsageError;
+use crate::config::{self, Config, ConfigError, Defaults};
+use crate::control::{self, Command, Reply, StatusReply};
+use crate::queue::{JobId, JobState};
+
+/// Refresh interval of `ferry status --watch`.
+const WATCH_REFRESH: Duration = Duration::from_secs(1);
+
+/// Loads the configuration the way every command finds it (`--config`, `$FERRY_CONFIG`, the
+/// platform file, else the built-in default). Problems are usage errors (exit code 2).
+pub fn load_config(flag: Option<&Path>) -> Result<Config> {
+    let defaults = Defaults::from_platform().map_err(|e| UsageError(e.to_string()))?;
+    let env = std::env::var_os("FERRY_CONFIG").map(PathBuf::from);
+    let path = config::locate(flag, env, &defaults);
+    config::load(path.as_deref(), &defaults).map_err(|error| match error {
+        ConfigError::Invalid { .. } | ConfigError::Read { .. } | ConfigError::NoHome => {
+            UsageError(crate::push::error_chain(&error)).into()
+        }
+    })
+}
+
+/// `ferry config check`: validates and prints the effective configuration.
+pub fn config_check(flag: Option<&Path>) -> Result<()> {
+    let config = load_config(flag)?;
+    print!("{}", config.render());
+    Ok(())
+}
+
+/// `ferry run`: the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shutdown = CancellationToken::new();
+    let (reload_sender, reloads) = tokio::sync::mpsc::channel(1);
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let signals = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        match load_config(flag.as_deref()) {
+                            Ok(config) => { let _ = reload_sender.send(config).await; }
+                            Err(error) => tracing::error!(error = %format!("{error:#}"), "the new configuration is invalid; keeping the running one"),
+                        }
+                    }
+                }
+            }
+            shutdown.cancel();
+        })
+    };
+    let result = crate::daemon::run(config, shutdown, reloads, |started| {
+        for watch in &started.watches {
+            println!("watching {}", watch.display());
+        }
+        if let Some((url, storage)) = &started.receiver {
+            println!(
+                "uploading to the embedded receiver at {url}, storing in {}",
+                storage.display()
+            );
+        }
+        println!("control socket {}", started.socket.display());
+        let _ = std::io::stdout().flush();
+    })
+    .await;
+    signals.abort();
+    Ok(result?)
+}
+
+/// The control socket to use: `--socket`, else the configuration's.
+pub fn socket_path(socket: Option<PathBuf>, config_flag: Option<&Path>) -> Result<PathBuf> {
+    match socket {
+        Some(socket) => Ok(socket),
+        None => Ok(load_config(config_flag)?.daemon.socket),
+    }
+}
+
+/// `ferry status`.
+pub async fn status(socket: &Path, json: bool, watch: bool) -> Result<()> {
+    loop {
+        let Reply::Status(status) = control::call(socket, Command::Status).await? else {
+            anyhow::bail!("the daemon answered status with something else");
+        };
+        if json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            if watch && std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H"); // clear the screen, cursor home
+            }
+            print!("{}", render_status(&status));
+        }
+        if !watch {
+            return Ok(());
+        }
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(WATCH_REFRESH).await;
+    }
+}
+
+/// The human summary of a status reply.
+pub fn render_status(status: &StatusReply) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let q = &status.queue;
+    let state = if status.paused { "paused" } else { "running" };
+    let _ = writeln!(
+        out,
+        "ferry {} {state}: {} queued, {} active, {} failed, {} done",
+        status.version, q.queued, q.active, q.failed, q.done
+    );
+    for watch in &status.watches {
+        let _ = writeln!(out, "  watching {}", watch.display());
+    }
+    for transfer in &status.active {
+        let fraction = transfer.bytes_sent as f64 / transfer.size.max(1) as f64;
+        let filled = (fraction * 20.0).round() as usize;
+        let _ = writeln!(
+            out,
+            "  #{} {} [{}{}] {:>3.0}% of {}, {} parts, {}/s",
+            transfer.job_id,
+            transfer.remote_path,
+            "=".repeat(filled.min(20)),
+            " ".repeat(20 - filled.min(20)),
+            fraction * 100.0,
+            ByteSize(transfer.size).display().iec(),
+            ByteSize(transfer.part_size).display().iec(),
+            ByteSize(transfer.throughput_bytes_per_sec).display().iec(),
+        );
+    }
+    for failed in &status.failed {
+        let _ = writeln!(
+            out,
+            "  failed #{} {}: {}",
+            failed.job_id,
+            failed.path.display(),
+            failed.error
+        );
+    }
+    out
+}
+
+/// `ferry jobs`.
+pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<()> {
+    let Reply::Jobs { jobs } = control::call(socket, Command::Jobs { state, limit: None }).await?
+    else {
+        anyhow::bail!("the daemon answered jobs with something else");
+    };
+    if json {
+        println!("{}", serde_json::to_string(&jobs)?);
+        return Ok(());
+    }
+    println!("{:>8}  {:<7}  {:>8}  PATH", "ID", "STATE", "ATTEMPTS");
+    for job in jobs {
+        let state = serde_json::to_value(job.state)?
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let error = job
+            .last_error
+            .map(|e| format!("  ({e})"))
+            .unwrap_or_default();
+        println!(
+            "{:>8}  {:<7}  {:>8}  {}{error}",
+            job.id,
+            state,
+            job.attempts,
+            job.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `ferry retry`.
+pub async fn retry(socket: &Path, ids: Vec<JobId>, all_failed: bool) -> Result<()> {
+    let command = if all_failed {
+        Command::RetryFailed
+    } else {
+        Command::Retry { ids }
+    };
+    let Reply::Retried { count } = control::call(socket, command).await? else {
+        anyhow::bail!("the daemon answered retry with something else");
+    };
+    println!("{count} failed job(s) queued again");
+    Ok(())
+}
+
+/// `ferry pause`, `resume`, `rescan`.
+pub async fn simple(socket: &Path, command: Command) -> Result<()> {
+    match control::call(socket, command).await? {
+        Reply::Done { message } => println!("{message}"),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The client side of the control socket, used by the CLI.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use super::protocol::{
+    Command, FrameError, Outcome, PROTOCOL_VERSION, Reply, Request, Response, read_frame,
+    write_frame,
+};
+
+/// How long the CLI waits for the daemon's answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Nothing listens on the socket: the CLI exits with code 3.
+    #[error("the ferry daemon is not running (no answer on {socket}); start it with `ferry run`")]
+    NotRunning {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon on {socket} failed")]
+    Frame {
+        socket: PathBuf,
+        #[source]
+        source: FrameError,
+    },
+    #[error("the daemon did not answer within {CALL_TIMEOUT:?}")]
+    Timeout,
+    #[error("the daemon refused: {code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+/// Sends one command and returns the daemon's reply.
+pub async fn call(socket: &Path, command: Command) -> Result<Reply, ControlError> {
+    let exchange = async {
+        let mut stream =
+            UnixStream::connect(socket)
+                .await
+                .map_err(|source| ControlError::NotRunning {
+                    socket: socket.to_path_buf(),
+                    source,
+                })?;
+        let frame_error = |source| ControlError::Frame {
+            socket: socket.to_path_buf(),
+            source,
+        };
+        write_frame(
+            &mut stream,
+            &Request {
+                version: PROTOCOL_VERSION,
+                command,
+            },
+        )
+        .await
+        .map_err(frame_error)?;
+        let bytes = read_frame(&mut stream).await.map_err(frame_error)?;
+        let response: Response =
+            serde_json::from_slice(&bytes).map_err(|e| frame_error(FrameError::Malformed(e)))?;
+        match response.outcome {
+            Outcome::Ok(reply) => Ok(reply),
+            Outcome::Error { code, message } => Err(ControlError::Refused { code, message }),
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, exchange)
+        .await
+        .map_err(|_| ControlError::Timeout)?
+}

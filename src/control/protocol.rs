@@ -1,0 +1,133 @@
+//! The control protocol: one request, one response per connection, each a frame of a 4-byte
+//! big-endian length and a JSON body of at most `MAX_FRAME_BYTES`. Requests and responses carry
+//! `version`; a request of another version is refused with `unsupported_version`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::queue::{Counts, JobId, JobRecord, JobState};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts: a long job listing fits; a hostile length does not
+/// allocate.
+pub const MAX_FRAME_BYTES: u32 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Status,
+    Jobs {
+        #[serde(default)]
+        state: Option<JobState>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Retry {
+        ids: Vec<JobId>,
+    },
+    RetryFailed,
+    Pause,
+    Resume,
+    Rescan,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u32,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Reply),
+    Error { code: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Status(StatusReply),
+    Jobs { jobs: Vec<JobRecord> },
+    Retried { count: usize },
+    Done { message: String },
+}
+
+/// `ferry status --json`: `queue` holds the counts (DESIGN.md's contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub paused: bool,
+    pub queue: Counts,
+    pub active: Vec<ActiveTransfer>,
+    pub watches: Vec<PathBuf>,
+    /// The most recent failures, with their reasons.
+    pub failed: Vec<FailedJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveTransfer {
+    pub job_id: JobId,
+    pub path: PathBuf,
+    pub remote_path: String,
+    pub size: u64,
+    pub bytes_sent: u64,
+    pub part_size: u64,
+    pub throughput_bytes_per_sec: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedJob {
+    pub job_id: JobId,
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// Framing failures.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the connection failed")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(u32),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+pub async fn write_frame<T: Serialize>(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(message)?;
+    let length = u32::try_from(body.len())
+        .ok()
+        .filter(|n| *n <= MAX_FRAME_BYTES)
+        .ok_or(FrameError::TooLarge(u32::MAX))?;
+    stream.write_all(&length.to_be_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame's bytes (not yet parsed).
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, FrameError> {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).await?;
+    let length = u32::from_be_bytes(length);
+    if length > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(length));
+    }
+    let mut body = vec![0u8; length as usize];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}

@@ -1,0 +1,531 @@
+//! The daemon: wires watch → queue → workers → remotes, serves the control socket, and runs
+//! the lifecycle (start, reload, graceful stop).
+//!
+//! `run` is a library function: the binary calls it with a cancellation token (SIGTERM/SIGINT)
+//! and a channel of reloaded configurations (SIGHUP), and tests can do the same in-process.
+//! Shutdown stops intake first, gives in-flight uploads the grace period to finish (every
+//! acknowledged part is already recorded, so what is cut off resumes at the next start), then
+//! flushes the store.
+
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, RemoteConfig, WatchConfig};
+use crate::control::protocol::{ActiveTransfer, FailedJob};
+use crate::control::{self, Command, Reply, StatusReply};
+use crate::queue::{Candidate, JobId, JobState, QueueError, Store};
+use crate::server::{self, ServeConfig};
+use crate::upload::{NativeBackend, NativeConfig, Progress, UploadSettings, Uploader};
+use crate::watch::{self, WatchHandle};
+
+/// Settled-file batches buffered between the watcher and the queue.
+const INTAKE_BATCHES: usize = 16;
+/// How often finished jobs past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Failed jobs listed in `ferry status`.
+const STATUS_FAILED_SHOWN: usize = 20;
+
+/// Fatal daemon errors (per-file errors are recorded on the job instead).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] QueueError),
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
+    #[error(transparent)]
+    Socket(#[from] control::SocketError),
+    #[error("cannot start the embedded receiver")]
+    Receiver(#[source] std::io::Error),
+    #[error(transparent)]
+    ReceiverSetup(#[from] server::ServerError),
+    #[error("remote {name} cannot be used")]
+    Remote {
+        name: String,
+        #[source]
+        source: Box<crate::upload::BackendError>,
+    },
+}
+
+/// What `run` reports once it is up.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub socket: PathBuf,
+    pub watches: Vec<PathBuf>,
+    /// URL and storage folder of the embedded receiver, when there is one.
+    pub receiver: Option<(String, PathBuf)>,
+}
+
+/// What a reload may change.
+struct Settings {
+    watches: Vec<WatchConfig>,
+    uploaders: BTreeMap<String, Arc<Uploader>>,
+    transfers: usize,
+    upload: UploadSettings,
+}
+
+/// A file being uploaded, for `ferry status`.
+struct ActiveJob {
+    path: PathBuf,
+    remote_path: String,
+    progress: Arc<Progress>,
+    started: Instant,
+}
+
+/// State shared by the daemon's tasks.
+pub(crate) struct Daemon {
+    store: Store,
+    settings: RwLock<Settings>,
+    paused: AtomicBool,
+    wake: Notify,
+    active: Mutex<HashMap<JobId, ActiveJob>>,
+    watcher: Mutex<Option<WatchHandle>>,
+    intake: mpsc::Sender<Vec<Candidate>>,
+    own_paths: Vec<PathBuf>,
+    /// The embedded receiver's remote, kept across reloads.
+    embedded: Option<(String, NativeConfig)>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
+/// (SIGHUP); `started` is called once everything listens.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
+    started: impl FnOnce(&Started),
+) -> Result<(), DaemonError> {
+    let data_dir = config.daemon.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| DaemonError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let store_dir = data_dir.join("store");
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+        .await
+        .expect("opening the store does not panic")?;
+    let store_for_recovery = store.clone();
+    let requeued = tokio::task::spawn_blocking(move || store_for_recovery.requeue_active())
+        .await
+        .expect("recovery does not panic")?;
+    if requeued > 0 {
+        tracing::info!(requeued, "resuming uploads interrupted by the last stop");
+    }
+
+    // Services that outlive the workers: the embedded receiver and the control socket stop last.
+    let services = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (embedded, receiver) = start_embedded_receiver(&config, &services, &tracker).await?;
+
+    let mut watches = config.watches.clone();
+    if config.source.is_none() {
+        for watch in &watches {
+            std::fs::create_dir_all(&watch.path).map_err(|source| DaemonError::DataDir {
+                path: watch.path.clone(),
+                source,
+            })?;
+        }
+    }
+    watch::resolve_roots(&mut watches)?;
+    let uploaders = build_uploaders(&config, &store, embedded.as_ref())?;
+
+    let (intake, intake_receiver) = mpsc::channel(INTAKE_BATCHES);
+    let daemon = Arc::new(Daemon {
+        store: store.clone(),
+        settings: RwLock::new(Settings {
+            watches: watches.clone(),
+            uploaders,
+            transfers: config.daemon.transfers,
+            upload: config.upload,
+        }),
+        paused: AtomicBool::new(false),
+        wake: Notify::new(),
+        active: Mutex::new(HashMap::new()),
+        watcher: Mutex::new(None),
+        intake,
+        // The daemon's own files: the store, the socket, the embedded receiver's storage (the
+        // default outbox sits beside them in the data directory, so not all of it).
+        own_paths: [
+            Some(data_dir.join("store")),
+            Some(config.daemon.socket.clone()),
+            receiver.as_ref().map(|(_, storage)| storage.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        embedded,
+    });
+
+    let socket = config.daemon.socket.clone();
+    let listener = control::bind(&socket).await?;
+    tracker.spawn(control::serve(
+        listener,
+        socket.clone(),
+        Arc::new(Handle(daemon.clone())),
+        services.clone(),
+    ));
+    daemon.restart_watcher(&watches)?;
+
+    let intake_task = tokio::spawn(intake_loop(daemon.clone(), intake_receiver));
+    let workers = TaskTracker::new();
+    let stop_claiming = CancellationToken::new();
+    let abandon = CancellationToken::new();
+    let scheduler = tokio::spawn(worker::schedule(
+        daemon.clone(),
+        workers.clone(),
+        stop_claiming.clone(),
+        abandon.clone(),
+    ));
+
+    started(&Started {
+        socket: socket.clone(),
+        watches: watches.iter().map(|w| w.path.clone()).collect(),
+        receiver,
+    });
+
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(new_config) = reloads.recv() => daemon.reload(new_config),
+            _ = prune.tick() => daemon.prune(config.daemon.done_retention).await,
+        }
+    }
+
+    tracing::info!("stopping: no new files are taken");
+    daemon
+        .watcher
+        .lock()
+        .expect("watcher lock is never poisoned")
+        .take();
+    intake_task.abort();
+    stop_claiming.cancel();
+    let _ = scheduler.await;
+    workers.close();
+    let grace = config.daemon.shutdown_grace;
+    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "uploads still running after the grace period; they resume at the next start"
+        );
+        abandon.cancel();
+        workers.wait().await;
+    }
+    let flushing = store.clone();
+    tokio::task::spawn_blocking(move || flushing.flush_blocking())
+        .await
+        .expect("flush does not panic")?;
+    services.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the embedded receiver if the configuration has one; returns its remote and URL.
+async fn start_embedded_receiver(
+    config: &Config,
+    services: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(Option<(String, NativeConfig)>, Option<(String, PathBuf)>), DaemonError> {
+    let Some((name, storage)) = config
+        .remotes
+        .iter()
+        .find_map(|(name, remote)| match remote {
+            RemoteConfig::Embedded { storage } => Some((name.clone(), storage.clone())),
+            RemoteConfig::Native { .. } => None,
+        })
+    else {
+        return Ok((None, None));
+    };
+    let (token, _) = server::resolve_token(&storage, None, None)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(DaemonError::Receiver)?;
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(DaemonError::Receiver)?
+    );
+    let serve_config = ServeConfig {
+        storage: storage.clone(),
+        token: token.clone(),
+        workspaces: Vec::new(),
+        limits: server::Limits::default(),
+        session_ttl: server::DEFAULT_SESSION_TTL,
+    };
+    let shutdown = services.clone();
+    tracker.spawn(async move {
+        if let Err(error) = server::serve(listener, serve_config, shutdown).await {
+            tracing::error!(error = %crate::push::error_chain(&error), "the embedded receiver stopped");
+        }
+    });
+    let native = NativeConfig {
+        url: url.clone(),
+        workspace_id: "default".into(),
+        token,
+    };
+    Ok((Some((name, native)), Some((url, storage))))
+}
+
+fn build_uploaders(
+    config: &Config,
+    store: &Store,
+    embedded: Option<&(String, NativeConfig)>,
+) -> Result<BTreeMap<String, Arc<Uploader>>, DaemonError> {
+    let mut uploaders = BTreeMap::new();
+    for (name, remote) in &config.remotes {
+        let native = match remote {
+            RemoteConfig::Native {
+                url,
+                workspace_id,
+                token,
+            } => NativeConfig {
+                url: url.clone(),
+                workspace_id: workspace_id.clone(),
+                token: token.0.clone(),
+            },
+            RemoteConfig::Embedded { .. } => match embedded {
+                Some((embedded_name, native)) if embedded_name == name => native.clone(),
+                _ => continue,
+            },
+        };
+        let backend = NativeBackend::new(native).map_err(|source| DaemonError::Remote {
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+        let uploader = Uploader::new(
+            Arc::new(backend),
+            store.clone(),
+            config.upload,
+            config.upload.planner(),
+        );
+        uploaders.insert(name.clone(), Arc::new(uploader));
+    }
+    Ok(uploaders)
+}
+
+/// Queues settled files as the watcher hands them over.
+async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candidate>>) {
+    while let Some(batch) = batches.recv().await {
+        let store = daemon.store.clone();
+        let count = batch.len();
+        match tokio::task::spawn_blocking(move || store.enqueue(&batch)).await {
+            Ok(Ok(outcomes)) => {
+                let queued = outcomes
+                    .iter()
+                    .filter(|o| !matches!(o, crate::queue::Enqueued::Unchanged))
+                    .count();
+                tracing::debug!(count, queued, "files settled");
+                if queued > 0 {
+                    daemon.wake.notify_one();
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; a rescan will find them")
+            }
+            Err(error) => tracing::error!(%error, "queueing panicked"),
+        }
+    }
+}
+
+impl Daemon {
+    fn restart_watcher(&self, watches: &[WatchConfig]) -> Result<(), watch::WatchError> {
+        let mut slot = self.watcher.lock().expect("watcher lock is never poisoned");
+        slot.take(); // stop the old thread first
+        *slot = Some(watch::start(
+            watches,
+            self.own_paths.clone(),
+            self.intake.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// Applies a reloaded configuration: remotes, watches, transfers and upload settings. A
+    /// configuration that cannot be applied is logged and the running one kept.
+    fn reload(&self, config: Config) {
+        let mut watches = config.watches.clone();
+        let applied = watch::resolve_roots(&mut watches)
+            .map_err(|e| crate::push::error_chain(&e))
+            .and_then(|()| {
+                build_uploaders(&config, &self.store, self.embedded.as_ref())
+                    .map_err(|e| crate::push::error_chain(&e))
+            });
+        let uploaders = match applied {
+            Ok(uploaders) => uploaders,
+            Err(error) => {
+                tracing::error!(%error, "the new configuration cannot be applied; keeping the running one");
+                return;
+            }
+        };
+        if let Err(error) = self.restart_watcher(&watches) {
+            tracing::error!(error = %crate::push::error_chain(&error), "cannot watch the new folders; keeping the old ones");
+            return;
+        }
+        let mut settings = self
+            .settings
+            .write()
+            .expect("settings lock is never poisoned");
+        *settings = Settings {
+            watches,
+            uploaders,
+            transfers: config.daemon.transfers,
+            upload: config.upload,
+        };
+        drop(settings);
+        tracing::info!("configuration reloaded");
+        self.wake.notify_one();
+    }
+
+    async fn prune(&self, retention: Duration) {
+        let store = self.store.clone();
+        let before = crate::queue::jobs::now_ms().saturating_sub(retention.as_millis() as u64);
+        match tokio::task::spawn_blocking(move || store.prune_done(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => tracing::info!(pruned, "pruned finished jobs"),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %crate::push::error_chain(&error), "pruning failed")
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn status(&self) -> Result<StatusReply, QueueError> {
+        let store = self.store.clone();
+        let (queue, failed) = tokio::task::spawn_blocking(move || {
+            Ok::<_, QueueError>((
+                store.counts()?,
+                store.list(Some(JobState::Failed), STATUS_FAILED_SHOWN)?,
+            ))
+        })
+        .await
+        .expect("status does not panic")?;
+        let active = self
+            .active
+            .lock()
+            .expect("active lock is never poisoned")
+            .iter()
+            .map(|(job_id, job)| {
+                let snapshot = job.progress.snapshot();
+                let sent = snapshot.acknowledged + snapshot.in_flight;
+                let seconds = job.started.elapsed().as_secs_f64().max(0.001);
+                ActiveTransfer {
+                    job_id: *job_id,
+                    path: job.path.clone(),
+                    remote_path: job.remote_path.clone(),
+                    size: snapshot.total,
+                    bytes_sent: snapshot.position(),
+                    part_size: snapshot.part_size,
+                    throughput_bytes_per_sec: (sent as f64 / seconds) as u64,
+                }
+            })
+            .collect();
+        let watches = self
+            .settings
+            .read()
+            .expect("settings lock is never poisoned")
+            .watches
+            .iter()
+            .map(|w| w.path.clone())
+            .collect();
+        Ok(StatusReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+            paused: self.paused.load(Ordering::Relaxed),
+            queue,
+            active,
+            watches,
+            failed: failed
+                .into_iter()
+                .map(|job| FailedJob {
+                    job_id: job.id,
+                    path: job.path,
+                    error: job.last_error.unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The control socket's view of the daemon.
+struct Handle(Arc<Daemon>);
+
+#[async_trait::async_trait]
+impl control::Handler for Handle {
+    async fn handle(&self, command: Command) -> Result<Reply, (String, String)> {
+        let daemon = &self.0;
+        let store_error =
+            |error: QueueError| ("internal".to_string(), crate::push::error_chain(&error));
+        match command {
+            Command::Status => daemon
+                .status()
+                .await
+                .map(Reply::Status)
+                .map_err(store_error),
+            Command::Jobs { state, limit } => {
+                let store = daemon.store.clone();
+                let limit = limit.unwrap_or(1000);
+                tokio::task::spawn_blocking(move || store.list(state, limit))
+                    .await
+                    .expect("listing does not panic")
+                    .map(|jobs| Reply::Jobs { jobs })
+                    .map_err(store_error)
+            }
+            Command::Retry { ids } => {
+                let store = daemon.store.clone();
+                let count = tokio::task::spawn_blocking(move || store.retry_failed(Some(&ids)))
+                    .await
+                    .expect("retry does not panic")
+                    .map_err(store_error)?;
+                daemon.wake.notify_one();
+                Ok(Reply::Retried { count })
+            }
+            Command::RetryFailed => {
+                let store = daemon.store.clone();
+                let count = tokio::task::spawn_blocking(move || store.retry_failed(None))
+                    .await
+                    .expect("retry does not panic")
+                    .map_err(store_error)?;
+                daemon.wake.notify_one();
+                Ok(Reply::Retried { count })
+            }
+            Command::Pause => {
+                daemon.paused.store(true, Ordering::Relaxed);
+                Ok(Reply::Done {
+                    message: "paused: uploads in progress finish, no new ones start".into(),
+                })
+            }
+            Command::Resume => {
+                daemon.paused.store(false, Ordering::Relaxed);
+                daemon.wake.notify_one();
+                Ok(Reply::Done {
+                    message: "resumed".into(),
+                })
+            }
+            Command::Rescan => {
+                if let Some(watcher) = daemon
+                    .watcher
+                    .lock()
+                    .expect("watcher lock is never poisoned")
+                    .as_ref()
+                {
+                    watcher.rescan();
+                }
+                Ok(Reply::Done {
+                    message: "rescanning the watched folders".into(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Workers: the scheduler claims due jobs up to `transfers` at a time (none while paused), and
+//! each job goes through the engine of its remote. The outcome is recorded durably before
+//! `after_upload` touches the file; one failing file never holds up the others.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{ActiveJob, Daemon};
+use crate::config::AfterUpload;
+use crate::queue::jobs::now_ms;
+use crate::queue::{Fingerprint, JobRecord};
+use crate::upload::{Progress, UploadError, UploadJob};
+
+/// Longest the scheduler sleeps without a wake-up, as a safety net.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
+
+/// Claims due jobs and starts a worker for each, until `stop`.
+pub(super) async fn schedule(
+    daemon: Arc<Daemon>,
+    workers: TaskTracker,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+) {
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let free = {
+            let transfers = daemon
+                .settings
+                .read()
+                .expect("settings lock is never poisoned")
+                .transfers;
+            transfers.saturating_sub(
+                daemon
+                    .active
+                    .lock()
+                    .expect("active lock is never poisoned")
+                    .len(),
+            )
+        };
+        if !daemon.paused.load(Ordering::Relaxed) && free > 0 {
+            let store = daemon.store.clone();
+            match tokio::task::spawn_blocking(move || store.claim(now_ms(), free)).await {
+                Ok(Ok(jobs)) => {
+                    for job in jobs {
+                        daemon
+                            .active
+                            .lock()
+                            .expect("active lock is never poisoned")
+                            .insert(
+                                job.id,
+                                ActiveJob {
+                                    path: job.path.clone(),
+                                    remote_path: job.remote_path.clone(),
+                                    progress: Arc::new(Progress::default()),
+                                    started: Instant::now(),
+                                },
+                            );
+                        let span =
+                            tracing::info_span!("job", job_id = job.id, path = %job.path.display());
+                        workers
+                            .spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(error = %crate::push::error_chain(&error), "cannot claim jobs")
+                }
+                Err(error) => tracing::error!(%error, "claiming jobs panicked"),
+            }
+        }
+        let store = daemon.store.clone();
+        let next_due = tokio::task::spawn_blocking(move || store.next_due_ms())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let sleep = next_due
+            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
+            .unwrap_or(IDLE_RECHECK)
+            .min(IDLE_RECHECK);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = daemon.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Uploads one job's file and records the outcome. Abandoned at shutdown after the grace
+/// period: the job stays active in the store and is queued again at the next start.
+async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken) {
+    let found = {
+        let settings = daemon
+            .settings
+            .read()
+            .expect("settings lock is never poisoned");
+        let watch = settings
+            .watches
+            .iter()
+            .find(|w| w.path == job.watch_root)
+            .cloned();
+        let uploader = settings.uploaders.get(&job.remote).cloned();
+        (watch, uploader, settings.upload.retry)
+    };
+    let progress = daemon
+        .active
+        .lock()
+        .expect("active lock is never poisoned")
+        .get(&job.id)
+        .map(|a| a.progress.clone());
+    let (Some(watch), Some(uploader), retry, Some(progress)) =
+        (found.0, found.1, found.2, progress)
+    else {
+        finish(
+            &daemon,
+            &job,
+            Outcome::Failed("its watch or remote is no longer configured".into()),
+        )
+        .await;
+        return;
+    };
+    let upload = UploadJob {
+        local_path: job.path.clone(),
+        remote_path: job.remote_path.clone(),
+        mime_type: None,
+        metadata: watch.metadata.clone(),
+    };
+    let result = tokio::select! {
+        result = uploader.upload(&upload, progress) => result,
+        _ = abandon.cancelled() => {
+            daemon.active.lock().expect("active lock is never poisoned").remove(&job.id);
+            return;
+        }
+    };
+    let outcome = match result {
+        Ok(report) => {
+            tracing::info!(remote_path = %report.remote_path, size = report.size, duration = ?report.duration, parts_resumed = report.parts_resumed, "uploaded");
+            Outcome::Done {
+                fingerprint: report.fingerprint,
+                sha256: report.sha256,
+                after: watch.after_upload.clone(),
+                root: watch.path.clone(),
+            }
+        }
+        Err(UploadError::Vanished { .. }) => {
+            tracing::info!("the file vanished before it was uploaded; dropping its job");
+            Outcome::Vanished
+        }
+        Err(error) if is_permanent(&error) => {
+            let reason = crate::push::error_chain(&error);
+            tracing::error!(error = %reason, "upload failed; `ferry retry` tries again");
+            Outcome::Failed(reason)
+        }
+        Err(error) => {
+            let reason = crate::push::error_chain(&error);
+            let delay = retry
+                .delay(job.attempts + 1, rand::random(), None)
+                .max(retry.backoff_base);
+            tracing::warn!(error = %reason, ?delay, "upload failed; will retry");
+            Outcome::Retry(reason, now_ms() + delay.as_millis() as u64)
+        }
+    };
+    finish(&daemon, &job, outcome).await;
+}
+
+enum Outcome {
+    Done {
+        fingerprint: Fingerprint,
+        sha256: String,
+        after: AfterUpload,
+        root: std::path::PathBuf,
+    },
+    Vanished,
+    Failed(String),
+    Retry(String, u64),
+}
+
+/// Records the outcome durably, then (for a success) applies `after_upload`.
+async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
+    let store = daemon.store.clone();
+    let id = job.id;
+    let path = job.path.clone();
+    let recorded = tokio::task::spawn_blocking(move || match outcome {
+        Outcome::Done {
+            fingerprint,
+            sha256,
+            after,
+            root,
+        } => {
+            store.finish_done(id, fingerprint, &sha256)?;
+            if let Err(error) = after_upload(&after, &path, &root, fingerprint) {
+                tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
+            }
+            Ok(())
+        }
+        Outcome::Vanished => store.drop_job(id),
+        Outcome::Failed(reason) => store.finish_failed(id, &reason),
+        Outcome::Retry(reason, at) => store.finish_retry(id, &reason, at),
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(error = %crate::push::error_chain(&error), "cannot record the outcome; the job runs again at the next start")
+        }
+        Err(error) => tracing::error!(%error, "recording the outcome panicked"),
+    }
+    daemon
+        .active
+        .lock()
+        .expect("active lock is never poisoned")
+        .remove(&job.id);
+    daemon.wake.notify_one();
+}
+
+/// Failures that another attempt will not cure: the user must act (`ferry retry`).
+fn is_permanent(error: &UploadError) -> bool {
+    match error {
+        UploadError::Open { .. }
+        | UploadError::Remote { .. }
+        | UploadError::Verification { .. } => true,
+        UploadError::Vanished { .. }
+        | UploadError::Read { .. }
+        | UploadError::RetriesExhausted { .. }
+        | UploadError::Unstable { .. }
+        | UploadError::Store { .. } => false,
+    }
+}
+
+/// Deletes or moves an uploaded file, unless it changed since (then the new content is
+/// uploaded first, and the action waits for that). Blocking.
+fn after_upload(
+    action: &AfterUpload,
+    path: &Path,
+    root: &Path,
+    uploaded: Fingerprint,
+) -> std::io::Result<()> {
+    if *action == AfterUpload::Keep {
+        return Ok(());
+    }
+    let current = Fingerprint::of(&std::fs::symlink_metadata(path)?);
+    if current != uploaded {
+        tracing::info!(path = %path.display(), "changed since its upload; left in place");
+        return Ok(());
+    }
+    match action {
+        AfterUpload::Keep => Ok(()),
+        AfterUpload::Delete => std::fs::remove_file(path),
+        AfterUpload::MoveTo(folder) => {
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(Path::new(path.file_name().unwrap_or_default()));
+            let destination = folder.join(relative);
+            if let Some(parent) = destination.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match std::fs::rename(path, &destination) {
+                Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {
+                    // Another filesystem: copy, make it durable, then remove the original.
+                    std::fs::copy(path, &destination)?;
+                    std::fs::File::open(&destination)?.sync_all()?;
+                    std::fs::remove_file(path)
+                }
+                other => other,
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Watching folders: notify events (and full scans at start and on `ferry rescan`) become
+//! candidate files, filtered by each watch's globs, held by `settle` until they stop changing,
+//! then handed to the daemon in batches to be queued.
+//!
+//! Only this module uses notify. It runs on its own OS thread: the notify callback only pushes
+//! into a bounded channel, and the thread does the stats and scans. Overflow rule: when the
+//! channel is full the event is dropped and a flag is set; the thread then rescans every watch,
+//! so a burst loses no file. An inotify watch-limit error becomes a message naming the sysctl.
+//! `watch` never uploads; it meets `upload` in the queue.
+
+pub mod settle;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+
+use crate::config::WatchConfig;
+use crate::queue::{Candidate, Fingerprint};
+use settle::Settler;
+
+/// Events buffered between notify's callback and the watch thread.
+const EVENT_BUFFER: usize = 65_536;
+/// Settled files handed to the daemon at once.
+const BATCH: usize = 1_000;
+/// Longest sleep of the watch thread when nothing is pending.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Why watching could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("watch path {path} does not exist or is not a folder")]
+    Missing { path: PathBuf },
+    #[error(
+        "cannot watch {path}: the inotify watch limit is reached; raise it with \
+         `sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it)"
+    )]
+    Limit { path: PathBuf },
+    #[error("cannot watch {path}")]
+    Notify {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the watch thread")]
+    Thread(#[source] std::io::Error),
+}
+
+enum Message {
+    Fs(notify::Result<Event>),
+    Rescan,
+    Stop,
+}
+
+/// A running watcher; stops when dropped.
+pub struct WatchHandle {
+    sender: SyncSender<Message>,
+    rescan_requested: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl WatchHandle {
+    /// Asks for a full scan of every watch (`ferry rescan`).
+    pub fn rescan(&self) {
+        self.rescan_requested.store(true, Ordering::Relaxed);
+        let _ = self.sender.try_send(Message::Rescan);
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let _ = self.sender.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Replaces each watch root by its canonical path (events and job records use it), checking
+/// that it is a folder.
+pub fn resolve_roots(watches: &mut [WatchConfig]) -> Result<(), WatchError> {
+    for watch in watches {
+        watch.path = std::fs::canonicalize(&watch.path)
+            .ok()
+            .filter(|path| path.is_dir())
+            .ok_or_else(|| WatchError::Missing {
+                path: watch.path.clone(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Starts watching (roots already resolved); the first full scan runs at once. Settled files go
+/// to `sink` in batches. `own_paths` (the daemon's data folder, its socket) are never
+/// candidates.
+pub fn start(
+    watches: &[WatchConfig],
+    own_paths: Vec<PathBuf>,
+    sink: tokio::sync::mpsc::Sender<Vec<Candidate>>,
+) -> Result<WatchHandle, WatchError> {
+    let watches = watches.to_vec();
+    let own_paths: Vec<PathBuf> = own_paths
+        .into_iter()
+        .map(|path| std::fs::canonicalize(&path).unwrap_or(path))
+        .collect();
+    let (sender, receiver) = std::sync::mpsc::sync_channel(EVENT_BUFFER);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let callback_sender = sender.clone();
+    let callback_overflow = overflowed.clone();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        if let Err(TrySendError::Full(_)) = callback_sender.try_send(Message::Fs(event)) {
+            callback_overflow.store(true, Ordering::Relaxed);
+        }
+    })
+    .map_err(|source| WatchError::Notify {
+        path: PathBuf::new(),
+        source,
+    })?;
+    for watch in &watches {
+        let mode = if watch.recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher
+            .watch(&watch.path, mode)
+            .map_err(|source| match source.kind {
+                notify::ErrorKind::MaxFilesWatch => WatchError::Limit {
+                    path: watch.path.clone(),
+                },
+                _ => WatchError::Notify {
+                    path: watch.path.clone(),
+                    source,
+                },
+            })?;
+    }
+    let rescan_requested = Arc::new(AtomicBool::new(true));
+    let mut worker = WatchThread {
+        watches,
+        own_paths,
+        settler: Settler::default(),
+        sink,
+        overflowed,
+        rescan_requested: rescan_requested.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("ferry-watch".into())
+        .spawn(move || worker.run(receiver))
+        .map_err(WatchError::Thread)?;
+    Ok(WatchHandle {
+        sender,
+        rescan_requested,
+        thread: Some(thread),
+        _watcher: watcher,
+    })
+}
+
+struct WatchThread {
+    watches: Vec<WatchConfig>,
+    own_paths: Vec<PathBuf>,
+    settler: Settler,
+    sink: tokio::sync::mpsc::Sender<Vec<Candidate>>,
+    overflowed: Arc<AtomicBool>,
+    rescan_requested: Arc<AtomicBool>,
+}
+
+impl WatchThread {
+    fn run(&mut self, receiver: Receiver<Message>) {
+        loop {
+            if self.overflowed.swap(false, Ordering::Relaxed) {
+                tracing::warn!("file events overflowed their buffer; rescanning");
+                self.rescan_requested.store(true, Ordering::Relaxed);
+            }
+            if self.rescan_requested.swap(false, Ordering::Relaxed) {
+                self.rescan();
+            }
+            let now = Instant::now();
+            let wait = self
+                .settler
+                .next_due()
+                .map_or(IDLE_TICK, |due| due.saturating_duration_since(now))
+                .min(IDLE_TICK);
+            match receiver.recv_timeout(wait) {
+                Ok(message) => {
+                    if !self.handle(message) {
+                        return;
+                    }
+                    // Drain what else arrived before settling anything.
+                    while let Ok(message) = receiver.try_recv() {
+                        if !self.handle(message) {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let settled = self.settler.poll(Instant::now(), stat_file);
+            for chunk in settled.chunks(BATCH) {
+                let batch: Vec<Candidate> =
+                    chunk.iter().filter_map(|s| self.candidate(s)).collect();
+                if !batch.is_empty() && self.sink.blocking_send(batch).is_err() {
+                    return; // the daemon is shutting down
+                }
+            }
+        }
+    }
+
+    /// Handles one message; false means stop.
+    fn handle(&mut self, message: Message) -> bool {
+        let event = match message {
+            Message::Stop => return false,
+            Message::Rescan => {
+                self.rescan_requested.store(true, Ordering::Relaxed);
+                return true;
+            }
+            Message::Fs(Ok(event)) => event,
+            Message::Fs(Err(error)) => {
+                tracing::warn!(%error, "file watch error; rescanning");
+                self.rescan_requested.store(true, Ordering::Relaxed);
+                return true;
+            }
+        };
+        if event.need_rescan() {
+            tracing::warn!("the kernel dropped file events; rescanning");
+            self.rescan_requested.store(true, Ordering::Relaxed);
+            return true;
+        }
+        let now = Instant::now();
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for path in &event.paths {
+                    self.settler
+                        .closed(path, now, stat_file(path).ok().flatten());
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+                for path in &event.paths {
+                    self.settler.forget(path);
+                    self.settler.forget_under(path);
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if event.paths.len() == 2 => {
+                self.settler.forget(&event.paths[0]);
+                self.settler.forget_under(&event.paths[0]);
+                self.consider(&event.paths[1], now);
+            }
+            EventKind::Create(_) | EventKind::Modify(_) => {
+                for path in &event.paths {
+                    self.consider(path, now);
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// A path changed: wait for a file to settle; scan a folder that appeared.
+    fn consider(&mut self, path: &Path, now: Instant) {
+        if self.own_paths.iter().any(|own| path.starts_with(own)) {
+            return;
+        }
+        let Some(index) = self.watch_of(path) else {
+            return;
+        };
+        let Ok(metadata) = std::fs::symlink_metadata(path) else {
+            self.settler.forget(path);
+            return;
+        };
+        let watch = &self.watches[index];
+        if metadata.is_dir() {
+            // A folder created or moved in: its files may never produce events of their own.
+            if watch.recursive || path == watch.path {
+                self.scan(index, path);
+            }
+        } else if metadata.is_file() && self.in_scope(index, path) {
+            let window = watch.settle;
+            self.settler
+                .touch(path, index, window, now, Some(Fingerprint::of(&metadata)));
+        }
+    }
+
+    /// The watch a path belongs to: the one with the longest root that contains it.
+    fn watch_of(&self, path: &Path) -> Option<usize> {
+        self.watches
+            .iter()
+            .enumerate()
+            .filter(|(_, watch)| path.starts_with(&watch.path))
+            .max_by_key(|(_, watch)| watch.path.as_os_str().len())
+            .map(|(index, _)| index)
+    }
+
+    fn in_scope(&self, index: usize, path: &Path) -> bool {
+        let watch = &self.watches[index];
+        (watch.recursive || path.parent() == Some(watch.path.as_path())) && watch.accepts(path)
+    }
+
+    fn rescan(&mut self) {
+        let started = Instant::now();
+        for index in 0..self.watches.len() {
+            let root = self.watches[index].path.clone();
+            self.scan(index, &root);
+        }
+        tracing::info!(pending = self.settler.len(), elapsed = ?started.elapsed(), "scanned watched folders");
+    }
+
+    /// Offers every file under `dir` to the settler, aged by its mtime.
+    fn scan(&mut self, index: usize, dir: &Path) {
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        let recursive = self.watches[index].recursive;
+        let window = self.watches[index].settle;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::warn!(path = %folder.display(), %error, "cannot list folder");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if self.own_paths.iter().any(|own| path.starts_with(own)) {
+                    continue;
+                }
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
+                if metadata.is_dir() {
+                    if recursive && self.watch_of(&path) == Some(index) {
+                        stack.push(path);
+                    }
+                } else if metadata.is_file() && self.in_scope(index, &path) {
+                    let age = metadata
+                        .modified()
+                        .ok()
+                        .and_then(|modified| wall_now.duration_since(modified).ok())
+                        .unwrap_or_default();
+                    self.settler
+                        .found(&path, index, window, now, age, Fingerprint::of(&metadata));
+                }
+            }
+        }
+    }
+
+    fn candidate(&self, settled: &settle::Settled) -> Option<Candidate> {
+        let watch = &self.watches[settled.watch];
+        let Some(remote_path) = watch.remote_path(&settled.path) else {
+            tracing::warn!(path = %settled.path.display(), "skipping a file whose name is not valid UTF-8");
+            return None;
+        };
+        Some(Candidate {
+            path: settled.path.clone(),
+            watch_root: watch.path.clone(),
+            remote: watch.remote.clone(),
+            remote_path,
+            fingerprint: settled.fingerprint,
+        })
+    }
+}
+
+/// The fingerprint of a regular file; `None` for anything else or nothing.
+fn stat_file(path: &Path) -> std::io::Result<Option<Fingerprint>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_file() => Ok(Some(Fingerprint::of(&metadata))),
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
