@@ -69,6 +69,9 @@ pub struct JobRecord {
     /// The file changed while it was being uploaded: upload it again afterwards.
     #[serde(default)]
     pub dirty: bool,
+    /// The file as last reported by a watch or scan.
+    #[serde(default)]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// What was uploaded for a local path to a remote.
@@ -186,8 +189,14 @@ impl Store {
                         None => None,
                     };
                     if let Some(mut job) = existing {
+                        let reported = Some(candidate.fingerprint);
                         match job.state {
-                            JobState::Active => job.dirty = true,
+                            // A scan that re-reports the file being uploaded changes nothing.
+                            JobState::Active if job.fingerprint == reported => {}
+                            JobState::Active => {
+                                job.dirty = true;
+                                job.fingerprint = reported;
+                            }
                             JobState::Queued | JobState::Failed => {
                                 if job.state == JobState::Queued {
                                     ready.remove(&ready_key(job.next_attempt_ms, job.id))?;
@@ -197,6 +206,7 @@ impl Store {
                                 job.attempts = 0;
                                 job.next_attempt_ms = now;
                                 job.remote_path = candidate.remote_path.clone();
+                                job.fingerprint = reported;
                                 ready.insert(&ready_key(now, job.id), &[])?;
                             }
                             JobState::Done => return Ok(None),
@@ -225,6 +235,7 @@ impl Store {
                         enqueued_ms: now,
                         updated_ms: now,
                         dirty: false,
+                        fingerprint: Some(candidate.fingerprint),
                     };
                     self.insert_new(&job)?;
                     Enqueued::New(job.id)
@@ -317,7 +328,8 @@ impl Store {
                     u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
                 });
                 meta.insert(DONE_TOTAL, &(total + 1).to_be_bytes())?;
-                let dirty = job.dirty;
+                // Upload again only if the file last reported is not the one uploaded.
+                let dirty = job.dirty && job.fingerprint != Some(fingerprint);
                 job.state = JobState::Done;
                 job.dirty = false;
                 job.last_error = None;
@@ -616,6 +628,24 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_ne!(again[0].id, id);
         assert_eq!(again[0].path, PathBuf::from("/w/b"));
+    }
+
+    #[test]
+    fn a_scan_re_reporting_the_file_being_uploaded_changes_nothing() {
+        let (_dir, store) = store();
+        let Enqueued::New(id) = store.enqueue(&[candidate("/w/s", 1)]).unwrap()[0] else {
+            panic!()
+        };
+        store.claim(now_ms(), 1).unwrap();
+        store.enqueue(&[candidate("/w/s", 1)]).unwrap();
+        store
+            .finish_done(id, candidate("/w/s", 1).fingerprint, "ab")
+            .unwrap();
+        assert!(
+            store.claim(now_ms(), 10).unwrap().is_empty(),
+            "not queued again"
+        );
+        assert_eq!(store.counts().unwrap().done, 1);
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub const RECORD_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i128,
+    /// Modification time, nanoseconds since the Unix epoch (an i64 lasts until 2262).
+    pub mtime_ns: i64,
     pub inode: u64,
     pub device: u64,
 }
@@ -25,8 +25,10 @@ impl Fingerprint {
         use std::os::unix::fs::MetadataExt;
         Fingerprint {
             size: metadata.len(),
-            mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
-                + i128::from(metadata.mtime_nsec()),
+            mtime_ns: metadata
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(metadata.mtime_nsec()),
             inode: metadata.ino(),
             device: metadata.dev(),
         }

@@ -162,7 +162,7 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    fn fp(size: u64, mtime: i128) -> Fingerprint {
+    fn fp(size: u64, mtime: i64) -> Fingerprint {
         Fingerprint {
             size,
             mtime_ns: mtime,
@@ -204,7 +204,7 @@ mod tests {
             let now = start + Duration::from_millis(clock);
             match step {
                 Step::Write(path, size) => {
-                    files.set(path, fp(*size, clock as i128));
+                    files.set(path, fp(*size, clock as i64));
                     settler.touch(Path::new(path), 0, window, now, files.get(path));
                 }
                 Step::Close(path) => settler.closed(Path::new(path), now, files.get(path)),

@@ -1,0 +1,438 @@
+//! `ferry run` end to end: real daemon process, real receiver, real files.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::support::daemon::{Setup, wait_for_copy};
+use crate::support::*;
+
+const ARRIVAL: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_files_arrive_and_ignored_ones_do_not() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    let outbox = &setup.outbox;
+
+    std::fs::write(outbox.join("flat.txt"), b"flat").unwrap();
+    std::fs::write(outbox.join("empty"), b"").unwrap();
+    // A new nested folder with a file written in it.
+    std::fs::create_dir_all(outbox.join("a/b/c")).unwrap();
+    random_file(&outbox.join("a/b/c/deep.bin"), 3 * MIB, 1);
+    // A folder prepared elsewhere and moved in whole.
+    let elsewhere = setup.dir.path().join("prepared");
+    std::fs::create_dir_all(elsewhere.join("inner")).unwrap();
+    std::fs::write(elsewhere.join("inner/moved.txt"), b"moved in").unwrap();
+    std::fs::rename(&elsewhere, outbox.join("prepared")).unwrap();
+    // The atomic-save pattern: write a temp file, rename it over the real name.
+    std::fs::write(outbox.join("doc.txt"), b"version 1").unwrap();
+    std::fs::write(outbox.join(".doc.txt.swp"), b"editor state").unwrap();
+    std::fs::write(outbox.join("doc.txt.tmp"), b"version 2").unwrap();
+    std::fs::rename(outbox.join("doc.txt.tmp"), outbox.join("doc.txt")).unwrap();
+    // Renamed before it settled: only the final name is uploaded.
+    std::fs::write(outbox.join("draft.txt"), b"renamed").unwrap();
+    std::fs::rename(outbox.join("draft.txt"), outbox.join("final.txt")).unwrap();
+    // Ignored by default: temp, partial and editor files.
+    for ignored in [
+        "x.tmp",
+        "download.part",
+        "~lock.docx",
+        ".#emacs",
+        ".DS_Store",
+    ] {
+        std::fs::write(outbox.join(ignored), b"ignored").unwrap();
+    }
+
+    for name in [
+        "flat.txt",
+        "empty",
+        "a/b/c/deep.bin",
+        "prepared/inner/moved.txt",
+        "doc.txt",
+        "final.txt",
+    ] {
+        wait_for_copy(&outbox.join(name), &receiver.file(name), ARRIVAL).await;
+    }
+    setup.wait_idle_with_done(6, ARRIVAL).await;
+    for never in [
+        "x.tmp",
+        "download.part",
+        "~lock.docx",
+        ".#emacs",
+        ".DS_Store",
+        ".doc.txt.swp",
+        "draft.txt",
+        "doc.txt.tmp",
+    ] {
+        assert!(
+            !receiver.file(never).exists(),
+            "{never} must not be uploaded"
+        );
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writer_is_uploaded_once_with_its_final_content() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let _daemon = setup.start().await;
+    let path = setup.outbox.join("slow.log");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for line in 0..12 {
+        writeln!(file, "line {line}").unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await; // well inside the 300 ms settle
+    }
+    drop(file);
+    wait_for_copy(&path, &receiver.file("slow.log"), ARRIVAL).await;
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    assert_eq!(
+        session_count(&receiver.storage),
+        1,
+        "one upload session, for the final content"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_made_while_down_are_found_and_unchanged_files_are_not_sent_again() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("before.txt"), b"before").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("before.txt"),
+        &receiver.file("before.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    assert_eq!(daemon.terminate().await, Some(0));
+
+    std::fs::write(
+        setup.outbox.join("while-down.txt"),
+        b"made while the daemon was down",
+    )
+    .unwrap();
+    let daemon = setup.start().await;
+    wait_for_copy(
+        &setup.outbox.join("while-down.txt"),
+        &receiver.file("while-down.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup.wait_idle_with_done(2, ARRIVAL).await;
+    assert_eq!(
+        session_count(&receiver.storage),
+        2,
+        "before.txt was not uploaded again"
+    );
+    let rescan = setup.ferry(&["rescan"]);
+    assert!(rescan.status.success());
+    tokio::time::sleep(Duration::from_millis(800)).await; // a rescan that finds nothing new
+    setup.wait_idle_with_done(2, ARRIVAL).await;
+    assert_eq!(session_count(&receiver.storage), 2);
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_upload_deletes_or_moves_the_file() {
+    let receiver = Receiver::start().await;
+    let deleting = Setup::new(
+        &receiver.url,
+        "after_upload = \"delete\"\nprefix = \"deleted/\"",
+        "",
+    );
+    let moving = Setup::new(
+        &receiver.url,
+        "after_upload = { move_to = \"sent\" }\nprefix = \"moved/\"",
+        "",
+    );
+    let _one = deleting.start().await;
+    let _two = moving.start().await;
+    std::fs::write(deleting.outbox.join("gone.txt"), b"delete me").unwrap();
+    std::fs::create_dir_all(moving.outbox.join("sub")).unwrap();
+    std::fs::write(moving.outbox.join("sub/kept.txt"), b"move me").unwrap();
+    wait_until("gone.txt deleted", ARRIVAL, || {
+        !deleting.outbox.join("gone.txt").exists()
+    })
+    .await;
+    let sent = moving.dir.path().join("sent/sub/kept.txt");
+    wait_until("kept.txt moved", ARRIVAL, || sent.exists()).await;
+    assert!(!moving.outbox.join("sub/kept.txt").exists());
+    assert_eq!(
+        std::fs::read(receiver.file("deleted/gone.txt")).unwrap(),
+        b"delete me"
+    );
+    assert_eq!(
+        std::fs::read(receiver.file("moved/sub/kept.txt")).unwrap(),
+        b"move me"
+    );
+    assert_eq!(std::fs::read(sent).unwrap(), b"move me");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_file_shows_in_status_and_retry_fixes_it() {
+    // The receiver refuses the workspace at first: a permanent failure.
+    let refusing = Receiver::start_with(|config| config.workspaces = vec!["other".into()]).await;
+    let (storage, address) = (refusing.storage.clone(), refusing.address);
+    let setup = Setup::new(&refusing.url, "", "");
+    let _daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("refused.txt"), b"try again later").unwrap();
+    std::fs::write(
+        setup.outbox.join("also.txt"),
+        b"one bad file never blocks others",
+    )
+    .unwrap();
+    let mut status = serde_json::Value::Null;
+    wait_until("two failures", ARRIVAL, || {
+        status = setup.status();
+        status["queue"]["failed"] == 2
+    })
+    .await;
+    let error = status["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("403") && error.contains("forbidden"),
+        "{error}"
+    );
+    assert!(!error.contains(TOKEN), "tokens never shown");
+    let human = String::from_utf8(setup.ferry(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains("2 failed") && human.contains("refused.txt"),
+        "{human}"
+    );
+
+    // The operator fixes the receiver, then retries.
+    let dir = refusing.stop().await;
+    let _fixed = Receiver::start_at(&storage, address, |_| {}).await;
+    let failed_ids: Vec<String> = setup
+        .jobs()
+        .iter()
+        .filter(|job| job["state"] == "failed")
+        .map(|job| job["id"].to_string())
+        .collect();
+    let retried = setup.ferry(&["retry", &failed_ids[0]]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let retried_all = setup.ferry(&["retry", "--failed"]);
+    assert!(retried_all.status.success());
+    setup.wait_idle_with_done(2, ARRIVAL).await;
+    assert_eq!(setup.status()["queue"]["failed"], 0);
+    assert_eq!(
+        std::fs::read(storage.join("default/refused.txt")).unwrap(),
+        b"try again later"
+    );
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_uploads_and_sigterm_keeps_the_queue() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    assert!(setup.ferry(&["pause"]).status.success());
+    for index in 0..3 {
+        std::fs::write(
+            setup.outbox.join(format!("held-{index}.txt")),
+            format!("held {index}"),
+        )
+        .unwrap();
+    }
+    let mut status = serde_json::Value::Null;
+    wait_until("3 queued", ARRIVAL, || {
+        status = setup.status();
+        status["queue"]["queued"] == 3
+    })
+    .await;
+    assert_eq!(status["paused"], true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        setup.status()["queue"]["done"],
+        0,
+        "nothing starts while paused"
+    );
+
+    // Stopped while paused: the queue survives the restart. The very jobs queued before the
+    // stop are the ones done after it (a rescan would only have found the files again).
+    let ids = |state: &str| {
+        let mut ids: Vec<u64> = setup
+            .jobs()
+            .iter()
+            .filter(|j| j["state"] == state)
+            .map(|j| j["id"].as_u64().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let queued_before = ids("queued");
+    assert_eq!(daemon.terminate().await, Some(0));
+    let daemon = setup.start().await;
+    setup.wait_idle_with_done(3, ARRIVAL).await;
+    assert_eq!(ids("done"), queued_before, "the queue outlived the stop");
+    assert!(receiver.file("held-2.txt").exists());
+
+    assert!(setup.ferry(&["pause"]).status.success());
+    std::fs::write(setup.outbox.join("later.txt"), b"later").unwrap();
+    wait_until("later queued", ARRIVAL, || {
+        setup.status()["queue"]["queued"] == 1
+    })
+    .await;
+    assert!(setup.ferry(&["resume"]).status.success());
+    wait_for_copy(
+        &setup.outbox.join("later.txt"),
+        &receiver.file("later.txt"),
+        ARRIVAL,
+    )
+    .await;
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_is_private_and_survives_malformed_input() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let _daemon = setup.start().await;
+    let mode = std::fs::metadata(&setup.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let exchange = |bytes: &[u8]| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&setup.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let _ = stream.write_all(bytes);
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).to_string()
+    };
+    let framed = |body: &[u8]| [&(body.len() as u32).to_be_bytes()[..], body].concat();
+    assert!(exchange(&framed(b"{not json")).contains("bad_request"));
+    assert!(
+        exchange(&framed(br#"{"version":1,"command":"launch_rockets"}"#)).contains("bad_request")
+    );
+    assert!(
+        exchange(&framed(br#"{"version":99,"command":"status"}"#)).contains("unsupported_version")
+    );
+    assert!(
+        exchange(&u32::MAX.to_be_bytes()).contains("bad_request"),
+        "a huge length is refused, not allocated"
+    );
+    exchange(b""); // a client that connects and hangs up
+    // The daemon still answers properly after all of that.
+    assert_eq!(setup.status()["queue"]["failed"], 0);
+}
+
+#[test]
+fn client_commands_exit_3_when_no_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    for args in [
+        &["status"][..],
+        &["jobs"],
+        &["pause"],
+        &["retry", "--failed"],
+    ] {
+        let output = std::process::Command::new(ferry_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{args:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("not running"));
+    }
+}
+
+#[test]
+fn config_check_reports_every_problem_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\ntransfers = 0\nmystery = 1\n[[watch]]\npath = \"/x\"\nremote = \"none\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(ferry_bin())
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "line 2: daemon.transfers",
+        "line 3: daemon.mystery",
+        "line 6: watch[0].remote",
+    ] {
+        assert!(stderr.contains(expected), "{expected} not in {stderr}");
+    }
+    let good = std::process::Command::new(ferry_bin())
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        good.status.code(),
+        Some(2),
+        "a missing file named by --config is an error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_config_it_uploads_an_outbox_to_the_embedded_receiver() {
+    let home = tempfile::tempdir().unwrap();
+    let runtime = home.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut child = std::process::Command::new(ferry_bin())
+        .arg("run")
+        .env("HOME", home.path())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("FERRY_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        lines.push(line);
+    }
+    let outbox = lines[0]
+        .trim()
+        .strip_prefix("watching ")
+        .unwrap()
+        .to_string();
+    let storage = lines[1]
+        .trim()
+        .rsplit("storing in ")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        outbox.starts_with(&*home.path().to_string_lossy()),
+        "{lines:?}"
+    );
+    std::fs::write(format!("{outbox}/hello.txt"), b"hello").unwrap();
+    let arrived = std::path::PathBuf::from(format!("{storage}/default/hello.txt"));
+    wait_until("hello.txt in the embedded receiver", ARRIVAL, || {
+        arrived.exists()
+    })
+    .await;
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

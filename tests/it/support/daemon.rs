@@ -1,0 +1,177 @@
+//! Running the real `ferry run` against a real receiver, in a temp folder of its own.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{TOKEN, ferry_bin, wait_until};
+
+/// Folders and config of one daemon under test.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub outbox: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Setup {
+    /// A config with one watch of `outbox` uploading to `url`; `extra_watch` is appended to the
+    /// `[[watch]]` table (e.g. `after_upload = "delete"`), `extra` to the file.
+    pub fn new(url: &str, extra_watch: &str, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        std::fs::create_dir_all(&outbox).unwrap();
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        let socket = dir.path().join("run/ferry.sock");
+        let config = dir.path().join("ferry.toml");
+        let text = format!(
+            r#"
+[daemon]
+data_dir = "data"
+socket = "run/ferry.sock"
+transfers = 4
+shutdown_grace = "5s"
+
+[remotes.main]
+kind = "native"
+url = "{url}"
+workspace_id = "default"
+token_file = "token"
+
+[upload]
+chunk_size = "1MiB"
+retry = {{ max_attempts = 3, backoff_base = "100ms", backoff_max = "500ms" }}
+
+[[watch]]
+path = "outbox"
+remote = "main"
+settle = "300ms"
+{extra_watch}
+{extra}
+"#
+        );
+        std::fs::write(&config, text).unwrap();
+        Setup {
+            outbox: std::fs::canonicalize(outbox).unwrap(),
+            config,
+            socket,
+            dir,
+        }
+    }
+
+    /// Starts `ferry run` and waits until its control socket answers.
+    pub async fn start(&self) -> Daemon {
+        let mut child = Command::new(ferry_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Keep stdout and stderr drained, so the daemon never blocks writing logs.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink())
+        });
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if line.starts_with("control socket") {
+                    let _ = ready_sender.send(());
+                }
+            }
+        });
+        let started =
+            tokio::task::spawn_blocking(move || ready.recv_timeout(Duration::from_secs(20)))
+                .await
+                .unwrap();
+        assert!(started.is_ok(), "ferry run did not start");
+        Daemon { child }
+    }
+
+    /// Runs a client command against this setup's daemon.
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        let output = self.ferry(&["status", "--json"]);
+        assert!(
+            output.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Waits until `done` jobs are done and nothing is queued or active.
+    pub async fn wait_idle_with_done(&self, done: u64, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = self.status();
+            let queue = &last["queue"];
+            if queue["done"] == done && queue["queued"] == 0 && queue["active"] == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not idle with {done} done after {timeout:?}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn jobs(&self) -> Vec<Value> {
+        let output = self.ferry(&["jobs", "--json"]);
+        assert!(
+            output.status.success(),
+            "jobs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+/// A running daemon; killed if still running when dropped.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `path` exists with the same bytes as `expected`.
+pub async fn wait_for_copy(expected: &Path, path: &Path, timeout: Duration) {
+    let wanted = std::fs::read(expected).unwrap();
+    let what = format!("{} to arrive as {}", expected.display(), path.display());
+    wait_until(&what, timeout, || {
+        std::fs::read(path).is_ok_and(|bytes| bytes == wanted)
+    })
+    .await;
+}
