@@ -115,22 +115,26 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
         .expect("active lock is never poisoned")
         .get(&job.id)
         .map(|a| a.progress.clone());
-    let (Some(watch), Some(uploader), retry, Some(progress)) =
-        (found.0, found.1, found.2, progress)
+    let (watch, Some(uploader), retry, Some(progress)) = (found.0, found.1, found.2, progress)
     else {
-        finish(
-            &daemon,
-            &job,
-            Outcome::Failed("its watch or remote is no longer configured".into()),
-        )
-        .await;
+        let reason = format!(
+            "remote {} is no longer configured; restore it and `ferry retry`",
+            job.remote
+        );
+        finish(&daemon, &job, Outcome::Failed(reason)).await;
         return;
+    };
+    // A job queued under a watch that a reload removed is still uploaded: nothing queued is
+    // lost. Without its watch it gets no metadata and the file is kept.
+    let (metadata, after) = match &watch {
+        Some(watch) => (watch.metadata.clone(), watch.after_upload.clone()),
+        None => (Default::default(), AfterUpload::Keep),
     };
     let upload = UploadJob {
         local_path: job.path.clone(),
         remote_path: job.remote_path.clone(),
         mime_type: None,
-        metadata: watch.metadata.clone(),
+        metadata,
     };
     let result = tokio::select! {
         result = uploader.upload(&upload, progress) => result,
@@ -145,8 +149,8 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             Outcome::Done {
                 fingerprint: report.fingerprint,
                 sha256: report.sha256,
-                after: watch.after_upload.clone(),
-                root: watch.path.clone(),
+                after,
+                root: job.watch_root.clone(),
             }
         }
         Err(UploadError::Vanished { .. }) => {

@@ -132,7 +132,27 @@ pub async fn query(
     }))
 }
 
+/// `PUT .../parts`. A refusal carries `Connection: close`: it may come before the body was
+/// read, and a client that reused the connection would then fail its next request.
 pub async fn put_part(
+    state: Shared,
+    upload_id: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match receive_part(state, upload_id, headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let mut response = error.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+async fn receive_part(
     State(app): Shared,
     Path(upload_id): Path<String>,
     headers: HeaderMap,

@@ -608,6 +608,7 @@ async fn send_part(
                         source,
                     })?;
                 context.progress.part_acknowledged(streamed, part.size);
+                tracing::debug!(part = part.number, size = part.size, "part recorded");
                 let observation = PartObservation {
                     size: part.size,
                     elapsed: started.elapsed(),

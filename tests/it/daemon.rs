@@ -436,3 +436,41 @@ async fn with_no_config_it_uploads_an_outbox_to_the_embedded_receiver() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_watches_without_losing_the_queue() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    assert!(setup.ferry(&["pause"]).status.success());
+    std::fs::write(setup.outbox.join("queued.txt"), b"queued before the reload").unwrap();
+    wait_until("queued", ARRIVAL, || setup.status()["queue"]["queued"] == 1).await;
+
+    // The new configuration watches a second folder instead of the first.
+    let second = setup.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replace("path = \"outbox\"", "path = \"second\"");
+    std::fs::write(&setup.config, text).unwrap();
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let second = std::fs::canonicalize(&second).unwrap();
+    wait_until("the new watch list", ARRIVAL, || {
+        setup.status()["watches"] == serde_json::json!([second.display().to_string()])
+    })
+    .await;
+    assert_eq!(setup.status()["paused"], true, "a reload keeps the pause");
+    assert!(setup.ferry(&["resume"]).status.success());
+
+    std::fs::write(setup.outbox.join("unwatched.txt"), b"no longer watched").unwrap();
+    std::fs::write(second.join("new.txt"), b"newly watched").unwrap();
+    wait_for_copy(&second.join("new.txt"), &receiver.file("new.txt"), ARRIVAL).await;
+    setup.wait_idle_with_done(2, ARRIVAL).await;
+    assert!(
+        receiver.file("queued.txt").exists(),
+        "the job queued before the reload was kept"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await; // two settle windows
+    assert!(!receiver.file("unwatched.txt").exists());
+    assert_eq!(daemon.terminate().await, Some(0));
+}

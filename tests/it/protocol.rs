@@ -516,14 +516,14 @@ async fn hostile_requests_get_the_protocol_codes_and_nothing_escapes_storage() {
         "upload_not_found",
     );
     let (code, _) = raw_request(receiver.address, format!(
-        "PUT /v1/uploads/chunked/{upload_id}/parts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n{PART_NUMBER_HEADER}: 1\r\ncontent-length: {}\r\n\r\n", 2 * 1024 * 1024).as_bytes(), false);
+        "PUT /v1/uploads/chunked/{upload_id}/parts HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {TOKEN}\r\n{PART_NUMBER_HEADER}: 1\r\ncontent-length: {}\r\n\r\n", 2 * 1024 * 1024).as_bytes(), false);
     assert_eq!(code, 413, "over max_part_size");
     let (code, _) = raw_request(receiver.address, format!(
-        "PUT /v1/uploads/chunked/{upload_id}/parts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n{PART_NUMBER_HEADER}: 1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").as_bytes(), false);
+        "PUT /v1/uploads/chunked/{upload_id}/parts HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {TOKEN}\r\n{PART_NUMBER_HEADER}: 1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").as_bytes(), false);
     assert_eq!(code, 411, "no Content-Length");
     // A Content-Length that lies: 1000 promised, 10 sent, then the client stops sending.
     let (code, _) = raw_request(receiver.address, format!(
-        "PUT /v1/uploads/chunked/{upload_id}/parts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n{PART_NUMBER_HEADER}: 1\r\ncontent-length: 1000\r\n\r\n0123456789").as_bytes(), true);
+        "PUT /v1/uploads/chunked/{upload_id}/parts HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {TOKEN}\r\n{PART_NUMBER_HEADER}: 1\r\ncontent-length: 1000\r\n\r\n0123456789").as_bytes(), true);
     assert!(code == 400 || code == 0, "short body refused, got {code}");
     let bad_crc = api
         .client

@@ -111,8 +111,9 @@ impl FaultProxy {
         self.shared.log.lock().unwrap().clone()
     }
 
-    pub fn clear_log(&self) {
-        self.shared.log.lock().unwrap().clear();
+    /// How many requests were logged so far: `log()[mark..]` are the ones seen after.
+    pub fn mark(&self) -> usize {
+        self.shared.log.lock().unwrap().len()
     }
 }
 
@@ -141,7 +142,9 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         });
     }
     let finish = |shared: &Shared| {
-        shared.log.lock().unwrap()[index].finished = Some(Instant::now());
+        if let Some(seen) = shared.log.lock().unwrap().get_mut(index) {
+            seen.finished = Some(Instant::now());
+        }
     };
 
     if let Some(Fault::Unavailable { retry_after_secs }) = fault {

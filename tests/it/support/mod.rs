@@ -90,6 +90,17 @@ impl Receiver {
                 .unwrap()
                 .expect("the receiver runs until shut down");
         });
+        // Ready once it answers: `serve` opens the storage folder before it routes requests.
+        ferry::upload::native::install_crypto_provider();
+        let health = format!("http://{address}/v1/health");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reqwest::get(&health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "the receiver did not come up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Receiver {
             url: format!("http://{address}"),
             address,

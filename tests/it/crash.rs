@@ -1,0 +1,78 @@
+//! The crash test: the daemon is SIGKILLed at random moments while it works through files of
+//! mixed sizes (some added between kills), restarted each time; in the end every file must have
+//! arrived byte-identical, and the queue must show all done and none failed.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+use crate::support::daemon::Setup;
+use crate::support::*;
+
+const FILES: usize = 200;
+const KILLS: usize = 20;
+
+/// Sizes from 1 KiB to 64 MiB, mostly small, as a folder of real work would have.
+fn size_of(index: usize, rng: &mut impl Rng) -> u64 {
+    match index % 20 {
+        0 => rng.random_range(16 * MIB..=64 * MIB),
+        1 | 2 => rng.random_range(MIB..8 * MIB),
+        _ => rng.random_range(KIB..256 * KIB),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_arrives_intact_through_repeated_kill_9() {
+    let seed: u64 = std::env::var("FERRY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("crash test seed {seed} (FERRY_CRASH_SEED={seed} to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "settle = \"200ms\"", "");
+    // Replace the default 300 ms settle line the helper wrote.
+    let text =
+        std::fs::read_to_string(&setup.config)
+            .unwrap()
+            .replacen("settle = \"300ms\"\n", "", 1);
+    std::fs::write(&setup.config, text).unwrap();
+
+    let mut written = 0;
+    let mut write_files = |count: usize, rng: &mut rand::rngs::StdRng| {
+        for index in written..(written + count).min(FILES) {
+            let size = size_of(index, rng);
+            random_file(
+                &setup.outbox.join(format!("file-{index:03}.bin")),
+                size,
+                seed ^ index as u64,
+            );
+        }
+        written = (written + count).min(FILES);
+    };
+    write_files(150, &mut rng);
+    for kill in 0..KILLS {
+        let mut daemon = setup.start().await;
+        let alive = Duration::from_millis(rng.random_range(150..900));
+        tokio::time::sleep(alive).await; // a random moment, by design
+        daemon.child.kill().unwrap(); // SIGKILL
+        daemon.child.wait().unwrap();
+        if kill % 4 == 3 {
+            write_files(13, &mut rng);
+        }
+    }
+    write_files(FILES, &mut rng);
+    assert_eq!(written, FILES);
+
+    let daemon = setup.start().await;
+    setup
+        .wait_idle_with_done(FILES as u64, Duration::from_secs(240))
+        .await;
+    let status = setup.status();
+    assert_eq!(status["queue"]["failed"], 0, "{status}");
+    for index in 0..FILES {
+        let name = format!("file-{index:03}.bin");
+        assert_same_content(&setup.outbox.join(&name), &receiver.file(&name));
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}
