@@ -269,10 +269,16 @@ impl Store {
             let id = u64::from_be_bytes(key[8..16].try_into().expect("ready keys are 16 bytes"));
             let job = (&self.jobs, &self.ready)
                 .transaction(|(jobs, ready)| {
+                    // The scan runs beside `enqueue`, which may have moved this job to another
+                    // key since the scan read this one: claim only a queued job by its current
+                    // key, and drop a key that is stale.
                     ready.remove(&key)?;
                     let Some(mut job) = tx_get_job(jobs, id)? else {
                         return Ok(None);
                     };
+                    if job.state != JobState::Queued || key != ready_key(job.next_attempt_ms, id) {
+                        return Ok(None);
+                    }
                     job.state = JobState::Active;
                     job.updated_ms = now_ms();
                     jobs.insert(&id.to_be_bytes(), encode(&job))?;
@@ -313,7 +319,10 @@ impl Store {
             &self.meta,
         )
             .transaction(|(jobs, paths, ready, uploaded, meta)| {
-                let Some(mut job) = tx_get_job(jobs, id)? else {
+                // Only an upload in progress can finish: never count a job twice.
+                let Some(mut job) =
+                    tx_get_job(jobs, id)?.filter(|job| job.state == JobState::Active)
+                else {
                     return Ok(());
                 };
                 let entry = IndexEntry {
@@ -646,6 +655,44 @@ mod tests {
             "not queued again"
         );
         assert_eq!(store.counts().unwrap().done, 1);
+    }
+
+    #[test]
+    fn a_stale_ready_key_never_claims_a_job_twice() {
+        let (_dir, store) = store();
+        let Enqueued::New(id) = store.enqueue(&[candidate("/w/r", 1)]).unwrap()[0] else {
+            panic!()
+        };
+        let job = store.claim(now_ms(), 1).unwrap().remove(0);
+        // What a claim racing a coalescing enqueue can leave behind: a second key for the job.
+        store
+            .ready
+            .insert(ready_key(job.next_attempt_ms + 1, id), &[])
+            .unwrap();
+        assert!(
+            store.claim(u64::MAX, 10).unwrap().is_empty(),
+            "an active job is not claimed again"
+        );
+        store
+            .finish_done(id, candidate("/w/r", 1).fingerprint, "ab")
+            .unwrap();
+        store
+            .ready
+            .insert(ready_key(job.next_attempt_ms + 2, id), &[])
+            .unwrap();
+        assert!(
+            store.claim(u64::MAX, 10).unwrap().is_empty(),
+            "a done job is not claimed again"
+        );
+        store
+            .finish_done(id, candidate("/w/r", 1).fingerprint, "ab")
+            .unwrap();
+        assert_eq!(
+            store.counts().unwrap().done,
+            1,
+            "finishing twice counts once"
+        );
+        assert_eq!(store.ready.len(), 0, "stale keys are dropped");
     }
 
     #[test]

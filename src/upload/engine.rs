@@ -332,7 +332,16 @@ impl Uploader {
                     .await?;
                 match status {
                     SessionStatus::Open { parts: remote } => {
+                        let recorded = parts.iter().filter(|p| p.is_acknowledged()).count();
                         let parts = reconcile(parts, &remote);
+                        let held = parts.iter().filter(|p| p.is_acknowledged()).count();
+                        tracing::info!(
+                            path = %job.local_path.display(),
+                            upload_id = %record.upload_id,
+                            recorded,
+                            held,
+                            "resuming the earlier session"
+                        );
                         return Ok(Opened::Ready { record, parts });
                     }
                     SessionStatus::Completed { file } => {
@@ -344,6 +353,7 @@ impl Uploader {
                 }
             } else {
                 // The file changed since that session began: its parts are of other content.
+                tracing::info!(path = %job.local_path.display(), "the file changed since its earlier session; starting over");
                 if let Err(error) = self.backend.abort(session).await {
                     tracing::warn!(%error, "could not abort an outdated session");
                 }

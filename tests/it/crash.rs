@@ -65,11 +65,32 @@ async fn every_file_arrives_intact_through_repeated_kill_9() {
     assert_eq!(written, FILES);
 
     let daemon = setup.start().await;
-    setup
-        .wait_idle_with_done(FILES as u64, Duration::from_secs(240))
-        .await;
-    let status = setup.status();
+    let mut status = serde_json::Value::Null;
+    wait_until("the queue to drain", Duration::from_secs(240), || {
+        status = setup.status();
+        let queue = &status["queue"];
+        queue["queued"] == 0 && queue["active"] == 0 && queue["done"].as_u64() >= Some(FILES as u64)
+    })
+    .await;
     assert_eq!(status["queue"]["failed"], 0, "{status}");
+    // Each file is uploaded exactly once: name any that was done twice.
+    let mut done_per_path = std::collections::BTreeMap::<String, Vec<serde_json::Value>>::new();
+    for job in setup
+        .jobs()
+        .into_iter()
+        .filter(|job| job["state"] == "done")
+    {
+        done_per_path
+            .entry(job["path"].to_string())
+            .or_default()
+            .push(job);
+    }
+    let twice: Vec<_> = done_per_path
+        .values()
+        .filter(|jobs| jobs.len() > 1)
+        .collect();
+    assert!(twice.is_empty(), "uploaded more than once: {twice:#?}");
+    assert_eq!(status["queue"]["done"], FILES as u64, "{status}");
     for index in 0..FILES {
         let name = format!("file-{index:03}.bin");
         assert_same_content(&setup.outbox.join(&name), &receiver.file(&name));

@@ -111,6 +111,18 @@ impl FaultProxy {
         self.shared.log.lock().unwrap().clone()
     }
 
+    /// Requests still being relayed (a client may be gone while the proxy still delivers what
+    /// it had already sent).
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|seen| seen.finished.is_none())
+            .count()
+    }
+
     /// How many requests were logged so far: `log()[mark..]` are the ones seen after.
     pub fn mark(&self) -> usize {
         self.shared.log.lock().unwrap().len()
