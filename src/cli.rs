@@ -126,6 +126,16 @@ pub fn render_status(status: &StatusReply) -> String {
     for watch in &status.watches {
         let _ = writeln!(out, "  watching {}", watch.display());
     }
+    let intake = &status.intake;
+    let unchecked = intake.found.saturating_sub(intake.checked);
+    if intake.scans == 0 || intake.settling > 0 || unchecked > 0 {
+        let scan = if intake.scans == 0 { "scanning, " } else { "" };
+        let _ = writeln!(
+            out,
+            "  {scan}{} files settling, {unchecked} being queued",
+            intake.settling
+        );
+    }
     for transfer in &status.active {
         let fraction = transfer.bytes_sent as f64 / transfer.size.max(1) as f64;
         let filled = (fraction * 20.0).round() as usize;

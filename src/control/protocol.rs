@@ -73,6 +73,21 @@ pub struct StatusReply {
     pub watches: Vec<PathBuf>,
     /// The most recent failures, with their reasons.
     pub failed: Vec<FailedJob>,
+    /// What the watcher is doing.
+    pub intake: IntakeStatus,
+}
+
+/// Files between the folders and the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntakeStatus {
+    /// Full scans of the watched folders completed since start (the start-up one first).
+    pub scans: u64,
+    /// Files waiting for their settle window.
+    pub settling: u64,
+    /// Settled files handed over to be queued, since start.
+    pub found: u64,
+    /// Of those, files checked against the queue and the upload index.
+    pub checked: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

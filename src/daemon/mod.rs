@@ -11,7 +11,7 @@ mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RemoteConfig, WatchConfig};
-use crate::control::protocol::{ActiveTransfer, FailedJob};
+use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus};
 use crate::control::{self, Command, Reply, StatusReply};
 use crate::queue::{Candidate, JobId, JobState, QueueError, Store};
 use crate::server::{self, ServeConfig};
@@ -95,6 +95,9 @@ pub(crate) struct Daemon {
     active: Mutex<HashMap<JobId, ActiveJob>>,
     watcher: Mutex<Option<WatchHandle>>,
     intake: mpsc::Sender<Vec<Candidate>>,
+    watch_stats: Arc<watch::WatchStats>,
+    /// Files the intake has checked against the queue, since start.
+    checked: AtomicU64,
     own_paths: Vec<PathBuf>,
     /// The embedded receiver's remote, kept across reloads.
     embedded: Option<(String, NativeConfig)>,
@@ -156,6 +159,8 @@ pub async fn run(
         active: Mutex::new(HashMap::new()),
         watcher: Mutex::new(None),
         intake,
+        watch_stats: Arc::default(),
+        checked: AtomicU64::new(0),
         // The daemon's own files: the store, the socket, the embedded receiver's storage (the
         // default outbox sits beside them in the data directory, so not all of it).
         own_paths: [
@@ -324,6 +329,9 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
         let count = batch.len();
         match tokio::task::spawn_blocking(move || store.enqueue(&batch)).await {
             Ok(Ok(outcomes)) => {
+                daemon
+                    .checked
+                    .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
                 let queued = outcomes
                     .iter()
                     .filter(|o| !matches!(o, crate::queue::Enqueued::Unchanged))
@@ -349,6 +357,7 @@ impl Daemon {
             watches,
             self.own_paths.clone(),
             self.intake.clone(),
+            self.watch_stats.clone(),
         )?);
         Ok(())
     }
@@ -454,6 +463,12 @@ impl Daemon {
                     error: job.last_error.unwrap_or_default(),
                 })
                 .collect(),
+            intake: IntakeStatus {
+                scans: self.watch_stats.scans.load(Ordering::Relaxed),
+                settling: self.watch_stats.settling.load(Ordering::Relaxed),
+                found: self.watch_stats.handed_over.load(Ordering::Relaxed),
+                checked: self.checked.load(Ordering::Relaxed),
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ pub mod settle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,6 +48,17 @@ pub enum WatchError {
     },
     #[error("cannot start the watch thread")]
     Thread(#[source] std::io::Error),
+}
+
+/// Counters the watch thread publishes, for `ferry status`.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Full scans completed (the start-up one included).
+    pub scans: AtomicU64,
+    /// Paths waiting to settle.
+    pub settling: AtomicU64,
+    /// Settled files handed to the daemon to be queued.
+    pub handed_over: AtomicU64,
 }
 
 enum Message {
@@ -102,6 +113,7 @@ pub fn start(
     watches: &[WatchConfig],
     own_paths: Vec<PathBuf>,
     sink: tokio::sync::mpsc::Sender<Vec<Candidate>>,
+    stats: Arc<WatchStats>,
 ) -> Result<WatchHandle, WatchError> {
     let watches = watches.to_vec();
     let own_paths: Vec<PathBuf> = own_paths
@@ -147,6 +159,7 @@ pub fn start(
         sink,
         overflowed,
         rescan_requested: rescan_requested.clone(),
+        stats,
     };
     let thread = std::thread::Builder::new()
         .name("ferry-watch".into())
@@ -167,6 +180,7 @@ struct WatchThread {
     sink: tokio::sync::mpsc::Sender<Vec<Candidate>>,
     overflowed: Arc<AtomicBool>,
     rescan_requested: Arc<AtomicBool>,
+    stats: Arc<WatchStats>,
 }
 
 impl WatchThread {
@@ -204,10 +218,15 @@ impl WatchThread {
             for chunk in settled.chunks(BATCH) {
                 let batch: Vec<Candidate> =
                     chunk.iter().filter_map(|s| self.candidate(s)).collect();
+                let count = batch.len() as u64;
                 if !batch.is_empty() && self.sink.blocking_send(batch).is_err() {
                     return; // the daemon is shutting down
                 }
+                self.stats.handed_over.fetch_add(count, Ordering::Relaxed);
             }
+            self.stats
+                .settling
+                .store(self.settler.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -307,6 +326,10 @@ impl WatchThread {
             self.scan(index, &root);
         }
         tracing::info!(pending = self.settler.len(), elapsed = ?started.elapsed(), "scanned watched folders");
+        self.stats
+            .settling
+            .store(self.settler.len() as u64, Ordering::Relaxed);
+        self.stats.scans.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Offers every file under `dir` to the settler, aged by its mtime.
