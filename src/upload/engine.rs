@@ -36,6 +36,8 @@ use crate::queue::{Fingerprint, PartRecord, RECORD_VERSION, Store, UploadRecord}
 /// Fresh sessions one upload may start (file changed, session expired, manifest rejected)
 /// before it gives up: a file rewritten this often is not stable enough to upload.
 const MAX_FRESH_STARTS: u32 = 3;
+/// Rounds of re-sending parts the remote holds in another version, before starting over.
+const MAX_MANIFEST_REPAIRS: u32 = 2;
 /// How long to wait for a part's reader to report after its request failed.
 const READER_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -239,43 +241,74 @@ impl Uploader {
         let resumed_bytes: u64 = resumed.iter().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
 
-        let manifest = self.send_parts(&context, record.limits, parts).await?;
+        let mut manifest = self.send_parts(&context, record.limits, parts).await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
-
-        let check = file.clone();
-        if blocking(move || Ok(check.changed())).await.unwrap_or(true) {
+        if self.changed(&file).await {
             return Err(self
                 .start_over(&context, "the file changed during the upload")
                 .await);
         }
         let digest = self.digest(hashing, &file).await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), "hashed; completing");
-        let completed: Vec<CompletedPart> = manifest
-            .values()
-            .map(|part| CompletedPart {
-                number: part.number,
-                etag: part
-                    .etag
-                    .clone()
-                    .expect("manifest holds acknowledged parts"),
-            })
-            .collect();
-        let remote = match self
-            .with_retry(&job.local_path, || {
-                self.backend
-                    .complete(context.session(), &completed, &digest, size)
-            })
-            .await
-        {
-            Ok(remote) => remote,
-            Err(Attempt::Fatal(error)) if refused_manifest(&error) => {
-                let reason = format!(
-                    "the remote refused the manifest: {}",
-                    crate::push::error_chain(&*error)
-                );
+        let mut repairs = 0;
+        let remote = loop {
+            let completed: Vec<CompletedPart> = manifest
+                .values()
+                .map(|part| CompletedPart {
+                    number: part.number,
+                    etag: part
+                        .etag
+                        .clone()
+                        .expect("manifest holds acknowledged parts"),
+                })
+                .collect();
+            let error = match self
+                .with_retry(&job.local_path, || {
+                    self.backend
+                        .complete(context.session(), &completed, &digest, size)
+                })
+                .await
+            {
+                Ok(remote) => break remote,
+                Err(Attempt::Fatal(error)) => error,
+                Err(other) => return Err(other),
+            };
+            if !refused_manifest(&error) {
+                return Err(Attempt::Fatal(error));
+            }
+            let reason = format!(
+                "the remote refused the manifest: {}",
+                crate::push::error_chain(&*error)
+            );
+            // Parts replaced behind our back (a late duplicate of an earlier attempt, say) are
+            // sent again; anything else, or a repair that does not take, starts over.
+            if error_code(&error) != Some("manifest_mismatch") || repairs == MAX_MANIFEST_REPAIRS {
                 return Err(self.start_over(&context, &reason).await);
             }
-            Err(other) => return Err(other),
+            repairs += 1;
+            let remote_parts = match self
+                .with_retry(&job.local_path, || self.backend.query(context.session()))
+                .await?
+            {
+                SessionStatus::Open { parts } => parts,
+                _ => return Err(self.start_over(&context, &reason).await),
+            };
+            let parts = reconcile(manifest.into_values().collect(), &remote_parts);
+            let stale: Vec<u32> = parts
+                .iter()
+                .filter(|p| !p.is_acknowledged())
+                .map(|p| p.number)
+                .collect();
+            if stale.is_empty() {
+                return Err(self.start_over(&context, &reason).await);
+            }
+            tracing::info!(path = %job.local_path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
+            manifest = self.send_parts(&context, record.limits, parts).await?;
+            if self.changed(&file).await {
+                return Err(self
+                    .start_over(&context, "the file changed during the upload")
+                    .await);
+            }
         };
         self.forget(key, &job.local_path).await?;
         if remote.size != size || remote.sha256.as_deref().is_some_and(|d| d != digest) {
@@ -507,6 +540,12 @@ impl Uploader {
         }
     }
 
+    /// True when the file may have changed since it was opened (a failed check counts).
+    async fn changed(&self, file: &Arc<LocalFile>) -> bool {
+        let check = file.clone();
+        blocking(move || Ok(check.changed())).await.unwrap_or(true)
+    }
+
     /// Aborts the session, forgets it, and asks for a fresh start.
     async fn start_over(&self, context: &SessionContext, reason: &str) -> Attempt {
         if let Err(error) = self.backend.abort(context.session()).await {
@@ -651,6 +690,14 @@ async fn send_part(
             }
             Step::Stop(attempt) => return Err(attempt),
         }
+    }
+}
+
+/// The remote's error code of a failed request, if it answered with one.
+fn error_code(error: &UploadError) -> Option<&str> {
+    match error {
+        UploadError::Remote { source, .. } => source.code(),
+        _ => None,
     }
 }
 

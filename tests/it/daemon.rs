@@ -474,3 +474,43 @@ async fn sighup_reloads_watches_without_losing_the_queue() {
     assert!(!receiver.file("unwatched.txt").exists());
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_watches_upload_under_their_own_prefixes() {
+    let receiver = Receiver::start().await;
+    let second_watch =
+        "[[watch]]\npath = \"two\"\nremote = \"main\"\nprefix = \"two/\"\nsettle = \"300ms\"\n";
+    let setup = Setup::new(&receiver.url, "prefix = \"one/\"", second_watch);
+    let two = setup.dir.path().join("two");
+    std::fs::create_dir_all(&two).unwrap();
+    let _daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("a.txt"), b"first watch").unwrap();
+    std::fs::write(two.join("b.txt"), b"second watch").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("a.txt"),
+        &receiver.file("one/a.txt"),
+        ARRIVAL,
+    )
+    .await;
+    wait_for_copy(&two.join("b.txt"), &receiver.file("two/b.txt"), ARRIVAL).await;
+    assert_eq!(setup.status()["watches"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_vanishes_before_its_upload_is_dropped_not_failed() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let _daemon = setup.start().await;
+    assert!(setup.ferry(&["pause"]).status.success());
+    std::fs::write(setup.outbox.join("fleeting.txt"), b"here for a moment").unwrap();
+    wait_until("queued", ARRIVAL, || setup.status()["queue"]["queued"] == 1).await;
+    std::fs::remove_file(setup.outbox.join("fleeting.txt")).unwrap();
+    assert!(setup.ferry(&["resume"]).status.success());
+    wait_until("the job to be dropped", ARRIVAL, || setup.jobs().is_empty()).await;
+    let queue = &setup.status()["queue"];
+    assert_eq!(
+        (queue["failed"].as_u64(), queue["done"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(!receiver.file("fleeting.txt").exists());
+}

@@ -567,3 +567,69 @@ fn usage_errors_exit_with_code_2() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--url ftp://host"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_replaced_behind_our_back_is_sent_again_not_the_whole_file() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    // Hold the first complete back while another version of part 2 lands on the receiver, as a
+    // late duplicate of an earlier attempt would.
+    let held = std::sync::Mutex::new(false);
+    proxy.set_plan(move |head, _| {
+        let first = head.path.ends_with("/complete")
+            && !std::mem::replace(&mut *held.lock().unwrap(), true);
+        first.then_some(Fault::Delay(Duration::from_millis(1500)))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("repaired.bin");
+    random_file(&local, 4 * MIB, 21);
+    let settings = UploadSettings {
+        chunk_size: MIB,
+        ..fast_retry_settings()
+    };
+    let engine = Engine::new(&proxy.url, settings);
+    let replace = async {
+        let complete_path = || {
+            proxy
+                .log()
+                .iter()
+                .find(|s| s.path.ends_with("/complete"))
+                .map(|s| s.path.clone())
+        };
+        wait_until("complete to be sent", Duration::from_secs(20), || {
+            complete_path().is_some()
+        })
+        .await;
+        let path = complete_path().unwrap();
+        let upload_id = path.split('/').nth(4).unwrap().to_string();
+        let reply = reqwest::Client::new()
+            .put(format!(
+                "{}/v1/uploads/chunked/{upload_id}/parts",
+                receiver.url
+            ))
+            .bearer_auth(TOKEN)
+            .header(ferry::protocol::PART_NUMBER_HEADER, "2")
+            .body(vec![0u8; MIB as usize])
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().is_success());
+    };
+    let (report, ()) = tokio::join!(engine.upload(&local, "repaired.bin"), replace);
+    let report = report.unwrap();
+    assert_eq!((report.parts, report.bytes_sent), (4, 4 * MIB));
+    let sends = |number| {
+        proxy
+            .log()
+            .iter()
+            .filter(|seen| seen.part_number == Some(number))
+            .count()
+    };
+    assert_eq!(
+        (sends(1), sends(2), sends(3), sends(4)),
+        (1, 2, 1, 1),
+        "only the replaced part went again"
+    );
+    assert_eq!(session_count(&receiver.storage), 1, "no fresh session");
+    assert_same_content(&local, &receiver.file("repaired.bin"));
+}
