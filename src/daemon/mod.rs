@@ -399,28 +399,36 @@ impl Daemon {
     }
 
     async fn prune(&self, retention: Duration) {
-        let store = self.store.clone();
         let before = crate::queue::jobs::now_ms().saturating_sub(retention.as_millis() as u64);
-        match tokio::task::spawn_blocking(move || store.prune_done(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(pruned)) => tracing::info!(pruned, "pruned finished jobs"),
-            Ok(Err(error)) => {
+        match self.with_store(move |store| store.prune_done(before)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
+            Err(error) => {
                 tracing::warn!(error = %crate::push::error_chain(&error), "pruning failed")
             }
-            Err(_) => {}
         }
     }
 
-    async fn status(&self) -> Result<StatusReply, QueueError> {
+    /// Runs a store operation on a blocking thread (sled scans and flushes block).
+    async fn with_store<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Store) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
         let store = self.store.clone();
-        let (queue, failed) = tokio::task::spawn_blocking(move || {
-            Ok::<_, QueueError>((
-                store.counts()?,
-                store.list(Some(JobState::Failed), STATUS_FAILED_SHOWN)?,
-            ))
-        })
-        .await
-        .expect("status does not panic")?;
+        tokio::task::spawn_blocking(move || operation(&store))
+            .await
+            .expect("store operations do not panic")
+    }
+
+    async fn status(&self) -> Result<StatusReply, QueueError> {
+        let (queue, failed) = self
+            .with_store(|store| {
+                Ok((
+                    store.counts()?,
+                    store.list(Some(JobState::Failed), STATUS_FAILED_SHOWN)?,
+                ))
+            })
+            .await?;
         let active = self
             .active
             .lock()
@@ -489,28 +497,20 @@ impl control::Handler for Handle {
                 .map(Reply::Status)
                 .map_err(store_error),
             Command::Jobs { state, limit } => {
-                let store = daemon.store.clone();
                 let limit = limit.unwrap_or(1000);
-                tokio::task::spawn_blocking(move || store.list(state, limit))
-                    .await
-                    .expect("listing does not panic")
-                    .map(|jobs| Reply::Jobs { jobs })
-                    .map_err(store_error)
+                let jobs = daemon
+                    .with_store(move |store| store.list(state, limit))
+                    .await;
+                jobs.map(|jobs| Reply::Jobs { jobs }).map_err(store_error)
             }
-            Command::Retry { ids } => {
-                let store = daemon.store.clone();
-                let count = tokio::task::spawn_blocking(move || store.retry_failed(Some(&ids)))
+            Command::Retry { .. } | Command::RetryFailed => {
+                let ids = match command {
+                    Command::Retry { ids } => Some(ids),
+                    _ => None,
+                };
+                let count = daemon
+                    .with_store(move |store| store.retry_failed(ids.as_deref()))
                     .await
-                    .expect("retry does not panic")
-                    .map_err(store_error)?;
-                daemon.wake.notify_one();
-                Ok(Reply::Retried { count })
-            }
-            Command::RetryFailed => {
-                let store = daemon.store.clone();
-                let count = tokio::task::spawn_blocking(move || store.retry_failed(None))
-                    .await
-                    .expect("retry does not panic")
                     .map_err(store_error)?;
                 daemon.wake.notify_one();
                 Ok(Reply::Retried { count })

@@ -46,9 +46,11 @@ pub(super) async fn schedule(
             )
         };
         if !daemon.paused.load(Ordering::Relaxed) && free > 0 {
-            let store = daemon.store.clone();
-            match tokio::task::spawn_blocking(move || store.claim(now_ms(), free)).await {
-                Ok(Ok(jobs)) => {
+            match daemon
+                .with_store(move |store| store.claim(now_ms(), free))
+                .await
+            {
+                Ok(jobs) => {
                     for job in jobs {
                         daemon
                             .active
@@ -69,17 +71,15 @@ pub(super) async fn schedule(
                             .spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
                     }
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     tracing::error!(error = %crate::push::error_chain(&error), "cannot claim jobs")
                 }
-                Err(error) => tracing::error!(%error, "claiming jobs panicked"),
             }
         }
-        let store = daemon.store.clone();
-        let next_due = tokio::task::spawn_blocking(move || store.next_due_ms())
+        let next_due = daemon
+            .with_store(|store| store.next_due_ms())
             .await
             .ok()
-            .and_then(Result::ok)
             .flatten();
         let sleep = next_due
             .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
@@ -188,10 +188,10 @@ enum Outcome {
 
 /// Records the outcome durably, then (for a success) applies `after_upload`.
 async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
-    let store = daemon.store.clone();
     let id = job.id;
     let path = job.path.clone();
-    let recorded = tokio::task::spawn_blocking(move || match outcome {
+    let recorded = daemon
+        .with_store(move |store| match outcome {
         Outcome::Done {
             fingerprint,
             sha256,
@@ -209,12 +209,8 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
         Outcome::Retry(reason, at) => store.finish_retry(id, &reason, at),
     })
     .await;
-    match recorded {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::error!(error = %crate::push::error_chain(&error), "cannot record the outcome; the job runs again at the next start")
-        }
-        Err(error) => tracing::error!(%error, "recording the outcome panicked"),
+    if let Err(error) = recorded {
+        tracing::error!(error = %crate::push::error_chain(&error), "cannot record the outcome; the job runs again at the next start");
     }
     daemon
         .active
