@@ -182,7 +182,12 @@ pub async fn run(
         Arc::new(Handle(daemon.clone())),
         services.clone(),
     ));
-    daemon.restart_watcher(&watches)?;
+    // Arming watches (one per folder, recursively) and the first scan block: off the runtime.
+    let starting = daemon.clone();
+    let roots = watches.clone();
+    tokio::task::spawn_blocking(move || starting.restart_watcher(&roots))
+        .await
+        .expect("starting the watcher does not panic")?;
 
     let intake_task = tokio::spawn(intake_loop(daemon.clone(), intake_receiver));
     let workers = TaskTracker::new();
@@ -205,17 +210,22 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(new_config) = reloads.recv() => daemon.reload(new_config),
+            Some(new_config) = reloads.recv() => {
+                let reloading = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || reloading.reload(new_config)).await;
+            }
             _ = prune.tick() => daemon.prune(config.daemon.done_retention).await,
         }
     }
 
     tracing::info!("stopping: no new files are taken");
-    daemon
+    // Stopping the watch thread waits for it (it may be mid-scan): off the runtime.
+    let watcher = daemon
         .watcher
         .lock()
         .expect("watcher lock is never poisoned")
         .take();
+    let _ = tokio::task::spawn_blocking(move || drop(watcher)).await;
     intake_task.abort();
     stop_claiming.cancel();
     let _ = scheduler.await;
@@ -342,7 +352,15 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
                 }
             }
             Ok(Err(error)) => {
-                tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; a rescan will find them")
+                tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; rescanning to find them again");
+                if let Some(watcher) = daemon
+                    .watcher
+                    .lock()
+                    .expect("watcher lock is never poisoned")
+                    .as_ref()
+                {
+                    watcher.rescan();
+                }
             }
             Err(error) => tracing::error!(%error, "queueing panicked"),
         }
@@ -350,20 +368,28 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
 }
 
 impl Daemon {
+    /// Replaces the watch thread. Blocking: call it off the runtime.
     fn restart_watcher(&self, watches: &[WatchConfig]) -> Result<(), watch::WatchError> {
-        let mut slot = self.watcher.lock().expect("watcher lock is never poisoned");
-        slot.take(); // stop the old thread first
-        *slot = Some(watch::start(
+        // The lock is held only to swap: starting and stopping a watcher take a while, and the
+        // control handler takes this lock on the runtime.
+        let old = self
+            .watcher
+            .lock()
+            .expect("watcher lock is never poisoned")
+            .take();
+        drop(old); // the old thread stops first, so two never feed the queue at once
+        let new = watch::start(
             watches,
             self.own_paths.clone(),
             self.intake.clone(),
             self.watch_stats.clone(),
-        )?);
+        )?;
+        *self.watcher.lock().expect("watcher lock is never poisoned") = Some(new);
         Ok(())
     }
 
     /// Applies a reloaded configuration: remotes, watches, transfers and upload settings. A
-    /// configuration that cannot be applied is logged and the running one kept.
+    /// configuration that cannot be applied is logged and the running one kept. Blocking.
     fn reload(&self, config: Config) {
         let mut watches = config.watches.clone();
         let applied = watch::resolve_roots(&mut watches)
@@ -381,6 +407,15 @@ impl Daemon {
         };
         if let Err(error) = self.restart_watcher(&watches) {
             tracing::error!(error = %crate::push::error_chain(&error), "cannot watch the new folders; keeping the old ones");
+            let running = self
+                .settings
+                .read()
+                .expect("settings lock is never poisoned")
+                .watches
+                .clone();
+            if let Err(error) = self.restart_watcher(&running) {
+                tracing::error!(error = %crate::push::error_chain(&error), "cannot watch the old folders either; fix them and send SIGHUP");
+            }
             return;
         }
         let mut settings = self
