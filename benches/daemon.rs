@@ -147,7 +147,7 @@ impl Daemon {
                 Instant::now() < deadline,
                 "the daemon did not finish within {timeout:?}"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

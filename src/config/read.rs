@@ -193,7 +193,11 @@ impl<'t> Reader<'t> {
             }
         };
         let root = root.get_ref();
-        let base = file.parent().unwrap_or(Path::new("."));
+        // Relative paths are relative to the file's folder, made absolute so that nothing
+        // downstream depends on the working directory (`ferry.toml` has the folder "").
+        let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let base = base.as_path();
         self.unknown_keys("", root, &["daemon", "remotes", "upload", "watch"]);
 
         let empty = DeTable::new();

@@ -196,3 +196,15 @@ fn locate_prefers_flag_then_environment_then_platform_file() {
         "no platform file: the built-in default"
     );
 }
+
+#[test]
+fn relative_paths_in_a_file_named_relatively_become_absolute() {
+    // Regression: `ferry run --config ferry.toml` with `socket = "ferry.sock"` could not bind.
+    let text = "[daemon]\nsocket = \"ferry.sock\"\ndata_dir = \"data\"\n[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\n\
+                workspace_id = \"w\"\ntoken_env = \"PATH\"\n[[watch]]\npath = \"outbox\"\nremote = \"r\"\n";
+    let config = parse(text, &defaults(), Path::new("ferry.toml")).unwrap();
+    let here = std::env::current_dir().unwrap();
+    assert_eq!(config.daemon.socket, here.join("ferry.sock"));
+    assert_eq!(config.daemon.data_dir, here.join("data"));
+    assert_eq!(config.watches[0].path, here.join("outbox"));
+}

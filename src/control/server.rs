@@ -41,7 +41,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(parent) = path.parent()
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.exists()
     {
         std::fs::create_dir_all(parent).map_err(bind_error)?;

@@ -458,10 +458,13 @@ impl Daemon {
     async fn status(&self) -> Result<StatusReply, QueueError> {
         let (queue, failed) = self
             .with_store(|store| {
-                Ok((
-                    store.counts()?,
-                    store.list(Some(JobState::Failed), STATUS_FAILED_SHOWN)?,
-                ))
+                let counts = store.counts()?;
+                // Listing failures scans the jobs; there is nothing to list most of the time.
+                let failed = match counts.failed {
+                    0 => Vec::new(),
+                    _ => store.list(Some(JobState::Failed), STATUS_FAILED_SHOWN)?,
+                };
+                Ok((counts, failed))
             })
             .await?;
         let active = self

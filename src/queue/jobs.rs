@@ -163,6 +163,27 @@ fn tx_error(error: TransactionError<QueueError>) -> QueueError {
     }
 }
 
+/// Counts jobs per state by scanning them (once, when the store opens).
+pub(super) fn count_states(jobs: &sled::Tree, meta: &sled::Tree) -> Result<Counts, QueueError> {
+    let mut counts = Counts::default();
+    for entry in jobs.iter() {
+        let (_, value) = entry.map_err(sled_error("scan jobs"))?;
+        match decode::<JobRecord>("job", &value)?.state {
+            JobState::Queued => counts.queued += 1,
+            JobState::Active => counts.active += 1,
+            JobState::Failed => counts.failed += 1,
+            JobState::Done => {}
+        }
+    }
+    counts.done = meta
+        .get(DONE_TOTAL)
+        .map_err(sled_error("read counters"))?
+        .map_or(0, |v| {
+            u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
+        });
+    Ok(counts)
+}
+
 impl Store {
     /// Queues stable files, coalescing by path and skipping files already uploaded unchanged;
     /// durable when it returns. Blocking.
@@ -189,6 +210,7 @@ impl Store {
                         None => None,
                     };
                     if let Some(mut job) = existing {
+                        let before = job.state;
                         let reported = Some(candidate.fingerprint);
                         match job.state {
                             // A scan that re-reports the file being uploaded changes nothing.
@@ -213,13 +235,16 @@ impl Store {
                         }
                         job.updated_ms = now;
                         jobs.insert(&job.id.to_be_bytes(), encode(&job))?;
-                        return Ok(Some(Enqueued::Coalesced(job.id)));
+                        return Ok(Some((Enqueued::Coalesced(job.id), before, job.state)));
                     }
                     Ok(None)
                 })
                 .map_err(tx_error)?;
             let outcome = match outcome {
-                Some(outcome) => outcome,
+                Some((outcome, before, after)) => {
+                    self.moved(Some(before), Some(after));
+                    outcome
+                }
                 None => {
                     let job = JobRecord {
                         version: RECORD_VERSION,
@@ -255,7 +280,31 @@ impl Store {
                 ready.insert(&ready_key(job.next_attempt_ms, job.id), &[])?;
                 Ok(())
             })
-            .map_err(tx_error)
+            .map_err(tx_error)?;
+        self.moved(None, Some(JobState::Queued));
+        Ok(())
+    }
+
+    /// Keeps the state counters in step with a committed change of one job.
+    fn moved(&self, from: Option<JobState>, to: Option<JobState>) {
+        if from == to {
+            return;
+        }
+        let mut counts = self
+            .counts
+            .lock()
+            .expect("the counters' lock is never poisoned");
+        for (state, delta) in [(from, -1i64), (to, 1)] {
+            let counter = match state {
+                Some(JobState::Queued) => &mut counts.queued,
+                Some(JobState::Active) => &mut counts.active,
+                Some(JobState::Failed) => &mut counts.failed,
+                // `done` counts jobs ever finished: it only grows.
+                Some(JobState::Done) if delta > 0 => &mut counts.done,
+                _ => continue,
+            };
+            *counter = counter.saturating_add_signed(delta);
+        }
     }
 
     /// Marks up to `limit` due jobs active and returns them, oldest due first. Blocking.
@@ -285,6 +334,9 @@ impl Store {
                     Ok(Some(job))
                 })
                 .map_err(tx_error)?;
+            if job.is_some() {
+                self.moved(Some(JobState::Queued), Some(JobState::Active));
+            }
             claimed.extend(job);
         }
         Ok(claimed)
@@ -311,7 +363,7 @@ impl Store {
     ) -> Result<(), QueueError> {
         let now = now_ms();
         let requeue_id = self.db.generate_id().map_err(sled_error("generate id"))?;
-        (
+        let finished = (
             &self.jobs,
             &self.job_paths,
             &self.ready,
@@ -323,7 +375,7 @@ impl Store {
                 let Some(mut job) =
                     tx_get_job(jobs, id)?.filter(|job| job.state == JobState::Active)
                 else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let entry = IndexEntry {
                     version: RECORD_VERSION,
@@ -359,9 +411,15 @@ impl Store {
                 } else {
                     paths.remove(path_key(&job.path))?;
                 }
-                Ok(())
+                Ok(Some(dirty))
             })
             .map_err(tx_error)?;
+        if let Some(requeued) = finished {
+            self.moved(Some(JobState::Active), Some(JobState::Done));
+            if requeued {
+                self.moved(None, Some(JobState::Queued));
+            }
+        }
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
@@ -400,29 +458,32 @@ impl Store {
 
     /// Forgets a job (its file vanished). Blocking.
     pub fn drop_job(&self, id: JobId) -> Result<(), QueueError> {
-        (&self.jobs, &self.job_paths, &self.ready)
+        let dropped = (&self.jobs, &self.job_paths, &self.ready)
             .transaction(|(jobs, paths, ready)| {
-                if let Some(job) = tx_get_job(jobs, id)? {
-                    ready.remove(&ready_key(job.next_attempt_ms, id))?;
-                    if paths.get(path_key(&job.path))?.as_deref() == Some(&id.to_be_bytes()[..]) {
-                        paths.remove(path_key(&job.path))?;
-                    }
-                    jobs.remove(&id.to_be_bytes())?;
+                let Some(job) = tx_get_job(jobs, id)? else {
+                    return Ok(None);
+                };
+                ready.remove(&ready_key(job.next_attempt_ms, id))?;
+                if paths.get(path_key(&job.path))?.as_deref() == Some(&id.to_be_bytes()[..]) {
+                    paths.remove(path_key(&job.path))?;
                 }
-                Ok(())
+                jobs.remove(&id.to_be_bytes())?;
+                Ok(Some(job.state))
             })
             .map_err(tx_error)?;
+        self.moved(dropped, None);
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 
     /// Applies `change` to a job and keeps the ready index in step; durable when it returns.
     fn transition(&self, id: JobId, change: impl Fn(&mut JobRecord)) -> Result<(), QueueError> {
-        (&self.jobs, &self.ready)
+        let changed = (&self.jobs, &self.ready)
             .transaction(|(jobs, ready)| {
                 let Some(mut job) = tx_get_job(jobs, id)? else {
-                    return Ok(());
+                    return Ok(None);
                 };
+                let before = job.state;
                 if job.state == JobState::Queued {
                     ready.remove(&ready_key(job.next_attempt_ms, id))?;
                 }
@@ -432,9 +493,12 @@ impl Store {
                     ready.insert(&ready_key(job.next_attempt_ms, id), &[])?;
                 }
                 jobs.insert(&id.to_be_bytes(), encode(&job))?;
-                Ok(())
+                Ok(Some((before, job.state)))
             })
             .map_err(tx_error)?;
+        if let Some((before, after)) = changed {
+            self.moved(Some(before), Some(after));
+        }
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
@@ -497,26 +561,13 @@ impl Store {
         Ok(found)
     }
 
-    /// Jobs per state; `done` counts every job ever finished, pruned or not. Blocking: a scan.
+    /// Jobs per state; `done` counts every job ever finished, pruned or not. Cheap: kept in
+    /// memory, in step with every transition.
     pub fn counts(&self) -> Result<Counts, QueueError> {
-        let mut counts = Counts::default();
-        for entry in self.jobs.iter() {
-            let (_, value) = entry.map_err(sled_error("scan jobs"))?;
-            match decode::<JobRecord>("job", &value)?.state {
-                JobState::Queued => counts.queued += 1,
-                JobState::Active => counts.active += 1,
-                JobState::Failed => counts.failed += 1,
-                JobState::Done => {}
-            }
-        }
-        counts.done = self
-            .meta
-            .get(DONE_TOTAL)
-            .map_err(sled_error("read counters"))?
-            .map_or(0, |v| {
-                u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
-            });
-        Ok(counts)
+        Ok(*self
+            .counts
+            .lock()
+            .expect("the counters' lock is never poisoned"))
     }
 
     /// After a crash or restart: jobs left active are queued again, due now. Blocking.
@@ -655,6 +706,47 @@ mod tests {
             "not queued again"
         );
         assert_eq!(store.counts().unwrap().done, 1);
+    }
+
+    #[test]
+    fn the_state_counters_always_match_a_recount() {
+        let (_dir, store) = store();
+        let agree = |store: &Store, step: &str| {
+            let recount = count_states(&store.jobs, &store.meta).unwrap();
+            assert_eq!(store.counts().unwrap(), recount, "after {step}");
+        };
+        store
+            .enqueue(&[
+                candidate("/w/1", 1),
+                candidate("/w/2", 1),
+                candidate("/w/3", 1),
+                candidate("/w/4", 1),
+            ])
+            .unwrap();
+        agree(&store, "enqueue");
+        let claimed = store.claim(now_ms(), 3).unwrap();
+        agree(&store, "claim");
+        store
+            .enqueue(&[candidate("/w/1", 2), candidate("/w/4", 2)])
+            .unwrap();
+        agree(&store, "coalescing into active and queued jobs");
+        store
+            .finish_done(claimed[0].id, candidate("/w/1", 1).fingerprint, "a")
+            .unwrap();
+        agree(&store, "done with a changed file");
+        store.finish_failed(claimed[1].id, "403").unwrap();
+        store
+            .finish_retry(claimed[2].id, "503", now_ms() + 60_000)
+            .unwrap();
+        agree(&store, "failed and retry");
+        store.enqueue(&[candidate("/w/2", 9)]).unwrap();
+        agree(&store, "a changed failed file");
+        store.retry_failed(None).unwrap();
+        let more = store.claim(now_ms(), 10).unwrap();
+        store.drop_job(more[0].id).unwrap();
+        agree(&store, "drop");
+        store.requeue_active().unwrap();
+        agree(&store, "requeue");
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct Store {
     ready: sled::Tree,
     uploaded: sled::Tree,
     meta: sled::Tree,
+    /// Jobs per state, kept in step with every committed transition so that `ferry status`
+    /// costs nothing however long the queue; counted once at open.
+    counts: std::sync::Arc<std::sync::Mutex<Counts>>,
 }
 
 impl Store {
@@ -67,14 +70,17 @@ impl Store {
             .open()
             .map_err(open_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let (jobs, meta) = (tree("jobs")?, tree("meta")?);
+        let counts = jobs::count_states(&jobs, &meta)?;
         Ok(Store {
             uploads: tree("uploads")?,
             parts: tree("upload_parts")?,
-            jobs: tree("jobs")?,
+            jobs,
             job_paths: tree("job_paths")?,
             ready: tree("ready")?,
             uploaded: tree("uploaded")?,
-            meta: tree("meta")?,
+            meta,
+            counts: std::sync::Arc::new(std::sync::Mutex::new(counts)),
             db,
         })
     }
