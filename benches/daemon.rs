@@ -11,7 +11,8 @@
 //!     are all in its upload index already: seconds until the scan is done and nothing was
 //!     queued, and peak RSS; baseline: the same daemon over an empty tree.
 //!
-//! Run: `cargo bench --bench daemon`; FERRY_BENCH_SCENARIOS=small,large,reconcile picks some.
+//! Run: `cargo bench --bench daemon`; FERRY_BENCH_SCENARIOS=small,large,reconcile picks some;
+//! FERRY_BENCH_TRANSFERS sets the daemon's `transfers` (default: the daemon's own default).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -75,8 +76,9 @@ fn config(dir: &Path, url: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("outbox")).unwrap();
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     let path = dir.join("ferry.toml");
+    let transfers: usize = env_or("FERRY_BENCH_TRANSFERS", ferry::config::DEFAULT_TRANSFERS);
     let text = format!(
-        "[daemon]\ndata_dir = \"data\"\nsocket = \"ferry.sock\"\n\n[remotes.main]\nkind = \"native\"\nurl = \"{url}\"\n\
+        "[daemon]\ndata_dir = \"data\"\nsocket = \"ferry.sock\"\ntransfers = {transfers}\n\n[remotes.main]\nkind = \"native\"\nurl = \"{url}\"\n\
          workspace_id = \"default\"\ntoken_file = \"token\"\n\n[[watch]]\npath = \"outbox\"\nremote = \"main\"\n"
     );
     std::fs::write(&path, text).unwrap();
