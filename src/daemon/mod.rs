@@ -353,14 +353,7 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
             }
             Ok(Err(error)) => {
                 tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; rescanning to find them again");
-                if let Some(watcher) = daemon
-                    .watcher
-                    .lock()
-                    .expect("watcher lock is never poisoned")
-                    .as_ref()
-                {
-                    watcher.rescan();
-                }
+                daemon.request_rescan();
             }
             Err(error) => tracing::error!(%error, "queueing panicked"),
         }
@@ -368,6 +361,18 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
 }
 
 impl Daemon {
+    /// Asks the watcher for a full scan of every watched folder.
+    fn request_rescan(&self) {
+        if let Some(watcher) = self
+            .watcher
+            .lock()
+            .expect("watcher lock is never poisoned")
+            .as_ref()
+        {
+            watcher.rescan();
+        }
+    }
+
     /// Replaces the watch thread. Blocking: call it off the runtime.
     fn restart_watcher(&self, watches: &[WatchConfig]) -> Result<(), watch::WatchError> {
         // The lock is held only to swap: starting and stopping a watcher take a while, and the
@@ -567,14 +572,7 @@ impl control::Handler for Handle {
                 })
             }
             Command::Rescan => {
-                if let Some(watcher) = daemon
-                    .watcher
-                    .lock()
-                    .expect("watcher lock is never poisoned")
-                    .as_ref()
-                {
-                    watcher.rescan();
-                }
+                daemon.request_rescan();
                 Ok(Reply::Done {
                     message: "rescanning the watched folders".into(),
                 })

@@ -293,41 +293,22 @@ async fn complete_checks_the_manifest_and_the_digest() {
         etags.push(part["etag"].as_str().unwrap().to_string());
     }
     let e = |i: usize| etags[i].as_str();
-    assert_error(
-        &api.complete(&upload_id, &[(1, e(0)), (3, e(2))], None)
-            .await,
-        400,
-        "manifest_mismatch",
-    ); // skips part 2: sizes do not sum
-    assert_error(
-        &api.complete(&upload_id, &[(1, e(0)), (1, e(0)), (3, e(2))], None)
-            .await,
-        400,
-        "manifest_mismatch",
-    ); // repeats
-    assert_error(
-        &api.complete(&upload_id, &[(2, e(1)), (1, e(0)), (3, e(2))], None)
-            .await,
-        400,
-        "manifest_mismatch",
-    ); // misordered
-    assert_error(
-        &api.complete(&upload_id, &[(1, e(1)), (2, e(1)), (3, e(2))], None)
-            .await,
-        400,
-        "manifest_mismatch",
-    ); // wrong etag
-    assert_error(
-        &api.complete(&upload_id, &[(1, e(0)), (2, e(1)), (4, e(2))], None)
-            .await,
-        400,
-        "manifest_mismatch",
-    ); // never stored
-    assert_error(
-        &api.complete(&upload_id, &[], None).await,
-        400,
-        "manifest_mismatch",
-    );
+    let refused: [(&str, Vec<(u32, &str)>); 6] = [
+        ("skips part 2: sizes do not sum", vec![(1, e(0)), (3, e(2))]),
+        ("repeats", vec![(1, e(0)), (1, e(0)), (3, e(2))]),
+        ("misordered", vec![(2, e(1)), (1, e(0)), (3, e(2))]),
+        ("wrong etag", vec![(1, e(1)), (2, e(1)), (3, e(2))]),
+        ("never stored", vec![(1, e(0)), (2, e(1)), (4, e(2))]),
+        ("empty", vec![]),
+    ];
+    for (case, manifest) in &refused {
+        let reply = api.complete(&upload_id, manifest, None).await;
+        assert_eq!(
+            reply.1["error"]["code"], "manifest_mismatch",
+            "{case}: {reply:?}"
+        );
+        assert_error(&reply, 400, "manifest_mismatch");
+    }
 
     // A small part in the middle.
     let small = api.open("s.bin", min + 20).await;
