@@ -48,7 +48,14 @@ impl Api {
     }
 
     async fn init(&self, filename: &str, total_size: u64) -> (StatusCode, Value) {
-        let body = json!({"filename": filename, "total_size": total_size, "workspace_id": "ws"});
+        self.init_with(
+            json!({"filename": filename, "total_size": total_size, "workspace_id": "ws"}),
+        )
+        .await
+    }
+
+    /// Init with a body of the test's own making (hostile or incomplete ones included).
+    async fn init_with(&self, body: Value) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::POST,
             "/v1/uploads/chunked/init",
@@ -173,13 +180,7 @@ async fn a_full_session_follows_the_protocol() {
         "filename": "reports/2026/data.csv", "total_size": content.len(), "workspace_id": "ws",
         "mime_type": "text/csv", "metadata": {"project": "atlas"}, "sha256": sha256_hex(&content)
     });
-    let (status, init) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/uploads/chunked/init",
-            Some(body),
-        )
-        .await;
+    let (status, init) = api.init_with(body).await;
     assert_eq!(status, StatusCode::CREATED);
     let upload_id = init["upload_id"].as_str().unwrap();
     assert!(
@@ -395,36 +396,12 @@ async fn hostile_requests_get_the_protocol_codes_and_nothing_escapes_storage() {
     }
     for workspace in ["..", "a/b", "", ".ferry"] {
         let body = json!({"filename": "f", "total_size": 1, "workspace_id": workspace});
-        assert_error(
-            &api.call(
-                reqwest::Method::POST,
-                "/v1/uploads/chunked/init",
-                Some(body),
-            )
-            .await,
-            400,
-            "invalid_request",
-        );
+        assert_error(&api.init_with(body).await, 400, "invalid_request");
     }
     let body = json!({"filename": "f", "total_size": 1, "workspace_id": "other"});
-    assert_error(
-        &api.call(
-            reqwest::Method::POST,
-            "/v1/uploads/chunked/init",
-            Some(body),
-        )
-        .await,
-        403,
-        "forbidden",
-    );
+    assert_error(&api.init_with(body).await, 403, "forbidden");
     let body = json!({"filename": "f", "workspace_id": "ws"});
-    let missing = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/uploads/chunked/init",
-            Some(body),
-        )
-        .await;
+    let missing = api.init_with(body).await;
     assert_error(&missing, 400, "invalid_request");
     assert!(
         missing.1["error"]["message"]
@@ -438,16 +415,7 @@ async fn hostile_requests_get_the_protocol_codes_and_nothing_escapes_storage() {
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
     let body =
         json!({"filename": "f", "total_size": 1, "workspace_id": "ws", "metadata": too_many});
-    assert_error(
-        &api.call(
-            reqwest::Method::POST,
-            "/v1/uploads/chunked/init",
-            Some(body),
-        )
-        .await,
-        400,
-        "invalid_request",
-    );
+    assert_error(&api.init_with(body).await, 400, "invalid_request");
     let garbage = api
         .client
         .post(format!("{}/v1/uploads/chunked/init", receiver.url))
