@@ -2,19 +2,23 @@
 //!
 //! Trees: `jobs` (id → record), `job_paths` (local path → id of its live job, so jobs coalesce
 //! by path), `ready` (next attempt time, id → nothing: the queued jobs in due order), `uploaded`
-//! (remote, path → what was uploaded: fingerprint and SHA-256), `meta` (counters). Transitions
-//! touch several trees in one sled transaction, so the indexes never disagree with the jobs.
+//! (remote, path → what was uploaded: fingerprint and SHA-256), `meta` (the prune log).
+//!
+//! No sled transactions: in sled 0.34 the first one switches every later operation of the
+//! process onto one global lock, which deadlocks against the flusher under load. Instead one
+//! mutex serializes changes to jobs, each change writes the job record before its indexes, and
+//! `recover` rebuilds the indexes from the records at open, so a crash between two writes can
+//! leave nothing worse than a stale index, repaired before the queue is used.
 //!
 //! Durability: `enqueue` and every `finish_*` end with a flush; a job is durable before its
 //! path counts as handled, and an outcome is durable before the file is deleted or moved.
 //! Active jobs are not flushed: after a crash `open` puts them back in the queue.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::record::{Fingerprint, RECORD_VERSION};
 use super::{QueueError, Store, decode, encode, sled_error};
@@ -114,8 +118,6 @@ pub struct Counts {
     pub done: u64,
 }
 
-const DONE_TOTAL: &[u8] = b"done_total";
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -142,49 +144,193 @@ fn index_key(remote: &str, path: &Path) -> Vec<u8> {
     key
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<QueueError>>;
-
-fn tx_get_job(jobs: &TransactionalTree, id: JobId) -> TxResult<Option<JobRecord>> {
-    match jobs.get(id.to_be_bytes())? {
-        Some(bytes) => decode("job", &bytes)
-            .map(Some)
-            .map_err(ConflictableTransactionError::Abort),
-        None => Ok(None),
-    }
+/// Jobs pruned so far, and the batch being pruned: a prune cut short by a crash is finished at
+/// open, so `done` stays exact without a multi-key transaction.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PruneLog {
+    pruned: u64,
+    #[serde(default)]
+    pending: Vec<JobId>,
 }
 
-fn tx_error(error: TransactionError<QueueError>) -> QueueError {
-    match error {
-        TransactionError::Abort(error) => error,
-        TransactionError::Storage(source) => QueueError::Sled {
-            operation: "transaction",
-            source,
-        },
-    }
+const PRUNE_LOG: &[u8] = b"prune_log";
+/// What stores kept before the prune log: the number of jobs ever done.
+const LEGACY_DONE_TOTAL: &[u8] = b"done_total";
+/// Done jobs removed per prune step (the step's ids are written to the prune log first).
+const PRUNE_STEP: usize = 1024;
+
+fn id_key(id: JobId) -> [u8; 8] {
+    id.to_be_bytes()
 }
 
-/// Counts jobs per state by scanning them (once, when the store opens).
-pub(super) fn count_states(jobs: &sled::Tree, meta: &sled::Tree) -> Result<Counts, QueueError> {
-    let mut counts = Counts::default();
-    for entry in jobs.iter() {
-        let (_, value) = entry.map_err(sled_error("scan jobs"))?;
-        match decode::<JobRecord>("job", &value)?.state {
-            JobState::Queued => counts.queued += 1,
-            JobState::Active => counts.active += 1,
-            JobState::Failed => counts.failed += 1,
-            JobState::Done => {}
+fn id_of(bytes: &[u8]) -> JobId {
+    u64::from_be_bytes(bytes.try_into().unwrap_or_default())
+}
+
+impl Counts {
+    /// Follows one job from state `from` to state `to` (`None`: no such job).
+    fn shift(&mut self, from: Option<JobState>, to: Option<JobState>) {
+        if from == to {
+            return;
+        }
+        for (state, delta) in [(from, -1i64), (to, 1)] {
+            let counter = match state {
+                Some(JobState::Queued) => &mut self.queued,
+                Some(JobState::Active) => &mut self.active,
+                Some(JobState::Failed) => &mut self.failed,
+                // `done` counts jobs ever finished: it only grows.
+                Some(JobState::Done) if delta > 0 => &mut self.done,
+                _ => continue,
+            };
+            *counter = counter.saturating_add_signed(delta);
         }
     }
-    counts.done = meta
-        .get(DONE_TOTAL)
-        .map_err(sled_error("read counters"))?
-        .map_or(0, |v| {
-            u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
-        });
-    Ok(counts)
 }
 
 impl Store {
+    /// Brings the store to a consistent state after any stop, clean or not, and counts the jobs.
+    /// Runs once, at open. Blocking: scans every job.
+    ///
+    /// Only `jobs` (and `uploaded`) are the truth; `ready` and `job_paths` are indexes derived
+    /// from it, written after it, and repaired here: a crash between two writes can only leave
+    /// an index stale, never a job lost.
+    pub(super) fn recover(&self) -> Result<Counts, QueueError> {
+        let mut log = self.prune_log()?;
+        if !log.pending.is_empty() {
+            for id in std::mem::take(&mut log.pending) {
+                self.jobs
+                    .remove(id_key(id))
+                    .map_err(sled_error("prune job"))?;
+            }
+            self.write_prune_log(&log)?;
+        }
+
+        // The live job of each path; a crash inside `finish_done` can leave two, and the newer
+        // one (it holds the later content) wins.
+        let mut live: HashMap<Vec<u8>, (JobId, JobState, u64)> = HashMap::new();
+        let mut superseded = Vec::new();
+        let mut done = 0;
+        for entry in self.jobs.iter() {
+            let (_, value) = entry.map_err(sled_error("scan jobs"))?;
+            let job: JobRecord = decode("job", &value)?;
+            if job.state == JobState::Done {
+                done += 1;
+                continue;
+            }
+            let this = (job.id, job.state, job.next_attempt_ms);
+            if let Some(other) = live.insert(path_key(&job.path), this) {
+                let (older, newer) = if other.0 < this.0 {
+                    (other, this)
+                } else {
+                    (this, other)
+                };
+                superseded.push(older.0);
+                live.insert(path_key(&job.path), newer);
+            }
+        }
+        for id in superseded {
+            self.jobs
+                .remove(id_key(id))
+                .map_err(sled_error("remove superseded job"))?;
+        }
+        if let Some(total) = self
+            .meta
+            .remove(LEGACY_DONE_TOTAL)
+            .map_err(sled_error("read counters"))?
+        {
+            log.pruned = id_of(&total).saturating_sub(done);
+            self.write_prune_log(&log)?;
+        }
+
+        let mut counts = Counts {
+            done: log.pruned + done,
+            ..Counts::default()
+        };
+        let mut due = BTreeSet::new();
+        for &(id, state, next_attempt_ms) in live.values() {
+            counts.shift(None, Some(state));
+            if state == JobState::Queued {
+                due.insert(ready_key(next_attempt_ms, id));
+            }
+        }
+        for key in self.ready.iter().keys() {
+            let key = key.map_err(sled_error("scan ready jobs"))?;
+            if !due.remove(key.as_ref()) {
+                self.ready
+                    .remove(key)
+                    .map_err(sled_error("repair ready jobs"))?;
+            }
+        }
+        for key in due {
+            self.ready
+                .insert(key, &[])
+                .map_err(sled_error("repair ready jobs"))?;
+        }
+        for entry in self.job_paths.iter() {
+            let (path, id) = entry.map_err(sled_error("scan job paths"))?;
+            match live.get(path.as_ref()) {
+                Some(&(live_id, ..)) if id_of(&id) == live_id => {
+                    live.remove(path.as_ref());
+                }
+                _ => {
+                    self.job_paths
+                        .remove(path)
+                        .map_err(sled_error("repair job paths"))?;
+                }
+            }
+        }
+        for (path, (id, ..)) in live {
+            self.job_paths
+                .insert(path, &id_key(id))
+                .map_err(sled_error("repair job paths"))?;
+        }
+        self.remove_orphan_parts()?;
+        self.db.flush().map_err(sled_error("flush"))?;
+        Ok(counts)
+    }
+
+    fn prune_log(&self) -> Result<PruneLog, QueueError> {
+        match self
+            .meta
+            .get(PRUNE_LOG)
+            .map_err(sled_error("read prune log"))?
+        {
+            Some(bytes) => decode("prune log", &bytes),
+            None => Ok(PruneLog::default()),
+        }
+    }
+
+    fn write_prune_log(&self, log: &PruneLog) -> Result<(), QueueError> {
+        self.meta
+            .insert(PRUNE_LOG, encode(log))
+            .map_err(sled_error("write prune log"))?;
+        Ok(())
+    }
+
+    /// Serializes changes to jobs; the guard is the state counters, kept in step with them.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts
+            .lock()
+            .expect("no code panics while holding the queue lock")
+    }
+
+    fn write_job(&self, job: &JobRecord) -> Result<(), QueueError> {
+        self.jobs
+            .insert(id_key(job.id), encode(job))
+            .map_err(sled_error("write job"))?;
+        Ok(())
+    }
+
+    fn set_ready(&self, key: [u8; 16], ready: bool) -> Result<(), QueueError> {
+        if ready {
+            self.ready.insert(key, &[])
+        } else {
+            self.ready.remove(key)
+        }
+        .map_err(sled_error("update ready jobs"))?;
+        Ok(())
+    }
+
     /// Queues stable files, coalescing by path and skipping files already uploaded unchanged;
     /// durable when it returns. Blocking.
     pub fn enqueue(&self, candidates: &[Candidate]) -> Result<Vec<Enqueued>, QueueError> {
@@ -199,56 +345,51 @@ impl Store {
                 outcomes.push(Enqueued::Unchanged);
                 continue;
             }
-            let fresh_id = self.db.generate_id().map_err(sled_error("generate id"))?;
-            let outcome = (&self.jobs, &self.job_paths, &self.ready)
-                .transaction(|(jobs, paths, ready)| {
-                    let existing = match paths.get(path_key(&candidate.path))? {
-                        Some(id) => tx_get_job(
-                            jobs,
-                            u64::from_be_bytes(id.as_ref().try_into().unwrap_or_default()),
-                        )?,
-                        None => None,
-                    };
-                    if let Some(mut job) = existing {
-                        let before = job.state;
-                        let reported = Some(candidate.fingerprint);
-                        match job.state {
-                            // A scan that re-reports the file being uploaded changes nothing.
-                            JobState::Active if job.fingerprint == reported => {}
-                            JobState::Active => {
-                                job.dirty = true;
-                                job.fingerprint = reported;
-                            }
-                            JobState::Queued | JobState::Failed => {
-                                if job.state == JobState::Queued {
-                                    ready.remove(&ready_key(job.next_attempt_ms, job.id))?;
-                                }
-                                // A change deserves a prompt attempt, whatever failed before.
-                                job.state = JobState::Queued;
-                                job.attempts = 0;
-                                job.next_attempt_ms = now;
-                                job.remote_path = candidate.remote_path.clone();
-                                job.fingerprint = reported;
-                                ready.insert(&ready_key(now, job.id), &[])?;
-                            }
-                            JobState::Done => return Ok(None),
+            let mut counts = self.lock();
+            let existing = match self
+                .job_paths
+                .get(path_key(&candidate.path))
+                .map_err(sled_error("read job paths"))?
+            {
+                Some(id) => self.job(id_of(&id))?,
+                None => None,
+            };
+            let reported = Some(candidate.fingerprint);
+            let outcome = match existing {
+                Some(mut job) if job.state != JobState::Done => {
+                    let before = job.clone();
+                    match job.state {
+                        // A scan that re-reports the file being uploaded changes nothing.
+                        JobState::Active if job.fingerprint == reported => {}
+                        JobState::Active => {
+                            job.dirty = true;
+                            job.fingerprint = reported;
                         }
-                        job.updated_ms = now;
-                        jobs.insert(&job.id.to_be_bytes(), encode(&job))?;
-                        return Ok(Some((Enqueued::Coalesced(job.id), before, job.state)));
+                        JobState::Queued | JobState::Failed => {
+                            // A change deserves a prompt attempt, whatever failed before.
+                            job.state = JobState::Queued;
+                            job.attempts = 0;
+                            job.next_attempt_ms = now;
+                            job.remote_path = candidate.remote_path.clone();
+                            job.fingerprint = reported;
+                        }
+                        JobState::Done => unreachable!("matched above"),
                     }
-                    Ok(None)
-                })
-                .map_err(tx_error)?;
-            let outcome = match outcome {
-                Some((outcome, before, after)) => {
-                    self.moved(Some(before), Some(after));
-                    outcome
+                    job.updated_ms = now;
+                    self.write_job(&job)?;
+                    if before.state == JobState::Queued {
+                        self.set_ready(ready_key(before.next_attempt_ms, job.id), false)?;
+                    }
+                    if job.state == JobState::Queued {
+                        self.set_ready(ready_key(job.next_attempt_ms, job.id), true)?;
+                    }
+                    counts.shift(Some(before.state), Some(job.state));
+                    Enqueued::Coalesced(job.id)
                 }
-                None => {
+                _ => {
                     let job = JobRecord {
                         version: RECORD_VERSION,
-                        id: fresh_id,
+                        id: self.db.generate_id().map_err(sled_error("generate id"))?,
                         path: candidate.path.clone(),
                         watch_root: candidate.watch_root.clone(),
                         remote: candidate.remote.clone(),
@@ -260,9 +401,10 @@ impl Store {
                         enqueued_ms: now,
                         updated_ms: now,
                         dirty: false,
-                        fingerprint: Some(candidate.fingerprint),
+                        fingerprint: reported,
                     };
-                    self.insert_new(&job)?;
+                    self.insert_queued(&job)?;
+                    counts.shift(None, Some(JobState::Queued));
                     Enqueued::New(job.id)
                 }
             };
@@ -272,72 +414,43 @@ impl Store {
         Ok(outcomes)
     }
 
-    fn insert_new(&self, job: &JobRecord) -> Result<(), QueueError> {
-        (&self.jobs, &self.job_paths, &self.ready)
-            .transaction(|(jobs, paths, ready)| {
-                jobs.insert(&job.id.to_be_bytes(), encode(job))?;
-                paths.insert(path_key(&job.path), &job.id.to_be_bytes())?;
-                ready.insert(&ready_key(job.next_attempt_ms, job.id), &[])?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
-        self.moved(None, Some(JobState::Queued));
-        Ok(())
-    }
-
-    /// Keeps the state counters in step with a committed change of one job.
-    fn moved(&self, from: Option<JobState>, to: Option<JobState>) {
-        if from == to {
-            return;
-        }
-        let mut counts = self
-            .counts
-            .lock()
-            .expect("the counters' lock is never poisoned");
-        for (state, delta) in [(from, -1i64), (to, 1)] {
-            let counter = match state {
-                Some(JobState::Queued) => &mut counts.queued,
-                Some(JobState::Active) => &mut counts.active,
-                Some(JobState::Failed) => &mut counts.failed,
-                // `done` counts jobs ever finished: it only grows.
-                Some(JobState::Done) if delta > 0 => &mut counts.done,
-                _ => continue,
-            };
-            *counter = counter.saturating_add_signed(delta);
-        }
+    /// Writes a new queued job, then its indexes. The caller holds the lock.
+    fn insert_queued(&self, job: &JobRecord) -> Result<(), QueueError> {
+        self.write_job(job)?;
+        self.job_paths
+            .insert(path_key(&job.path), &id_key(job.id))
+            .map_err(sled_error("write job paths"))?;
+        self.set_ready(ready_key(job.next_attempt_ms, job.id), true)
     }
 
     /// Marks up to `limit` due jobs active and returns them, oldest due first. Blocking.
     pub fn claim(&self, now: u64, limit: usize) -> Result<Vec<JobRecord>, QueueError> {
+        let mut counts = self.lock();
         let mut claimed = Vec::new();
-        for entry in self.ready.range(..ready_key(now, u64::MAX)) {
+        for key in self.ready.range(..ready_key(now, u64::MAX)).keys() {
             if claimed.len() >= limit {
                 break;
             }
-            let (key, _) = entry.map_err(sled_error("scan ready jobs"))?;
-            let id = u64::from_be_bytes(key[8..16].try_into().expect("ready keys are 16 bytes"));
-            let job = (&self.jobs, &self.ready)
-                .transaction(|(jobs, ready)| {
-                    // The scan runs beside `enqueue`, which may have moved this job to another
-                    // key since the scan read this one: claim only a queued job by its current
-                    // key, and drop a key that is stale.
-                    ready.remove(&key)?;
-                    let Some(mut job) = tx_get_job(jobs, id)? else {
-                        return Ok(None);
-                    };
-                    if job.state != JobState::Queued || key != ready_key(job.next_attempt_ms, id) {
-                        return Ok(None);
-                    }
+            let key = key.map_err(sled_error("scan ready jobs"))?;
+            let id = id_of(&key[8..16]);
+            // Claim only a queued job by its current key; a key that is stale (left by a crash
+            // before `recover` ran, or by a bug) is dropped rather than trusted.
+            match self.job(id)? {
+                Some(mut job)
+                    if job.state == JobState::Queued
+                        && key.as_ref() == ready_key(job.next_attempt_ms, id) =>
+                {
                     job.state = JobState::Active;
                     job.updated_ms = now_ms();
-                    jobs.insert(&id.to_be_bytes(), encode(&job))?;
-                    Ok(Some(job))
-                })
-                .map_err(tx_error)?;
-            if job.is_some() {
-                self.moved(Some(JobState::Queued), Some(JobState::Active));
+                    self.write_job(&job)?;
+                    counts.shift(Some(JobState::Queued), Some(JobState::Active));
+                    claimed.push(job);
+                }
+                _ => {}
             }
-            claimed.extend(job);
+            self.ready
+                .remove(key)
+                .map_err(sled_error("update ready jobs"))?;
         }
         Ok(claimed)
     }
@@ -353,8 +466,12 @@ impl Store {
             }))
     }
 
-    /// Records a successful upload: the job is done, the index remembers what was uploaded. A
+    /// Records a successful upload: the index remembers what was uploaded, the job is done. A
     /// job whose file changed meanwhile is queued again. Durable when it returns. Blocking.
+    ///
+    /// Write order, for a crash between any two writes: the index entry first (a job still
+    /// active is uploaded again, harmlessly), then the follow-up job (if two live jobs share a
+    /// path, `recover` keeps the newer), then the job's `done`.
     pub fn finish_done(
         &self,
         id: JobId,
@@ -362,64 +479,50 @@ impl Store {
         sha256: &str,
     ) -> Result<(), QueueError> {
         let now = now_ms();
-        let requeue_id = self.db.generate_id().map_err(sled_error("generate id"))?;
-        let finished = (
-            &self.jobs,
-            &self.job_paths,
-            &self.ready,
-            &self.uploaded,
-            &self.meta,
-        )
-            .transaction(|(jobs, paths, ready, uploaded, meta)| {
-                // Only an upload in progress can finish: never count a job twice.
-                let Some(mut job) =
-                    tx_get_job(jobs, id)?.filter(|job| job.state == JobState::Active)
-                else {
-                    return Ok(None);
-                };
-                let entry = IndexEntry {
-                    version: RECORD_VERSION,
-                    fingerprint,
-                    sha256: sha256.to_string(),
-                    remote_path: job.remote_path.clone(),
-                    uploaded_ms: now,
-                };
-                uploaded.insert(index_key(&job.remote, &job.path), encode(&entry))?;
-                let total = meta.get(DONE_TOTAL)?.map_or(0, |v| {
-                    u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
-                });
-                meta.insert(DONE_TOTAL, &(total + 1).to_be_bytes())?;
-                // Upload again only if the file last reported is not the one uploaded.
-                let dirty = job.dirty && job.fingerprint != Some(fingerprint);
-                job.state = JobState::Done;
-                job.dirty = false;
-                job.last_error = None;
-                job.updated_ms = now;
-                jobs.insert(&id.to_be_bytes(), encode(&job))?;
-                if dirty {
-                    let again = JobRecord {
-                        id: requeue_id,
-                        state: JobState::Queued,
-                        attempts: 0,
-                        next_attempt_ms: now,
-                        enqueued_ms: now,
-                        ..job.clone()
-                    };
-                    jobs.insert(&again.id.to_be_bytes(), encode(&again))?;
-                    paths.insert(path_key(&job.path), &again.id.to_be_bytes())?;
-                    ready.insert(&ready_key(now, again.id), &[])?;
-                } else {
-                    paths.remove(path_key(&job.path))?;
-                }
-                Ok(Some(dirty))
-            })
-            .map_err(tx_error)?;
-        if let Some(requeued) = finished {
-            self.moved(Some(JobState::Active), Some(JobState::Done));
-            if requeued {
-                self.moved(None, Some(JobState::Queued));
-            }
+        let mut counts = self.lock();
+        // Only an upload in progress can finish: never count a job twice.
+        let Some(mut job) = self.job(id)?.filter(|job| job.state == JobState::Active) else {
+            return Ok(());
+        };
+        let entry = IndexEntry {
+            version: RECORD_VERSION,
+            fingerprint,
+            sha256: sha256.to_string(),
+            remote_path: job.remote_path.clone(),
+            uploaded_ms: now,
+        };
+        self.uploaded
+            .insert(index_key(&job.remote, &job.path), encode(&entry))
+            .map_err(sled_error("write upload index"))?;
+        // Upload again only if the file last reported is not the one uploaded.
+        let again = job.dirty && job.fingerprint != Some(fingerprint);
+        if again {
+            let follow_up = JobRecord {
+                id: self.db.generate_id().map_err(sled_error("generate id"))?,
+                state: JobState::Queued,
+                attempts: 0,
+                next_attempt_ms: now,
+                enqueued_ms: now,
+                updated_ms: now,
+                dirty: false,
+                last_error: None,
+                ..job.clone()
+            };
+            self.insert_queued(&follow_up)?;
+            counts.shift(None, Some(JobState::Queued));
         }
+        job.state = JobState::Done;
+        job.dirty = false;
+        job.last_error = None;
+        job.updated_ms = now;
+        self.write_job(&job)?;
+        if !again {
+            self.job_paths
+                .remove(path_key(&job.path))
+                .map_err(sled_error("write job paths"))?;
+        }
+        counts.shift(Some(JobState::Active), Some(JobState::Done));
+        drop(counts);
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
@@ -437,7 +540,9 @@ impl Store {
             job.last_error = Some(error.to_string());
             job.next_attempt_ms = if job.dirty { now_ms() } else { next_attempt_ms };
             job.dirty = false;
-        })
+            true
+        })?;
+        Ok(())
     }
 
     /// Marks a job failed for good (until `retry`), keeping the reason. A job whose file
@@ -453,54 +558,67 @@ impl Store {
             } else {
                 job.state = JobState::Failed;
             }
-        })
+            true
+        })?;
+        Ok(())
     }
 
     /// Forgets a job (its file vanished). Blocking.
     pub fn drop_job(&self, id: JobId) -> Result<(), QueueError> {
-        let dropped = (&self.jobs, &self.job_paths, &self.ready)
-            .transaction(|(jobs, paths, ready)| {
-                let Some(job) = tx_get_job(jobs, id)? else {
-                    return Ok(None);
-                };
-                ready.remove(&ready_key(job.next_attempt_ms, id))?;
-                if paths.get(path_key(&job.path))?.as_deref() == Some(&id.to_be_bytes()[..]) {
-                    paths.remove(path_key(&job.path))?;
-                }
-                jobs.remove(&id.to_be_bytes())?;
-                Ok(Some(job.state))
-            })
-            .map_err(tx_error)?;
-        self.moved(dropped, None);
+        let mut counts = self.lock();
+        let Some(job) = self.job(id)? else {
+            return Ok(());
+        };
+        self.jobs
+            .remove(id_key(id))
+            .map_err(sled_error("remove job"))?;
+        if job.state == JobState::Queued {
+            self.set_ready(ready_key(job.next_attempt_ms, id), false)?;
+        }
+        let paths = &self.job_paths;
+        if paths
+            .get(path_key(&job.path))
+            .map_err(sled_error("read job paths"))?
+            .as_deref()
+            == Some(&id_key(id)[..])
+        {
+            paths
+                .remove(path_key(&job.path))
+                .map_err(sled_error("write job paths"))?;
+        }
+        counts.shift(Some(job.state), None);
+        drop(counts);
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 
-    /// Applies `change` to a job and keeps the ready index in step; durable when it returns.
-    fn transition(&self, id: JobId, change: impl Fn(&mut JobRecord)) -> Result<(), QueueError> {
-        let changed = (&self.jobs, &self.ready)
-            .transaction(|(jobs, ready)| {
-                let Some(mut job) = tx_get_job(jobs, id)? else {
-                    return Ok(None);
-                };
-                let before = job.state;
-                if job.state == JobState::Queued {
-                    ready.remove(&ready_key(job.next_attempt_ms, id))?;
-                }
-                change(&mut job);
-                job.updated_ms = now_ms();
-                if job.state == JobState::Queued {
-                    ready.insert(&ready_key(job.next_attempt_ms, id), &[])?;
-                }
-                jobs.insert(&id.to_be_bytes(), encode(&job))?;
-                Ok(Some((before, job.state)))
-            })
-            .map_err(tx_error)?;
-        if let Some((before, after)) = changed {
-            self.moved(Some(before), Some(after));
+    /// Applies `change` to a job (unless it returns false) and keeps the ready index in step;
+    /// durable when it returns. Returns whether the job changed. Blocking.
+    fn transition(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut JobRecord) -> bool,
+    ) -> Result<bool, QueueError> {
+        let mut counts = self.lock();
+        let Some(mut job) = self.job(id)? else {
+            return Ok(false);
+        };
+        let (state, next_attempt_ms) = (job.state, job.next_attempt_ms);
+        if !change(&mut job) {
+            return Ok(false);
         }
+        job.updated_ms = now_ms();
+        self.write_job(&job)?;
+        if state == JobState::Queued {
+            self.set_ready(ready_key(next_attempt_ms, id), false)?;
+        }
+        if job.state == JobState::Queued {
+            self.set_ready(ready_key(job.next_attempt_ms, id), true)?;
+        }
+        counts.shift(Some(state), Some(job.state));
+        drop(counts);
         self.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
+        Ok(true)
     }
 
     /// Queues failed jobs again now: those listed, or all of them. Returns how many. Blocking.
@@ -515,27 +633,22 @@ impl Store {
         };
         let mut retried = 0;
         for id in targets {
-            let failed = self
-                .job(id)?
-                .is_some_and(|job| job.state == JobState::Failed);
-            if failed {
-                self.transition(id, |job| {
-                    job.state = JobState::Queued;
-                    job.attempts = 0;
-                    job.next_attempt_ms = now_ms();
-                })?;
-                retried += 1;
-            }
+            let changed = self.transition(id, |job| {
+                if job.state != JobState::Failed {
+                    return false;
+                }
+                job.state = JobState::Queued;
+                job.attempts = 0;
+                job.next_attempt_ms = now_ms();
+                true
+            })?;
+            retried += usize::from(changed);
         }
         Ok(retried)
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-        match self
-            .jobs
-            .get(id.to_be_bytes())
-            .map_err(sled_error("read job"))?
-        {
+        match self.jobs.get(id_key(id)).map_err(sled_error("read job"))? {
             Some(bytes) => decode("job", &bytes).map(Some),
             None => Ok(None),
         }
@@ -564,40 +677,51 @@ impl Store {
     /// Jobs per state; `done` counts every job ever finished, pruned or not. Cheap: kept in
     /// memory, in step with every transition.
     pub fn counts(&self) -> Result<Counts, QueueError> {
-        Ok(*self
-            .counts
-            .lock()
-            .expect("the counters' lock is never poisoned"))
+        Ok(*self.lock())
     }
 
     /// After a crash or restart: jobs left active are queued again, due now. Blocking.
     pub fn requeue_active(&self) -> Result<usize, QueueError> {
-        let active: Vec<JobId> = self
-            .list(Some(JobState::Active), usize::MAX)?
-            .iter()
-            .map(|j| j.id)
-            .collect();
-        for id in &active {
-            self.transition(*id, |job| {
+        let mut requeued = 0;
+        for job in self.list(Some(JobState::Active), usize::MAX)? {
+            let changed = self.transition(job.id, |job| {
+                if job.state != JobState::Active {
+                    return false;
+                }
                 job.state = JobState::Queued;
                 job.next_attempt_ms = now_ms();
+                true
             })?;
+            requeued += usize::from(changed);
         }
-        Ok(active.len())
+        Ok(requeued)
     }
 
     /// Removes done jobs last updated before `before_ms` (their count stays). Blocking.
     pub fn prune_done(&self, before_ms: u64) -> Result<usize, QueueError> {
-        let mut pruned = 0;
-        for job in self.list(Some(JobState::Done), usize::MAX)? {
-            if job.updated_ms < before_ms {
+        let due: Vec<JobId> = self
+            .list(Some(JobState::Done), usize::MAX)?
+            .iter()
+            .filter(|job| job.updated_ms < before_ms)
+            .map(|job| job.id)
+            .collect();
+        // A done job never changes again, so the list stays true while it is pruned.
+        for step in due.chunks(PRUNE_STEP) {
+            let _counts = self.lock();
+            let mut log = self.prune_log()?;
+            log.pruned += step.len() as u64;
+            log.pending = step.to_vec();
+            self.write_prune_log(&log)?;
+            for &id in step {
                 self.jobs
-                    .remove(job.id.to_be_bytes())
+                    .remove(id_key(id))
                     .map_err(sled_error("prune job"))?;
-                pruned += 1;
             }
+            log.pending.clear();
+            self.write_prune_log(&log)?;
         }
-        Ok(pruned)
+        self.db.flush().map_err(sled_error("flush"))?;
+        Ok(due.len())
     }
 
     /// What was last uploaded from `path` to `remote`. Blocking.
@@ -620,6 +744,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::PartRecord;
 
     fn candidate(path: &str, size: u64) -> Candidate {
         Candidate {
@@ -712,7 +837,7 @@ mod tests {
     fn the_state_counters_always_match_a_recount() {
         let (_dir, store) = store();
         let agree = |store: &Store, step: &str| {
-            let recount = count_states(&store.jobs, &store.meta).unwrap();
+            let recount = store.recover().unwrap();
             assert_eq!(store.counts().unwrap(), recount, "after {step}");
         };
         store
@@ -834,6 +959,105 @@ mod tests {
             "the count outlives the record"
         );
         assert!(store.list(Some(JobState::Done), 10).unwrap().is_empty());
+    }
+
+    /// What a kill -9 between two writes can leave, and a store of the transaction era: `open`
+    /// repairs every index from the job records and keeps the counts exact.
+    #[test]
+    fn open_repairs_what_a_crash_between_writes_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queued, done_again) = {
+            let store = Store::open(dir.path()).unwrap();
+            let ids: Vec<JobId> = store
+                .enqueue(&[
+                    candidate("/w/q", 1),
+                    candidate("/w/d", 1),
+                    candidate("/w/p", 1),
+                ])
+                .unwrap()
+                .iter()
+                .map(|outcome| match outcome {
+                    Enqueued::New(id) => *id,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            let claimed = store.claim(now_ms(), 3).unwrap();
+            assert_eq!(claimed.len(), 3);
+            store
+                .finish_done(ids[2], candidate("/w/p", 1).fingerprint, "p")
+                .unwrap();
+            // /w/q: back in the queue, but its ready key and path entry never written.
+            let mut job = store.job(ids[0]).unwrap().unwrap();
+            job.state = JobState::Queued;
+            store.write_job(&job).unwrap();
+            store.job_paths.remove(path_key(&job.path)).unwrap();
+            // /w/d: the follow-up of a changed file written, the finished job still active.
+            let mut follow_up = store.job(ids[1]).unwrap().unwrap();
+            follow_up.id = 1_000;
+            follow_up.state = JobState::Queued;
+            store.write_job(&follow_up).unwrap();
+            // Stale keys: a ready key of no job, a path of no job, parts of no session.
+            store.ready.insert(ready_key(5, 77), &[]).unwrap();
+            store.job_paths.insert(b"/w/gone", &id_key(78)).unwrap();
+            store
+                .plan_part(
+                    "no-such-session",
+                    &PartRecord {
+                        version: RECORD_VERSION,
+                        number: 1,
+                        offset: 0,
+                        size: 1,
+                        etag: None,
+                        crc32c: None,
+                    },
+                )
+                .unwrap();
+            // A prune cut short after its log was written: one job removed, one not yet.
+            store
+                .write_prune_log(&PruneLog {
+                    pruned: 2,
+                    pending: vec![ids[2], 79],
+                })
+                .unwrap();
+            // A store written before the prune log: its count of jobs ever done.
+            store
+                .meta
+                .insert(LEGACY_DONE_TOTAL, &3u64.to_be_bytes())
+                .unwrap();
+            store.flush_blocking().unwrap();
+            (ids[0], follow_up.id)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        // Legacy total 3 less the 1 done job present then (the pending prune was finished
+        // first, leaving none): 3 pruned, and nothing done is left in the tree.
+        assert_eq!(
+            store.counts().unwrap(),
+            Counts {
+                queued: 2,
+                active: 0,
+                failed: 0,
+                done: 3
+            }
+        );
+        assert!(store.list(Some(JobState::Done), 10).unwrap().is_empty());
+        let mut claimed: Vec<JobId> = store
+            .claim(u64::MAX, 10)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        claimed.sort();
+        assert_eq!(
+            claimed,
+            vec![queued, done_again],
+            "each path's newest job, once"
+        );
+        assert_eq!(store.ready.len(), 0);
+        let paths: Vec<_> = store.job_paths.iter().keys().map(Result::unwrap).collect();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(store.job_paths.get(b"/w/gone").unwrap().is_none());
+        assert_eq!(store.parts.len(), 0, "orphan parts removed");
+        assert_eq!(store.recover().unwrap(), store.counts().unwrap());
     }
 
     #[test]

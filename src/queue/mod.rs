@@ -2,7 +2,7 @@
 //! blast radius small). It keeps the daemon's job queue and upload index (`jobs`) and the
 //! records of resumable upload sessions.
 //!
-//! Durability: every `*_durable` method returns only after `flush_async`, sled's durability
+//! Durability: every `*_durable` method returns only after `Db::flush`, sled's durability
 //! point, so a record that was acknowledged survives a kill -9. Keys are big-endian so that a
 //! session's parts scan in part-number order. Scans are blocking and belong in `spawn_blocking`.
 
@@ -52,8 +52,10 @@ pub struct Store {
     ready: sled::Tree,
     uploaded: sled::Tree,
     meta: sled::Tree,
-    /// Jobs per state, kept in step with every committed transition so that `ferry status`
-    /// costs nothing however long the queue; counted once at open.
+    /// Serializes changes to jobs (sled's own transactions switch on a process-wide lock that
+    /// can deadlock with its flusher, so the store uses none). It guards the jobs per state,
+    /// kept in step with every change so that `ferry status` costs nothing however long the
+    /// queue; counted once at open.
     counts: std::sync::Arc<std::sync::Mutex<Counts>>,
 }
 
@@ -70,19 +72,20 @@ impl Store {
             .open()
             .map_err(open_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
-        let (jobs, meta) = (tree("jobs")?, tree("meta")?);
-        let counts = jobs::count_states(&jobs, &meta)?;
-        Ok(Store {
+        let store = Store {
             uploads: tree("uploads")?,
             parts: tree("upload_parts")?,
-            jobs,
+            jobs: tree("jobs")?,
             job_paths: tree("job_paths")?,
             ready: tree("ready")?,
             uploaded: tree("uploaded")?,
-            meta,
-            counts: std::sync::Arc::new(std::sync::Mutex::new(counts)),
+            meta: tree("meta")?,
+            counts: Default::default(),
             db,
-        })
+        };
+        let counts = store.recover()?;
+        *store.counts.lock().expect("nothing holds the lock yet") = counts;
+        Ok(store)
     }
 
     /// Loads a session record and its parts (sorted by number). Blocking: a prefix scan.
@@ -134,18 +137,37 @@ impl Store {
     }
 
     /// Removes a session record and its parts, durably. Blocking: a prefix scan.
+    ///
+    /// The record goes first: a crash before its parts are gone leaves orphans, which the next
+    /// open removes, never a record missing its parts.
     pub fn remove_upload(&self, key: &str) -> Result<(), QueueError> {
-        let mut batch = sled::Batch::default();
-        for entry in self.parts.scan_prefix(part_prefix(key)).keys() {
-            batch.remove(entry.map_err(sled_error("scan parts"))?);
-        }
-        self.parts
-            .apply_batch(batch)
-            .map_err(sled_error("remove parts"))?;
         self.uploads
             .remove(key)
             .map_err(sled_error("remove upload"))?;
+        for part in self.parts.scan_prefix(part_prefix(key)).keys() {
+            self.parts
+                .remove(part.map_err(sled_error("scan parts"))?)
+                .map_err(sled_error("remove parts"))?;
+        }
         self.db.flush().map_err(sled_error("flush"))?;
+        Ok(())
+    }
+
+    /// Removes parts whose session record is gone (see `remove_upload`). Blocking: a scan.
+    fn remove_orphan_parts(&self) -> Result<(), QueueError> {
+        for part in self.parts.iter().keys() {
+            let part = part.map_err(sled_error("scan parts"))?;
+            let session = &part[..part.len().saturating_sub(PART_SUFFIX)];
+            if !self
+                .uploads
+                .contains_key(session)
+                .map_err(sled_error("read upload"))?
+            {
+                self.parts
+                    .remove(part)
+                    .map_err(sled_error("remove parts"))?;
+            }
+        }
         Ok(())
     }
 
@@ -155,8 +177,16 @@ impl Store {
         Ok(())
     }
 
+    /// Waits on a blocking thread until everything written so far is durable. Not sled's
+    /// `flush_async`: that runs the wait on sled's own small IO pool, and when every pool thread
+    /// is waiting, the log writes they wait for sit queued behind them forever (seen with 16
+    /// transfers).
     async fn flush(&self) -> Result<(), QueueError> {
-        self.db.flush_async().await.map_err(sled_error("flush"))?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .expect("a flush does not panic")
+            .map_err(sled_error("flush"))?;
         Ok(())
     }
 }
@@ -175,6 +205,9 @@ fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, QueueError> {
     serde_json::from_slice(bytes).map_err(|source| QueueError::Corrupt { kind, source })
 }
+
+/// A part's key is its session's key, a 0 byte, and the part number (4 bytes, big-endian).
+const PART_SUFFIX: usize = 5;
 
 fn part_prefix(key: &str) -> Vec<u8> {
     let mut prefix = key.as_bytes().to_vec();
@@ -244,6 +277,10 @@ mod tests {
                     .await
                     .unwrap();
             }
+            store
+                .save_upload_durable("other", &upload_record())
+                .await
+                .unwrap();
             store.plan_part("other", &part(1, None)).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -255,6 +292,40 @@ mod tests {
         assert!(store.load_upload("k").unwrap().is_none());
         assert_eq!(store.parts.scan_prefix(part_prefix("k")).count(), 0);
         assert_eq!(store.parts.scan_prefix(part_prefix("other")).count(), 1);
+    }
+
+    /// Many durable writes at once, as many parallel parts make: each must return. (sled's
+    /// `flush_async` waited on sled's own IO pool and hung here once the pool was full.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_durable_writes_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..32 {
+            let store = store.clone();
+            writers.spawn(async move {
+                let key = format!("k{writer}");
+                store
+                    .save_upload_durable(&key, &upload_record())
+                    .await
+                    .unwrap();
+                for number in 1..=20 {
+                    store
+                        .acknowledge_part_durable(&key, &part(number, Some("e")))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        let all = async {
+            while let Some(joined) = writers.join_next().await {
+                joined.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("every durable write returns");
+        assert_eq!(store.parts.len(), 32 * 20);
     }
 
     #[test]
