@@ -4,9 +4,11 @@
 //! out; find the session recorded for it in the store and reconcile with what the remote holds,
 //! or open a new one; send the missing parts in parallel within a part-count and byte budget,
 //! recording each acknowledged part durably; check the file did not change; complete with the
-//! manifest and the SHA-256; verify the remote's answer; forget the session record.
+//! manifest and the SHA-256; verify the remote's answer; forget the session record. A file sent
+//! as one part is not recorded at all: after a crash it is sent again whole, which costs what
+//! resuming would, and small files cost no store writes.
 //!
-//! Invariants kept here: an acknowledged part is recorded before it counts, and is not sent
+//! Invariants kept here: an acknowledged part of a recorded session is recorded before it counts, and is not sent
 //! again on resume unless the remote lost it; a file that changed is never completed from mixed
 //! content (the session is aborted and the upload starts over); transient failures retry with
 //! backoff, permanent ones stop with the file, the request and the remote's code.
@@ -15,6 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -23,8 +26,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{
-    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartLimits, PartSpec,
-    RemoteFile, RemotePart, SessionRef, SessionStatus,
+    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartSpec, RemoteFile,
+    RemotePart, SessionRef, SessionStatus,
 };
 use super::planner::{PartObservation, PartPlanner, PlanContext, fit};
 use super::progress::Progress;
@@ -104,6 +107,10 @@ struct SessionContext {
     progress: Arc<Progress>,
     retry: RetryPolicy,
     stall_timeout: Duration,
+    /// The session is recorded in the store. A session whose first part is the whole file
+    /// never is: after a crash there would be nothing to resume, so the file is simply sent
+    /// again, and small files cost no store writes.
+    recorded: AtomicBool,
 }
 
 impl SessionContext {
@@ -121,6 +128,7 @@ enum Opened {
     Ready {
         record: UploadRecord,
         parts: Vec<PartRecord>,
+        recorded: bool,
     },
     /// The remote completed it before a crash let us record that.
     AlreadyComplete {
@@ -199,8 +207,12 @@ impl Uploader {
         let _stop_hashing = hash_cancel.clone().drop_guard();
         let hashing = file.sha256(hash_cancel);
 
-        let (record, parts) = match self.open_session(job, key, &file).await? {
-            Opened::Ready { record, parts } => (record, parts),
+        let (record, parts, recorded) = match self.open_session(job, key, &file).await? {
+            Opened::Ready {
+                record,
+                parts,
+                recorded,
+            } => (record, parts, recorded),
             Opened::AlreadyComplete {
                 parts,
                 file: remote,
@@ -235,13 +247,14 @@ impl Uploader {
             progress: progress.clone(),
             retry: self.settings.retry,
             stall_timeout: self.settings.stall_timeout,
+            recorded: AtomicBool::new(recorded),
         });
         let resumed: Vec<&PartRecord> = parts.iter().filter(|p| p.is_acknowledged()).collect();
         let parts_resumed = resumed.len() as u32;
         let resumed_bytes: u64 = resumed.iter().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
 
-        let mut manifest = self.send_parts(&context, record.limits, parts).await?;
+        let mut manifest = self.send_parts(&context, &record, parts).await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
         if self.changed(&file).await {
             return Err(self
@@ -303,14 +316,14 @@ impl Uploader {
                 return Err(self.start_over(&context, &reason).await);
             }
             tracing::info!(path = %job.local_path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
-            manifest = self.send_parts(&context, record.limits, parts).await?;
+            manifest = self.send_parts(&context, &record, parts).await?;
             if self.changed(&file).await {
                 return Err(self
                     .start_over(&context, "the file changed during the upload")
                     .await);
             }
         };
-        self.forget(key, &job.local_path).await?;
+        self.forget_recorded(&context).await?;
         if remote.size != size || remote.sha256.as_deref().is_some_and(|d| d != digest) {
             return Err(UploadError::Verification {
                 path: job.local_path.clone(),
@@ -375,7 +388,11 @@ impl Uploader {
                             held,
                             "resuming the earlier session"
                         );
-                        return Ok(Opened::Ready { record, parts });
+                        return Ok(Opened::Ready {
+                            record,
+                            parts,
+                            recorded: true,
+                        });
                     }
                     SessionStatus::Completed { file } => {
                         return Ok(Opened::AlreadyComplete { parts, file });
@@ -422,24 +439,24 @@ impl Uploader {
                 .unwrap_or_default()
                 .as_secs(),
         };
-        self.store
-            .save_upload_durable(key, &record)
-            .await
-            .map_err(|source| store_error(&job.local_path, source))?;
+        // Recorded by `send_parts` once it knows the file takes more than one part.
         Ok(Opened::Ready {
             record,
             parts: Vec::new(),
+            recorded: false,
         })
     }
 
     /// Sends every part not yet acknowledged, planning new ones as it goes; returns the
-    /// acknowledged parts by number.
+    /// acknowledged parts by number. Records the session before planning a part that is not
+    /// the whole file.
     async fn send_parts(
         &self,
         context: &Arc<SessionContext>,
-        limits: PartLimits,
+        record: &UploadRecord,
         parts: Vec<PartRecord>,
     ) -> Result<BTreeMap<u32, PartRecord>, Attempt> {
+        let limits = record.limits;
         let size = context.file.fingerprint().size;
         let mut next_offset = parts.iter().map(PartRecord::end).max().unwrap_or(0);
         let mut next_number = parts.iter().map(|p| p.number).max().unwrap_or(0) + 1;
@@ -476,10 +493,21 @@ impl Uploader {
                     etag: None,
                     crc32c: None,
                 };
-                context
-                    .store
-                    .plan_part(&context.key, &part)
-                    .map_err(|source| store_error(context.file.path(), source))?;
+                let whole_file = part.offset == 0 && part.size >= size;
+                if !whole_file && !context.recorded.load(Ordering::Acquire) {
+                    context
+                        .store
+                        .save_upload_durable(&context.key, record)
+                        .await
+                        .map_err(|source| store_error(context.file.path(), source))?;
+                    context.recorded.store(true, Ordering::Release);
+                }
+                if context.recorded.load(Ordering::Acquire) {
+                    context
+                        .store
+                        .plan_part(&context.key, &part)
+                        .map_err(|source| store_error(context.file.path(), source))?;
+                }
                 context.progress.set_part_size(part.size);
                 next_offset += part.size;
                 next_number += 1;
@@ -551,10 +579,18 @@ impl Uploader {
         if let Err(error) = self.backend.abort(context.session()).await {
             tracing::warn!(%error, "could not abort the session");
         }
-        match self.forget(&context.key, context.file.path()).await {
+        match self.forget_recorded(context).await {
             Ok(()) => Attempt::Restart(reason.to_string()),
             Err(attempt) => attempt,
         }
+    }
+
+    /// Removes the session's record, if it has one.
+    async fn forget_recorded(&self, context: &SessionContext) -> Result<(), Attempt> {
+        if !context.recorded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.forget(&context.key, context.file.path()).await
     }
 
     /// Removes a session's record from the store.
@@ -648,16 +684,18 @@ async fn send_part(
                     crc32c: Some(crc),
                     ..part
                 };
-                context
-                    .store
-                    .acknowledge_part_durable(&context.key, &acknowledged)
-                    .await
-                    .map_err(|source| UploadError::Store {
-                        path: path.clone(),
-                        source,
-                    })?;
+                if context.recorded.load(Ordering::Acquire) {
+                    context
+                        .store
+                        .acknowledge_part_durable(&context.key, &acknowledged)
+                        .await
+                        .map_err(|source| UploadError::Store {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    tracing::debug!(part = part.number, size = part.size, "part recorded");
+                }
                 context.progress.part_acknowledged(streamed, part.size);
-                tracing::debug!(part = part.number, size = part.size, "part recorded");
                 let observation = PartObservation {
                     size: part.size,
                     elapsed: started.elapsed(),
