@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::UsageError;
 use crate::config::{self, Config, ConfigError, Defaults};
 use crate::control::{self, Command, Reply, StatusReply};
+use crate::daemon::Reload;
 use crate::queue::{JobId, JobState};
+use crate::service::notify;
 
 /// Refresh interval of `ferry status --watch`.
 const WATCH_REFRESH: Duration = Duration::from_secs(1);
@@ -37,7 +39,9 @@ pub fn config_check(flag: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// `ferry run`: the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads.
+/// `ferry run`: the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads. Under
+/// systemd (`Type=notify`) it reports readiness, status, reloads and shutdown, and feeds the
+/// watchdog.
 pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let shutdown = CancellationToken::new();
@@ -54,16 +58,25 @@ pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
                     _ = interrupt.recv() => break,
                     _ = hangup.recv() => {
                         tracing::info!("SIGHUP: reloading the configuration");
+                        notify::reloading();
                         match load_config(flag.as_deref()) {
-                            Ok(config) => { let _ = reload_sender.send(config).await; }
+                            Ok(config) => {
+                                let (applied, taken) = tokio::sync::oneshot::channel();
+                                if reload_sender.send(Reload { config, applied }).await.is_ok() {
+                                    let _ = taken.await;
+                                }
+                            }
                             Err(error) => tracing::error!(error = %format!("{error:#}"), "the new configuration is invalid; keeping the running one"),
                         }
+                        notify::ready();
                     }
                 }
             }
+            notify::stopping();
             shutdown.cancel();
         })
     };
+    let supervising = shutdown.child_token();
     let result = crate::daemon::run(config, shutdown, reloads, |started| {
         for watch in &started.watches {
             println!("watching {}", watch.display());
@@ -76,6 +89,8 @@ pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
         }
         println!("control socket {}", started.socket.display());
         let _ = std::io::stdout().flush();
+        notify::ready();
+        tokio::spawn(notify::supervise(started.probe.clone(), supervising));
     })
     .await;
     signals.abort();

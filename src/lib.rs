@@ -9,6 +9,7 @@ pub mod protocol;
 pub mod push;
 pub mod queue;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 pub mod upload;
 pub mod watch;

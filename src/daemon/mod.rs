@@ -62,12 +62,33 @@ pub enum DaemonError {
 }
 
 /// What `run` reports once it is up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Started {
     pub socket: PathBuf,
     pub watches: Vec<PathBuf>,
     /// URL and storage folder of the embedded receiver, when there is one.
     pub receiver: Option<(String, PathBuf)>,
+    /// The daemon's state, for a service manager's status line and watchdog.
+    pub probe: Probe,
+}
+
+/// A reloaded configuration; `applied` fires once the daemon has taken it (or kept the
+/// running one because it could not be applied, which the daemon logs).
+pub struct Reload {
+    pub config: Config,
+    pub applied: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Reads the daemon's state from outside it (see `service::notify`).
+#[derive(Clone)]
+pub struct Probe(Arc<Daemon>);
+
+impl Probe {
+    /// What `ferry status` shows. Goes through the queue's lock on a blocking thread, so an
+    /// answer also shows that the runtime, the blocking pool and the queue are all alive.
+    pub async fn status(&self) -> Result<StatusReply, QueueError> {
+        self.0.status().await
+    }
 }
 
 /// What a reload may change.
@@ -108,7 +129,7 @@ pub(crate) struct Daemon {
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    mut reloads: mpsc::Receiver<Config>,
+    mut reloads: mpsc::Receiver<Reload>,
     started: impl FnOnce(&Started),
 ) -> Result<(), DaemonError> {
     let data_dir = config.daemon.data_dir.clone();
@@ -204,15 +225,17 @@ pub async fn run(
         socket: socket.clone(),
         watches: watches.iter().map(|w| w.path.clone()).collect(),
         receiver,
+        probe: Probe(daemon.clone()),
     });
 
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(new_config) = reloads.recv() => {
+            Some(Reload { config, applied }) = reloads.recv() => {
                 let reloading = daemon.clone();
-                let _ = tokio::task::spawn_blocking(move || reloading.reload(new_config)).await;
+                let _ = tokio::task::spawn_blocking(move || reloading.reload(config)).await;
+                let _ = applied.send(());
             }
             _ = prune.tick() => daemon.prune(config.daemon.done_retention).await,
         }

@@ -4,5 +4,6 @@
 mod crash;
 mod daemon;
 mod protocol;
+mod service;
 mod support;
 mod upload;

@@ -64,10 +64,16 @@ settle = "300ms"
 
     /// Starts `ferry run` and waits until its control socket answers.
     pub async fn start(&self) -> Daemon {
+        self.start_with_env(&[]).await
+    }
+
+    /// `start`, with these environment variables set for the daemon.
+    pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(ferry_bin())
             .arg("run")
             .arg("--config")
             .arg(&self.config)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,1 @@
+//! Installing Ferry as a systemd unit or launchd agent.
