@@ -78,6 +78,36 @@ enum Command {
     Serve(ServeArgs),
     /// Upload files once, resuming an earlier interrupted push of the same file.
     Push(PushArgs),
+    /// Install Ferry as a systemd unit (Linux) or launchd agent (macOS).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print a shell completion script, e.g. `ferry completions bash > /etc/bash_completion.d/ferry`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `ferry manpage > ferry.1`.
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the unit (or agent) for this binary, then enable and start it.
+    Install(ServiceArgs),
+    /// Stop and disable the service and remove its unit.
+    Uninstall(ServiceArgs),
+    /// Where the unit is, and what the service manager says of it.
+    Status(ServiceArgs),
+}
+
+#[derive(Args)]
+struct ServiceArgs {
+    /// The current user's service (`systemctl --user`, a launch agent). The default.
+    #[arg(long, conflicts_with = "system")]
+    user: bool,
+    /// The machine's service, run as the `ferry` user (needs root).
+    #[arg(long)]
+    system: bool,
 }
 
 #[derive(Subcommand)]
@@ -224,7 +254,39 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         } => ferry::cli::config_check(cli.config.as_deref()),
         Command::Serve(args) => serve(args).await,
         Command::Push(args) => push(args).await,
+        Command::Service { command } => service(command, cli.config.as_deref()),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ferry", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")
+        }
     }
+}
+
+fn service(command: ServiceCommand, config: Option<&std::path::Path>) -> Result<()> {
+    use ferry::service::install::{Scope, Service};
+    let (ServiceCommand::Install(args)
+    | ServiceCommand::Uninstall(args)
+    | ServiceCommand::Status(args)) = &command;
+    let scope = if args.system {
+        Scope::System
+    } else {
+        Scope::User
+    };
+    let service = Service::for_this_binary(scope, config)?;
+    let report = match command {
+        ServiceCommand::Install(_) => service.install()?,
+        ServiceCommand::Uninstall(_) => service.uninstall()?,
+        ServiceCommand::Status(_) => service.status(),
+    };
+    print!("{report}");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

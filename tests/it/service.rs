@@ -133,3 +133,91 @@ async fn sighup_is_reported_as_reloading_then_ready() {
     assert!(reloading < ready_again, "{lines:?}");
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// `ferry service install --user` where no systemd runs: it writes the unit under `HOME`, prints
+/// the commands to run, writes a unit systemd accepts, and a second run changes nothing.
+#[test]
+fn service_install_writes_a_valid_user_unit_once_and_prints_the_commands() {
+    let home = tempfile::tempdir().unwrap();
+    let install = || {
+        let output = std::process::Command::new(ferry_bin())
+            .args(["service", "install", "--user"])
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let unit = home.path().join(".config/systemd/user/ferry.service");
+    let first = install();
+    assert!(
+        first.contains(&format!("wrote {}", unit.display())),
+        "{first}"
+    );
+    assert!(
+        first.contains("\n  systemctl --user daemon-reload\n")
+            && first.contains("\n  systemctl --user enable ferry.service\n"),
+        "{first}"
+    );
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let binary = std::fs::canonicalize(ferry_bin()).unwrap();
+    assert!(
+        text.contains(&format!("\nExecStart={} run\n", binary.display())),
+        "{text}"
+    );
+    assert!(text.contains("\nType=notify\n") && text.contains("\nWatchdogSec="));
+    // The man page is not installed here, so systemd-analyze is told not to look for it.
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["--user", "verify", "--man=no"])
+        .arg(&unit)
+        .env("XDG_RUNTIME_DIR", home.path())
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is installed");
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(
+        verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let modified = std::fs::metadata(&unit).unwrap().modified().unwrap();
+    let second = install();
+    assert!(second.contains("is up to date"), "{second}");
+    assert!(!second.contains("wrote"), "{second}");
+    assert_eq!(std::fs::read_to_string(&unit).unwrap(), text);
+    assert_eq!(
+        std::fs::metadata(&unit).unwrap().modified().unwrap(),
+        modified
+    );
+}
+
+/// The launchd agent in packaging/ is a property list with what launchd needs to keep Ferry
+/// running, read by Python's plistlib (what macOS's own tools accept, without a Mac).
+#[test]
+fn the_launchd_agent_is_a_property_list_with_the_expected_keys() {
+    let plist = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/launchd/io.ferry.daemon.plist"
+    );
+    let script = r#"
+import plistlib, sys
+agent = plistlib.load(open(sys.argv[1], "rb"))
+assert agent["Label"] == "io.ferry.daemon", agent
+assert agent["ProgramArguments"][-1] == "run", agent
+assert agent["ProgramArguments"][0].endswith("/ferry"), agent
+assert agent["RunAtLoad"] is True, agent
+assert agent["KeepAlive"] == {"SuccessfulExit": False}, agent
+assert agent["StandardOutPath"] and agent["StandardErrorPath"], agent
+print("ok")
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, plist])
+        .output()
+        .expect("python3 is installed");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
