@@ -48,16 +48,20 @@ pub async fn call(socket: &Path, command: Command) -> Result<Reply, ControlError
             socket: socket.to_path_buf(),
             source,
         };
-        write_frame(
+        let sent = write_frame(
             &mut stream,
             &Request {
                 version: PROTOCOL_VERSION,
                 command,
             },
         )
-        .await
-        .map_err(frame_error)?;
-        let bytes = read_frame(&mut stream).await.map_err(frame_error)?;
+        .await;
+        // A daemon that refuses the peer answers without reading the request and hangs up,
+        // which can break our write: its answer is still there to read, and says more.
+        let bytes = match (sent, read_frame(&mut stream).await) {
+            (_, Ok(bytes)) => bytes,
+            (Err(error), Err(_)) | (Ok(()), Err(error)) => return Err(frame_error(error)),
+        };
         let response: Response =
             serde_json::from_slice(&bytes).map_err(|e| frame_error(FrameError::Malformed(e)))?;
         match response.outcome {

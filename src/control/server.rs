@@ -104,11 +104,13 @@ async fn exchange<H: Handler>(mut stream: UnixStream, own_uid: u32, handler: Arc
             message,
         },
     };
+    // Root may: it could read the store anyway, and `sudo ferry status` is how one looks at a
+    // system service running as its own user.
     let peer_uid = stream.peer_cred().map(|cred| cred.uid());
-    if peer_uid.as_ref().ok() != Some(&own_uid) {
+    if !matches!(peer_uid, Ok(uid) if uid == own_uid || uid == 0) {
         let response = refuse(
             "forbidden",
-            "only the user running the daemon may control it".into(),
+            "only the user running the daemon (or root) may control it".into(),
         );
         let _ = write_frame(&mut stream, &response).await;
         return;

@@ -514,3 +514,132 @@ async fn a_file_that_vanishes_before_its_upload_is_dropped_not_failed() {
     );
     assert!(!receiver.file("fleeting.txt").exists());
 }
+
+/// The daemon run as an unprivileged user (as the system service runs): a file it may not read
+/// fails with the reason and uploads after `ferry retry` once it is readable; root may control
+/// it; another user is refused by the peer check even when the socket's mode would let it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_an_unprivileged_user_unreadable_files_fail_with_the_reason_and_strangers_are_refused() {
+    use crate::support::daemon::NOBODY;
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start_as_nobody().await;
+
+    // Written by root, readable by root alone.
+    let secret = setup.outbox.join("secret.txt");
+    std::fs::write(&secret, b"for root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut status = serde_json::Value::Null;
+    wait_until("the unreadable file to fail", ARRIVAL, || {
+        status = setup.status(); // root is let in
+        status["queue"]["failed"] == 1
+    })
+    .await;
+    let failure = &status["failed"][0];
+    assert_eq!(failure["path"], secret.to_str().unwrap(), "{status}");
+    let reason = failure["error"].as_str().unwrap();
+    assert!(
+        reason.contains("secret.txt") && reason.contains("Permission denied"),
+        "the reason names the file and the cause: {reason}"
+    );
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(setup.ferry(&["retry", "--failed"]).status.success());
+    wait_for_copy(&secret, &receiver.file("secret.txt"), ARRIVAL).await;
+
+    // Open the socket to everyone: the peer check still refuses a third user.
+    for path in [
+        setup.dir.path(),
+        setup.socket.parent().unwrap(),
+        &setup.socket,
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let stranger = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", NOBODY - 1))
+        .arg(format!("--regid={}", NOBODY - 1))
+        .args(["--clear-groups", "--"])
+        .arg(ferry_bin())
+        .arg("--socket")
+        .arg(&setup.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(stranger.status.code(), Some(1), "{stranger:?}");
+    let said = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        said.contains("only the user running the daemon (or root) may control it"),
+        "{said}"
+    );
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// `log_format = "json"`: every line the daemon logs is one JSON object with a level and a
+/// message, and the upload of a file shows up in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let text = std::fs::read_to_string(&setup.config).unwrap().replacen(
+        "transfers = 4\n",
+        "transfers = 4\nlog_format = \"json\"\n",
+        1,
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    let daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("logged.txt"), b"logged").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("logged.txt"),
+        &receiver.file("logged.txt"),
+        ARRIVAL,
+    )
+    .await;
+    let logs = daemon.logs.clone();
+    assert_eq!(daemon.terminate().await, Some(0));
+    let lines = logs.lock().unwrap().clone();
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+        assert!(record["level"].is_string(), "{line}");
+        assert!(record["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|line| line.contains("logged.txt")),
+        "the upload is logged: {lines:?}"
+    );
+}
+
+/// `ferry status --watch` keeps printing the status, once a second, until stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_refreshes_until_stopped() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    let mut watcher = std::process::Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let (headers_sender, headers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.starts_with("ferry ") && line.contains(" running: ") {
+                let _ = headers_sender.send(line);
+            }
+        }
+    });
+    for refresh in 0..3 {
+        let header = headers
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("refresh {refresh} did not come"));
+        assert!(header.contains("queued"), "{header}");
+    }
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    assert_eq!(daemon.terminate().await, Some(0));
+}

@@ -9,6 +9,22 @@ use serde_json::Value;
 
 use super::{TOKEN, ferry_bin, wait_until};
 
+/// The uid and gid of `nobody` on Debian.
+pub const NOBODY: u32 = 65534;
+
+/// `dir` and everything under it.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(walk(&entry.path()));
+        } else {
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
 /// Folders and config of one daemon under test.
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -69,7 +85,26 @@ settle = "300ms"
 
     /// `start`, with these environment variables set for the daemon.
     pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(ferry_bin())
+        self.spawn(Command::new(ferry_bin()), env).await
+    }
+
+    /// `start`, as the unprivileged user `nobody` (the tests run as root): its folder is handed
+    /// over to that user first.
+    pub async fn start_as_nobody(&self) -> Daemon {
+        for entry in walk(self.dir.path()) {
+            std::os::unix::fs::lchown(&entry, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .args(["--clear-groups", "--"])
+            .arg(ferry_bin());
+        self.spawn(command, &[]).await
+    }
+
+    async fn spawn(&self, mut command: Command, env: &[(&str, &str)]) -> Daemon {
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -80,9 +115,13 @@ settle = "300ms"
             .unwrap();
         // Keep stdout and stderr drained, so the daemon never blocks writing logs.
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let stderr = child.stderr.take().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
         std::thread::spawn(move || {
-            std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink())
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
         });
         let (ready_sender, ready) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -97,7 +136,7 @@ settle = "300ms"
                 .await
                 .unwrap();
         assert!(started.is_ok(), "ferry run did not start");
-        Daemon { child }
+        Daemon { child, logs }
     }
 
     /// Runs a client command against this setup's daemon.
@@ -151,6 +190,8 @@ settle = "300ms"
 /// A running daemon; killed if still running when dropped.
 pub struct Daemon {
     pub child: Child,
+    /// What it logged so far (stderr), a line each.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
