@@ -74,6 +74,8 @@ pub struct Service {
     pub path: PathBuf,
     /// What it should contain.
     pub contents: String,
+    /// The configuration it names, if any (a user service may leave it to the daemon).
+    pub config: Option<PathBuf>,
     uid: u32,
 }
 
@@ -84,10 +86,13 @@ impl Service {
         let exe = std::env::current_exe()
             .and_then(std::fs::canonicalize)
             .map_err(ServiceError::Exe)?;
-        let config = config
+        let mut config = config
             .map(std::path::absolute)
             .transpose()
             .map_err(ServiceError::Exe)?;
+        if scope == Scope::System {
+            config.get_or_insert_with(|| PathBuf::from(SYSTEM_CONFIG));
+        }
         let dirs = directories::BaseDirs::new().ok_or(ServiceError::NoHome)?;
         let manager = Manager::of_this_platform();
         let (path, contents) = match (manager, scope) {
@@ -97,11 +102,7 @@ impl Service {
             ),
             (Manager::Systemd, Scope::System) => (
                 Path::new("/etc/systemd/system").join(UNIT_NAME),
-                render_unit(
-                    SYSTEM_UNIT,
-                    &exe,
-                    Some(config.as_deref().unwrap_or(Path::new(SYSTEM_CONFIG))),
-                ),
+                render_unit(SYSTEM_UNIT, &exe, config.as_deref()),
             ),
             (Manager::Launchd, Scope::User) => (
                 dirs.home_dir()
@@ -123,6 +124,7 @@ impl Service {
             manager,
             path,
             contents,
+            config,
             // SAFETY: getuid has no preconditions and cannot fail.
             uid: unsafe { libc::getuid() },
         })
@@ -224,30 +226,32 @@ impl Service {
             let _ = writeln!(report, "{} is up to date", self.path.display());
         }
         let mut commands = Vec::new();
-        if self.scope == Scope::System && self.manager == Manager::Systemd {
-            if !user_exists(SYSTEM_USER) {
-                commands.push(
-                    [
-                        "useradd",
-                        "--system",
-                        "--user-group",
-                        "--home-dir",
-                        "/var/lib/ferry",
-                        "--no-create-home",
-                        "--shell",
-                        "/usr/sbin/nologin",
-                        SYSTEM_USER,
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                );
-            }
-            if !Path::new(SYSTEM_CONFIG).exists() && !self.contents.contains("--config /") {
-                let _ = writeln!(
-                    report,
-                    "note: {SYSTEM_CONFIG} does not exist yet; write it (see config.example.toml) before the service can start"
-                );
-            }
+        if self.scope == Scope::System
+            && self.manager == Manager::Systemd
+            && !user_exists(SYSTEM_USER)
+        {
+            commands.push(
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--home-dir",
+                    "/var/lib/ferry",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SYSTEM_USER,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+        }
+        if let Some(config) = self.config.as_ref().filter(|config| !config.exists()) {
+            let _ = writeln!(
+                report,
+                "note: {} does not exist yet; write it (see config.example.toml) before the service can start",
+                config.display()
+            );
         }
         if changed || !self.is_loaded() {
             commands.extend(self.start_commands(changed));
