@@ -337,6 +337,8 @@ impl Store {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(candidates.len());
         for candidate in candidates {
+            // Under the lock, so that an upload finishing meanwhile is seen either way.
+            let mut counts = self.lock();
             let indexed = self.uploaded_entry(&candidate.remote, &candidate.path)?;
             if indexed.is_some_and(|entry| {
                 entry.fingerprint == candidate.fingerprint
@@ -345,7 +347,6 @@ impl Store {
                 outcomes.push(Enqueued::Unchanged);
                 continue;
             }
-            let mut counts = self.lock();
             let existing = match self
                 .job_paths
                 .get(path_key(&candidate.path))
