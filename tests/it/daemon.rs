@@ -643,3 +643,41 @@ async fn status_watch_refreshes_until_stopped() {
     watcher.wait().unwrap();
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// Hitting the inotify watch limit stops the start with a message that names the sysctl to
+/// raise. The limit is lowered in a user namespace of the test's own, not for the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inotify_watch_limit_is_reported_with_the_sysctl_to_raise() {
+    let setup = Setup::new("http://127.0.0.1:9", "", "");
+    for index in 0..10 {
+        std::fs::create_dir(setup.outbox.join(format!("d{index}"))).unwrap();
+    }
+    let mut child = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c"])
+        .arg(r#"echo 5 > /proc/sys/user/max_inotify_watches && exec "$0" run --config "$1""#)
+        .arg(ferry_bin())
+        .arg(&setup.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    wait_until("the daemon to give up", ARRIVAL, || {
+        exited = child.try_wait().unwrap();
+        exited.is_some()
+    })
+    .await;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(exited.unwrap().code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the inotify watch limit is reached")
+            && stderr.contains("sysctl fs.inotify.max_user_watches="),
+        "{stderr}"
+    );
+}
