@@ -142,6 +142,13 @@ pub fn render_status(status: &StatusReply) -> String {
         let _ = writeln!(out, "  watching {}", watch.display());
     }
     let intake = &status.intake;
+    if intake.watch_limited {
+        let _ = writeln!(
+            out,
+            "  the inotify watch limit is reached: folders are rescanned every {} (raise fs.inotify.max_user_watches)",
+            humantime::format_duration(crate::watch::LIMITED_RESCAN)
+        );
+    }
     let unchecked = intake.found.saturating_sub(intake.checked);
     if intake.scans == 0 || intake.settling > 0 || unchecked > 0 {
         let scan = if intake.scans == 0 { "scanning, " } else { "" };

@@ -88,6 +88,9 @@ pub struct IntakeStatus {
     pub found: u64,
     /// Of those, files checked against the queue and the upload index.
     pub checked: u64,
+    /// The inotify watch limit left folders unwatched; they are rescanned periodically.
+    #[serde(default)]
+    pub watch_limited: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

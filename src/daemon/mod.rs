@@ -542,6 +542,7 @@ impl Daemon {
                 settling: self.watch_stats.settling.load(Ordering::Relaxed),
                 found: self.watch_stats.handed_over.load(Ordering::Relaxed),
                 checked: self.checked.load(Ordering::Relaxed),
+                watch_limited: self.watch_stats.limited.load(Ordering::Relaxed),
             },
         })
     }

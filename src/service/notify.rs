@@ -56,6 +56,9 @@ pub fn status_line(status: &StatusReply) -> String {
     if status.paused {
         line.push_str(", paused");
     }
+    if status.intake.watch_limited {
+        line.push_str(", inotify watch limit reached");
+    }
     line
 }
 

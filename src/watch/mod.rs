@@ -5,7 +5,9 @@
 //! Only this module uses notify. It runs on its own OS thread: the notify callback only pushes
 //! into a bounded channel, and the thread does the stats and scans. Overflow rule: when the
 //! channel is full the event is dropped and a flag is set; the thread then rescans every watch,
-//! so a burst loses no file. An inotify watch-limit error becomes a message naming the sysctl.
+//! so a burst loses no file. An inotify watch-limit error becomes a message naming the sysctl,
+//! and the watcher keeps going on the watches it could place, rescanning every folder every
+//! `LIMITED_RESCAN` for the rest (as Syncthing falls back to periodic scans).
 //! `watch` never uploads; it meets `upload` in the queue.
 
 pub mod settle;
@@ -29,6 +31,8 @@ const EVENT_BUFFER: usize = 65_536;
 const BATCH: usize = 1_000;
 /// Longest sleep of the watch thread when nothing is pending.
 const IDLE_TICK: Duration = Duration::from_millis(500);
+/// How often every folder is rescanned while the inotify watch limit leaves some unwatched.
+pub const LIMITED_RESCAN: Duration = Duration::from_secs(30);
 
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,9 @@ pub struct WatchStats {
     pub settling: AtomicU64,
     /// Settled files handed to the daemon to be queued.
     pub handed_over: AtomicU64,
+    /// The inotify watch limit left folders unwatched: they are rescanned every
+    /// `LIMITED_RESCAN` instead.
+    pub limited: AtomicBool,
 }
 
 enum Message {
@@ -133,24 +140,31 @@ pub fn start(
         path: PathBuf::new(),
         source,
     })?;
+    let mut limited = false;
     for watch in &watches {
         let mode = if watch.recursive {
             RecursiveMode::Recursive
         } else {
             RecursiveMode::NonRecursive
         };
-        watcher
-            .watch(&watch.path, mode)
-            .map_err(|source| match source.kind {
-                notify::ErrorKind::MaxFilesWatch => WatchError::Limit {
+        match watcher.watch(&watch.path, mode) {
+            Ok(()) => {}
+            Err(source) if matches!(source.kind, notify::ErrorKind::MaxFilesWatch) => {
+                let error = WatchError::Limit {
                     path: watch.path.clone(),
-                },
-                _ => WatchError::Notify {
+                };
+                tracing::error!(%error, rescan_every = ?LIMITED_RESCAN, "some folders are not watched; they are rescanned instead");
+                limited = true;
+            }
+            Err(source) => {
+                return Err(WatchError::Notify {
                     path: watch.path.clone(),
                     source,
-                },
-            })?;
+                });
+            }
+        }
     }
+    stats.limited.store(limited, Ordering::Relaxed);
     let rescan_requested = Arc::new(AtomicBool::new(true));
     let mut worker = WatchThread {
         watches,
@@ -160,6 +174,8 @@ pub fn start(
         overflowed,
         rescan_requested: rescan_requested.clone(),
         stats,
+        rescan_every: limited.then_some(LIMITED_RESCAN),
+        last_scan: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("ferry-watch".into())
@@ -181,6 +197,9 @@ struct WatchThread {
     overflowed: Arc<AtomicBool>,
     rescan_requested: Arc<AtomicBool>,
     stats: Arc<WatchStats>,
+    /// Rescan this often (when the watch limit left folders unwatched).
+    rescan_every: Option<Duration>,
+    last_scan: Instant,
 }
 
 impl WatchThread {
@@ -190,7 +209,10 @@ impl WatchThread {
                 tracing::warn!("file events overflowed their buffer; rescanning");
                 self.rescan_requested.store(true, Ordering::Relaxed);
             }
-            if self.rescan_requested.swap(false, Ordering::Relaxed) {
+            let rescan_due = self
+                .rescan_every
+                .is_some_and(|every| self.last_scan.elapsed() >= every);
+            if self.rescan_requested.swap(false, Ordering::Relaxed) || rescan_due {
                 self.rescan();
             }
             let now = Instant::now();
@@ -330,6 +352,7 @@ impl WatchThread {
             .settling
             .store(self.settler.len() as u64, Ordering::Relaxed);
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
+        self.last_scan = Instant::now();
     }
 
     /// Offers every file under `dir` to the settler, aged by its mtime.

@@ -644,11 +644,13 @@ async fn status_watch_refreshes_until_stopped() {
     assert_eq!(daemon.terminate().await, Some(0));
 }
 
-/// Hitting the inotify watch limit stops the start with a message that names the sysctl to
-/// raise. The limit is lowered in a user namespace of the test's own, not for the machine.
+/// Hitting the inotify watch limit is reported with the sysctl to raise, and the daemon keeps
+/// going: a file in a folder it could not watch still arrives, found by the periodic rescan. The
+/// limit is lowered in a user namespace of the test's own, not for the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_inotify_watch_limit_is_reported_with_the_sysctl_to_raise() {
-    let setup = Setup::new("http://127.0.0.1:9", "", "");
+async fn past_the_inotify_watch_limit_files_still_arrive_by_rescans() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
     for index in 0..10 {
         std::fs::create_dir(setup.outbox.join(format!("d{index}"))).unwrap();
     }
@@ -661,23 +663,42 @@ async fn the_inotify_watch_limit_is_reported_with_the_sysctl_to_raise() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut exited = None;
-    wait_until("the daemon to give up", ARRIVAL, || {
-        exited = child.try_wait().unwrap();
-        exited.is_some()
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stderr.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut status = serde_json::Value::Null;
+    // The socket answers before the watches are placed: wait for the status to tell.
+    wait_until("the status to report the watch limit", ARRIVAL, || {
+        let output = setup.ferry(&["status", "--json"]);
+        status = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        status["intake"]["watch_limited"] == true
     })
     .await;
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(exited.unwrap().code(), Some(1), "{stderr}");
+    let said = logs.lock().unwrap().clone();
     assert!(
-        stderr.contains("the inotify watch limit is reached")
-            && stderr.contains("sysctl fs.inotify.max_user_watches="),
-        "{stderr}"
+        said.contains("the inotify watch limit is reached")
+            && said.contains("sysctl fs.inotify.max_user_watches="),
+        "{said}"
     );
+    let human = String::from_utf8(setup.ferry(&["status"]).stdout).unwrap();
+    assert!(human.contains("rescanned every 30s"), "{human}");
+
+    // The first folders take the five watches; the last is left to the rescans.
+    let late = setup.outbox.join("d9/late.txt");
+    std::fs::write(&late, b"found by a rescan").unwrap();
+    wait_for_copy(
+        &late,
+        &receiver.file("d9/late.txt"),
+        Duration::from_secs(60),
+    )
+    .await;
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
