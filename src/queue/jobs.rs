@@ -377,14 +377,7 @@ impl Store {
                         JobState::Done => unreachable!("matched above"),
                     }
                     job.updated_ms = now;
-                    self.write_job(&job)?;
-                    if before.state == JobState::Queued {
-                        self.set_ready(ready_key(before.next_attempt_ms, job.id), false)?;
-                    }
-                    if job.state == JobState::Queued {
-                        self.set_ready(ready_key(job.next_attempt_ms, job.id), true)?;
-                    }
-                    counts.shift(Some(before.state), Some(job.state));
+                    self.rewrite(&mut counts, &before, &job)?;
                     Enqueued::Coalesced(job.id)
                 }
                 _ => {
@@ -413,6 +406,25 @@ impl Store {
         }
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(outcomes)
+    }
+
+    /// Writes a changed job, then moves its ready key and its count from what it was
+    /// (`before`). The caller holds the lock and passes its counters.
+    fn rewrite(
+        &self,
+        counts: &mut Counts,
+        before: &JobRecord,
+        job: &JobRecord,
+    ) -> Result<(), QueueError> {
+        self.write_job(job)?;
+        if before.state == JobState::Queued {
+            self.set_ready(ready_key(before.next_attempt_ms, job.id), false)?;
+        }
+        if job.state == JobState::Queued {
+            self.set_ready(ready_key(job.next_attempt_ms, job.id), true)?;
+        }
+        counts.shift(Some(before.state), Some(job.state));
+        Ok(())
     }
 
     /// Writes a new queued job, then its indexes. The caller holds the lock.
@@ -604,19 +616,12 @@ impl Store {
         let Some(mut job) = self.job(id)? else {
             return Ok(false);
         };
-        let (state, next_attempt_ms) = (job.state, job.next_attempt_ms);
+        let before = job.clone();
         if !change(&mut job) {
             return Ok(false);
         }
         job.updated_ms = now_ms();
-        self.write_job(&job)?;
-        if state == JobState::Queued {
-            self.set_ready(ready_key(next_attempt_ms, id), false)?;
-        }
-        if job.state == JobState::Queued {
-            self.set_ready(ready_key(job.next_attempt_ms, id), true)?;
-        }
-        counts.shift(Some(state), Some(job.state));
+        self.rewrite(&mut counts, &before, &job)?;
         drop(counts);
         self.db.flush().map_err(sled_error("flush"))?;
         Ok(true)

@@ -8,10 +8,11 @@
 //! as one part is not recorded at all: after a crash it is sent again whole, which costs what
 //! resuming would, and small files cost no store writes.
 //!
-//! Invariants kept here: an acknowledged part of a recorded session is recorded before it counts, and is not sent
-//! again on resume unless the remote lost it; a file that changed is never completed from mixed
-//! content (the session is aborted and the upload starts over); transient failures retry with
-//! backoff, permanent ones stop with the file, the request and the remote's code.
+//! Invariants kept here: an acknowledged part of a recorded session is recorded before it
+//! counts, and is not sent again on resume unless the remote lost it; a file that changed is
+//! never completed from mixed content (the session is aborted and the upload starts over);
+//! transient failures retry with backoff, permanent ones stop with the file, the request and the
+//! remote's code.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
