@@ -77,6 +77,8 @@ pub struct Service {
     /// The configuration it names, if any (a user service may leave it to the daemon).
     pub config: Option<PathBuf>,
     uid: u32,
+    /// The service manager can be driven from here (probed once, at construction).
+    usable: bool,
 }
 
 impl Service {
@@ -119,7 +121,7 @@ impl Service {
                 render_plist(&exe, config.as_deref(), Path::new("/Library/Logs")),
             ),
         };
-        Ok(Service {
+        let mut service = Service {
             scope,
             manager,
             path,
@@ -127,7 +129,10 @@ impl Service {
             config,
             // SAFETY: getuid has no preconditions and cannot fail.
             uid: unsafe { libc::getuid() },
-        })
+            usable: false,
+        };
+        service.usable = service.probe_manager();
+        Ok(service)
     }
 
     /// Whether the unit on disk is exactly what `install` writes.
@@ -157,9 +162,14 @@ impl Service {
         }
     }
 
+    /// The agent as launchctl names it: `gui/<uid>/io.ferry.daemon` or `system/io.ferry.daemon`.
+    fn launchd_target(&self) -> String {
+        format!("{}/{LAUNCHD_LABEL}", self.launchd_domain())
+    }
+
     /// Whether the service manager can be driven from here: systemd is running (and for a
     /// user unit, this user's manager answers), or launchctl exists.
-    fn manager_usable(&self) -> bool {
+    fn probe_manager(&self) -> bool {
         match self.manager {
             Manager::Systemd => {
                 Path::new("/run/systemd/system").is_dir()
@@ -191,7 +201,7 @@ impl Service {
         match self.manager {
             Manager::Systemd => vec![self.manager_command(&["disable", "--now", UNIT_NAME])],
             Manager::Launchd => {
-                let target = format!("{}/{LAUNCHD_LABEL}", self.launchd_domain());
+                let target = self.launchd_target();
                 vec![self.manager_command(&["bootout", &target])]
             }
         }
@@ -201,7 +211,8 @@ impl Service {
     /// what it did, for the user.
     pub fn install(&self) -> Result<String, ServiceError> {
         let mut report = String::new();
-        let changed = self.installed() != Some(true);
+        let existing = self.installed();
+        let changed = existing != Some(true);
         if changed {
             if let Some(parent) = self.path.parent() {
                 std::fs::create_dir_all(parent).map_err(|source| ServiceError::Write {
@@ -209,10 +220,10 @@ impl Service {
                     source,
                 })?;
             }
-            if self.manager == Manager::Launchd && self.installed().is_some() {
+            if self.manager == Manager::Launchd && existing.is_some() {
                 // A loaded agent keeps its old definition until it is booted out.
-                for command in self.stop_commands() {
-                    if self.manager_usable() {
+                if self.usable {
+                    for command in self.stop_commands() {
                         run_quietly(&command);
                     }
                 }
@@ -292,7 +303,7 @@ impl Service {
             Some(false) => "installed, differs from what `ferry service install` writes",
         };
         let _ = writeln!(report, "{}: {state}", self.path.display());
-        if !self.manager_usable() {
+        if !self.usable {
             let _ = writeln!(report, "{}", self.unusable_reason());
             return report;
         }
@@ -302,7 +313,7 @@ impl Service {
                 self.manager_command(&["is-active", UNIT_NAME]),
             ],
             Manager::Launchd => {
-                let target = format!("{}/{LAUNCHD_LABEL}", self.launchd_domain());
+                let target = self.launchd_target();
                 vec![self.manager_command(&["print", &target])]
             }
         };
@@ -321,7 +332,7 @@ impl Service {
     }
 
     fn is_loaded(&self) -> bool {
-        if !self.manager_usable() {
+        if !self.usable {
             return false;
         }
         match self.manager {
@@ -330,7 +341,7 @@ impl Service {
                     && run_quietly(&self.manager_command(&["is-active", "--quiet", UNIT_NAME]))
             }
             Manager::Launchd => {
-                let target = format!("{}/{LAUNCHD_LABEL}", self.launchd_domain());
+                let target = self.launchd_target();
                 run_quietly(&self.manager_command(&["print", &target]))
             }
         }
@@ -355,7 +366,7 @@ impl Service {
         if commands.is_empty() {
             return Ok(());
         }
-        if self.manager_usable() {
+        if self.usable {
             for command in commands {
                 let _ = writeln!(report, "ran: {}", command.join(" "));
                 let status = Command::new(&command[0])
