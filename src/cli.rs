@@ -32,9 +32,24 @@ pub fn load_config(flag: Option<&Path>) -> Result<Config> {
     })
 }
 
+/// `load_config`, then the checks against the file system (`config::check_paths`) that a
+/// configuration must pass to be run: for `ferry run`, `ferry config check` and a reload.
+pub fn load_runnable_config(flag: Option<&Path>) -> Result<Config> {
+    let config = load_config(flag)?;
+    let problems = config::check_paths(&config);
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    let error = ConfigError::Invalid {
+        path: config.source.clone().unwrap_or_default(),
+        problems,
+    };
+    Err(UsageError(crate::push::error_chain(&error)).into())
+}
+
 /// `ferry config check`: validates and prints the effective configuration.
 pub fn config_check(flag: Option<&Path>) -> Result<()> {
-    let config = load_config(flag)?;
+    let config = load_runnable_config(flag)?;
     print!("{}", config.render());
     Ok(())
 }
@@ -59,7 +74,7 @@ pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
                     _ = hangup.recv() => {
                         tracing::info!("SIGHUP: reloading the configuration");
                         notify::reloading();
-                        match load_config(flag.as_deref()) {
+                        match load_runnable_config(flag.as_deref()) {
                             Ok(config) => {
                                 let (applied, taken) = tokio::sync::oneshot::channel();
                                 if reload_sender.send(Reload { config, applied }).await.is_ok() {

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod local_path;
 pub mod protocol;
 pub mod push;
 pub mod queue;

@@ -194,7 +194,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs as its configuration says; everything else logs text.
     let daemon_config = match &cli.command {
-        Command::Run => match ferry::cli::load_config(cli.config.as_deref()) {
+        Command::Run => match ferry::cli::load_runnable_config(cli.config.as_deref()) {
             Ok(config) => Some(config),
             Err(error) => return report(error),
         },

@@ -122,6 +122,8 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
             remote_path,
             mime_type: None,
             metadata: Default::default(),
+            reach: crate::upload::Reach::AsGiven,
+            expected: None,
         };
         match upload_with_progress(&uploader, &job).await {
             Ok(report) => {

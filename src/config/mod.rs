@@ -6,6 +6,7 @@
 //! With no file at all, the default configuration watches an outbox folder under the data
 //! directory and uploads to a receiver embedded in the daemon.
 
+mod check;
 mod read;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use globset::GlobSet;
 
 use crate::upload::UploadSettings;
+pub use check::check_paths;
 use read::Reader;
 
 /// Globs ignored in every watch, besides the watch's own: temp, partial and editor files.
@@ -44,6 +46,25 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Time in-flight parts get to finish at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+// Bounds on configured values: each far above any sensible setting and far below where
+// arithmetic on instants, sizes or counts could overflow (`ferry config check` names them).
+/// Longest settle window: a file unchanged for a day is settled.
+pub const MAX_SETTLE: Duration = Duration::from_secs(24 * 3600);
+/// Longest time finished jobs are listed: ten years.
+pub const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Longest shutdown grace: a service manager gives up on a stop long before an hour.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+/// Longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+/// Most attempts at one file.
+pub const MAX_RETRY_ATTEMPTS: u32 = 1000;
+/// Largest part: S3's limit, and more than any receiver buffers.
+pub const MAX_CHUNK_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Most parts of one file in flight.
+pub const MAX_PARALLEL_PARTS: usize = 256;
+/// Most files uploaded at once.
+pub const MAX_TRANSFERS: usize = 256;
 
 /// A configuration problem, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +151,16 @@ pub enum AfterUpload {
     MoveTo(PathBuf),
 }
 
+/// Whether a watch follows symbolic links (rclone's `-L`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Symlinks {
+    /// Links are neither walked nor uploaded, and no queued file is read through one.
+    Skip,
+    /// Links to files are uploaded under the link's name and links to folders are walked, each
+    /// folder at most once per scan (by device and inode), so a loop ends.
+    Follow,
+}
+
 /// One `[[watch]]`.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -142,6 +173,7 @@ pub struct WatchConfig {
     pub settle: Duration,
     pub after_upload: AfterUpload,
     pub metadata: BTreeMap<String, String>,
+    pub symlinks: Symlinks,
     /// `include` compiled.
     pub include_set: GlobSet,
     /// `ignore` and the default ignores compiled.
@@ -178,6 +210,8 @@ pub struct Config {
     pub watches: Vec<WatchConfig>,
     /// The file it came from; `None` for the built-in default.
     pub source: Option<PathBuf>,
+    /// Lines of the keys that `check_paths` may point at (`watch[0].path` → 12).
+    pub lines: BTreeMap<String, usize>,
 }
 
 /// Platform folders used for defaults.
@@ -276,6 +310,7 @@ pub fn builtin(defaults: &Defaults) -> Config {
         upload: UploadSettings::default(),
         watches: vec![watch],
         source: None,
+        lines: BTreeMap::new(),
     }
 }
 
@@ -369,6 +404,11 @@ impl Config {
                 AfterUpload::MoveTo(path) => format!("{{ move_to = {path:?} }}"),
             };
             let _ = writeln!(out, "after_upload = {after}");
+            let symlinks = match watch.symlinks {
+                Symlinks::Skip => "skip",
+                Symlinks::Follow => "follow",
+            };
+            let _ = writeln!(out, "symlinks = {symlinks:?}");
             let metadata: Vec<String> = watch
                 .metadata
                 .iter()

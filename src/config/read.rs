@@ -17,12 +17,53 @@ use crate::upload::RetryPolicy;
 pub(super) struct Reader<'t> {
     text: &'t str,
     problems: Vec<Problem>,
+    /// Lines of the keys that later checks (`check`) may have to point at.
+    lines: BTreeMap<String, usize>,
 }
 
 /// A duration written as a human string ("1s", "500ms").
 fn duration(text: String) -> Result<Duration, String> {
     humantime::parse_duration(&text)
         .map_err(|error| format!("{error} (write e.g. \"1s\" or \"500ms\")"))
+}
+
+/// A duration of at most `max`, so that no arithmetic on it can overflow.
+fn duration_up_to(max: Duration) -> impl FnOnce(String) -> Result<Duration, String> {
+    move |text| duration(text).and_then(|value| at_most(value, max))
+}
+
+fn at_most(value: Duration, max: Duration) -> Result<Duration, String> {
+    if value > max {
+        Err(format!(
+            "must be at most {}",
+            humantime::format_duration(max)
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A count from 1 to `max`.
+fn count_up_to(max: usize) -> impl FnOnce(usize) -> Result<usize, String> {
+    move |n| match n {
+        0 => Err("must be at least 1".into()),
+        n if n > max => Err(format!("must be at most {max}")),
+        n => Ok(n),
+    }
+}
+
+/// Checks a retry policy's bounds.
+fn retry_policy(policy: RetryPolicy) -> Result<RetryPolicy, String> {
+    if policy.max_attempts == 0 || policy.max_attempts > MAX_RETRY_ATTEMPTS {
+        return Err(format!(
+            "max_attempts must be from 1 to {MAX_RETRY_ATTEMPTS}"
+        ));
+    }
+    at_most(policy.backoff_max, MAX_BACKOFF).map_err(|e| format!("backoff_max {e}"))?;
+    if policy.backoff_base > policy.backoff_max {
+        return Err("backoff_base must not exceed backoff_max".into());
+    }
+    Ok(policy)
 }
 
 /// A size written as a human string ("8MiB") or a number of bytes.
@@ -68,6 +109,7 @@ pub(super) fn watch_with_defaults(path: PathBuf, remote: String) -> Result<Watch
         settle: DEFAULT_SETTLE,
         after_upload: AfterUpload::Keep,
         metadata: BTreeMap::new(),
+        symlinks: Symlinks::Skip,
     })
 }
 
@@ -76,11 +118,27 @@ impl<'t> Reader<'t> {
         Reader {
             text,
             problems: Vec::new(),
+            lines: BTreeMap::new(),
         }
     }
 
     pub(super) fn into_problems(self) -> Vec<Problem> {
         self.problems
+    }
+
+    fn line(&self, span: Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    /// Remembers the line of `key` of `table` (if present) as `path.key`.
+    fn remember_line(&mut self, path: &str, table: &DeTable<'_>, key: &str) {
+        if let Some(value) = table.get(key) {
+            let line = self.line(value.span());
+            self.lines.insert(join(path, key), line);
+        }
     }
 
     fn problem(
@@ -89,12 +147,7 @@ impl<'t> Reader<'t> {
         span: Option<Range<usize>>,
         message: impl Into<String>,
     ) {
-        let line = span.map(|span| {
-            self.text[..span.start.min(self.text.len())]
-                .matches('\n')
-                .count()
-                + 1
-        });
+        let line = span.map(|span| self.line(span));
         self.problems.push(Problem {
             key: key.into(),
             line,
@@ -255,6 +308,7 @@ impl<'t> Reader<'t> {
             upload: upload?,
             watches,
             source: None,
+            lines: std::mem::take(&mut self.lines),
         })
     }
 
@@ -277,6 +331,8 @@ impl<'t> Reader<'t> {
                 "shutdown_grace",
             ],
         );
+        self.remember_line(path, table, "data_dir");
+        self.remember_line(path, table, "socket");
         let data_dir = self
             .get::<PathBuf>(path, table, "data_dir")
             .map(|dir| base.join(dir))
@@ -286,13 +342,7 @@ impl<'t> Reader<'t> {
             .map(|socket| base.join(socket))
             .unwrap_or_else(|| defaults.socket(&data_dir));
         let transfers = self
-            .get_as(path, table, "transfers", |n: usize| {
-                if n == 0 {
-                    Err("must be at least 1".into())
-                } else {
-                    Ok(n)
-                }
-            })
+            .get_as(path, table, "transfers", count_up_to(MAX_TRANSFERS))
             .unwrap_or(DEFAULT_TRANSFERS);
         let log_format = self
             .get_as(path, table, "log_format", |text: String| {
@@ -304,10 +354,15 @@ impl<'t> Reader<'t> {
             })
             .unwrap_or(LogFormat::Text);
         let done_retention = self
-            .get_as(path, table, "done_retention", duration)
+            .get_as(path, table, "done_retention", duration_up_to(MAX_RETENTION))
             .unwrap_or(DEFAULT_DONE_RETENTION);
         let shutdown_grace = self
-            .get_as(path, table, "shutdown_grace", duration)
+            .get_as(
+                path,
+                table,
+                "shutdown_grace",
+                duration_up_to(MAX_SHUTDOWN_GRACE),
+            )
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
         Some(DaemonConfig {
             data_dir,
@@ -409,32 +464,26 @@ impl<'t> Reader<'t> {
         let defaults = UploadSettings::default();
         let chunk_size = self
             .get_as(path, table, "chunk_size", |value: SizeValue| {
-                size(value).and_then(|bytes| {
-                    if bytes == 0 {
-                        Err("must be above zero".into())
-                    } else {
-                        Ok(bytes)
-                    }
+                size(value).and_then(|bytes| match bytes {
+                    0 => Err("must be above zero".into()),
+                    bytes if bytes > MAX_CHUNK_SIZE => Err(format!(
+                        "must be at most {}",
+                        bytesize::ByteSize(MAX_CHUNK_SIZE).display().iec()
+                    )),
+                    bytes => Ok(bytes),
                 })
             })
             .unwrap_or(defaults.chunk_size);
         let parallel_parts = self
-            .get_as(path, table, "parallel_parts", |n: usize| {
-                if n == 0 {
-                    Err("must be at least 1".into())
-                } else {
-                    Ok(n)
-                }
-            })
+            .get_as(
+                path,
+                table,
+                "parallel_parts",
+                count_up_to(MAX_PARALLEL_PARTS),
+            )
             .unwrap_or(defaults.parallel_parts);
         let retry = self
-            .get_as(path, table, "retry", |policy: RetryPolicy| {
-                if policy.max_attempts == 0 {
-                    Err("max_attempts must be at least 1".into())
-                } else {
-                    Ok(policy)
-                }
-            })
+            .get_as(path, table, "retry", retry_policy)
             .unwrap_or(defaults.retry);
         Some(UploadSettings {
             chunk_size,
@@ -465,8 +514,11 @@ impl<'t> Reader<'t> {
                 "settle",
                 "after_upload",
                 "metadata",
+                "symlinks",
             ],
         );
+        self.remember_line(path, table, "path");
+        self.remember_line(path, table, "after_upload");
         let root = self
             .get::<PathBuf>(path, table, "path")
             .map(|root| base.join(root));
@@ -513,7 +565,7 @@ impl<'t> Reader<'t> {
             watch.ignore = ignore;
             watch.ignore_set = set;
         }
-        if let Some(settle) = self.get_as(path, table, "settle", duration) {
+        if let Some(settle) = self.get_as(path, table, "settle", duration_up_to(MAX_SETTLE)) {
             watch.settle = settle;
         }
         if let Some(value) = table.get("after_upload") {
@@ -536,6 +588,15 @@ impl<'t> Reader<'t> {
                     "must be \"keep\", \"delete\" or { move_to = \"/folder\" }",
                 ),
             }
+        }
+        if let Some(symlinks) = self.get_as(path, table, "symlinks", |mode: String| {
+            match mode.as_str() {
+                "skip" => Ok(Symlinks::Skip),
+                "follow" => Ok(Symlinks::Follow),
+                _ => Err("must be \"skip\" or \"follow\"".into()),
+            }
+        }) {
+            watch.symlinks = symlinks;
         }
         if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
             watch.metadata = metadata;

@@ -96,6 +96,7 @@ pub struct IntakeStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveTransfer {
     pub job_id: JobId,
+    #[serde(with = "crate::local_path")]
     pub path: PathBuf,
     pub remote_path: String,
     pub size: u64,
@@ -107,6 +108,7 @@ pub struct ActiveTransfer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedJob {
     pub job_id: JobId,
+    #[serde(with = "crate::local_path")]
     pub path: PathBuf,
     pub error: String,
 }

@@ -12,10 +12,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{ActiveJob, Daemon};
-use crate::config::AfterUpload;
+use crate::config::{AfterUpload, Symlinks};
 use crate::queue::jobs::now_ms;
 use crate::queue::{Fingerprint, JobRecord};
-use crate::upload::{Progress, UploadError, UploadJob};
+use crate::upload::{Progress, Reach, UploadError, UploadJob};
 
 /// Longest the scheduler sleeps without a wake-up, as a safety net.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
@@ -126,15 +126,33 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
     };
     // A job queued under a watch that a reload removed is still uploaded: nothing queued is
     // lost. Without its watch it gets no metadata and the file is kept.
-    let (metadata, after) = match &watch {
-        Some(watch) => (watch.metadata.clone(), watch.after_upload.clone()),
-        None => (Default::default(), AfterUpload::Keep),
+    let (metadata, after, symlinks) = match &watch {
+        Some(watch) => (
+            watch.metadata.clone(),
+            watch.after_upload.clone(),
+            watch.symlinks,
+        ),
+        None => (Default::default(), AfterUpload::Keep, Symlinks::Skip),
     };
+    if job.remote_path_unrepresentable() {
+        let reason = format!(
+            "{} has a name that is not valid UTF-8, which no remote can store; rename it",
+            job.path.display()
+        );
+        tracing::error!(error = %reason, "not uploaded");
+        finish(&daemon, &job, Outcome::Failed(reason)).await;
+        return;
+    }
     let upload = UploadJob {
         local_path: job.path.clone(),
         remote_path: job.remote_path.clone(),
         mime_type: None,
         metadata,
+        reach: match symlinks {
+            Symlinks::Follow => Reach::AsGiven,
+            Symlinks::Skip => Reach::Beneath(job.watch_root.clone()),
+        },
+        expected: job.fingerprint,
     };
     let result = tokio::select! {
         result = uploader.upload(&upload, progress) => result,
@@ -155,7 +173,11 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
         }
         Err(UploadError::Vanished { .. }) => {
             tracing::info!("the file vanished before it was uploaded; dropping its job");
-            Outcome::Vanished
+            Outcome::Dropped
+        }
+        Err(UploadError::Refused { refusal, .. }) => {
+            tracing::warn!(reason = %refusal, "not uploaded; dropping its job");
+            Outcome::Dropped
         }
         Err(error) if is_permanent(&error) => {
             let reason = crate::push::error_chain(&error);
@@ -181,7 +203,8 @@ enum Outcome {
         after: AfterUpload,
         root: std::path::PathBuf,
     },
-    Vanished,
+    /// Vanished or refused: forgotten (a newer version reported meanwhile is queued again).
+    Dropped,
     Failed(String),
     Retry(String, u64),
 }
@@ -204,7 +227,7 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
             }
             Ok(())
         }
-        Outcome::Vanished => store.drop_job(id),
+        Outcome::Dropped => store.drop_job(id),
         Outcome::Failed(reason) => store.finish_failed(id, &reason),
         Outcome::Retry(reason, at) => store.finish_retry(id, &reason, at),
     })
@@ -227,6 +250,7 @@ fn is_permanent(error: &UploadError) -> bool {
         | UploadError::Remote { .. }
         | UploadError::Verification { .. } => true,
         UploadError::Vanished { .. }
+        | UploadError::Refused { .. }
         | UploadError::Read { .. }
         | UploadError::RetriesExhausted { .. }
         | UploadError::Unstable { .. }

@@ -56,8 +56,10 @@ impl std::str::FromStr for JobState {
 pub struct JobRecord {
     pub version: u32,
     pub id: JobId,
+    #[serde(with = "crate::local_path")]
     pub path: PathBuf,
     /// Root of the watch that found it (its settings are looked up by this at upload time).
+    #[serde(with = "crate::local_path")]
     pub watch_root: PathBuf,
     pub remote: String,
     pub remote_path: String,
@@ -76,6 +78,18 @@ pub struct JobRecord {
     /// The file as last reported by a watch or scan.
     #[serde(default)]
     pub fingerprint: Option<Fingerprint>,
+}
+
+impl JobRecord {
+    /// True when the file's path inside its watch is not valid UTF-8: no remote name can carry
+    /// it (its `remote_path` is a lossy stand-in, for display).
+    pub fn remote_path_unrepresentable(&self) -> bool {
+        let relative = self
+            .path
+            .strip_prefix(&self.watch_root)
+            .unwrap_or(&self.path);
+        relative.to_str().is_none()
+    }
 }
 
 /// What was uploaded for a local path to a remote.
@@ -576,12 +590,24 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a job (its file vanished). Blocking.
+    /// Forgets a job (its file vanished, or was not a file to send). A job whose file was
+    /// reported again while it ran (`dirty`) is queued again instead, so that the new version
+    /// is not lost. Blocking.
     pub fn drop_job(&self, id: JobId) -> Result<(), QueueError> {
         let mut counts = self.lock();
-        let Some(job) = self.job(id)? else {
+        let Some(mut job) = self.job(id)? else {
             return Ok(());
         };
+        if job.dirty {
+            let before = job.clone();
+            job.state = JobState::Queued;
+            job.next_attempt_ms = now_ms();
+            job.dirty = false;
+            self.rewrite(&mut counts, &before, &job)?;
+            drop(counts);
+            self.db.flush().map_err(sled_error("flush"))?;
+            return Ok(());
+        }
         self.jobs
             .remove(id_key(id))
             .map_err(sled_error("remove job"))?;

@@ -43,6 +43,7 @@ pub struct UploadRecord {
     /// `Backend::identity` of the remote the session lives on.
     pub remote: String,
     pub remote_path: String,
+    #[serde(with = "crate::local_path")]
     pub local_path: PathBuf,
     pub upload_id: String,
     pub fingerprint: Fingerprint,

@@ -30,6 +30,7 @@ use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Operation, PartSpec, RemoteFile,
     RemotePart, SessionRef, SessionStatus,
 };
+use super::open::{OpenError, Reach, Refusal};
 use super::planner::{PartObservation, PartPlanner, PlanContext, fit};
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
@@ -56,6 +57,11 @@ pub struct UploadJob {
     /// Guessed from `remote_path` when not given.
     pub mime_type: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// How the file may be reached: beneath its watch through no link, or as given.
+    pub reach: Reach,
+    /// The file that was queued: an open that finds another file (another device or inode)
+    /// refuses it.
+    pub expected: Option<Fingerprint>,
 }
 
 /// What an upload did.
@@ -188,19 +194,7 @@ impl Uploader {
         progress: &Arc<Progress>,
     ) -> Result<UploadReport, Attempt> {
         let started = Instant::now();
-        let path = job.local_path.clone();
-        let file = blocking(move || LocalFile::open(&path))
-            .await
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => UploadError::Vanished {
-                    path: job.local_path.clone(),
-                },
-                _ => UploadError::Open {
-                    path: job.local_path.clone(),
-                    source,
-                },
-            })?;
-        let file = Arc::new(file);
+        let file = Arc::new(open_local(job).await?);
         let size = file.fingerprint().size;
         progress.start(size);
         // Hash while the parts go out; the digest is needed only at complete.
@@ -628,6 +622,36 @@ impl Uploader {
     }
 }
 
+/// Opens the job's file as its reach allows and checks it is the file that was queued.
+async fn open_local(job: &UploadJob) -> Result<LocalFile, UploadError> {
+    let path = job.local_path.clone();
+    let reach = job.reach.clone();
+    let opened = tokio::task::spawn_blocking(move || LocalFile::open(&path, &reach))
+        .await
+        .map_err(|join| OpenError::Io(io::Error::other(join)))
+        .and_then(|opened| opened);
+    let path = job.local_path.clone();
+    let file = match opened {
+        Ok(file) => file,
+        Err(OpenError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
+            return Err(UploadError::Vanished { path });
+        }
+        Err(OpenError::Io(source)) => return Err(UploadError::Open { path, source }),
+        Err(OpenError::Refused(refusal)) => return Err(UploadError::Refused { path, refusal }),
+    };
+    let found = file.fingerprint();
+    match job.expected {
+        Some(queued) if (queued.device, queued.inode) != (found.device, found.inode) => {
+            let refusal = Refusal::Replaced {
+                device: found.device,
+                inode: found.inode,
+            };
+            Err(UploadError::Refused { path, refusal })
+        }
+        _ => Ok(file),
+    }
+}
+
 fn store_error(path: &Path, source: crate::queue::QueueError) -> Attempt {
     UploadError::Store {
         path: path.to_path_buf(),
@@ -937,6 +961,8 @@ mod tests {
             remote_path: remote.into(),
             mime_type: None,
             metadata: BTreeMap::new(),
+            reach: Reach::AsGiven,
+            expected: None,
         };
         let base = session_key("native a ws", &job("/x", "y"));
         assert_eq!(base, session_key("native a ws", &job("/x", "y")));

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod engine;
 pub mod native;
+pub mod open;
 pub mod planner;
 pub mod progress;
 pub mod retry;
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use backend::{Backend, BackendError};
 pub use engine::{PlannerFactory, UploadJob, UploadReport, Uploader};
 pub use native::{NativeBackend, NativeConfig};
+pub use open::{Reach, Refusal};
 pub use planner::{FixedPlanner, PartPlanner};
 pub use progress::{Progress, ProgressSnapshot};
 pub use retry::RetryPolicy;
@@ -83,6 +85,9 @@ pub enum UploadError {
     },
     #[error("{path} vanished before it was uploaded")]
     Vanished { path: PathBuf },
+    /// The path is there but is not a file Ferry may send (a link, a FIFO, another file).
+    #[error("{path} was not uploaded: {refusal}")]
+    Refused { path: PathBuf, refusal: Refusal },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{PartBody, PartSpec};
+use super::open::{OpenError, Reach};
 use super::progress::Progress;
 use crate::queue::Fingerprint;
 
@@ -33,23 +34,21 @@ pub struct LocalFile {
     path: PathBuf,
     file: File,
     fingerprint: Fingerprint,
+    /// Whether links are followed when the path is checked again.
+    follows_links: bool,
 }
 
 impl LocalFile {
-    /// Opens `path` and fingerprints the open handle. Blocking.
-    pub fn open(path: &Path) -> io::Result<LocalFile> {
-        let file = File::open(path)?;
+    /// Opens `path` as `reach` allows (a regular file only) and fingerprints the open handle.
+    /// Blocking.
+    pub fn open(path: &Path, reach: &Reach) -> Result<LocalFile, OpenError> {
+        let file = super::open::open(path, reach)?;
         let metadata = file.metadata()?;
-        if !metadata.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
         Ok(LocalFile {
             path: path.to_path_buf(),
             fingerprint: Fingerprint::of(&metadata),
             file,
+            follows_links: *reach == Reach::AsGiven,
         })
     }
 
@@ -62,11 +61,16 @@ impl LocalFile {
     }
 
     /// True when the file may have changed since it was opened: the open handle's fingerprint
-    /// moved (written, truncated), or the path now names another file (replaced, removed).
-    /// Blocking.
+    /// moved (written, truncated), or the path now names another file (replaced, removed, or
+    /// swapped for a link). Blocking.
     pub fn changed(&self) -> bool {
         let handle = self.file.metadata().map(|m| Fingerprint::of(&m));
-        let by_path = std::fs::metadata(&self.path).map(|m| Fingerprint::of(&m));
+        let by_path = if self.follows_links {
+            std::fs::metadata(&self.path)
+        } else {
+            std::fs::symlink_metadata(&self.path)
+        }
+        .map(|m| Fingerprint::of(&m));
         !matches!((handle, by_path), (Ok(a), Ok(b)) if a == self.fingerprint && b == self.fingerprint)
     }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 
-use crate::config::WatchConfig;
+use crate::config::{Symlinks, WatchConfig};
 use crate::queue::{Candidate, Fingerprint};
 use settle::Settler;
 
@@ -79,7 +79,7 @@ pub struct WatchHandle {
     sender: SyncSender<Message>,
     rescan_requested: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _watcher: notify::RecommendedWatcher,
+    _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 impl WatchHandle {
@@ -129,40 +129,21 @@ pub fn start(
         .collect();
     let (sender, receiver) = std::sync::mpsc::sync_channel(EVENT_BUFFER);
     let overflowed = Arc::new(AtomicBool::new(false));
-    let callback_sender = sender.clone();
-    let callback_overflow = overflowed.clone();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        if let Err(TrySendError::Full(_)) = callback_sender.try_send(Message::Fs(event)) {
-            callback_overflow.store(true, Ordering::Relaxed);
-        }
-    })
-    .map_err(|source| WatchError::Notify {
-        path: PathBuf::new(),
-        source,
-    })?;
+    // notify follows links watcher-wide: one watcher for the watches that skip links (the
+    // default), another only when a watch follows them.
+    let mut watchers = Vec::new();
     let mut limited = false;
-    for watch in &watches {
-        let mode = if watch.recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        match watcher.watch(&watch.path, mode) {
-            Ok(()) => {}
-            Err(source) if matches!(source.kind, notify::ErrorKind::MaxFilesWatch) => {
-                let error = WatchError::Limit {
-                    path: watch.path.clone(),
-                };
-                tracing::error!(%error, rescan_every = ?LIMITED_RESCAN, "some folders are not watched; they are rescanned instead");
-                limited = true;
-            }
-            Err(source) => {
-                return Err(WatchError::Notify {
-                    path: watch.path.clone(),
-                    source,
-                });
-            }
+    for follow in [false, true] {
+        let mine: Vec<&WatchConfig> = watches
+            .iter()
+            .filter(|watch| (watch.symlinks == Symlinks::Follow) == follow)
+            .collect();
+        if mine.is_empty() {
+            continue;
         }
+        let mut watcher = new_watcher(&sender, &overflowed, follow)?;
+        limited |= arm(&mut watcher, &mine)?;
+        watchers.push(watcher);
     }
     stats.limited.store(limited, Ordering::Relaxed);
     let rescan_requested = Arc::new(AtomicBool::new(true));
@@ -185,8 +166,62 @@ pub fn start(
         sender,
         rescan_requested,
         thread: Some(thread),
-        _watcher: watcher,
+        _watchers: watchers,
     })
+}
+
+fn new_watcher(
+    sender: &SyncSender<Message>,
+    overflowed: &Arc<AtomicBool>,
+    follow_links: bool,
+) -> Result<notify::RecommendedWatcher, WatchError> {
+    let callback_sender = sender.clone();
+    let callback_overflow = overflowed.clone();
+    let config = notify::Config::default().with_follow_symlinks(follow_links);
+    notify::RecommendedWatcher::new(
+        move |event| {
+            if let Err(TrySendError::Full(_)) = callback_sender.try_send(Message::Fs(event)) {
+                callback_overflow.store(true, Ordering::Relaxed);
+            }
+        },
+        config,
+    )
+    .map_err(|source| WatchError::Notify {
+        path: PathBuf::new(),
+        source,
+    })
+}
+
+/// Places a watch on each root; true when the inotify watch limit left some unwatched.
+fn arm(
+    watcher: &mut notify::RecommendedWatcher,
+    watches: &[&WatchConfig],
+) -> Result<bool, WatchError> {
+    let mut limited = false;
+    for watch in watches {
+        let mode = if watch.recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        match watcher.watch(&watch.path, mode) {
+            Ok(()) => {}
+            Err(source) if matches!(source.kind, notify::ErrorKind::MaxFilesWatch) => {
+                let error = WatchError::Limit {
+                    path: watch.path.clone(),
+                };
+                tracing::error!(%error, rescan_every = ?LIMITED_RESCAN, "some folders are not watched; they are rescanned instead");
+                limited = true;
+            }
+            Err(source) => {
+                return Err(WatchError::Notify {
+                    path: watch.path.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(limited)
 }
 
 struct WatchThread {
@@ -236,7 +271,12 @@ impl WatchThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            let settled = self.settler.poll(Instant::now(), stat_file);
+            let watches = &self.watches;
+            let settled = self.settler.poll(Instant::now(), |path| {
+                let index = watch_of(watches, path);
+                let symlinks = index.map_or(Symlinks::Skip, |index| watches[index].symlinks);
+                stat_file(path, symlinks)
+            });
             for chunk in settled.chunks(BATCH) {
                 let batch: Vec<Candidate> =
                     chunk.iter().filter_map(|s| self.candidate(s)).collect();
@@ -276,8 +316,11 @@ impl WatchThread {
         match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
                 for path in &event.paths {
-                    self.settler
-                        .closed(path, now, stat_file(path).ok().flatten());
+                    let symlinks = self
+                        .watch_of(path)
+                        .map_or(Symlinks::Skip, |index| self.watches[index].symlinks);
+                    let fingerprint = stat_file(path, symlinks).ok().flatten();
+                    self.settler.closed(path, now, fingerprint);
                 }
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
@@ -309,11 +352,11 @@ impl WatchThread {
         let Some(index) = self.watch_of(path) else {
             return;
         };
-        let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        let watch = &self.watches[index];
+        let Ok(metadata) = stat(path, watch.symlinks) else {
             self.settler.forget(path);
             return;
         };
-        let watch = &self.watches[index];
         if metadata.is_dir() {
             // A folder created or moved in: its files may never produce events of their own.
             if watch.recursive || path == watch.path {
@@ -326,14 +369,9 @@ impl WatchThread {
         }
     }
 
-    /// The watch a path belongs to: the one with the longest root that contains it.
+    /// The watch a path belongs to.
     fn watch_of(&self, path: &Path) -> Option<usize> {
-        self.watches
-            .iter()
-            .enumerate()
-            .filter(|(_, watch)| path.starts_with(&watch.path))
-            .max_by_key(|(_, watch)| watch.path.as_os_str().len())
-            .map(|(index, _)| index)
+        watch_of(&self.watches, path)
     }
 
     fn in_scope(&self, index: usize, path: &Path) -> bool {
@@ -361,8 +399,17 @@ impl WatchThread {
         let wall_now = SystemTime::now();
         let recursive = self.watches[index].recursive;
         let window = self.watches[index].settle;
+        let symlinks = self.watches[index].symlinks;
+        // Folders already walked, by device and inode: with links followed, a loop ends here.
+        let mut visited = std::collections::HashSet::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(folder) = stack.pop() {
+            if let Ok(metadata) = std::fs::metadata(&folder) {
+                use std::os::unix::fs::MetadataExt;
+                if !visited.insert((metadata.dev(), metadata.ino())) {
+                    continue;
+                }
+            }
             let entries = match std::fs::read_dir(&folder) {
                 Ok(entries) => entries,
                 Err(error) => {
@@ -375,7 +422,7 @@ impl WatchThread {
                 if self.own_paths.iter().any(|own| path.starts_with(own)) {
                     continue;
                 }
-                let Ok(metadata) = entry.metadata() else {
+                let Ok(metadata) = stat(&path, symlinks) else {
                     continue;
                 };
                 if metadata.is_dir() {
@@ -397,10 +444,15 @@ impl WatchThread {
 
     fn candidate(&self, settled: &settle::Settled) -> Option<Candidate> {
         let watch = &self.watches[settled.watch];
-        let Some(remote_path) = watch.remote_path(&settled.path) else {
-            tracing::warn!(path = %settled.path.display(), "skipping a file whose name is not valid UTF-8");
-            return None;
-        };
+        // A name that is not UTF-8 has no remote name: it is queued under a lossy one, and
+        // its job fails visibly (status, jobs, log) until the file is renamed.
+        let remote_path = watch.remote_path(&settled.path).unwrap_or_else(|| {
+            let relative = settled
+                .path
+                .strip_prefix(&watch.path)
+                .unwrap_or(&settled.path);
+            format!("{}{}", watch.prefix, relative.to_string_lossy())
+        });
         Some(Candidate {
             path: settled.path.clone(),
             watch_root: watch.path.clone(),
@@ -411,9 +463,28 @@ impl WatchThread {
     }
 }
 
+/// The watch a path belongs to: the one with the longest root that contains it.
+fn watch_of(watches: &[WatchConfig], path: &Path) -> Option<usize> {
+    watches
+        .iter()
+        .enumerate()
+        .filter(|(_, watch)| path.starts_with(&watch.path))
+        .max_by_key(|(_, watch)| watch.path.as_os_str().len())
+        .map(|(index, _)| index)
+}
+
+/// What `path` is, a link followed only when the watch says so (skipped, a link is neither a
+/// file nor a folder: it is never walked nor queued).
+fn stat(path: &Path, symlinks: Symlinks) -> std::io::Result<std::fs::Metadata> {
+    match symlinks {
+        Symlinks::Skip => std::fs::symlink_metadata(path),
+        Symlinks::Follow => std::fs::metadata(path),
+    }
+}
+
 /// The fingerprint of a regular file; `None` for anything else or nothing.
-fn stat_file(path: &Path) -> std::io::Result<Option<Fingerprint>> {
-    match std::fs::symlink_metadata(path) {
+fn stat_file(path: &Path, symlinks: Symlinks) -> std::io::Result<Option<Fingerprint>> {
+    match stat(path, symlinks) {
         Ok(metadata) if metadata.is_file() => Ok(Some(Fingerprint::of(&metadata))),
         Ok(_) => Ok(None),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),

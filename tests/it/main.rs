@@ -3,6 +3,7 @@
 
 mod crash;
 mod daemon;
+mod hardening;
 mod protocol;
 mod service;
 mod support;

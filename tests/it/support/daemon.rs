@@ -176,6 +176,27 @@ settle = "300ms"
         }
     }
 
+    /// Waits until the daemon's status satisfies `condition`; returns that status.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if condition(&status) {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn jobs(&self) -> Vec<Value> {
         let output = self.ferry(&["jobs", "--json"]);
         assert!(
@@ -195,6 +216,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// True when a log line so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub async fn terminate(mut self) -> Option<i32> {
         // SAFETY: kill with a pid we own and a valid signal number.

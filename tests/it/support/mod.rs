@@ -180,6 +180,8 @@ impl Engine {
             remote_path: remote.into(),
             mime_type: None,
             metadata: Default::default(),
+            reach: ferry::upload::Reach::AsGiven,
+            expected: None,
         };
         self.uploader
             .upload(&job, Arc::new(Progress::default()))

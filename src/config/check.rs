@@ -1,0 +1,155 @@
+//! Checks of a parsed configuration against the file system, run by `ferry config check`,
+//! `ferry run` and a SIGHUP reload: what parses but would fail or loop at run time is refused
+//! here, with its key and line (DESIGN.md invariant 11).
+//!
+//! Loops: a `move_to` folder, or the daemon's data folder, inside a watch makes the daemon
+//! upload its own output forever; so do two watches of one folder with the same globs.
+//! Failures: a watch that is not a folder, a data folder that is a file, a socket path longer
+//! than the kernel's `sun_path`.
+
+use std::path::{Path, PathBuf};
+
+use super::{AfterUpload, Config, Problem, WatchConfig};
+
+/// Folders never watched: the whole system, or kernel file systems that never settle.
+const SYSTEM_ROOTS: &[&str] = &["/", "/proc", "/sys", "/dev", "/run"];
+
+/// Longest socket path the kernel takes (`sun_path` less its terminating NUL).
+#[cfg(target_os = "linux")]
+const MAX_SOCKET_PATH: usize = 107;
+#[cfg(not(target_os = "linux"))]
+const MAX_SOCKET_PATH: usize = 103;
+
+/// Every problem the file system shows with `config`; none for the built-in default, whose
+/// folders the daemon creates and which overlap by design (the outbox beside the store).
+pub fn check_paths(config: &Config) -> Vec<Problem> {
+    if config.source.is_none() {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    let at = |key: String, message: String| Problem {
+        line: config.lines.get(&key).copied(),
+        key,
+        message,
+    };
+    let data_dir = resolve(&config.daemon.data_dir);
+    if config.daemon.data_dir.exists() && !config.daemon.data_dir.is_dir() {
+        problems.push(at(
+            "daemon.data_dir".into(),
+            format!("{} is not a folder", data_dir.display()),
+        ));
+    }
+    let socket_length = config.daemon.socket.as_os_str().len();
+    if socket_length > MAX_SOCKET_PATH {
+        let message = format!(
+            "{} is {socket_length} bytes long; a socket path may have at most {MAX_SOCKET_PATH}",
+            config.daemon.socket.display()
+        );
+        problems.push(at("daemon.socket".into(), message));
+    }
+    let roots: Vec<PathBuf> = config.watches.iter().map(|w| resolve(&w.path)).collect();
+    if let Some(owner) = covering(config, &roots, &data_dir) {
+        let message = format!(
+            "contains the daemon's data folder {}: its own files would be uploaded; move one out of the other",
+            data_dir.display()
+        );
+        problems.push(at(format!("watch[{owner}].path"), message));
+    }
+    for (index, watch) in config.watches.iter().enumerate() {
+        let key = |name: &str| format!("watch[{index}].{name}");
+        if let Some(message) = root_problem(&watch.path, &roots[index]) {
+            problems.push(at(key("path"), message));
+        }
+        if let AfterUpload::MoveTo(folder) = &watch.after_upload {
+            let folder = resolve(folder);
+            if let Some(owner) = covering(config, &roots, &folder) {
+                let message = format!(
+                    "move_to {} is inside watch[{owner}] ({}): every moved file would be uploaded again, forever",
+                    folder.display(),
+                    roots[owner].display()
+                );
+                problems.push(at(key("after_upload"), message));
+            }
+        }
+        for (other, other_root) in roots.iter().enumerate().take(index) {
+            if let Some(message) = overlap(&config.watches[other], other_root, watch, &roots[index])
+            {
+                problems.push(at(
+                    key("path"),
+                    format!("{message} watch[{other}] ({})", other_root.display()),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// What is wrong with a watch's folder, if anything.
+fn root_problem(path: &Path, resolved: &Path) -> Option<String> {
+    if SYSTEM_ROOTS.iter().any(|root| resolved == Path::new(root)) {
+        return Some(format!(
+            "{} is a system folder; watch the folders that hold your files instead",
+            resolved.display()
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_dir() => None,
+        Ok(_) => Some(format!("{} is not a folder", path.display())),
+        Err(error) => Some(format!("{}: {error}", path.display())),
+    }
+}
+
+/// The index of the watch whose files include `path` (a recursive watch of a folder above it,
+/// or any watch of the folder itself).
+fn covering(config: &Config, roots: &[PathBuf], path: &Path) -> Option<usize> {
+    roots.iter().enumerate().find_map(|(index, root)| {
+        let recursive = config.watches[index].recursive;
+        (path == root || (recursive && path.starts_with(root))).then_some(index)
+    })
+}
+
+/// Why two watches would upload the same files twice, if they would: one folder watched twice,
+/// or a folder inside a recursive watch, with the same globs.
+fn overlap(
+    first: &WatchConfig,
+    first_root: &Path,
+    second: &WatchConfig,
+    second_root: &Path,
+) -> Option<&'static str> {
+    let same_globs = first.include == second.include && first.ignore == second.ignore;
+    if !same_globs {
+        return None;
+    }
+    if first_root == second_root {
+        Some("watches the same folder with the same globs as")
+    } else if (first.recursive && second_root.starts_with(first_root))
+        || (second.recursive && first_root.starts_with(second_root))
+    {
+        Some("is nested in (or holds) the recursive, same-globbed")
+    } else {
+        None
+    }
+}
+
+/// `path` with links and `..` resolved as far as it exists, the rest appended: folders that do
+/// not exist yet (a `move_to` the daemon will create) compare like the ones that do.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = std::fs::canonicalize(existing) {
+            return rest
+                .iter()
+                .rev()
+                .fold(canonical, |path, name| path.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}

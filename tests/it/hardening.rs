@@ -1,0 +1,330 @@
+//! What hostile or unlucky folders and configurations do to the daemon (issue #9): only what
+//! the user put in a watched folder leaves the machine, nothing blocks a worker, and what would
+//! loop, overflow or fail at run time is refused by `ferry config check`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::daemon::{Setup, wait_for_copy};
+use crate::support::*;
+
+const ARRIVAL: Duration = Duration::from_secs(20);
+
+fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+}
+
+fn queued(status: &serde_json::Value) -> u64 {
+    status["queue"]["queued"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_out_of_a_watched_folder_are_neither_walked_nor_uploaded() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let outside = setup.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("before.txt"), b"outside, before the start").unwrap();
+    symlink(&outside, setup.outbox.join("linked-folder")).unwrap();
+    symlink(outside.join("before.txt"), setup.outbox.join("linked-file")).unwrap();
+    let daemon = setup.start().await;
+
+    // Written through the link after the start, then a file of the folder's own: a watcher
+    // that followed the link would settle the first before the second.
+    std::fs::write(outside.join("later.txt"), b"outside, after the start").unwrap();
+    std::fs::write(setup.outbox.join("plain.txt"), b"mine").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("plain.txt"),
+        &receiver.file("plain.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    for never in [
+        "linked-file",
+        "linked-folder/before.txt",
+        "linked-folder/later.txt",
+    ] {
+        assert!(
+            !receiver.file(never).exists(),
+            "{never} must not be uploaded"
+        );
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_follows_links_uploads_through_them_and_ends_loops() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "symlinks = \"follow\"", "");
+    let outside = setup.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("inner.txt"), b"reached through a link").unwrap();
+    symlink(&outside, setup.outbox.join("linked")).unwrap();
+    // A loop: outbox/linked/back is the outbox again.
+    symlink(&setup.outbox, outside.join("back")).unwrap();
+    let _daemon = setup.start().await;
+    wait_for_copy(
+        &outside.join("inner.txt"),
+        &receiver.file("linked/inner.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    assert!(!receiver.file("linked/back/linked/inner.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_file_swapped_for_a_link_to_a_secret_is_never_read() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    assert!(setup.ferry(&["pause"]).status.success());
+    std::fs::write(setup.outbox.join("report.txt"), b"report").unwrap();
+    std::fs::create_dir_all(setup.outbox.join("sub")).unwrap();
+    std::fs::write(setup.outbox.join("sub/notes.txt"), b"notes").unwrap();
+    setup
+        .wait_status("two files queued", ARRIVAL, |s| queued(s) == 2)
+        .await;
+
+    // The queued file becomes a link to a secret; the queued file's folder a link to a folder
+    // of secrets holding the same name.
+    let secrets = setup.dir.path().join("etc");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("shadow"), b"SECRET").unwrap();
+    std::fs::write(secrets.join("notes.txt"), b"SECRET NOTES").unwrap();
+    std::fs::remove_file(setup.outbox.join("report.txt")).unwrap();
+    symlink(secrets.join("shadow"), setup.outbox.join("report.txt")).unwrap();
+    std::fs::rename(setup.outbox.join("sub"), setup.dir.path().join("sub-away")).unwrap();
+    symlink(&secrets, setup.outbox.join("sub")).unwrap();
+    std::fs::write(setup.outbox.join("after.txt"), b"after").unwrap();
+    setup
+        .wait_status("the later file queued too", ARRIVAL, |s| queued(s) == 3)
+        .await;
+    assert!(setup.ferry(&["resume"]).status.success());
+
+    wait_for_copy(
+        &setup.outbox.join("after.txt"),
+        &receiver.file("after.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup
+        .wait_status("both swapped jobs dropped", ARRIVAL, |s| {
+            let queue = &s["queue"];
+            queue["queued"] == 0 && queue["active"] == 0 && queue["done"] == 1
+        })
+        .await;
+    assert!(!receiver.file("report.txt").exists());
+    assert!(!receiver.file("sub/notes.txt").exists());
+    assert!(
+        daemon.logged("it is a symbolic link"),
+        "the reason is logged"
+    );
+    assert!(daemon.logged("a folder on its path is a symbolic link"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_swapped_in_for_queued_files_hold_no_worker() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace("transfers = 4", "transfers = 2"),
+    )
+    .unwrap();
+    let daemon = setup.start().await;
+    assert!(setup.ferry(&["pause"]).status.success());
+    for name in ["a.txt", "b.txt"] {
+        std::fs::write(setup.outbox.join(name), name).unwrap();
+    }
+    setup
+        .wait_status("two files queued", ARRIVAL, |s| queued(s) == 2)
+        .await;
+    for name in ["a.txt", "b.txt"] {
+        std::fs::remove_file(setup.outbox.join(name)).unwrap();
+        mkfifo(&setup.outbox.join(name));
+    }
+    std::fs::write(setup.outbox.join("c.txt"), b"behind the fifos").unwrap();
+    setup
+        .wait_status("the third file queued", ARRIVAL, |s| queued(s) == 3)
+        .await;
+    assert!(setup.ferry(&["resume"]).status.success());
+
+    // Both transfers go to the FIFOs first (queued earlier): the third file arrives only if
+    // neither holds its worker.
+    wait_for_copy(
+        &setup.outbox.join("c.txt"),
+        &receiver.file("c.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    assert!(daemon.logged("it is a FIFO, not a regular file"));
+    let stopping = Instant::now();
+    assert_eq!(daemon.terminate().await, Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "SIGTERM ends the daemon within its grace period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_is_not_utf8_fails_visibly() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    let bad = setup.outbox.join(OsStr::from_bytes(b"caf\xe9.txt"));
+    std::fs::write(&bad, b"latin-1 name").unwrap();
+    std::fs::write(setup.outbox.join("good.txt"), b"good").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("good.txt"),
+        &receiver.file("good.txt"),
+        ARRIVAL,
+    )
+    .await;
+    setup
+        .wait_status("the badly named file failed", ARRIVAL, |s| {
+            s["queue"]["failed"] == 1
+        })
+        .await;
+    let failed = setup.ferry(&["jobs", "--state", "failed"]);
+    let listing = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        listing.contains("not valid UTF-8"),
+        "ferry jobs says why: {listing}"
+    );
+    assert!(daemon.logged("not valid UTF-8"));
+}
+
+/// A config edit for `config_check_refuses_…`: what to change, and what the refusal must say.
+struct Refused {
+    what: &'static str,
+    edit: fn(&Path, String) -> String,
+    says: &'static [&'static str],
+}
+
+#[test]
+fn config_check_refuses_what_would_loop_overflow_or_fail_at_run_time() {
+    let cases = [
+        Refused {
+            what: "move_to inside its own watch",
+            edit: |_, t| {
+                t.replace(
+                    "settle = \"300ms\"",
+                    "after_upload = { move_to = \"outbox/sent\" }",
+                )
+            },
+            says: &["watch[0].after_upload", "forever"],
+        },
+        Refused {
+            what: "a settle window that overflows",
+            edit: |_, t| t.replace("\"300ms\"", "\"500000000000y\""),
+            says: &["watch[0].settle", "at most 1day"],
+        },
+        Refused {
+            what: "a backoff that overflows",
+            edit: |_, t| t.replace("backoff_max = \"500ms\"", "backoff_max = \"9000000000y\""),
+            says: &["upload.retry", "backoff_max"],
+        },
+        Refused {
+            what: "a watch of a folder that does not exist",
+            edit: |_, t| t.replace("path = \"outbox\"", "path = \"missing\""),
+            says: &["watch[0].path", "missing"],
+        },
+        Refused {
+            what: "a watch of a file",
+            edit: |dir, t| {
+                std::fs::write(dir.join("a-file"), b"").unwrap();
+                t.replace("path = \"outbox\"", "path = \"a-file\"")
+            },
+            says: &["watch[0].path", "not a folder"],
+        },
+        Refused {
+            what: "a data_dir that is a file",
+            edit: |dir, t| {
+                std::fs::write(dir.join("data"), b"").unwrap();
+                t
+            },
+            says: &["daemon.data_dir", "not a folder"],
+        },
+        Refused {
+            what: "a socket path longer than sun_path",
+            edit: |_, t| t.replace("run/ferry.sock", &format!("run/{}.sock", "s".repeat(120))),
+            says: &["daemon.socket", "at most"],
+        },
+        Refused {
+            what: "the data folder inside a watch",
+            edit: |_, t| t.replace("data_dir = \"data\"", "data_dir = \"outbox/state\""),
+            says: &["watch[0].path", "data folder"],
+        },
+        Refused {
+            what: "the same folder watched twice",
+            edit: |_, t| t + "\n[[watch]]\npath = \"outbox\"\nremote = \"main\"\n",
+            says: &["watch[1].path", "same folder"],
+        },
+        Refused {
+            what: "a watch of the whole system",
+            edit: |_, t| t.replace("path = \"outbox\"", "path = \"/\""),
+            says: &["watch[0].path", "system folder"],
+        },
+    ];
+    let baseline = Setup::new("http://127.0.0.1:9", "", "");
+    let output = baseline.ferry(&["config", "check"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for case in cases {
+        let setup = Setup::new("http://127.0.0.1:9", "", "");
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        std::fs::write(&setup.config, (case.edit)(setup.dir.path(), text)).unwrap();
+        let output = setup.ferry(&["config", "check"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{}: {stderr}", case.what);
+        for fragment in case.says.iter().chain(&["line "]) {
+            assert!(
+                stderr.contains(fragment),
+                "{}: {fragment:?} not in {stderr}",
+                case.what
+            );
+        }
+        // `ferry run` refuses the same file before it starts anything.
+        assert_eq!(
+            exit_within(&setup, Duration::from_secs(10)),
+            Some(2),
+            "{}: ferry run",
+            case.what
+        );
+    }
+}
+
+/// Runs `ferry run` on the setup's config; its exit code, or `None` if it was still running
+/// after `limit` (then it is killed).
+fn exit_within(setup: &Setup, limit: Duration) -> Option<i32> {
+    let mut child = std::process::Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
