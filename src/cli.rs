@@ -47,6 +47,18 @@ pub fn load_runnable_config(flag: Option<&Path>) -> Result<Config> {
     Err(UsageError(crate::push::error_chain(&error)).into())
 }
 
+/// Adds `077` to the process's umask: everything `ferry run` and `ferry serve` create (the
+/// data folder, the store, the socket, received files and their folders) is readable by the
+/// user they run as alone, as the systemd units' `UMask=0077` also says. A received file is
+/// never more open than that, whatever the mode of its source.
+pub fn private_umask() {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        let current = libc::umask(0o077);
+        libc::umask(current | 0o077);
+    }
+}
+
 /// `ferry config check`: validates and prints the effective configuration.
 pub fn config_check(flag: Option<&Path>) -> Result<()> {
     let config = load_runnable_config(flag)?;

@@ -9,6 +9,7 @@ pub mod local_path;
 pub mod protocol;
 pub mod push;
 pub mod queue;
+pub mod redact;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! The `ferry` binary: parses arguments, starts logging, calls into the library, and maps errors
 //! to the documented exit codes (0 success, 1 operational failure, 2 usage or configuration
-//! error, 3 daemon not reachable).
+//! error, 3 daemon not reachable, 4 permission denied on its socket).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -228,6 +228,11 @@ fn report(error: anyhow::Error) -> ExitCode {
         Some(ControlError::NotRunning { .. })
     ) {
         ExitCode::from(3)
+    } else if matches!(
+        error.downcast_ref::<ControlError>(),
+        Some(ControlError::PermissionDenied { .. })
+    ) {
+        ExitCode::from(4)
     } else {
         ExitCode::from(1)
     }
@@ -237,6 +242,7 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
     let socket = || ferry::cli::socket_path(cli.socket.clone(), cli.config.as_deref());
     match cli.command {
         Command::Run => {
+            ferry::cli::private_umask();
             let mut config = daemon_config.expect("loaded before logging started");
             if let Some(socket) = cli.socket.clone() {
                 config.daemon.socket = socket;
@@ -252,7 +258,10 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         Command::Config {
             command: ConfigCommand::Check,
         } => ferry::cli::config_check(cli.config.as_deref()),
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => {
+            ferry::cli::private_umask();
+            serve(args).await
+        }
         Command::Push(args) => push(args).await,
         Command::Service { command } => service(command, cli.config.as_deref()),
         Command::Completions { shell } => {
@@ -329,8 +338,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn push(args: PushArgs) -> Result<()> {
-    ferry::upload::native::check_url(&args.url)
-        .map_err(|problem| UsageError(format!("--url {}: {problem}", args.url)))?;
+    ferry::upload::native::check_url(&args.url).map_err(|problem| {
+        let url = ferry::redact::url(&args.url);
+        UsageError(format!("--url {url}: {problem}"))
+    })?;
     if args.name.is_some() && args.files.len() > 1 {
         return Err(
             UsageError("--name names one remote file; give a single FILE with it".into()).into(),

@@ -357,6 +357,7 @@ impl Config {
                 RemoteConfig::Native {
                     url, workspace_id, ..
                 } => {
+                    let url = crate::redact::url(url);
                     let _ = writeln!(
                         out,
                         "kind = \"native\"\nurl = {url:?}\nworkspace_id = {workspace_id:?}\n# token: set (not shown)\n"

@@ -22,6 +22,16 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket (or a folder on its way) may not be used by this user: exit code 4, as
+    /// systemctl gives for a lack of privileges.
+    #[error(
+        "permission denied on {socket}: only the user running the daemon (or root) may control it"
+    )]
+    PermissionDenied {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("talking to the daemon on {socket} failed")]
     Frame {
         socket: PathBuf,
@@ -37,13 +47,9 @@ pub enum ControlError {
 /// Sends one command and returns the daemon's reply.
 pub async fn call(socket: &Path, command: Command) -> Result<Reply, ControlError> {
     let exchange = async {
-        let mut stream =
-            UnixStream::connect(socket)
-                .await
-                .map_err(|source| ControlError::NotRunning {
-                    socket: socket.to_path_buf(),
-                    source,
-                })?;
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| connect_error(socket, source))?;
         let frame_error = |source| ControlError::Frame {
             socket: socket.to_path_buf(),
             source,
@@ -66,10 +72,25 @@ pub async fn call(socket: &Path, command: Command) -> Result<Reply, ControlError
             serde_json::from_slice(&bytes).map_err(|e| frame_error(FrameError::Malformed(e)))?;
         match response.outcome {
             Outcome::Ok(reply) => Ok(reply),
+            Outcome::Error { code, message } if code == "forbidden" => {
+                Err(ControlError::PermissionDenied {
+                    socket: socket.to_path_buf(),
+                    source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, message),
+                })
+            }
             Outcome::Error { code, message } => Err(ControlError::Refused { code, message }),
         }
     };
     tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
         .map_err(|_| ControlError::Timeout)?
+}
+
+fn connect_error(socket: &Path, source: std::io::Error) -> ControlError {
+    let socket = socket.to_path_buf();
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        ControlError::PermissionDenied { socket, source }
+    } else {
+        ControlError::NotRunning { socket, source }
+    }
 }

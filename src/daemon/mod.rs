@@ -133,10 +133,13 @@ pub async fn run(
     started: impl FnOnce(&Started),
 ) -> Result<(), DaemonError> {
     let data_dir = config.daemon.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| DaemonError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
+    // Private: the store lists file names, remote paths and session ids.
+    std::fs::create_dir_all(&data_dir)
+        .and_then(|()| server::storage::make_private(&data_dir))
+        .map_err(|source| DaemonError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
     let store_dir = data_dir.join("store");
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await

@@ -116,6 +116,9 @@ impl Storage {
         for sub in ["sessions", "files", "tmp"] {
             fs::create_dir_all(state.join(sub))?;
         }
+        // Session state, part files and the token are the receiver's alone, whatever the
+        // storage folder's own mode.
+        make_private(&state)?;
         let storage = Storage { root, state };
         remove_dir_contents(&storage.state.join("tmp"))?;
         for entry in fs::read_dir(storage.state.join("sessions"))? {
@@ -487,6 +490,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Fsyncs a directory so that a rename inside it survives a power loss.
+/// Removes group and other permissions from a folder (or file) of ours.
+pub fn make_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & !0o077))?;
+    }
+    Ok(())
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

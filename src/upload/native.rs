@@ -41,7 +41,7 @@ pub struct NativeConfig {
 impl std::fmt::Debug for NativeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeConfig")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field("workspace_id", &self.workspace_id)
             .field("token", &"<redacted>")
             .finish()
@@ -52,6 +52,8 @@ impl std::fmt::Debug for NativeConfig {
 pub struct NativeBackend {
     client: Client,
     base_url: String,
+    /// `base_url` as errors and logs show it: credentials in it hidden.
+    endpoint: String,
     workspace_id: String,
     token: String,
 }
@@ -59,8 +61,9 @@ pub struct NativeBackend {
 impl NativeBackend {
     pub fn new(config: NativeConfig) -> Result<NativeBackend, BackendError> {
         let base_url = config.url.trim_end_matches('/').to_string();
+        let endpoint = crate::redact::url(&base_url);
         check_url(&base_url).map_err(|problem| BackendError::Setup {
-            endpoint: base_url.clone(),
+            endpoint: endpoint.clone(),
             problem,
         })?;
         install_crypto_provider();
@@ -70,12 +73,13 @@ impl NativeBackend {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| BackendError::Setup {
-                endpoint: base_url.clone(),
+                endpoint: endpoint.clone(),
                 problem: error.to_string(),
             })?;
         Ok(NativeBackend {
             client,
             base_url,
+            endpoint,
             workspace_id: config.workspace_id,
             token: config.token,
         })
@@ -118,11 +122,10 @@ impl NativeBackend {
         };
         BackendError::Transport {
             operation,
-            endpoint: self.base_url.clone(),
+            endpoint: self.endpoint.clone(),
             detail,
-            // reqwest's error carries the URL, which holds no secret here (the token travels in
-            // a header).
-            source: Some(Box::new(error)),
+            // reqwest's error carries the URL, which may hold credentials: dropped.
+            source: Some(Box::new(error.without_url())),
         }
     }
 
@@ -149,7 +152,7 @@ impl NativeBackend {
         };
         BackendError::Status {
             operation,
-            endpoint: self.base_url.clone(),
+            endpoint: self.endpoint.clone(),
             status: status.as_u16(),
             code,
             message,
@@ -173,7 +176,7 @@ impl NativeBackend {
     fn invalid(&self, operation: Operation, problem: String) -> BackendError {
         BackendError::InvalidReply {
             operation,
-            endpoint: self.base_url.clone(),
+            endpoint: self.endpoint.clone(),
             problem,
         }
     }
@@ -227,7 +230,7 @@ fn remote_part(part: PartInfo) -> RemotePart {
 #[async_trait::async_trait]
 impl Backend for NativeBackend {
     fn endpoint(&self) -> &str {
-        &self.base_url
+        &self.endpoint
     }
 
     fn identity(&self) -> String {

@@ -388,8 +388,10 @@ fn config_check_reports_every_problem_with_exit_code_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_no_config_it_uploads_an_outbox_to_the_embedded_receiver() {
+async fn with_no_config_it_uploads_an_outbox_to_the_embedded_receiver_and_keeps_it_private() {
     let home = tempfile::tempdir().unwrap();
+    // A home others may list, as many are: what Ferry keeps in it must still be private.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let runtime = home.path().join("run");
     std::fs::create_dir_all(&runtime).unwrap();
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -432,6 +434,17 @@ async fn with_no_config_it_uploads_an_outbox_to_the_embedded_receiver() {
         arrived.exists()
     })
     .await;
+    let data_dir = home.path().join(".local/share/ferry");
+    for private in [
+        data_dir.clone(),
+        data_dir.join("store"),
+        data_dir.join("store/db"),
+        std::path::PathBuf::from(&storage),
+        arrived.clone(),
+    ] {
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", private.display());
+    }
     // SAFETY: kill with a pid we own and a valid signal number.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
@@ -547,6 +560,23 @@ async fn as_an_unprivileged_user_unreadable_files_fail_with_the_reason_and_stran
     assert!(setup.ferry(&["retry", "--failed"]).status.success());
     wait_for_copy(&secret, &receiver.file("secret.txt"), ARRIVAL).await;
 
+    // A third user who may not reach the socket is told so, not that the daemon is down.
+    let stranger_status = || {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", NOBODY - 1))
+            .arg(format!("--regid={}", NOBODY - 1))
+            .args(["--clear-groups", "--"])
+            .arg(ferry_bin())
+            .arg("--socket")
+            .arg(&setup.socket)
+            .arg("status")
+            .output()
+            .unwrap()
+    };
+    let barred = stranger_status();
+    assert_eq!(barred.status.code(), Some(4), "{barred:?}");
+    assert!(String::from_utf8_lossy(&barred.stderr).contains("permission denied"));
+
     // Open the socket to everyone: the peer check still refuses a third user.
     for path in [
         setup.dir.path(),
@@ -555,17 +585,8 @@ async fn as_an_unprivileged_user_unreadable_files_fail_with_the_reason_and_stran
     ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    let stranger = std::process::Command::new("setpriv")
-        .arg(format!("--reuid={}", NOBODY - 1))
-        .arg(format!("--regid={}", NOBODY - 1))
-        .args(["--clear-groups", "--"])
-        .arg(ferry_bin())
-        .arg("--socket")
-        .arg(&setup.socket)
-        .arg("status")
-        .output()
-        .unwrap();
-    assert_eq!(stranger.status.code(), Some(1), "{stranger:?}");
+    let stranger = stranger_status();
+    assert_eq!(stranger.status.code(), Some(4), "{stranger:?}");
     let said = String::from_utf8_lossy(&stranger.stderr);
     assert!(
         said.contains("only the user running the daemon (or root) may control it"),

@@ -328,3 +328,34 @@ fn exit_within(setup: &Setup, limit: Duration) -> Option<i32> {
     let _ = child.wait();
     None
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_remote_url_are_never_shown_or_logged() {
+    // Nothing listens there: every attempt fails, and each failure is logged with the remote.
+    let setup = Setup::new("http://ferry:hunter2@127.0.0.1:9/?token=s3cr3t", "", "");
+    let check = setup.ferry(&["config", "check"]);
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        shown.contains("http://REDACTED@127.0.0.1:9/?token=REDACTED"),
+        "{shown}"
+    );
+
+    let daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("a.txt"), b"a").unwrap();
+    wait_until("a failed attempt recorded on the job", ARRIVAL, || {
+        setup.jobs().iter().any(|job| job["last_error"].is_string())
+    })
+    .await;
+    let jobs = serde_json::to_string(&setup.jobs()).unwrap();
+    assert!(
+        jobs.contains("REDACTED"),
+        "the remote is still named: {jobs}"
+    );
+    let logs = daemon.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("127.0.0.1:9"), "{logs}");
+    for secret in ["hunter2", "s3cr3t"] {
+        assert!(!logs.contains(secret), "{secret} logged: {logs}");
+        assert!(!jobs.contains(secret), "{secret} in ferry jobs: {jobs}");
+    }
+}
