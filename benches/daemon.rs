@@ -85,6 +85,7 @@ async fn receiver(dir: &Path) -> (String, CancellationToken) {
         workspaces: Vec::new(),
         limits: Limits::default(),
         session_ttl: ferry::server::DEFAULT_SESSION_TTL,
+        guards: ferry::server::Guards::default(),
     };
     tokio::spawn(ferry::server::serve(listener, config, shutdown.clone()));
     (url, shutdown)

@@ -59,6 +59,7 @@ fn main() {
         workspaces: Vec::new(),
         limits: Limits::default(),
         session_ttl: ferry::server::DEFAULT_SESSION_TTL,
+        guards: ferry::server::Guards::default(),
     };
     let server = runtime.spawn(ferry::server::serve(listener, config, shutdown.clone()));
 

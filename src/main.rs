@@ -145,6 +145,18 @@ struct ServeArgs {
     /// Largest file accepted.
     #[arg(long, default_value = "1TiB")]
     max_file_size: ByteSize,
+    /// Time a client has to send a request's headers; also how long an idle connection is kept.
+    #[arg(long, default_value = "30s")]
+    header_timeout: humantime::Duration,
+    /// A part upload that sends nothing for this long is abandoned (408).
+    #[arg(long, default_value = "60s")]
+    idle_timeout: humantime::Duration,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = ferry::server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Upload sessions open at once; more are refused with 429 and Retry-After.
+    #[arg(long, default_value_t = ferry::server::DEFAULT_MAX_OPEN_SESSIONS)]
+    max_open_sessions: usize,
 }
 
 #[derive(Args)]
@@ -330,6 +342,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_file_size: args.max_file_size.as_u64(),
         },
         session_ttl: args.session_ttl.into(),
+        guards: server::Guards {
+            header_timeout: args.header_timeout.into(),
+            body_idle_timeout: args.idle_timeout.into(),
+            max_connections: args.max_connections.max(1),
+            max_open_sessions: args.max_open_sessions.max(1),
+        },
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

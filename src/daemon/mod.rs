@@ -306,6 +306,7 @@ async fn start_embedded_receiver(
         workspaces: Vec::new(),
         limits: server::Limits::default(),
         session_ttl: server::DEFAULT_SESSION_TTL,
+        guards: server::Guards::default(),
     };
     let shutdown = services.clone();
     tracker.spawn(async move {

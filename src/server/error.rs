@@ -13,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -56,6 +59,46 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A failure writing to the receiver's disk: `507 insufficient_storage` when the disk (or
+    /// the quota) is full, so a client stops and says so instead of retrying blindly;
+    /// otherwise `internal`.
+    pub fn storage(context: &str, error: &std::io::Error) -> Self {
+        if matches!(
+            error.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) {
+            tracing::error!(%error, "{context}: the storage folder is full");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!("the receiver's disk is full; could not {context}, and nothing was stored"),
+            );
+        }
+        Self::internal(context, error)
+    }
+}
+
+impl ApiError {
+    /// `429`: the receiver holds as many open sessions as it allows.
+    pub fn too_many_sessions(max: usize) -> Self {
+        Self {
+            retry_after: Some(TOO_MANY_SESSIONS_RETRY_AFTER),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!(
+                    "{max} upload sessions are open, the most this receiver allows; complete or abort some, or retry later"
+                ),
+            )
+        }
+    }
+}
+
+/// Seconds a client refused for too many open sessions is asked to wait: long enough for
+/// uploads in progress to complete, short enough not to stall a queue.
+const TOO_MANY_SESSIONS_RETRY_AFTER: u64 = 30;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -64,6 +107,12 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

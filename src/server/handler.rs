@@ -96,6 +96,11 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
         state: SessionState::Open,
         completion: None,
     };
+    if !app.open_sessions.take() {
+        return Err(ApiError::too_many_sessions(
+            app.config.guards.max_open_sessions,
+        ));
+    }
     let reply = InitResponse {
         upload_id: record.upload_id.clone(),
         expires_at: storage::rfc3339(record.expires_at_unix),
@@ -104,11 +109,15 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
         max_parts: record.max_parts,
     };
     let storage = app.storage.clone();
-    blocking(
+    let created = blocking(
         move || storage.create_session(&record),
         "create the session",
     )
-    .await?;
+    .await;
+    if created.is_err() {
+        app.open_sessions.release(1);
+    }
+    created?;
     Ok((StatusCode::CREATED, Json(reply)).into_response())
 }
 
@@ -207,7 +216,16 @@ async fn receive_part(
     }
 
     let live = app.live_state(&upload_id, record.total_size).await?;
-    let reservation = Reservation::new(live, part_number, content_length);
+    let reservation = Reservation::new(live, part_number, content_length).map_err(|held| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "part_too_large",
+            format!(
+                "part {part_number} of {content_length} bytes does not fit: the session already holds {held} bytes in other parts of a {}-byte file",
+                record.total_size
+            ),
+        )
+    })?;
     let sink = match reservation.placement() {
         Placement::InPlace { offset } => Sink::InPlace {
             data: app.storage.data_path(&upload_id),
@@ -215,8 +233,14 @@ async fn receive_part(
         },
         Placement::Loose => Sink::Loose(app.storage.incoming_path(&upload_id)),
     };
-    let (received, crc, reservation) =
-        part::receive(body, sink, content_length, reservation).await?;
+    let (received, crc, reservation) = part::receive(
+        body,
+        sink,
+        content_length,
+        reservation,
+        app.config.guards.body_idle_timeout,
+    )
+    .await?;
     let discard = |received: &Received| {
         if let Received::Loose(path) = received {
             let _ = std::fs::remove_file(path);
@@ -238,7 +262,7 @@ async fn receive_part(
     let etag = storage::new_etag(crc);
     // Holding the session lock across the state check and the commit means a part never lands
     // in a session that a concurrent complete or abort has just closed.
-    let guard = app.locks.lock(&upload_id).await;
+    let guard = app.lock_session(&upload_id).await?;
     let committed = match app.open_record(&upload_id).await {
         Ok(record) if record.state == SessionState::Open => {
             let (storage, id, tag, what) = (
@@ -288,7 +312,7 @@ pub async fn complete(
     if let Some(digest) = &request.sha256 {
         validate::sha256_hex(digest).map_err(ApiError::invalid_request)?;
     }
-    let _guard = app.locks.lock(&upload_id).await;
+    let _guard = app.lock_session(&upload_id).await?;
     let mut record = app.open_record(&upload_id).await?;
     match (&record.state, &record.completion) {
         (SessionState::Completed, Some(done)) if same_manifest(&done.manifest, &request) => {
@@ -411,6 +435,7 @@ pub async fn complete(
         ));
     }
     app.live.remove(&upload_id);
+    app.open_sessions.release(1);
     tracing::info!(
         upload_id,
         in_place,
@@ -427,7 +452,7 @@ pub async fn abort(
     State(app): Shared,
     Path(upload_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let _guard = app.locks.lock(&upload_id).await;
+    let _guard = app.lock_session(&upload_id).await?;
     let mut record = app.open_record(&upload_id).await?;
     match record.state {
         SessionState::Aborted => Ok(StatusCode::NO_CONTENT),
@@ -440,6 +465,7 @@ pub async fn abort(
             )
             .await?;
             app.live.remove(&upload_id);
+            app.open_sessions.release(1);
             Ok(StatusCode::NO_CONTENT)
         }
     }
@@ -480,6 +506,18 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 impl AppState {
+    /// Locks a session, once its id is known to be of our form: no per-id state is kept for
+    /// an id that cannot be ours.
+    async fn lock_session(
+        &self,
+        upload_id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
+        if !validate::is_upload_id(upload_id) {
+            return Err(ApiError::upload_not_found());
+        }
+        Ok(self.locks.lock(upload_id).await)
+    }
+
     /// Loads a session that exists, has not expired, and is in a workspace this receiver serves.
     async fn open_record(&self, upload_id: &str) -> Result<SessionRecord, ApiError> {
         if !validate::is_upload_id(upload_id) {
@@ -604,7 +642,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(ApiError::internal(context, &error)),
+        Ok(Err(error)) => Err(ApiError::storage(context, &error)),
         Err(error) => Err(ApiError::internal(context, &error)),
     }
 }

@@ -78,6 +78,12 @@ pub struct Live {
     /// Part numbers being written in place right now (at most one writer per slot).
     writing: HashSet<u32>,
     in_place: BTreeMap<u32, InPlacePart>,
+    /// Bytes of the stored version of each part number, and their sum.
+    sizes: HashMap<u32, u64>,
+    stored_bytes: u64,
+    /// Parts being received now, by number: how many and their bytes.
+    arriving: HashMap<u32, (u32, u64)>,
+    arriving_bytes: u64,
     hash: HashProgress,
     hash_generation: u64,
     hashing: bool,
@@ -92,12 +98,17 @@ impl Live {
             stored: HashSet::new(),
             writing: HashSet::new(),
             in_place: BTreeMap::new(),
+            sizes: HashMap::new(),
+            stored_bytes: 0,
+            arriving: HashMap::new(),
+            arriving_bytes: 0,
             hash: HashProgress::fresh(),
             hash_generation: 0,
             hashing: false,
         };
         for part in parts {
             live.stored.insert(part.part_number);
+            live.record_size(part.part_number, part.size);
             if let Location::InPlace { offset } = part.location {
                 if part.part_number == 1 {
                     live.stride = Some(part.size);
@@ -115,6 +126,40 @@ impl Live {
             }
         }
         live
+    }
+
+    /// Admits part `number` of `size` bytes as arriving, unless the bytes stored and arriving
+    /// under other part numbers, with these, would exceed the file: a session never holds much
+    /// more than the file it builds, whatever a client sends. `Err` carries the bytes held.
+    pub fn admit(&mut self, number: u32, size: u64) -> Result<(), u64> {
+        let own_stored = self.sizes.get(&number).copied().unwrap_or(0);
+        let own_arriving = self.arriving.get(&number).map_or(0, |(_, bytes)| *bytes);
+        let held = (self.stored_bytes - own_stored) + (self.arriving_bytes - own_arriving);
+        if held.saturating_add(size) > self.total_size {
+            return Err(held);
+        }
+        let entry = self.arriving.entry(number).or_default();
+        entry.0 += 1;
+        entry.1 += size;
+        self.arriving_bytes += size;
+        Ok(())
+    }
+
+    /// Part `number` of `size` bytes, admitted earlier, is no longer arriving.
+    pub fn arrived(&mut self, number: u32, size: u64) {
+        if let Some(entry) = self.arriving.get_mut(&number) {
+            entry.0 -= 1;
+            entry.1 -= size;
+            if entry.0 == 0 {
+                self.arriving.remove(&number);
+            }
+            self.arriving_bytes -= size;
+        }
+    }
+
+    fn record_size(&mut self, number: u32, size: u64) {
+        let previous = self.sizes.insert(number, size).unwrap_or(0);
+        self.stored_bytes = self.stored_bytes - previous + size;
     }
 
     /// Chooses where part `number` of `size` bytes goes, reserving its slot when in place.
@@ -153,6 +198,7 @@ impl Live {
             return;
         };
         self.stored.insert(number);
+        self.record_size(number, size);
         if number < self.hash.next_part {
             // A hashed part was replaced: the running hash no longer describes what is stored.
             self.hash = HashProgress::fresh();

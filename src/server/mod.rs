@@ -9,6 +9,7 @@
 
 mod error;
 mod handler;
+mod listen;
 mod live;
 mod part;
 pub mod storage;
@@ -55,6 +56,42 @@ impl Default for Limits {
     }
 }
 
+/// What a client may hold of the receiver, so that slow or abusive clients cannot starve the
+/// others (see `docs/security.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guards {
+    /// A request's headers must arrive within this; an idle keep-alive connection is closed
+    /// after it too.
+    pub header_timeout: Duration,
+    /// A part body that sends nothing for this long is abandoned with `408`.
+    pub body_idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Sessions open at once; an init past it is refused with `429` and `Retry-After`.
+    pub max_open_sessions: usize,
+}
+
+/// Headers in 30 s: generous for any client, short enough that a slowloris attack holds
+/// each connection briefly (nginx and Apache default to 60 s).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A minute without body bytes: the client's own stall timeout gives up at the same point.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Half of the common 1,024 open-file limit, leaving the rest for part files and the store.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Far more than any client's parallel uploads, far fewer than would exhaust inodes.
+pub const DEFAULT_MAX_OPEN_SESSIONS: usize = 1024;
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_open_sessions: DEFAULT_MAX_OPEN_SESSIONS,
+        }
+    }
+}
+
 /// Everything `serve` needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -65,6 +102,7 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// How long a session stays usable after init.
     pub session_ttl: Duration,
+    pub guards: Guards,
 }
 
 /// Default session lifetime: a day, as the protocol's example shows.
@@ -168,6 +206,35 @@ pub(crate) struct AppState {
     config: ServeConfig,
     locks: SessionLocks,
     live: live::LiveSessions,
+    open_sessions: OpenSessions,
+}
+
+/// How many sessions are open, against `Guards::max_open_sessions`.
+struct OpenSessions {
+    count: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl OpenSessions {
+    /// Counts one more open session, unless that would pass the cap.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    /// `closed` sessions are no longer open (completed, aborted, expired).
+    fn release(&self, closed: usize) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                Some(open.saturating_sub(closed))
+            });
+    }
 }
 
 /// One async lock per session, serialising part commits against complete and abort. The map
@@ -206,27 +273,34 @@ pub async fn serve(
         )));
     }
     let storage_dir = config.storage.clone();
-    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_dir))
-        .await
-        .expect("opening storage does not panic")
-        .map_err(|source| ServerError::Storage {
-            path: config.storage.clone(),
-            source,
-        })?;
+    let (storage, open) = tokio::task::spawn_blocking(move || {
+        let storage = Storage::open(&storage_dir)?;
+        let open = storage.count_open()?;
+        Ok::<_, std::io::Error>((storage, open))
+    })
+    .await
+    .expect("opening storage does not panic")
+    .map_err(|source| ServerError::Storage {
+        path: config.storage.clone(),
+        source,
+    })?;
+    let open_sessions = OpenSessions {
+        count: open.into(),
+        max: config.guards.max_open_sessions,
+    };
     let app = Arc::new(AppState {
         storage,
         config,
         locks: SessionLocks::default(),
         live: live::LiveSessions::default(),
+        open_sessions,
     });
     let sweeper = tokio::spawn(sweep(app.clone(), shutdown.clone()));
-    let result = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .map_err(ServerError::Serve);
+    let guards = app.config.guards;
+    listen::accept(listener, router(app), guards, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
-    result
+    Ok(())
 }
 
 fn router(app: Arc<AppState>) -> Router {
@@ -295,7 +369,10 @@ async fn sweep(app: Arc<AppState>, shutdown: CancellationToken) {
             Ok(Ok(removed)) if removed.is_empty() => {}
             Ok(Ok(removed)) => {
                 tracing::info!(removed = removed.len(), "swept expired upload sessions");
-                app.live.retain(|id| !removed.iter().any(|gone| gone == id));
+                app.live
+                    .retain(|id| !removed.iter().any(|(gone, _)| gone == id));
+                app.open_sessions
+                    .release(removed.iter().filter(|(_, was_open)| *was_open).count());
             }
             Ok(Err(error)) => tracing::warn!(%error, "sweeping expired sessions failed"),
             Err(error) => tracing::warn!(%error, "sweeping expired sessions panicked"),

@@ -26,22 +26,27 @@ const PART_CHANNEL_CHUNKS: usize = 8;
 pub struct Reservation {
     live: Arc<Mutex<Live>>,
     part_number: u32,
+    size: u64,
     placement: Placement,
     committed: bool,
 }
 
 impl Reservation {
-    pub fn new(live: Arc<Mutex<Live>>, part_number: u32, size: u64) -> Reservation {
-        let placement = live
-            .lock()
-            .expect("live state is never poisoned")
-            .place(part_number, size);
-        Reservation {
+    /// Admits the part (see `Live::admit`) and chooses where it goes; `Err` with the bytes
+    /// the session already holds when it would outgrow its file.
+    pub fn new(live: Arc<Mutex<Live>>, part_number: u32, size: u64) -> Result<Reservation, u64> {
+        let placement = {
+            let mut state = live.lock().expect("live state is never poisoned");
+            state.admit(part_number, size)?;
+            state.place(part_number, size)
+        };
+        Ok(Reservation {
             live,
             part_number,
+            size,
             placement,
             committed: false,
-        }
+        })
     }
 
     pub fn placement(&self) -> Placement {
@@ -53,6 +58,7 @@ impl Reservation {
         self.committed = true;
         let mut live = self.live.lock().expect("live state is never poisoned");
         live.finish(self.part_number, self.placement, Some((etag, size)));
+        live.arrived(self.part_number, self.size);
     }
 }
 
@@ -61,6 +67,7 @@ impl Drop for Reservation {
         if !self.committed {
             let mut live = self.live.lock().expect("live state is never poisoned");
             live.finish(self.part_number, self.placement, None);
+            live.arrived(self.part_number, self.size);
         }
     }
 }
@@ -76,12 +83,19 @@ pub enum Sink {
 
 /// Streams `body` into `sink`; returns what was received, its CRC32C and the reservation.
 /// Fails, committing nothing, when the body ends short of `content_length`.
+/// A body that sends nothing for `idle_timeout` is abandoned (`408`), so a client that stops
+/// short of its Content-Length on a connection it keeps open holds nothing for long.
 pub async fn receive(
     body: Body,
     sink: Sink,
     content_length: u64,
     reservation: Reservation,
+    idle_timeout: std::time::Duration,
 ) -> Result<(Received, u32, Reservation), ApiError> {
+    let loose = match &sink {
+        Sink::Loose(path) => Some(path.clone()),
+        Sink::InPlace { .. } => None,
+    };
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(PART_CHANNEL_CHUNKS);
     let writer = tokio::task::spawn_blocking(move || {
         let written = (|| -> std::io::Result<(Received, u64, u32)> {
@@ -105,7 +119,11 @@ pub async fn receive(
                         .open(data)?;
                     while let Some(chunk) = receiver.blocking_recv() {
                         crc = crc32c::crc32c_append(crc, &chunk);
-                        file.write_all_at(&chunk, offset + size)?;
+                        if let Err(error) = file.write_all_at(&chunk, offset + size) {
+                            // Give back the disk the slot took so far (a full disk, say).
+                            release_range(&file, *offset, size + chunk.len() as u64);
+                            return Err(error);
+                        }
                         size += chunk.len() as u64;
                     }
                     file.sync_data()?;
@@ -126,7 +144,16 @@ pub async fn receive(
     let mut stream = body.into_data_stream();
     let mut received = 0u64;
     let mut failure = None;
-    while let Some(chunk) = stream.next().await {
+    let mut idle = false;
+    loop {
+        let chunk = match tokio::time::timeout(idle_timeout, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                idle = true;
+                break;
+            }
+        };
         match chunk {
             Ok(chunk) => {
                 received += chunk.len() as u64;
@@ -144,8 +171,24 @@ pub async fn receive(
     let (written, reservation) = writer
         .await
         .map_err(|error| ApiError::internal("write the part", &error))?;
-    let (stored, size, crc) =
-        written.map_err(|error| ApiError::internal("write the part", &error))?;
+    let (stored, size, crc) = written.map_err(|error| {
+        if let Some(path) = &loose {
+            let _ = std::fs::remove_file(path);
+        }
+        ApiError::storage("write the part", &error)
+    })?;
+    if idle {
+        if let Received::Loose(path) = &stored {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body sent nothing for {idle_timeout:?} after {received} of {content_length} bytes; nothing was stored"
+            ),
+        ));
+    }
     if failure.is_some() || received != content_length || size != content_length {
         if let Received::Loose(path) = &stored {
             let _ = std::fs::remove_file(path);
@@ -162,6 +205,23 @@ pub async fn receive(
         ));
     }
     Ok((stored, crc, reservation))
+}
+
+/// Frees the blocks of `length` bytes at `offset` of an in-place data file (its size stays),
+/// where the file system can; elsewhere they stay allocated until the session ends.
+fn release_range(file: &std::fs::File, offset: u64, length: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+            return;
+        };
+        // SAFETY: a valid open descriptor; fallocate only changes the file's allocation.
+        unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, length) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, length);
 }
 
 /// Hashes the in-place parts of a session in order, as far as they are stored, then returns.

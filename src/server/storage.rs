@@ -394,15 +394,35 @@ impl Storage {
         Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
     }
 
+    /// Sessions open (expired ones included, until the sweep removes them). Blocking; reads
+    /// every session record.
+    pub fn count_open(&self) -> io::Result<usize> {
+        let mut open = 0;
+        for entry in fs::read_dir(self.state.join("sessions"))? {
+            let upload_id = entry?.file_name().to_string_lossy().into_owned();
+            if let Ok(Some(record)) = self.load_session(&upload_id)
+                && record.state == SessionState::Open
+            {
+                open += 1;
+            }
+        }
+        Ok(open)
+    }
+
     /// Removes sessions past their expiry (open ones with their parts, finished ones with the
-    /// record kept for idempotent completes). Returns the ids of those removed.
-    pub fn sweep_expired(&self, now: SystemTime) -> io::Result<Vec<String>> {
+    /// record kept for idempotent completes). Returns the ids of those removed, each with
+    /// whether it was still open.
+    pub fn sweep_expired(&self, now: SystemTime) -> io::Result<Vec<(String, bool)>> {
         let mut removed = Vec::new();
         for entry in fs::read_dir(self.state.join("sessions"))? {
             let entry = entry?;
             let upload_id = entry.file_name().to_string_lossy().into_owned();
+            let mut was_open = false;
             let expired = match self.load_session(&upload_id) {
-                Ok(Some(record)) => record.is_expired(now),
+                Ok(Some(record)) => {
+                    was_open = record.state == SessionState::Open;
+                    record.is_expired(now)
+                }
                 // A folder without a readable record is a crash left-over of create.
                 Ok(None) | Err(_) => entry
                     .metadata()?
@@ -414,7 +434,7 @@ impl Storage {
             };
             if expired {
                 fs::remove_dir_all(entry.path())?;
-                removed.push(upload_id);
+                removed.push((upload_id, was_open));
             }
         }
         Ok(removed)

@@ -5,6 +5,7 @@ mod crash;
 mod daemon;
 mod hardening;
 mod protocol;
+mod receiver_guards;
 mod service;
 mod support;
 mod upload;

@@ -79,6 +79,7 @@ impl Receiver {
             workspaces: Vec::new(),
             limits: Limits::default(),
             session_ttl: ferry::server::DEFAULT_SESSION_TTL,
+            guards: ferry::server::Guards::default(),
         };
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();

@@ -1,0 +1,359 @@
+//! `ferry serve` against clients that misbehave (issue #9): slow or stalled clients are cut off
+//! by timeouts while others are served, bogus ids leave no state behind, one session cannot
+//! hold more than its file, open sessions are capped, and a full disk is said as such.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry::server::Guards;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Guards with short timeouts, so that a test sees them act.
+fn quick_guards() -> Guards {
+    Guards {
+        header_timeout: Duration::from_secs(1),
+        body_idle_timeout: Duration::from_secs(1),
+        ..Guards::default()
+    }
+}
+
+fn client() -> reqwest::Client {
+    ferry::upload::native::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// Opens a session of `total_size` bytes; returns its id.
+async fn init(url: &str, name: &str, total_size: u64) -> reqwest::Response {
+    client()
+        .post(format!("{url}/v1/uploads/chunked/init"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"filename": name, "workspace_id": "default", "total_size": total_size}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn open_session(url: &str, name: &str, total_size: u64) -> String {
+    let response = init(url, name, total_size).await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["upload_id"].as_str().unwrap().to_string()
+}
+
+async fn put_part(url: &str, id: &str, number: u32, body: Vec<u8>) -> reqwest::Response {
+    client()
+        .put(format!("{url}/v1/uploads/chunked/{id}/parts"))
+        .bearer_auth(TOKEN)
+        .header("Fastio-Part-Number", number.to_string())
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// True once the peer has closed `stream` (EOF or reset) within `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a response (e.g. 408) before the close
+            Err(error) => {
+                return !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_while_an_upload_goes_through() {
+    let receiver = Receiver::start_with(|config| {
+        config.guards = Guards {
+            max_connections: 32,
+            ..quick_guards()
+        }
+    })
+    .await;
+    // More slow-header clients than the receiver serves at once, each sending a header line
+    // and then nothing more.
+    let mut slow: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut stream = TcpStream::connect(receiver.address).unwrap();
+            stream
+                .write_all(b"PUT /v1/uploads/chunked/up_x/parts HTTP/1.1\r\nHost: a\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // A keep-alive connection left idle after one request.
+    let mut idle = TcpStream::connect(receiver.address).unwrap();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("through.bin");
+    random_file(&file, 3 * MIB, 7);
+    let engine = Engine::new(&receiver.url, fast_retry_settings());
+    let started = Instant::now();
+    let report = engine.upload(&file, "through.bin").await.unwrap();
+    assert_eq!(report.size, 3 * MIB);
+    assert_same_content(&file, &receiver.file("through.bin"));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the upload waited {:?}",
+        started.elapsed()
+    );
+    let deadline = Duration::from_secs(5);
+    let slow_closed = tokio::task::spawn_blocking(move || {
+        slow.iter_mut()
+            .map(|stream| closed_within(stream, deadline))
+            .filter(|closed| *closed)
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(slow_closed, 100, "every slow-header connection is closed");
+    assert!(
+        closed_within(&mut idle, deadline),
+        "the idle keep-alive connection is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_body_that_stops_short_is_abandoned_and_nothing_is_stored() {
+    let receiver = Receiver::start_with(|config| config.guards = quick_guards()).await;
+    let id = open_session(&receiver.url, "short.bin", 1000).await;
+    let mut stream = TcpStream::connect(receiver.address).unwrap();
+    let head = format!(
+        "PUT /v1/uploads/chunked/{id}/parts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Fastio-Part-Number: 1\r\nContent-Length: 1000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[7u8; 10]).unwrap();
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let session: Value = client()
+        .get(format!("{}/v1/uploads/chunked/{id}", receiver.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["parts"], json!([]), "{session}");
+    assert_eq!(receiver.stored_parts(), 0);
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bogus_upload_ids_leaves_memory_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::spawn(
+        &dir.path().join("storage"),
+        "127.0.0.1:0",
+        &token_file(dir.path()),
+    );
+    let url = format!("http://{}", serve.address);
+    let pid = serve.child.id();
+    let client = client();
+    let flood = |round: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            for index in 0..375 {
+                let id = format!("up_{round}_{index}_{}", "a".repeat(60 * 1024));
+                let endpoint = format!("{url}/v1/uploads/chunked/{id}");
+                let aborted = client
+                    .delete(&endpoint)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(aborted.status(), 404);
+                let completed = client
+                    .post(format!("{endpoint}/complete"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"parts": []}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(completed.status(), 404);
+            }
+        }
+    };
+    // Warm up (allocator arenas, connection pools), then measure 3,000 requests more.
+    flood(99).await;
+    let before = rss(pid);
+    let rounds: Vec<_> = (0..4).map(|round| tokio::spawn(flood(round))).collect();
+    for round in rounds {
+        round.await.unwrap();
+    }
+    let after = rss(pid);
+    assert!(
+        after < before + 16 * MIB,
+        "RSS grew from {} MiB to {} MiB",
+        before / MIB,
+        after / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_never_stores_much_more_than_its_file() {
+    let receiver = Receiver::start().await;
+    let id = open_session(&receiver.url, "small.bin", MIB).await;
+    let mut refused = 0;
+    for number in 1..=60 {
+        let response = put_part(&receiver.url, &id, number, vec![1u8; MIB as usize]).await;
+        match response.status().as_u16() {
+            200 => {}
+            413 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "part_too_large");
+                refused += 1;
+            }
+            other => panic!("part {number}: unexpected status {other}"),
+        }
+    }
+    assert_eq!(refused, 59, "only the first part of a 1 MiB file fits");
+    assert_eq!(receiver.stored_parts(), 1);
+    // Part 1 may still be replaced: that holds no more bytes.
+    let again = put_part(&receiver.url, &id, 1, vec![2u8; MIB as usize]).await;
+    assert_eq!(again.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sessions_are_capped_with_429_and_retry_after() {
+    let receiver = Receiver::start_with(|config| {
+        config.guards = Guards {
+            max_open_sessions: 5,
+            ..Guards::default()
+        }
+    })
+    .await;
+    let mut ids = Vec::new();
+    for index in 0..5 {
+        ids.push(open_session(&receiver.url, &format!("f{index}"), 10).await);
+    }
+    let refused = init(&receiver.url, "one-too-many", 10).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_sessions");
+
+    // Closing one frees its place.
+    let aborted = client()
+        .delete(format!("{}/v1/uploads/chunked/{}", receiver.url, ids[0]))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(aborted.status(), 204);
+    assert_eq!(init(&receiver.url, "now-it-fits", 10).await.status(), 201);
+    assert_eq!(init(&receiver.url, "but-no-more", 10).await.status(), 429);
+}
+
+/// A tmpfs of `size` mounted at `path` for the test's life (the tests run as root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs (the tests run as root)");
+        Tmpfs(path.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let name = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a valid path and a buffer of the right type.
+        assert_eq!(
+            unsafe { libc::statvfs(name.as_ptr(), stat.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: statvfs returned 0 and filled it.
+        let stat = unsafe { stat.assume_init() };
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_507_and_keeps_no_partial_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "8m");
+    let storage = dir.path().join("disk/storage");
+    let receiver = Receiver::start_at(&storage, "127.0.0.1:0".parse().unwrap(), |_| {}).await;
+    let id = open_session(&receiver.url, "big.bin", 2 * MIB).await;
+    // Fill the disk but for 256 KiB, then send a 1 MiB part.
+    let filler = dir.path().join("disk/filler");
+    let keep = 256 * KIB;
+    let fill = disk.free() - keep;
+    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+    let free_before = disk.free();
+    let response = put_part(&receiver.url, &id, 1, vec![3u8; MIB as usize]).await;
+    assert_eq!(response.status(), 507);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_storage");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk is full")
+    );
+    assert_eq!(receiver.stored_parts(), 0);
+    assert!(
+        disk.free() + 16 * KIB >= free_before,
+        "what the part wrote before the disk filled is given back: {} < {free_before}",
+        disk.free()
+    );
+
+    // The client does not retry a full receiver blindly: it stops and says so.
+    std::fs::remove_file(&filler).unwrap();
+    let local = dir.path().join("local.bin");
+    random_file(&local, 3 * MIB, 1);
+    std::fs::write(&filler, vec![0u8; (disk.free() - MIB) as usize]).unwrap();
+    let engine = Engine::new(&receiver.url, fast_retry_settings());
+    let error = engine.upload(&local, "local.bin").await.unwrap_err();
+    let chain = ferry::push::error_chain(&error);
+    assert!(
+        matches!(error, ferry::upload::UploadError::Remote { .. })
+            && chain.contains("insufficient_storage"),
+        "{chain}"
+    );
+    drop(receiver);
+}
