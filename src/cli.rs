@@ -147,6 +147,10 @@ pub async fn status(socket: &Path, json: bool, watch: bool) -> Result<()> {
             print!("{}", render_status(&status));
         }
         if !watch {
+            // Like `systemctl status` for a degraded unit: the exit code says it too.
+            if let Some(unhealthy) = status.unhealthy_watches().next() {
+                anyhow::bail!("watch {} is {}", unhealthy.path.display(), unhealthy.state);
+            }
             return Ok(());
         }
         let _ = std::io::stdout().flush();
@@ -165,17 +169,17 @@ pub fn render_status(status: &StatusReply) -> String {
         "ferry {} {state}: {} queued, {} active, {} failed, {} done",
         status.version, q.queued, q.active, q.failed, q.done
     );
-    for watch in &status.watches {
-        let _ = writeln!(out, "  watching {}", watch.display());
+    for watch in &status.watch_health {
+        match watch.state.as_str() {
+            "watching" => {
+                let _ = writeln!(out, "  watching {}", watch.path.display());
+            }
+            state => {
+                let _ = writeln!(out, "  {state} {}: {}", watch.path.display(), watch.detail);
+            }
+        }
     }
     let intake = &status.intake;
-    if intake.watch_limited {
-        let _ = writeln!(
-            out,
-            "  the inotify watch limit is reached: folders are rescanned every {} (raise fs.inotify.max_user_watches)",
-            humantime::format_duration(crate::watch::LIMITED_RESCAN)
-        );
-    }
     let unchecked = intake.found.saturating_sub(intake.checked);
     if intake.scans == 0 || intake.settling > 0 || unchecked > 0 {
         let scan = if intake.scans == 0 { "scanning, " } else { "" };

@@ -75,6 +75,31 @@ pub struct StatusReply {
     pub failed: Vec<FailedJob>,
     /// What the watcher is doing.
     pub intake: IntakeStatus,
+    /// Each watch and how it is doing; `ferry status` exits 1 while one is not `watching`.
+    #[serde(default)]
+    pub watch_health: Vec<WatchStatus>,
+}
+
+/// One watch and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    #[serde(with = "crate::local_path")]
+    pub path: PathBuf,
+    /// `watching`, `unreadable` (some folders cannot be read), `limited` (the inotify watch
+    /// limit) or `missing` (the folder is gone).
+    pub state: String,
+    /// What is wrong and what Ferry does about it; empty while watching.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl StatusReply {
+    /// The watches that are not fully watched.
+    pub fn unhealthy_watches(&self) -> impl Iterator<Item = &WatchStatus> {
+        self.watch_health
+            .iter()
+            .filter(|watch| watch.state != "watching")
+    }
 }
 
 /// Files between the folders and the queue.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RemoteConfig, WatchConfig};
-use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus};
+use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
 use crate::control::{self, Command, Reply, StatusReply};
 use crate::queue::{Candidate, JobId, JobState, QueueError, Store};
 use crate::server::{self, ServeConfig};
@@ -548,6 +548,19 @@ impl Daemon {
                 checked: self.checked.load(Ordering::Relaxed),
                 watch_limited: self.watch_stats.limited.load(Ordering::Relaxed),
             },
+            watch_health: self
+                .watch_stats
+                .health()
+                .into_iter()
+                .map(|(path, health)| WatchStatus {
+                    path,
+                    state: health.state().into(),
+                    detail: match health {
+                        watch::Health::Watching => String::new(),
+                        other => other.describe(),
+                    },
+                })
+                .collect(),
         })
     }
 }

@@ -56,8 +56,8 @@ pub fn status_line(status: &StatusReply) -> String {
     if status.paused {
         line.push_str(", paused");
     }
-    if status.intake.watch_limited {
-        line.push_str(", inotify watch limit reached");
+    for watch in status.unhealthy_watches() {
+        line.push_str(&format!(", {} {}", watch.state, watch.path.display()));
     }
     line
 }
@@ -101,11 +101,11 @@ pub async fn supervise(probe: Probe, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{ActiveTransfer, IntakeStatus};
+    use crate::control::protocol::{ActiveTransfer, IntakeStatus, WatchStatus};
     use crate::queue::Counts;
 
     #[test]
-    fn the_status_line_names_counts_rate_and_pause() {
+    fn the_status_line_names_counts_rate_pause_and_unhealthy_watches() {
         let mut status = StatusReply {
             version: "0".into(),
             paused: false,
@@ -127,6 +127,11 @@ mod tests {
             watches: Vec::new(),
             failed: Vec::new(),
             intake: IntakeStatus::default(),
+            watch_health: vec![WatchStatus {
+                path: "/w".into(),
+                state: "watching".into(),
+                detail: String::new(),
+            }],
         };
         assert_eq!(
             status_line(&status),
@@ -137,6 +142,11 @@ mod tests {
         assert_eq!(
             status_line(&status),
             "3 queued, 1 active, 0 failed, 12 done, paused"
+        );
+        status.watch_health[0].state = "missing".into();
+        assert_eq!(
+            status_line(&status),
+            "3 queued, 1 active, 0 failed, 12 done, paused, missing /w"
         );
     }
 }

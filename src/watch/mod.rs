@@ -10,19 +10,22 @@
 //! `LIMITED_RESCAN` for the rest (as Syncthing falls back to periodic scans).
 //! `watch` never uploads; it meets `upload` in the queue.
 
+mod arm;
 pub mod settle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use notify::{Event, EventKind};
 
 use crate::config::{Symlinks, WatchConfig};
 use crate::queue::{Candidate, Fingerprint};
+pub use arm::Health;
+use arm::Watchers;
 use settle::Settler;
 
 /// Events buffered between notify's callback and the watch thread.
@@ -31,8 +34,11 @@ const EVENT_BUFFER: usize = 65_536;
 const BATCH: usize = 1_000;
 /// Longest sleep of the watch thread when nothing is pending.
 const IDLE_TICK: Duration = Duration::from_millis(500);
-/// How often every folder is rescanned while the inotify watch limit leaves some unwatched.
+/// How often every folder is rescanned while some are unwatched (the inotify watch limit,
+/// unreadable folders).
 pub const LIMITED_RESCAN: Duration = Duration::from_secs(30);
+/// How often each watched folder is checked to still be there (and the same folder).
+const ROOT_CHECK: Duration = Duration::from_secs(1);
 
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +72,18 @@ pub struct WatchStats {
     /// The inotify watch limit left folders unwatched: they are rescanned every
     /// `LIMITED_RESCAN` instead.
     pub limited: AtomicBool,
+    /// Each watch's root and health, in configuration order.
+    pub health: std::sync::Mutex<Vec<(PathBuf, Health)>>,
+}
+
+impl WatchStats {
+    /// Each watch's root and health.
+    pub fn health(&self) -> Vec<(PathBuf, Health)> {
+        self.health
+            .lock()
+            .expect("health lock is never poisoned")
+            .clone()
+    }
 }
 
 enum Message {
@@ -79,7 +97,6 @@ pub struct WatchHandle {
     sender: SyncSender<Message>,
     rescan_requested: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 impl WatchHandle {
@@ -129,35 +146,25 @@ pub fn start(
         .collect();
     let (sender, receiver) = std::sync::mpsc::sync_channel(EVENT_BUFFER);
     let overflowed = Arc::new(AtomicBool::new(false));
-    // notify follows links watcher-wide: one watcher for the watches that skip links (the
-    // default), another only when a watch follows them.
-    let mut watchers = Vec::new();
-    let mut limited = false;
-    for follow in [false, true] {
-        let mine: Vec<&WatchConfig> = watches
-            .iter()
-            .filter(|watch| (watch.symlinks == Symlinks::Follow) == follow)
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let mut watcher = new_watcher(&sender, &overflowed, follow)?;
-        limited |= arm(&mut watcher, &mine)?;
-        watchers.push(watcher);
-    }
-    stats.limited.store(limited, Ordering::Relaxed);
+    let mut watchers = Watchers::new(&sender, &overflowed, &watches)?;
+    let health: Vec<Health> = watches.iter().map(|watch| watchers.arm(watch)).collect();
     let rescan_requested = Arc::new(AtomicBool::new(true));
     let mut worker = WatchThread {
+        roots: watches.iter().map(|watch| identity(&watch.path)).collect(),
+        unlisted: vec![Vec::new(); watches.len()],
         watches,
+        watchers,
+        health,
         own_paths,
         settler: Settler::default(),
         sink,
         overflowed,
         rescan_requested: rescan_requested.clone(),
         stats,
-        rescan_every: limited.then_some(LIMITED_RESCAN),
         last_scan: Instant::now(),
+        last_root_check: Instant::now(),
     };
+    worker.publish_health();
     let thread = std::thread::Builder::new()
         .name("ferry-watch".into())
         .spawn(move || worker.run(receiver))
@@ -166,75 +173,26 @@ pub fn start(
         sender,
         rescan_requested,
         thread: Some(thread),
-        _watchers: watchers,
     })
-}
-
-fn new_watcher(
-    sender: &SyncSender<Message>,
-    overflowed: &Arc<AtomicBool>,
-    follow_links: bool,
-) -> Result<notify::RecommendedWatcher, WatchError> {
-    let callback_sender = sender.clone();
-    let callback_overflow = overflowed.clone();
-    let config = notify::Config::default().with_follow_symlinks(follow_links);
-    notify::RecommendedWatcher::new(
-        move |event| {
-            if let Err(TrySendError::Full(_)) = callback_sender.try_send(Message::Fs(event)) {
-                callback_overflow.store(true, Ordering::Relaxed);
-            }
-        },
-        config,
-    )
-    .map_err(|source| WatchError::Notify {
-        path: PathBuf::new(),
-        source,
-    })
-}
-
-/// Places a watch on each root; true when the inotify watch limit left some unwatched.
-fn arm(
-    watcher: &mut notify::RecommendedWatcher,
-    watches: &[&WatchConfig],
-) -> Result<bool, WatchError> {
-    let mut limited = false;
-    for watch in watches {
-        let mode = if watch.recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        match watcher.watch(&watch.path, mode) {
-            Ok(()) => {}
-            Err(source) if matches!(source.kind, notify::ErrorKind::MaxFilesWatch) => {
-                let error = WatchError::Limit {
-                    path: watch.path.clone(),
-                };
-                tracing::error!(%error, rescan_every = ?LIMITED_RESCAN, "some folders are not watched; they are rescanned instead");
-                limited = true;
-            }
-            Err(source) => {
-                return Err(WatchError::Notify {
-                    path: watch.path.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(limited)
 }
 
 struct WatchThread {
     watches: Vec<WatchConfig>,
+    /// The notify watchers: owned here, so that a folder that comes back is watched again.
+    watchers: Watchers,
+    /// Each watch's health as armed; `unlisted` adds the folders its last scan could not list.
+    health: Vec<Health>,
+    unlisted: Vec<Vec<PathBuf>>,
+    /// Device and inode of each root as armed (`None`: missing).
+    roots: Vec<Option<(u64, u64)>>,
     own_paths: Vec<PathBuf>,
     settler: Settler,
     sink: tokio::sync::mpsc::Sender<Vec<Candidate>>,
     overflowed: Arc<AtomicBool>,
     rescan_requested: Arc<AtomicBool>,
     stats: Arc<WatchStats>,
-    /// Rescan this often (when the watch limit left folders unwatched).
-    rescan_every: Option<Duration>,
     last_scan: Instant,
+    last_root_check: Instant,
 }
 
 impl WatchThread {
@@ -244,9 +202,10 @@ impl WatchThread {
                 tracing::warn!("file events overflowed their buffer; rescanning");
                 self.rescan_requested.store(true, Ordering::Relaxed);
             }
-            let rescan_due = self
-                .rescan_every
-                .is_some_and(|every| self.last_scan.elapsed() >= every);
+            if self.last_root_check.elapsed() >= ROOT_CHECK {
+                self.check_roots();
+            }
+            let rescan_due = self.needs_rescans() && self.last_scan.elapsed() >= LIMITED_RESCAN;
             if self.rescan_requested.swap(false, Ordering::Relaxed) || rescan_due {
                 self.rescan();
             }
@@ -360,7 +319,7 @@ impl WatchThread {
         if metadata.is_dir() {
             // A folder created or moved in: its files may never produce events of their own.
             if watch.recursive || path == watch.path {
-                self.scan(index, path);
+                let _ = self.scan(index, path);
             }
         } else if metadata.is_file() && self.in_scope(index, path) {
             let window = watch.settle;
@@ -382,9 +341,14 @@ impl WatchThread {
     fn rescan(&mut self) {
         let started = Instant::now();
         for index in 0..self.watches.len() {
+            if self.roots[index].is_none() {
+                continue; // missing: scanned when it comes back
+            }
             let root = self.watches[index].path.clone();
-            self.scan(index, &root);
+            self.unlisted[index] = self.scan(index, &root);
+            self.rearm_if_readable(index);
         }
+        self.publish_health();
         tracing::info!(pending = self.settler.len(), elapsed = ?started.elapsed(), "scanned watched folders");
         self.stats
             .settling
@@ -393,8 +357,103 @@ impl WatchThread {
         self.last_scan = Instant::now();
     }
 
-    /// Offers every file under `dir` to the settler, aged by its mtime.
-    fn scan(&mut self, index: usize, dir: &Path) {
+    /// Whether some folder is unwatched, so that rescans must stand in for its events.
+    fn needs_rescans(&self) -> bool {
+        self.health.iter().any(Health::needs_rescans)
+            || self.unlisted.iter().any(|folders| !folders.is_empty())
+    }
+
+    /// Notices a watched folder that went away (deleted, renamed, unmounted) or came back,
+    /// perhaps as another folder of the same name: it is armed again and scanned.
+    fn check_roots(&mut self) {
+        self.last_root_check = Instant::now();
+        let mut changed = false;
+        for index in 0..self.watches.len() {
+            let found = identity(&self.watches[index].path);
+            if found == self.roots[index] {
+                continue;
+            }
+            changed = true;
+            self.watchers.disarm(&self.watches[index]);
+            self.roots[index] = found;
+            if found.is_none() {
+                self.health[index] = Health::Missing;
+                self.settler.forget_under(&self.watches[index].path);
+                continue;
+            }
+            self.health[index] = self.watchers.arm(&self.watches[index]);
+            let root = self.watches[index].path.clone();
+            self.unlisted[index] = self.scan(index, &root);
+        }
+        if changed {
+            self.publish_health();
+        }
+    }
+
+    /// Arms a watch again once a folder that could not be watched can be listed: a folder
+    /// whose permissions were mended is watched again without a restart.
+    fn rearm_if_readable(&mut self, index: usize) {
+        let Health::Unreadable(folders) = &self.health[index] else {
+            return;
+        };
+        if folders
+            .iter()
+            .all(|folder| self.unlisted[index].contains(folder))
+        {
+            return;
+        }
+        self.watchers.disarm(&self.watches[index]);
+        self.health[index] = self.watchers.arm(&self.watches[index]);
+    }
+
+    /// Publishes each watch's health for status, logging each change once.
+    fn publish_health(&mut self) {
+        let current: Vec<(PathBuf, Health)> = (0..self.watches.len())
+            .map(|index| {
+                (
+                    self.watches[index].path.clone(),
+                    self.effective_health(index),
+                )
+            })
+            .collect();
+        let mut published = self
+            .stats
+            .health
+            .lock()
+            .expect("health lock is never poisoned");
+        for (index, (root, health)) in current.iter().enumerate() {
+            if published.get(index).map(|(_, before)| before) == Some(health) {
+                continue;
+            }
+            match health {
+                Health::Watching => tracing::info!(path = %root.display(), "watching"),
+                unhealthy => {
+                    tracing::warn!(path = %root.display(), health = %unhealthy.describe(), "watch degraded")
+                }
+            }
+        }
+        let limited = current.iter().any(|(_, health)| *health == Health::Limited);
+        self.stats.limited.store(limited, Ordering::Relaxed);
+        *published = current;
+    }
+
+    /// A watch's health as armed, with the folders its last scan could not list.
+    fn effective_health(&self, index: usize) -> Health {
+        let unlisted = &self.unlisted[index];
+        match &self.health[index] {
+            Health::Watching if !unlisted.is_empty() => Health::Unreadable(unlisted.clone()),
+            Health::Unreadable(folders) => {
+                let mut all = folders.clone();
+                all.extend(unlisted.iter().filter(|f| !folders.contains(f)).cloned());
+                Health::Unreadable(all)
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// Offers every file under `dir` to the settler, aged by its mtime. Returns the folders
+    /// that could not be listed.
+    fn scan(&mut self, index: usize, dir: &Path) -> Vec<PathBuf> {
         let now = Instant::now();
         let wall_now = SystemTime::now();
         let recursive = self.watches[index].recursive;
@@ -402,6 +461,7 @@ impl WatchThread {
         let symlinks = self.watches[index].symlinks;
         // Folders already walked, by device and inode: with links followed, a loop ends here.
         let mut visited = std::collections::HashSet::new();
+        let mut unlisted = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(folder) = stack.pop() {
             if let Ok(metadata) = std::fs::metadata(&folder) {
@@ -413,7 +473,9 @@ impl WatchThread {
             let entries = match std::fs::read_dir(&folder) {
                 Ok(entries) => entries,
                 Err(error) => {
-                    tracing::warn!(path = %folder.display(), %error, "cannot list folder");
+                    // Logged once per change, with the watch's health.
+                    tracing::debug!(path = %folder.display(), %error, "cannot list folder");
+                    unlisted.push(folder);
                     continue;
                 }
             };
@@ -440,6 +502,7 @@ impl WatchThread {
                 }
             }
         }
+        unlisted
     }
 
     fn candidate(&self, settled: &settle::Settled) -> Option<Candidate> {
@@ -490,4 +553,13 @@ fn stat_file(path: &Path, symlinks: Symlinks) -> std::io::Result<Option<Fingerpr
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error),
     }
+}
+
+/// Device and inode of a folder (not followed if a link); `None` when it is not a folder.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|metadata| metadata.is_dir())
+        .map(|metadata| (metadata.dev(), metadata.ino()))
 }

@@ -707,7 +707,14 @@ async fn past_the_inotify_watch_limit_files_still_arrive_by_rescans() {
             && said.contains("sysctl fs.inotify.max_user_watches="),
         "{said}"
     );
-    let human = String::from_utf8(setup.ferry(&["status"]).stdout).unwrap();
+    assert_eq!(status["watch_health"][0]["state"], "limited", "{status}");
+    let human = setup.ferry(&["status"]);
+    assert_eq!(
+        human.status.code(),
+        Some(1),
+        "status exits 1 while a watch is limited"
+    );
+    let human = String::from_utf8(human.stdout).unwrap();
     assert!(human.contains("rescanned every 30s"), "{human}");
 
     // The first folders take the five watches; the last is left to the rescans.

@@ -359,3 +359,101 @@ async fn credentials_in_a_remote_url_are_never_shown_or_logged() {
         assert!(!jobs.contains(secret), "{secret} in ferry jobs: {jobs}");
     }
 }
+
+/// Waits until watch 0 is in `state`, as `ferry status` reports (and exits with `code`).
+async fn wait_watch_state(setup: &Setup, state: &str, code: i32) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, exit) = setup.status_and_code();
+        if status["watch_health"][0]["state"] == state {
+            assert_eq!(exit, Some(code), "{status}");
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch never became {state}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_folder_deleted_and_recreated_is_watched_again() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    wait_watch_state(&setup, "watching", 0).await;
+    std::fs::remove_dir_all(&setup.outbox).unwrap();
+    let status = wait_watch_state(&setup, "missing", 1).await;
+    assert!(
+        status["watch_health"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing")
+    );
+    let human = String::from_utf8(setup.ferry(&["status"]).stdout).unwrap();
+    assert!(human.contains("missing"), "{human}");
+
+    // Back, with a file made at once (found by the scan) and one made later (by events).
+    std::fs::create_dir(&setup.outbox).unwrap();
+    std::fs::write(setup.outbox.join("first.txt"), b"first").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("first.txt"),
+        &receiver.file("first.txt"),
+        ARRIVAL,
+    )
+    .await;
+    wait_watch_state(&setup, "watching", 0).await;
+    std::fs::create_dir(setup.outbox.join("sub")).unwrap();
+    std::fs::write(setup.outbox.join("sub/later.txt"), b"later").unwrap();
+    wait_for_copy(
+        &setup.outbox.join("sub/later.txt"),
+        &receiver.file("sub/later.txt"),
+        ARRIVAL,
+    )
+    .await;
+    assert!(daemon.logged("watch degraded"), "the loss is logged");
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_subfolder_is_skipped_and_the_rest_is_watched() {
+    use std::os::unix::fs::PermissionsExt;
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    for folder in ["a", "locked", "z"] {
+        std::fs::create_dir(setup.outbox.join(folder)).unwrap();
+    }
+    std::fs::write(setup.outbox.join("locked/inside.txt"), b"inside").unwrap();
+    // As nobody, who will own `locked` with no permission at all: it can neither be listed
+    // nor watched. (Root could read it anyway.)
+    let locked = setup.outbox.join("locked");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let daemon = setup.start_as_nobody().await;
+    let status = wait_watch_state(&setup, "unreadable", 1).await;
+    let detail = status["watch_health"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("locked"), "{detail}");
+
+    for name in ["a/new.txt", "z/new.txt"] {
+        let path = setup.outbox.join(name);
+        std::fs::write(&path, name).unwrap();
+        std::os::unix::fs::lchown(&path, Some(crate::support::daemon::NOBODY), None).unwrap();
+        wait_for_copy(&path, &receiver.file(name), ARRIVAL).await;
+    }
+    // A reload keeps watching the rest too.
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let path = setup.outbox.join("z/after-reload.txt");
+    std::fs::write(&path, b"after the reload").unwrap();
+    wait_for_copy(&path, &receiver.file("z/after-reload.txt"), ARRIVAL).await;
+
+    // Mended, it is watched again by the next periodic rescan, with its file.
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wait_watch_state(&setup, "watching", 0).await;
+    wait_for_copy(
+        &locked.join("inside.txt"),
+        &receiver.file("locked/inside.txt"),
+        ARRIVAL,
+    )
+    .await;
+}

@@ -159,6 +159,18 @@ settle = "300ms"
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
+    /// `ferry status --json` and its exit code, which is 1 while a watch is unhealthy.
+    pub fn status_and_code(&self) -> (Value, Option<i32>) {
+        let output = self.ferry(&["status", "--json"]);
+        let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+            panic!(
+                "status printed no JSON: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (status, output.status.code())
+    }
+
     /// Waits until `done` jobs are done and nothing is queued or active.
     pub async fn wait_idle_with_done(&self, done: u64, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
