@@ -148,6 +148,9 @@ pub async fn status(socket: &Path, json: bool, watch: bool) -> Result<()> {
         }
         if !watch {
             // Like `systemctl status` for a degraded unit: the exit code says it too.
+            if let Some(problem) = &status.store_problem {
+                anyhow::bail!("store: {problem}");
+            }
             if let Some(unhealthy) = status.unhealthy_watches().next() {
                 anyhow::bail!("watch {} is {}", unhealthy.path.display(), unhealthy.state);
             }
@@ -169,6 +172,12 @@ pub fn render_status(status: &StatusReply) -> String {
         "ferry {} {state}: {} queued, {} active, {} failed, {} done",
         status.version, q.queued, q.active, q.failed, q.done
     );
+    if let Some(problem) = &status.store_problem {
+        let _ = writeln!(
+            out,
+            "  store: {problem}; uploads wait until it takes writes"
+        );
+    }
     for watch in &status.watch_health {
         match watch.state.as_str() {
             "watching" => {

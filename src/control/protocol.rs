@@ -78,6 +78,10 @@ pub struct StatusReply {
     /// Each watch and how it is doing; `ferry status` exits 1 while one is not `watching`.
     #[serde(default)]
     pub watch_health: Vec<WatchStatus>,
+    /// Why the store cannot take writes (e.g. "no space left on /var/lib/ferry/store");
+    /// uploads wait meanwhile, and `ferry status` exits 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_problem: Option<String>,
 }
 
 /// One watch and how it is doing.

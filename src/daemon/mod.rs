@@ -7,6 +7,7 @@
 //! acknowledged part is already recorded, so what is cut off resumes at the next start), then
 //! flushes the store.
 
+mod store_health;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -122,6 +123,7 @@ pub(crate) struct Daemon {
     own_paths: Vec<PathBuf>,
     /// The embedded receiver's remote, kept across reloads.
     embedded: Option<(String, NativeConfig)>,
+    store_health: store_health::StoreHealth,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -196,6 +198,7 @@ pub async fn run(
         .flatten()
         .collect(),
         embedded,
+        store_health: Default::default(),
     });
 
     let socket = config.daemon.socket.clone();
@@ -214,6 +217,8 @@ pub async fn run(
         .expect("starting the watcher does not panic")?;
 
     let intake_task = tokio::spawn(intake_loop(daemon.clone(), intake_receiver));
+    let stop_recovery = CancellationToken::new();
+    let recovery = tokio::spawn(store_health::recover(daemon.clone(), stop_recovery.clone()));
     let workers = TaskTracker::new();
     let stop_claiming = CancellationToken::new();
     let abandon = CancellationToken::new();
@@ -253,6 +258,8 @@ pub async fn run(
         .take();
     let _ = tokio::task::spawn_blocking(move || drop(watcher)).await;
     intake_task.abort();
+    stop_recovery.cancel();
+    let _ = recovery.await;
     stop_claiming.cancel();
     let _ = scheduler.await;
     workers.close();
@@ -379,8 +386,14 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
                 }
             }
             Ok(Err(error)) => {
-                tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; rescanning to find them again");
-                daemon.request_rescan();
+                // Handled, if not queued: the rescan after the failure finds them again.
+                daemon.checked.fetch_add(count as u64, Ordering::Relaxed);
+                daemon.store_health.failed(&error);
+                // A failing store rescans once it recovers; anything else, now.
+                if !daemon.store_health.is_failing() {
+                    tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; rescanning to find them again");
+                    daemon.request_rescan();
+                }
             }
             Err(error) => tracing::error!(%error, "queueing panicked"),
         }
@@ -482,9 +495,13 @@ impl Daemon {
         operation: impl FnOnce(&Store) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || operation(&store))
+        let result = tokio::task::spawn_blocking(move || operation(&store))
             .await
-            .expect("store operations do not panic")
+            .expect("store operations do not panic");
+        if let Err(error) = &result {
+            self.store_health.failed(error);
+        }
+        result
     }
 
     async fn status(&self) -> Result<StatusReply, QueueError> {
@@ -492,9 +509,12 @@ impl Daemon {
             .with_store(|store| {
                 let counts = store.counts()?;
                 // Listing failures scans the jobs; there is nothing to list most of the time.
+                // Best effort: a failing store still gets its status shown.
                 let failed = match counts.failed {
                     0 => Vec::new(),
-                    _ => store.list(Some(JobState::Failed), STATUS_FAILED_SHOWN)?,
+                    _ => store
+                        .list(Some(JobState::Failed), STATUS_FAILED_SHOWN)
+                        .unwrap_or_default(),
                 };
                 Ok((counts, failed))
             })
@@ -548,6 +568,10 @@ impl Daemon {
                 checked: self.checked.load(Ordering::Relaxed),
                 watch_limited: self.watch_stats.limited.load(Ordering::Relaxed),
             },
+            store_problem: self
+                .store_health
+                .problem()
+                .map(|problem| format!("{problem} on {}", self.store.dir().display())),
             watch_health: self
                 .watch_stats
                 .health()

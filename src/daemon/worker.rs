@@ -45,7 +45,8 @@ pub(super) async fn schedule(
                     .len(),
             )
         };
-        if !daemon.paused.load(Ordering::Relaxed) && free > 0 {
+        let store_failing = daemon.store_health.is_failing();
+        if !daemon.paused.load(Ordering::Relaxed) && free > 0 && !store_failing {
             match daemon
                 .with_store(move |store| store.claim(now_ms(), free))
                 .await
@@ -70,6 +71,9 @@ pub(super) async fn schedule(
                         workers
                             .spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
                     }
+                }
+                Err(error) if daemon.store_health.is_failing() => {
+                    tracing::debug!(error = %crate::push::error_chain(&error), "cannot claim jobs")
                 }
                 Err(error) => {
                     tracing::error!(error = %crate::push::error_chain(&error), "cannot claim jobs")
@@ -233,7 +237,7 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
     })
     .await;
     if let Err(error) = recorded {
-        tracing::error!(error = %crate::push::error_chain(&error), "cannot record the outcome; the job runs again at the next start");
+        tracing::error!(error = %crate::push::error_chain(&error), "cannot record the outcome; the job runs again once the store takes writes (or at the next start)");
     }
     daemon
         .active

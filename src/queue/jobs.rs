@@ -212,7 +212,8 @@ impl Store {
         let mut log = self.prune_log()?;
         if !log.pending.is_empty() {
             for id in std::mem::take(&mut log.pending) {
-                self.jobs
+                self.t()?
+                    .jobs
                     .remove(id_key(id))
                     .map_err(sled_error("prune job"))?;
             }
@@ -224,7 +225,7 @@ impl Store {
         let mut live: HashMap<Vec<u8>, (JobId, JobState, u64)> = HashMap::new();
         let mut superseded = Vec::new();
         let mut done = 0;
-        for entry in self.jobs.iter() {
+        for entry in self.t()?.jobs.iter() {
             let (_, value) = entry.map_err(sled_error("scan jobs"))?;
             let job: JobRecord = decode("job", &value)?;
             if job.state == JobState::Done {
@@ -243,11 +244,13 @@ impl Store {
             }
         }
         for id in superseded {
-            self.jobs
+            self.t()?
+                .jobs
                 .remove(id_key(id))
                 .map_err(sled_error("remove superseded job"))?;
         }
         if let Some(total) = self
+            .t()?
             .meta
             .remove(LEGACY_DONE_TOTAL)
             .map_err(sled_error("read counters"))?
@@ -267,44 +270,49 @@ impl Store {
                 due.insert(ready_key(next_attempt_ms, id));
             }
         }
-        for key in self.ready.iter().keys() {
+        for key in self.t()?.ready.iter().keys() {
             let key = key.map_err(sled_error("scan ready jobs"))?;
             if !due.remove(key.as_ref()) {
-                self.ready
+                self.t()?
+                    .ready
                     .remove(key)
                     .map_err(sled_error("repair ready jobs"))?;
             }
         }
         for key in due {
-            self.ready
+            self.t()?
+                .ready
                 .insert(key, &[])
                 .map_err(sled_error("repair ready jobs"))?;
         }
-        for entry in self.job_paths.iter() {
+        for entry in self.t()?.job_paths.iter() {
             let (path, id) = entry.map_err(sled_error("scan job paths"))?;
             match live.get(path.as_ref()) {
                 Some(&(live_id, ..)) if id_of(&id) == live_id => {
                     live.remove(path.as_ref());
                 }
                 _ => {
-                    self.job_paths
+                    self.t()?
+                        .job_paths
                         .remove(path)
                         .map_err(sled_error("repair job paths"))?;
                 }
             }
         }
         for (path, (id, ..)) in live {
-            self.job_paths
+            self.t()?
+                .job_paths
                 .insert(path, &id_key(id))
                 .map_err(sled_error("repair job paths"))?;
         }
         self.remove_orphan_parts()?;
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(counts)
     }
 
     fn prune_log(&self) -> Result<PruneLog, QueueError> {
         match self
+            .t()?
             .meta
             .get(PRUNE_LOG)
             .map_err(sled_error("read prune log"))?
@@ -315,21 +323,24 @@ impl Store {
     }
 
     fn write_prune_log(&self, log: &PruneLog) -> Result<(), QueueError> {
-        self.meta
+        self.t()?
+            .meta
             .insert(PRUNE_LOG, encode(log))
             .map_err(sled_error("write prune log"))?;
         Ok(())
     }
 
     /// Serializes changes to jobs; the guard is the state counters, kept in step with them.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.shared
+            .counts
             .lock()
             .expect("no code panics while holding the queue lock")
     }
 
     fn write_job(&self, job: &JobRecord) -> Result<(), QueueError> {
-        self.jobs
+        self.t()?
+            .jobs
             .insert(id_key(job.id), encode(job))
             .map_err(sled_error("write job"))?;
         Ok(())
@@ -337,9 +348,9 @@ impl Store {
 
     fn set_ready(&self, key: [u8; 16], ready: bool) -> Result<(), QueueError> {
         if ready {
-            self.ready.insert(key, &[])
+            self.t()?.ready.insert(key, &[])
         } else {
-            self.ready.remove(key)
+            self.t()?.ready.remove(key)
         }
         .map_err(sled_error("update ready jobs"))?;
         Ok(())
@@ -362,6 +373,7 @@ impl Store {
                 continue;
             }
             let existing = match self
+                .t()?
                 .job_paths
                 .get(path_key(&candidate.path))
                 .map_err(sled_error("read job paths"))?
@@ -397,7 +409,11 @@ impl Store {
                 _ => {
                     let job = JobRecord {
                         version: RECORD_VERSION,
-                        id: self.db.generate_id().map_err(sled_error("generate id"))?,
+                        id: self
+                            .t()?
+                            .db
+                            .generate_id()
+                            .map_err(sled_error("generate id"))?,
                         path: candidate.path.clone(),
                         watch_root: candidate.watch_root.clone(),
                         remote: candidate.remote.clone(),
@@ -418,7 +434,7 @@ impl Store {
             };
             outcomes.push(outcome);
         }
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(outcomes)
     }
 
@@ -444,7 +460,8 @@ impl Store {
     /// Writes a new queued job, then its indexes. The caller holds the lock.
     fn insert_queued(&self, job: &JobRecord) -> Result<(), QueueError> {
         self.write_job(job)?;
-        self.job_paths
+        self.t()?
+            .job_paths
             .insert(path_key(&job.path), &id_key(job.id))
             .map_err(sled_error("write job paths"))?;
         self.set_ready(ready_key(job.next_attempt_ms, job.id), true)
@@ -454,7 +471,7 @@ impl Store {
     pub fn claim(&self, now: u64, limit: usize) -> Result<Vec<JobRecord>, QueueError> {
         let mut counts = self.lock();
         let mut claimed = Vec::new();
-        for key in self.ready.range(..ready_key(now, u64::MAX)).keys() {
+        for key in self.t()?.ready.range(..ready_key(now, u64::MAX)).keys() {
             if claimed.len() >= limit {
                 break;
             }
@@ -475,7 +492,8 @@ impl Store {
                 }
                 _ => {}
             }
-            self.ready
+            self.t()?
+                .ready
                 .remove(key)
                 .map_err(sled_error("update ready jobs"))?;
         }
@@ -485,6 +503,7 @@ impl Store {
     /// Time of the earliest queued job, if any (to sleep until then). Blocking, cheap.
     pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
         Ok(self
+            .t()?
             .ready
             .first()
             .map_err(sled_error("scan ready jobs"))?
@@ -518,14 +537,19 @@ impl Store {
             remote_path: job.remote_path.clone(),
             uploaded_ms: now,
         };
-        self.uploaded
+        self.t()?
+            .uploaded
             .insert(index_key(&job.remote, &job.path), encode(&entry))
             .map_err(sled_error("write upload index"))?;
         // Upload again only if the file last reported is not the one uploaded.
         let again = job.dirty && job.fingerprint != Some(fingerprint);
         if again {
             let follow_up = JobRecord {
-                id: self.db.generate_id().map_err(sled_error("generate id"))?,
+                id: self
+                    .t()?
+                    .db
+                    .generate_id()
+                    .map_err(sled_error("generate id"))?,
                 state: JobState::Queued,
                 attempts: 0,
                 next_attempt_ms: now,
@@ -544,13 +568,14 @@ impl Store {
         job.updated_ms = now;
         self.write_job(&job)?;
         if !again {
-            self.job_paths
+            self.t()?
+                .job_paths
                 .remove(path_key(&job.path))
                 .map_err(sled_error("write job paths"))?;
         }
         counts.shift(Some(JobState::Active), Some(JobState::Done));
         drop(counts);
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 
@@ -605,16 +630,17 @@ impl Store {
             job.dirty = false;
             self.rewrite(&mut counts, &before, &job)?;
             drop(counts);
-            self.db.flush().map_err(sled_error("flush"))?;
+            self.t()?.db.flush().map_err(sled_error("flush"))?;
             return Ok(());
         }
-        self.jobs
+        self.t()?
+            .jobs
             .remove(id_key(id))
             .map_err(sled_error("remove job"))?;
         if job.state == JobState::Queued {
             self.set_ready(ready_key(job.next_attempt_ms, id), false)?;
         }
-        let paths = &self.job_paths;
+        let paths = &self.t()?.job_paths;
         if paths
             .get(path_key(&job.path))
             .map_err(sled_error("read job paths"))?
@@ -627,7 +653,7 @@ impl Store {
         }
         counts.shift(Some(job.state), None);
         drop(counts);
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 
@@ -649,7 +675,7 @@ impl Store {
         job.updated_ms = now_ms();
         self.rewrite(&mut counts, &before, &job)?;
         drop(counts);
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(true)
     }
 
@@ -680,7 +706,12 @@ impl Store {
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-        match self.jobs.get(id_key(id)).map_err(sled_error("read job"))? {
+        match self
+            .t()?
+            .jobs
+            .get(id_key(id))
+            .map_err(sled_error("read job"))?
+        {
             Some(bytes) => decode("job", &bytes).map(Some),
             None => Ok(None),
         }
@@ -693,7 +724,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<JobRecord>, QueueError> {
         let mut found = Vec::new();
-        for entry in self.jobs.iter() {
+        for entry in self.t()?.jobs.iter() {
             let (_, value) = entry.map_err(sled_error("scan jobs"))?;
             let job: JobRecord = decode("job", &value)?;
             if state.is_none_or(|wanted| job.state == wanted) {
@@ -714,8 +745,17 @@ impl Store {
 
     /// After a crash or restart: jobs left active are queued again, due now. Blocking.
     pub fn requeue_active(&self) -> Result<usize, QueueError> {
+        self.requeue_active_except(&[])
+    }
+
+    /// Jobs left active, but for those in `running`, are queued again, due now: after the
+    /// store recovers from a failure that kept their outcome from being recorded. Blocking.
+    pub fn requeue_active_except(&self, running: &[JobId]) -> Result<usize, QueueError> {
         let mut requeued = 0;
         for job in self.list(Some(JobState::Active), usize::MAX)? {
+            if running.contains(&job.id) {
+                continue;
+            }
             let changed = self.transition(job.id, |job| {
                 if job.state != JobState::Active {
                     return false;
@@ -745,14 +785,15 @@ impl Store {
             log.pending = step.to_vec();
             self.write_prune_log(&log)?;
             for &id in step {
-                self.jobs
+                self.t()?
+                    .jobs
                     .remove(id_key(id))
                     .map_err(sled_error("prune job"))?;
             }
             log.pending.clear();
             self.write_prune_log(&log)?;
         }
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(due.len())
     }
 
@@ -763,6 +804,7 @@ impl Store {
         path: &Path,
     ) -> Result<Option<IndexEntry>, QueueError> {
         match self
+            .t()?
             .uploaded
             .get(index_key(remote, path))
             .map_err(sled_error("read upload index"))?
@@ -797,6 +839,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn reopen_keeps_what_was_flushed_and_counts_it_again() {
+        let (_dir, store) = store();
+        store
+            .enqueue(&[candidate("/w/a", 1), candidate("/w/b", 2)])
+            .unwrap();
+        let other_handle = store.clone();
+        store.reopen().unwrap();
+        assert_eq!(
+            other_handle.counts().unwrap().queued,
+            2,
+            "every clone sees the new database"
+        );
+        store.enqueue(&[candidate("/w/c", 3)]).unwrap();
+        store.probe_write().unwrap();
+        store.reopen().unwrap();
+        assert_eq!(store.counts().unwrap().queued, 3);
     }
 
     #[test]
@@ -915,6 +976,8 @@ mod tests {
         let job = store.claim(now_ms(), 1).unwrap().remove(0);
         // What a claim racing a coalescing enqueue can leave behind: a second key for the job.
         store
+            .t()
+            .unwrap()
             .ready
             .insert(ready_key(job.next_attempt_ms + 1, id), &[])
             .unwrap();
@@ -926,6 +989,8 @@ mod tests {
             .finish_done(id, candidate("/w/r", 1).fingerprint, "ab")
             .unwrap();
         store
+            .t()
+            .unwrap()
             .ready
             .insert(ready_key(job.next_attempt_ms + 2, id), &[])
             .unwrap();
@@ -941,7 +1006,7 @@ mod tests {
             1,
             "finishing twice counts once"
         );
-        assert_eq!(store.ready.len(), 0, "stale keys are dropped");
+        assert_eq!(store.t().unwrap().ready.len(), 0, "stale keys are dropped");
     }
 
     #[test]
@@ -1022,15 +1087,30 @@ mod tests {
             let mut job = store.job(ids[0]).unwrap().unwrap();
             job.state = JobState::Queued;
             store.write_job(&job).unwrap();
-            store.job_paths.remove(path_key(&job.path)).unwrap();
+            store
+                .t()
+                .unwrap()
+                .job_paths
+                .remove(path_key(&job.path))
+                .unwrap();
             // /w/d: the follow-up of a changed file written, the finished job still active.
             let mut follow_up = store.job(ids[1]).unwrap().unwrap();
             follow_up.id = 1_000;
             follow_up.state = JobState::Queued;
             store.write_job(&follow_up).unwrap();
             // Stale keys: a ready key of no job, a path of no job, parts of no session.
-            store.ready.insert(ready_key(5, 77), &[]).unwrap();
-            store.job_paths.insert(b"/w/gone", &id_key(78)).unwrap();
+            store
+                .t()
+                .unwrap()
+                .ready
+                .insert(ready_key(5, 77), &[])
+                .unwrap();
+            store
+                .t()
+                .unwrap()
+                .job_paths
+                .insert(b"/w/gone", &id_key(78))
+                .unwrap();
             store
                 .plan_part(
                     "no-such-session",
@@ -1053,6 +1133,8 @@ mod tests {
                 .unwrap();
             // A store written before the prune log: its count of jobs ever done.
             store
+                .t()
+                .unwrap()
                 .meta
                 .insert(LEGACY_DONE_TOTAL, &3u64.to_be_bytes())
                 .unwrap();
@@ -1084,11 +1166,26 @@ mod tests {
             vec![queued, done_again],
             "each path's newest job, once"
         );
-        assert_eq!(store.ready.len(), 0);
-        let paths: Vec<_> = store.job_paths.iter().keys().map(Result::unwrap).collect();
+        assert_eq!(store.t().unwrap().ready.len(), 0);
+        let paths: Vec<_> = store
+            .t()
+            .unwrap()
+            .job_paths
+            .iter()
+            .keys()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(paths.len(), 2, "{paths:?}");
-        assert!(store.job_paths.get(b"/w/gone").unwrap().is_none());
-        assert_eq!(store.parts.len(), 0, "orphan parts removed");
+        assert!(
+            store
+                .t()
+                .unwrap()
+                .job_paths
+                .get(b"/w/gone")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.t().unwrap().parts.len(), 0, "orphan parts removed");
         assert_eq!(store.recover().unwrap(), store.counts().unwrap());
     }
 

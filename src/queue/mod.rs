@@ -33,6 +33,8 @@ pub enum QueueError {
         #[source]
         source: sled::Error,
     },
+    #[error("the store at {path} is closed: reopening it failed")]
+    Closed { path: PathBuf },
     #[error("a {kind} record in the store is unreadable")]
     Corrupt {
         kind: &'static str,
@@ -44,6 +46,23 @@ pub enum QueueError {
 /// Handle on the sled database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    shared: std::sync::Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// The open database; `None` only while `reopen` swaps it. Each operation takes a clone
+    /// of the `Arc` for its own duration.
+    trees: std::sync::RwLock<Option<std::sync::Arc<Trees>>>,
+    /// Serializes changes to jobs (sled's own transactions switch on a process-wide lock that
+    /// can deadlock with its flusher, so the store uses none). It guards the jobs per state,
+    /// kept in step with every change so that `ferry status` costs nothing however long the
+    /// queue; counted at open.
+    counts: std::sync::Mutex<Counts>,
+}
+
+/// The sled database and its trees.
+struct Trees {
     db: sled::Db,
     uploads: sled::Tree,
     parts: sled::Tree,
@@ -52,40 +71,75 @@ pub struct Store {
     ready: sled::Tree,
     uploaded: sled::Tree,
     meta: sled::Tree,
-    /// Serializes changes to jobs (sled's own transactions switch on a process-wide lock that
-    /// can deadlock with its flusher, so the store uses none). It guards the jobs per state,
-    /// kept in step with every change so that `ferry status` costs nothing however long the
-    /// queue; counted once at open.
-    counts: std::sync::Arc<std::sync::Mutex<Counts>>,
 }
+
+/// How long `reopen` waits for operations in progress to let go of the old database.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Store {
     /// Opens (creating) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, QueueError> {
-        let open_error = |source| QueueError::Open {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(open_error)?;
-        let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let store = Store {
-            uploads: tree("uploads")?,
-            parts: tree("upload_parts")?,
-            jobs: tree("jobs")?,
-            job_paths: tree("job_paths")?,
-            ready: tree("ready")?,
-            uploaded: tree("uploaded")?,
-            meta: tree("meta")?,
-            counts: Default::default(),
-            db,
+            shared: std::sync::Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                trees: std::sync::RwLock::new(Some(std::sync::Arc::new(open_trees(dir)?))),
+                counts: Default::default(),
+            }),
         };
         let counts = store.recover()?;
-        *store.counts.lock().expect("nothing holds the lock yet") = counts;
+        *store.lock() = counts;
         Ok(store)
+    }
+
+    /// The open database, for one operation.
+    fn t(&self) -> Result<std::sync::Arc<Trees>, QueueError> {
+        self.shared
+            .trees
+            .read()
+            .expect("no code panics while holding the trees lock")
+            .clone()
+            .ok_or_else(|| QueueError::Closed {
+                path: self.shared.dir.clone(),
+            })
+    }
+
+    /// Closes the database and opens it again, then repairs and recounts as at open. After an
+    /// I/O error (a full disk, say) sled fails every later operation with that same error,
+    /// even once the cause is gone: reopening is how the daemon recovers without a restart.
+    /// Writes that were never flushed are lost, as in a crash; none was acknowledged. Blocking.
+    pub fn reopen(&self) -> Result<(), QueueError> {
+        let mut slot = self
+            .shared
+            .trees
+            .write()
+            .expect("no code panics while holding the trees lock");
+        if let Some(old) = slot.take() {
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old); // releases sled's lock on its files
+        }
+        *slot = Some(std::sync::Arc::new(open_trees(&self.shared.dir)?));
+        drop(slot);
+        let counts = self.recover()?;
+        *self.lock() = counts;
+        Ok(())
+    }
+
+    /// Writes and flushes a small record: whether the store can take writes now. Blocking.
+    pub fn probe_write(&self) -> Result<(), QueueError> {
+        let t = self.t()?;
+        t.meta
+            .insert("probe", &jobs::now_ms().to_be_bytes())
+            .map_err(sled_error("write probe"))?;
+        t.db.flush().map_err(sled_error("flush"))?;
+        Ok(())
+    }
+
+    /// The folder the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
     }
 
     /// Loads a session record and its parts (sorted by number). Blocking: a prefix scan.
@@ -93,12 +147,17 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<(UploadRecord, Vec<PartRecord>)>, QueueError> {
-        let Some(bytes) = self.uploads.get(key).map_err(sled_error("read upload"))? else {
+        let Some(bytes) = self
+            .t()?
+            .uploads
+            .get(key)
+            .map_err(sled_error("read upload"))?
+        else {
             return Ok(None);
         };
         let record: UploadRecord = decode("upload", &bytes)?;
         let mut parts = Vec::new();
-        for entry in self.parts.scan_prefix(part_prefix(key)) {
+        for entry in self.t()?.parts.scan_prefix(part_prefix(key)) {
             let (_, value) = entry.map_err(sled_error("scan parts"))?;
             parts.push(decode::<PartRecord>("part", &value)?);
         }
@@ -111,7 +170,8 @@ impl Store {
         key: &str,
         record: &UploadRecord,
     ) -> Result<(), QueueError> {
-        self.uploads
+        self.t()?
+            .uploads
             .insert(key, encode(record))
             .map_err(sled_error("save upload"))?;
         self.flush().await
@@ -120,7 +180,8 @@ impl Store {
     /// Notes a part about to be sent. Not flushed: if it is lost in a crash, the part was not
     /// acknowledged yet and is planned again; later flushes carry it along.
     pub fn plan_part(&self, key: &str, part: &PartRecord) -> Result<(), QueueError> {
-        self.parts
+        self.t()?
+            .parts
             .insert(part_key(key, part.number), encode(part))
             .map_err(sled_error("plan part"))?;
         Ok(())
@@ -141,29 +202,33 @@ impl Store {
     /// The record goes first: a crash before its parts are gone leaves orphans, which the next
     /// open removes, never a record missing its parts.
     pub fn remove_upload(&self, key: &str) -> Result<(), QueueError> {
-        self.uploads
+        self.t()?
+            .uploads
             .remove(key)
             .map_err(sled_error("remove upload"))?;
-        for part in self.parts.scan_prefix(part_prefix(key)).keys() {
-            self.parts
+        for part in self.t()?.parts.scan_prefix(part_prefix(key)).keys() {
+            self.t()?
+                .parts
                 .remove(part.map_err(sled_error("scan parts"))?)
                 .map_err(sled_error("remove parts"))?;
         }
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 
     /// Removes parts whose session record is gone (see `remove_upload`). Blocking: a scan.
     fn remove_orphan_parts(&self) -> Result<(), QueueError> {
-        for part in self.parts.iter().keys() {
+        for part in self.t()?.parts.iter().keys() {
             let part = part.map_err(sled_error("scan parts"))?;
             let session = &part[..part.len().saturating_sub(PART_SUFFIX)];
             if !self
+                .t()?
                 .uploads
                 .contains_key(session)
                 .map_err(sled_error("read upload"))?
             {
-                self.parts
+                self.t()?
+                    .parts
                     .remove(part)
                     .map_err(sled_error("remove parts"))?;
             }
@@ -173,7 +238,7 @@ impl Store {
 
     /// Makes everything written so far durable. Blocking.
     pub fn flush_blocking(&self) -> Result<(), QueueError> {
-        self.db.flush().map_err(sled_error("flush"))?;
+        self.t()?.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 
@@ -182,7 +247,7 @@ impl Store {
     /// is waiting, the log writes they wait for sit queued behind them forever (seen with 16
     /// transfers).
     async fn flush(&self) -> Result<(), QueueError> {
-        let db = self.db.clone();
+        let db = self.t()?.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .expect("a flush does not panic")
@@ -219,6 +284,29 @@ fn part_key(key: &str, number: u32) -> Vec<u8> {
     let mut bytes = part_prefix(key);
     bytes.extend_from_slice(&number.to_be_bytes());
     bytes
+}
+
+fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
+    let open_error = |source| QueueError::Open {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_BYTES)
+        .open()
+        .map_err(open_error)?;
+    let tree = |name: &str| db.open_tree(name).map_err(open_error);
+    Ok(Trees {
+        uploads: tree("uploads")?,
+        parts: tree("upload_parts")?,
+        jobs: tree("jobs")?,
+        job_paths: tree("job_paths")?,
+        ready: tree("ready")?,
+        uploaded: tree("uploaded")?,
+        meta: tree("meta")?,
+        db,
+    })
 }
 
 #[cfg(test)]
@@ -290,8 +378,24 @@ mod tests {
         assert_eq!(numbers, vec![1, 2, 256]);
         store.remove_upload("k").unwrap();
         assert!(store.load_upload("k").unwrap().is_none());
-        assert_eq!(store.parts.scan_prefix(part_prefix("k")).count(), 0);
-        assert_eq!(store.parts.scan_prefix(part_prefix("other")).count(), 1);
+        assert_eq!(
+            store
+                .t()
+                .unwrap()
+                .parts
+                .scan_prefix(part_prefix("k"))
+                .count(),
+            0
+        );
+        assert_eq!(
+            store
+                .t()
+                .unwrap()
+                .parts
+                .scan_prefix(part_prefix("other"))
+                .count(),
+            1
+        );
     }
 
     /// Many durable writes at once, as many parallel parts make: each must return. (sled's
@@ -325,7 +429,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(60), all)
             .await
             .expect("every durable write returns");
-        assert_eq!(store.parts.len(), 32 * 20);
+        assert_eq!(store.t().unwrap().parts.len(), 32 * 20);
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub fn status_line(status: &StatusReply) -> String {
     if status.paused {
         line.push_str(", paused");
     }
+    if let Some(problem) = &status.store_problem {
+        line.push_str(&format!(", store: {problem}"));
+    }
     for watch in status.unhealthy_watches() {
         line.push_str(&format!(", {} {}", watch.state, watch.path.display()));
     }
@@ -132,6 +135,7 @@ mod tests {
                 state: "watching".into(),
                 detail: String::new(),
             }],
+            store_problem: None,
         };
         assert_eq!(
             status_line(&status),

@@ -457,3 +457,77 @@ async fn an_unreadable_subfolder_is_skipped_and_the_rest_is_watched() {
     )
     .await;
 }
+
+/// CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_folder_is_reported_and_the_daemon_recovers_when_space_returns() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let disk = Tmpfs::mount(&setup.dir.path().join("data"), "8m");
+    let daemon = setup.start().await;
+    let filler = setup.dir.path().join("data/filler");
+    std::fs::write(&filler, vec![0u8; disk.free() as usize]).unwrap();
+    for index in 0..10 {
+        std::fs::write(
+            setup.outbox.join(format!("f{index}.txt")),
+            b"waits for space",
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + ARRIVAL;
+    let status = loop {
+        let (status, code) = setup.status_and_code();
+        if status["store_problem"].is_string() {
+            assert_eq!(code, Some(1), "{status}");
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full store was never reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status["store_problem"]
+            .as_str()
+            .unwrap()
+            .contains("no space left on"),
+        "{status}"
+    );
+
+    // Failing, it neither spins nor floods the log (it did: 100% CPU, 73,000 lines in 15 s).
+    let pid = daemon.child.id();
+    let (lines, cpu) = (daemon.logs.lock().unwrap().len(), cpu_seconds(pid));
+    tokio::time::sleep(Duration::from_secs(2)).await; // the window measured
+    let added = daemon.logs.lock().unwrap().len() - lines;
+    let used = cpu_seconds(pid) - cpu;
+    assert!(added < 20, "{added} log lines in 2 s");
+    assert!(used < 0.5, "{used:.2} s of CPU in 2 s");
+
+    std::fs::remove_file(&filler).unwrap();
+    for index in 0..10 {
+        let name = format!("f{index}.txt");
+        wait_for_copy(
+            &setup.outbox.join(&name),
+            &receiver.file(&name),
+            Duration::from_secs(40),
+        )
+        .await;
+    }
+    setup.wait_idle_with_done(10, ARRIVAL).await;
+    assert!(daemon.logged("store: writable again"));
+    assert_eq!(daemon.terminate().await, Some(0));
+}

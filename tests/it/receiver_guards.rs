@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry::server::Guards;
@@ -272,44 +271,6 @@ async fn open_sessions_are_capped_with_429_and_retry_after() {
     assert_eq!(aborted.status(), 204);
     assert_eq!(init(&receiver.url, "now-it-fits", 10).await.status(), 201);
     assert_eq!(init(&receiver.url, "but-no-more", 10).await.status(), 429);
-}
-
-/// A tmpfs of `size` mounted at `path` for the test's life (the tests run as root).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs (the tests run as root)");
-        Tmpfs(path.to_path_buf())
-    }
-
-    fn free(&self) -> u64 {
-        let name = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: a valid path and a buffer of the right type.
-        assert_eq!(
-            unsafe { libc::statvfs(name.as_ptr(), stat.as_mut_ptr()) },
-            0
-        );
-        // SAFETY: statvfs returned 0 and filled it.
-        let stat = unsafe { stat.assume_init() };
-        stat.f_bavail * stat.f_frsize
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -312,3 +312,41 @@ pub fn token_file(dir: &Path) -> PathBuf {
     std::fs::write(&path, TOKEN).unwrap();
     path
 }
+
+/// A tmpfs of `size` mounted at `path` for the test's life (the tests run as root).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs (the tests run as root)");
+        Tmpfs(path.to_path_buf())
+    }
+
+    pub fn free(&self) -> u64 {
+        let name = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a valid path and a buffer of the right type.
+        assert_eq!(
+            unsafe { libc::statvfs(name.as_ptr(), stat.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: statvfs returned 0 and filled it.
+        let stat = unsafe { stat.assume_init() };
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
