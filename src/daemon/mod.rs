@@ -245,7 +245,12 @@ pub async fn run(
                 let _ = tokio::task::spawn_blocking(move || reloading.reload(config)).await;
                 let _ = applied.send(());
             }
-            _ = prune.tick() => daemon.prune(config.daemon.done_retention).await,
+            _ = prune.tick() => {
+                daemon.prune(config.daemon.done_retention).await;
+                if let Err(error) = daemon.with_store(|store| store.checkpoint()).await {
+                    tracing::warn!(error = %crate::push::error_chain(&error), "cannot checkpoint the store");
+                }
+            }
         }
     }
 
@@ -272,10 +277,11 @@ pub async fn run(
         abandon.cancel();
         workers.wait().await;
     }
+    // Flushes, and records what the store holds for the damage check at the next open.
     let flushing = store.clone();
-    tokio::task::spawn_blocking(move || flushing.flush_blocking())
+    tokio::task::spawn_blocking(move || flushing.checkpoint())
         .await
-        .expect("flush does not panic")?;
+        .expect("a checkpoint does not panic")?;
     services.cancel();
     tracker.close();
     tracker.wait().await;
@@ -571,7 +577,11 @@ impl Daemon {
             store_problem: self
                 .store_health
                 .problem()
-                .map(|problem| format!("{problem} on {}", self.store.dir().display())),
+                .map(|problem| {
+                    let dir = self.store.dir().display();
+                    format!("{problem} on {dir}; uploads wait until it takes writes")
+                })
+                .or_else(|| self.store.damage()),
             watch_health: self
                 .watch_stats
                 .health()

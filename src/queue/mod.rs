@@ -8,6 +8,7 @@
 
 pub mod jobs;
 pub mod record;
+mod summary;
 
 use std::path::{Path, PathBuf};
 
@@ -21,11 +22,19 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Store failures. The path says which store; the cause is sled's or serde's.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("cannot open the store at {path} (is another ferry process using it?)")]
+    #[error("cannot open the store at {path}{hint}")]
     Open {
         path: PathBuf,
+        /// What the cause most likely means, from `open_hint`.
+        hint: &'static str,
         #[source]
         source: sled::Error,
+    },
+    #[error("cannot write the store's checkpoint in {path}")]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("store operation failed: {operation}")]
     Sled {
@@ -59,6 +68,8 @@ struct Shared {
     /// kept in step with every change so that `ferry status` costs nothing however long the
     /// queue; counted at open.
     counts: std::sync::Mutex<Counts>,
+    /// What `summary` found lost when the store was last opened.
+    damage: std::sync::Mutex<Option<String>>,
 }
 
 /// The sled database and its trees.
@@ -84,11 +95,62 @@ impl Store {
                 dir: dir.to_path_buf(),
                 trees: std::sync::RwLock::new(Some(std::sync::Arc::new(open_trees(dir)?))),
                 counts: Default::default(),
+                damage: Default::default(),
             }),
         };
-        let counts = store.recover()?;
-        *store.lock() = counts;
+        store.recover_and_check()?;
         Ok(store)
+    }
+
+    /// Repairs the indexes and recounts (`recover`), then compares with the last checkpoint.
+    fn recover_and_check(&self) -> Result<(), QueueError> {
+        let counts = self.recover()?;
+        *self.lock() = counts;
+        let now = summary::Summary {
+            uploaded: self.t()?.uploaded.len() as u64,
+            done: counts.done,
+        };
+        let dir = &self.shared.dir;
+        let damage = match summary::read(dir) {
+            Ok(Some(recorded)) => summary::damage(recorded, now),
+            Ok(None) => None,
+            Err(problem) => {
+                tracing::warn!(path = %dir.display(), %problem, "the store's checkpoint is unreadable: the store cannot be checked for damage this time");
+                None
+            }
+        };
+        if let Some(damage) = &damage {
+            tracing::error!(path = %dir.display(), "store {damage}");
+        }
+        *self
+            .shared
+            .damage
+            .lock()
+            .expect("damage lock is never poisoned") = damage;
+        Ok(())
+    }
+
+    /// Damage found when the store was opened, if any (until the daemon stops).
+    pub fn damage(&self) -> Option<String> {
+        self.shared
+            .damage
+            .lock()
+            .expect("damage lock is never poisoned")
+            .clone()
+    }
+
+    /// Records what the store holds now (see `summary`), to find damage at the next open.
+    /// Counts, then flushes, so that what it records is durable. Blocking.
+    pub fn checkpoint(&self) -> Result<(), QueueError> {
+        let now = summary::Summary {
+            uploaded: self.t()?.uploaded.len() as u64,
+            done: self.lock().done,
+        };
+        self.flush_blocking()?;
+        summary::write(&self.shared.dir, now).map_err(|source| QueueError::Checkpoint {
+            path: self.shared.dir.clone(),
+            source,
+        })
     }
 
     /// The open database, for one operation.
@@ -122,9 +184,7 @@ impl Store {
         }
         *slot = Some(std::sync::Arc::new(open_trees(&self.shared.dir)?));
         drop(slot);
-        let counts = self.recover()?;
-        *self.lock() = counts;
-        Ok(())
+        self.recover_and_check()
     }
 
     /// Writes and flushes a small record: whether the store can take writes now. Blocking.
@@ -286,9 +346,29 @@ fn part_key(key: &str, number: u32) -> Vec<u8> {
     bytes
 }
 
+/// What a failure to open most likely means: only a held lock means another process.
+fn open_hint(error: &sled::Error) -> &'static str {
+    match error {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            " (another ferry process is using it)"
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            " (no space left on its disk)"
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            " (permission denied: is it another user's?)"
+        }
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
+            " (it is damaged: move the folder aside to start afresh; every file is then uploaded again)"
+        }
+        _ => "",
+    }
+}
+
 fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
-    let open_error = |source| QueueError::Open {
+    let open_error = |source: sled::Error| QueueError::Open {
         path: dir.to_path_buf(),
+        hint: open_hint(&source),
         source,
     };
     let db = sled::Config::new()

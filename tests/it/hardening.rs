@@ -458,6 +458,21 @@ async fn an_unreadable_subfolder_is_skipped_and_the_rest_is_watched() {
     .await;
 }
 
+/// Writes `path` until its disk is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(error) => panic!("filling {}: {error}", path.display()),
+        }
+    }
+}
+
 /// CPU seconds a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -476,10 +491,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 async fn a_full_data_folder_is_reported_and_the_daemon_recovers_when_space_returns() {
     let receiver = Receiver::start().await;
     let setup = Setup::new(&receiver.url, "", "");
-    let disk = Tmpfs::mount(&setup.dir.path().join("data"), "8m");
+    let _disk = Tmpfs::mount(&setup.dir.path().join("data"), "8m");
     let daemon = setup.start().await;
     let filler = setup.dir.path().join("data/filler");
-    std::fs::write(&filler, vec![0u8; disk.free() as usize]).unwrap();
+    fill(&filler);
     for index in 0..10 {
         std::fs::write(
             setup.outbox.join(format!("f{index}.txt")),
@@ -530,4 +545,47 @@ async fn a_full_data_folder_is_reported_and_the_daemon_recovers_when_space_retur
     setup.wait_idle_with_done(10, ARRIVAL).await;
     assert!(daemon.logged("store: writable again"));
     assert_eq!(daemon.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_damaged_while_stopped_is_reported_not_silently_reset() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    for index in 0..40 {
+        std::fs::write(
+            setup.outbox.join(format!("f{index}.txt")),
+            index.to_string(),
+        )
+        .unwrap();
+    }
+    setup.wait_idle_with_done(40, ARRIVAL).await;
+    assert_eq!(daemon.terminate().await, Some(0));
+
+    // Damaged while stopped: the store's file cut short.
+    let db = setup.dir.path().join("data/store/db");
+    let size = std::fs::metadata(&db).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.set_len(size * 3 / 5).unwrap();
+    drop(file);
+    let daemon = setup.start().await;
+    let (status, code) = setup.status_and_code();
+    let problem = status["store_problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("damaged"), "{status}");
+    assert_eq!(code, Some(1));
+    assert!(daemon.logged("store damaged"), "the damage is logged");
+
+    // A second daemon on the same store is told the real cause.
+
+    let second = std::process::Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("--socket")
+        .arg(setup.dir.path().join("other.sock"))
+        .arg("run")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(said.contains("another ferry process is using it"), "{said}");
 }
