@@ -245,12 +245,7 @@ pub async fn run(
                 let _ = tokio::task::spawn_blocking(move || reloading.reload(config)).await;
                 let _ = applied.send(());
             }
-            _ = prune.tick() => {
-                daemon.prune(config.daemon.done_retention).await;
-                if let Err(error) = daemon.with_store(|store| store.checkpoint()).await {
-                    tracing::warn!(error = %crate::push::error_chain(&error), "cannot checkpoint the store");
-                }
-            }
+            _ = prune.tick() => daemon.maintain(config.daemon.done_retention).await,
         }
     }
 
@@ -484,6 +479,15 @@ impl Daemon {
         self.wake.notify_one();
     }
 
+    /// Periodic upkeep: prunes finished jobs past `retention`, then checkpoints the store
+    /// (what it holds, for the damage check at the next open).
+    async fn maintain(&self, retention: Duration) {
+        self.prune(retention).await;
+        if let Err(error) = self.with_store(|store| store.checkpoint()).await {
+            tracing::warn!(error = %crate::push::error_chain(&error), "cannot checkpoint the store");
+        }
+    }
+
     async fn prune(&self, retention: Duration) {
         let before = crate::queue::jobs::now_ms().saturating_sub(retention.as_millis() as u64);
         match self.with_store(move |store| store.prune_done(before)).await {
@@ -582,20 +586,24 @@ impl Daemon {
                     format!("{problem} on {dir}; uploads wait until it takes writes")
                 })
                 .or_else(|| self.store.damage()),
-            watch_health: self
-                .watch_stats
-                .health()
-                .into_iter()
-                .map(|(path, health)| WatchStatus {
-                    path,
-                    state: health.state().into(),
-                    detail: match health {
-                        watch::Health::Watching => String::new(),
-                        other => other.describe(),
-                    },
-                })
-                .collect(),
+            watch_health: self.watch_health(),
         })
+    }
+
+    /// Each watch's health, as `ferry status` shows it.
+    fn watch_health(&self) -> Vec<WatchStatus> {
+        self.watch_stats
+            .health()
+            .into_iter()
+            .map(|(path, health)| WatchStatus {
+                path,
+                state: health.state().into(),
+                detail: match health {
+                    watch::Health::Watching => String::new(),
+                    other => other.describe(),
+                },
+            })
+            .collect()
     }
 }
 

@@ -215,24 +215,9 @@ async fn receive_part(
         ));
     }
 
-    let live = app.live_state(&upload_id, record.total_size).await?;
-    let reservation = Reservation::new(live, part_number, content_length).map_err(|held| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "part_too_large",
-            format!(
-                "part {part_number} of {content_length} bytes does not fit: the session already holds {held} bytes in other parts of a {}-byte file",
-                record.total_size
-            ),
-        )
-    })?;
-    let sink = match reservation.placement() {
-        Placement::InPlace { offset } => Sink::InPlace {
-            data: app.storage.data_path(&upload_id),
-            offset,
-        },
-        Placement::Loose => Sink::Loose(app.storage.incoming_path(&upload_id)),
-    };
+    let (reservation, sink) = app
+        .reserve(&upload_id, record.total_size, part_number, content_length)
+        .await?;
     let (received, crc, reservation) = part::receive(
         body,
         sink,
@@ -531,6 +516,34 @@ impl AppState {
             .ok_or_else(ApiError::upload_not_found)?;
         self.check_workspace(&record.workspace_id)?;
         Ok(record)
+    }
+
+    /// Admits a part into its session (see `Live::admit`) and chooses where it is written.
+    async fn reserve(
+        &self,
+        upload_id: &str,
+        total_size: u64,
+        part_number: u32,
+        size: u64,
+    ) -> Result<(Reservation, Sink), ApiError> {
+        let live = self.live_state(upload_id, total_size).await?;
+        let reservation = Reservation::new(live, part_number, size).map_err(|held| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "part_too_large",
+                format!(
+                    "part {part_number} of {size} bytes does not fit: the session already holds {held} bytes in other parts of a {total_size}-byte file"
+                ),
+            )
+        })?;
+        let sink = match reservation.placement() {
+            Placement::InPlace { offset } => Sink::InPlace {
+                data: self.storage.data_path(upload_id),
+                offset,
+            },
+            Placement::Loose => Sink::Loose(self.storage.incoming_path(upload_id)),
+        };
+        Ok((reservation, sink))
     }
 
     /// The live state of an open session, rebuilt from its stored parts on first use.

@@ -96,78 +96,9 @@ pub async fn receive(
         Sink::Loose(path) => Some(path.clone()),
         Sink::InPlace { .. } => None,
     };
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(PART_CHANNEL_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || {
-        let written = (|| -> std::io::Result<(Received, u64, u32)> {
-            let (mut size, mut crc) = (0u64, 0u32);
-            match &sink {
-                Sink::Loose(path) => {
-                    let mut file = std::fs::File::create(path)?;
-                    while let Some(chunk) = receiver.blocking_recv() {
-                        crc = crc32c::crc32c_append(crc, &chunk);
-                        file.write_all(&chunk)?;
-                        size += chunk.len() as u64;
-                    }
-                    file.sync_all()?;
-                    Ok((Received::Loose(path.clone()), size, crc))
-                }
-                Sink::InPlace { data, offset } => {
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(data)?;
-                    while let Some(chunk) = receiver.blocking_recv() {
-                        crc = crc32c::crc32c_append(crc, &chunk);
-                        if let Err(error) = file.write_all_at(&chunk, offset + size) {
-                            // Give back the disk the slot took so far (a full disk, say).
-                            release_range(&file, *offset, size + chunk.len() as u64);
-                            return Err(error);
-                        }
-                        size += chunk.len() as u64;
-                    }
-                    file.sync_data()?;
-                    Ok((
-                        Received::InPlace {
-                            offset: *offset,
-                            size,
-                        },
-                        size,
-                        crc,
-                    ))
-                }
-            }
-        })();
-        (written, reservation)
-    });
-
-    let mut stream = body.into_data_stream();
-    let mut received = 0u64;
-    let mut failure = None;
-    let mut idle = false;
-    loop {
-        let chunk = match tokio::time::timeout(idle_timeout, stream.next()).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(_) => {
-                idle = true;
-                break;
-            }
-        };
-        match chunk {
-            Ok(chunk) => {
-                received += chunk.len() as u64;
-                if received > content_length || sender.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Err(error) => {
-                failure = Some(error.to_string());
-                break;
-            }
-        }
-    }
-    drop(sender);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(PART_CHANNEL_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || (write_sink(&sink, receiver), reservation));
+    let pumped = pump(body, sender, content_length, idle_timeout).await;
     let (written, reservation) = writer
         .await
         .map_err(|error| ApiError::internal("write the part", &error))?;
@@ -177,34 +108,130 @@ pub async fn receive(
         }
         ApiError::storage("write the part", &error)
     })?;
-    if idle {
+    if let Err(refusal) = pumped.verdict(content_length, size, idle_timeout) {
         if let Received::Loose(path) = &stored {
             let _ = std::fs::remove_file(path);
         }
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the body sent nothing for {idle_timeout:?} after {received} of {content_length} bytes; nothing was stored"
-            ),
-        ));
-    }
-    if failure.is_some() || received != content_length || size != content_length {
-        if let Received::Loose(path) = &stored {
-            let _ = std::fs::remove_file(path);
-        }
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "incomplete_body",
-            format!(
-                "the body ended after {received} of {content_length} bytes{}; nothing was stored",
-                failure
-                    .map(|error| format!(" ({error})"))
-                    .unwrap_or_default()
-            ),
-        ));
+        return Err(refusal);
     }
     Ok((stored, crc, reservation))
+}
+
+/// How the body's stream ended.
+struct Pumped {
+    received: u64,
+    /// The connection failed mid-body.
+    failure: Option<String>,
+    /// Nothing arrived for the idle timeout.
+    idle: bool,
+}
+
+/// Passes the body's chunks to the writer until it ends, fails, stalls, or overruns
+/// `content_length`.
+async fn pump(
+    body: Body,
+    sender: tokio::sync::mpsc::Sender<Bytes>,
+    content_length: u64,
+    idle_timeout: std::time::Duration,
+) -> Pumped {
+    let mut stream = body.into_data_stream();
+    let mut pumped = Pumped {
+        received: 0,
+        failure: None,
+        idle: false,
+    };
+    loop {
+        match tokio::time::timeout(idle_timeout, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                pumped.received += chunk.len() as u64;
+                if pumped.received > content_length || sender.send(chunk).await.is_err() {
+                    return pumped;
+                }
+            }
+            Ok(Some(Err(error))) => {
+                pumped.failure = Some(error.to_string());
+                return pumped;
+            }
+            Ok(None) => return pumped,
+            Err(_) => {
+                pumped.idle = true;
+                return pumped;
+            }
+        }
+    }
+}
+
+impl Pumped {
+    /// The refusal for a body that did not arrive whole (`written` bytes reached the disk).
+    fn verdict(
+        &self,
+        content_length: u64,
+        written: u64,
+        idle_timeout: std::time::Duration,
+    ) -> Result<(), ApiError> {
+        let received = self.received;
+        if self.idle {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body sent nothing for {idle_timeout:?} after {received} of {content_length} bytes; nothing was stored"
+                ),
+            ));
+        }
+        if self.failure.is_some() || received != content_length || written != content_length {
+            let cause = self.failure.as_ref().map(|error| format!(" ({error})"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "incomplete_body",
+                format!(
+                    "the body ended after {received} of {content_length} bytes{}; nothing was stored",
+                    cause.unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Writes what arrives on `receiver` into `sink`, then syncs; returns where the bytes are, how
+/// many, and their CRC32C. Blocking.
+fn write_sink(
+    sink: &Sink,
+    mut receiver: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<(Received, u64, u32)> {
+    let (mut size, mut crc) = (0u64, 0u32);
+    match sink {
+        Sink::Loose(path) => {
+            let mut file = std::fs::File::create(path)?;
+            while let Some(chunk) = receiver.blocking_recv() {
+                crc = crc32c::crc32c_append(crc, &chunk);
+                file.write_all(&chunk)?;
+                size += chunk.len() as u64;
+            }
+            file.sync_all()?;
+            Ok((Received::Loose(path.clone()), size, crc))
+        }
+        Sink::InPlace { data, offset } => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(data)?;
+            while let Some(chunk) = receiver.blocking_recv() {
+                crc = crc32c::crc32c_append(crc, &chunk);
+                if let Err(error) = file.write_all_at(&chunk, offset + size) {
+                    // Give back the disk the slot took so far (a full disk, say).
+                    release_range(&file, *offset, size + chunk.len() as u64);
+                    return Err(error);
+                }
+                size += chunk.len() as u64;
+            }
+            file.sync_data()?;
+            let offset = *offset;
+            Ok((Received::InPlace { offset, size }, size, crc))
+        }
+    }
 }
 
 /// Frees the blocks of `length` bytes at `offset` of an in-place data file (its size stays),

@@ -7,8 +7,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use ferry::server::Guards;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::support::api::Api;
 use crate::support::*;
 
 /// Guards with short timeouts, so that a test sees them act.
@@ -18,40 +19,6 @@ fn quick_guards() -> Guards {
         body_idle_timeout: Duration::from_secs(1),
         ..Guards::default()
     }
-}
-
-fn client() -> reqwest::Client {
-    ferry::upload::native::install_crypto_provider();
-    reqwest::Client::new()
-}
-
-/// Opens a session of `total_size` bytes; returns its id.
-async fn init(url: &str, name: &str, total_size: u64) -> reqwest::Response {
-    client()
-        .post(format!("{url}/v1/uploads/chunked/init"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"filename": name, "workspace_id": "default", "total_size": total_size}))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn open_session(url: &str, name: &str, total_size: u64) -> String {
-    let response = init(url, name, total_size).await;
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
-    body["upload_id"].as_str().unwrap().to_string()
-}
-
-async fn put_part(url: &str, id: &str, number: u32, body: Vec<u8>) -> reqwest::Response {
-    client()
-        .put(format!("{url}/v1/uploads/chunked/{id}/parts"))
-        .bearer_auth(TOKEN)
-        .header("Fastio-Part-Number", number.to_string())
-        .body(body)
-        .send()
-        .await
-        .unwrap()
 }
 
 /// True once the peer has closed `stream` (EOF or reset) within `limit`.
@@ -129,34 +96,42 @@ async fn slow_and_idle_connections_are_closed_while_an_upload_goes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_body_that_stops_short_is_abandoned_and_nothing_is_stored() {
     let receiver = Receiver::start_with(|config| config.guards = quick_guards()).await;
-    let id = open_session(&receiver.url, "short.bin", 1000).await;
-    let mut stream = TcpStream::connect(receiver.address).unwrap();
+    let api = Api::new(&receiver);
+    let id = api.open("short.bin", 1000).await;
+    let started = Instant::now();
+    let answer = announce_part(receiver.address, &id, 1, 1000, &[7u8; 10]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(answer.contains("after 10 of 1000 bytes"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let path = format!("/v1/uploads/chunked/{id}");
+    let (_, session) = api.call(reqwest::Method::GET, &path, None).await;
+    assert_eq!(session["parts"], json!([]), "{session}");
+    assert_eq!(receiver.stored_parts(), 0);
+}
+
+/// Sends the headers of a part upload of `length` bytes and the start of its body, then
+/// nothing more; returns the answer.
+fn announce_part(
+    address: std::net::SocketAddr,
+    id: &str,
+    number: u32,
+    length: u64,
+    body_start: &[u8],
+) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
     let head = format!(
         "PUT /v1/uploads/chunked/{id}/parts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Fastio-Part-Number: 1\r\nContent-Length: 1000\r\n\r\n"
+         Fastio-Part-Number: {number}\r\nContent-Length: {length}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&[7u8; 10]).unwrap();
-    let started = Instant::now();
+    stream.write_all(body_start).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("request_timeout"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let session: Value = client()
-        .get(format!("{}/v1/uploads/chunked/{id}", receiver.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(session["parts"], json!([]), "{session}");
-    assert_eq!(receiver.stored_parts(), 0);
+    answer
 }
 
 /// Resident memory of a process, in bytes.
@@ -175,30 +150,23 @@ async fn a_flood_of_bogus_upload_ids_leaves_memory_flat() {
         "127.0.0.1:0",
         &token_file(dir.path()),
     );
-    let url = format!("http://{}", serve.address);
+    let api = std::sync::Arc::new(Api::at(&format!("http://{}", serve.address)));
     let pid = serve.child.id();
-    let client = client();
     let flood = |round: usize| {
-        let (client, url) = (client.clone(), url.clone());
+        let api = api.clone();
         async move {
             for index in 0..375 {
                 let id = format!("up_{round}_{index}_{}", "a".repeat(60 * 1024));
-                let endpoint = format!("{url}/v1/uploads/chunked/{id}");
-                let aborted = client
-                    .delete(&endpoint)
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(aborted.status(), 404);
-                let completed = client
-                    .post(format!("{endpoint}/complete"))
-                    .bearer_auth(TOKEN)
-                    .json(&json!({"parts": []}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(completed.status(), 404);
+                let (aborted, _) = api
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("/v1/uploads/chunked/{id}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(aborted, 404);
+                let (completed, _) = api.complete(&id, &[], None).await;
+                assert_eq!(completed, 404);
             }
         }
     };
@@ -221,25 +189,27 @@ async fn a_flood_of_bogus_upload_ids_leaves_memory_flat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_never_stores_much_more_than_its_file() {
     let receiver = Receiver::start().await;
-    let id = open_session(&receiver.url, "small.bin", MIB).await;
+    let api = Api::new(&receiver);
+    let id = api.open("small.bin", MIB).await;
+    let (first, _) = api.put(&id, "1", vec![1u8; MIB as usize]).await;
+    assert_eq!(first, 200);
+    // The refusal comes from the headers alone, before any of the body is read: announce
+    // each further part and read the answer (a client still sending would see its pipe broken).
     let mut refused = 0;
-    for number in 1..=60 {
-        let response = put_part(&receiver.url, &id, number, vec![1u8; MIB as usize]).await;
-        match response.status().as_u16() {
-            200 => {}
-            413 => {
-                let body: Value = response.json().await.unwrap();
-                assert_eq!(body["error"]["code"], "part_too_large");
-                refused += 1;
-            }
-            other => panic!("part {number}: unexpected status {other}"),
-        }
+    for number in 2..=60 {
+        let answer = announce_part(receiver.address, &id, number, MIB, &[]);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "part {number}: {answer}"
+        );
+        assert!(answer.contains("part_too_large"), "{answer}");
+        refused += 1;
     }
-    assert_eq!(refused, 59, "only the first part of a 1 MiB file fits");
+    assert_eq!(refused, 59, "only one 1 MiB part of a 1 MiB file fits");
     assert_eq!(receiver.stored_parts(), 1);
     // Part 1 may still be replaced: that holds no more bytes.
-    let again = put_part(&receiver.url, &id, 1, vec![2u8; MIB as usize]).await;
-    assert_eq!(again.status(), 200);
+    let (again, _) = api.put(&id, "1", vec![2u8; MIB as usize]).await;
+    assert_eq!(again, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,26 +221,30 @@ async fn open_sessions_are_capped_with_429_and_retry_after() {
         }
     })
     .await;
+    let api = Api::new(&receiver);
     let mut ids = Vec::new();
     for index in 0..5 {
-        ids.push(open_session(&receiver.url, &format!("f{index}"), 10).await);
+        ids.push(api.open(&format!("f{index}"), 10).await);
     }
-    let refused = init(&receiver.url, "one-too-many", 10).await;
-    assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["retry-after"], "30");
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_many_sessions");
-
-    // Closing one frees its place.
-    let aborted = client()
-        .delete(format!("{}/v1/uploads/chunked/{}", receiver.url, ids[0]))
+    let refused = api
+        .client
+        .post(format!("{}/v1/uploads/chunked/init", api.url))
         .bearer_auth(TOKEN)
+        .json(&json!({"filename": "one-too-many", "workspace_id": "ws", "total_size": 10}))
         .send()
         .await
         .unwrap();
-    assert_eq!(aborted.status(), 204);
-    assert_eq!(init(&receiver.url, "now-it-fits", 10).await.status(), 201);
-    assert_eq!(init(&receiver.url, "but-no-more", 10).await.status(), 429);
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_sessions");
+
+    // Closing one frees its place.
+    let path = format!("/v1/uploads/chunked/{}", ids[0]);
+    let (aborted, _) = api.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(aborted, 204);
+    assert_eq!(api.init("now-it-fits", 10).await.0, 201);
+    assert_eq!(api.init("but-no-more", 10).await.0, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,16 +253,16 @@ async fn a_full_disk_gets_507_and_keeps_no_partial_part() {
     let disk = Tmpfs::mount(&dir.path().join("disk"), "8m");
     let storage = dir.path().join("disk/storage");
     let receiver = Receiver::start_at(&storage, "127.0.0.1:0".parse().unwrap(), |_| {}).await;
-    let id = open_session(&receiver.url, "big.bin", 2 * MIB).await;
+    let api = Api::new(&receiver);
+    let id = api.open("big.bin", 2 * MIB).await;
     // Fill the disk but for 256 KiB, then send a 1 MiB part.
     let filler = dir.path().join("disk/filler");
     let keep = 256 * KIB;
     let fill = disk.free() - keep;
     std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
     let free_before = disk.free();
-    let response = put_part(&receiver.url, &id, 1, vec![3u8; MIB as usize]).await;
-    assert_eq!(response.status(), 507);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = api.put(&id, "1", vec![3u8; MIB as usize]).await;
+    assert_eq!(status, 507);
     assert_eq!(body["error"]["code"], "insufficient_storage");
     assert!(
         body["error"]["message"]

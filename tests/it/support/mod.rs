@@ -2,6 +2,7 @@
 //! `127.0.0.1:0` or as a real `ferry serve` process, the real engine, deadline waits, data files
 //! and content checks.
 
+pub mod api;
 pub mod daemon;
 pub mod fault_proxy;
 
