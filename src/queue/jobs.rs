@@ -640,7 +640,8 @@ impl Store {
         if job.state == JobState::Queued {
             self.set_ready(ready_key(job.next_attempt_ms, id), false)?;
         }
-        let paths = &self.t()?.job_paths;
+        let trees = self.t()?;
+        let paths = &trees.job_paths;
         if paths
             .get(path_key(&job.path))
             .map_err(sled_error("read job paths"))?
@@ -653,7 +654,7 @@ impl Store {
         }
         counts.shift(Some(job.state), None);
         drop(counts);
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
+        trees.db.flush().map_err(sled_error("flush"))?;
         Ok(())
     }
 

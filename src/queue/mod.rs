@@ -170,20 +170,24 @@ impl Store {
     /// even once the cause is gone: reopening is how the daemon recovers without a restart.
     /// Writes that were never flushed are lost, as in a crash; none was acknowledged. Blocking.
     pub fn reopen(&self) -> Result<(), QueueError> {
-        let mut slot = self
-            .shared
-            .trees
-            .write()
-            .expect("no code panics while holding the trees lock");
-        if let Some(old) = slot.take() {
+        let slot = || {
+            self.shared
+                .trees
+                .write()
+                .expect("no code panics while holding the trees lock")
+        };
+        // Taken out under the lock, waited for outside it: operations meanwhile fail with
+        // `Closed` instead of queueing behind the swap.
+        let old = slot().take();
+        if let Some(old) = old {
             let deadline = std::time::Instant::now() + REOPEN_WAIT;
             while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             drop(old); // releases sled's lock on its files
         }
-        *slot = Some(std::sync::Arc::new(open_trees(&self.shared.dir)?));
-        drop(slot);
+        let trees = std::sync::Arc::new(open_trees(&self.shared.dir)?);
+        *slot() = Some(trees);
         self.recover_and_check()
     }
 
