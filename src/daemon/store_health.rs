@@ -43,7 +43,7 @@ impl StoreHealth {
     /// Notes a failed operation. Only storage failures count (not, say, an unreadable
     /// record); the first one is logged and wakes the recovery task.
     pub(super) fn failed(&self, error: &QueueError) {
-        let Some(problem) = storage_problem(error) else {
+        let Some(problem) = error.storage_problem() else {
             return;
         };
         let mut current = self
@@ -66,23 +66,6 @@ impl StoreHealth {
             .problem
             .lock()
             .expect("store health lock is never poisoned") = None;
-    }
-}
-
-/// "no space left on <store>" for a full disk, the I/O error otherwise; `None` for failures
-/// that are not the disk's.
-fn storage_problem(error: &QueueError) -> Option<String> {
-    match error {
-        QueueError::Sled {
-            source: sled::Error::Io(io),
-            ..
-        } if io.kind() == std::io::ErrorKind::StorageFull => Some("no space left".into()),
-        QueueError::Sled {
-            source: sled::Error::Io(io),
-            ..
-        } => Some(format!("I/O error: {io}")),
-        QueueError::Closed { .. } => Some("closed after an I/O error".into()),
-        _ => None,
     }
 }
 

@@ -52,6 +52,25 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// "no space left" when the store's disk is full, the I/O error for another failure of
+    /// the disk; `None` for failures that are not the disk's (an unreadable record, say).
+    pub fn storage_problem(&self) -> Option<String> {
+        match self {
+            QueueError::Sled {
+                source: sled::Error::Io(io),
+                ..
+            } if io.kind() == std::io::ErrorKind::StorageFull => Some("no space left".into()),
+            QueueError::Sled {
+                source: sled::Error::Io(io),
+                ..
+            } => Some(format!("I/O error: {io}")),
+            QueueError::Closed { .. } => Some("closed after an I/O error".into()),
+            _ => None,
+        }
+    }
+}
+
 /// Handle on the sled database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

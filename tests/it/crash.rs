@@ -65,13 +65,30 @@ async fn every_file_arrives_intact_through_repeated_kill_9() {
     assert_eq!(written, FILES);
 
     let daemon = setup.start().await;
-    let mut status = serde_json::Value::Null;
-    wait_until("the queue to drain", Duration::from_secs(240), || {
-        status = setup.status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        let status = setup.status();
         let queue = &status["queue"];
-        queue["queued"] == 0 && queue["active"] == 0 && queue["done"].as_u64() >= Some(FILES as u64)
-    })
-    .await;
+        if queue["queued"] == 0
+            && queue["active"] == 0
+            && queue["done"].as_u64() >= Some(FILES as u64)
+        {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs = daemon.logs.lock().unwrap();
+            let tail = logs[logs.len().saturating_sub(40)..].join("\n");
+            let open: Vec<_> = setup
+                .jobs()
+                .into_iter()
+                .filter(|job| job["state"] != "done")
+                .collect();
+            panic!(
+                "the queue did not drain in 240 s (seed {seed}): {status}\njobs not done: {open:#?}\nlast log lines:\n{tail}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status["queue"]["failed"], 0, "{status}");
     // Each file is uploaded exactly once: name any that was done twice.
     let mut done_per_path = std::collections::BTreeMap::<String, Vec<serde_json::Value>>::new();

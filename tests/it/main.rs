@@ -4,6 +4,7 @@
 mod crash;
 mod daemon;
 mod hardening;
+mod ownership;
 mod protocol;
 mod receiver_guards;
 mod service;
