@@ -249,19 +249,27 @@ async fn receive_part(
     // in a session that a concurrent complete or abort has just closed.
     let guard = app.lock_session(&upload_id).await?;
     let committed = match app.open_record(&upload_id).await {
-        Ok(record) if record.state == SessionState::Open => {
-            let (storage, id, tag, what) = (
-                app.storage.clone(),
-                upload_id.clone(),
-                etag.clone(),
-                received.clone(),
-            );
-            blocking(
-                move || storage.commit_part(&id, part_number, &tag, &what),
-                "store the part",
-            )
-            .await
-        }
+        Ok(record) if record.state == SessionState::Open => match reservation.still_fits() {
+            Err(held) => Err(outgrows(
+                part_number,
+                content_length,
+                held,
+                record.total_size,
+            )),
+            Ok(()) => {
+                let (storage, id, tag, what) = (
+                    app.storage.clone(),
+                    upload_id.clone(),
+                    etag.clone(),
+                    received.clone(),
+                );
+                blocking(
+                    move || storage.commit_part(&id, part_number, &tag, &what),
+                    "store the part",
+                )
+                .await
+            }
+        },
         Ok(record) => Err(ApiError::upload_not_open(state_name(record.state))),
         Err(error) => Err(error),
     };
@@ -527,15 +535,8 @@ impl AppState {
         size: u64,
     ) -> Result<(Reservation, Sink), ApiError> {
         let live = self.live_state(upload_id, total_size).await?;
-        let reservation = Reservation::new(live, part_number, size).map_err(|held| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "part_too_large",
-                format!(
-                    "part {part_number} of {size} bytes does not fit: the session already holds {held} bytes in other parts of a {total_size}-byte file"
-                ),
-            )
-        })?;
+        let reservation = Reservation::new(live, part_number, size)
+            .map_err(|held| outgrows(part_number, size, held, total_size))?;
         let sink = match reservation.placement() {
             Placement::InPlace { offset } => Sink::InPlace {
                 data: self.storage.data_path(upload_id),
@@ -658,6 +659,17 @@ async fn blocking<T: Send + 'static>(
         Ok(Err(error)) => Err(ApiError::storage(context, &error)),
         Err(error) => Err(ApiError::internal(context, &error)),
     }
+}
+
+/// `413` for a part that would make its session hold more than its file.
+fn outgrows(part_number: u32, size: u64, held: u64, total_size: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "part_too_large",
+        format!(
+            "part {part_number} of {size} bytes does not fit: the session already holds {held} bytes in other parts of a {total_size}-byte file"
+        ),
+    )
 }
 
 fn ensure_open(record: &SessionRecord) -> Result<(), ApiError> {

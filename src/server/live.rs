@@ -81,9 +81,6 @@ pub struct Live {
     /// Bytes of the stored version of each part number, and their sum.
     sizes: HashMap<u32, u64>,
     stored_bytes: u64,
-    /// Parts being received now, by number: how many and their bytes.
-    arriving: HashMap<u32, (u32, u64)>,
-    arriving_bytes: u64,
     hash: HashProgress,
     hash_generation: u64,
     hashing: bool,
@@ -100,8 +97,6 @@ impl Live {
             in_place: BTreeMap::new(),
             sizes: HashMap::new(),
             stored_bytes: 0,
-            arriving: HashMap::new(),
-            arriving_bytes: 0,
             hash: HashProgress::fresh(),
             hash_generation: 0,
             hashing: false,
@@ -128,33 +123,19 @@ impl Live {
         live
     }
 
-    /// Admits part `number` of `size` bytes as arriving, unless the bytes stored and arriving
-    /// under other part numbers, with these, would exceed the file: a session never holds much
-    /// more than the file it builds, whatever a client sends. `Err` carries the bytes held.
-    pub fn admit(&mut self, number: u32, size: u64) -> Result<(), u64> {
-        let own_stored = self.sizes.get(&number).copied().unwrap_or(0);
-        let own_arriving = self.arriving.get(&number).map_or(0, |(_, bytes)| *bytes);
-        let held = (self.stored_bytes - own_stored) + (self.arriving_bytes - own_arriving);
+    /// Whether part `number` of `size` bytes may be stored: the bytes stored under other part
+    /// numbers, with these, must fit in the file, so that a session never holds more than the
+    /// file it builds, whatever a client sends. Checked from the headers, and again at commit
+    /// under the session's lock (parallel parts). Parts still arriving do not count: a client
+    /// that died mid-part leaves bytes arriving that a resuming client must not be refused for.
+    /// `Err` carries the bytes held under other numbers.
+    pub fn fits(&self, number: u32, size: u64) -> Result<(), u64> {
+        let own = self.sizes.get(&number).copied().unwrap_or(0);
+        let held = self.stored_bytes - own;
         if held.saturating_add(size) > self.total_size {
             return Err(held);
         }
-        let entry = self.arriving.entry(number).or_default();
-        entry.0 += 1;
-        entry.1 += size;
-        self.arriving_bytes += size;
         Ok(())
-    }
-
-    /// Part `number` of `size` bytes, admitted earlier, is no longer arriving.
-    pub fn arrived(&mut self, number: u32, size: u64) {
-        if let Some(entry) = self.arriving.get_mut(&number) {
-            entry.0 -= 1;
-            entry.1 -= size;
-            if entry.0 == 0 {
-                self.arriving.remove(&number);
-            }
-            self.arriving_bytes -= size;
-        }
     }
 
     fn record_size(&mut self, number: u32, size: u64) {
@@ -391,5 +372,26 @@ mod tests {
         let progress = session.hash_progress();
         assert_eq!((progress.next_part, progress.offset), (1, 0));
         assert_eq!(session.next_hash_job(), None, "part 1 is loose now");
+    }
+
+    #[test]
+    fn a_session_holds_at_most_its_file_under_distinct_part_numbers() {
+        let mut session = live(20);
+        assert_eq!(session.fits(1, 8), Ok(()));
+        session.finish(1, Placement::Loose, Some(("a", 8)));
+        session.finish(2, Placement::Loose, Some(("b", 8)));
+        let cases = [
+            (3, 4, Ok(())),  // the last part: exactly the file
+            (3, 5, Err(16)), // one byte more than the file
+            (1, 8, Ok(())),  // a replacement holds no more
+            (4, 8, Err(16)), // a part the file has no room for
+        ];
+        for (number, size, expected) in cases {
+            assert_eq!(
+                session.fits(number, size),
+                expected,
+                "part {number} of {size}"
+            );
+        }
     }
 }

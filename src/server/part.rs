@@ -32,12 +32,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Admits the part (see `Live::admit`) and chooses where it goes; `Err` with the bytes
-    /// the session already holds when it would outgrow its file.
+    /// Checks the part fits (see `Live::fits`) and chooses where it goes; `Err` with the bytes
+    /// the session already holds under other numbers when it would outgrow its file.
     pub fn new(live: Arc<Mutex<Live>>, part_number: u32, size: u64) -> Result<Reservation, u64> {
         let placement = {
             let mut state = live.lock().expect("live state is never poisoned");
-            state.admit(part_number, size)?;
+            state.fits(part_number, size)?;
             state.place(part_number, size)
         };
         Ok(Reservation {
@@ -53,12 +53,18 @@ impl Reservation {
         self.placement
     }
 
+    /// Whether the part still fits, now that the parts received meanwhile are stored; call it
+    /// under the session's lock, right before the commit.
+    pub fn still_fits(&self) -> Result<(), u64> {
+        let live = self.live.lock().expect("live state is never poisoned");
+        live.fits(self.part_number, self.size)
+    }
+
     /// Records the part as stored under `etag`.
     pub fn commit(mut self, etag: &str, size: u64) {
         self.committed = true;
         let mut live = self.live.lock().expect("live state is never poisoned");
         live.finish(self.part_number, self.placement, Some((etag, size)));
-        live.arrived(self.part_number, self.size);
     }
 }
 
@@ -67,7 +73,6 @@ impl Drop for Reservation {
         if !self.committed {
             let mut live = self.live.lock().expect("live state is never poisoned");
             live.finish(self.part_number, self.placement, None);
-            live.arrived(self.part_number, self.size);
         }
     }
 }
