@@ -27,7 +27,7 @@ pub fn load_config(flag: Option<&Path>) -> Result<Config> {
     let path = config::locate(flag, env, &defaults);
     config::load(path.as_deref(), &defaults).map_err(|error| match error {
         ConfigError::Invalid { .. } | ConfigError::Read { .. } | ConfigError::NoHome => {
-            UsageError(crate::push::error_chain(&error)).into()
+            UsageError(crate::error::chain(&error)).into()
         }
     })
 }
@@ -44,7 +44,7 @@ pub fn load_runnable_config(flag: Option<&Path>) -> Result<Config> {
         path: config.source.clone().unwrap_or_default(),
         problems,
     };
-    Err(UsageError(crate::push::error_chain(&error)).into())
+    Err(UsageError(crate::error::chain(&error)).into())
 }
 
 /// Adds `077` to the process's umask: everything `ferry run` and `ferry serve` create (the

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod error;
 pub mod local_path;
 pub mod protocol;
 pub mod push;
@@ -16,7 +17,4 @@ pub mod telemetry;
 pub mod upload;
 pub mod watch;
 
-/// An error in how Ferry was invoked or configured: the binary exits with code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use error::UsageError;

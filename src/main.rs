@@ -188,8 +188,9 @@ struct PushArgs {
     /// Parts of a file sent at once.
     #[arg(long, default_value_t = 4)]
     parallel_parts: usize,
-    /// Attempts per request before giving up on a transient failure.
-    #[arg(long, default_value_t = 10)]
+    /// Attempts per request before giving up on a transient failure (1 to 1000, as in the
+    /// configuration's `max_attempts`).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(ferry::config::MAX_RETRY_ATTEMPTS)))]
     retry_attempts: u32,
     /// First retry's wait ceiling (doubles each retry, with full jitter).
     #[arg(long, default_value = "500ms")]
@@ -232,7 +233,7 @@ fn main() -> ExitCode {
 
 /// Prints the error chain and picks the exit code.
 fn report(error: anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", ferry::push::error_chain(error.as_ref()));
+    eprintln!("error: {}", ferry::error::chain(error.as_ref()));
     if error.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(2)
     } else if matches!(
@@ -378,8 +379,9 @@ async fn push(args: PushArgs) -> Result<()> {
         .into());
     }
     let token = match (&args.token_file, std::env::var("FERRY_TOKEN")) {
-        (Some(path), _) => server::read_token(path)
-            .map_err(|error| UsageError(ferry::push::error_chain(&error)))?,
+        (Some(path), _) => {
+            server::read_token(path).map_err(|error| UsageError(ferry::error::chain(&error)))?
+        }
         (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_string(),
         _ => {
             return Err(
@@ -405,7 +407,7 @@ async fn push(args: PushArgs) -> Result<()> {
         parallel_parts: args.parallel_parts,
         max_in_flight_bytes: None,
         retry: RetryPolicy {
-            max_attempts: args.retry_attempts.max(1),
+            max_attempts: args.retry_attempts,
             backoff_base: args.retry_base.into(),
             backoff_max: args.retry_max.into(),
         },

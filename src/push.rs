@@ -131,7 +131,7 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
                 summary.files.push(file_summary(file, report));
             }
             Err(error) => {
-                let message = error_chain(&error);
+                let message = crate::error::chain(&error);
                 eprintln!("error: {message}");
                 summary.failed.push(FailedFile {
                     path: file.clone(),
@@ -240,16 +240,4 @@ fn file_summary(path: &Path, report: UploadReport) -> FileSummary {
         parts_resumed: report.parts_resumed,
         duration_ms: report.duration.as_millis(),
     }
-}
-
-/// An error and its causes on one line, outermost first.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -427,7 +427,7 @@ impl<'t> Reader<'t> {
             (Some(_), None) => self.get_as(path, table, "token_file", |file: PathBuf| {
                 crate::server::read_token(&base.join(file))
                     .map(Secret)
-                    .map_err(|error| crate::push::error_chain(&error))
+                    .map_err(|error| crate::error::chain(&error))
             }),
             (None, Some(_)) => {
                 self.get_as(

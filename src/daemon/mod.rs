@@ -319,7 +319,7 @@ async fn start_embedded_receiver(
     let shutdown = services.clone();
     tracker.spawn(async move {
         if let Err(error) = server::serve(listener, serve_config, shutdown).await {
-            tracing::error!(error = %crate::push::error_chain(&error), "the embedded receiver stopped");
+            tracing::error!(error = %crate::error::chain(&error), "the embedded receiver stopped");
         }
     });
     let native = NativeConfig {
@@ -392,7 +392,7 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
                 daemon.store_health.failed(&error);
                 // A failing store rescans once it recovers; anything else, now.
                 if !daemon.store_health.is_failing() {
-                    tracing::error!(error = %crate::push::error_chain(&error), count, "cannot queue files; rescanning to find them again");
+                    tracing::error!(error = %crate::error::chain(&error), count, "cannot queue files; rescanning to find them again");
                     daemon.request_rescan();
                 }
             }
@@ -439,10 +439,10 @@ impl Daemon {
     fn reload(&self, config: Config) {
         let mut watches = config.watches.clone();
         let applied = watch::resolve_roots(&mut watches)
-            .map_err(|e| crate::push::error_chain(&e))
+            .map_err(|e| crate::error::chain(&e))
             .and_then(|()| {
                 build_uploaders(&config, &self.store, self.embedded.as_ref())
-                    .map_err(|e| crate::push::error_chain(&e))
+                    .map_err(|e| crate::error::chain(&e))
             });
         let uploaders = match applied {
             Ok(uploaders) => uploaders,
@@ -452,7 +452,7 @@ impl Daemon {
             }
         };
         if let Err(error) = self.restart_watcher(&watches) {
-            tracing::error!(error = %crate::push::error_chain(&error), "cannot watch the new folders; keeping the old ones");
+            tracing::error!(error = %crate::error::chain(&error), "cannot watch the new folders; keeping the old ones");
             let running = self
                 .settings
                 .read()
@@ -460,7 +460,7 @@ impl Daemon {
                 .watches
                 .clone();
             if let Err(error) = self.restart_watcher(&running) {
-                tracing::error!(error = %crate::push::error_chain(&error), "cannot watch the old folders either; fix them and send SIGHUP");
+                tracing::error!(error = %crate::error::chain(&error), "cannot watch the old folders either; fix them and send SIGHUP");
             }
             return;
         }
@@ -484,7 +484,7 @@ impl Daemon {
     async fn maintain(&self, retention: Duration) {
         self.prune(retention).await;
         if let Err(error) = self.with_store(|store| store.checkpoint()).await {
-            tracing::warn!(error = %crate::push::error_chain(&error), "cannot checkpoint the store");
+            tracing::warn!(error = %crate::error::chain(&error), "cannot checkpoint the store");
         }
     }
 
@@ -494,7 +494,7 @@ impl Daemon {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
             Err(error) => {
-                tracing::warn!(error = %crate::push::error_chain(&error), "pruning failed")
+                tracing::warn!(error = %crate::error::chain(&error), "pruning failed")
             }
         }
     }
@@ -614,8 +614,7 @@ struct Handle(Arc<Daemon>);
 impl control::Handler for Handle {
     async fn handle(&self, command: Command) -> Result<Reply, (String, String)> {
         let daemon = &self.0;
-        let store_error =
-            |error: QueueError| ("internal".to_string(), crate::push::error_chain(&error));
+        let store_error = |error: QueueError| ("internal".to_string(), crate::error::chain(&error));
         match command {
             Command::Status => daemon
                 .status()

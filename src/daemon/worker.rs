@@ -73,10 +73,10 @@ pub(super) async fn schedule(
                     }
                 }
                 Err(error) if daemon.store_health.is_failing() => {
-                    tracing::debug!(error = %crate::push::error_chain(&error), "cannot claim jobs")
+                    tracing::debug!(error = %crate::error::chain(&error), "cannot claim jobs")
                 }
                 Err(error) => {
-                    tracing::error!(error = %crate::push::error_chain(&error), "cannot claim jobs")
+                    tracing::error!(error = %crate::error::chain(&error), "cannot claim jobs")
                 }
             }
         }
@@ -184,12 +184,12 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             Outcome::Dropped
         }
         Err(error) if is_permanent(&error) => {
-            let reason = crate::push::error_chain(&error);
+            let reason = crate::error::chain(&error);
             tracing::error!(error = %reason, "upload failed; `ferry retry` tries again");
             Outcome::Failed(reason)
         }
         Err(error) => {
-            let reason = crate::push::error_chain(&error);
+            let reason = crate::error::chain(&error);
             let delay = retry
                 .delay(job.attempts + 1, rand::random(), None)
                 .max(retry.backoff_base);
@@ -237,7 +237,7 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
     })
     .await;
     if let Err(error) = recorded {
-        tracing::error!(error = %crate::push::error_chain(&error), "cannot record the outcome; the job runs again once the store takes writes (or at the next start)");
+        tracing::error!(error = %crate::error::chain(&error), "cannot record the outcome; the job runs again once the store takes writes (or at the next start)");
     }
     daemon
         .active

@@ -13,7 +13,7 @@ mod summary;
 use std::path::{Path, PathBuf};
 
 pub use jobs::{Candidate, Counts, Enqueued, IndexEntry, JobId, JobRecord, JobState};
-pub use record::{Fingerprint, PartRecord, RECORD_VERSION, UploadRecord};
+pub use record::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, UploadRecord};
 
 /// sled's page cache. Its default (1 GiB) would dwarf the daemon's memory budget; session
 /// records are small and read rarely.
@@ -415,7 +415,7 @@ fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::backend::PartLimits;
+    use crate::queue::record::PartLimits;
 
     fn upload_record() -> UploadRecord {
         UploadRecord {

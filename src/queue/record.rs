@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::upload::backend::PartLimits;
-
 /// Current version of `UploadRecord` and `PartRecord`.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -33,6 +31,17 @@ impl Fingerprint {
             device: metadata.dev(),
         }
     }
+}
+
+/// Part limits a remote imposes on a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLimits {
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    /// Parts must arrive one after another, in order (tus); otherwise in parallel, any order.
+    #[serde(default)]
+    pub sequential: bool,
 }
 
 /// A resumable upload session: enough to find the remote session again and to know whether the

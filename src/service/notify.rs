@@ -82,7 +82,7 @@ pub async fn supervise(probe: Probe, shutdown: CancellationToken) {
         let status = match tokio::time::timeout(every, probe.status()).await {
             Ok(Ok(status)) => status,
             Ok(Err(error)) => {
-                tracing::warn!(error = %crate::push::error_chain(&error), "the daemon cannot read its queue; not pinging the watchdog");
+                tracing::warn!(error = %crate::error::chain(&error), "the daemon cannot read its queue; not pinging the watchdog");
                 continue;
             }
             Err(_) => {

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
 
 use super::retry::ErrorClass;
 
@@ -43,16 +42,8 @@ pub struct CreateRequest {
     pub sha256: Option<String>,
 }
 
-/// Part limits a remote imposes on a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartLimits {
-    pub min_part_size: u64,
-    pub max_part_size: u64,
-    pub max_parts: u32,
-    /// Parts must arrive one after another, in order (tus); otherwise in parallel, any order.
-    #[serde(default)]
-    pub sequential: bool,
-}
+/// Part limits a remote imposes on a session (kept in the session record, so defined there).
+pub use crate::queue::record::PartLimits;
 
 /// A session the remote opened.
 #[derive(Debug, Clone)]

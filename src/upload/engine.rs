@@ -286,7 +286,7 @@ impl Uploader {
             }
             let reason = format!(
                 "the remote refused the manifest: {}",
-                crate::push::error_chain(&*error)
+                crate::error::chain(&*error)
             );
             // Parts replaced behind our back (a late duplicate of an earlier attempt, say) are
             // sent again; anything else, or a repair that does not take, starts over.

@@ -284,7 +284,7 @@ async fn a_full_disk_gets_507_and_keeps_no_partial_part() {
     std::fs::write(&filler, vec![0u8; (disk.free() - MIB) as usize]).unwrap();
     let engine = Engine::new(&receiver.url, fast_retry_settings());
     let error = engine.upload(&local, "local.bin").await.unwrap_err();
-    let chain = ferry::push::error_chain(&error);
+    let chain = ferry::error::chain(&error);
     assert!(
         matches!(error, ferry::upload::UploadError::Remote { .. })
             && chain.contains("insufficient_storage"),

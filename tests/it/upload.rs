@@ -566,6 +566,13 @@ fn usage_errors_exit_with_code_2() {
     let (code, stderr) = run(&[file, "--url", "ftp://host"], Some("t"));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--url ftp://host"), "{stderr}");
+    // Refused as the configuration refuses max_attempts = 0, not quietly made 1.
+    let (code, stderr) = run(
+        &[file, "--url", "http://127.0.0.1:9", "--retry-attempts", "0"],
+        Some("t"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--retry-attempts"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
