@@ -129,12 +129,27 @@ async fn files_made_while_down_are_found_and_unchanged_files_are_not_sent_again(
         2,
         "before.txt was not uploaded again"
     );
-    let rescan = setup.ferry(&["rescan"]);
-    assert!(rescan.status.success());
-    tokio::time::sleep(Duration::from_millis(800)).await; // a rescan that finds nothing new
+    rescan_and_wait(&setup).await; // a rescan that finds nothing new
     setup.wait_idle_with_done(2, ARRIVAL).await;
     assert_eq!(session_count(&receiver.storage), 2);
     assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// Asks for a rescan and waits until it has run and the intake has taken all it found.
+async fn rescan_and_wait(setup: &Setup) {
+    let scans = setup.status()["intake"]["scans"].as_u64().unwrap();
+    assert!(setup.ferry(&["rescan"]).status.success());
+    wait_until(
+        "the rescan to run and its files to be checked",
+        ARRIVAL,
+        || {
+            let intake = setup.status()["intake"].clone();
+            intake["scans"].as_u64() > Some(scans)
+                && intake["settling"] == 0
+                && intake["found"] == intake["checked"]
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,10 +265,13 @@ async fn pause_holds_uploads_and_sigterm_keeps_the_queue() {
     })
     .await;
     assert_eq!(status["paused"], true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every batch queued woke the scheduler; a full rescan through the intake since then gave
+    // it more than time enough to claim, had it not been paused.
+    rescan_and_wait(&setup).await;
+    let queue = &setup.status()["queue"];
     assert_eq!(
-        setup.status()["queue"]["done"],
-        0,
+        (queue["done"].as_u64(), queue["active"].as_u64()),
+        (Some(0), Some(0)),
         "nothing starts while paused"
     );
 
@@ -483,7 +501,10 @@ async fn sighup_reloads_watches_without_losing_the_queue() {
         receiver.file("queued.txt").exists(),
         "the job queued before the reload was kept"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await; // two settle windows
+    // unwatched.txt was written before new.txt: a watcher of its folder would have settled it
+    // first. With the intake drained, it was not taken.
+    rescan_and_wait(&setup).await;
+    setup.wait_idle_with_done(2, ARRIVAL).await;
     assert!(!receiver.file("unwatched.txt").exists());
     assert_eq!(daemon.terminate().await, Some(0));
 }

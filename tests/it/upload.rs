@@ -363,7 +363,14 @@ async fn upload_survives_a_receiver_restart() {
     .await;
     serve.child.kill().unwrap(); // SIGKILL the receiver mid-upload
     serve.child.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await; // the client sees refused connections
+    // The client tries again while the receiver is down, and finds it gone.
+    let mark = proxy.mark();
+    wait_until(
+        "a request to the stopped receiver",
+        Duration::from_secs(20),
+        || proxy.mark() > mark,
+    )
+    .await;
     let _restarted = ServeProcess::spawn(&storage, &address.to_string(), &token);
     proxy.set_throttle(0);
     let status = tokio::task::spawn_blocking(move || push.wait().unwrap())
