@@ -1,4 +1,4 @@
-//! Wire types of the native chunked upload protocol (`shared/PROTOCOL.md`), shared by both ends:
+//! Wire types of the native chunked upload protocol (`docs/protocol.md`), shared by both ends:
 //! the `native` backend serialises requests and parses replies with them, and `ferry serve`
 //! does the reverse. Keeping one definition means the two ends cannot drift apart silently.
 //!
@@ -8,6 +8,89 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// Every error code the protocol defines (`docs/protocol.md`), with its HTTP status. The
+/// receiver answers only these; the client turns them into what it acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    TooLarge,
+    RequestTooLarge,
+    TooManySessions,
+    InsufficientStorage,
+    InvalidPartNumber,
+    ChecksumMismatch,
+    UploadNotFound,
+    UploadNotOpen,
+    LengthRequired,
+    PartTooLarge,
+    RequestTimeout,
+    IncompleteBody,
+    ManifestMismatch,
+    PartTooSmall,
+    Sha256Mismatch,
+    PathConflict,
+    FileNotFound,
+    NotFound,
+    MethodNotAllowed,
+    Internal,
+}
+
+/// Each code's name on the wire and its status: the one table both directions use.
+const ERROR_CODES: &[(ErrorCode, &str, u16)] = &[
+    (ErrorCode::InvalidRequest, "invalid_request", 400),
+    (ErrorCode::Unauthorized, "unauthorized", 401),
+    (ErrorCode::Forbidden, "forbidden", 403),
+    (ErrorCode::TooLarge, "too_large", 413),
+    (ErrorCode::RequestTooLarge, "request_too_large", 413),
+    (ErrorCode::TooManySessions, "too_many_sessions", 429),
+    (ErrorCode::InsufficientStorage, "insufficient_storage", 507),
+    (ErrorCode::InvalidPartNumber, "invalid_part_number", 400),
+    (ErrorCode::ChecksumMismatch, "checksum_mismatch", 400),
+    (ErrorCode::UploadNotFound, "upload_not_found", 404),
+    (ErrorCode::UploadNotOpen, "upload_not_open", 409),
+    (ErrorCode::LengthRequired, "length_required", 411),
+    (ErrorCode::PartTooLarge, "part_too_large", 413),
+    (ErrorCode::RequestTimeout, "request_timeout", 408),
+    (ErrorCode::IncompleteBody, "incomplete_body", 400),
+    (ErrorCode::ManifestMismatch, "manifest_mismatch", 400),
+    (ErrorCode::PartTooSmall, "part_too_small", 400),
+    (ErrorCode::Sha256Mismatch, "sha256_mismatch", 422),
+    (ErrorCode::PathConflict, "path_conflict", 409),
+    (ErrorCode::FileNotFound, "file_not_found", 404),
+    (ErrorCode::NotFound, "not_found", 404),
+    (ErrorCode::MethodNotAllowed, "method_not_allowed", 405),
+    (ErrorCode::Internal, "internal", 500),
+];
+
+impl ErrorCode {
+    fn entry(self) -> &'static (ErrorCode, &'static str, u16) {
+        ERROR_CODES
+            .iter()
+            .find(|(code, _, _)| *code == self)
+            .expect("every code is in the table")
+    }
+
+    /// The code's name on the wire (`manifest_mismatch`).
+    pub fn as_str(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// The HTTP status the code is sent with.
+    pub fn status(self) -> u16 {
+        self.entry().2
+    }
+
+    /// The code named `text`, if the protocol defines it.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ERROR_CODES
+            .iter()
+            .find(|(_, name, _)| *name == text)
+            .map(|(code, _, _)| *code)
+    }
+}
 
 /// Header carrying the 1-based part number of a `PUT .../parts`.
 pub const PART_NUMBER_HEADER: &str = "fastio-part-number";
@@ -154,6 +237,38 @@ pub fn decode_crc32c(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code the enum names is documented in `docs/protocol.md` with its status, and
+    /// every `` `NNN some_code` `` the document names is in the enum: the two cannot drift.
+    #[test]
+    fn the_error_codes_are_exactly_the_documented_ones() {
+        let doc = include_str!("../docs/protocol.md");
+        for (code, name, status) in ERROR_CODES {
+            let documented = format!("`{status} {name}`");
+            assert!(
+                doc.contains(&documented),
+                "{documented} is not in docs/protocol.md"
+            );
+            assert_eq!(ErrorCode::parse(name), Some(*code));
+        }
+        let mut rest = doc;
+        while let Some(start) = rest.find('`') {
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('`') else { break };
+            let quoted = &after[..end];
+            if let Some((status, name)) = quoted.split_once(' ')
+                && status.len() == 3
+                && status.bytes().all(|b| b.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                let code = ErrorCode::parse(name).unwrap_or_else(|| {
+                    panic!("docs/protocol.md names `{quoted}`, unknown to ErrorCode")
+                });
+                assert_eq!(code.status().to_string(), status, "{quoted}");
+            }
+            rest = &after[end + 1..];
+        }
+    }
 
     #[test]
     fn crc32c_round_trips_and_rejects_wrong_lengths() {

@@ -5,22 +5,20 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::protocol::{ErrorBody, ErrorDetail};
+use crate::protocol::{ErrorBody, ErrorCode, ErrorDetail};
 
-/// A protocol error response.
+/// A protocol error response: a code of `protocol::ErrorCode`, sent with its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Sent as `Retry-After` (seconds).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             retry_after: None,
@@ -28,21 +26,19 @@ impl ApiError {
     }
 
     pub fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     pub fn upload_not_found() -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "upload_not_found",
+            ErrorCode::UploadNotFound,
             "no open or recent upload session has this id; it may have expired",
         )
     }
 
     pub fn upload_not_open(state: &str) -> Self {
         Self::new(
-            StatusCode::CONFLICT,
-            "upload_not_open",
+            ErrorCode::UploadNotOpen,
             format!("the upload session is {state}"),
         )
     }
@@ -52,8 +48,7 @@ impl ApiError {
     pub fn internal(context: &str, error: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error, "{context}");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("the receiver failed to {context}; try again"),
         )
     }
@@ -70,8 +65,7 @@ impl ApiError {
         ) {
             tracing::error!(%error, "{context}: the storage folder is full");
             return Self::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
+                ErrorCode::InsufficientStorage,
                 format!("the receiver's disk is full; could not {context}, and nothing was stored"),
             );
         }
@@ -85,8 +79,7 @@ impl ApiError {
         Self {
             retry_after: Some(TOO_MANY_SESSIONS_RETRY_AFTER),
             ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
+                ErrorCode::TooManySessions,
                 format!(
                     "{max} upload sessions are open, the most this receiver allows; complete or abort some, or retry later"
                 ),
@@ -103,11 +96,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code.as_str().to_string(),
                 message: self.message,
             },
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let status = StatusCode::from_u16(self.code.status())
+            .expect("the protocol's statuses are valid HTTP statuses");
+        let mut response = (status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

@@ -18,8 +18,8 @@ use super::storage::{self, Completion, Location, PartFile, Received, SessionReco
 use super::validate::{self, ManifestProblem, StoredPart};
 use super::{AppState, SERVER_VERSION};
 use crate::protocol::{
-    CHECKSUM_HEADER, CompleteRequest, CompleteResponse, CompletedFile, FileMetadata, Health,
-    InitRequest, InitResponse, PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState,
+    CHECKSUM_HEADER, CompleteRequest, CompleteResponse, CompletedFile, ErrorCode, FileMetadata,
+    Health, InitRequest, InitResponse, PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState,
     decode_crc32c, encode_crc32c,
 };
 
@@ -57,8 +57,7 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
     let limits = app.config.limits;
     if request.total_size > limits.max_file_size {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!(
                 "total_size {} is over this receiver's limit of {} bytes",
                 request.total_size, limits.max_file_size
@@ -70,8 +69,7 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
     let available = blocking(move || storage.available_bytes(), "check free space").await?;
     if request.total_size.saturating_mul(2) > available {
         return Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
+            ErrorCode::InsufficientStorage,
             format!(
                 "the receiver has {available} bytes free, not enough for a {} byte upload",
                 request.total_size
@@ -172,8 +170,7 @@ async fn receive_part(
         .filter(|number| *number >= 1)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_part_number",
+                ErrorCode::InvalidPartNumber,
                 "Fastio-Part-Number must be a whole number from 1 to max_parts",
             )
         })?;
@@ -181,8 +178,7 @@ async fn receive_part(
         .and_then(|text| text.parse::<u64>().ok())
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::LENGTH_REQUIRED,
-                "length_required",
+                ErrorCode::LengthRequired,
                 "a part upload needs a Content-Length header",
             )
         })?;
@@ -196,8 +192,7 @@ async fn receive_part(
     ensure_open(&record)?;
     if part_number > record.max_parts {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_part_number",
+            ErrorCode::InvalidPartNumber,
             format!(
                 "part number {part_number} is over max_parts {}",
                 record.max_parts
@@ -206,8 +201,7 @@ async fn receive_part(
     }
     if content_length > record.max_part_size || content_length > record.total_size {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "part_too_large",
+            ErrorCode::PartTooLarge,
             format!(
                 "part of {content_length} bytes is over max_part_size {} or the file's total_size {}",
                 record.max_part_size, record.total_size
@@ -234,8 +228,7 @@ async fn receive_part(
     if let Some(expected) = expected_crc.filter(|expected| *expected != crc) {
         discard(&received);
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "checksum_mismatch",
+            ErrorCode::ChecksumMismatch,
             format!(
                 "part {part_number}: body has CRC32C {} but the header said {}",
                 encode_crc32c(crc),
@@ -335,12 +328,8 @@ pub async fn complete(
         record.total_size,
     )
     .map_err(|problem| match problem {
-        ManifestProblem::Mismatch(message) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "manifest_mismatch", message)
-        }
-        ManifestProblem::PartTooSmall(message) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "part_too_small", message)
-        }
+        ManifestProblem::Mismatch(message) => ApiError::new(ErrorCode::ManifestMismatch, message),
+        ManifestProblem::PartTooSmall(message) => ApiError::new(ErrorCode::PartTooSmall, message),
     })?;
     // `stored` mirrors `parts` index for index.
     let chosen: Vec<PartFile> = chosen
@@ -372,8 +361,7 @@ pub async fn complete(
             app.storage.discard_temp(&source);
         }
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "sha256_mismatch",
+            ErrorCode::Sha256Mismatch,
             format!(
                 "the assembled file has sha256 {digest}, not {expected}; the session stays open"
             ),
@@ -422,8 +410,7 @@ pub async fn complete(
     if let Err(error) = published {
         // The usual cause: a folder on the way is a file, or the name is a folder.
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "path_conflict",
+            ErrorCode::PathConflict,
             format!("cannot place the file at its path: {error}"),
         ));
     }
@@ -477,23 +464,18 @@ pub async fn file_metadata(
         "read file metadata",
     )
     .await?;
-    found.map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "file_not_found",
-            "no completed file at this path",
-        )
-    })
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorCode::FileNotFound, "no completed file at this path"))
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }
@@ -627,8 +609,7 @@ impl AppState {
             Ok(())
         } else {
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!("this token may not use workspace '{workspace_id}'"),
             ))
         }
@@ -640,8 +621,7 @@ async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Api
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
+                ErrorCode::RequestTooLarge,
                 format!("request body is over {MAX_JSON_BYTES} bytes or was cut short"),
             )
         })?;
@@ -664,8 +644,7 @@ async fn blocking<T: Send + 'static>(
 /// `413` for a part that would make its session hold more than its file.
 fn outgrows(part_number: u32, size: u64, held: u64, total_size: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "part_too_large",
+        ErrorCode::PartTooLarge,
         format!(
             "part {part_number} of {size} bytes does not fit: the session already holds {held} bytes in other parts of a {total_size}-byte file"
         ),

@@ -343,8 +343,7 @@ async fn authenticate(State(app): State<Arc<AppState>>, request: Request, next: 
             next.run(request).await
         }
         _ => ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            crate::protocol::ErrorCode::Unauthorized,
             "missing or unknown bearer token",
         )
         .into_response(),

@@ -11,13 +11,13 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
 use futures_util::StreamExt;
 
 use super::AppState;
 use super::error::ApiError;
 use super::live::{Live, Placement};
 use super::storage::Received;
+use crate::protocol::ErrorCode;
 
 /// Body chunks buffered between the connection and the disk writer of one part.
 const PART_CHANNEL_CHUNKS: usize = 8;
@@ -177,8 +177,7 @@ impl Pumped {
         let received = self.received;
         if self.idle {
             return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!(
                     "the body sent nothing for {idle_timeout:?} after {received} of {content_length} bytes; nothing was stored"
                 ),
@@ -187,8 +186,7 @@ impl Pumped {
         if self.failure.is_some() || received != content_length || written != content_length {
             let cause = self.failure.as_ref().map(|error| format!(" ({error})"));
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "incomplete_body",
+                ErrorCode::IncompleteBody,
                 format!(
                     "the body ended after {received} of {content_length} bytes{}; nothing was stored",
                     cause.unwrap_or_default()

@@ -160,10 +160,13 @@ pub enum BackendError {
         operation: Operation,
         endpoint: String,
         status: u16,
+        /// The remote's own word for it, shown as is.
         code: String,
         message: String,
         retry_after: Option<Duration>,
         class: ErrorClass,
+        /// What the refusal means, for the refusals the engine acts on.
+        rejection: Option<Rejection>,
     },
     /// The remote answered success with a reply that breaks the protocol.
     #[error("{operation}: {endpoint} sent an invalid reply: {problem}")]
@@ -196,13 +199,26 @@ impl BackendError {
         }
     }
 
-    /// The remote's error code, for the few the engine acts on (e.g. `sha256_mismatch`).
-    pub fn code(&self) -> Option<&str> {
+    /// What the remote's refusal means, when the engine acts on it.
+    pub fn rejection(&self) -> Option<Rejection> {
         match self {
-            BackendError::Status { code, .. } => Some(code),
+            BackendError::Status { rejection, .. } => *rejection,
             _ => None,
         }
     }
+}
+
+/// A remote's refusal, in the engine's terms: each backend turns its protocol's codes (native
+/// `manifest_mismatch`, S3 `InvalidPart`, …) into these, and the engine matches only these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The manifest names parts the remote does not hold as named (lost, or replaced by another
+    /// version): re-sending those parts may cure it.
+    ManifestMismatch,
+    /// The assembled file's digest is not the one sent: the file changed, or a part is bad.
+    DigestMismatch,
+    /// A part other than the last is under the remote's minimum.
+    PartTooSmall,
 }
 
 /// A remote protocol. Implementations are cheap to share (`Arc<dyn Backend>`) and safe to call

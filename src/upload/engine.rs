@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{
-    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartSpec, RemoteFile,
-    RemotePart, SessionRef, SessionStatus,
+    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartSpec, Rejection,
+    RemoteFile, RemotePart, SessionRef, SessionStatus,
 };
 use super::open::{OpenError, Reach, Refusal};
 use super::planner::{PartObservation, PartPlanner, PlanContext, fit};
@@ -290,7 +290,9 @@ impl Uploader {
             );
             // Parts replaced behind our back (a late duplicate of an earlier attempt, say) are
             // sent again; anything else, or a repair that does not take, starts over.
-            if error_code(&error) != Some("manifest_mismatch") || repairs == MAX_MANIFEST_REPAIRS {
+            if rejection(&error) != Some(Rejection::ManifestMismatch)
+                || repairs == MAX_MANIFEST_REPAIRS
+            {
                 return Err(self.start_over(&context, &reason).await);
             }
             repairs += 1;
@@ -756,10 +758,10 @@ async fn send_part(
     }
 }
 
-/// The remote's error code of a failed request, if it answered with one.
-fn error_code(error: &UploadError) -> Option<&str> {
+/// What the remote's refusal of a failed request means, if the engine acts on it.
+fn rejection(error: &UploadError) -> Option<Rejection> {
     match error {
-        UploadError::Remote { source, .. } => source.code(),
+        UploadError::Remote { source, .. } => source.rejection(),
         _ => None,
     }
 }
@@ -767,8 +769,7 @@ fn error_code(error: &UploadError) -> Option<&str> {
 /// True for the complete refusals that a fresh session cures: the remote's parts do not add up
 /// to the file (it changed, or the remote lost or replaced parts).
 fn refused_manifest(error: &UploadError) -> bool {
-    matches!(error, UploadError::Remote { source, .. }
-        if matches!(source.code(), Some("sha256_mismatch" | "manifest_mismatch" | "part_too_small")))
+    rejection(error).is_some()
 }
 
 enum Step {

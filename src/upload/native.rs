@@ -12,12 +12,13 @@ use serde::de::DeserializeOwned;
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Operation, PartBody, PartLimits,
-    PartReceipt, PartSpec, RemoteFile, RemotePart, RemoteSession, SessionRef, SessionStatus,
+    PartReceipt, PartSpec, Rejection, RemoteFile, RemotePart, RemoteSession, SessionRef,
+    SessionStatus,
 };
 use super::retry::classify_status;
 use crate::protocol::{
-    CompleteRequest, CompleteResponse, ErrorBody, InitRequest, InitResponse, ManifestPart,
-    PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState, decode_crc32c,
+    CompleteRequest, CompleteResponse, ErrorBody, ErrorCode, InitRequest, InitResponse,
+    ManifestPart, PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState, decode_crc32c,
 };
 
 /// Time allowed for a request without a streamed body (init, query, abort) to be answered.
@@ -154,6 +155,7 @@ impl NativeBackend {
             operation,
             endpoint: self.endpoint.clone(),
             status: status.as_u16(),
+            rejection: rejection(&code),
             code,
             message,
             retry_after,
@@ -187,6 +189,16 @@ fn remote_file(file: crate::protocol::CompletedFile) -> RemoteFile {
         path: file.path,
         size: file.size,
         sha256: Some(file.sha256),
+    }
+}
+
+/// The native codes the engine acts on, in its terms.
+fn rejection(code: &str) -> Option<Rejection> {
+    match ErrorCode::parse(code)? {
+        ErrorCode::ManifestMismatch => Some(Rejection::ManifestMismatch),
+        ErrorCode::Sha256Mismatch => Some(Rejection::DigestMismatch),
+        ErrorCode::PartTooSmall => Some(Rejection::PartTooSmall),
+        _ => None,
     }
 }
 
@@ -414,6 +426,25 @@ impl Backend for NativeBackend {
                 Ok(())
             }
             Err(error) => Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_codes_become_the_engines_rejections() {
+        let cases = [
+            ("manifest_mismatch", Some(Rejection::ManifestMismatch)),
+            ("sha256_mismatch", Some(Rejection::DigestMismatch)),
+            ("part_too_small", Some(Rejection::PartTooSmall)),
+            ("upload_not_found", None),
+            ("something_new", None),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(rejection(code), expected, "{code}");
         }
     }
 }
