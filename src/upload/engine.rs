@@ -214,22 +214,13 @@ impl Uploader {
             } => {
                 let digest = self.digest(hashing, &file).await?;
                 self.forget(key, &job.local_path).await?;
-                if remote.size != size || remote.sha256.as_deref().is_some_and(|d| d != digest) {
+                if verify(&job.local_path, &remote, size, &digest).is_err() {
                     return Err(Attempt::Restart(
                         "the remote completed an earlier version of the file".into(),
                     ));
                 }
-                return Ok(UploadReport {
-                    local_path: job.local_path.clone(),
-                    remote_path: job.remote_path.clone(),
-                    fingerprint: file.fingerprint(),
-                    size,
-                    sha256: digest,
-                    bytes_sent: 0,
-                    parts: parts.len() as u32,
-                    parts_resumed: parts.len() as u32,
-                    duration: started.elapsed(),
-                });
+                let count = parts.len() as u32;
+                return Ok(report(job, &file, digest, (count, count, 0), started));
             }
         };
         let context = Arc::new(SessionContext {
@@ -249,35 +240,45 @@ impl Uploader {
         let resumed_bytes: u64 = resumed.iter().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
 
-        let mut manifest = self.send_parts(&context, &record, parts).await?;
+        let manifest = self.send_parts(&context, &record, parts).await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
-        if self.changed(&file).await {
-            return Err(self
-                .start_over(&context, "the file changed during the upload")
-                .await);
-        }
+        self.ensure_unchanged(&context).await?;
         let digest = self.digest(hashing, &file).await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), "hashed; completing");
+        let (remote, manifest) = self
+            .complete(&context, &record, manifest, &digest, size)
+            .await?;
+        self.forget_recorded(&context).await?;
+        verify(&job.local_path, &remote, size, &digest)?;
+        let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
+        let counts = (manifest.len() as u32, parts_resumed, bytes_sent);
+        Ok(report(job, &file, digest, counts, started))
+    }
+
+    /// Completes the session with `manifest`. Parts the remote holds in another version (a
+    /// late duplicate of an earlier attempt, say) are sent again, at most
+    /// `MAX_MANIFEST_REPAIRS` times; any other refusal of the manifest starts over. Returns
+    /// what the remote reports and the manifest that completed.
+    async fn complete(
+        &self,
+        context: &Arc<SessionContext>,
+        record: &UploadRecord,
+        mut manifest: BTreeMap<u32, PartRecord>,
+        digest: &str,
+        size: u64,
+    ) -> Result<(RemoteFile, BTreeMap<u32, PartRecord>), Attempt> {
+        let path = context.file.path();
         let mut repairs = 0;
-        let remote = loop {
-            let completed: Vec<CompletedPart> = manifest
-                .values()
-                .map(|part| CompletedPart {
-                    number: part.number,
-                    etag: part
-                        .etag
-                        .clone()
-                        .expect("manifest holds acknowledged parts"),
-                })
-                .collect();
+        loop {
+            let completed = completed_parts(&manifest);
             let error = match self
-                .with_retry(&job.local_path, || {
+                .with_retry(path, || {
                     self.backend
-                        .complete(context.session(), &completed, &digest, size)
+                        .complete(context.session(), &completed, digest, size)
                 })
                 .await
             {
-                Ok(remote) => break remote,
+                Ok(remote) => return Ok((remote, manifest)),
                 Err(Attempt::Fatal(error)) => error,
                 Err(other) => return Err(other),
             };
@@ -288,20 +289,18 @@ impl Uploader {
                 "the remote refused the manifest: {}",
                 crate::error::chain(&*error)
             );
-            // Parts replaced behind our back (a late duplicate of an earlier attempt, say) are
-            // sent again; anything else, or a repair that does not take, starts over.
             if rejection(&error) != Some(Rejection::ManifestMismatch)
                 || repairs == MAX_MANIFEST_REPAIRS
             {
-                return Err(self.start_over(&context, &reason).await);
+                return Err(self.start_over(context, &reason).await);
             }
             repairs += 1;
             let remote_parts = match self
-                .with_retry(&job.local_path, || self.backend.query(context.session()))
+                .with_retry(path, || self.backend.query(context.session()))
                 .await?
             {
                 SessionStatus::Open { parts } => parts,
-                _ => return Err(self.start_over(&context, &reason).await),
+                _ => return Err(self.start_over(context, &reason).await),
             };
             let parts = reconcile(manifest.into_values().collect(), &remote_parts);
             let stale: Vec<u32> = parts
@@ -310,40 +309,22 @@ impl Uploader {
                 .map(|p| p.number)
                 .collect();
             if stale.is_empty() {
-                return Err(self.start_over(&context, &reason).await);
+                return Err(self.start_over(context, &reason).await);
             }
-            tracing::info!(path = %job.local_path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
-            manifest = self.send_parts(&context, &record, parts).await?;
-            if self.changed(&file).await {
-                return Err(self
-                    .start_over(&context, "the file changed during the upload")
-                    .await);
-            }
-        };
-        self.forget_recorded(&context).await?;
-        if remote.size != size || remote.sha256.as_deref().is_some_and(|d| d != digest) {
-            return Err(UploadError::Verification {
-                path: job.local_path.clone(),
-                detail: format!(
-                    "sent {size} bytes with sha256 {digest}, the remote reports {} bytes with sha256 {}",
-                    remote.size,
-                    remote.sha256.as_deref().unwrap_or("(none)")
-                ),
-            }
-            .into());
+            tracing::info!(path = %path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
+            manifest = self.send_parts(context, record, parts).await?;
+            self.ensure_unchanged(context).await?;
         }
-        let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
-        Ok(UploadReport {
-            local_path: job.local_path.clone(),
-            remote_path: job.remote_path.clone(),
-            fingerprint: file.fingerprint(),
-            size,
-            sha256: digest,
-            bytes_sent,
-            parts: manifest.len() as u32,
-            parts_resumed,
-            duration: started.elapsed(),
-        })
+    }
+
+    /// Starts over (aborting the session) when the file changed since it was opened.
+    async fn ensure_unchanged(&self, context: &SessionContext) -> Result<(), Attempt> {
+        if self.changed(&context.file).await {
+            return Err(self
+                .start_over(context, "the file changed during the upload")
+                .await);
+        }
+        Ok(())
     }
 
     /// Finds the recorded session for this file and reconciles it with the remote, or opens a
@@ -755,6 +736,57 @@ async fn send_part(
             }
             Step::Stop(attempt) => return Err(attempt),
         }
+    }
+}
+
+/// The manifest to complete with: every part's number and etag.
+fn completed_parts(manifest: &BTreeMap<u32, PartRecord>) -> Vec<CompletedPart> {
+    manifest
+        .values()
+        .map(|part| CompletedPart {
+            number: part.number,
+            etag: part
+                .etag
+                .clone()
+                .expect("manifest holds acknowledged parts"),
+        })
+        .collect()
+}
+
+/// Checks that the remote holds what was sent: the size, and the digest when it reports one.
+fn verify(path: &Path, remote: &RemoteFile, size: u64, digest: &str) -> Result<(), Attempt> {
+    if remote.size == size && remote.sha256.as_deref().is_none_or(|d| d == digest) {
+        return Ok(());
+    }
+    Err(UploadError::Verification {
+        path: path.to_path_buf(),
+        detail: format!(
+            "sent {size} bytes with sha256 {digest}, the remote reports {} bytes with sha256 {}",
+            remote.size,
+            remote.sha256.as_deref().unwrap_or("(none)")
+        ),
+    }
+    .into())
+}
+
+/// What an upload did; `counts` is (parts, parts resumed, bytes sent in this run).
+fn report(
+    job: &UploadJob,
+    file: &LocalFile,
+    sha256: String,
+    (parts, parts_resumed, bytes_sent): (u32, u32, u64),
+    started: Instant,
+) -> UploadReport {
+    UploadReport {
+        local_path: job.local_path.clone(),
+        remote_path: job.remote_path.clone(),
+        fingerprint: file.fingerprint(),
+        size: file.fingerprint().size,
+        sha256,
+        bytes_sent,
+        parts,
+        parts_resumed,
+        duration: started.elapsed(),
     }
 }
 
