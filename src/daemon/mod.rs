@@ -7,6 +7,7 @@
 //! acknowledged part is already recorded, so what is cut off resumes at the next start), then
 //! flushes the store.
 
+mod remotes;
 mod store_health;
 mod worker;
 
@@ -20,12 +21,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, RemoteConfig, WatchConfig};
+use crate::config::{Config, WatchConfig};
 use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
 use crate::control::{self, Command, Reply, StatusReply};
 use crate::queue::{Candidate, JobId, JobState, QueueError, Store};
-use crate::server::{self, ServeConfig};
-use crate::upload::{NativeBackend, NativeConfig, Progress, UploadSettings, Uploader};
+use crate::server;
+use crate::upload::{NativeConfig, Progress, UploadSettings, Uploader};
 use crate::watch::{self, WatchHandle};
 
 /// Settled-file batches buffered between the watcher and the queue.
@@ -123,6 +124,8 @@ pub(crate) struct Daemon {
     own_paths: Vec<PathBuf>,
     /// The embedded receiver's remote, kept across reloads.
     embedded: Option<(String, NativeConfig)>,
+    /// The embedded receiver's URL and storage, when there is one.
+    receiver: Option<(String, PathBuf)>,
     store_health: store_health::StoreHealth,
 }
 
@@ -134,72 +137,12 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Reload>,
     started: impl FnOnce(&Started),
 ) -> Result<(), DaemonError> {
-    let data_dir = config.daemon.data_dir.clone();
-    // Private: the store lists file names, remote paths and session ids.
-    std::fs::create_dir_all(&data_dir)
-        .and_then(|()| server::storage::make_private(&data_dir))
-        .map_err(|source| DaemonError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
-    let store_dir = data_dir.join("store");
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-        .await
-        .expect("opening the store does not panic")?;
-    let store_for_recovery = store.clone();
-    let requeued = tokio::task::spawn_blocking(move || store_for_recovery.requeue_active())
-        .await
-        .expect("recovery does not panic")?;
-    if requeued > 0 {
-        tracing::info!(requeued, "resuming uploads interrupted by the last stop");
-    }
-
+    let store = open_store(&config.daemon.data_dir).await?;
     // Services that outlive the workers: the embedded receiver and the control socket stop last.
     let services = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let (embedded, receiver) = start_embedded_receiver(&config, &services, &tracker).await?;
-
-    let mut watches = config.watches.clone();
-    if config.source.is_none() {
-        for watch in &watches {
-            std::fs::create_dir_all(&watch.path).map_err(|source| DaemonError::DataDir {
-                path: watch.path.clone(),
-                source,
-            })?;
-        }
-    }
-    watch::resolve_roots(&mut watches)?;
-    let uploaders = build_uploaders(&config, &store, embedded.as_ref())?;
-
-    let (intake, intake_receiver) = mpsc::channel(INTAKE_BATCHES);
-    let daemon = Arc::new(Daemon {
-        store: store.clone(),
-        settings: RwLock::new(Settings {
-            watches: watches.clone(),
-            uploaders,
-            transfers: config.daemon.transfers,
-            upload: config.upload,
-        }),
-        paused: AtomicBool::new(false),
-        wake: Notify::new(),
-        active: Mutex::new(HashMap::new()),
-        watcher: Mutex::new(None),
-        intake,
-        watch_stats: Arc::default(),
-        checked: AtomicU64::new(0),
-        // The daemon's own files: the store, the socket, the embedded receiver's storage (the
-        // default outbox sits beside them in the data directory, so not all of it).
-        own_paths: [
-            Some(data_dir.join("store")),
-            Some(config.daemon.socket.clone()),
-            receiver.as_ref().map(|(_, storage)| storage.clone()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        embedded,
-        store_health: Default::default(),
-    });
+    let embedded = remotes::start_embedded_receiver(&config, &services, &tracker).await?;
+    let (daemon, intake_receiver) = build(&config, store.clone(), embedded)?;
 
     let socket = config.daemon.socket.clone();
     let listener = control::bind(&socket).await?;
@@ -211,28 +154,16 @@ pub async fn run(
     ));
     // Arming watches (one per folder, recursively) and the first scan block: off the runtime.
     let starting = daemon.clone();
-    let roots = watches.clone();
+    let roots = daemon.watches();
     tokio::task::spawn_blocking(move || starting.restart_watcher(&roots))
         .await
         .expect("starting the watcher does not panic")?;
-
-    let intake_task = tokio::spawn(intake_loop(daemon.clone(), intake_receiver));
-    let stop_recovery = CancellationToken::new();
-    let recovery = tokio::spawn(store_health::recover(daemon.clone(), stop_recovery.clone()));
-    let workers = TaskTracker::new();
-    let stop_claiming = CancellationToken::new();
-    let abandon = CancellationToken::new();
-    let scheduler = tokio::spawn(worker::schedule(
-        daemon.clone(),
-        workers.clone(),
-        stop_claiming.clone(),
-        abandon.clone(),
-    ));
+    let tasks = Tasks::start(&daemon, intake_receiver);
 
     started(&Started {
-        socket: socket.clone(),
-        watches: watches.iter().map(|w| w.path.clone()).collect(),
-        receiver,
+        socket,
+        watches: daemon.watches().iter().map(|w| w.path.clone()).collect(),
+        receiver: daemon.receiver.clone(),
         probe: Probe(daemon.clone()),
     });
 
@@ -250,31 +181,9 @@ pub async fn run(
     }
 
     tracing::info!("stopping: no new files are taken");
-    // Stopping the watch thread waits for it (it may be mid-scan): off the runtime.
-    let watcher = daemon
-        .watcher
-        .lock()
-        .expect("watcher lock is never poisoned")
-        .take();
-    let _ = tokio::task::spawn_blocking(move || drop(watcher)).await;
-    intake_task.abort();
-    stop_recovery.cancel();
-    let _ = recovery.await;
-    stop_claiming.cancel();
-    let _ = scheduler.await;
-    workers.close();
-    let grace = config.daemon.shutdown_grace;
-    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
-        tracing::warn!(
-            ?grace,
-            "uploads still running after the grace period; they resume at the next start"
-        );
-        abandon.cancel();
-        workers.wait().await;
-    }
+    tasks.stop(&daemon, config.daemon.shutdown_grace).await;
     // Flushes, and records what the store holds for the damage check at the next open.
-    let flushing = store.clone();
-    tokio::task::spawn_blocking(move || flushing.checkpoint())
+    tokio::task::spawn_blocking(move || store.checkpoint())
         .await
         .expect("a checkpoint does not panic")?;
     services.cancel();
@@ -284,87 +193,143 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the embedded receiver if the configuration has one; returns its remote and URL.
-async fn start_embedded_receiver(
-    config: &Config,
-    services: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<(Option<(String, NativeConfig)>, Option<(String, PathBuf)>), DaemonError> {
-    let Some((name, storage)) = config
-        .remotes
-        .iter()
-        .find_map(|(name, remote)| match remote {
-            RemoteConfig::Embedded { storage } => Some((name.clone(), storage.clone())),
-            RemoteConfig::Native { .. } => None,
-        })
-    else {
-        return Ok((None, None));
-    };
-    let (token, _) = server::resolve_token(&storage, None, None)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// Creates the data folder (private: the store lists file names, remote paths and session
+/// ids), opens the store and queues again the jobs the last stop interrupted.
+async fn open_store(data_dir: &std::path::Path) -> Result<Store, DaemonError> {
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| server::storage::make_private(data_dir))
+        .map_err(|source| DaemonError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+    let store_dir = data_dir.join("store");
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
-        .map_err(DaemonError::Receiver)?;
-    let url = format!(
-        "http://{}",
-        listener.local_addr().map_err(DaemonError::Receiver)?
-    );
-    let serve_config = ServeConfig {
-        storage: storage.clone(),
-        token: token.clone(),
-        workspaces: Vec::new(),
-        limits: server::Limits::default(),
-        session_ttl: server::DEFAULT_SESSION_TTL,
-        guards: server::Guards::default(),
-    };
-    let shutdown = services.clone();
-    tracker.spawn(async move {
-        if let Err(error) = server::serve(listener, serve_config, shutdown).await {
-            tracing::error!(error = %crate::error::chain(&error), "the embedded receiver stopped");
-        }
-    });
-    let native = NativeConfig {
-        url: url.clone(),
-        workspace_id: "default".into(),
-        token,
-    };
-    Ok((Some((name, native)), Some((url, storage))))
+        .expect("opening the store does not panic")?;
+    let requeuing = store.clone();
+    let requeued = tokio::task::spawn_blocking(move || requeuing.requeue_active())
+        .await
+        .expect("recovery does not panic")?;
+    if requeued > 0 {
+        tracing::info!(requeued, "resuming uploads interrupted by the last stop");
+    }
+    Ok(store)
 }
 
-fn build_uploaders(
+/// Builds the daemon's shared state from the configuration: the watched folders (the
+/// built-in default's outbox is created), an uploader per remote.
+fn build(
     config: &Config,
-    store: &Store,
-    embedded: Option<&(String, NativeConfig)>,
-) -> Result<BTreeMap<String, Arc<Uploader>>, DaemonError> {
-    let mut uploaders = BTreeMap::new();
-    for (name, remote) in &config.remotes {
-        let native = match remote {
-            RemoteConfig::Native {
-                url,
-                workspace_id,
-                token,
-            } => NativeConfig {
-                url: url.clone(),
-                workspace_id: workspace_id.clone(),
-                token: token.0.clone(),
-            },
-            RemoteConfig::Embedded { .. } => match embedded {
-                Some((embedded_name, native)) if embedded_name == name => native.clone(),
-                _ => continue,
-            },
-        };
-        let backend = NativeBackend::new(native).map_err(|source| DaemonError::Remote {
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
-        let uploader = Uploader::new(
-            Arc::new(backend),
-            store.clone(),
-            config.upload,
-            config.upload.planner(),
-        );
-        uploaders.insert(name.clone(), Arc::new(uploader));
+    store: Store,
+    (embedded, receiver): remotes::Embedded,
+) -> Result<(Arc<Daemon>, mpsc::Receiver<Vec<Candidate>>), DaemonError> {
+    let mut watches = config.watches.clone();
+    if config.source.is_none() {
+        for watch in &watches {
+            std::fs::create_dir_all(&watch.path).map_err(|source| DaemonError::DataDir {
+                path: watch.path.clone(),
+                source,
+            })?;
+        }
     }
-    Ok(uploaders)
+    watch::resolve_roots(&mut watches)?;
+    let uploaders = remotes::build_uploaders(config, &store, embedded.as_ref())?;
+    let (intake, intake_receiver) = mpsc::channel(INTAKE_BATCHES);
+    // The daemon's own files: the store, the socket, the embedded receiver's storage (the
+    // default outbox sits beside them in the data directory, so not all of it).
+    let own_paths = [
+        Some(config.daemon.data_dir.join("store")),
+        Some(config.daemon.socket.clone()),
+        receiver.as_ref().map(|(_, storage)| storage.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let daemon = Arc::new(Daemon {
+        store,
+        settings: RwLock::new(Settings {
+            watches,
+            uploaders,
+            transfers: config.daemon.transfers,
+            upload: config.upload,
+        }),
+        paused: AtomicBool::new(false),
+        wake: Notify::new(),
+        active: Mutex::new(HashMap::new()),
+        watcher: Mutex::new(None),
+        intake,
+        watch_stats: Arc::default(),
+        checked: AtomicU64::new(0),
+        own_paths,
+        embedded,
+        receiver,
+        store_health: Default::default(),
+    });
+    Ok((daemon, intake_receiver))
+}
+
+/// The daemon's long-lived tasks besides the services: intake, store recovery, scheduler and
+/// the workers it starts.
+struct Tasks {
+    intake: tokio::task::JoinHandle<()>,
+    recovery: tokio::task::JoinHandle<()>,
+    stop_recovery: CancellationToken,
+    scheduler: tokio::task::JoinHandle<()>,
+    stop_claiming: CancellationToken,
+    workers: TaskTracker,
+    abandon: CancellationToken,
+}
+
+impl Tasks {
+    fn start(daemon: &Arc<Daemon>, intake_receiver: mpsc::Receiver<Vec<Candidate>>) -> Tasks {
+        let stop_recovery = CancellationToken::new();
+        let workers = TaskTracker::new();
+        let stop_claiming = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        Tasks {
+            intake: tokio::spawn(intake_loop(daemon.clone(), intake_receiver)),
+            recovery: tokio::spawn(store_health::recover(daemon.clone(), stop_recovery.clone())),
+            stop_recovery,
+            scheduler: tokio::spawn(worker::schedule(
+                daemon.clone(),
+                workers.clone(),
+                stop_claiming.clone(),
+                abandon.clone(),
+            )),
+            stop_claiming,
+            workers,
+            abandon,
+        }
+    }
+
+    /// The ordered stop: the watcher and intake first, then claiming; uploads in flight get
+    /// `grace` to finish, and what is cut off then resumes at the next start.
+    async fn stop(self, daemon: &Arc<Daemon>, grace: Duration) {
+        // Stopping the watch thread waits for it (it may be mid-scan): off the runtime.
+        let watcher = daemon
+            .watcher
+            .lock()
+            .expect("watcher lock is never poisoned")
+            .take();
+        let _ = tokio::task::spawn_blocking(move || drop(watcher)).await;
+        self.intake.abort();
+        self.stop_recovery.cancel();
+        let _ = self.recovery.await;
+        self.stop_claiming.cancel();
+        let _ = self.scheduler.await;
+        self.workers.close();
+        if tokio::time::timeout(grace, self.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "uploads still running after the grace period; they resume at the next start"
+            );
+            self.abandon.cancel();
+            self.workers.wait().await;
+        }
+    }
 }
 
 /// Queues settled files as the watcher hands them over.
@@ -402,6 +367,15 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
 }
 
 impl Daemon {
+    /// The watches as configured now.
+    fn watches(&self) -> Vec<WatchConfig> {
+        self.settings
+            .read()
+            .expect("settings lock is never poisoned")
+            .watches
+            .clone()
+    }
+
     /// Asks the watcher for a full scan of every watched folder.
     fn request_rescan(&self) {
         if let Some(watcher) = self
@@ -441,7 +415,7 @@ impl Daemon {
         let applied = watch::resolve_roots(&mut watches)
             .map_err(|e| crate::error::chain(&e))
             .and_then(|()| {
-                build_uploaders(&config, &self.store, self.embedded.as_ref())
+                remotes::build_uploaders(&config, &self.store, self.embedded.as_ref())
                     .map_err(|e| crate::error::chain(&e))
             });
         let uploaders = match applied {
