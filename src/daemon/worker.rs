@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{ActiveJob, Daemon};
-use crate::config::{AfterUpload, Symlinks};
+use crate::config::{AfterUpload, Symlinks, WatchConfig};
 use crate::queue::jobs::now_ms;
 use crate::queue::{Fingerprint, JobRecord};
 use crate::upload::{Progress, Reach, UploadError, UploadJob};
@@ -128,16 +128,6 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
         finish(&daemon, &job, Outcome::Failed(reason)).await;
         return;
     };
-    // A job queued under a watch that a reload removed is still uploaded: nothing queued is
-    // lost. Without its watch it gets no metadata and the file is kept.
-    let (metadata, after, symlinks) = match &watch {
-        Some(watch) => (
-            watch.metadata.clone(),
-            watch.after_upload.clone(),
-            watch.symlinks,
-        ),
-        None => (Default::default(), AfterUpload::Keep, Symlinks::Skip),
-    };
     if job.remote_path_unrepresentable() {
         let reason = format!(
             "{} has a name that is not valid UTF-8, which no remote can store; rename it",
@@ -147,17 +137,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
         finish(&daemon, &job, Outcome::Failed(reason)).await;
         return;
     }
-    let upload = UploadJob {
-        local_path: job.path.clone(),
-        remote_path: job.remote_path.clone(),
-        mime_type: None,
-        metadata,
-        reach: match symlinks {
-            Symlinks::Follow => Reach::AsGiven,
-            Symlinks::Skip => Reach::Beneath(job.watch_root.clone()),
-        },
-        expected: job.fingerprint,
-    };
+    let (upload, after) = upload_job(&job, watch.as_ref());
     let result = tokio::select! {
         result = uploader.upload(&upload, progress) => result,
         _ = abandon.cancelled() => {
@@ -175,20 +155,55 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
                 root: job.watch_root.clone(),
             }
         }
-        Err(UploadError::Vanished { .. }) => {
+        Err(error) => failed(error, &job, retry),
+    };
+    finish(&daemon, &job, outcome).await;
+}
+
+/// What the engine is asked to upload for `job`, and what to do with the file after. A job
+/// queued under a watch that a reload removed is still uploaded: nothing queued is lost.
+/// Without its watch it gets no metadata, its file is kept, and no link is followed.
+fn upload_job(job: &JobRecord, watch: Option<&WatchConfig>) -> (UploadJob, AfterUpload) {
+    let (metadata, after, symlinks) = match watch {
+        Some(watch) => (
+            watch.metadata.clone(),
+            watch.after_upload.clone(),
+            watch.symlinks,
+        ),
+        None => (Default::default(), AfterUpload::Keep, Symlinks::Skip),
+    };
+    let upload = UploadJob {
+        local_path: job.path.clone(),
+        remote_path: job.remote_path.clone(),
+        mime_type: None,
+        metadata,
+        reach: match symlinks {
+            Symlinks::Follow => Reach::AsGiven,
+            Symlinks::Skip => Reach::Beneath(job.watch_root.clone()),
+        },
+        expected: job.fingerprint,
+    };
+    (upload, after)
+}
+
+/// The one decision, with its log line, about an upload that failed: drop the job (the file
+/// is gone, or not one to send), fail it until the user acts, or retry it after a backoff.
+fn failed(error: UploadError, job: &JobRecord, retry: crate::upload::RetryPolicy) -> Outcome {
+    match error {
+        UploadError::Vanished { .. } => {
             tracing::info!("the file vanished before it was uploaded; dropping its job");
             Outcome::Dropped
         }
-        Err(UploadError::Refused { refusal, .. }) => {
+        UploadError::Refused { refusal, .. } => {
             tracing::warn!(reason = %refusal, "not uploaded; dropping its job");
             Outcome::Dropped
         }
-        Err(error) if is_permanent(&error) => {
+        error if is_permanent(&error) => {
             let reason = crate::error::chain(&error);
             tracing::error!(error = %reason, "upload failed; `ferry retry` tries again");
             Outcome::Failed(reason)
         }
-        Err(error) => {
+        error => {
             let reason = crate::error::chain(&error);
             let delay = retry
                 .delay(job.attempts + 1, rand::random(), None)
@@ -196,8 +211,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             tracing::warn!(error = %reason, ?delay, "upload failed; will retry");
             Outcome::Retry(reason, now_ms() + delay.as_millis() as u64)
         }
-    };
-    finish(&daemon, &job, outcome).await;
+    }
 }
 
 enum Outcome {

@@ -165,50 +165,10 @@ async fn receive_part(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let part_number = header_text(&headers, PART_NUMBER_HEADER)
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .filter(|number| *number >= 1)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidPartNumber,
-                "Fastio-Part-Number must be a whole number from 1 to max_parts",
-            )
-        })?;
-    let content_length = header_text(&headers, header::CONTENT_LENGTH.as_str())
-        .and_then(|text| text.parse::<u64>().ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::LengthRequired,
-                "a part upload needs a Content-Length header",
-            )
-        })?;
-    let expected_crc = match header_text(&headers, CHECKSUM_HEADER) {
-        None => None,
-        Some(text) => Some(decode_crc32c(text).ok_or_else(|| {
-            ApiError::invalid_request("Fastio-Checksum-CRC32C must be base64 of 4 bytes")
-        })?),
-    };
+    let head = PartHead::parse(&headers)?;
     let record = app.open_record(&upload_id).await?;
-    ensure_open(&record)?;
-    if part_number > record.max_parts {
-        return Err(ApiError::new(
-            ErrorCode::InvalidPartNumber,
-            format!(
-                "part number {part_number} is over max_parts {}",
-                record.max_parts
-            ),
-        ));
-    }
-    if content_length > record.max_part_size || content_length > record.total_size {
-        return Err(ApiError::new(
-            ErrorCode::PartTooLarge,
-            format!(
-                "part of {content_length} bytes is over max_part_size {} or the file's total_size {}",
-                record.max_part_size, record.total_size
-            ),
-        ));
-    }
-
+    head.check(&record)?;
+    let (part_number, content_length) = (head.part_number, head.content_length);
     let (reservation, sink) = app
         .reserve(&upload_id, record.total_size, part_number, content_length)
         .await?;
@@ -220,12 +180,7 @@ async fn receive_part(
         app.config.guards.body_idle_timeout,
     )
     .await?;
-    let discard = |received: &Received| {
-        if let Received::Loose(path) = received {
-            let _ = std::fs::remove_file(path);
-        }
-    };
-    if let Some(expected) = expected_crc.filter(|expected| *expected != crc) {
+    if let Some(expected) = head.crc32c.filter(|expected| *expected != crc) {
         discard(&received);
         return Err(ApiError::new(
             ErrorCode::ChecksumMismatch,
@@ -236,57 +191,93 @@ async fn receive_part(
             ),
         ));
     }
-
     let etag = storage::new_etag(crc);
-    // Holding the session lock across the state check and the commit means a part never lands
-    // in a session that a concurrent complete or abort has just closed.
-    let guard = app.lock_session(&upload_id).await?;
-    let committed = match app.open_record(&upload_id).await {
-        Ok(record) if record.state == SessionState::Open => match reservation.still_fits() {
-            Err(held) => Err(outgrows(
-                part_number,
-                content_length,
-                held,
-                record.total_size,
-            )),
-            Ok(()) => {
-                let (storage, id, tag, what) = (
-                    app.storage.clone(),
-                    upload_id.clone(),
-                    etag.clone(),
-                    received.clone(),
-                );
-                blocking(
-                    move || storage.commit_part(&id, part_number, &tag, &what),
-                    "store the part",
-                )
-                .await
-            }
-        },
-        Ok(record) => Err(ApiError::upload_not_open(state_name(record.state))),
-        Err(error) => Err(error),
-    };
-    if let Err(error) = committed {
-        discard(&received);
-        return Err(error);
-    }
-    reservation.commit(&etag, content_length);
-    drop(guard);
-    let (storage, id) = (app.storage.clone(), upload_id.clone());
-    blocking(move || storage.sync_parts(&id), "store the part").await?;
+    app.commit_part(&upload_id, &head, reservation, &received, &etag)
+        .await?;
     if matches!(received, Received::InPlace { .. }) {
         part::advance_hash(app.clone(), upload_id.clone());
     }
-    let size = content_length;
     let info = PartInfo {
         part_number,
-        size,
+        size: content_length,
         etag: etag.clone(),
         crc32c: encode_crc32c(crc),
     };
     let etag_header = HeaderValue::from_str(&format!("\"{etag}\""))
         .expect("an etag of hex digits is a valid header value");
     Ok(([(header::ETAG, etag_header)], Json(info)).into_response())
+}
+
+/// Removes a part received into a file of its own, when it is refused after all.
+fn discard(received: &Received) {
+    if let Received::Loose(path) = received {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// What a part upload's headers say.
+struct PartHead {
+    part_number: u32,
+    content_length: u64,
+    crc32c: Option<u32>,
+}
+
+impl PartHead {
+    fn parse(headers: &HeaderMap) -> Result<PartHead, ApiError> {
+        let part_number = header_text(headers, PART_NUMBER_HEADER)
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|number| *number >= 1)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidPartNumber,
+                    "Fastio-Part-Number must be a whole number from 1 to max_parts",
+                )
+            })?;
+        let content_length = header_text(headers, header::CONTENT_LENGTH.as_str())
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::LengthRequired,
+                    "a part upload needs a Content-Length header",
+                )
+            })?;
+        let crc32c = match header_text(headers, CHECKSUM_HEADER) {
+            None => None,
+            Some(text) => Some(decode_crc32c(text).ok_or_else(|| {
+                ApiError::invalid_request("Fastio-Checksum-CRC32C must be base64 of 4 bytes")
+            })?),
+        };
+        Ok(PartHead {
+            part_number,
+            content_length,
+            crc32c,
+        })
+    }
+
+    /// Refuses, before any of the body is read, a part the open session cannot take.
+    fn check(&self, record: &SessionRecord) -> Result<(), ApiError> {
+        ensure_open(record)?;
+        let (part_number, content_length) = (self.part_number, self.content_length);
+        if part_number > record.max_parts {
+            return Err(ApiError::new(
+                ErrorCode::InvalidPartNumber,
+                format!(
+                    "part number {part_number} is over max_parts {}",
+                    record.max_parts
+                ),
+            ));
+        }
+        if content_length > record.max_part_size || content_length > record.total_size {
+            return Err(ApiError::new(
+                ErrorCode::PartTooLarge,
+                format!(
+                    "part of {content_length} bytes is over max_part_size {} or the file's total_size {}",
+                    record.max_part_size, record.total_size
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub async fn complete(
@@ -299,7 +290,7 @@ pub async fn complete(
         validate::sha256_hex(digest).map_err(ApiError::invalid_request)?;
     }
     let _guard = app.lock_session(&upload_id).await?;
-    let mut record = app.open_record(&upload_id).await?;
+    let record = app.open_record(&upload_id).await?;
     match (&record.state, &record.completion) {
         (SessionState::Completed, Some(done)) if same_manifest(&done.manifest, &request) => {
             return Ok(Json(CompleteResponse {
@@ -309,111 +300,24 @@ pub async fn complete(
         (SessionState::Open, _) => {}
         (state, _) => return Err(ApiError::upload_not_open(state_name(*state))),
     }
-
-    let storage = app.storage.clone();
-    let id = upload_id.clone();
-    let parts = blocking(move || storage.list_parts(&id), "list parts").await?;
-    let stored: Vec<StoredPart> = parts
-        .iter()
-        .map(|part| StoredPart {
-            part_number: part.part_number,
-            size: part.size,
-            etag: part.etag.clone(),
-        })
-        .collect();
-    let chosen = validate::manifest(
-        &request.parts,
-        &stored,
-        record.min_part_size,
-        record.total_size,
-    )
-    .map_err(|problem| match problem {
-        ManifestProblem::Mismatch(message) => ApiError::new(ErrorCode::ManifestMismatch, message),
-        ManifestProblem::PartTooSmall(message) => ApiError::new(ErrorCode::PartTooSmall, message),
-    })?;
-    // `stored` mirrors `parts` index for index.
-    let chosen: Vec<PartFile> = chosen
-        .iter()
-        .map(|part| {
-            let index = stored
-                .binary_search_by_key(&part.part_number, |p| p.part_number)
-                .expect("every chosen part came from this listing");
-            parts[index].clone()
-        })
-        .collect();
-
+    let chosen = app.chosen_parts(&upload_id, &record, &request).await?;
     let assembly_started = std::time::Instant::now();
-    let (source, digest, in_place) = match app
-        .finish_in_place(&upload_id, &chosen, record.total_size)
-        .await?
-    {
-        Some(digest) => (app.storage.data_path(&upload_id), digest, true),
-        None => {
-            let (storage, id) = (app.storage.clone(), upload_id.clone());
-            let (temp, digest) =
-                blocking(move || storage.assemble(&id, &chosen), "assemble the file").await?;
-            (temp, digest, false)
-        }
-    };
+    let assembled = app.assemble(&upload_id, chosen, record.total_size).await?;
     let expected = request.sha256.as_ref().or(record.sha256.as_ref());
-    if let Some(expected) = expected.filter(|expected| **expected != digest) {
-        if !in_place {
-            app.storage.discard_temp(&source);
+    if let Some(expected) = expected.filter(|expected| **expected != assembled.digest) {
+        if !assembled.in_place {
+            app.storage.discard_temp(&assembled.source);
         }
         return Err(ApiError::new(
             ErrorCode::Sha256Mismatch,
             format!(
-                "the assembled file has sha256 {digest}, not {expected}; the session stays open"
+                "the assembled file has sha256 {}, not {expected}; the session stays open",
+                assembled.digest
             ),
         ));
     }
-
-    let now = SystemTime::now();
-    let file = CompletedFile {
-        workspace_id: record.workspace_id.clone(),
-        path: record.filename.clone(),
-        size: record.total_size,
-        sha256: digest,
-        completed_at: humantime::format_rfc3339_seconds(now).to_string(),
-    };
-    let metadata = FileMetadata {
-        workspace_id: file.workspace_id.clone(),
-        path: file.path.clone(),
-        size: file.size,
-        sha256: file.sha256.clone(),
-        completed_at: file.completed_at.clone(),
-        mime_type: record.mime_type.clone(),
-        metadata: record.metadata.clone(),
-    };
-    record.state = SessionState::Completed;
-    record.completion = Some(Completion {
-        manifest: request.parts,
-        file: file.clone(),
-    });
-    let storage = app.storage.clone();
-    let published = blocking(
-        move || {
-            if let Err(error) = storage.publish(&source, &record.workspace_id, &record.filename) {
-                if !in_place {
-                    storage.discard_temp(&source);
-                }
-                return Ok(Err(error));
-            }
-            storage.write_file_metadata(&metadata)?;
-            storage.write_session(&record)?;
-            storage.discard_parts(&record.upload_id)?;
-            Ok(Ok(()))
-        },
-        "publish the file",
-    )
-    .await?;
-    if let Err(error) = published {
-        // The usual cause: a folder on the way is a file, or the name is a folder.
-        return Err(ApiError::new(
-            ErrorCode::PathConflict,
-            format!("cannot place the file at its path: {error}"),
-        ));
-    }
+    let in_place = assembled.in_place;
+    let file = app.publish(record, request.parts, assembled).await?;
     app.live.remove(&upload_id);
     app.open_sessions.release(1);
     tracing::info!(
@@ -426,6 +330,14 @@ pub async fn complete(
         "completed upload"
     );
     Ok(Json(CompleteResponse { file }))
+}
+
+/// A file assembled for complete: where it is, its SHA-256, and whether it is the session's
+/// in-place data file (else a temporary copy).
+struct Assembled {
+    source: std::path::PathBuf,
+    digest: String,
+    in_place: bool,
 }
 
 pub async fn abort(
@@ -481,6 +393,178 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 impl AppState {
+    /// The stored parts `request`'s manifest names, checked against what is stored (numbers
+    /// ascending, etags, sizes adding up, none but the last under the minimum).
+    async fn chosen_parts(
+        &self,
+        upload_id: &str,
+        record: &SessionRecord,
+        request: &CompleteRequest,
+    ) -> Result<Vec<PartFile>, ApiError> {
+        let (storage, id) = (self.storage.clone(), upload_id.to_string());
+        let parts = blocking(move || storage.list_parts(&id), "list parts").await?;
+        let stored: Vec<StoredPart> = parts
+            .iter()
+            .map(|part| StoredPart {
+                part_number: part.part_number,
+                size: part.size,
+                etag: part.etag.clone(),
+            })
+            .collect();
+        let chosen = validate::manifest(
+            &request.parts,
+            &stored,
+            record.min_part_size,
+            record.total_size,
+        )
+        .map_err(|problem| match problem {
+            ManifestProblem::Mismatch(message) => {
+                ApiError::new(ErrorCode::ManifestMismatch, message)
+            }
+            ManifestProblem::PartTooSmall(message) => {
+                ApiError::new(ErrorCode::PartTooSmall, message)
+            }
+        })?;
+        // `stored` mirrors `parts` index for index.
+        Ok(chosen
+            .iter()
+            .map(|part| {
+                let index = stored
+                    .binary_search_by_key(&part.part_number, |p| p.part_number)
+                    .expect("every chosen part came from this listing");
+                parts[index].clone()
+            })
+            .collect())
+    }
+
+    /// The file the chosen parts make: the in-place data file when they all lie in it at
+    /// their final offsets, else a copy assembled aside.
+    async fn assemble(
+        &self,
+        upload_id: &str,
+        chosen: Vec<PartFile>,
+        total_size: u64,
+    ) -> Result<Assembled, ApiError> {
+        if let Some(digest) = self.finish_in_place(upload_id, &chosen, total_size).await? {
+            let source = self.storage.data_path(upload_id);
+            return Ok(Assembled {
+                source,
+                digest,
+                in_place: true,
+            });
+        }
+        let (storage, id) = (self.storage.clone(), upload_id.to_string());
+        let (source, digest) =
+            blocking(move || storage.assemble(&id, &chosen), "assemble the file").await?;
+        Ok(Assembled {
+            source,
+            digest,
+            in_place: false,
+        })
+    }
+
+    /// Makes the assembled file visible at its path (by rename), records its metadata and the
+    /// session as completed with `manifest`, and drops the parts.
+    async fn publish(
+        &self,
+        mut record: SessionRecord,
+        manifest: Vec<crate::protocol::ManifestPart>,
+        assembled: Assembled,
+    ) -> Result<CompletedFile, ApiError> {
+        let file = CompletedFile {
+            workspace_id: record.workspace_id.clone(),
+            path: record.filename.clone(),
+            size: record.total_size,
+            sha256: assembled.digest,
+            completed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        let metadata = FileMetadata {
+            workspace_id: file.workspace_id.clone(),
+            path: file.path.clone(),
+            size: file.size,
+            sha256: file.sha256.clone(),
+            completed_at: file.completed_at.clone(),
+            mime_type: record.mime_type.clone(),
+            metadata: record.metadata.clone(),
+        };
+        record.state = SessionState::Completed;
+        record.completion = Some(Completion {
+            manifest,
+            file: file.clone(),
+        });
+        let storage = self.storage.clone();
+        let (source, in_place) = (assembled.source, assembled.in_place);
+        let published = blocking(
+            move || {
+                if let Err(error) = storage.publish(&source, &record.workspace_id, &record.filename)
+                {
+                    if !in_place {
+                        storage.discard_temp(&source);
+                    }
+                    return Ok(Err(error));
+                }
+                storage.write_file_metadata(&metadata)?;
+                storage.write_session(&record)?;
+                storage.discard_parts(&record.upload_id)?;
+                Ok(Ok(()))
+            },
+            "publish the file",
+        )
+        .await?;
+        // The usual cause of a refusal: a folder on the way is a file, or the name a folder.
+        published.map_err(|error| {
+            ApiError::new(
+                ErrorCode::PathConflict,
+                format!("cannot place the file at its path: {error}"),
+            )
+        })?;
+        Ok(file)
+    }
+
+    /// Stores a received part under `etag`, durably. The session lock is held across the state
+    /// check and the commit, so a part never lands in a session that a concurrent complete or
+    /// abort has just closed, and parallel parts never together outgrow the file. A refused
+    /// part is discarded.
+    async fn commit_part(
+        &self,
+        upload_id: &str,
+        head: &PartHead,
+        reservation: Reservation,
+        received: &Received,
+        etag: &str,
+    ) -> Result<(), ApiError> {
+        let (part_number, size) = (head.part_number, head.content_length);
+        let guard = self.lock_session(upload_id).await?;
+        let committed = match self.open_record(upload_id).await {
+            Ok(record) if record.state == SessionState::Open => match reservation.still_fits() {
+                Err(held) => Err(outgrows(part_number, size, held, record.total_size)),
+                Ok(()) => {
+                    let (storage, id, tag, what) = (
+                        self.storage.clone(),
+                        upload_id.to_string(),
+                        etag.to_string(),
+                        received.clone(),
+                    );
+                    blocking(
+                        move || storage.commit_part(&id, part_number, &tag, &what),
+                        "store the part",
+                    )
+                    .await
+                }
+            },
+            Ok(record) => Err(ApiError::upload_not_open(state_name(record.state))),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
+            discard(received);
+            return Err(error);
+        }
+        reservation.commit(etag, size);
+        drop(guard);
+        let (storage, id) = (self.storage.clone(), upload_id.to_string());
+        blocking(move || storage.sync_parts(&id), "store the part").await
+    }
+
     /// Locks a session, once its id is known to be of our form: no per-id state is kept for
     /// an id that cannot be ours.
     async fn lock_session(
