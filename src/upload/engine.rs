@@ -341,54 +341,71 @@ impl Uploader {
             .await
             .expect("the closure returns Ok")
             .map_err(|source| store_error(&job.local_path, source))?;
-        let identity = self.backend.identity();
         if let Some((record, parts)) = existing {
-            let session = SessionRef {
-                id: &record.upload_id,
-                remote_path: &record.remote_path,
-            };
-            if record.fingerprint == file.fingerprint()
-                && record.remote == identity
-                && record.remote_path == job.remote_path
-            {
-                let status = self
-                    .with_retry(&job.local_path, || self.backend.query(session))
-                    .await?;
-                match status {
-                    SessionStatus::Open { parts: remote } => {
-                        let recorded = parts.iter().filter(|p| p.is_acknowledged()).count();
-                        let parts = reconcile(parts, &remote);
-                        let held = parts.iter().filter(|p| p.is_acknowledged()).count();
-                        tracing::info!(
-                            path = %job.local_path.display(),
-                            upload_id = %record.upload_id,
-                            recorded,
-                            held,
-                            "resuming the earlier session"
-                        );
-                        return Ok(Opened::Ready {
-                            record,
-                            parts,
-                            recorded: true,
-                        });
-                    }
-                    SessionStatus::Completed { file } => {
-                        return Ok(Opened::AlreadyComplete { parts, file });
-                    }
-                    SessionStatus::Gone => {
-                        tracing::info!(path = %job.local_path.display(), "the earlier session is gone");
-                    }
-                }
-            } else {
-                // The file changed since that session began: its parts are of other content.
-                tracing::info!(path = %job.local_path.display(), "the file changed since its earlier session; starting over");
-                if let Err(error) = self.backend.abort(session).await {
-                    tracing::warn!(%error, "could not abort an outdated session");
-                }
+            if let Some(opened) = self.resume(job, file, record, parts).await? {
+                return Ok(opened);
             }
             self.forget(key, &job.local_path).await?;
         }
+        self.create_session(job, file).await
+    }
 
+    /// Resumes the recorded session when it is still this file's and open on the remote;
+    /// `None` when it cannot be (gone, or of another version of the file: then aborted).
+    async fn resume(
+        &self,
+        job: &UploadJob,
+        file: &LocalFile,
+        record: UploadRecord,
+        parts: Vec<PartRecord>,
+    ) -> Result<Option<Opened>, Attempt> {
+        let session = SessionRef {
+            id: &record.upload_id,
+            remote_path: &record.remote_path,
+        };
+        if record.fingerprint != file.fingerprint()
+            || record.remote != self.backend.identity()
+            || record.remote_path != job.remote_path
+        {
+            // The file changed since that session began: its parts are of other content.
+            tracing::info!(path = %job.local_path.display(), "the file changed since its earlier session; starting over");
+            if let Err(error) = self.backend.abort(session).await {
+                tracing::warn!(%error, "could not abort an outdated session");
+            }
+            return Ok(None);
+        }
+        let status = self
+            .with_retry(&job.local_path, || self.backend.query(session))
+            .await?;
+        match status {
+            SessionStatus::Open { parts: remote } => {
+                let recorded = parts.iter().filter(|p| p.is_acknowledged()).count();
+                let parts = reconcile(parts, &remote);
+                let held = parts.iter().filter(|p| p.is_acknowledged()).count();
+                tracing::info!(
+                    path = %job.local_path.display(),
+                    upload_id = %record.upload_id,
+                    recorded,
+                    held,
+                    "resuming the earlier session"
+                );
+                Ok(Some(Opened::Ready {
+                    record,
+                    parts,
+                    recorded: true,
+                }))
+            }
+            SessionStatus::Completed { file } => Ok(Some(Opened::AlreadyComplete { parts, file })),
+            SessionStatus::Gone => {
+                tracing::info!(path = %job.local_path.display(), "the earlier session is gone");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Opens a new session on the remote. It is recorded by `send_parts`, once it is known to
+    /// take more than one part.
+    async fn create_session(&self, job: &UploadJob, file: &LocalFile) -> Result<Opened, Attempt> {
         let request = CreateRequest {
             remote_path: job.remote_path.clone(),
             size: file.fingerprint().size,
@@ -405,7 +422,7 @@ impl Uploader {
             .await?;
         let record = UploadRecord {
             version: RECORD_VERSION,
-            remote: identity,
+            remote: self.backend.identity(),
             remote_path: job.remote_path.clone(),
             local_path: job.local_path.clone(),
             upload_id: created.id,
@@ -417,7 +434,6 @@ impl Uploader {
                 .unwrap_or_default()
                 .as_secs(),
         };
-        // Recorded by `send_parts` once it knows the file takes more than one part.
         Ok(Opened::Ready {
             record,
             parts: Vec::new(),
