@@ -568,34 +568,10 @@ impl<'t> Reader<'t> {
         if let Some(settle) = self.get_as(path, table, "settle", duration_up_to(MAX_SETTLE)) {
             watch.settle = settle;
         }
-        if let Some(value) = table.get("after_upload") {
-            let parsed = match value.get_ref() {
-                DeValue::String(text) if text.as_ref() == "keep" => Some(AfterUpload::Keep),
-                DeValue::String(text) if text.as_ref() == "delete" => Some(AfterUpload::Delete),
-                DeValue::Table(inner) => {
-                    let key = join(path, "after_upload");
-                    self.unknown_keys(&key, inner, &["move_to"]);
-                    self.get::<PathBuf>(&key, inner, "move_to")
-                        .map(|dir| AfterUpload::MoveTo(base.join(dir)))
-                }
-                _ => None,
-            };
-            match parsed {
-                Some(after) => watch.after_upload = after,
-                None => self.problem(
-                    join(path, "after_upload"),
-                    Some(value.span()),
-                    "must be \"keep\", \"delete\" or { move_to = \"/folder\" }",
-                ),
-            }
+        if let Some(after) = self.after_upload(path, table, base) {
+            watch.after_upload = after;
         }
-        if let Some(symlinks) = self.get_as(path, table, "symlinks", |mode: String| {
-            match mode.as_str() {
-                "skip" => Ok(Symlinks::Skip),
-                "follow" => Ok(Symlinks::Follow),
-                _ => Err("must be \"skip\" or \"follow\"".into()),
-            }
-        }) {
+        if let Some(symlinks) = self.get_as(path, table, "symlinks", symlinks) {
             watch.symlinks = symlinks;
         }
         if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
@@ -604,6 +580,44 @@ impl<'t> Reader<'t> {
         root?;
         remote?;
         Some(watch)
+    }
+
+    /// A watch's `after_upload`: "keep", "delete" or `{ move_to = "folder" }`.
+    fn after_upload(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        base: &Path,
+    ) -> Option<AfterUpload> {
+        let value = table.get("after_upload")?;
+        let parsed = match value.get_ref() {
+            DeValue::String(text) if text.as_ref() == "keep" => Some(AfterUpload::Keep),
+            DeValue::String(text) if text.as_ref() == "delete" => Some(AfterUpload::Delete),
+            DeValue::Table(inner) => {
+                let key = join(path, "after_upload");
+                self.unknown_keys(&key, inner, &["move_to"]);
+                self.get::<PathBuf>(&key, inner, "move_to")
+                    .map(|dir| AfterUpload::MoveTo(base.join(dir)))
+            }
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.problem(
+                join(path, "after_upload"),
+                Some(value.span()),
+                "must be \"keep\", \"delete\" or { move_to = \"/folder\" }",
+            );
+        }
+        parsed
+    }
+}
+
+/// A watch's `symlinks`.
+fn symlinks(mode: String) -> Result<Symlinks, String> {
+    match mode.as_str() {
+        "skip" => Ok(Symlinks::Skip),
+        "follow" => Ok(Symlinks::Follow),
+        _ => Err("must be \"skip\" or \"follow\"".into()),
     }
 }
 
