@@ -237,8 +237,7 @@ impl WatchThread {
                 stat_file(path, symlinks)
             });
             for chunk in settled.chunks(BATCH) {
-                let batch: Vec<Candidate> =
-                    chunk.iter().filter_map(|s| self.candidate(s)).collect();
+                let batch: Vec<Candidate> = chunk.iter().map(|s| self.candidate(s)).collect();
                 let count = batch.len() as u64;
                 if !batch.is_empty() && self.sink.blocking_send(batch).is_err() {
                     return; // the daemon is shutting down
@@ -505,7 +504,7 @@ impl WatchThread {
         unlisted
     }
 
-    fn candidate(&self, settled: &settle::Settled) -> Option<Candidate> {
+    fn candidate(&self, settled: &settle::Settled) -> Candidate {
         let watch = &self.watches[settled.watch];
         // A name that is not UTF-8 has no remote name: it is queued under a lossy one, and
         // its job fails visibly (status, jobs, log) until the file is renamed.
@@ -516,13 +515,13 @@ impl WatchThread {
                 .unwrap_or(&settled.path);
             format!("{}{}", watch.prefix, relative.to_string_lossy())
         });
-        Some(Candidate {
+        Candidate {
             path: settled.path.clone(),
             watch_root: watch.path.clone(),
             remote: watch.remote.clone(),
             remote_path,
             fingerprint: settled.fingerprint,
-        })
+        }
     }
 }
 
