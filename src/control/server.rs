@@ -41,24 +41,30 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         path: path.to_path_buf(),
         source,
     };
+    // tokio::fs: the file system work runs on blocking threads, not on the runtime.
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.exists()
+        && !tokio::fs::try_exists(parent).await.unwrap_or(false)
     {
-        std::fs::create_dir_all(parent).map_err(bind_error)?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(bind_error)?;
+        tokio::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .await
             .map_err(bind_error)?;
     }
-    if path.exists() {
+    if tokio::fs::try_exists(path).await.unwrap_or(false) {
         if UnixStream::connect(path).await.is_ok() {
             return Err(SocketError::InUse {
                 path: path.to_path_buf(),
             });
         }
         tracing::info!(path = %path.display(), "removing a stale control socket");
-        std::fs::remove_file(path).map_err(bind_error)?;
+        tokio::fs::remove_file(path).await.map_err(bind_error)?;
     }
     let listener = UnixListener::bind(path).map_err(bind_error)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .await
+        .map_err(bind_error)?;
     Ok(listener)
 }
 

@@ -253,11 +253,15 @@ impl Store {
         key: &str,
         record: &UploadRecord,
     ) -> Result<(), QueueError> {
-        self.t()?
-            .uploads
-            .insert(key, encode(record))
-            .map_err(sled_error("save upload"))?;
-        self.flush().await
+        let (key, record) = (key.to_string(), encode(record));
+        self.durably(move |trees| {
+            trees
+                .uploads
+                .insert(key, record)
+                .map_err(sled_error("save upload"))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Notes a part about to be sent. Not flushed: if it is lost in a crash, the part was not
@@ -276,8 +280,15 @@ impl Store {
         key: &str,
         part: &PartRecord,
     ) -> Result<(), QueueError> {
-        self.plan_part(key, part)?;
-        self.flush().await
+        let (key, value) = (part_key(key, part.number), encode(part));
+        self.durably(move |trees| {
+            trees
+                .parts
+                .insert(key, value)
+                .map_err(sled_error("plan part"))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a session record and its parts, durably. Blocking: a prefix scan.
@@ -325,17 +336,23 @@ impl Store {
         Ok(())
     }
 
-    /// Waits on a blocking thread until everything written so far is durable. Not sled's
-    /// `flush_async`: that runs the wait on sled's own small IO pool, and when every pool thread
-    /// is waiting, the log writes they wait for sit queued behind them forever (seen with 16
-    /// transfers).
-    async fn flush(&self) -> Result<(), QueueError> {
-        let db = self.t()?.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .expect("a flush does not panic")
-            .map_err(sled_error("flush"))?;
-        Ok(())
+    /// Runs `write`, then waits until everything written so far is durable, both on a blocking
+    /// thread: a sled insert may wait on its log, and a flush always waits on the disk. Not
+    /// sled's `flush_async`: that runs the wait on sled's own small IO pool, and when every pool
+    /// thread is waiting, the log writes they wait for sit queued behind them forever (seen
+    /// with 16 transfers).
+    async fn durably(
+        &self,
+        write: impl FnOnce(&Trees) -> Result<(), QueueError> + Send + 'static,
+    ) -> Result<(), QueueError> {
+        let trees = self.t()?;
+        tokio::task::spawn_blocking(move || {
+            write(&trees)?;
+            trees.db.flush().map_err(sled_error("flush"))?;
+            Ok(())
+        })
+        .await
+        .expect("a store write does not panic")
     }
 }
 

@@ -497,9 +497,12 @@ impl Uploader {
                     context.recorded.store(true, Ordering::Release);
                 }
                 if context.recorded.load(Ordering::Acquire) {
-                    context
-                        .store
-                        .plan_part(&context.key, &part)
+                    // A sled insert may wait on its log: off the runtime.
+                    let (store, key, planned) =
+                        (context.store.clone(), context.key.clone(), part.clone());
+                    blocking(move || Ok(store.plan_part(&key, &planned)))
+                        .await
+                        .expect("the closure returns Ok")
                         .map_err(|source| store_error(context.file.path(), source))?;
                 }
                 context.progress.set_part_size(part.size);
