@@ -427,13 +427,7 @@ impl Daemon {
         };
         if let Err(error) = self.restart_watcher(&watches) {
             tracing::error!(error = %crate::error::chain(&error), "cannot watch the new folders; keeping the old ones");
-            let running = self
-                .settings
-                .read()
-                .expect("settings lock is never poisoned")
-                .watches
-                .clone();
-            if let Err(error) = self.restart_watcher(&running) {
+            if let Err(error) = self.restart_watcher(&self.watches()) {
                 tracing::error!(error = %crate::error::chain(&error), "cannot watch the old folders either; fix them and send SIGHUP");
             }
             return;
