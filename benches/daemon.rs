@@ -365,9 +365,9 @@ async fn reconcile(dir: &Path) -> (serde_json::Value, Rows) {
             fingerprint,
         });
     }
-    let store = Store::open(&dir.join("data/store")).unwrap();
+    let store = Store::open(&dir.join("data/store")).unwrap().jobs();
     for chunk in candidates.chunks(10_000) {
-        store.enqueue(chunk).unwrap();
+        store.enqueue(chunk, ferry::queue::jobs::now_ms()).unwrap();
         let jobs = store.claim(u64::MAX, chunk.len()).unwrap();
         let fingerprints: std::collections::HashMap<&Path, Fingerprint> = chunk
             .iter()
@@ -375,7 +375,12 @@ async fn reconcile(dir: &Path) -> (serde_json::Value, Rows) {
             .collect();
         for job in jobs {
             store
-                .finish_done(job.id, fingerprints[job.path.as_path()], "00")
+                .finish_done(
+                    job.id,
+                    fingerprints[job.path.as_path()],
+                    "00",
+                    ferry::queue::jobs::now_ms(),
+                )
                 .unwrap();
         }
     }

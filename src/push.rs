@@ -102,7 +102,7 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
         .expect("opening the store does not panic")?;
     let uploader = Uploader::new(
         Arc::new(backend),
-        store,
+        store.sessions(),
         options.settings,
         options.settings.planner(),
     );

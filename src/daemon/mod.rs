@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, WatchConfig};
 use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
 use crate::control::{self, Command, Reply, StatusReply};
-use crate::queue::{Candidate, JobId, JobState, QueueError, Store};
+use crate::queue::jobs::now_ms;
+use crate::queue::{Candidate, JobId, JobQueue, QueueError, Store};
 use crate::server;
 use crate::upload::{NativeConfig, Progress, UploadSettings, Uploader};
 use crate::watch::{self, WatchHandle};
@@ -206,8 +207,8 @@ async fn open_store(data_dir: &std::path::Path) -> Result<Store, DaemonError> {
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
         .expect("opening the store does not panic")?;
-    let requeuing = store.clone();
-    let requeued = tokio::task::spawn_blocking(move || requeuing.requeue_active())
+    let queue = store.jobs();
+    let requeued = tokio::task::spawn_blocking(move || queue.requeue_active(now_ms()))
         .await
         .expect("recovery does not panic")?;
     if requeued > 0 {
@@ -335,9 +336,9 @@ impl Tasks {
 /// Queues settled files as the watcher hands them over.
 async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candidate>>) {
     while let Some(batch) = batches.recv().await {
-        let store = daemon.store.clone();
+        let queue = daemon.store.jobs();
         let count = batch.len();
-        match tokio::task::spawn_blocking(move || store.enqueue(&batch)).await {
+        match tokio::task::spawn_blocking(move || queue.enqueue(&batch, now_ms())).await {
             Ok(Ok(outcomes)) => {
                 daemon
                     .checked
@@ -451,14 +452,15 @@ impl Daemon {
     /// (what it holds, for the damage check at the next open).
     async fn maintain(&self, retention: Duration) {
         self.prune(retention).await;
-        if let Err(error) = self.with_store(|store| store.checkpoint()).await {
+        let store = self.store.clone();
+        if let Err(error) = self.on_store(move || store.checkpoint()).await {
             tracing::warn!(error = %crate::error::chain(&error), "cannot checkpoint the store");
         }
     }
 
     async fn prune(&self, retention: Duration) {
-        let before = crate::queue::jobs::now_ms().saturating_sub(retention.as_millis() as u64);
-        match self.with_store(move |store| store.prune_done(before)).await {
+        let before = now_ms().saturating_sub(retention.as_millis() as u64);
+        match self.with_queue(move |queue| queue.prune_done(before)).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
             Err(error) => {
@@ -467,13 +469,21 @@ impl Daemon {
         }
     }
 
-    /// Runs a store operation on a blocking thread (sled scans and flushes block).
-    async fn with_store<T: Send + 'static>(
+    /// Runs a job-queue operation on a blocking thread (sled scans and flushes block).
+    async fn with_queue<T: Send + 'static>(
         &self,
-        operation: impl FnOnce(&Store) -> Result<T, QueueError> + Send + 'static,
+        operation: impl FnOnce(&JobQueue) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
-        let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || operation(&store))
+        let queue = self.store.jobs();
+        self.on_store(move || operation(&queue)).await
+    }
+
+    /// Runs a store operation on a blocking thread; a failure is the store health's to know.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let result = tokio::task::spawn_blocking(operation)
             .await
             .expect("store operations do not panic");
         if let Err(error) = &result {
@@ -484,14 +494,14 @@ impl Daemon {
 
     async fn status(&self) -> Result<StatusReply, QueueError> {
         let (queue, failed) = self
-            .with_store(|store| {
-                let counts = store.counts()?;
-                // Listing failures scans the jobs; there is nothing to list most of the time.
-                // Best effort: a failing store still gets its status shown.
+            .with_queue(|queue| {
+                let counts = queue.counts()?;
+                // Reads only the records shown, through the index of failures. Best effort: a
+                // failing store still gets its status shown.
                 let failed = match counts.failed {
                     0 => Vec::new(),
-                    _ => store
-                        .list(Some(JobState::Failed), STATUS_FAILED_SHOWN)
+                    _ => queue
+                        .recent_failures(STATUS_FAILED_SHOWN)
                         .unwrap_or_default(),
                 };
                 Ok((counts, failed))
@@ -592,7 +602,7 @@ impl control::Handler for Handle {
             Command::Jobs { state, limit } => {
                 let limit = limit.unwrap_or(1000);
                 let jobs = daemon
-                    .with_store(move |store| store.list(state, limit))
+                    .with_queue(move |queue| queue.list(state, limit))
                     .await;
                 jobs.map(|jobs| Reply::Jobs { jobs }).map_err(store_error)
             }
@@ -602,7 +612,7 @@ impl control::Handler for Handle {
                     _ => None,
                 };
                 let count = daemon
-                    .with_store(move |store| store.retry_failed(ids.as_deref()))
+                    .with_queue(move |queue| queue.retry_failed(ids.as_deref(), now_ms()))
                     .await
                     .map_err(store_error)?;
                 daemon.wake.notify_one();

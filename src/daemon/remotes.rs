@@ -93,7 +93,7 @@ pub(super) fn build_uploaders(
         })?;
         let uploader = Uploader::new(
             Arc::new(backend),
-            store.clone(),
+            store.sessions(),
             config.upload,
             config.upload.planner(),
         );

@@ -107,10 +107,12 @@ async fn resume(daemon: &Arc<Daemon>) {
         .keys()
         .copied()
         .collect();
-    let store = daemon.store.clone();
-    let requeued = tokio::task::spawn_blocking(move || store.requeue_active_except(&running))
-        .await
-        .expect("requeueing does not panic");
+    let queue = daemon.store.jobs();
+    let requeued = tokio::task::spawn_blocking(move || {
+        queue.requeue_active_except(&running, crate::queue::jobs::now_ms())
+    })
+    .await
+    .expect("requeueing does not panic");
     match requeued {
         Ok(requeued) => {
             daemon.store_health.recovered();

@@ -48,7 +48,7 @@ pub(super) async fn schedule(
         let store_failing = daemon.store_health.is_failing();
         if !daemon.paused.load(Ordering::Relaxed) && free > 0 && !store_failing {
             match daemon
-                .with_store(move |store| store.claim(now_ms(), free))
+                .with_queue(move |queue| queue.claim(now_ms(), free))
                 .await
             {
                 Ok(jobs) => {
@@ -81,7 +81,7 @@ pub(super) async fn schedule(
             }
         }
         let next_due = daemon
-            .with_store(|store| store.next_due_ms())
+            .with_queue(|queue| queue.next_due_ms())
             .await
             .ok()
             .flatten();
@@ -232,22 +232,22 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
     let id = job.id;
     let path = job.path.clone();
     let recorded = daemon
-        .with_store(move |store| match outcome {
+        .with_queue(move |queue| match outcome {
         Outcome::Done {
             fingerprint,
             sha256,
             after,
             root,
         } => {
-            store.finish_done(id, fingerprint, &sha256)?;
+            queue.finish_done(id, fingerprint, &sha256, now_ms())?;
             if let Err(error) = after_upload(&after, &path, &root, fingerprint) {
                 tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
             }
             Ok(())
         }
-        Outcome::Dropped => store.drop_job(id),
-        Outcome::Failed(reason) => store.finish_failed(id, &reason),
-        Outcome::Retry(reason, at) => store.finish_retry(id, &reason, at),
+        Outcome::Dropped => queue.drop_job(id, now_ms()),
+        Outcome::Failed(reason) => queue.finish_failed(id, &reason, now_ms()),
+        Outcome::Retry(reason, at) => queue.finish_retry(id, &reason, at, now_ms()),
     })
     .await;
     if let Err(error) = recorded {

@@ -1,8 +1,10 @@
 //! The job queue and the index of what was uploaded.
 //!
 //! Trees: `jobs` (id → record), `job_paths` (local path → id of its live job, so jobs coalesce
-//! by path), `ready` (next attempt time, id → nothing: the queued jobs in due order), `uploaded`
-//! (remote, path → what was uploaded: fingerprint and SHA-256), `meta` (the prune log).
+//! by path), `ready` (next attempt time, id → nothing: the queued jobs in due order), `failed`
+//! (time of failure, id → nothing: the failed jobs, latest last), `uploaded` (remote, path →
+//! what was uploaded: fingerprint and SHA-256), `meta` (the prune log). What happens to a job
+//! is decided by `transition`; this module stores the answer.
 //!
 //! No sled transactions: in sled 0.34 the first one switches every later operation of the
 //! process onto one global lock, which deadlocks against the flusher under load. Instead one
@@ -21,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::record::{Fingerprint, RECORD_VERSION};
+use super::transition::{self, Event, Next};
 use super::{QueueError, Store, decode, encode, sled_error};
 
 /// A job's identifier: sled's monotonic id generator, shown to users.
@@ -201,55 +204,33 @@ impl Counts {
     }
 }
 
-impl Store {
-    /// Brings the store to a consistent state after any stop, clean or not, and counts the jobs.
-    /// Runs once, at open. Blocking: scans every job.
-    ///
-    /// Only `jobs` (and `uploaded`) are the truth; `ready` and `job_paths` are indexes derived
-    /// from it, written after it, and repaired here: a crash between two writes can only leave
-    /// an index stale, never a job lost.
-    pub(super) fn recover(&self) -> Result<Counts, QueueError> {
-        let mut log = self.prune_log()?;
-        if !log.pending.is_empty() {
-            for id in std::mem::take(&mut log.pending) {
-                self.t()?
-                    .jobs
-                    .remove(id_key(id))
-                    .map_err(sled_error("prune job"))?;
-            }
-            self.write_prune_log(&log)?;
-        }
+/// The job queue: a view of the one sled database; cheap to clone.
+#[derive(Clone)]
+pub struct JobQueue {
+    pub(super) store: Store,
+}
 
-        // The live job of each path; a crash inside `finish_done` can leave two, and the newer
-        // one (it holds the later content) wins.
-        let mut live: HashMap<Vec<u8>, (JobId, JobState, u64)> = HashMap::new();
-        let mut superseded = Vec::new();
-        let mut done = 0;
-        for entry in self.t()?.jobs.iter() {
-            let (_, value) = entry.map_err(sled_error("scan jobs"))?;
-            let job: JobRecord = decode("job", &value)?;
-            if job.state == JobState::Done {
-                done += 1;
-                continue;
-            }
-            let this = (job.id, job.state, job.next_attempt_ms);
-            if let Some(other) = live.insert(path_key(&job.path), this) {
-                let (older, newer) = if other.0 < this.0 {
-                    (other, this)
-                } else {
-                    (this, other)
-                };
-                superseded.push(older.0);
-                live.insert(path_key(&job.path), newer);
-            }
-        }
-        for id in superseded {
-            self.t()?
-                .jobs
-                .remove(id_key(id))
-                .map_err(sled_error("remove superseded job"))?;
-        }
+/// A job's live facts, as `recover` collects them from the records.
+#[derive(Clone, Copy)]
+struct Live {
+    id: JobId,
+    state: JobState,
+    next_attempt_ms: u64,
+    updated_ms: u64,
+}
+
+impl JobQueue {
+    /// Brings the queue to a consistent state after any stop, clean or not, and counts the
+    /// jobs. Runs once, at open. Blocking: scans every job.
+    ///
+    /// Only `jobs` (and `uploaded`) are the truth; `ready`, `failed` and `job_paths` are
+    /// indexes derived from it, written after it, and repaired here: a crash between two
+    /// writes can only leave an index stale, never a job lost.
+    pub(super) fn recover(&self) -> Result<Counts, QueueError> {
+        let mut log = self.finish_prune()?;
+        let (live, done) = self.live_jobs()?;
         if let Some(total) = self
+            .store
             .t()?
             .meta
             .remove(LEGACY_DONE_TOTAL)
@@ -258,60 +239,107 @@ impl Store {
             log.pruned = id_of(&total).saturating_sub(done);
             self.write_prune_log(&log)?;
         }
-
         let mut counts = Counts {
             done: log.pruned + done,
             ..Counts::default()
         };
-        let mut due = BTreeSet::new();
-        for &(id, state, next_attempt_ms) in live.values() {
-            counts.shift(None, Some(state));
-            if state == JobState::Queued {
-                due.insert(ready_key(next_attempt_ms, id));
+        let (mut due, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        for job in live.values() {
+            counts.shift(None, Some(job.state));
+            match job.state {
+                JobState::Queued => due.insert(ready_key(job.next_attempt_ms, job.id)),
+                JobState::Failed => failed.insert(ready_key(job.updated_ms, job.id)),
+                _ => false,
+            };
+        }
+        let trees = self.store.t()?;
+        repair_keys(&trees.ready, due)?;
+        repair_keys(&trees.failed, failed)?;
+        self.repair_job_paths(live)?;
+        Ok(counts)
+    }
+
+    /// Finishes a prune that a crash cut short; returns the prune log.
+    fn finish_prune(&self) -> Result<PruneLog, QueueError> {
+        let mut log = self.prune_log()?;
+        if !log.pending.is_empty() {
+            for id in std::mem::take(&mut log.pending) {
+                self.store
+                    .t()?
+                    .jobs
+                    .remove(id_key(id))
+                    .map_err(sled_error("prune job"))?;
+            }
+            self.write_prune_log(&log)?;
+        }
+        Ok(log)
+    }
+
+    /// The live job of each path, and how many done jobs there are. A crash inside
+    /// `finish_done` can leave two live jobs for a path: the newer (it holds the later
+    /// content) wins and the older is removed.
+    fn live_jobs(&self) -> Result<(HashMap<Vec<u8>, Live>, u64), QueueError> {
+        let mut live: HashMap<Vec<u8>, Live> = HashMap::new();
+        let mut superseded = Vec::new();
+        let mut done = 0;
+        for entry in self.store.t()?.jobs.iter() {
+            let (_, value) = entry.map_err(sled_error("scan jobs"))?;
+            let job: JobRecord = decode("job", &value)?;
+            if job.state == JobState::Done {
+                done += 1;
+                continue;
+            }
+            let this = Live {
+                id: job.id,
+                state: job.state,
+                next_attempt_ms: job.next_attempt_ms,
+                updated_ms: job.updated_ms,
+            };
+            if let Some(other) = live.insert(path_key(&job.path), this) {
+                let (older, newer) = if other.id < this.id {
+                    (other, this)
+                } else {
+                    (this, other)
+                };
+                superseded.push(older.id);
+                live.insert(path_key(&job.path), newer);
             }
         }
-        for key in self.t()?.ready.iter().keys() {
-            let key = key.map_err(sled_error("scan ready jobs"))?;
-            if !due.remove(key.as_ref()) {
-                self.t()?
-                    .ready
-                    .remove(key)
-                    .map_err(sled_error("repair ready jobs"))?;
-            }
+        for id in superseded {
+            self.store
+                .t()?
+                .jobs
+                .remove(id_key(id))
+                .map_err(sled_error("remove superseded job"))?;
         }
-        for key in due {
-            self.t()?
-                .ready
-                .insert(key, &[])
-                .map_err(sled_error("repair ready jobs"))?;
-        }
-        for entry in self.t()?.job_paths.iter() {
+        Ok((live, done))
+    }
+
+    /// Makes `job_paths` map each live job's path to it, and nothing else.
+    fn repair_job_paths(&self, mut live: HashMap<Vec<u8>, Live>) -> Result<(), QueueError> {
+        let paths = self.store.t()?.job_paths.clone();
+        for entry in paths.iter() {
             let (path, id) = entry.map_err(sled_error("scan job paths"))?;
             match live.get(path.as_ref()) {
-                Some(&(live_id, ..)) if id_of(&id) == live_id => {
+                Some(job) if id_of(&id) == job.id => {
                     live.remove(path.as_ref());
                 }
                 _ => {
-                    self.t()?
-                        .job_paths
-                        .remove(path)
-                        .map_err(sled_error("repair job paths"))?;
+                    paths.remove(path).map_err(sled_error("repair job paths"))?;
                 }
             }
         }
-        for (path, (id, ..)) in live {
-            self.t()?
-                .job_paths
-                .insert(path, &id_key(id))
+        for (path, job) in live {
+            paths
+                .insert(path, &id_key(job.id))
                 .map_err(sled_error("repair job paths"))?;
         }
-        self.remove_orphan_parts()?;
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
-        Ok(counts)
+        Ok(())
     }
 
     fn prune_log(&self) -> Result<PruneLog, QueueError> {
         match self
+            .store
             .t()?
             .meta
             .get(PRUNE_LOG)
@@ -323,7 +351,8 @@ impl Store {
     }
 
     fn write_prune_log(&self, log: &PruneLog) -> Result<(), QueueError> {
-        self.t()?
+        self.store
+            .t()?
             .meta
             .insert(PRUNE_LOG, encode(log))
             .map_err(sled_error("write prune log"))?;
@@ -332,113 +361,80 @@ impl Store {
 
     /// Serializes changes to jobs; the guard is the state counters, kept in step with them.
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.shared
-            .counts
+        self.store
+            .shared
+            .job_lock
             .lock()
             .expect("no code panics while holding the queue lock")
     }
 
     fn write_job(&self, job: &JobRecord) -> Result<(), QueueError> {
-        self.t()?
+        self.store
+            .t()?
             .jobs
             .insert(id_key(job.id), encode(job))
             .map_err(sled_error("write job"))?;
         Ok(())
     }
 
-    fn set_ready(&self, key: [u8; 16], ready: bool) -> Result<(), QueueError> {
-        if ready {
-            self.t()?.ready.insert(key, &[])
-        } else {
-            self.t()?.ready.remove(key)
-        }
-        .map_err(sled_error("update ready jobs"))?;
-        Ok(())
+    fn flush(&self) -> Result<(), QueueError> {
+        self.store.flush_blocking()
     }
 
     /// Queues stable files, coalescing by path and skipping files already uploaded unchanged;
-    /// durable when it returns. Blocking.
-    pub fn enqueue(&self, candidates: &[Candidate]) -> Result<Vec<Enqueued>, QueueError> {
-        let now = now_ms();
+    /// durable when it returns. `now` is Unix milliseconds. Blocking.
+    pub fn enqueue(&self, candidates: &[Candidate], now: u64) -> Result<Vec<Enqueued>, QueueError> {
         let mut outcomes = Vec::with_capacity(candidates.len());
         for candidate in candidates {
-            // Under the lock, so that an upload finishing meanwhile is seen either way.
-            let mut counts = self.lock();
-            let indexed = self.uploaded_entry(&candidate.remote, &candidate.path)?;
-            if indexed.is_some_and(|entry| {
-                entry.fingerprint == candidate.fingerprint
-                    && entry.remote_path == candidate.remote_path
-            }) {
-                outcomes.push(Enqueued::Unchanged);
-                continue;
-            }
-            let existing = match self
-                .t()?
-                .job_paths
-                .get(path_key(&candidate.path))
-                .map_err(sled_error("read job paths"))?
-            {
-                Some(id) => self.job(id_of(&id))?,
-                None => None,
-            };
-            let reported = Some(candidate.fingerprint);
-            let outcome = match existing {
-                Some(mut job) if job.state != JobState::Done => {
-                    let before = job.clone();
-                    match job.state {
-                        // A scan that re-reports the file being uploaded changes nothing.
-                        JobState::Active if job.fingerprint == reported => {}
-                        JobState::Active => {
-                            job.dirty = true;
-                            job.fingerprint = reported;
-                        }
-                        JobState::Queued | JobState::Failed => {
-                            // A change deserves a prompt attempt, whatever failed before.
-                            job.state = JobState::Queued;
-                            job.attempts = 0;
-                            job.next_attempt_ms = now;
-                            job.remote_path = candidate.remote_path.clone();
-                            job.fingerprint = reported;
-                        }
-                        JobState::Done => unreachable!("matched above"),
-                    }
-                    job.updated_ms = now;
-                    self.rewrite(&mut counts, &before, &job)?;
-                    Enqueued::Coalesced(job.id)
-                }
-                _ => {
-                    let job = JobRecord {
-                        version: RECORD_VERSION,
-                        id: self
-                            .t()?
-                            .db
-                            .generate_id()
-                            .map_err(sled_error("generate id"))?,
-                        path: candidate.path.clone(),
-                        watch_root: candidate.watch_root.clone(),
-                        remote: candidate.remote.clone(),
-                        remote_path: candidate.remote_path.clone(),
-                        state: JobState::Queued,
-                        attempts: 0,
-                        next_attempt_ms: now,
-                        last_error: None,
-                        enqueued_ms: now,
-                        updated_ms: now,
-                        dirty: false,
-                        fingerprint: reported,
-                    };
-                    self.insert_queued(&job)?;
-                    counts.shift(None, Some(JobState::Queued));
-                    Enqueued::New(job.id)
-                }
-            };
-            outcomes.push(outcome);
+            outcomes.push(self.enqueue_one(candidate, now)?);
         }
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
+        self.flush()?;
         Ok(outcomes)
     }
 
-    /// Writes a changed job, then moves its ready key and its count from what it was
+    fn enqueue_one(&self, candidate: &Candidate, now: u64) -> Result<Enqueued, QueueError> {
+        // Under the lock, so that an upload finishing meanwhile is seen either way.
+        let mut counts = self.lock();
+        let indexed = self.uploaded_entry(&candidate.remote, &candidate.path)?;
+        if indexed.is_some_and(|entry| {
+            entry.fingerprint == candidate.fingerprint && entry.remote_path == candidate.remote_path
+        }) {
+            return Ok(Enqueued::Unchanged);
+        }
+        let existing = match self
+            .store
+            .t()?
+            .job_paths
+            .get(path_key(&candidate.path))
+            .map_err(sled_error("read job paths"))?
+        {
+            Some(id) => self.job(id_of(&id))?,
+            None => None,
+        };
+        if let Some(job) = existing.filter(|job| job.state != JobState::Done) {
+            let report = Event::Reported {
+                remote_path: &candidate.remote_path,
+                fingerprint: candidate.fingerprint,
+            };
+            if let Next::Write(next) = transition::apply(&job, report, now) {
+                self.rewrite(&mut counts, &job, &next)?;
+            }
+            return Ok(Enqueued::Coalesced(job.id));
+        }
+        let job = transition::new_job(candidate, self.new_id()?, now);
+        self.insert_queued(&mut counts, &job)?;
+        Ok(Enqueued::New(job.id))
+    }
+
+    fn new_id(&self) -> Result<JobId, QueueError> {
+        self.store
+            .t()?
+            .db
+            .generate_id()
+            .map_err(sled_error("generate id"))
+    }
+
+    /// Writes a changed job, then moves its index keys and its count from what it was
     /// (`before`). The caller holds the lock and passes its counters.
     fn rewrite(
         &self,
@@ -447,55 +443,67 @@ impl Store {
         job: &JobRecord,
     ) -> Result<(), QueueError> {
         self.write_job(job)?;
-        if before.state == JobState::Queued {
-            self.set_ready(ready_key(before.next_attempt_ms, job.id), false)?;
-        }
-        if job.state == JobState::Queued {
-            self.set_ready(ready_key(job.next_attempt_ms, job.id), true)?;
-        }
+        self.set_indexed(before, false)?;
+        self.set_indexed(job, true)?;
         counts.shift(Some(before.state), Some(job.state));
         Ok(())
     }
 
+    /// Adds or removes a job's key in the index of its state: `ready` for a queued job (by
+    /// due time), `failed` for a failed one (by the time it failed).
+    fn set_indexed(&self, job: &JobRecord, present: bool) -> Result<(), QueueError> {
+        let trees = self.store.t()?;
+        let (tree, key) = match job.state {
+            JobState::Queued => (&trees.ready, ready_key(job.next_attempt_ms, job.id)),
+            JobState::Failed => (&trees.failed, ready_key(job.updated_ms, job.id)),
+            _ => return Ok(()),
+        };
+        match present {
+            true => tree.insert(key, &[]).map(drop),
+            false => tree.remove(key).map(drop),
+        }
+        .map_err(sled_error("update job index"))
+    }
+
     /// Writes a new queued job, then its indexes. The caller holds the lock.
-    fn insert_queued(&self, job: &JobRecord) -> Result<(), QueueError> {
+    fn insert_queued(&self, counts: &mut Counts, job: &JobRecord) -> Result<(), QueueError> {
         self.write_job(job)?;
-        self.t()?
+        self.store
+            .t()?
             .job_paths
             .insert(path_key(&job.path), &id_key(job.id))
             .map_err(sled_error("write job paths"))?;
-        self.set_ready(ready_key(job.next_attempt_ms, job.id), true)
+        self.set_indexed(job, true)?;
+        counts.shift(None, Some(JobState::Queued));
+        Ok(())
     }
 
-    /// Marks up to `limit` due jobs active and returns them, oldest due first. Blocking.
+    /// Marks up to `limit` jobs due at `now` active and returns them, oldest due first.
+    /// Blocking.
     pub fn claim(&self, now: u64, limit: usize) -> Result<Vec<JobRecord>, QueueError> {
         let mut counts = self.lock();
         let mut claimed = Vec::new();
-        for key in self.t()?.ready.range(..ready_key(now, u64::MAX)).keys() {
+        let ready = self.store.t()?.ready.clone();
+        for key in ready.range(..ready_key(now, u64::MAX)).keys() {
             if claimed.len() >= limit {
                 break;
             }
             let key = key.map_err(sled_error("scan ready jobs"))?;
-            let id = id_of(&key[8..16]);
-            // Claim only a queued job by its current key; a key that is stale (left by a crash
-            // before `recover` ran, or by a bug) is dropped rather than trusted.
-            match self.job(id)? {
-                Some(mut job)
-                    if job.state == JobState::Queued
-                        && key.as_ref() == ready_key(job.next_attempt_ms, id) =>
-                {
-                    job.state = JobState::Active;
-                    job.updated_ms = now_ms();
-                    self.write_job(&job)?;
-                    counts.shift(Some(JobState::Queued), Some(JobState::Active));
-                    claimed.push(job);
-                }
-                _ => {}
-            }
-            self.t()?
-                .ready
-                .remove(key)
+            // Removed first: a key that is stale (left by a crash before `recover` ran, or by
+            // a bug) is dropped rather than trusted; the current one is the job's own.
+            ready
+                .remove(&key)
                 .map_err(sled_error("update ready jobs"))?;
+            let id = id_of(&key[8..16]);
+            let Some(job) = self.job(id)? else { continue };
+            if key.as_ref() != ready_key(job.next_attempt_ms, id) {
+                continue;
+            }
+            if let Next::Write(next) = transition::apply(&job, Event::Claimed, now) {
+                self.write_job(&next)?;
+                counts.shift(Some(job.state), Some(next.state));
+                claimed.push(*next);
+            }
         }
         Ok(claimed)
     }
@@ -503,6 +511,7 @@ impl Store {
     /// Time of the earliest queued job, if any (to sleep until then). Blocking, cheap.
     pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
         Ok(self
+            .store
             .t()?
             .ready
             .first()
@@ -523,11 +532,15 @@ impl Store {
         id: JobId,
         fingerprint: Fingerprint,
         sha256: &str,
+        now: u64,
     ) -> Result<(), QueueError> {
-        let now = now_ms();
         let mut counts = self.lock();
         // Only an upload in progress can finish: never count a job twice.
-        let Some(mut job) = self.job(id)?.filter(|job| job.state == JobState::Active) else {
+        let Some(job) = self.job(id)? else {
+            return Ok(());
+        };
+        let Next::Write(done) = transition::apply(&job, Event::Uploaded { fingerprint }, now)
+        else {
             return Ok(());
         };
         let entry = IndexEntry {
@@ -537,46 +550,23 @@ impl Store {
             remote_path: job.remote_path.clone(),
             uploaded_ms: now,
         };
-        self.t()?
+        self.store
+            .t()?
             .uploaded
             .insert(index_key(&job.remote, &job.path), encode(&entry))
             .map_err(sled_error("write upload index"))?;
-        // Upload again only if the file last reported is not the one uploaded.
-        let again = job.dirty && job.fingerprint != Some(fingerprint);
+        let again = transition::uploads_again(&job, fingerprint);
         if again {
-            let follow_up = JobRecord {
-                id: self
-                    .t()?
-                    .db
-                    .generate_id()
-                    .map_err(sled_error("generate id"))?,
-                state: JobState::Queued,
-                attempts: 0,
-                next_attempt_ms: now,
-                enqueued_ms: now,
-                updated_ms: now,
-                dirty: false,
-                last_error: None,
-                ..job.clone()
-            };
-            self.insert_queued(&follow_up)?;
-            counts.shift(None, Some(JobState::Queued));
+            let follow_up = transition::follow_up(&job, self.new_id()?, now);
+            self.insert_queued(&mut counts, &follow_up)?;
         }
-        job.state = JobState::Done;
-        job.dirty = false;
-        job.last_error = None;
-        job.updated_ms = now;
-        self.write_job(&job)?;
+        self.write_job(&done)?;
         if !again {
-            self.t()?
-                .job_paths
-                .remove(path_key(&job.path))
-                .map_err(sled_error("write job paths"))?;
+            self.forget_path(&job)?;
         }
-        counts.shift(Some(JobState::Active), Some(JobState::Done));
+        counts.shift(Some(job.state), Some(done.state));
         drop(counts);
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
+        self.flush()
     }
 
     /// Puts a job back in the queue for another attempt at `next_attempt_ms`. Blocking.
@@ -585,129 +575,93 @@ impl Store {
         id: JobId,
         error: &str,
         next_attempt_ms: u64,
+        now: u64,
     ) -> Result<(), QueueError> {
-        self.transition(id, |job| {
-            job.state = JobState::Queued;
-            job.attempts += 1;
-            job.last_error = Some(error.to_string());
-            job.next_attempt_ms = if job.dirty { now_ms() } else { next_attempt_ms };
-            job.dirty = false;
-            true
-        })?;
+        let at = next_attempt_ms;
+        self.transition(id, Event::RetryLater { error, at }, now)?;
         Ok(())
     }
 
     /// Marks a job failed for good (until `retry`), keeping the reason. A job whose file
     /// changed meanwhile gets another attempt instead. Blocking.
-    pub fn finish_failed(&self, id: JobId, error: &str) -> Result<(), QueueError> {
-        self.transition(id, |job| {
-            job.attempts += 1;
-            job.last_error = Some(error.to_string());
-            if job.dirty {
-                job.state = JobState::Queued;
-                job.next_attempt_ms = now_ms();
-                job.dirty = false;
-            } else {
-                job.state = JobState::Failed;
-            }
-            true
-        })?;
+    pub fn finish_failed(&self, id: JobId, error: &str, now: u64) -> Result<(), QueueError> {
+        self.transition(id, Event::Failed { error }, now)?;
         Ok(())
     }
 
     /// Forgets a job (its file vanished, or was not a file to send). A job whose file was
     /// reported again while it ran (`dirty`) is queued again instead, so that the new version
     /// is not lost. Blocking.
-    pub fn drop_job(&self, id: JobId) -> Result<(), QueueError> {
+    pub fn drop_job(&self, id: JobId, now: u64) -> Result<(), QueueError> {
         let mut counts = self.lock();
-        let Some(mut job) = self.job(id)? else {
+        let Some(job) = self.job(id)? else {
             return Ok(());
         };
-        if job.dirty {
-            let before = job.clone();
-            job.state = JobState::Queued;
-            job.next_attempt_ms = now_ms();
-            job.dirty = false;
-            self.rewrite(&mut counts, &before, &job)?;
-            drop(counts);
-            self.t()?.db.flush().map_err(sled_error("flush"))?;
-            return Ok(());
+        match transition::apply(&job, Event::Vanished, now) {
+            Next::Same => return Ok(()),
+            Next::Write(next) => self.rewrite(&mut counts, &job, &next)?,
+            Next::Forget => self.forget(&mut counts, &job)?,
         }
-        self.t()?
-            .jobs
-            .remove(id_key(id))
-            .map_err(sled_error("remove job"))?;
-        if job.state == JobState::Queued {
-            self.set_ready(ready_key(job.next_attempt_ms, id), false)?;
-        }
-        let trees = self.t()?;
-        let paths = &trees.job_paths;
-        if paths
-            .get(path_key(&job.path))
-            .map_err(sled_error("read job paths"))?
-            .as_deref()
-            == Some(&id_key(id)[..])
-        {
-            paths
-                .remove(path_key(&job.path))
-                .map_err(sled_error("write job paths"))?;
-        }
-        counts.shift(Some(job.state), None);
         drop(counts);
-        trees.db.flush().map_err(sled_error("flush"))?;
+        self.flush()
+    }
+
+    /// Removes a job and its index keys. The caller holds the lock.
+    fn forget(&self, counts: &mut Counts, job: &JobRecord) -> Result<(), QueueError> {
+        self.store
+            .t()?
+            .jobs
+            .remove(id_key(job.id))
+            .map_err(sled_error("remove job"))?;
+        self.set_indexed(job, false)?;
+        self.forget_path(job)?;
+        counts.shift(Some(job.state), None);
         Ok(())
     }
 
-    /// Applies `change` to a job (unless it returns false) and keeps the ready index in step;
-    /// durable when it returns. Returns whether the job changed. Blocking.
-    fn transition(
-        &self,
-        id: JobId,
-        change: impl FnOnce(&mut JobRecord) -> bool,
-    ) -> Result<bool, QueueError> {
+    /// Removes the path's entry in `job_paths` if it still names this job.
+    fn forget_path(&self, job: &JobRecord) -> Result<(), QueueError> {
+        let paths = self.store.t()?.job_paths.clone();
+        let key = path_key(&job.path);
+        let current = paths.get(&key).map_err(sled_error("read job paths"))?;
+        if current.as_deref() == Some(&id_key(job.id)[..]) {
+            paths.remove(key).map_err(sled_error("write job paths"))?;
+        }
+        Ok(())
+    }
+
+    /// Applies `event` to a job and keeps its indexes in step; durable when it returns.
+    /// Returns whether the job changed. Blocking.
+    fn transition(&self, id: JobId, event: Event<'_>, now: u64) -> Result<bool, QueueError> {
         let mut counts = self.lock();
-        let Some(mut job) = self.job(id)? else {
+        let Some(job) = self.job(id)? else {
             return Ok(false);
         };
-        let before = job.clone();
-        if !change(&mut job) {
+        let Next::Write(next) = transition::apply(&job, event, now) else {
             return Ok(false);
-        }
-        job.updated_ms = now_ms();
-        self.rewrite(&mut counts, &before, &job)?;
+        };
+        self.rewrite(&mut counts, &job, &next)?;
         drop(counts);
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
+        self.flush()?;
         Ok(true)
     }
 
     /// Queues failed jobs again now: those listed, or all of them. Returns how many. Blocking.
-    pub fn retry_failed(&self, ids: Option<&[JobId]>) -> Result<usize, QueueError> {
+    pub fn retry_failed(&self, ids: Option<&[JobId]>, now: u64) -> Result<usize, QueueError> {
         let targets: Vec<JobId> = match ids {
             Some(ids) => ids.to_vec(),
-            None => self
-                .list(Some(JobState::Failed), usize::MAX)?
-                .iter()
-                .map(|job| job.id)
-                .collect(),
+            None => self.failed_ids(usize::MAX)?,
         };
         let mut retried = 0;
         for id in targets {
-            let changed = self.transition(id, |job| {
-                if job.state != JobState::Failed {
-                    return false;
-                }
-                job.state = JobState::Queued;
-                job.attempts = 0;
-                job.next_attempt_ms = now_ms();
-                true
-            })?;
-            retried += usize::from(changed);
+            retried += usize::from(self.transition(id, Event::RetryAsked, now)?);
         }
         Ok(retried)
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
         match self
+            .store
             .t()?
             .jobs
             .get(id_key(id))
@@ -718,14 +672,21 @@ impl Store {
         }
     }
 
-    /// Jobs in `state` (or all), in id order, at most `limit`. Blocking: a scan.
+    /// Jobs in `state` (or all), in id order, at most `limit`. Blocking: a scan of every job,
+    /// but for failed jobs, which are read through their index.
     pub fn list(
         &self,
         state: Option<JobState>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, QueueError> {
+        if state == Some(JobState::Failed) {
+            let mut ids = self.failed_ids(usize::MAX)?;
+            ids.sort_unstable();
+            ids.truncate(limit);
+            return self.jobs_by_id(&ids);
+        }
         let mut found = Vec::new();
-        for entry in self.t()?.jobs.iter() {
+        for entry in self.store.t()?.jobs.iter() {
             let (_, value) = entry.map_err(sled_error("scan jobs"))?;
             let job: JobRecord = decode("job", &value)?;
             if state.is_none_or(|wanted| job.state == wanted) {
@@ -738,6 +699,33 @@ impl Store {
         Ok(found)
     }
 
+    /// The `limit` jobs that failed last, the latest first. Blocking; reads `limit` records
+    /// however many jobs there are (for `ferry status`, every second).
+    pub fn recent_failures(&self, limit: usize) -> Result<Vec<JobRecord>, QueueError> {
+        let ids = self.failed_ids(limit)?;
+        self.jobs_by_id(&ids)
+    }
+
+    /// Ids of failed jobs from the `failed` index, the latest failure first, at most `limit`.
+    fn failed_ids(&self, limit: usize) -> Result<Vec<JobId>, QueueError> {
+        let mut ids = Vec::new();
+        for key in self.store.t()?.failed.iter().keys().rev().take(limit) {
+            ids.push(id_of(&key.map_err(sled_error("scan failed jobs"))?[8..16]));
+        }
+        Ok(ids)
+    }
+
+    /// The jobs with these ids that still exist and failed, in the given order.
+    fn jobs_by_id(&self, ids: &[JobId]) -> Result<Vec<JobRecord>, QueueError> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(job) = self.job(id)?.filter(|job| job.state == JobState::Failed) {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
     /// Jobs per state; `done` counts every job ever finished, pruned or not. Cheap: kept in
     /// memory, in step with every transition.
     pub fn counts(&self) -> Result<Counts, QueueError> {
@@ -745,27 +733,18 @@ impl Store {
     }
 
     /// After a crash or restart: jobs left active are queued again, due now. Blocking.
-    pub fn requeue_active(&self) -> Result<usize, QueueError> {
-        self.requeue_active_except(&[])
+    pub fn requeue_active(&self, now: u64) -> Result<usize, QueueError> {
+        self.requeue_active_except(&[], now)
     }
 
     /// Jobs left active, but for those in `running`, are queued again, due now: after the
     /// store recovers from a failure that kept their outcome from being recorded. Blocking.
-    pub fn requeue_active_except(&self, running: &[JobId]) -> Result<usize, QueueError> {
+    pub fn requeue_active_except(&self, running: &[JobId], now: u64) -> Result<usize, QueueError> {
         let mut requeued = 0;
         for job in self.list(Some(JobState::Active), usize::MAX)? {
-            if running.contains(&job.id) {
-                continue;
+            if !running.contains(&job.id) {
+                requeued += usize::from(self.transition(job.id, Event::Interrupted, now)?);
             }
-            let changed = self.transition(job.id, |job| {
-                if job.state != JobState::Active {
-                    return false;
-                }
-                job.state = JobState::Queued;
-                job.next_attempt_ms = now_ms();
-                true
-            })?;
-            requeued += usize::from(changed);
         }
         Ok(requeued)
     }
@@ -786,7 +765,8 @@ impl Store {
             log.pending = step.to_vec();
             self.write_prune_log(&log)?;
             for &id in step {
-                self.t()?
+                self.store
+                    .t()?
                     .jobs
                     .remove(id_key(id))
                     .map_err(sled_error("prune job"))?;
@@ -794,7 +774,7 @@ impl Store {
             log.pending.clear();
             self.write_prune_log(&log)?;
         }
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
+        self.flush()?;
         Ok(due.len())
     }
 
@@ -805,6 +785,7 @@ impl Store {
         path: &Path,
     ) -> Result<Option<IndexEntry>, QueueError> {
         match self
+            .store
             .t()?
             .uploaded
             .get(index_key(remote, path))
@@ -814,6 +795,22 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+/// Makes an index tree hold exactly the `wanted` keys (values are empty).
+fn repair_keys(tree: &sled::Tree, mut wanted: BTreeSet<[u8; 16]>) -> Result<(), QueueError> {
+    for key in tree.iter().keys() {
+        let key = key.map_err(sled_error("scan job index"))?;
+        let current: Option<[u8; 16]> = key.as_ref().try_into().ok();
+        if !current.is_some_and(|current| wanted.remove(&current)) {
+            tree.remove(key).map_err(sled_error("repair job index"))?;
+        }
+    }
+    for key in wanted {
+        tree.insert(key, &[])
+            .map_err(sled_error("repair job index"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -836,9 +833,9 @@ mod tests {
         }
     }
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, JobQueue) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap().jobs();
         (dir, store)
     }
 
@@ -846,18 +843,18 @@ mod tests {
     fn reopen_keeps_what_was_flushed_and_counts_it_again() {
         let (_dir, store) = store();
         store
-            .enqueue(&[candidate("/w/a", 1), candidate("/w/b", 2)])
+            .enqueue(&[candidate("/w/a", 1), candidate("/w/b", 2)], now_ms())
             .unwrap();
         let other_handle = store.clone();
-        store.reopen().unwrap();
+        store.store.reopen().unwrap();
         assert_eq!(
             other_handle.counts().unwrap().queued,
             2,
             "every clone sees the new database"
         );
-        store.enqueue(&[candidate("/w/c", 3)]).unwrap();
-        store.probe_write().unwrap();
-        store.reopen().unwrap();
+        store.enqueue(&[candidate("/w/c", 3)], now_ms()).unwrap();
+        store.store.probe_write().unwrap();
+        store.store.reopen().unwrap();
         assert_eq!(store.counts().unwrap().queued, 3);
     }
 
@@ -865,7 +862,7 @@ mod tests {
     fn jobs_coalesce_by_path_and_unchanged_files_are_skipped() {
         let (_dir, store) = store();
         let first = store
-            .enqueue(&[candidate("/w/a", 1), candidate("/w/a", 2)])
+            .enqueue(&[candidate("/w/a", 1), candidate("/w/a", 2)], now_ms())
             .unwrap();
         let Enqueued::New(id) = first[0] else {
             panic!("{first:?}")
@@ -875,14 +872,14 @@ mod tests {
         assert_eq!(claimed.len(), 1);
         assert_eq!(store.counts().unwrap().active, 1);
         store
-            .finish_done(id, candidate("/w/a", 2).fingerprint, "ab")
+            .finish_done(id, candidate("/w/a", 2).fingerprint, "ab", now_ms())
             .unwrap();
         assert_eq!(
-            store.enqueue(&[candidate("/w/a", 2)]).unwrap(),
+            store.enqueue(&[candidate("/w/a", 2)], now_ms()).unwrap(),
             vec![Enqueued::Unchanged]
         );
         assert!(matches!(
-            store.enqueue(&[candidate("/w/a", 3)]).unwrap()[0],
+            store.enqueue(&[candidate("/w/a", 3)], now_ms()).unwrap()[0],
             Enqueued::New(_)
         ));
         let counts = store.counts().unwrap();
@@ -892,16 +889,16 @@ mod tests {
     #[test]
     fn a_change_during_upload_queues_the_file_again() {
         let (_dir, store) = store();
-        let Enqueued::New(id) = store.enqueue(&[candidate("/w/b", 1)]).unwrap()[0] else {
+        let Enqueued::New(id) = store.enqueue(&[candidate("/w/b", 1)], now_ms()).unwrap()[0] else {
             panic!()
         };
         store.claim(now_ms(), 1).unwrap();
         assert_eq!(
-            store.enqueue(&[candidate("/w/b", 5)]).unwrap(),
+            store.enqueue(&[candidate("/w/b", 5)], now_ms()).unwrap(),
             vec![Enqueued::Coalesced(id)]
         );
         store
-            .finish_done(id, candidate("/w/b", 1).fingerprint, "cd")
+            .finish_done(id, candidate("/w/b", 1).fingerprint, "cd", now_ms())
             .unwrap();
         let again = store.claim(now_ms(), 10).unwrap();
         assert_eq!(again.len(), 1);
@@ -912,13 +909,13 @@ mod tests {
     #[test]
     fn a_scan_re_reporting_the_file_being_uploaded_changes_nothing() {
         let (_dir, store) = store();
-        let Enqueued::New(id) = store.enqueue(&[candidate("/w/s", 1)]).unwrap()[0] else {
+        let Enqueued::New(id) = store.enqueue(&[candidate("/w/s", 1)], now_ms()).unwrap()[0] else {
             panic!()
         };
         store.claim(now_ms(), 1).unwrap();
-        store.enqueue(&[candidate("/w/s", 1)]).unwrap();
+        store.enqueue(&[candidate("/w/s", 1)], now_ms()).unwrap();
         store
-            .finish_done(id, candidate("/w/s", 1).fingerprint, "ab")
+            .finish_done(id, candidate("/w/s", 1).fingerprint, "ab", now_ms())
             .unwrap();
         assert!(
             store.claim(now_ms(), 10).unwrap().is_empty(),
@@ -930,53 +927,62 @@ mod tests {
     #[test]
     fn the_state_counters_always_match_a_recount() {
         let (_dir, store) = store();
-        let agree = |store: &Store, step: &str| {
+        let agree = |store: &JobQueue, step: &str| {
             let recount = store.recover().unwrap();
             assert_eq!(store.counts().unwrap(), recount, "after {step}");
         };
         store
-            .enqueue(&[
-                candidate("/w/1", 1),
-                candidate("/w/2", 1),
-                candidate("/w/3", 1),
-                candidate("/w/4", 1),
-            ])
+            .enqueue(
+                &[
+                    candidate("/w/1", 1),
+                    candidate("/w/2", 1),
+                    candidate("/w/3", 1),
+                    candidate("/w/4", 1),
+                ],
+                now_ms(),
+            )
             .unwrap();
         agree(&store, "enqueue");
         let claimed = store.claim(now_ms(), 3).unwrap();
         agree(&store, "claim");
         store
-            .enqueue(&[candidate("/w/1", 2), candidate("/w/4", 2)])
+            .enqueue(&[candidate("/w/1", 2), candidate("/w/4", 2)], now_ms())
             .unwrap();
         agree(&store, "coalescing into active and queued jobs");
         store
-            .finish_done(claimed[0].id, candidate("/w/1", 1).fingerprint, "a")
+            .finish_done(
+                claimed[0].id,
+                candidate("/w/1", 1).fingerprint,
+                "a",
+                now_ms(),
+            )
             .unwrap();
         agree(&store, "done with a changed file");
-        store.finish_failed(claimed[1].id, "403").unwrap();
+        store.finish_failed(claimed[1].id, "403", now_ms()).unwrap();
         store
-            .finish_retry(claimed[2].id, "503", now_ms() + 60_000)
+            .finish_retry(claimed[2].id, "503", now_ms() + 60_000, now_ms())
             .unwrap();
         agree(&store, "failed and retry");
-        store.enqueue(&[candidate("/w/2", 9)]).unwrap();
+        store.enqueue(&[candidate("/w/2", 9)], now_ms()).unwrap();
         agree(&store, "a changed failed file");
-        store.retry_failed(None).unwrap();
+        store.retry_failed(None, now_ms()).unwrap();
         let more = store.claim(now_ms(), 10).unwrap();
-        store.drop_job(more[0].id).unwrap();
+        store.drop_job(more[0].id, now_ms()).unwrap();
         agree(&store, "drop");
-        store.requeue_active().unwrap();
+        store.requeue_active(now_ms()).unwrap();
         agree(&store, "requeue");
     }
 
     #[test]
     fn a_stale_ready_key_never_claims_a_job_twice() {
         let (_dir, store) = store();
-        let Enqueued::New(id) = store.enqueue(&[candidate("/w/r", 1)]).unwrap()[0] else {
+        let Enqueued::New(id) = store.enqueue(&[candidate("/w/r", 1)], now_ms()).unwrap()[0] else {
             panic!()
         };
         let job = store.claim(now_ms(), 1).unwrap().remove(0);
         // What a claim racing a coalescing enqueue can leave behind: a second key for the job.
         store
+            .store
             .t()
             .unwrap()
             .ready
@@ -987,9 +993,10 @@ mod tests {
             "an active job is not claimed again"
         );
         store
-            .finish_done(id, candidate("/w/r", 1).fingerprint, "ab")
+            .finish_done(id, candidate("/w/r", 1).fingerprint, "ab", now_ms())
             .unwrap();
         store
+            .store
             .t()
             .unwrap()
             .ready
@@ -1000,25 +1007,29 @@ mod tests {
             "a done job is not claimed again"
         );
         store
-            .finish_done(id, candidate("/w/r", 1).fingerprint, "ab")
+            .finish_done(id, candidate("/w/r", 1).fingerprint, "ab", now_ms())
             .unwrap();
         assert_eq!(
             store.counts().unwrap().done,
             1,
             "finishing twice counts once"
         );
-        assert_eq!(store.t().unwrap().ready.len(), 0, "stale keys are dropped");
+        assert_eq!(
+            store.store.t().unwrap().ready.len(),
+            0,
+            "stale keys are dropped"
+        );
     }
 
     #[test]
     fn retries_wait_for_their_time_and_failures_wait_for_the_user() {
         let (_dir, store) = store();
-        let Enqueued::New(id) = store.enqueue(&[candidate("/w/c", 1)]).unwrap()[0] else {
+        let Enqueued::New(id) = store.enqueue(&[candidate("/w/c", 1)], now_ms()).unwrap()[0] else {
             panic!()
         };
         store.claim(now_ms(), 1).unwrap();
         let later = now_ms() + 60_000;
-        store.finish_retry(id, "503 busy", later).unwrap();
+        store.finish_retry(id, "503 busy", later, now_ms()).unwrap();
         assert!(store.claim(now_ms(), 10).unwrap().is_empty(), "not due yet");
         assert_eq!(store.next_due_ms().unwrap(), Some(later));
         let job = &store.claim(later, 10).unwrap()[0];
@@ -1026,10 +1037,10 @@ mod tests {
             (job.attempts, job.last_error.as_deref()),
             (1, Some("503 busy"))
         );
-        store.finish_failed(id, "403 forbidden").unwrap();
+        store.finish_failed(id, "403 forbidden", now_ms()).unwrap();
         assert!(store.claim(u64::MAX, 10).unwrap().is_empty());
         assert_eq!(store.counts().unwrap().failed, 1);
-        assert_eq!(store.retry_failed(None).unwrap(), 1);
+        assert_eq!(store.retry_failed(None, now_ms()).unwrap(), 1);
         assert_eq!(store.claim(now_ms(), 10).unwrap()[0].id, id);
     }
 
@@ -1037,17 +1048,22 @@ mod tests {
     fn active_jobs_return_to_the_queue_after_a_restart_and_done_counts_outlive_pruning() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path()).unwrap().jobs();
             store
-                .enqueue(&[candidate("/w/d", 1), candidate("/w/e", 1)])
+                .enqueue(&[candidate("/w/d", 1), candidate("/w/e", 1)], now_ms())
                 .unwrap();
             let claimed = store.claim(now_ms(), 10).unwrap();
             store
-                .finish_done(claimed[0].id, candidate("/w/d", 1).fingerprint, "ef")
+                .finish_done(
+                    claimed[0].id,
+                    candidate("/w/d", 1).fingerprint,
+                    "ef",
+                    now_ms(),
+                )
                 .unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.requeue_active().unwrap(), 1);
+        let store = Store::open(dir.path()).unwrap().jobs();
+        assert_eq!(store.requeue_active(now_ms()).unwrap(), 1);
         let counts = store.counts().unwrap();
         assert_eq!((counts.queued, counts.active, counts.done), (1, 0, 1));
         assert_eq!(store.prune_done(now_ms() + 1).unwrap(), 1);
@@ -1065,13 +1081,16 @@ mod tests {
     fn open_repairs_what_a_crash_between_writes_leaves() {
         let dir = tempfile::tempdir().unwrap();
         let (queued, done_again) = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path()).unwrap().jobs();
             let ids: Vec<JobId> = store
-                .enqueue(&[
-                    candidate("/w/q", 1),
-                    candidate("/w/d", 1),
-                    candidate("/w/p", 1),
-                ])
+                .enqueue(
+                    &[
+                        candidate("/w/q", 1),
+                        candidate("/w/d", 1),
+                        candidate("/w/p", 1),
+                    ],
+                    now_ms(),
+                )
                 .unwrap()
                 .iter()
                 .map(|outcome| match outcome {
@@ -1082,13 +1101,14 @@ mod tests {
             let claimed = store.claim(now_ms(), 3).unwrap();
             assert_eq!(claimed.len(), 3);
             store
-                .finish_done(ids[2], candidate("/w/p", 1).fingerprint, "p")
+                .finish_done(ids[2], candidate("/w/p", 1).fingerprint, "p", now_ms())
                 .unwrap();
             // /w/q: back in the queue, but its ready key and path entry never written.
             let mut job = store.job(ids[0]).unwrap().unwrap();
             job.state = JobState::Queued;
             store.write_job(&job).unwrap();
             store
+                .store
                 .t()
                 .unwrap()
                 .job_paths
@@ -1101,18 +1121,22 @@ mod tests {
             store.write_job(&follow_up).unwrap();
             // Stale keys: a ready key of no job, a path of no job, parts of no session.
             store
+                .store
                 .t()
                 .unwrap()
                 .ready
                 .insert(ready_key(5, 77), &[])
                 .unwrap();
             store
+                .store
                 .t()
                 .unwrap()
                 .job_paths
                 .insert(b"/w/gone", &id_key(78))
                 .unwrap();
             store
+                .store
+                .sessions()
                 .plan_part(
                     "no-such-session",
                     &PartRecord {
@@ -1134,15 +1158,16 @@ mod tests {
                 .unwrap();
             // A store written before the prune log: its count of jobs ever done.
             store
+                .store
                 .t()
                 .unwrap()
                 .meta
                 .insert(LEGACY_DONE_TOTAL, &3u64.to_be_bytes())
                 .unwrap();
-            store.flush_blocking().unwrap();
+            store.store.flush_blocking().unwrap();
             (ids[0], follow_up.id)
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap().jobs();
         // Legacy total 3 less the 1 done job present then (the pending prune was finished
         // first, leaving none): 3 pruned, and nothing done is left in the tree.
         assert_eq!(
@@ -1167,8 +1192,9 @@ mod tests {
             vec![queued, done_again],
             "each path's newest job, once"
         );
-        assert_eq!(store.t().unwrap().ready.len(), 0);
+        assert_eq!(store.store.t().unwrap().ready.len(), 0);
         let paths: Vec<_> = store
+            .store
             .t()
             .unwrap()
             .job_paths
@@ -1179,6 +1205,7 @@ mod tests {
         assert_eq!(paths.len(), 2, "{paths:?}");
         assert!(
             store
+                .store
                 .t()
                 .unwrap()
                 .job_paths
@@ -1186,8 +1213,66 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert_eq!(store.t().unwrap().parts.len(), 0, "orphan parts removed");
+        assert_eq!(
+            store.store.t().unwrap().parts.len(),
+            0,
+            "orphan parts removed"
+        );
         assert_eq!(store.recover().unwrap(), store.counts().unwrap());
+    }
+
+    /// `ferry status` reads the latest failures through their index, never every job; a store
+    /// without the index (older, or damaged) gets it rebuilt at open.
+    #[test]
+    fn failures_are_listed_latest_first_and_their_index_is_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<JobId> = {
+            let queue = Store::open(dir.path()).unwrap().jobs();
+            let files = [
+                candidate("/w/f1", 1),
+                candidate("/w/f2", 1),
+                candidate("/w/f3", 1),
+            ];
+            queue.enqueue(&files, 1).unwrap();
+            let ids: Vec<JobId> = queue.claim(1, 3).unwrap().iter().map(|j| j.id).collect();
+            for (index, at) in [(2, 10), (0, 20), (1, 30)] {
+                queue.finish_failed(ids[index], "403", at).unwrap();
+            }
+            let latest: Vec<JobId> = queue
+                .recent_failures(2)
+                .unwrap()
+                .iter()
+                .map(|j| j.id)
+                .collect();
+            assert_eq!(
+                latest,
+                vec![ids[1], ids[0]],
+                "latest first, at most the limit"
+            );
+            assert_eq!(queue.retry_failed(Some(&[ids[1]]), 40).unwrap(), 1);
+            queue.store.t().unwrap().failed.clear().unwrap();
+            queue.store.flush_blocking().unwrap();
+            ids
+        };
+        let queue = Store::open(dir.path()).unwrap().jobs();
+        let latest: Vec<JobId> = queue
+            .recent_failures(10)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(latest, vec![ids[0], ids[2]], "rebuilt from the records");
+        let listed: Vec<JobId> = queue
+            .list(Some(JobState::Failed), 10)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(
+            listed,
+            vec![ids[0], ids[2]],
+            "`jobs --state failed` lists in id order"
+        );
     }
 
     #[test]

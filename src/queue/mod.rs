@@ -1,6 +1,7 @@
 //! The durable store. Only this module touches sled (it calls itself beta; one owner keeps the
-//! blast radius small). It keeps the daemon's job queue and upload index (`jobs`) and the
-//! records of resumable upload sessions.
+//! blast radius small). `Store` owns the database; the daemon sees it through `JobQueue`
+//! (`jobs.rs`: the job queue and the upload index) and the engine through `Sessions`
+//! (`sessions.rs`: the records of resumable upload sessions).
 //!
 //! Durability: every `*_durable` method returns only after `Db::flush`, sled's durability
 //! point, so a record that was acknowledged survives a kill -9. Keys are big-endian so that a
@@ -8,12 +9,15 @@
 
 pub mod jobs;
 pub mod record;
+pub mod sessions;
 mod summary;
+pub mod transition;
 
 use std::path::{Path, PathBuf};
 
-pub use jobs::{Candidate, Counts, Enqueued, IndexEntry, JobId, JobRecord, JobState};
+pub use jobs::{Candidate, Counts, Enqueued, IndexEntry, JobId, JobQueue, JobRecord, JobState};
 pub use record::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, UploadRecord};
+pub use sessions::Sessions;
 
 /// sled's page cache. Its default (1 GiB) would dwarf the daemon's memory budget; session
 /// records are small and read rarely.
@@ -86,7 +90,7 @@ struct Shared {
     /// can deadlock with its flusher, so the store uses none). It guards the jobs per state,
     /// kept in step with every change so that `ferry status` costs nothing however long the
     /// queue; counted at open.
-    counts: std::sync::Mutex<Counts>,
+    job_lock: std::sync::Mutex<Counts>,
     /// What `summary` found lost when the store was last opened.
     damage: std::sync::Mutex<Option<String>>,
 }
@@ -99,6 +103,7 @@ struct Trees {
     jobs: sled::Tree,
     job_paths: sled::Tree,
     ready: sled::Tree,
+    failed: sled::Tree,
     uploaded: sled::Tree,
     meta: sled::Tree,
 }
@@ -113,7 +118,7 @@ impl Store {
             shared: std::sync::Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 trees: std::sync::RwLock::new(Some(std::sync::Arc::new(open_trees(dir)?))),
-                counts: Default::default(),
+                job_lock: Default::default(),
                 damage: Default::default(),
             }),
         };
@@ -121,10 +126,28 @@ impl Store {
         Ok(store)
     }
 
-    /// Repairs the indexes and recounts (`recover`), then compares with the last checkpoint.
+    /// The job queue kept in this store.
+    pub fn jobs(&self) -> JobQueue {
+        JobQueue {
+            store: self.clone(),
+        }
+    }
+
+    /// The records of upload sessions kept in this store.
+    pub fn sessions(&self) -> Sessions {
+        Sessions {
+            store: self.clone(),
+        }
+    }
+
+    /// Repairs the indexes and recounts (`JobQueue::recover`), removes the parts of sessions
+    /// that are gone, then compares with the last checkpoint.
     fn recover_and_check(&self) -> Result<(), QueueError> {
-        let counts = self.recover()?;
-        *self.lock() = counts;
+        let jobs = self.jobs();
+        let counts = jobs.recover()?;
+        *jobs.lock() = counts;
+        self.sessions().remove_orphan_parts()?;
+        self.flush_blocking()?;
         let now = summary::Summary {
             uploaded: self.t()?.uploaded.len() as u64,
             done: counts.done,
@@ -163,7 +186,7 @@ impl Store {
     pub fn checkpoint(&self) -> Result<(), QueueError> {
         let now = summary::Summary {
             uploaded: self.t()?.uploaded.len() as u64,
-            done: self.lock().done,
+            done: self.jobs().lock().done,
         };
         self.flush_blocking()?;
         summary::write(&self.shared.dir, now).map_err(|source| QueueError::Checkpoint {
@@ -225,111 +248,6 @@ impl Store {
         &self.shared.dir
     }
 
-    /// Loads a session record and its parts (sorted by number). Blocking: a prefix scan.
-    pub fn load_upload(
-        &self,
-        key: &str,
-    ) -> Result<Option<(UploadRecord, Vec<PartRecord>)>, QueueError> {
-        let Some(bytes) = self
-            .t()?
-            .uploads
-            .get(key)
-            .map_err(sled_error("read upload"))?
-        else {
-            return Ok(None);
-        };
-        let record: UploadRecord = decode("upload", &bytes)?;
-        let mut parts = Vec::new();
-        for entry in self.t()?.parts.scan_prefix(part_prefix(key)) {
-            let (_, value) = entry.map_err(sled_error("scan parts"))?;
-            parts.push(decode::<PartRecord>("part", &value)?);
-        }
-        Ok(Some((record, parts)))
-    }
-
-    /// Saves a new session record and waits until it is durable.
-    pub async fn save_upload_durable(
-        &self,
-        key: &str,
-        record: &UploadRecord,
-    ) -> Result<(), QueueError> {
-        let (key, record) = (key.to_string(), encode(record));
-        self.durably(move |trees| {
-            trees
-                .uploads
-                .insert(key, record)
-                .map_err(sled_error("save upload"))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Notes a part about to be sent. Not flushed: if it is lost in a crash, the part was not
-    /// acknowledged yet and is planned again; later flushes carry it along.
-    pub fn plan_part(&self, key: &str, part: &PartRecord) -> Result<(), QueueError> {
-        self.t()?
-            .parts
-            .insert(part_key(key, part.number), encode(part))
-            .map_err(sled_error("plan part"))?;
-        Ok(())
-    }
-
-    /// Records an acknowledged part and waits until it is durable.
-    pub async fn acknowledge_part_durable(
-        &self,
-        key: &str,
-        part: &PartRecord,
-    ) -> Result<(), QueueError> {
-        let (key, value) = (part_key(key, part.number), encode(part));
-        self.durably(move |trees| {
-            trees
-                .parts
-                .insert(key, value)
-                .map_err(sled_error("plan part"))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Removes a session record and its parts, durably. Blocking: a prefix scan.
-    ///
-    /// The record goes first: a crash before its parts are gone leaves orphans, which the next
-    /// open removes, never a record missing its parts.
-    pub fn remove_upload(&self, key: &str) -> Result<(), QueueError> {
-        self.t()?
-            .uploads
-            .remove(key)
-            .map_err(sled_error("remove upload"))?;
-        for part in self.t()?.parts.scan_prefix(part_prefix(key)).keys() {
-            self.t()?
-                .parts
-                .remove(part.map_err(sled_error("scan parts"))?)
-                .map_err(sled_error("remove parts"))?;
-        }
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
-    }
-
-    /// Removes parts whose session record is gone (see `remove_upload`). Blocking: a scan.
-    fn remove_orphan_parts(&self) -> Result<(), QueueError> {
-        for part in self.t()?.parts.iter().keys() {
-            let part = part.map_err(sled_error("scan parts"))?;
-            let session = &part[..part.len().saturating_sub(PART_SUFFIX)];
-            if !self
-                .t()?
-                .uploads
-                .contains_key(session)
-                .map_err(sled_error("read upload"))?
-            {
-                self.t()?
-                    .parts
-                    .remove(part)
-                    .map_err(sled_error("remove parts"))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Makes everything written so far durable. Blocking.
     pub fn flush_blocking(&self) -> Result<(), QueueError> {
         self.t()?.db.flush().map_err(sled_error("flush"))?;
@@ -371,21 +289,6 @@ fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|source| QueueError::Corrupt { kind, source })
 }
 
-/// A part's key is its session's key, a 0 byte, and the part number (4 bytes, big-endian).
-const PART_SUFFIX: usize = 5;
-
-fn part_prefix(key: &str) -> Vec<u8> {
-    let mut prefix = key.as_bytes().to_vec();
-    prefix.push(0);
-    prefix
-}
-
-fn part_key(key: &str, number: u32) -> Vec<u8> {
-    let mut bytes = part_prefix(key);
-    bytes.extend_from_slice(&number.to_be_bytes());
-    bytes
-}
-
 /// What a failure to open most likely means: only a held lock means another process.
 fn open_hint(error: &sled::Error) -> &'static str {
     match error {
@@ -423,145 +326,9 @@ fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
         jobs: tree("jobs")?,
         job_paths: tree("job_paths")?,
         ready: tree("ready")?,
+        failed: tree("failed_jobs")?,
         uploaded: tree("uploaded")?,
         meta: tree("meta")?,
         db,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::record::PartLimits;
-
-    fn upload_record() -> UploadRecord {
-        UploadRecord {
-            version: RECORD_VERSION,
-            remote: "native http://127.0.0.1:1 ws".into(),
-            remote_path: "a/b.bin".into(),
-            local_path: "/tmp/b.bin".into(),
-            upload_id: "up_1".into(),
-            fingerprint: Fingerprint {
-                size: 10,
-                mtime_ns: 1,
-                inode: 2,
-                device: 3,
-            },
-            limits: PartLimits {
-                min_part_size: 1,
-                max_part_size: 10,
-                max_parts: 10,
-                sequential: false,
-            },
-            expires_at: None,
-            created_unix: 0,
-        }
-    }
-
-    fn part(number: u32, etag: Option<&str>) -> PartRecord {
-        PartRecord {
-            version: RECORD_VERSION,
-            number,
-            offset: u64::from(number - 1) * 4,
-            size: 4,
-            etag: etag.map(str::to_owned),
-            crc32c: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn records_survive_reopen_in_part_order_and_are_removed_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store
-                .save_upload_durable("k", &upload_record())
-                .await
-                .unwrap();
-            // 256 sorts before 2 as text; big-endian keys keep numeric order.
-            for number in [256, 2, 1] {
-                store
-                    .acknowledge_part_durable("k", &part(number, Some("e")))
-                    .await
-                    .unwrap();
-            }
-            store
-                .save_upload_durable("other", &upload_record())
-                .await
-                .unwrap();
-            store.plan_part("other", &part(1, None)).unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let (record, parts) = store.load_upload("k").unwrap().unwrap();
-        assert_eq!(record, upload_record());
-        let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
-        assert_eq!(numbers, vec![1, 2, 256]);
-        store.remove_upload("k").unwrap();
-        assert!(store.load_upload("k").unwrap().is_none());
-        assert_eq!(
-            store
-                .t()
-                .unwrap()
-                .parts
-                .scan_prefix(part_prefix("k"))
-                .count(),
-            0
-        );
-        assert_eq!(
-            store
-                .t()
-                .unwrap()
-                .parts
-                .scan_prefix(part_prefix("other"))
-                .count(),
-            1
-        );
-    }
-
-    /// Many durable writes at once, as many parallel parts make: each must return. (sled's
-    /// `flush_async` waited on sled's own IO pool and hung here once the pool was full.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn many_concurrent_durable_writes_all_return() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut writers = tokio::task::JoinSet::new();
-        for writer in 0..32 {
-            let store = store.clone();
-            writers.spawn(async move {
-                let key = format!("k{writer}");
-                store
-                    .save_upload_durable(&key, &upload_record())
-                    .await
-                    .unwrap();
-                for number in 1..=20 {
-                    store
-                        .acknowledge_part_durable(&key, &part(number, Some("e")))
-                        .await
-                        .unwrap();
-                }
-            });
-        }
-        let all = async {
-            while let Some(joined) = writers.join_next().await {
-                joined.unwrap();
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(60), all)
-            .await
-            .expect("every durable write returns");
-        assert_eq!(store.t().unwrap().parts.len(), 32 * 20);
-    }
-
-    #[test]
-    fn version_1_records_still_load() {
-        let upload: UploadRecord =
-            serde_json::from_str(include_str!("../../tests/fixtures/upload-record-v1.json"))
-                .unwrap();
-        assert_eq!(upload.version, 1);
-        assert_eq!(upload.fingerprint.size, 209_715_200);
-        let part: PartRecord =
-            serde_json::from_str(include_str!("../../tests/fixtures/part-record-v1.json")).unwrap();
-        assert_eq!(part.number, 3);
-        assert!(part.is_acknowledged());
-    }
 }

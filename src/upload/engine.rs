@@ -36,7 +36,7 @@ use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
 use super::source::{AttemptWatch, LocalFile};
 use super::{UploadError, UploadSettings};
-use crate::queue::{Fingerprint, PartRecord, RECORD_VERSION, Store, UploadRecord};
+use crate::queue::{Fingerprint, PartRecord, RECORD_VERSION, Sessions, UploadRecord};
 
 /// Fresh sessions one upload may start (file changed, session expired, manifest rejected)
 /// before it gives up: a file rewritten this often is not stable enough to upload.
@@ -98,7 +98,7 @@ impl From<UploadError> for Attempt {
 /// Uploads files through one backend, keeping session records in the store.
 pub struct Uploader {
     backend: Arc<dyn Backend>,
-    store: Store,
+    sessions: Sessions,
     settings: UploadSettings,
     planner: PlannerFactory,
 }
@@ -106,7 +106,7 @@ pub struct Uploader {
 /// Everything a part task needs, shared by the tasks of one session.
 struct SessionContext {
     backend: Arc<dyn Backend>,
-    store: Store,
+    sessions: Sessions,
     key: String,
     upload_id: String,
     remote_path: String,
@@ -147,13 +147,13 @@ enum Opened {
 impl Uploader {
     pub fn new(
         backend: Arc<dyn Backend>,
-        store: Store,
+        sessions: Sessions,
         settings: UploadSettings,
         planner: PlannerFactory,
     ) -> Uploader {
         Uploader {
             backend,
-            store,
+            sessions,
             settings,
             planner,
         }
@@ -225,7 +225,7 @@ impl Uploader {
         };
         let context = Arc::new(SessionContext {
             backend: self.backend.clone(),
-            store: self.store.clone(),
+            sessions: self.sessions.clone(),
             key: key.to_string(),
             upload_id: record.upload_id.clone(),
             remote_path: record.remote_path.clone(),
@@ -335,9 +335,9 @@ impl Uploader {
         key: &str,
         file: &Arc<LocalFile>,
     ) -> Result<Opened, Attempt> {
-        let store = self.store.clone();
+        let sessions = self.sessions.clone();
         let lookup = key.to_string();
-        let existing = blocking(move || Ok(store.load_upload(&lookup)))
+        let existing = blocking(move || Ok(sessions.load(&lookup)))
             .await
             .expect("the closure returns Ok")
             .map_err(|source| store_error(&job.local_path, source))?;
@@ -490,17 +490,17 @@ impl Uploader {
                 let whole_file = part.offset == 0 && part.size >= size;
                 if !whole_file && !context.recorded.load(Ordering::Acquire) {
                     context
-                        .store
-                        .save_upload_durable(&context.key, record)
+                        .sessions
+                        .save_durable(&context.key, record)
                         .await
                         .map_err(|source| store_error(context.file.path(), source))?;
                     context.recorded.store(true, Ordering::Release);
                 }
                 if context.recorded.load(Ordering::Acquire) {
                     // A sled insert may wait on its log: off the runtime.
-                    let (store, key, planned) =
-                        (context.store.clone(), context.key.clone(), part.clone());
-                    blocking(move || Ok(store.plan_part(&key, &planned)))
+                    let (sessions, key, planned) =
+                        (context.sessions.clone(), context.key.clone(), part.clone());
+                    blocking(move || Ok(sessions.plan_part(&key, &planned)))
                         .await
                         .expect("the closure returns Ok")
                         .map_err(|source| store_error(context.file.path(), source))?;
@@ -592,9 +592,9 @@ impl Uploader {
 
     /// Removes a session's record from the store.
     async fn forget(&self, key: &str, path: &Path) -> Result<(), Attempt> {
-        let store = self.store.clone();
+        let sessions = self.sessions.clone();
         let key = key.to_string();
-        blocking(move || Ok(store.remove_upload(&key)))
+        blocking(move || Ok(sessions.remove(&key)))
             .await
             .expect("the closure returns Ok")
             .map_err(|source| store_error(path, source))
@@ -713,7 +713,7 @@ async fn send_part(
                 };
                 if context.recorded.load(Ordering::Acquire) {
                     context
-                        .store
+                        .sessions
                         .acknowledge_part_durable(&context.key, &acknowledged)
                         .await
                         .map_err(|source| UploadError::Store {

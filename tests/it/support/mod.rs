@@ -171,7 +171,12 @@ impl Engine {
         })
         .unwrap();
         Engine {
-            uploader: Uploader::new(Arc::new(backend), store, settings, settings.planner()),
+            uploader: Uploader::new(
+                Arc::new(backend),
+                store.sessions(),
+                settings,
+                settings.planner(),
+            ),
             _store_dir: store_dir,
         }
     }
