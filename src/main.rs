@@ -5,18 +5,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use ferry::UsageError;
+use ferry::cli::push::PushRequest;
+use ferry::cli::serve::ServeRequest;
 use ferry::config::LogFormat;
 use ferry::control::{Command as ControlCommand, ControlError};
 use ferry::queue::{JobId, JobState};
-use ferry::server::{self, Limits, ServeConfig, TokenSource};
+use ferry::server::{Guards, Limits};
 use ferry::upload::{RetryPolicy, UploadSettings};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -273,9 +273,9 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         } => ferry::cli::config_check(cli.config.as_deref()),
         Command::Serve(args) => {
             ferry::cli::private_umask();
-            serve(args).await
+            ferry::cli::serve::serve(serve_request(args)).await
         }
-        Command::Push(args) => push(args).await,
+        Command::Push(args) => ferry::cli::push::push(push_request(args)).await,
         Command::Service { command } => service(command, cli.config.as_deref()),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -311,136 +311,49 @@ fn service(command: ServiceCommand, config: Option<&std::path::Path>) -> Result<
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let from_env = std::env::var("FERRY_SERVE_TOKEN").ok();
-    let (token, source) =
-        server::resolve_token(&args.storage, args.token_file.as_deref(), from_env)?;
-    for workspace in &args.workspaces {
-        server::validate::workspace_id(workspace)
-            .map_err(|problem| UsageError(format!("--workspace {workspace:?}: {problem}")))?;
-    }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    match source {
-        TokenSource::File(path) => eprintln!("token read from {}", path.display()),
-        TokenSource::Environment => eprintln!("token read from FERRY_SERVE_TOKEN"),
-        TokenSource::Generated(path) => eprintln!("token in {}", path.display()),
-    }
-    // The one line scripts and tests read to learn the port.
-    println!("ferry serve listening on http://{address}");
-    let config = ServeConfig {
+/// `ferry serve`'s flags, as the library takes them.
+fn serve_request(args: ServeArgs) -> ServeRequest {
+    ServeRequest {
+        listen: args.listen,
         storage: args.storage,
-        token,
+        token_file: args.token_file,
         workspaces: args.workspaces,
+        session_ttl: args.session_ttl.into(),
         limits: Limits {
             min_part_size: args.min_part_size.as_u64(),
             max_part_size: args.max_part_size.as_u64(),
             max_parts: args.max_parts,
             max_file_size: args.max_file_size.as_u64(),
         },
-        session_ttl: args.session_ttl.into(),
-        guards: server::Guards {
+        guards: Guards {
             header_timeout: args.header_timeout.into(),
             body_idle_timeout: args.idle_timeout.into(),
-            max_connections: args.max_connections.max(1),
-            max_open_sessions: args.max_open_sessions.max(1),
+            max_connections: args.max_connections,
+            max_open_sessions: args.max_open_sessions,
         },
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    server::serve(listener, config, shutdown).await?;
-    Ok(())
+    }
 }
 
-async fn push(args: PushArgs) -> Result<()> {
-    ferry::upload::native::check_url(&args.url).map_err(|problem| {
-        let url = ferry::redact::url(&args.url);
-        UsageError(format!("--url {url}: {problem}"))
-    })?;
-    if args.name.is_some() && args.files.len() > 1 {
-        return Err(
-            UsageError("--name names one remote file; give a single FILE with it".into()).into(),
-        );
-    }
-    if args.name.is_none()
-        && let Some(file) = args
-            .files
-            .iter()
-            .find(|f| ferry::push::default_remote_path(f).is_none())
-    {
-        return Err(UsageError(format!(
-            "{} has no usable file name; pass --name",
-            file.display()
-        ))
-        .into());
-    }
-    let token = match (&args.token_file, std::env::var("FERRY_TOKEN")) {
-        (Some(path), _) => {
-            server::read_token(path).map_err(|error| UsageError(ferry::error::chain(&error)))?
-        }
-        (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_string(),
-        _ => {
-            return Err(
-                UsageError("no token: pass --token-file FILE or set FERRY_TOKEN".into()).into(),
-            );
-        }
-    };
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
-        None => directories::ProjectDirs::from("", "", "ferry")
-            .map(|dirs| dirs.data_dir().to_path_buf())
-            .ok_or_else(|| {
-                UsageError("no home directory to keep push sessions in; pass --data-dir".into())
-            })?,
-    };
-    if args.chunk_size.as_u64() == 0 || args.parallel_parts == 0 {
-        return Err(
-            UsageError("--chunk-size and --parallel-parts must be above zero".into()).into(),
-        );
-    }
-    let settings = UploadSettings {
-        chunk_size: args.chunk_size.as_u64(),
-        parallel_parts: args.parallel_parts,
-        max_in_flight_bytes: None,
-        retry: RetryPolicy {
-            max_attempts: args.retry_attempts,
-            backoff_base: args.retry_base.into(),
-            backoff_max: args.retry_max.into(),
-        },
-        stall_timeout: Duration::from(args.stall_timeout).max(Duration::from_millis(100)),
-    };
-    ferry::push::run(ferry::push::PushOptions {
+/// `ferry push`'s flags, as the library takes them.
+fn push_request(args: PushArgs) -> PushRequest {
+    PushRequest {
         files: args.files,
         url: args.url,
         workspace: args.workspace,
         name: args.name,
-        token,
-        data_dir,
+        token_file: args.token_file,
+        data_dir: args.data_dir,
         json: args.json,
-        settings,
-    })
-    .await?;
-    Ok(())
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+        settings: UploadSettings {
+            chunk_size: args.chunk_size.as_u64(),
+            parallel_parts: args.parallel_parts,
+            max_in_flight_bytes: None,
+            retry: RetryPolicy {
+                max_attempts: args.retry_attempts,
+                backoff_base: args.retry_base.into(),
+                backoff_max: args.retry_max.into(),
+            },
+            stall_timeout: args.stall_timeout.into(),
+        },
     }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

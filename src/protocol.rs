@@ -234,6 +234,26 @@ pub fn decode_crc32c(text: &str) -> Option<u32> {
     Some(u32::from_be_bytes(array))
 }
 
+/// Checks a workspace id: `[A-Za-z0-9_-]{1,64}`.
+pub fn check_workspace_id(id: &str) -> Result<(), String> {
+    let valid_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if id.is_empty() || id.len() > 64 || !valid_chars {
+        return Err("workspace_id must match [A-Za-z0-9_-]{1,64}".into());
+    }
+    Ok(())
+}
+
+/// Checks that `url` can be a receiver's base URL: absolute, http or https.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|error| format!("not a valid URL: {error}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("the URL must start with http:// or https://".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -402,11 +402,11 @@ impl<'t> Reader<'t> {
             return None;
         }
         let url = self.get_as(path, table, "url", |url: String| {
-            crate::upload::native::check_url(&url).map(|()| url)
+            crate::protocol::check_base_url(&url).map(|()| url)
         });
         let url = self.require(path, table, "url", url, Some(span.clone()));
         let workspace_id = self.get_as(path, table, "workspace_id", |id: String| {
-            crate::server::validate::workspace_id(&id).map(|()| id)
+            crate::protocol::check_workspace_id(&id).map(|()| id)
         });
         let workspace_id = self.require(
             path,
@@ -425,23 +425,15 @@ impl<'t> Reader<'t> {
                 None
             }
             (Some(_), None) => self.get_as(path, table, "token_file", |file: PathBuf| {
-                crate::server::read_token(&base.join(file))
+                crate::secret::read_file(&base.join(file))
                     .map(Secret)
                     .map_err(|error| crate::error::chain(&error))
             }),
-            (None, Some(_)) => {
-                self.get_as(
-                    path,
-                    table,
-                    "token_env",
-                    |name: String| match std::env::var(&name) {
-                        Ok(token) if !token.trim().is_empty() => {
-                            Ok(Secret(token.trim().to_string()))
-                        }
-                        _ => Err(format!("environment variable {name} is not set")),
-                    },
-                )
-            }
+            (None, Some(_)) => self.get_as(path, table, "token_env", |name: String| {
+                crate::secret::read_env(&name)
+                    .map(Secret)
+                    .map_err(|error| error.to_string())
+            }),
             (None, None) => {
                 self.problem(
                     path,

@@ -41,7 +41,8 @@ pub async fn health() -> Json<Health> {
 pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> {
     let request: InitRequest = parse_json(body).await?;
     validate::filename(&request.filename).map_err(ApiError::invalid_request)?;
-    validate::workspace_id(&request.workspace_id).map_err(ApiError::invalid_request)?;
+    crate::protocol::check_workspace_id(&request.workspace_id)
+        .map_err(ApiError::invalid_request)?;
     app.check_workspace(&request.workspace_id)?;
     validate::metadata(&request.metadata).map_err(ApiError::invalid_request)?;
     if let Some(mime_type) = &request.mime_type
@@ -367,7 +368,7 @@ pub async fn file_metadata(
     State(app): Shared,
     Path((workspace_id, path)): Path<(String, String)>,
 ) -> Result<Json<FileMetadata>, ApiError> {
-    validate::workspace_id(&workspace_id).map_err(ApiError::invalid_request)?;
+    crate::protocol::check_workspace_id(&workspace_id).map_err(ApiError::invalid_request)?;
     validate::filename(&path).map_err(ApiError::invalid_request)?;
     app.check_workspace(&workspace_id)?;
     let storage = app.storage.clone();

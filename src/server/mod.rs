@@ -123,8 +123,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("token file {path} is empty")]
-    EmptyToken { path: PathBuf },
+    #[error("token")]
+    Token(#[source] crate::secret::SecretError),
     #[error("limits are inconsistent: {0}")]
     Limits(String),
     #[error("the receiver stopped with an I/O error")]
@@ -174,18 +174,8 @@ pub fn resolve_token(
 }
 
 /// Reads a token file, trimming surrounding whitespace.
-pub fn read_token(path: &Path) -> Result<String, ServerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ServerError::TokenFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        return Err(ServerError::EmptyToken {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(token)
+fn read_token(path: &Path) -> Result<String, ServerError> {
+    crate::secret::read_file(path).map_err(ServerError::Token)
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

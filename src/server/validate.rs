@@ -57,17 +57,6 @@ pub fn filename(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a workspace id: `[A-Za-z0-9_-]{1,64}`.
-pub fn workspace_id(id: &str) -> Result<(), String> {
-    let valid_chars = id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if id.is_empty() || id.len() > 64 || !valid_chars {
-        return Err("workspace_id must match [A-Za-z0-9_-]{1,64}".into());
-    }
-    Ok(())
-}
-
 /// True when `id` has the shape of an upload id this receiver issues (`up_` and 32 hex digits).
 /// Anything else is answered `404` without touching the disk.
 pub fn is_upload_id(id: &str) -> bool {
@@ -227,7 +216,11 @@ mod tests {
             ("slash/inside", false),
             (&"w".repeat(65) as &str, false),
         ] {
-            assert_eq!(workspace_id(id).is_ok(), ok, "workspace {id:?}");
+            assert_eq!(
+                crate::protocol::check_workspace_id(id).is_ok(),
+                ok,
+                "workspace {id:?}"
+            );
         }
         assert!(is_upload_id("up_0123456789abcdef0123456789abcdef"));
         assert!(!is_upload_id("up_../../../../etc/passwd0000000000"));

@@ -63,7 +63,7 @@ impl NativeBackend {
     pub fn new(config: NativeConfig) -> Result<NativeBackend, BackendError> {
         let base_url = config.url.trim_end_matches('/').to_string();
         let endpoint = crate::redact::url(&base_url);
-        check_url(&base_url).map_err(|problem| BackendError::Setup {
+        crate::protocol::check_base_url(&base_url).map_err(|problem| BackendError::Setup {
             endpoint: endpoint.clone(),
             problem,
         })?;
@@ -200,15 +200,6 @@ fn rejection(code: &str) -> Option<Rejection> {
         ErrorCode::PartTooSmall => Some(Rejection::PartTooSmall),
         _ => None,
     }
-}
-
-/// Checks that `url` can be a receiver's base URL: absolute, http or https.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|error| format!("not a valid URL: {error}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("the URL must start with http:// or https://".into());
-    }
-    Ok(())
 }
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a default one

@@ -1,11 +1,16 @@
 //! The commands behind the binary's subcommands, apart from argument parsing: starting the
-//! daemon, and the client commands that talk to it over the control socket.
+//! daemon, the client commands that talk to it over the control socket, `serve` and `push`
+//! (their checks, tokens and defaults), and the one signal handler (`signals`).
+
+pub mod push;
+pub mod serve;
+pub mod signals;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytesize::ByteSize;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +20,7 @@ use crate::control::{self, Command, Reply, StatusReply};
 use crate::daemon::Reload;
 use crate::queue::{JobId, JobState};
 use crate::service::notify;
+use signals::{Asked, Signals};
 
 /// Refresh interval of `ferry status --watch`.
 const WATCH_REFRESH: Duration = Duration::from_secs(1);
@@ -70,34 +76,14 @@ pub fn config_check(flag: Option<&Path>) -> Result<()> {
 /// systemd (`Type=notify`) it reports readiness, status, reloads and shutdown, and feeds the
 /// watchdog.
 pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let shutdown = CancellationToken::new();
     let (reload_sender, reloads) = tokio::sync::mpsc::channel(1);
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut signals = Signals::install(true)?;
     let signals = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = terminate.recv() => break,
-                    _ = interrupt.recv() => break,
-                    _ = hangup.recv() => {
-                        tracing::info!("SIGHUP: reloading the configuration");
-                        notify::reloading();
-                        match load_runnable_config(flag.as_deref()) {
-                            Ok(config) => {
-                                let (applied, taken) = tokio::sync::oneshot::channel();
-                                if reload_sender.send(Reload { config, applied }).await.is_ok() {
-                                    let _ = taken.await;
-                                }
-                            }
-                            Err(error) => tracing::error!(error = %format!("{error:#}"), "the new configuration is invalid; keeping the running one"),
-                        }
-                        notify::ready();
-                    }
-                }
+            while signals.next().await == Asked::Reload {
+                reload(flag.as_deref(), &reload_sender).await;
             }
             notify::stopping();
             shutdown.cancel();
@@ -122,6 +108,25 @@ pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
     .await;
     signals.abort();
     Ok(result?)
+}
+
+/// SIGHUP: reads the configuration again and hands it to the daemon; an invalid one is
+/// logged and the running one kept.
+async fn reload(flag: Option<&Path>, daemon: &tokio::sync::mpsc::Sender<Reload>) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    notify::reloading();
+    match load_runnable_config(flag) {
+        Ok(config) => {
+            let (applied, taken) = tokio::sync::oneshot::channel();
+            if daemon.send(Reload { config, applied }).await.is_ok() {
+                let _ = taken.await;
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "the new configuration is invalid; keeping the running one")
+        }
+    }
+    notify::ready();
 }
 
 /// The control socket to use: `--socket`, else the configuration's.

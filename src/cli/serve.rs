@@ -1,0 +1,71 @@
+//! `ferry serve`: the reference receiver, from its command line to a running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use super::signals::{Asked, Signals};
+use crate::UsageError;
+use crate::server::{self, Guards, Limits, ServeConfig, TokenSource};
+
+/// What `ferry serve` was asked, as its command line gave it.
+pub struct ServeRequest {
+    pub listen: SocketAddr,
+    pub storage: PathBuf,
+    /// `--token-file`; else `FERRY_SERVE_TOKEN`; else a generated one.
+    pub token_file: Option<PathBuf>,
+    /// Accepted workspaces; empty: any.
+    pub workspaces: Vec<String>,
+    pub session_ttl: Duration,
+    pub limits: Limits,
+    pub guards: Guards,
+}
+
+/// Checks the request, listens, prints the address, and serves until SIGTERM or SIGINT.
+pub async fn serve(request: ServeRequest) -> Result<()> {
+    for workspace in &request.workspaces {
+        crate::protocol::check_workspace_id(workspace)
+            .map_err(|problem| UsageError(format!("--workspace {workspace:?}: {problem}")))?;
+    }
+    let from_env = std::env::var("FERRY_SERVE_TOKEN").ok();
+    let (token, source) =
+        server::resolve_token(&request.storage, request.token_file.as_deref(), from_env)?;
+    let mut signals = Signals::install(false)?;
+    let listener = tokio::net::TcpListener::bind(request.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", request.listen))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    match source {
+        TokenSource::File(path) => eprintln!("token read from {}", path.display()),
+        TokenSource::Environment => eprintln!("token read from FERRY_SERVE_TOKEN"),
+        TokenSource::Generated(path) => eprintln!("token in {}", path.display()),
+    }
+    // The one line scripts and tests read to learn the port.
+    println!("ferry serve listening on http://{address}");
+    let config = ServeConfig {
+        storage: request.storage,
+        token,
+        workspaces: request.workspaces,
+        limits: request.limits,
+        session_ttl: request.session_ttl,
+        guards: Guards {
+            max_connections: request.guards.max_connections.max(1),
+            max_open_sessions: request.guards.max_open_sessions.max(1),
+            ..request.guards
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        while signals.next().await != Asked::Stop {}
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    server::serve(listener, config, shutdown).await?;
+    Ok(())
+}
