@@ -14,27 +14,28 @@
 //! transient failures retry with backoff, permanent ones stop with the file, the request and the
 //! remote's code.
 
-use std::collections::{BTreeMap, VecDeque};
+mod parts;
+
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use parts::{Layout, SessionContext};
+
 use super::backend::{
-    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartSpec, Rejection,
-    RemoteFile, RemotePart, SessionRef, SessionStatus,
+    Backend, BackendError, CompletedPart, CreateRequest, Rejection, RemoteFile, RemotePart,
+    SessionRef, SessionStatus,
 };
 use super::open::{OpenError, Reach, Refusal};
-use super::planner::{PartObservation, PartPlanner, PlanContext, fit};
+use super::planner::PartPlanner;
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
-use super::source::{AttemptWatch, LocalFile};
+use super::source::LocalFile;
 use super::{UploadError, UploadSettings};
 use crate::queue::{Fingerprint, PartRecord, RECORD_VERSION, Sessions, UploadRecord};
 
@@ -101,32 +102,6 @@ pub struct Uploader {
     sessions: Sessions,
     settings: UploadSettings,
     planner: PlannerFactory,
-}
-
-/// Everything a part task needs, shared by the tasks of one session.
-struct SessionContext {
-    backend: Arc<dyn Backend>,
-    sessions: Sessions,
-    key: String,
-    upload_id: String,
-    remote_path: String,
-    file: Arc<LocalFile>,
-    progress: Arc<Progress>,
-    retry: RetryPolicy,
-    stall_timeout: Duration,
-    /// The session is recorded in the store. A session whose first part is the whole file
-    /// never is: after a crash there would be nothing to resume, so the file is simply sent
-    /// again, and small files cost no store writes.
-    recorded: AtomicBool,
-}
-
-impl SessionContext {
-    fn session(&self) -> SessionRef<'_> {
-        SessionRef {
-            id: &self.upload_id,
-            remote_path: &self.remote_path,
-        }
-    }
 }
 
 /// Where a session stands after opening or resuming it.
@@ -223,24 +198,24 @@ impl Uploader {
                 return Ok(report(job, &file, digest, (count, count, 0), started));
             }
         };
-        let context = Arc::new(SessionContext {
-            backend: self.backend.clone(),
-            sessions: self.sessions.clone(),
-            key: key.to_string(),
-            upload_id: record.upload_id.clone(),
-            remote_path: record.remote_path.clone(),
-            file: file.clone(),
-            progress: progress.clone(),
-            retry: self.settings.retry,
-            stall_timeout: self.settings.stall_timeout,
-            recorded: AtomicBool::new(recorded),
-        });
-        let resumed: Vec<&PartRecord> = parts.iter().filter(|p| p.is_acknowledged()).collect();
-        let parts_resumed = resumed.len() as u32;
-        let resumed_bytes: u64 = resumed.iter().map(|p| p.size).sum();
+        let mut planner = (self.planner)();
+        let (mut layout, acknowledged) = Layout::new(parts, size, record.limits);
+        let recorded = self
+            .record_if_needed(key, &record, &mut layout, planner.as_mut(), recorded, &file)
+            .await?;
+        let context = self.context(key, &record, &file, progress, recorded);
+        let parts_resumed = acknowledged.len() as u32;
+        let resumed_bytes: u64 = acknowledged.values().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
 
-        let manifest = self.send_parts(&context, &record, parts).await?;
+        let manifest = parts::send_all(
+            &context,
+            layout,
+            acknowledged,
+            planner.as_mut(),
+            self.parallelism(),
+        )
+        .await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
         self.ensure_unchanged(&context).await?;
         let digest = self.digest(hashing, &file).await?;
@@ -253,6 +228,28 @@ impl Uploader {
         let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
         let counts = (manifest.len() as u32, parts_resumed, bytes_sent);
         Ok(report(job, &file, digest, counts, started))
+    }
+
+    fn context(
+        &self,
+        key: &str,
+        record: &UploadRecord,
+        file: &Arc<LocalFile>,
+        progress: &Arc<Progress>,
+        recorded: bool,
+    ) -> Arc<SessionContext> {
+        Arc::new(SessionContext {
+            backend: self.backend.clone(),
+            sessions: self.sessions.clone(),
+            key: key.to_string(),
+            upload_id: record.upload_id.clone(),
+            remote_path: record.remote_path.clone(),
+            file: file.clone(),
+            progress: progress.clone(),
+            retry: self.settings.retry,
+            stall_timeout: self.settings.stall_timeout,
+            recorded,
+        })
     }
 
     /// Completes the session with `manifest`. Parts the remote holds in another version (a
@@ -312,7 +309,16 @@ impl Uploader {
                 return Err(self.start_over(context, &reason).await);
             }
             tracing::info!(path = %path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
-            manifest = self.send_parts(context, record, parts).await?;
+            let (layout, acknowledged) = Layout::new(parts, size, record.limits);
+            let mut planner = (self.planner)();
+            manifest = parts::send_all(
+                context,
+                layout,
+                acknowledged,
+                planner.as_mut(),
+                self.parallelism(),
+            )
+            .await?;
             self.ensure_unchanged(context).await?;
         }
     }
@@ -441,104 +447,42 @@ impl Uploader {
         })
     }
 
-    /// Sends every part not yet acknowledged, planning new ones as it goes; returns the
-    /// acknowledged parts by number. Records the session before planning a part that is not
-    /// the whole file.
-    async fn send_parts(
+    /// Decides, before any part goes out, whether the session is recorded: a resumed one
+    /// already is; a new one is when its first part is not the whole file (recorded durably
+    /// now, with that first part noted).
+    async fn record_if_needed(
         &self,
-        context: &Arc<SessionContext>,
+        key: &str,
         record: &UploadRecord,
-        parts: Vec<PartRecord>,
-    ) -> Result<BTreeMap<u32, PartRecord>, Attempt> {
-        let limits = record.limits;
-        let size = context.file.fingerprint().size;
-        let mut next_offset = parts.iter().map(PartRecord::end).max().unwrap_or(0);
-        let mut next_number = parts.iter().map(|p| p.number).max().unwrap_or(0) + 1;
-        let mut planned_any = !parts.is_empty();
-        let (done, pending): (Vec<_>, Vec<_>) =
-            parts.into_iter().partition(PartRecord::is_acknowledged);
-        let mut manifest: BTreeMap<u32, PartRecord> =
-            done.into_iter().map(|part| (part.number, part)).collect();
-        let mut pending: VecDeque<PartRecord> = pending.into();
-
-        let parallel = if limits.sequential {
-            1
-        } else {
-            self.settings.parallel_parts.max(1)
+        layout: &mut Layout,
+        planner: &mut dyn PartPlanner,
+        recorded: bool,
+        file: &LocalFile,
+    ) -> Result<bool, Attempt> {
+        let Some(first) = layout.plan_first(planner) else {
+            return Ok(recorded);
         };
-        let budget = Budget::new(parallel, self.settings.in_flight_bytes());
-        let mut planner = (self.planner)();
-        let mut tasks: JoinSet<Result<(PartRecord, PartObservation), Attempt>> = JoinSet::new();
-        loop {
-            let next = if let Some(part) = pending.pop_front() {
-                Some(part)
-            } else if next_offset < size || (size == 0 && !planned_any) {
-                let plan = PlanContext {
-                    offset: next_offset,
-                    file_size: size,
-                    next_number,
-                    limits,
-                };
-                let part = PartRecord {
-                    version: RECORD_VERSION,
-                    number: next_number,
-                    offset: next_offset,
-                    size: fit(planner.desired_size(&plan), &plan),
-                    etag: None,
-                    crc32c: None,
-                };
-                let whole_file = part.offset == 0 && part.size >= size;
-                if !whole_file && !context.recorded.load(Ordering::Acquire) {
-                    context
-                        .sessions
-                        .save_durable(&context.key, record)
-                        .await
-                        .map_err(|source| store_error(context.file.path(), source))?;
-                    context.recorded.store(true, Ordering::Release);
-                }
-                if context.recorded.load(Ordering::Acquire) {
-                    // A sled insert may wait on its log: off the runtime.
-                    let (sessions, key, planned) =
-                        (context.sessions.clone(), context.key.clone(), part.clone());
-                    blocking(move || Ok(sessions.plan_part(&key, &planned)))
-                        .await
-                        .expect("the closure returns Ok")
-                        .map_err(|source| store_error(context.file.path(), source))?;
-                }
-                context.progress.set_part_size(part.size);
-                next_offset += part.size;
-                next_number += 1;
-                planned_any = true;
-                Some(part)
-            } else {
-                None
-            };
-            let Some(part) = next else {
-                match tasks.join_next().await {
-                    Some(joined) => {
-                        let (part, observation) = part_result(joined)?;
-                        planner.observe(&observation);
-                        manifest.insert(part.number, part);
-                    }
-                    None => break,
-                }
-                continue;
-            };
-            // Wait for room in the budget, collecting finished parts meanwhile so a failure
-            // stops the session at once.
-            let permits = loop {
-                tokio::select! {
-                    permits = budget.acquire(part.size) => break permits,
-                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                        let (done, observation) = part_result(joined)?;
-                        planner.observe(&observation);
-                        manifest.insert(done.number, done);
-                    }
-                }
-            };
-            tasks.spawn(send_part(context.clone(), part, permits));
+        if recorded || layout.is_whole_file(&first) {
+            return Ok(recorded);
         }
-        Ok(manifest)
+        self.sessions
+            .save_durable(key, record)
+            .await
+            .map_err(|source| store_error(file.path(), source))?;
+        let sessions = self.sessions.clone();
+        let key = key.to_string();
+        blocking(move || Ok(sessions.plan_part(&key, &first)))
+            .await
+            .expect("the closure returns Ok")
+            .map_err(|source| store_error(file.path(), source))?;
+        Ok(true)
+    }
+
+    fn parallelism(&self) -> parts::Parallelism {
+        parts::Parallelism {
+            parts: self.settings.parallel_parts,
+            in_flight_bytes: self.settings.in_flight_bytes(),
+        }
     }
 
     /// Runs a non-streaming request with the retry policy.
@@ -584,7 +528,7 @@ impl Uploader {
 
     /// Removes the session's record, if it has one.
     async fn forget_recorded(&self, context: &SessionContext) -> Result<(), Attempt> {
-        if !context.recorded.load(Ordering::Acquire) {
+        if !context.recorded {
             return Ok(());
         }
         self.forget(&context.key, context.file.path()).await
@@ -660,102 +604,6 @@ fn store_error(path: &Path, source: crate::queue::QueueError) -> Attempt {
         source,
     }
     .into()
-}
-
-/// Sends one part, retrying it under the policy; records it durably once acknowledged.
-async fn send_part(
-    context: Arc<SessionContext>,
-    part: PartRecord,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-) -> Result<(PartRecord, PartObservation), Attempt> {
-    let spec = PartSpec {
-        number: part.number,
-        offset: part.offset,
-        size: part.size,
-    };
-    let path = context.file.path().to_path_buf();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let watch = Arc::new(AttemptWatch::new());
-        let (body, reader) = context
-            .file
-            .part_body(spec, watch.clone(), context.progress.clone());
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            result = context.backend.put_part(context.session(), spec, body) => result,
-            _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
-                operation: Operation::PutPart(spec.number),
-                endpoint: context.backend.endpoint().to_string(),
-                after: context.stall_timeout,
-            }),
-        };
-        let streamed = watch.streamed();
-        let local = tokio::time::timeout(READER_REPORT_TIMEOUT, reader).await;
-        let local_crc = match local {
-            Ok(Ok(Ok(crc))) => Some(crc),
-            Ok(Ok(Err(source))) => {
-                context.progress.attempt_failed(streamed);
-                // A shrinking file is a change: start over with the new content.
-                if source.kind() == io::ErrorKind::UnexpectedEof {
-                    return Err(Attempt::Restart(source.to_string()));
-                }
-                return Err(UploadError::Read { path, source }.into());
-            }
-            _ => None,
-        };
-        let error = match (outcome, local_crc) {
-            (Ok(receipt), Some(crc)) if receipt.crc32c.is_none_or(|remote| remote == crc) => {
-                let acknowledged = PartRecord {
-                    etag: Some(receipt.etag),
-                    crc32c: Some(crc),
-                    ..part
-                };
-                if context.recorded.load(Ordering::Acquire) {
-                    context
-                        .sessions
-                        .acknowledge_part_durable(&context.key, &acknowledged)
-                        .await
-                        .map_err(|source| UploadError::Store {
-                            path: path.clone(),
-                            source,
-                        })?;
-                    tracing::debug!(part = part.number, size = part.size, "part recorded");
-                }
-                context.progress.part_acknowledged(streamed, part.size);
-                let observation = PartObservation {
-                    size: part.size,
-                    elapsed: started.elapsed(),
-                    attempts,
-                };
-                return Ok((acknowledged, observation));
-            }
-            (Ok(receipt), crc) => BackendError::InvalidReply {
-                operation: Operation::PutPart(spec.number),
-                endpoint: context.backend.endpoint().to_string(),
-                problem: format!(
-                    "the remote stored CRC32C {:?} but {:?} was sent",
-                    receipt.crc32c, crc
-                ),
-            },
-            (Err(error), _) => error,
-        };
-        context.progress.attempt_failed(streamed);
-        // A part that arrived damaged is sent again, like a transient failure.
-        let retryable_mismatch = matches!(error, BackendError::InvalidReply { .. })
-            && context.retry.allows_another(attempts);
-        if retryable_mismatch {
-            tracing::warn!(path = %path.display(), part = spec.number, %error, "sending the part again");
-            continue;
-        }
-        match next_step(&context.retry, attempts, &path, error) {
-            Step::Retry(error) => {
-                tracing::warn!(path = %path.display(), part = spec.number, attempts, %error, "retrying part");
-                context.retry.wait(attempts, error.retry_after()).await;
-            }
-            Step::Stop(attempt) => return Err(attempt),
-        }
-    }
 }
 
 /// The manifest to complete with: every part's number and etag.
@@ -851,15 +699,6 @@ fn next_step(retry: &RetryPolicy, attempts: u32, path: &Path, error: BackendErro
     }
 }
 
-fn part_result(
-    joined: Result<Result<(PartRecord, PartObservation), Attempt>, tokio::task::JoinError>,
-) -> Result<(PartRecord, PartObservation), Attempt> {
-    match joined {
-        Ok(result) => result,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
-}
-
 /// Keeps each recorded acknowledgement only if the remote still holds that very part (same
 /// number, etag and size, and CRC32C where both know it); the others are sent again.
 pub(crate) fn reconcile(local: Vec<PartRecord>, remote: &[RemotePart]) -> Vec<PartRecord> {
@@ -889,47 +728,6 @@ pub(crate) fn reconcile(local: Vec<PartRecord>, remote: &[RemotePart]) -> Vec<Pa
             }
         })
         .collect()
-}
-
-/// The part-count and in-flight-byte budget of one session.
-struct Budget {
-    parts: Arc<Semaphore>,
-    kibibytes: Arc<Semaphore>,
-    total_kibibytes: u32,
-}
-
-impl Budget {
-    fn new(parallel_parts: usize, in_flight_bytes: u64) -> Budget {
-        let total_kibibytes = in_flight_bytes
-            .div_ceil(1024)
-            .clamp(1, u64::from(u32::MAX >> 4)) as u32;
-        Budget {
-            parts: Arc::new(Semaphore::new(parallel_parts)),
-            kibibytes: Arc::new(Semaphore::new(total_kibibytes as usize)),
-            total_kibibytes,
-        }
-    }
-
-    /// Waits for a part slot and for the part's bytes (a part larger than the whole budget
-    /// takes all of it, so it runs alone rather than never).
-    async fn acquire(&self, part_size: u64) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-        let wanted = part_size
-            .div_ceil(1024)
-            .clamp(1, u64::from(self.total_kibibytes)) as u32;
-        let slot = self
-            .parts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the budget's semaphores are never closed");
-        let bytes = self
-            .kibibytes
-            .clone()
-            .acquire_many_owned(wanted)
-            .await
-            .expect("the budget's semaphores are never closed");
-        (slot, bytes)
-    }
 }
 
 /// The store key of a file's session: a digest of the remote's identity, the remote path and

@@ -1,0 +1,466 @@
+//! Sending one session's parts: the layout of parts over the file (carried over from a resumed
+//! session, then planned as they are needed), the part-count and in-flight-byte budget, and
+//! each part's attempts (streamed from the file, stall watchdog, CRC32C checked, recorded
+//! durably once acknowledged).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::{Attempt, READER_REPORT_TIMEOUT, Step, blocking, next_step, store_error};
+use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
+use crate::upload::UploadError;
+use crate::upload::backend::{Backend, BackendError, Operation, PartSpec, SessionRef};
+use crate::upload::planner::{PartObservation, PartPlanner, PlanContext, fit};
+use crate::upload::progress::Progress;
+use crate::upload::retry::RetryPolicy;
+use crate::upload::source::{AttemptWatch, LocalFile};
+
+/// Everything a part task needs, shared by the tasks of one session.
+pub(super) struct SessionContext {
+    pub backend: Arc<dyn Backend>,
+    pub sessions: Sessions,
+    pub key: String,
+    pub upload_id: String,
+    pub remote_path: String,
+    pub file: Arc<LocalFile>,
+    pub progress: Arc<Progress>,
+    pub retry: RetryPolicy,
+    pub stall_timeout: Duration,
+    /// The session is recorded in the store, decided before its first part goes out
+    /// (`Layout::plan_first`). A session whose first part is the whole file never is: after a
+    /// crash there would be nothing to resume, so the file is simply sent again, and small
+    /// files cost no store writes.
+    pub recorded: bool,
+}
+
+impl SessionContext {
+    pub fn session(&self) -> SessionRef<'_> {
+        SessionRef {
+            id: &self.upload_id,
+            remote_path: &self.remote_path,
+        }
+    }
+
+    /// Notes a part about to be sent, when the session is recorded (not flushed: see
+    /// `Sessions::plan_part`). A sled insert may wait on its log: off the runtime.
+    pub async fn note_planned(&self, part: &PartRecord) -> Result<(), Attempt> {
+        if !self.recorded {
+            return Ok(());
+        }
+        let (sessions, key, planned) = (self.sessions.clone(), self.key.clone(), part.clone());
+        blocking(move || Ok(sessions.plan_part(&key, &planned)))
+            .await
+            .expect("the closure returns Ok")
+            .map_err(|source| store_error(self.file.path(), source))
+    }
+}
+
+/// The parts of one session in sending order: those carried over (planned earlier and not
+/// acknowledged), then new ones, sized by the planner as they are needed.
+pub(super) struct Layout {
+    pending: VecDeque<PartRecord>,
+    next_offset: u64,
+    next_number: u32,
+    /// Whether any part exists yet (an empty file is one empty part).
+    planned_any: bool,
+    size: u64,
+    limits: PartLimits,
+}
+
+impl Layout {
+    /// The layout of a file of `size` bytes over the session's `parts`, and the parts already
+    /// acknowledged, by number.
+    pub fn new(
+        parts: Vec<PartRecord>,
+        size: u64,
+        limits: PartLimits,
+    ) -> (Layout, BTreeMap<u32, PartRecord>) {
+        let layout = Layout {
+            next_offset: parts.iter().map(PartRecord::end).max().unwrap_or(0),
+            next_number: parts.iter().map(|p| p.number).max().unwrap_or(0) + 1,
+            planned_any: !parts.is_empty(),
+            pending: VecDeque::new(),
+            size,
+            limits,
+        };
+        let (done, pending): (Vec<_>, Vec<_>) =
+            parts.into_iter().partition(PartRecord::is_acknowledged);
+        let acknowledged = done.into_iter().map(|part| (part.number, part)).collect();
+        (
+            Layout {
+                pending: pending.into(),
+                ..layout
+            },
+            acknowledged,
+        )
+    }
+
+    /// For a session with no parts yet: plans the first one and keeps it first in line.
+    /// Returns it, or `None` when the session has parts already.
+    pub fn plan_first(&mut self, planner: &mut dyn PartPlanner) -> Option<PartRecord> {
+        if self.planned_any {
+            return None;
+        }
+        let first = self.plan(planner)?;
+        self.pending.push_front(first.clone());
+        Some(first)
+    }
+
+    /// Whether `part` is the whole file.
+    pub fn is_whole_file(&self, part: &PartRecord) -> bool {
+        part.offset == 0 && part.size >= self.size
+    }
+
+    /// The next part to send, and whether it is newly planned; `None` once the file is
+    /// covered.
+    fn next(&mut self, planner: &mut dyn PartPlanner) -> Option<(PartRecord, bool)> {
+        if let Some(part) = self.pending.pop_front() {
+            return Some((part, false));
+        }
+        self.plan(planner).map(|part| (part, true))
+    }
+
+    fn plan(&mut self, planner: &mut dyn PartPlanner) -> Option<PartRecord> {
+        if self.next_offset >= self.size && (self.size > 0 || self.planned_any) {
+            return None;
+        }
+        let plan = PlanContext {
+            offset: self.next_offset,
+            file_size: self.size,
+            next_number: self.next_number,
+            limits: self.limits,
+        };
+        let part = PartRecord {
+            version: RECORD_VERSION,
+            number: self.next_number,
+            offset: self.next_offset,
+            size: fit(planner.desired_size(&plan), &plan),
+            etag: None,
+            crc32c: None,
+        };
+        self.next_offset += part.size;
+        self.next_number += 1;
+        self.planned_any = true;
+        Some(part)
+    }
+}
+
+/// How a session's parts are sent at once.
+pub(super) struct Parallelism {
+    pub parts: usize,
+    pub in_flight_bytes: u64,
+}
+
+/// Sends every part of `layout` not yet acknowledged, within the budget; returns every
+/// acknowledged part by number (`acknowledged` and those sent now). The first failure that is
+/// not retried stops the session.
+pub(super) async fn send_all(
+    context: &Arc<SessionContext>,
+    mut layout: Layout,
+    mut acknowledged: BTreeMap<u32, PartRecord>,
+    planner: &mut dyn PartPlanner,
+    parallelism: Parallelism,
+) -> Result<BTreeMap<u32, PartRecord>, Attempt> {
+    let parallel = match layout.limits.sequential {
+        true => 1,
+        false => parallelism.parts.max(1),
+    };
+    let budget = Budget::new(parallel, parallelism.in_flight_bytes);
+    let mut tasks: JoinSet<PartResult> = JoinSet::new();
+    let mut finished = |joined, planner: &mut dyn PartPlanner| -> Result<(), Attempt> {
+        let (part, observation) = part_result(joined)?;
+        planner.observe(&observation);
+        acknowledged.insert(part.number, part);
+        Ok(())
+    };
+    while let Some((part, new)) = layout.next(planner) {
+        if new {
+            context.note_planned(&part).await?;
+        }
+        context.progress.set_part_size(part.size);
+        // Wait for room in the budget, collecting finished parts meanwhile so that a failure
+        // stops the session at once.
+        let permits = loop {
+            tokio::select! {
+                permits = budget.acquire(part.size) => break permits,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => finished(joined, planner)?,
+            }
+        };
+        tasks.spawn(send_part(context.clone(), part, permits));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        finished(joined, planner)?;
+    }
+    Ok(acknowledged)
+}
+
+type PartResult = Result<(PartRecord, PartObservation), Attempt>;
+
+/// What one attempt at a part came to.
+enum Sent {
+    /// The remote acknowledged it with this etag; the reader computed this CRC32C after
+    /// streaming this many bytes.
+    Stored {
+        etag: String,
+        crc32c: u32,
+        streamed: u64,
+    },
+    /// The request failed (or the remote stored other bytes than were sent).
+    Failed(BackendError),
+}
+
+/// Sends one part, retrying it under the policy; records it durably once acknowledged.
+async fn send_part(
+    context: Arc<SessionContext>,
+    part: PartRecord,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) -> PartResult {
+    let path = context.file.path().to_path_buf();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let started = Instant::now();
+        let error = match put_once(&context, &part, &path).await? {
+            Sent::Stored {
+                etag,
+                crc32c,
+                streamed,
+            } => {
+                let acknowledged = PartRecord {
+                    etag: Some(etag),
+                    crc32c: Some(crc32c),
+                    ..part
+                };
+                record_acknowledged(&context, &acknowledged, &path).await?;
+                context.progress.part_acknowledged(streamed, part.size);
+                let observation = PartObservation {
+                    size: part.size,
+                    elapsed: started.elapsed(),
+                    attempts,
+                };
+                return Ok((acknowledged, observation));
+            }
+            Sent::Failed(error) => error,
+        };
+        // A part that arrived damaged is sent again, like a transient failure.
+        let damaged = matches!(error, BackendError::InvalidReply { .. });
+        if damaged && context.retry.allows_another(attempts) {
+            tracing::warn!(path = %path.display(), part = part.number, %error, "sending the part again");
+            continue;
+        }
+        match next_step(&context.retry, attempts, &path, error) {
+            Step::Retry(error) => {
+                tracing::warn!(path = %path.display(), part = part.number, attempts, %error, "retrying part");
+                context.retry.wait(attempts, error.retry_after()).await;
+            }
+            Step::Stop(attempt) => return Err(attempt),
+        }
+    }
+}
+
+/// One attempt: streams the part from the file under the stall watchdog, then checks the
+/// remote's receipt against the CRC32C the reader computed. A local read failure ends the
+/// session's attempt (a file that shrank is a change: start over).
+async fn put_once(
+    context: &SessionContext,
+    part: &PartRecord,
+    path: &std::path::Path,
+) -> Result<Sent, Attempt> {
+    let spec = PartSpec {
+        number: part.number,
+        offset: part.offset,
+        size: part.size,
+    };
+    let watch = Arc::new(AttemptWatch::new());
+    let (body, reader) = context
+        .file
+        .part_body(spec, watch.clone(), context.progress.clone());
+    let outcome = tokio::select! {
+        result = context.backend.put_part(context.session(), spec, body) => result,
+        _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
+            operation: Operation::PutPart(spec.number),
+            endpoint: context.backend.endpoint().to_string(),
+            after: context.stall_timeout,
+        }),
+    };
+    let streamed = watch.streamed();
+    let local_crc = match tokio::time::timeout(READER_REPORT_TIMEOUT, reader).await {
+        Ok(Ok(Ok(crc))) => Some(crc),
+        Ok(Ok(Err(source))) => {
+            context.progress.attempt_failed(streamed);
+            if source.kind() == io::ErrorKind::UnexpectedEof {
+                return Err(Attempt::Restart(source.to_string()));
+            }
+            let path = path.to_path_buf();
+            return Err(UploadError::Read { path, source }.into());
+        }
+        _ => None,
+    };
+    let sent = match (outcome, local_crc) {
+        (Ok(receipt), Some(crc)) if receipt.crc32c.is_none_or(|remote| remote == crc) => {
+            return Ok(Sent::Stored {
+                etag: receipt.etag,
+                crc32c: crc,
+                streamed,
+            });
+        }
+        (Ok(receipt), crc) => Sent::Failed(BackendError::InvalidReply {
+            operation: Operation::PutPart(spec.number),
+            endpoint: context.backend.endpoint().to_string(),
+            problem: format!(
+                "the remote stored CRC32C {:?} but {:?} was sent",
+                receipt.crc32c, crc
+            ),
+        }),
+        (Err(error), _) => Sent::Failed(error),
+    };
+    context.progress.attempt_failed(streamed);
+    Ok(sent)
+}
+
+/// Records an acknowledged part durably, when the session is recorded.
+async fn record_acknowledged(
+    context: &SessionContext,
+    part: &PartRecord,
+    path: &std::path::Path,
+) -> Result<(), Attempt> {
+    if !context.recorded {
+        return Ok(());
+    }
+    context
+        .sessions
+        .acknowledge_part_durable(&context.key, part)
+        .await
+        .map_err(|source| {
+            Attempt::from(UploadError::Store {
+                path: PathBuf::from(path),
+                source,
+            })
+        })?;
+    tracing::debug!(part = part.number, size = part.size, "part recorded");
+    Ok(())
+}
+
+fn part_result(joined: Result<PartResult, tokio::task::JoinError>) -> PartResult {
+    match joined {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// The part-count and in-flight-byte budget of one session.
+struct Budget {
+    parts: Arc<Semaphore>,
+    kibibytes: Arc<Semaphore>,
+    total_kibibytes: u32,
+}
+
+impl Budget {
+    fn new(parallel_parts: usize, in_flight_bytes: u64) -> Budget {
+        let total_kibibytes = in_flight_bytes
+            .div_ceil(1024)
+            .clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        Budget {
+            parts: Arc::new(Semaphore::new(parallel_parts)),
+            kibibytes: Arc::new(Semaphore::new(total_kibibytes as usize)),
+            total_kibibytes,
+        }
+    }
+
+    /// Waits for a part slot and for the part's bytes (a part larger than the whole budget
+    /// takes all of it, so it runs alone rather than never).
+    async fn acquire(&self, part_size: u64) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let wanted = part_size
+            .div_ceil(1024)
+            .clamp(1, u64::from(self.total_kibibytes)) as u32;
+        let slot = self
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the budget's semaphores are never closed");
+        let bytes = self
+            .kibibytes
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .expect("the budget's semaphores are never closed");
+        (slot, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::planner::FixedPlanner;
+
+    fn limits(max_parts: u32) -> PartLimits {
+        PartLimits {
+            min_part_size: 1,
+            max_part_size: 1 << 30,
+            max_parts,
+            sequential: false,
+        }
+    }
+
+    fn part(number: u32, offset: u64, size: u64, etag: Option<&str>) -> PartRecord {
+        PartRecord {
+            version: RECORD_VERSION,
+            number,
+            offset,
+            size,
+            etag: etag.map(str::to_owned),
+            crc32c: None,
+        }
+    }
+
+    fn drain(layout: &mut Layout, planner: &mut dyn PartPlanner) -> Vec<(u32, u64, u64, bool)> {
+        std::iter::from_fn(|| layout.next(planner))
+            .map(|(p, new)| (p.number, p.offset, p.size, new))
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_layout_sends_what_is_missing_then_plans_the_rest() {
+        let mut planner = FixedPlanner { chunk_size: 4 };
+        let parts = vec![part(1, 0, 4, Some("a")), part(2, 4, 4, None)];
+        let (mut layout, acknowledged) = Layout::new(parts, 14, limits(100));
+        assert_eq!(acknowledged.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(layout.plan_first(&mut planner), None, "it has parts");
+        assert_eq!(
+            drain(&mut layout, &mut planner),
+            vec![(2, 4, 4, false), (3, 8, 4, true), (4, 12, 2, true)]
+        );
+    }
+
+    #[test]
+    fn the_first_part_is_planned_once_and_says_whether_it_is_the_whole_file() {
+        let mut planner = FixedPlanner { chunk_size: 8 };
+        let (mut small, _) = Layout::new(Vec::new(), 5, limits(100));
+        let first = small.plan_first(&mut planner).unwrap();
+        assert!(small.is_whole_file(&first));
+        assert_eq!(drain(&mut small, &mut planner), vec![(1, 0, 5, false)]);
+
+        let (mut large, _) = Layout::new(Vec::new(), 20, limits(100));
+        let first = large.plan_first(&mut planner).unwrap();
+        assert!(!large.is_whole_file(&first));
+        assert_eq!(
+            drain(&mut large, &mut planner),
+            vec![(1, 0, 8, false), (2, 8, 8, true), (3, 16, 4, true)]
+        );
+
+        let (mut empty, _) = Layout::new(Vec::new(), 0, limits(100));
+        let first = empty.plan_first(&mut planner).unwrap();
+        assert!(
+            empty.is_whole_file(&first),
+            "an empty file is one empty part"
+        );
+        assert_eq!(drain(&mut empty, &mut planner), vec![(1, 0, 0, false)]);
+    }
+}
