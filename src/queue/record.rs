@@ -42,6 +42,9 @@ pub struct PartLimits {
     /// Parts must arrive one after another, in order (tus); otherwise in parallel, any order.
     #[serde(default)]
     pub sequential: bool,
+    /// Every part but the last must have the same size (Cloudflare R2; any S3 accepts it).
+    #[serde(default)]
+    pub uniform: bool,
 }
 
 /// A resumable upload session: enough to find the remote session again and to know whether the

@@ -158,6 +158,7 @@ mod tests {
                 max_part_size: 10,
                 max_parts: 10,
                 sequential: false,
+                uniform: false,
             },
             expires_at: None,
             created_unix: 0,

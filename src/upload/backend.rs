@@ -4,14 +4,24 @@
 //! tus 1.0 later. The shape fits all three without changing the engine:
 //! - `create` returns the remote's part limits (S3: parts ≥ 5 MiB but the last, 10,000 parts;
 //!   tus: `sequential`, one growing upload addressed by offset);
-//! - `query` lists what the remote holds (native: the session's parts; S3: ListParts; tus: HEAD,
-//!   reported as one acknowledged range from offset 0), so the engine resumes by reconciling;
+//! - `query` reports what the remote holds, as parts by number (native: the session's parts;
+//!   S3: ListParts) or as a prefix of the file (tus: HEAD's `Upload-Offset`), so the engine
+//!   resumes by reconciling (`Held`);
 //! - `put_part` sends one part's byte range as a stream and returns its receipt (etag and, when
 //!   the remote reports one, the CRC32C it computed);
 //! - `complete` commits the manifest; `abort` discards the session.
 //!
-//! Backends classify their failures through `retry::classify_status`, so the engine decides
-//! retries in one place and never looks at a protocol's status codes itself.
+//! Contracts every backend keeps:
+//! - **Complete is idempotent.** Completing a session that already completed with the same
+//!   manifest returns the same file (a retry after a lost reply must not fail). A remote that
+//!   cannot tell (S3 answers `NoSuchUpload` once an upload completed) is handled in `query`:
+//!   after a lost reply the engine queries, and the backend reports `Completed` when the object
+//!   is there with the expected size and checksum (a HEAD), `Gone` otherwise.
+//! - **Refusals are typed.** Backends classify failures through `retry::classify_status` and
+//!   turn the refusals the engine acts on into `Rejection`s; the engine never looks at a
+//!   protocol's status codes or error strings.
+//! - **Limits travel with the session.** `create` returns the `PartLimits` the session keeps,
+//!   including `sequential` for remotes that take one growing upload.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -93,11 +103,23 @@ pub struct RemoteFile {
     pub sha256: Option<String>,
 }
 
+/// What an open session holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// Parts by number (native, S3's ListParts).
+    Parts(Vec<RemotePart>),
+    /// The file's first bytes, up to this offset, as one growing upload (tus's
+    /// `Upload-Offset`). Such a backend's receipts carry the part's end offset, in decimal, as
+    /// the etag; and it takes a part that begins before its offset by skipping the bytes it
+    /// already holds.
+    Prefix(u64),
+}
+
 /// What `query` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionStatus {
     Open {
-        parts: Vec<RemotePart>,
+        held: Held,
     },
     Completed {
         file: RemoteFile,
@@ -219,6 +241,9 @@ pub enum Rejection {
     DigestMismatch,
     /// A part other than the last is under the remote's minimum.
     PartTooSmall,
+    /// The part does not start where the remote's upload ends (tus's 409): the engine
+    /// queries again and resumes from the remote's offset.
+    OffsetConflict { remote_offset: u64 },
 }
 
 /// A remote protocol. Implementations are cheap to share (`Arc<dyn Backend>`) and safe to call

@@ -11,7 +11,7 @@ use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::backend::{
-    Backend, BackendError, CompletedPart, CreateRequest, Operation, PartBody, PartLimits,
+    Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
     PartReceipt, PartSpec, Rejection, RemoteFile, RemotePart, RemoteSession, SessionRef,
     SessionStatus,
 };
@@ -290,6 +290,7 @@ impl Backend for NativeBackend {
                 max_part_size: reply.max_part_size,
                 max_parts: reply.max_parts,
                 sequential: false,
+                uniform: false,
             },
             expires_at: Some(reply.expires_at),
         })
@@ -319,7 +320,7 @@ impl Backend for NativeBackend {
                 }
             },
             SessionState::Open => SessionStatus::Open {
-                parts: info.parts.into_iter().map(remote_part).collect(),
+                held: Held::Parts(info.parts.into_iter().map(remote_part).collect()),
             },
         })
     }

@@ -84,6 +84,7 @@ mod tests {
                 max_part_size: 64 * MIB,
                 max_parts,
                 sequential: false,
+                uniform: false,
             },
         }
     }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use parts::{Layout, SessionContext};
 
 use super::backend::{
-    Backend, BackendError, CompletedPart, CreateRequest, Rejection, RemoteFile, RemotePart,
+    Backend, BackendError, CompletedPart, CreateRequest, Held, Rejection, RemoteFile, RemotePart,
     SessionRef, SessionStatus,
 };
 use super::open::{OpenError, Reach, Refusal};
@@ -292,14 +292,14 @@ impl Uploader {
                 return Err(self.start_over(context, &reason).await);
             }
             repairs += 1;
-            let remote_parts = match self
+            let held = match self
                 .with_retry(path, || self.backend.query(context.session()))
                 .await?
             {
-                SessionStatus::Open { parts } => parts,
+                SessionStatus::Open { held } => held,
                 _ => return Err(self.start_over(context, &reason).await),
             };
-            let parts = reconcile(manifest.into_values().collect(), &remote_parts);
+            let parts = reconcile(manifest.into_values().collect(), &held);
             let stale: Vec<u32> = parts
                 .iter()
                 .filter(|p| !p.is_acknowledged())
@@ -384,7 +384,7 @@ impl Uploader {
             .with_retry(&job.local_path, || self.backend.query(session))
             .await?;
         match status {
-            SessionStatus::Open { parts: remote } => {
+            SessionStatus::Open { held: remote } => {
                 let recorded = parts.iter().filter(|p| p.is_acknowledged()).count();
                 let parts = reconcile(parts, &remote);
                 let held = parts.iter().filter(|p| p.is_acknowledged()).count();
@@ -668,7 +668,10 @@ fn rejection(error: &UploadError) -> Option<Rejection> {
 /// True for the complete refusals that a fresh session cures: the remote's parts do not add up
 /// to the file (it changed, or the remote lost or replaced parts).
 fn refused_manifest(error: &UploadError) -> bool {
-    rejection(error).is_some()
+    matches!(
+        rejection(error),
+        Some(Rejection::ManifestMismatch | Rejection::DigestMismatch | Rejection::PartTooSmall)
+    )
 }
 
 enum Step {
@@ -676,8 +679,14 @@ enum Step {
     Stop(Attempt),
 }
 
-/// The single decision after a failed request: retry, start a new session, or stop.
+/// The single decision after a failed request: retry, resume or start a new session, or stop.
 fn next_step(retry: &RetryPolicy, attempts: u32, path: &Path, error: BackendError) -> Step {
+    if let Some(Rejection::OffsetConflict { remote_offset }) = error.rejection() {
+        // Attempt again: the recorded session is queried and resumed from the remote's offset.
+        return Step::Stop(Attempt::Restart(format!(
+            "the remote holds {remote_offset} bytes, not what was recorded"
+        )));
+    }
     match error.class() {
         ErrorClass::Transient if retry.allows_another(attempts) => Step::Retry(error),
         ErrorClass::Transient => Step::Stop(
@@ -699,35 +708,40 @@ fn next_step(retry: &RetryPolicy, attempts: u32, path: &Path, error: BackendErro
     }
 }
 
-/// Keeps each recorded acknowledgement only if the remote still holds that very part (same
-/// number, etag and size, and CRC32C where both know it); the others are sent again.
-pub(crate) fn reconcile(local: Vec<PartRecord>, remote: &[RemotePart]) -> Vec<PartRecord> {
+/// Keeps each recorded acknowledgement only if the remote still holds that very part; the
+/// others are sent again. By parts: the same number, etag and size, and CRC32C where both know
+/// it. By prefix: a part that ends within it is held (its etag is its end offset, as such
+/// remotes issue them), even one whose acknowledgement a crash kept from being recorded.
+pub(crate) fn reconcile(local: Vec<PartRecord>, held: &Held) -> Vec<PartRecord> {
     local
         .into_iter()
-        .map(|part| {
-            let Some(etag) = &part.etag else {
-                return part;
-            };
-            let held = remote.iter().any(|r| {
-                r.number == part.number
-                    && r.etag.trim_matches('"') == etag.trim_matches('"')
-                    && r.size == part.size
-                    && match (r.crc32c, part.crc32c) {
-                        (Some(a), Some(b)) => a == b,
-                        _ => true,
-                    }
-            });
-            if held {
-                part
-            } else {
-                PartRecord {
-                    etag: None,
-                    crc32c: None,
-                    ..part
-                }
-            }
+        .map(|part| match held {
+            Held::Parts(remote) if part.etag.is_some() && holds(remote, &part) => part,
+            Held::Prefix(offset) if part.end() <= *offset => PartRecord {
+                etag: Some(part.etag.clone().unwrap_or_else(|| part.end().to_string())),
+                ..part
+            },
+            _ => PartRecord {
+                etag: None,
+                crc32c: None,
+                ..part
+            },
         })
         .collect()
+}
+
+/// Whether `remote` lists `part` (acknowledged) as it was recorded.
+fn holds(remote: &[RemotePart], part: &PartRecord) -> bool {
+    let etag = part.etag.as_deref().unwrap_or_default();
+    remote.iter().any(|r| {
+        r.number == part.number
+            && r.etag.trim_matches('"') == etag.trim_matches('"')
+            && r.size == part.size
+            && match (r.crc32c, part.crc32c) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    })
 }
 
 /// The store key of a file's session: a digest of the remote's identity, the remote path and
@@ -796,12 +810,27 @@ mod tests {
             remote(6, "f", 10, Some(6)),
             remote(7, "g", 9, Some(7)),
         ];
-        let acknowledged: Vec<u32> = reconcile(local, &held)
+        let acknowledged: Vec<u32> = reconcile(local, &Held::Parts(held))
             .into_iter()
             .filter(PartRecord::is_acknowledged)
             .map(|p| p.number)
             .collect();
         assert_eq!(acknowledged, vec![1, 6]);
+    }
+
+    #[test]
+    fn a_prefix_holds_the_parts_that_end_within_it() {
+        let local = vec![
+            part(1, Some("10"), None), // 0..10, acknowledged: held
+            part(2, None, None),       // 10..20, sent but never recorded: held
+            part(3, Some("30"), None), // 20..30, past the remote's offset: sent again
+            part(4, None, None),       // 30..40: sent
+        ];
+        let reconciled = reconcile(local, &Held::Prefix(25));
+        let etags: Vec<Option<&str>> = reconciled.iter().map(|p| p.etag.as_deref()).collect();
+        assert_eq!(etags, vec![Some("10"), Some("20"), None, None]);
+        let all = reconcile(reconciled, &Held::Prefix(40));
+        assert!(all.iter().all(PartRecord::is_acknowledged));
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub(super) struct Layout {
     next_number: u32,
     /// Whether any part exists yet (an empty file is one empty part).
     planned_any: bool,
+    /// The size of every part but the last, once the first is planned, when the remote wants
+    /// them uniform.
+    uniform_size: Option<u64>,
     size: u64,
     limits: PartLimits,
 }
@@ -85,6 +88,7 @@ impl Layout {
             next_offset: parts.iter().map(PartRecord::end).max().unwrap_or(0),
             next_number: parts.iter().map(|p| p.number).max().unwrap_or(0) + 1,
             planned_any: !parts.is_empty(),
+            uniform_size: parts.iter().find(|p| p.number == 1).map(|p| p.size),
             pending: VecDeque::new(),
             size,
             limits,
@@ -136,14 +140,19 @@ impl Layout {
             next_number: self.next_number,
             limits: self.limits,
         };
+        let desired = match self.uniform_size.filter(|_| self.limits.uniform) {
+            Some(size) => size,
+            None => planner.desired_size(&plan),
+        };
         let part = PartRecord {
             version: RECORD_VERSION,
             number: self.next_number,
             offset: self.next_offset,
-            size: fit(planner.desired_size(&plan), &plan),
+            size: fit(desired, &plan),
             etag: None,
             crc32c: None,
         };
+        self.uniform_size.get_or_insert(part.size);
         self.next_offset += part.size;
         self.next_number += 1;
         self.planned_any = true;
@@ -406,6 +415,7 @@ mod tests {
             max_part_size: 1 << 30,
             max_parts,
             sequential: false,
+            uniform: false,
         }
     }
 
@@ -437,6 +447,47 @@ mod tests {
             drain(&mut layout, &mut planner),
             vec![(2, 4, 4, false), (3, 8, 4, true), (4, 12, 2, true)]
         );
+    }
+
+    /// Sizes 3, 5, 7, … as a learning planner might choose them.
+    struct Growing(u64);
+
+    impl PartPlanner for Growing {
+        fn desired_size(&mut self, _context: &PlanContext) -> u64 {
+            self.0 += 2;
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_remote_that_wants_uniform_parts_gets_the_first_size_throughout() {
+        let uniform = PartLimits {
+            uniform: true,
+            ..limits(100)
+        };
+        let (mut layout, _) = Layout::new(Vec::new(), 10, uniform);
+        let sizes: Vec<u64> = drain(&mut layout, &mut Growing(1))
+            .iter()
+            .map(|p| p.2)
+            .collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1]);
+        let (mut free, _) = Layout::new(Vec::new(), 10, limits(100));
+        let sizes: Vec<u64> = drain(&mut free, &mut Growing(1))
+            .iter()
+            .map(|p| p.2)
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![3, 5, 2],
+            "otherwise the planner decides each part"
+        );
+        let resumed = vec![part(1, 0, 4, Some("a"))];
+        let (mut layout, _) = Layout::new(resumed, 10, uniform);
+        let sizes: Vec<u64> = drain(&mut layout, &mut Growing(1))
+            .iter()
+            .map(|p| p.2)
+            .collect();
+        assert_eq!(sizes, vec![4, 2], "a resumed session keeps its part size");
     }
 
     #[test]
