@@ -317,8 +317,17 @@ pub fn builtin(defaults: &Defaults) -> Config {
 impl Config {
     /// The effective configuration as TOML, tokens left out, for `ferry config check`.
     pub fn render(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
+        self.render_daemon(&mut out);
+        self.render_remotes(&mut out);
+        self.render_upload(&mut out);
+        self.render_watches(&mut out);
+        out
+    }
+
+    /// Where the configuration came from, and `[daemon]`.
+    fn render_daemon(&self, out: &mut String) {
+        use std::fmt::Write;
         let d = &self.daemon;
         let _ = writeln!(
             out,
@@ -351,6 +360,11 @@ impl Config {
             "shutdown_grace = {:?}\n",
             humantime::format_duration(d.shutdown_grace).to_string()
         );
+    }
+
+    /// Each `[remotes.NAME]`, its token left out and its URL redacted.
+    fn render_remotes(&self, out: &mut String) {
+        use std::fmt::Write;
         for (name, remote) in &self.remotes {
             let _ = writeln!(out, "[remotes.{name}]");
             match remote {
@@ -372,6 +386,11 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// `[upload]`.
+    fn render_upload(&self, out: &mut String) {
+        use std::fmt::Write;
         let u = &self.upload;
         let _ = writeln!(
             out,
@@ -386,6 +405,11 @@ impl Config {
             humantime::format_duration(u.retry.backoff_base).to_string(),
             humantime::format_duration(u.retry.backoff_max).to_string()
         );
+    }
+
+    /// Each `[[watch]]`.
+    fn render_watches(&self, out: &mut String) {
+        use std::fmt::Write;
         for watch in &self.watches {
             let _ = writeln!(
                 out,
@@ -417,7 +441,6 @@ impl Config {
                 .collect();
             let _ = writeln!(out, "metadata = {{ {} }}\n", metadata.join(", "));
         }
-        out
     }
 }
 

@@ -540,6 +540,26 @@ impl<'t> Reader<'t> {
         if let Some(recursive) = self.get::<bool>(path, table, "recursive") {
             watch.recursive = recursive;
         }
+        self.watch_globs(path, table, &mut watch);
+        if let Some(settle) = self.get_as(path, table, "settle", duration_up_to(MAX_SETTLE)) {
+            watch.settle = settle;
+        }
+        if let Some(after) = self.after_upload(path, table, base) {
+            watch.after_upload = after;
+        }
+        if let Some(symlinks) = self.get_as(path, table, "symlinks", symlinks) {
+            watch.symlinks = symlinks;
+        }
+        if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
+            watch.metadata = metadata;
+        }
+        root?;
+        remote?;
+        Some(watch)
+    }
+
+    /// A watch's `include` and `ignore` globs (the default ignores always apply).
+    fn watch_globs(&mut self, path: &str, table: &DeTable<'_>, watch: &mut WatchConfig) {
         if let Some((include, set)) = self.get_as(path, table, "include", |globs_: Vec<String>| {
             globs(&globs_).map(|set| (globs_, set))
         }) {
@@ -557,21 +577,6 @@ impl<'t> Reader<'t> {
             watch.ignore = ignore;
             watch.ignore_set = set;
         }
-        if let Some(settle) = self.get_as(path, table, "settle", duration_up_to(MAX_SETTLE)) {
-            watch.settle = settle;
-        }
-        if let Some(after) = self.after_upload(path, table, base) {
-            watch.after_upload = after;
-        }
-        if let Some(symlinks) = self.get_as(path, table, "symlinks", symlinks) {
-            watch.symlinks = symlinks;
-        }
-        if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
-            watch.metadata = metadata;
-        }
-        root?;
-        remote?;
-        Some(watch)
     }
 
     /// A watch's `after_upload`: "keep", "delete" or `{ move_to = "folder" }`.

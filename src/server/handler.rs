@@ -38,8 +38,8 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> {
-    let request: InitRequest = parse_json(body).await?;
+/// An init request's fields, each as the protocol allows it and this receiver accepts it.
+fn check_init(app: &AppState, request: &InitRequest) -> Result<(), ApiError> {
     validate::filename(&request.filename).map_err(ApiError::invalid_request)?;
     crate::protocol::check_workspace_id(&request.workspace_id)
         .map_err(ApiError::invalid_request)?;
@@ -55,28 +55,41 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
     if let Some(digest) = &request.sha256 {
         validate::sha256_hex(digest).map_err(ApiError::invalid_request)?;
     }
+    Ok(())
+}
+
+/// Whether a file of `total_size` bytes fits: under the size limit, and twice over in the
+/// free space (parts and the assembled file coexist during complete).
+async fn check_room(app: &AppState, total_size: u64) -> Result<(), ApiError> {
     let limits = app.config.limits;
-    if request.total_size > limits.max_file_size {
+    if total_size > limits.max_file_size {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
             format!(
                 "total_size {} is over this receiver's limit of {} bytes",
-                request.total_size, limits.max_file_size
+                total_size, limits.max_file_size
             ),
         ));
     }
-    // Parts and the assembled file coexist during complete, so twice the size must fit.
     let storage = app.storage.clone();
     let available = blocking(move || storage.available_bytes(), "check free space").await?;
-    if request.total_size.saturating_mul(2) > available {
+    if total_size.saturating_mul(2) > available {
         return Err(ApiError::new(
             ErrorCode::InsufficientStorage,
             format!(
                 "the receiver has {available} bytes free, not enough for a {} byte upload",
-                request.total_size
+                total_size
             ),
         ));
     }
+    Ok(())
+}
+
+pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> {
+    let request: InitRequest = parse_json(body).await?;
+    check_init(&app, &request)?;
+    let limits = app.config.limits;
+    check_room(&app, request.total_size).await?;
     let now = SystemTime::now();
     let record = SessionRecord {
         version: SessionRecord::new_version(),
