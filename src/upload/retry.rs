@@ -120,6 +120,27 @@ mod tests {
         }
     }
 
+    /// On tokio's paused clock: the wait is the jittered backoff, but never shorter than what
+    /// the remote asked for in Retry-After.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_honours_retry_after_and_stays_under_the_ceiling() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+        };
+        let started = tokio::time::Instant::now();
+        policy.wait(3, Some(Duration::from_secs(10))).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        policy.wait(60, None).await;
+        assert!(
+            started.elapsed() <= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn backoff_table() {
         let policy = RetryPolicy {

@@ -8,11 +8,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+// Tokio's clock: the same as std's in production, and pausable in tests.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{PartBody, PartSpec};
@@ -228,5 +230,32 @@ impl AttemptWatch {
 impl Default for AttemptWatch {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stall watchdog on tokio's paused clock: it fires after exactly `limit` without
+    /// progress, and progress pushes it out.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_is_declared_after_the_limit_without_progress() {
+        let limit = Duration::from_secs(60);
+        let watch = Arc::new(AttemptWatch::new());
+        let started = Instant::now();
+        let progressing = watch.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            progressing.advanced(1024);
+        });
+        watch.stalled(limit).await;
+        assert_eq!(
+            started.elapsed().as_secs(),
+            90,
+            "30 s of progress, then 60 s idle"
+        );
+        assert_eq!(watch.streamed(), 1024);
+        assert!(watch.idle() >= limit);
     }
 }
