@@ -190,6 +190,14 @@ pub enum BackendError {
         /// What the refusal means, for the refusals the engine acts on.
         rejection: Option<Rejection>,
     },
+    /// The remote acknowledged a part but reports a checksum of other bytes than were sent:
+    /// they were damaged on the way, and sending the part again may cure it.
+    #[error("{operation} to {endpoint}: the part arrived damaged: {problem}")]
+    Damaged {
+        operation: Operation,
+        endpoint: String,
+        problem: String,
+    },
     /// The remote answered success with a reply that breaks the protocol.
     #[error("{operation}: {endpoint} sent an invalid reply: {problem}")]
     InvalidReply {
@@ -206,7 +214,9 @@ impl BackendError {
     /// Whether to retry, start over, or stop.
     pub fn class(&self) -> ErrorClass {
         match self {
-            BackendError::Transport { .. } | BackendError::Stalled { .. } => ErrorClass::Transient,
+            BackendError::Transport { .. }
+            | BackendError::Stalled { .. }
+            | BackendError::Damaged { .. } => ErrorClass::Transient,
             BackendError::Status { class, .. } => *class,
             // A reply that breaks the protocol will break it again.
             BackendError::InvalidReply { .. } | BackendError::Setup { .. } => ErrorClass::Permanent,

@@ -491,22 +491,12 @@ impl Uploader {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, BackendError>>,
     {
-        let retry = self.settings.retry;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let error = match call().await {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
-            };
-            match next_step(&retry, attempts, path, error) {
-                Step::Retry(error) => {
-                    tracing::warn!(path = %path.display(), attempts, %error, "retrying");
-                    retry.wait(attempts, error.retry_after()).await;
-                }
-                Step::Stop(attempt) => return Err(attempt),
-            }
-        }
+        let (value, _) = retrying(&self.settings.retry, path, None, |_| {
+            let request = call();
+            async move { Ok(request.await) }
+        })
+        .await?;
+        Ok(value)
     }
 
     /// True when the file may have changed since it was opened (a failed check counts).
@@ -677,6 +667,37 @@ fn refused_manifest(error: &UploadError) -> bool {
 enum Step {
     Retry(BackendError),
     Stop(Attempt),
+}
+
+/// The one retry loop, for every request: calls `call` (with the attempt's number) until it
+/// succeeds, the policy gives up, or a failure that retrying cannot cure; `next_step` decides.
+/// `call` fails outright (`Err`) for what is not the remote's doing, a local read say. Returns
+/// the value and the attempts it took. `part` names the part in logs.
+async fn retrying<T, F, Fut>(
+    retry: &RetryPolicy,
+    path: &Path,
+    part: Option<u32>,
+    mut call: F,
+) -> Result<(T, u32), Attempt>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, BackendError>, Attempt>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match call(attempts).await? {
+            Ok(value) => return Ok((value, attempts)),
+            Err(error) => error,
+        };
+        match next_step(retry, attempts, path, error) {
+            Step::Retry(error) => {
+                tracing::warn!(path = %path.display(), part, attempts, %error, "retrying");
+                retry.wait(attempts, error.retry_after()).await;
+            }
+            Step::Stop(attempt) => return Err(attempt),
+        }
+    }
 }
 
 /// The single decision after a failed request: retry, resume or start a new session, or stop.

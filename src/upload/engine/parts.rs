@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{Attempt, READER_REPORT_TIMEOUT, Step, blocking, next_step, store_error};
+use super::{Attempt, READER_REPORT_TIMEOUT, blocking, retrying, store_error};
 use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
 use crate::upload::UploadError;
 use crate::upload::backend::{Backend, BackendError, Operation, PartSpec, SessionRef};
@@ -211,17 +211,13 @@ pub(super) async fn send_all(
 
 type PartResult = Result<(PartRecord, PartObservation), Attempt>;
 
-/// What one attempt at a part came to.
-enum Sent {
-    /// The remote acknowledged it with this etag; the reader computed this CRC32C after
-    /// streaming this many bytes.
-    Stored {
-        etag: String,
-        crc32c: u32,
-        streamed: u64,
-    },
-    /// The request failed (or the remote stored other bytes than were sent).
-    Failed(BackendError),
+/// A part the remote acknowledged.
+struct Stored {
+    etag: String,
+    /// CRC32C of what the reader streamed (and the remote confirmed, if it reports one).
+    crc32c: u32,
+    streamed: u64,
+    elapsed: Duration,
 }
 
 /// Sends one part, retrying it under the policy; records it durably once acknowledged.
@@ -231,61 +227,42 @@ async fn send_part(
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> PartResult {
     let path = context.file.path().to_path_buf();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let started = Instant::now();
-        let error = match put_once(&context, &part, &path).await? {
-            Sent::Stored {
-                etag,
-                crc32c,
-                streamed,
-            } => {
-                let acknowledged = PartRecord {
-                    etag: Some(etag),
-                    crc32c: Some(crc32c),
-                    ..part
-                };
-                record_acknowledged(&context, &acknowledged, &path).await?;
-                context.progress.part_acknowledged(streamed, part.size);
-                let observation = PartObservation {
-                    size: part.size,
-                    elapsed: started.elapsed(),
-                    attempts,
-                };
-                return Ok((acknowledged, observation));
-            }
-            Sent::Failed(error) => error,
-        };
-        // A part that arrived damaged is sent again, like a transient failure.
-        let damaged = matches!(error, BackendError::InvalidReply { .. });
-        if damaged && context.retry.allows_another(attempts) {
-            tracing::warn!(path = %path.display(), part = part.number, %error, "sending the part again");
-            continue;
-        }
-        match next_step(&context.retry, attempts, &path, error) {
-            Step::Retry(error) => {
-                tracing::warn!(path = %path.display(), part = part.number, attempts, %error, "retrying part");
-                context.retry.wait(attempts, error.retry_after()).await;
-            }
-            Step::Stop(attempt) => return Err(attempt),
-        }
-    }
+    let (stored, attempts) = retrying(&context.retry, &path, Some(part.number), |_| {
+        put_once(&context, &part, &path)
+    })
+    .await?;
+    let acknowledged = PartRecord {
+        etag: Some(stored.etag),
+        crc32c: Some(stored.crc32c),
+        ..part
+    };
+    record_acknowledged(&context, &acknowledged, &path).await?;
+    context
+        .progress
+        .part_acknowledged(stored.streamed, part.size);
+    let observation = PartObservation {
+        size: part.size,
+        elapsed: stored.elapsed,
+        attempts,
+    };
+    Ok((acknowledged, observation))
 }
 
 /// One attempt: streams the part from the file under the stall watchdog, then checks the
-/// remote's receipt against the CRC32C the reader computed. A local read failure ends the
-/// session's attempt (a file that shrank is a change: start over).
+/// remote's receipt against the CRC32C the reader computed (a mismatch is `Damaged`, sent
+/// again). A local read failure ends the session's attempt (a file that shrank is a change:
+/// start over).
 async fn put_once(
     context: &SessionContext,
     part: &PartRecord,
     path: &std::path::Path,
-) -> Result<Sent, Attempt> {
+) -> Result<Result<Stored, BackendError>, Attempt> {
     let spec = PartSpec {
         number: part.number,
         offset: part.offset,
         size: part.size,
     };
+    let started = Instant::now();
     let watch = Arc::new(AttemptWatch::new());
     let (body, reader) = context
         .file
@@ -311,26 +288,27 @@ async fn put_once(
         }
         _ => None,
     };
-    let sent = match (outcome, local_crc) {
+    let error = match (outcome, local_crc) {
         (Ok(receipt), Some(crc)) if receipt.crc32c.is_none_or(|remote| remote == crc) => {
-            return Ok(Sent::Stored {
+            return Ok(Ok(Stored {
                 etag: receipt.etag,
                 crc32c: crc,
                 streamed,
-            });
+                elapsed: started.elapsed(),
+            }));
         }
-        (Ok(receipt), crc) => Sent::Failed(BackendError::InvalidReply {
+        (Ok(receipt), crc) => BackendError::Damaged {
             operation: Operation::PutPart(spec.number),
             endpoint: context.backend.endpoint().to_string(),
             problem: format!(
                 "the remote stored CRC32C {:?} but {:?} was sent",
                 receipt.crc32c, crc
             ),
-        }),
-        (Err(error), _) => Sent::Failed(error),
+        },
+        (Err(error), _) => error,
     };
     context.progress.attempt_failed(streamed);
-    Ok(sent)
+    Ok(Err(error))
 }
 
 /// Records an acknowledged part durably, when the session is recorded.
