@@ -26,8 +26,6 @@ use crate::protocol::{
 /// Largest JSON request body accepted: a complete manifest of 10,000 parts with long etags
 /// fits with room to spare.
 const MAX_JSON_BYTES: usize = 4 << 20;
-/// Poll interval while complete waits for a background hash step (one part) to finish.
-const HASH_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 type Shared = State<Arc<AppState>>;
 
@@ -668,14 +666,23 @@ impl AppState {
             return Ok(None);
         }
         let live = self.live_state(upload_id, total_size).await?;
+        // Wait for the background hash step in progress (one part) to end. The wakeup is
+        // armed before the check, so an end between the two is not missed.
+        let idle = live
+            .lock()
+            .expect("live state is never poisoned")
+            .hasher_idle();
         let progress = loop {
+            let ended = idle.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             {
                 let state = live.lock().expect("live state is never poisoned");
                 if !state.is_hashing() {
                     break state.hash_progress();
                 }
             }
-            tokio::time::sleep(HASH_WAIT_POLL).await;
+            ended.await;
         };
         // Keep the background hash only if it covered a prefix of exactly these parts.
         let hashed = progress.etags.len();

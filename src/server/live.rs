@@ -84,6 +84,8 @@ pub struct Live {
     hash: HashProgress,
     hash_generation: u64,
     hashing: bool,
+    /// Woken whenever the hasher becomes idle, for complete to wait on.
+    hasher_idle: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Live {
@@ -100,6 +102,7 @@ impl Live {
             hash: HashProgress::fresh(),
             hash_generation: 0,
             hashing: false,
+            hasher_idle: Default::default(),
         };
         for part in parts {
             live.stored.insert(part.part_number);
@@ -227,6 +230,7 @@ impl Live {
     /// Puts the hasher back after `job`; drops the work if a replacement reset the hash since.
     pub fn hashed(&mut self, job: &HashJob, hasher: Sha256) {
         self.hashing = false;
+        self.hasher_idle.notify_waiters();
         if job.generation != self.hash_generation {
             return;
         }
@@ -239,12 +243,18 @@ impl Live {
     /// Marks the hasher idle after a failed job, resetting the hash.
     pub fn hash_failed(&mut self) {
         self.hashing = false;
+        self.hasher_idle.notify_waiters();
         self.hash = HashProgress::fresh();
         self.hash_generation += 1;
     }
 
     pub fn is_hashing(&self) -> bool {
         self.hashing
+    }
+
+    /// What to wait on for the hasher to become idle (see `is_hashing`).
+    pub fn hasher_idle(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.hasher_idle.clone()
     }
 
     /// The hash so far, for complete to finish.
