@@ -1221,6 +1221,10 @@ mod tests {
         assert_eq!(store.recover().unwrap(), store.counts().unwrap());
     }
 
+    fn ids_of(jobs: Vec<JobRecord>) -> Vec<JobId> {
+        jobs.iter().map(|job| job.id).collect()
+    }
+
     /// `ferry status` reads the latest failures through their index, never every job; a store
     /// without the index (older, or damaged) gets it rebuilt at open.
     #[test]
@@ -1234,16 +1238,11 @@ mod tests {
                 candidate("/w/f3", 1),
             ];
             queue.enqueue(&files, 1).unwrap();
-            let ids: Vec<JobId> = queue.claim(1, 3).unwrap().iter().map(|j| j.id).collect();
+            let ids = ids_of(queue.claim(1, 3).unwrap());
             for (index, at) in [(2, 10), (0, 20), (1, 30)] {
                 queue.finish_failed(ids[index], "403", at).unwrap();
             }
-            let latest: Vec<JobId> = queue
-                .recent_failures(2)
-                .unwrap()
-                .iter()
-                .map(|j| j.id)
-                .collect();
+            let latest: Vec<JobId> = ids_of(queue.recent_failures(2).unwrap());
             assert_eq!(
                 latest,
                 vec![ids[1], ids[0]],
@@ -1255,19 +1254,9 @@ mod tests {
             ids
         };
         let queue = Store::open(dir.path()).unwrap().jobs();
-        let latest: Vec<JobId> = queue
-            .recent_failures(10)
-            .unwrap()
-            .iter()
-            .map(|j| j.id)
-            .collect();
+        let latest: Vec<JobId> = ids_of(queue.recent_failures(10).unwrap());
         assert_eq!(latest, vec![ids[0], ids[2]], "rebuilt from the records");
-        let listed: Vec<JobId> = queue
-            .list(Some(JobState::Failed), 10)
-            .unwrap()
-            .iter()
-            .map(|j| j.id)
-            .collect();
+        let listed: Vec<JobId> = ids_of(queue.list(Some(JobState::Failed), 10).unwrap());
         assert_eq!(
             listed,
             vec![ids[0], ids[2]],

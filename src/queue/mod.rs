@@ -254,6 +254,23 @@ impl Store {
         Ok(())
     }
 
+    /// Inserts `value` at `key` in the tree `tree` picks and waits until it is durable.
+    async fn insert_durably(
+        &self,
+        tree: fn(&Trees) -> &sled::Tree,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        operation: &'static str,
+    ) -> Result<(), QueueError> {
+        self.durably(move |trees| {
+            tree(trees)
+                .insert(key, value)
+                .map_err(sled_error(operation))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `write`, then waits until everything written so far is durable, both on a blocking
     /// thread: a sled insert may wait on its log, and a flush always waits on the disk. Not
     /// sled's `flush_async`: that runs the wait on sled's own small IO pool, and when every pool
@@ -289,12 +306,35 @@ fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|source| QueueError::Corrupt { kind, source })
 }
 
+/// Whether the database's file lock is held (by another process, or for a moment by the
+/// threads of a database this process just closed).
+fn lock_held(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// How long an open waits for a lock that a database closed just before may still hold.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the database. A dropped sled database lets go of its file lock only once its
+/// background threads finish, a moment later: a lock still held is tried again for
+/// `LOCK_WAIT` (`reopen` depends on it), then reported.
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        match config.open() {
+            Err(error) if lock_held(&error) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// What a failure to open most likely means: only a held lock means another process.
 fn open_hint(error: &sled::Error) -> &'static str {
     match error {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            " (another ferry process is using it)"
-        }
+        error if lock_held(error) => " (another ferry process is using it)",
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
             " (no space left on its disk)"
         }
@@ -314,11 +354,7 @@ fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
         hint: open_hint(&source),
         source,
     };
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(CACHE_BYTES)
-        .open()
-        .map_err(open_error)?;
+    let db = open_db(dir).map_err(open_error)?;
     let tree = |name: &str| db.open_tree(name).map_err(open_error);
     Ok(Trees {
         uploads: tree("uploads")?,

@@ -34,15 +34,9 @@ impl Sessions {
 
     /// Saves a new session record and waits until it is durable.
     pub async fn save_durable(&self, key: &str, record: &UploadRecord) -> Result<(), QueueError> {
-        let (key, record) = (key.to_string(), encode(record));
+        let (key, record) = (key.as_bytes().to_vec(), encode(record));
         self.store
-            .durably(move |trees| {
-                trees
-                    .uploads
-                    .insert(key, record)
-                    .map_err(sled_error("save upload"))?;
-                Ok(())
-            })
+            .insert_durably(|trees| &trees.uploads, key, record, "save upload")
             .await
     }
 
@@ -65,13 +59,7 @@ impl Sessions {
     ) -> Result<(), QueueError> {
         let (key, value) = (part_key(key, part.number), encode(part));
         self.store
-            .durably(move |trees| {
-                trees
-                    .parts
-                    .insert(key, value)
-                    .map_err(sled_error("plan part"))?;
-                Ok(())
-            })
+            .insert_durably(|trees| &trees.parts, key, value, "acknowledge part")
             .await
     }
 
@@ -199,26 +187,17 @@ mod tests {
         assert_eq!(numbers, vec![1, 2, 256]);
         store.remove("k").unwrap();
         assert!(store.load("k").unwrap().is_none());
-        assert_eq!(
+        let parts_of = |key| {
             store
                 .store
                 .t()
                 .unwrap()
                 .parts
-                .scan_prefix(part_prefix("k"))
-                .count(),
-            0
-        );
-        assert_eq!(
-            store
-                .store
-                .t()
-                .unwrap()
-                .parts
-                .scan_prefix(part_prefix("other"))
-                .count(),
-            1
-        );
+                .scan_prefix(part_prefix(key))
+                .count()
+        };
+        assert_eq!(parts_of("k"), 0);
+        assert_eq!(parts_of("other"), 1);
     }
 
     /// Many durable writes at once, as many parallel parts make: each must return. (sled's
