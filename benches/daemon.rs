@@ -135,7 +135,7 @@ impl Daemon {
 
     async fn status(&self) -> Option<control::StatusReply> {
         match control::call(&self.socket, ControlCommand::Status).await {
-            Ok(Reply::Status(status)) => Some(status),
+            Ok(Reply::Status(status)) => Some(*status),
             _ => None,
         }
     }

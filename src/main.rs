@@ -16,7 +16,7 @@ use ferry::config::LogFormat;
 use ferry::control::{Command as ControlCommand, ControlError};
 use ferry::queue::{JobId, JobState};
 use ferry::server::{Guards, Limits};
-use ferry::upload::{RetryPolicy, UploadSettings};
+use ferry::upload::{ChunkSize, PartsInFlight, RetryPolicy, UploadSettings};
 
 #[derive(Parser)]
 #[command(
@@ -182,12 +182,13 @@ struct PushArgs {
     /// Print one JSON object describing the uploads at the end.
     #[arg(long)]
     json: bool,
-    /// Part size.
-    #[arg(long, default_value = "8MiB")]
-    chunk_size: ByteSize,
-    /// Parts of a file sent at once.
-    #[arg(long, default_value_t = 4)]
-    parallel_parts: usize,
+    /// Part size: `auto` (the default) learns it from the link and remembers it per receiver
+    /// in --data-dir; or a fixed size such as 8MiB.
+    #[arg(long, default_value = "auto", value_parser = ferry::cli::push::parse_chunk_size)]
+    chunk_size: ChunkSize,
+    /// Parts of a file sent at once: `auto` (the default) learns it; or a number.
+    #[arg(long, default_value = "auto", value_parser = ferry::cli::push::parse_parallel_parts)]
+    parallel_parts: PartsInFlight,
     /// Attempts per request before giving up on a transient failure (1 to 1000, as in the
     /// configuration's `max_attempts`).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(ferry::config::MAX_RETRY_ATTEMPTS)))]
@@ -345,15 +346,15 @@ fn push_request(args: PushArgs) -> PushRequest {
         data_dir: args.data_dir,
         json: args.json,
         settings: UploadSettings {
-            chunk_size: args.chunk_size.as_u64(),
+            chunk_size: args.chunk_size,
             parallel_parts: args.parallel_parts,
-            max_in_flight_bytes: None,
             retry: RetryPolicy {
                 max_attempts: args.retry_attempts,
                 backoff_base: args.retry_base.into(),
                 backoff_max: args.retry_max.into(),
             },
             stall_timeout: args.stall_timeout.into(),
+            ..UploadSettings::default()
         },
     }
 }

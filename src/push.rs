@@ -100,12 +100,7 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
         .expect("opening the store does not panic")?;
-    let uploader = Uploader::new(
-        Arc::new(backend),
-        store.sessions(),
-        options.settings,
-        options.settings.planner(),
-    );
+    let uploader = Uploader::new(Arc::new(backend), store.sessions(), options.settings);
 
     let mut summary = Summary {
         files: Vec::new(),

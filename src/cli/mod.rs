@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::UsageError;
 use crate::config::{self, Config, ConfigError, Defaults};
-use crate::control::{self, Command, Reply, StatusReply};
+use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::daemon::Reload;
 use crate::queue::{JobId, JobState};
 use crate::service::notify;
@@ -219,6 +219,9 @@ pub fn render_status(status: &StatusReply) -> String {
             ByteSize(transfer.throughput_bytes_per_sec).display().iec(),
         );
     }
+    for remote in &status.remotes {
+        let _ = writeln!(out, "  {}", describe_remote(remote));
+    }
     for failed in &status.failed {
         let _ = writeln!(
             out,
@@ -229,6 +232,28 @@ pub fn render_status(status: &StatusReply) -> String {
         );
     }
     out
+}
+
+/// One remote's line: its part size and parallelism, and what they come from.
+fn describe_remote(remote: &RemoteStatus) -> String {
+    let mut line = format!(
+        "remote {}: parts of {}, {} in flight (now {})",
+        remote.name,
+        ByteSize(remote.part_size).display().iec(),
+        remote.parallel_parts,
+        remote.in_flight
+    );
+    if let (Some(rate), Some(rtt)) = (remote.throughput_bytes_per_sec, remote.round_trip_ms) {
+        line += &format!(
+            "; link {}/s, {rtt:.0} ms per request, {:.1} failures/GiB",
+            ByteSize(rate).display().iec(),
+            remote.failures_per_gib
+        );
+    }
+    if let Some(cap) = remote.part_size_cap {
+        line += &format!("; parts kept under {}", ByteSize(cap).display().iec());
+    }
+    line
 }
 
 /// `ferry jobs`.

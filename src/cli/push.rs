@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::UsageError;
 use crate::push::{PushOptions, default_remote_path};
-use crate::upload::UploadSettings;
+use crate::upload::{ChunkSize, PartsInFlight, UploadSettings};
 
 /// Shortest stall timeout honoured: below it, every part would look stalled.
 const MIN_STALL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -57,11 +57,6 @@ fn check(request: PushRequest) -> Result<PushOptions, UsageError> {
             })?,
     };
     let mut settings = request.settings;
-    if settings.chunk_size == 0 || settings.parallel_parts == 0 {
-        return Err(UsageError(
-            "--chunk-size and --parallel-parts must be above zero".into(),
-        ));
-    }
     settings.stall_timeout = settings.stall_timeout.max(MIN_STALL_TIMEOUT);
     Ok(PushOptions {
         files: request.files,
@@ -73,6 +68,28 @@ fn check(request: PushRequest) -> Result<PushOptions, UsageError> {
         json: request.json,
         settings,
     })
+}
+
+/// `--chunk-size`: `auto` or a size such as `8MiB` (above zero).
+pub fn parse_chunk_size(text: &str) -> Result<ChunkSize, String> {
+    if text == "auto" {
+        return Ok(ChunkSize::Auto);
+    }
+    match text.parse::<bytesize::ByteSize>()?.as_u64() {
+        0 => Err("must be above zero".into()),
+        bytes => Ok(ChunkSize::Fixed(bytes)),
+    }
+}
+
+/// `--parallel-parts`: `auto` or a number of parts (at least 1).
+pub fn parse_parallel_parts(text: &str) -> Result<PartsInFlight, String> {
+    if text == "auto" {
+        return Ok(PartsInFlight::Auto);
+    }
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err("must be \"auto\" or a number of parts from 1".into()),
+        Ok(parts) => Ok(PartsInFlight::Fixed(parts)),
+    }
 }
 
 /// `--name` names one file; without it, every file needs a usable name of its own.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use globset::GlobSet;
 
-use crate::upload::UploadSettings;
+use crate::upload::{ChunkSize, PartsInFlight, UploadSettings};
 pub use check::check_paths;
 use read::Reader;
 
@@ -394,9 +394,22 @@ impl Config {
         let u = &self.upload;
         let _ = writeln!(
             out,
-            "[upload]\nchunk_size = {:?}\nparallel_parts = {}",
-            bytesize::ByteSize(u.chunk_size).display().iec().to_string(),
-            u.parallel_parts
+            "[upload]\nchunk_size = {:?}\nchunk_size_min = {:?}\nchunk_size_max = {:?}",
+            match u.chunk_size {
+                ChunkSize::Auto => "auto".to_string(),
+                ChunkSize::Fixed(size) => iec(size),
+            },
+            iec(u.chunk_size_min),
+            iec(u.chunk_size_max),
+        );
+        let parallel = match u.parallel_parts {
+            PartsInFlight::Auto => "\"auto\"".to_string(),
+            PartsInFlight::Fixed(parts) => parts.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "parallel_parts = {parallel}\nparallel_parts_max = {}",
+            u.parallel_parts_max
         );
         let _ = writeln!(
             out,
@@ -442,6 +455,15 @@ impl Config {
             let _ = writeln!(out, "metadata = {{ {} }}\n", metadata.join(", "));
         }
     }
+}
+
+/// A size as users write it: "8 MiB" becomes "8MiB".
+fn iec(bytes: u64) -> String {
+    bytesize::ByteSize(bytes)
+        .display()
+        .iec()
+        .to_string()
+        .replace(' ', "")
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::*;
-use crate::upload::RetryPolicy;
+use crate::upload::{ChunkSize, PartsInFlight, RetryPolicy};
 
 pub(super) struct Reader<'t> {
     text: &'t str,
@@ -81,6 +81,43 @@ fn size(value: SizeValue) -> Result<u64, String> {
             .parse::<bytesize::ByteSize>()
             .map(|size| size.as_u64())
             .map_err(|error| format!("{error} (write e.g. \"8MiB\")")),
+    }
+}
+
+/// A part size: above zero and at most `MAX_CHUNK_SIZE`.
+fn part_size(value: SizeValue) -> Result<u64, String> {
+    size(value).and_then(|bytes| match bytes {
+        0 => Err("must be above zero".into()),
+        bytes if bytes > MAX_CHUNK_SIZE => Err(format!(
+            "must be at most {}",
+            bytesize::ByteSize(MAX_CHUNK_SIZE).display().iec()
+        )),
+        bytes => Ok(bytes),
+    })
+}
+
+/// `chunk_size`: "auto" or a part size.
+fn chunk_size(value: SizeValue) -> Result<ChunkSize, String> {
+    match value {
+        SizeValue::Text(text) if text == "auto" => Ok(ChunkSize::Auto),
+        other => part_size(other).map(ChunkSize::Fixed),
+    }
+}
+
+/// A count written as a number, or "auto".
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum CountValue {
+    Count(usize),
+    Text(String),
+}
+
+/// `parallel_parts`: "auto" or a number of parts.
+fn parallel_parts(value: CountValue) -> Result<PartsInFlight, String> {
+    match value {
+        CountValue::Text(text) if text == "auto" => Ok(PartsInFlight::Auto),
+        CountValue::Count(n) => count_up_to(MAX_PARALLEL_PARTS)(n).map(PartsInFlight::Fixed),
+        CountValue::Text(_) => Err("must be \"auto\" or a number of parts".into()),
     }
 }
 
@@ -452,37 +489,51 @@ impl<'t> Reader<'t> {
 
     fn upload(&mut self, table: &DeTable<'_>) -> Option<UploadSettings> {
         let path = "upload";
-        self.unknown_keys(path, table, &["chunk_size", "parallel_parts", "retry"]);
-        let defaults = UploadSettings::default();
-        let chunk_size = self
-            .get_as(path, table, "chunk_size", |value: SizeValue| {
-                size(value).and_then(|bytes| match bytes {
-                    0 => Err("must be above zero".into()),
-                    bytes if bytes > MAX_CHUNK_SIZE => Err(format!(
-                        "must be at most {}",
-                        bytesize::ByteSize(MAX_CHUNK_SIZE).display().iec()
-                    )),
-                    bytes => Ok(bytes),
-                })
-            })
-            .unwrap_or(defaults.chunk_size);
-        let parallel_parts = self
-            .get_as(
-                path,
-                table,
-                "parallel_parts",
-                count_up_to(MAX_PARALLEL_PARTS),
-            )
-            .unwrap_or(defaults.parallel_parts);
-        let retry = self
-            .get_as(path, table, "retry", retry_policy)
-            .unwrap_or(defaults.retry);
-        Some(UploadSettings {
-            chunk_size,
-            parallel_parts,
-            retry,
-            ..defaults
-        })
+        let keys = [
+            "chunk_size",
+            "chunk_size_min",
+            "chunk_size_max",
+            "parallel_parts",
+            "parallel_parts_max",
+            "retry",
+        ];
+        self.unknown_keys(path, table, &keys);
+        let d = UploadSettings::default();
+        let settings = UploadSettings {
+            chunk_size: self
+                .get_as(path, table, "chunk_size", chunk_size)
+                .unwrap_or(d.chunk_size),
+            chunk_size_min: self
+                .get_as(path, table, "chunk_size_min", part_size)
+                .unwrap_or(d.chunk_size_min),
+            chunk_size_max: self
+                .get_as(path, table, "chunk_size_max", part_size)
+                .unwrap_or(d.chunk_size_max),
+            parallel_parts: self
+                .get_as(path, table, "parallel_parts", parallel_parts)
+                .unwrap_or(d.parallel_parts),
+            parallel_parts_max: self
+                .get_as(
+                    path,
+                    table,
+                    "parallel_parts_max",
+                    count_up_to(MAX_PARALLEL_PARTS),
+                )
+                .unwrap_or(d.parallel_parts_max),
+            retry: self
+                .get_as(path, table, "retry", retry_policy)
+                .unwrap_or(d.retry),
+            ..d
+        };
+        if settings.chunk_size_min > settings.chunk_size_max {
+            let span = table.get("chunk_size_min").map(Spanned::span);
+            self.problem(
+                join(path, "chunk_size_min"),
+                span,
+                "must not exceed chunk_size_max",
+            );
+        }
+        Some(settings)
     }
 
     fn watch(

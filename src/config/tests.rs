@@ -32,7 +32,8 @@ fn the_example_documents_and_parses() {
     let config = parse_in(dir.path(), &example).unwrap();
     assert_eq!(config.daemon.transfers, 4);
     assert_eq!(config.daemon.socket, PathBuf::from("/run/ferry/ferry.sock"));
-    assert_eq!(config.upload.chunk_size, 8 * 1024 * 1024);
+    assert_eq!(config.upload.chunk_size, crate::upload::ChunkSize::Auto);
+    assert_eq!(config.upload.chunk_size_max, 256 * 1024 * 1024);
     assert_eq!(config.upload.retry.backoff_max, Duration::from_secs(300));
     let watch = &config.watches[0];
     assert_eq!(watch.prefix, "outbox/");

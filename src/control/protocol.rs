@@ -57,10 +57,17 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    Status(StatusReply),
-    Jobs { jobs: Vec<JobRecord> },
-    Retried { count: usize },
-    Done { message: String },
+    /// Boxed: a status is much larger than the other replies.
+    Status(Box<StatusReply>),
+    Jobs {
+        jobs: Vec<JobRecord>,
+    },
+    Retried {
+        count: usize,
+    },
+    Done {
+        message: String,
+    },
 }
 
 /// `ferry status --json`: `queue` holds the counts (DESIGN.md's contract).
@@ -82,6 +89,29 @@ pub struct StatusReply {
     /// uploads wait meanwhile, and `ferry status` exits 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_problem: Option<String>,
+    /// What each remote's planner chose and estimates.
+    #[serde(default)]
+    pub remotes: Vec<RemoteStatus>,
+}
+
+/// A remote's part size and parallelism, and the link estimates they come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    pub name: String,
+    pub part_size: u64,
+    pub parallel_parts: usize,
+    /// Parts of this remote in flight now.
+    pub in_flight: usize,
+    /// Estimated bytes per second of the link; absent until a part was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_bytes_per_sec: Option<u64>,
+    /// Estimated fixed time per request (round trip and the receiver's work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_trip_ms: Option<f64>,
+    pub failures_per_gib: f64,
+    /// A body size limit learned from the remote (413s, or connections cut at one size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size_cap: Option<u64>,
 }
 
 /// One watch and how it is doing.

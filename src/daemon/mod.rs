@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, WatchConfig};
 use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
-use crate::control::{self, Command, Reply, StatusReply};
+use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::queue::jobs::now_ms;
 use crate::queue::{Candidate, JobId, JobQueue, QueueError, Store};
 use crate::server;
@@ -565,7 +565,33 @@ impl Daemon {
                 })
                 .or_else(|| self.store.damage()),
             watch_health: self.watch_health(),
+            remotes: self.remote_status(),
         })
+    }
+
+    /// Each remote's part size, parallelism and link estimates, as its planner has them.
+    fn remote_status(&self) -> Vec<RemoteStatus> {
+        let settings = self
+            .settings
+            .read()
+            .expect("settings lock is never poisoned");
+        settings
+            .uploaders
+            .iter()
+            .map(|(name, uploader)| {
+                let (estimates, in_flight) = uploader.estimates();
+                RemoteStatus {
+                    name: name.clone(),
+                    part_size: estimates.part_size,
+                    parallel_parts: estimates.parallel_parts,
+                    in_flight,
+                    throughput_bytes_per_sec: estimates.throughput.map(|rate| rate as u64),
+                    round_trip_ms: estimates.round_trip.map(|seconds| seconds * 1000.0),
+                    failures_per_gib: estimates.failures_per_gib,
+                    part_size_cap: estimates.cap,
+                }
+            })
+            .collect()
     }
 
     /// Each watch's health, as `ferry status` shows it.
@@ -597,7 +623,7 @@ impl control::Handler for Handle {
             Command::Status => daemon
                 .status()
                 .await
-                .map(Reply::Status)
+                .map(|status| Reply::Status(Box::new(status)))
                 .map_err(store_error),
             Command::Jobs { state, limit } => {
                 let limit = limit.unwrap_or(1000);

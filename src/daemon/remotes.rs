@@ -91,12 +91,7 @@ pub(super) fn build_uploaders(
             name: name.clone(),
             source: Box::new(source),
         })?;
-        let uploader = Uploader::new(
-            Arc::new(backend),
-            store.sessions(),
-            config.upload,
-            config.upload.planner(),
-        );
+        let uploader = Uploader::new(Arc::new(backend), store.sessions(), config.upload);
         uploaders.insert(name.clone(), Arc::new(uploader));
     }
     Ok(uploaders)

@@ -84,6 +84,38 @@ impl Sessions {
         Ok(())
     }
 
+    /// What a remote's planner learned, kept by `save_learned`. Blocking.
+    pub fn learned<T: serde::de::DeserializeOwned>(
+        &self,
+        remote: &str,
+    ) -> Result<Option<T>, QueueError> {
+        match self
+            .store
+            .t()?
+            .meta
+            .get(learned_key(remote))
+            .map_err(sled_error("read learned"))?
+        {
+            Some(bytes) => decode("learned", &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps what a remote's planner learned. Not flushed: losing the latest in a crash costs
+    /// a few parts of learning again. Blocking.
+    pub fn save_learned<T: serde::Serialize>(
+        &self,
+        remote: &str,
+        learned: &T,
+    ) -> Result<(), QueueError> {
+        self.store
+            .t()?
+            .meta
+            .insert(learned_key(remote), encode(learned))
+            .map_err(sled_error("save learned"))?;
+        Ok(())
+    }
+
     /// Removes parts whose session record is gone (see `remove`). Blocking: a scan.
     pub(super) fn remove_orphan_parts(&self) -> Result<(), QueueError> {
         for part in self.store.t()?.parts.iter().keys() {
@@ -109,6 +141,13 @@ impl Sessions {
 
 /// A part's key is its session's key, a 0 byte, and the part number (4 bytes, big-endian).
 const PART_SUFFIX: usize = 5;
+
+/// The key of what the planner of `remote` (a backend's identity) learned.
+fn learned_key(remote: &str) -> Vec<u8> {
+    let mut key = b"learned\0".to_vec();
+    key.extend_from_slice(remote.as_bytes());
+    key
+}
 
 fn part_prefix(key: &str) -> Vec<u8> {
     let mut prefix = key.as_bytes().to_vec();

@@ -128,6 +128,7 @@ mod tests {
                 throughput_bytes_per_sec: 3 << 20,
             }],
             watches: Vec::new(),
+            remotes: Vec::new(),
             failed: Vec::new(),
             intake: IntakeStatus::default(),
             watch_health: vec![WatchStatus {

@@ -1,11 +1,16 @@
-//! Part sizing. The engine asks a `PartPlanner` for each next part's size and tells it how each
-//! part went; `fit` then bends the wish to the remote's limits. Today's planner is fixed
-//! (`chunk_size`); an adaptive one (throughput, latency, failures) plugs in behind the same
-//! trait without the engine or its callers changing.
+//! Part sizing and parallelism. The engine asks a `PartPlanner` for each next part's size and
+//! how many parts to keep in flight, and tells it how every attempt went; `fit` then bends the
+//! size to the remote's limits. `Planner` is the real one: one per remote, shared by every
+//! file going there, around the pure `controller::Controller` (a fixed size or parallelism is
+//! a controller with a range of one). What it learned is kept in the store by the engine.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::backend::PartLimits;
+use super::controller::{self, Controller, Estimates, Learned};
+
+pub use super::controller::{Observation, Outcome};
 
 /// Where the plan stands when the next part is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,34 +23,115 @@ pub struct PlanContext {
     pub limits: PartLimits,
 }
 
-/// How one part went, for planners that learn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartObservation {
-    pub size: u64,
-    /// From the first byte sent to the acknowledgement of the successful attempt.
-    pub elapsed: Duration,
-    /// Attempts it took, 1 when the first succeeded.
-    pub attempts: u32,
-}
-
-/// Chooses part sizes for one file.
-pub trait PartPlanner: Send {
+/// Chooses part sizes and parallelism. Shared by the parts (and files) it plans for.
+pub trait PartPlanner: Send + Sync {
     /// The size this planner would like for the next part; `fit` enforces the limits.
-    fn desired_size(&mut self, context: &PlanContext) -> u64;
+    fn desired_size(&self, context: &PlanContext) -> u64;
 
-    /// Feedback after each acknowledged part.
-    fn observe(&mut self, _observation: &PartObservation) {}
+    /// Parts to keep in flight.
+    fn parallel_parts(&self) -> usize {
+        usize::MAX
+    }
+
+    /// An attempt at a part starts; returns the parts in flight, itself included. Every
+    /// `begin` is followed by one `observe` or `abandon`.
+    fn begin(&self) -> usize {
+        1
+    }
+
+    /// How the attempt begun last went.
+    fn observe(&self, _observation: &Observation) {}
+
+    /// An attempt ended for a reason that says nothing of the link (a local read failed).
+    fn abandon(&self) {}
 }
 
-/// Every part `chunk_size` bytes.
+/// Every part `chunk_size` bytes (for tests of the engine's layout).
 #[derive(Debug, Clone, Copy)]
 pub struct FixedPlanner {
     pub chunk_size: u64,
 }
 
 impl PartPlanner for FixedPlanner {
-    fn desired_size(&mut self, _context: &PlanContext) -> u64 {
+    fn desired_size(&self, _context: &PlanContext) -> u64 {
         self.chunk_size
+    }
+}
+
+/// The planner of one remote: the controller, and the parts in flight.
+#[derive(Debug)]
+pub struct Planner {
+    controller: Mutex<Controller>,
+    in_flight: AtomicUsize,
+}
+
+impl Planner {
+    pub fn new(limits: controller::Limits) -> Planner {
+        Planner {
+            controller: Mutex::new(Controller::new(limits, None)),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        self.controller
+            .lock()
+            .expect("no code panics holding the controller")
+    }
+
+    /// Starts from what an earlier run learned, unless this run has learned something itself.
+    pub fn restore(&self, learned: Learned) {
+        let mut controller = self.controller();
+        if controller.learned().observations == 0 {
+            *controller = Controller::new(controller.limits(), Some(learned));
+        }
+    }
+
+    /// What it learned so far, to keep.
+    pub fn learned(&self) -> Learned {
+        self.controller().learned().clone()
+    }
+
+    /// The current choices and estimates, with the parts in flight now.
+    pub fn estimates(&self) -> (Estimates, usize) {
+        let estimates = self.controller().estimates();
+        (estimates, self.in_flight.load(Ordering::Relaxed))
+    }
+}
+
+impl PartPlanner for Planner {
+    fn desired_size(&self, _context: &PlanContext) -> u64 {
+        self.controller().part_size()
+    }
+
+    fn parallel_parts(&self) -> usize {
+        self.controller().parallel_parts()
+    }
+
+    fn begin(&self) -> usize {
+        self.in_flight.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn observe(&self, observation: &Observation) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut controller = self.controller();
+        let before = (controller.part_size(), controller.parallel_parts());
+        controller.observe(observation);
+        let after = (controller.part_size(), controller.parallel_parts());
+        if after != before {
+            let estimates = controller.estimates();
+            tracing::debug!(
+                ?observation,
+                ?estimates,
+                part_size = after.0,
+                parallel_parts = after.1,
+                "part size or parallelism changed"
+            );
+        }
+    }
+
+    fn abandon(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -111,7 +197,7 @@ mod tests {
 
     #[test]
     fn fixed_plan_covers_a_file_within_max_parts() {
-        let mut planner = FixedPlanner { chunk_size: MIB };
+        let planner = FixedPlanner { chunk_size: MIB };
         let (file_size, max_parts) = (1000 * MIB + 7, 100);
         let (mut offset, mut number) = (0, 1);
         while offset < file_size {

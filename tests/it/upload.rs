@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::upload::{UploadError, UploadSettings};
+use ferry::upload::{ChunkSize, PartsInFlight, UploadError, UploadSettings};
 
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::*;
@@ -14,9 +14,13 @@ async fn files_of_edge_sizes_arrive_byte_identical() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let min_part = 256 * KIB;
-    let default = UploadSettings::default();
+    // Fixed sizes: this is about how a file is cut, not about learning sizes.
+    let default = UploadSettings {
+        chunk_size: ChunkSize::Fixed(8 * MIB),
+        ..UploadSettings::default()
+    };
     let at_min_part = UploadSettings {
-        chunk_size: min_part,
+        chunk_size: ChunkSize::Fixed(min_part),
         ..UploadSettings::default()
     };
     // (size, settings, expected parts)
@@ -42,7 +46,7 @@ async fn files_of_edge_sizes_arrive_byte_identical() {
         assert_eq!(report.size, size);
         assert_eq!(
             report.parts, parts,
-            "{size} bytes in {} byte chunks",
+            "{size} bytes in {:?} chunks",
             settings.chunk_size
         );
         assert_eq!(report.bytes_sent, size);
@@ -63,8 +67,8 @@ async fn parallel_parts_arrive_out_of_order_and_assemble_in_order() {
     let local = dir.path().join("ordered.bin");
     random_file(&local, 4 * MIB, 7);
     let settings = UploadSettings {
-        chunk_size: 256 * KIB,
-        parallel_parts: 4,
+        chunk_size: ChunkSize::Fixed(256 * KIB),
+        parallel_parts: PartsInFlight::Fixed(4),
         ..UploadSettings::default()
     };
     let report = Engine::new(&proxy.url, settings)
@@ -119,7 +123,7 @@ async fn transient_faults_are_retried_and_retry_after_is_honoured() {
     let local = dir.path().join("faults.bin");
     random_file(&local, 6 * MIB, 11);
     let settings = UploadSettings {
-        chunk_size: MIB,
+        chunk_size: ChunkSize::Fixed(MIB),
         ..fast_retry_settings()
     };
     let started = Instant::now();
@@ -394,7 +398,7 @@ async fn a_file_that_changes_during_upload_is_not_completed_from_mixed_content()
     let local = dir.path().join("changing.bin");
     random_file(&local, 8 * MIB, 1);
     let settings = UploadSettings {
-        chunk_size: MIB,
+        chunk_size: ChunkSize::Fixed(MIB),
         ..fast_retry_settings()
     };
     let engine = Engine::new(&proxy.url, settings);
@@ -453,7 +457,7 @@ async fn a_part_damaged_in_transit_is_sent_again() {
     let local = dir.path().join("damaged.bin");
     random_file(&local, 3 * MIB, 3);
     let settings = UploadSettings {
-        chunk_size: MIB,
+        chunk_size: ChunkSize::Fixed(MIB),
         ..fast_retry_settings()
     };
     let report = Engine::new(&proxy.url, settings)
@@ -598,7 +602,7 @@ async fn a_part_replaced_behind_our_back_is_sent_again_not_the_whole_file() {
     let local = dir.path().join("repaired.bin");
     random_file(&local, 4 * MIB, 21);
     let settings = UploadSettings {
-        chunk_size: MIB,
+        chunk_size: ChunkSize::Fixed(MIB),
         ..fast_retry_settings()
     };
     let engine = Engine::new(&proxy.url, settings);

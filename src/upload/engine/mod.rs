@@ -31,8 +31,9 @@ use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Rejection, RemoteFile, RemotePart,
     SessionRef, SessionStatus,
 };
+use super::controller::Estimates;
 use super::open::{OpenError, Reach, Refusal};
-use super::planner::PartPlanner;
+use super::planner::Planner;
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
 use super::source::LocalFile;
@@ -46,9 +47,6 @@ const MAX_FRESH_STARTS: u32 = 3;
 const MAX_MANIFEST_REPAIRS: u32 = 2;
 /// How long to wait for a part's reader to report after its request failed.
 const READER_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Builds a planner for each file.
-pub type PlannerFactory = Arc<dyn Fn() -> Box<dyn PartPlanner> + Send + Sync>;
 
 /// One file to upload.
 #[derive(Debug, Clone)]
@@ -101,7 +99,10 @@ pub struct Uploader {
     backend: Arc<dyn Backend>,
     sessions: Sessions,
     settings: UploadSettings,
-    planner: PlannerFactory,
+    /// The remote's planner, shared by every file sent through this uploader.
+    planner: Arc<Planner>,
+    /// Whether what an earlier run learned was looked for in the store.
+    restored: tokio::sync::OnceCell<()>,
 }
 
 /// Where a session stands after opening or resuming it.
@@ -120,17 +121,51 @@ enum Opened {
 }
 
 impl Uploader {
+    /// An uploader to `backend`, its session records and learned part sizes in `sessions`.
     pub fn new(
         backend: Arc<dyn Backend>,
         sessions: Sessions,
         settings: UploadSettings,
-        planner: PlannerFactory,
     ) -> Uploader {
         Uploader {
             backend,
             sessions,
+            planner: Arc::new(Planner::new(settings.controller_limits())),
             settings,
-            planner,
+            restored: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The planner's current choices and estimates, and the parts in flight now.
+    pub fn estimates(&self) -> (Estimates, usize) {
+        self.planner.estimates()
+    }
+
+    /// Starts the planner from what an earlier run learned about this remote, once.
+    async fn restore(&self) {
+        self.restored
+            .get_or_init(|| async {
+                let (sessions, identity) = (self.sessions.clone(), self.backend.identity());
+                let found = tokio::task::spawn_blocking(move || sessions.learned(&identity))
+                    .await
+                    .expect("reading the store does not panic");
+                match found {
+                    Ok(Some(learned)) => self.planner.restore(learned),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(error = %crate::error::chain(&error), "cannot read what was learned of the remote; starting afresh"),
+                }
+            })
+            .await;
+    }
+
+    /// Keeps what the planner learned (not flushed: later writes carry it).
+    async fn keep_learned(&self) {
+        let (sessions, identity) = (self.sessions.clone(), self.backend.identity());
+        let learned = self.planner.learned();
+        let saved =
+            tokio::task::spawn_blocking(move || sessions.save_learned(&identity, &learned)).await;
+        if let Ok(Err(error)) = saved {
+            tracing::warn!(error = %crate::error::chain(&error), "cannot keep what was learned of the remote");
         }
     }
 
@@ -142,9 +177,12 @@ impl Uploader {
         progress: Arc<Progress>,
     ) -> Result<UploadReport, UploadError> {
         let key = session_key(&self.backend.identity(), job);
+        self.restore().await;
         let mut fresh_starts = 0;
         loop {
-            match self.attempt(job, &key, &progress).await {
+            let attempt = self.attempt(job, &key, &progress).await;
+            self.keep_learned().await;
+            match attempt {
                 Ok(report) => return Ok(report),
                 Err(Attempt::Fatal(error)) => return Err(*error),
                 Err(Attempt::Restart(reason)) if fresh_starts < MAX_FRESH_STARTS => {
@@ -198,10 +236,9 @@ impl Uploader {
                 return Ok(report(job, &file, digest, (count, count, 0), started));
             }
         };
-        let mut planner = (self.planner)();
         let (mut layout, acknowledged) = Layout::new(parts, size, record.limits);
         let recorded = self
-            .record_if_needed(key, &record, &mut layout, planner.as_mut(), recorded, &file)
+            .record_if_needed(key, &record, &mut layout, recorded, &file)
             .await?;
         let context = self.context(key, &record, &file, progress, recorded);
         let parts_resumed = acknowledged.len() as u32;
@@ -212,8 +249,7 @@ impl Uploader {
             &context,
             layout,
             acknowledged,
-            planner.as_mut(),
-            self.parallelism(),
+            self.settings.in_flight_bytes(),
         )
         .await?;
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
@@ -248,6 +284,7 @@ impl Uploader {
             progress: progress.clone(),
             retry: self.settings.retry,
             stall_timeout: self.settings.stall_timeout,
+            planner: self.planner.clone(),
             recorded,
         })
     }
@@ -310,15 +347,8 @@ impl Uploader {
             }
             tracing::info!(path = %path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
             let (layout, acknowledged) = Layout::new(parts, size, record.limits);
-            let mut planner = (self.planner)();
-            manifest = parts::send_all(
-                context,
-                layout,
-                acknowledged,
-                planner.as_mut(),
-                self.parallelism(),
-            )
-            .await?;
+            let in_flight_bytes = self.settings.in_flight_bytes();
+            manifest = parts::send_all(context, layout, acknowledged, in_flight_bytes).await?;
             self.ensure_unchanged(context).await?;
         }
     }
@@ -455,11 +485,10 @@ impl Uploader {
         key: &str,
         record: &UploadRecord,
         layout: &mut Layout,
-        planner: &mut dyn PartPlanner,
         recorded: bool,
         file: &LocalFile,
     ) -> Result<bool, Attempt> {
-        let Some(first) = layout.plan_first(planner) else {
+        let Some(first) = layout.plan_first(self.planner.as_ref()) else {
             return Ok(recorded);
         };
         if recorded || layout.is_whole_file(&first) {
@@ -476,13 +505,6 @@ impl Uploader {
             .expect("the closure returns Ok")
             .map_err(|source| store_error(file.path(), source))?;
         Ok(true)
-    }
-
-    fn parallelism(&self) -> parts::Parallelism {
-        parts::Parallelism {
-            parts: self.settings.parallel_parts,
-            in_flight_bytes: self.settings.in_flight_bytes(),
-        }
     }
 
     /// Runs a non-streaming request with the retry policy.

@@ -16,7 +16,7 @@ use super::{Attempt, READER_REPORT_TIMEOUT, blocking, retrying, store_error};
 use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
 use crate::upload::UploadError;
 use crate::upload::backend::{Backend, BackendError, Operation, PartSpec, SessionRef};
-use crate::upload::planner::{PartObservation, PartPlanner, PlanContext, fit};
+use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, Planner, fit};
 use crate::upload::progress::Progress;
 use crate::upload::retry::RetryPolicy;
 use crate::upload::source::{AttemptWatch, LocalFile};
@@ -32,6 +32,8 @@ pub(super) struct SessionContext {
     pub progress: Arc<Progress>,
     pub retry: RetryPolicy,
     pub stall_timeout: Duration,
+    /// The remote's planner: told how every attempt went.
+    pub planner: Arc<Planner>,
     /// The session is recorded in the store, decided before its first part goes out
     /// (`Layout::plan_first`). A session whose first part is the whole file never is: after a
     /// crash there would be nothing to resume, so the file is simply sent again, and small
@@ -107,7 +109,7 @@ impl Layout {
 
     /// For a session with no parts yet: plans the first one and keeps it first in line.
     /// Returns it, or `None` when the session has parts already.
-    pub fn plan_first(&mut self, planner: &mut dyn PartPlanner) -> Option<PartRecord> {
+    pub fn plan_first(&mut self, planner: &dyn PartPlanner) -> Option<PartRecord> {
         if self.planned_any {
             return None;
         }
@@ -123,14 +125,14 @@ impl Layout {
 
     /// The next part to send, and whether it is newly planned; `None` once the file is
     /// covered.
-    fn next(&mut self, planner: &mut dyn PartPlanner) -> Option<(PartRecord, bool)> {
+    fn next(&mut self, planner: &dyn PartPlanner) -> Option<(PartRecord, bool)> {
         if let Some(part) = self.pending.pop_front() {
             return Some((part, false));
         }
         self.plan(planner).map(|part| (part, true))
     }
 
-    fn plan(&mut self, planner: &mut dyn PartPlanner) -> Option<PartRecord> {
+    fn plan(&mut self, planner: &dyn PartPlanner) -> Option<PartRecord> {
         if self.next_offset >= self.size && (self.size > 0 || self.planned_any) {
             return None;
         }
@@ -160,56 +162,53 @@ impl Layout {
     }
 }
 
-/// How a session's parts are sent at once.
-pub(super) struct Parallelism {
-    pub parts: usize,
-    pub in_flight_bytes: u64,
-}
-
-/// Sends every part of `layout` not yet acknowledged, within the budget; returns every
-/// acknowledged part by number (`acknowledged` and those sent now). The first failure that is
-/// not retried stops the session.
+/// Sends every part of `layout` not yet acknowledged, as many at once as the planner says and
+/// within `in_flight_bytes`; returns every acknowledged part by number (`acknowledged` and
+/// those sent now). The first failure that is not retried stops the session.
 pub(super) async fn send_all(
     context: &Arc<SessionContext>,
     mut layout: Layout,
     mut acknowledged: BTreeMap<u32, PartRecord>,
-    planner: &mut dyn PartPlanner,
-    parallelism: Parallelism,
+    in_flight_bytes: u64,
 ) -> Result<BTreeMap<u32, PartRecord>, Attempt> {
-    let parallel = match layout.limits.sequential {
-        true => 1,
-        false => parallelism.parts.max(1),
-    };
-    let budget = Budget::new(parallel, parallelism.in_flight_bytes);
+    let planner = context.planner.clone();
+    let budget = Budget::new(in_flight_bytes);
     let mut tasks: JoinSet<PartResult> = JoinSet::new();
-    let mut finished = |joined, planner: &mut dyn PartPlanner| -> Result<(), Attempt> {
-        let (part, observation) = part_result(joined)?;
-        planner.observe(&observation);
+    let mut finished = |joined| -> Result<(), Attempt> {
+        let part = part_result(joined)?;
         acknowledged.insert(part.number, part);
         Ok(())
     };
-    while let Some((part, new)) = layout.next(planner) {
+    while let Some((part, new)) = layout.next(planner.as_ref()) {
         if new {
             context.note_planned(&part).await?;
         }
         context.progress.set_part_size(part.size);
-        // Wait for room in the budget, collecting finished parts meanwhile so that a failure
-        // stops the session at once.
-        let permits = loop {
+        let parallel = match layout.limits.sequential {
+            true => 1,
+            false => planner.parallel_parts().max(1),
+        };
+        while tasks.len() >= parallel {
+            let joined = tasks.join_next().await.expect("tasks are running");
+            finished(joined)?;
+        }
+        // Wait for room in the byte budget, collecting finished parts meanwhile so that a
+        // failure stops the session at once.
+        let permit = loop {
             tokio::select! {
-                permits = budget.acquire(part.size) => break permits,
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => finished(joined, planner)?,
+                permit = budget.acquire(part.size) => break permit,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => finished(joined)?,
             }
         };
-        tasks.spawn(send_part(context.clone(), part, permits));
+        tasks.spawn(send_part(context.clone(), part, permit));
     }
     while let Some(joined) = tasks.join_next().await {
-        finished(joined, planner)?;
+        finished(joined)?;
     }
     Ok(acknowledged)
 }
 
-type PartResult = Result<(PartRecord, PartObservation), Attempt>;
+type PartResult = Result<PartRecord, Attempt>;
 
 /// A part the remote acknowledged.
 struct Stored {
@@ -217,18 +216,17 @@ struct Stored {
     /// CRC32C of what the reader streamed (and the remote confirmed, if it reports one).
     crc32c: u32,
     streamed: u64,
-    elapsed: Duration,
 }
 
 /// Sends one part, retrying it under the policy; records it durably once acknowledged.
 async fn send_part(
     context: Arc<SessionContext>,
     part: PartRecord,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permit: OwnedSemaphorePermit,
 ) -> PartResult {
     let path = context.file.path().to_path_buf();
-    let (stored, attempts) = retrying(&context.retry, &path, Some(part.number), |_| {
-        put_once(&context, &part, &path)
+    let (stored, _) = retrying(&context.retry, &path, Some(part.number), |_| {
+        observed(&context, &part, &path)
     })
     .await?;
     let acknowledged = PartRecord {
@@ -240,12 +238,47 @@ async fn send_part(
     context
         .progress
         .part_acknowledged(stored.streamed, part.size);
-    let observation = PartObservation {
-        size: part.size,
-        elapsed: stored.elapsed,
-        attempts,
+    Ok(acknowledged)
+}
+
+/// One attempt (`put_once`), told to the planner: its size, the bytes that went out, its time
+/// and how it ended.
+async fn observed(
+    context: &SessionContext,
+    part: &PartRecord,
+    path: &std::path::Path,
+) -> Result<Result<Stored, BackendError>, Attempt> {
+    let planner = &context.planner;
+    let in_flight = planner.begin();
+    let started = Instant::now();
+    let (result, streamed) = match put_once(context, part, path).await {
+        Ok(attempt) => attempt,
+        Err(local) => {
+            planner.abandon();
+            return Err(local);
+        }
     };
-    Ok((acknowledged, observation))
+    planner.observe(&Observation {
+        size: part.size,
+        sent: streamed,
+        elapsed: started.elapsed(),
+        outcome: outcome(&result),
+        in_flight,
+    });
+    Ok(result)
+}
+
+/// How an attempt ended, in the controller's terms.
+fn outcome(result: &Result<Stored, BackendError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Acknowledged,
+        Err(BackendError::Stalled { .. }) => Outcome::Stalled,
+        Err(BackendError::Status { status: 413, .. }) => Outcome::TooLarge,
+        Err(BackendError::Status {
+            status: 429 | 503, ..
+        }) => Outcome::Failed { busy: true },
+        Err(_) => Outcome::Failed { busy: false },
+    }
 }
 
 /// One attempt: streams the part from the file under the stall watchdog, then checks the
@@ -256,13 +289,12 @@ async fn put_once(
     context: &SessionContext,
     part: &PartRecord,
     path: &std::path::Path,
-) -> Result<Result<Stored, BackendError>, Attempt> {
+) -> Result<(Result<Stored, BackendError>, u64), Attempt> {
     let spec = PartSpec {
         number: part.number,
         offset: part.offset,
         size: part.size,
     };
-    let started = Instant::now();
     let watch = Arc::new(AttemptWatch::new());
     let (body, reader) = context
         .file
@@ -290,12 +322,12 @@ async fn put_once(
     };
     let error = match (outcome, local_crc) {
         (Ok(receipt), Some(crc)) if receipt.crc32c.is_none_or(|remote| remote == crc) => {
-            return Ok(Ok(Stored {
+            let stored = Stored {
                 etag: receipt.etag,
                 crc32c: crc,
                 streamed,
-                elapsed: started.elapsed(),
-            }));
+            };
+            return Ok((Ok(stored), streamed));
         }
         (Ok(receipt), crc) => BackendError::Damaged {
             operation: Operation::PutPart(spec.number),
@@ -308,7 +340,7 @@ async fn put_once(
         (Err(error), _) => error,
     };
     context.progress.attempt_failed(streamed);
-    Ok(Err(error))
+    Ok((Err(error), streamed))
 }
 
 /// Records an acknowledged part durably, when the session is recorded.
@@ -341,44 +373,34 @@ fn part_result(joined: Result<PartResult, tokio::task::JoinError>) -> PartResult
     }
 }
 
-/// The part-count and in-flight-byte budget of one session.
+/// The in-flight-byte budget of one session.
 struct Budget {
-    parts: Arc<Semaphore>,
     kibibytes: Arc<Semaphore>,
     total_kibibytes: u32,
 }
 
 impl Budget {
-    fn new(parallel_parts: usize, in_flight_bytes: u64) -> Budget {
+    fn new(in_flight_bytes: u64) -> Budget {
         let total_kibibytes = in_flight_bytes
             .div_ceil(1024)
             .clamp(1, u64::from(u32::MAX >> 4)) as u32;
         Budget {
-            parts: Arc::new(Semaphore::new(parallel_parts)),
             kibibytes: Arc::new(Semaphore::new(total_kibibytes as usize)),
             total_kibibytes,
         }
     }
 
-    /// Waits for a part slot and for the part's bytes (a part larger than the whole budget
-    /// takes all of it, so it runs alone rather than never).
-    async fn acquire(&self, part_size: u64) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    /// Waits for the part's bytes (a part larger than the whole budget takes all of it, so
+    /// it runs alone rather than never).
+    async fn acquire(&self, part_size: u64) -> OwnedSemaphorePermit {
         let wanted = part_size
             .div_ceil(1024)
             .clamp(1, u64::from(self.total_kibibytes)) as u32;
-        let slot = self
-            .parts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the budget's semaphores are never closed");
-        let bytes = self
-            .kibibytes
+        self.kibibytes
             .clone()
             .acquire_many_owned(wanted)
             .await
-            .expect("the budget's semaphores are never closed");
-        (slot, bytes)
+            .expect("the budget's semaphore is never closed")
     }
 }
 
@@ -408,7 +430,7 @@ mod tests {
         }
     }
 
-    fn drain(layout: &mut Layout, planner: &mut dyn PartPlanner) -> Vec<(u32, u64, u64, bool)> {
+    fn drain(layout: &mut Layout, planner: &dyn PartPlanner) -> Vec<(u32, u64, u64, bool)> {
         std::iter::from_fn(|| layout.next(planner))
             .map(|(p, new)| (p.number, p.offset, p.size, new))
             .collect()
@@ -416,25 +438,29 @@ mod tests {
 
     #[test]
     fn a_resumed_layout_sends_what_is_missing_then_plans_the_rest() {
-        let mut planner = FixedPlanner { chunk_size: 4 };
+        let planner = FixedPlanner { chunk_size: 4 };
         let parts = vec![part(1, 0, 4, Some("a")), part(2, 4, 4, None)];
         let (mut layout, acknowledged) = Layout::new(parts, 14, limits(100));
         assert_eq!(acknowledged.keys().copied().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(layout.plan_first(&mut planner), None, "it has parts");
+        assert_eq!(layout.plan_first(&planner), None, "it has parts");
         assert_eq!(
-            drain(&mut layout, &mut planner),
+            drain(&mut layout, &planner),
             vec![(2, 4, 4, false), (3, 8, 4, true), (4, 12, 2, true)]
         );
     }
 
     /// Sizes 3, 5, 7, … as a learning planner might choose them.
-    struct Growing(u64);
+    struct Growing(std::sync::atomic::AtomicU64);
 
     impl PartPlanner for Growing {
-        fn desired_size(&mut self, _context: &PlanContext) -> u64 {
-            self.0 += 2;
-            self.0
+        fn desired_size(&self, _context: &PlanContext) -> u64 {
+            let order = std::sync::atomic::Ordering::Relaxed;
+            self.0.fetch_add(2, order) + 2
         }
+    }
+
+    fn growing() -> Growing {
+        Growing(std::sync::atomic::AtomicU64::new(1))
     }
 
     #[test]
@@ -444,16 +470,10 @@ mod tests {
             ..limits(100)
         };
         let (mut layout, _) = Layout::new(Vec::new(), 10, uniform);
-        let sizes: Vec<u64> = drain(&mut layout, &mut Growing(1))
-            .iter()
-            .map(|p| p.2)
-            .collect();
+        let sizes: Vec<u64> = drain(&mut layout, &growing()).iter().map(|p| p.2).collect();
         assert_eq!(sizes, vec![3, 3, 3, 1]);
         let (mut free, _) = Layout::new(Vec::new(), 10, limits(100));
-        let sizes: Vec<u64> = drain(&mut free, &mut Growing(1))
-            .iter()
-            .map(|p| p.2)
-            .collect();
+        let sizes: Vec<u64> = drain(&mut free, &growing()).iter().map(|p| p.2).collect();
         assert_eq!(
             sizes,
             vec![3, 5, 2],
@@ -461,35 +481,32 @@ mod tests {
         );
         let resumed = vec![part(1, 0, 4, Some("a"))];
         let (mut layout, _) = Layout::new(resumed, 10, uniform);
-        let sizes: Vec<u64> = drain(&mut layout, &mut Growing(1))
-            .iter()
-            .map(|p| p.2)
-            .collect();
+        let sizes: Vec<u64> = drain(&mut layout, &growing()).iter().map(|p| p.2).collect();
         assert_eq!(sizes, vec![4, 2], "a resumed session keeps its part size");
     }
 
     #[test]
     fn the_first_part_is_planned_once_and_says_whether_it_is_the_whole_file() {
-        let mut planner = FixedPlanner { chunk_size: 8 };
+        let planner = FixedPlanner { chunk_size: 8 };
         let (mut small, _) = Layout::new(Vec::new(), 5, limits(100));
-        let first = small.plan_first(&mut planner).unwrap();
+        let first = small.plan_first(&planner).unwrap();
         assert!(small.is_whole_file(&first));
-        assert_eq!(drain(&mut small, &mut planner), vec![(1, 0, 5, false)]);
+        assert_eq!(drain(&mut small, &planner), vec![(1, 0, 5, false)]);
 
         let (mut large, _) = Layout::new(Vec::new(), 20, limits(100));
-        let first = large.plan_first(&mut planner).unwrap();
+        let first = large.plan_first(&planner).unwrap();
         assert!(!large.is_whole_file(&first));
         assert_eq!(
-            drain(&mut large, &mut planner),
+            drain(&mut large, &planner),
             vec![(1, 0, 8, false), (2, 8, 8, true), (3, 16, 4, true)]
         );
 
         let (mut empty, _) = Layout::new(Vec::new(), 0, limits(100));
-        let first = empty.plan_first(&mut planner).unwrap();
+        let first = empty.plan_first(&planner).unwrap();
         assert!(
             empty.is_whole_file(&first),
             "an empty file is one empty part"
         );
-        assert_eq!(drain(&mut empty, &mut planner), vec![(1, 0, 0, false)]);
+        assert_eq!(drain(&mut empty, &planner), vec![(1, 0, 0, false)]);
     }
 }

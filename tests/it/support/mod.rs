@@ -171,12 +171,7 @@ impl Engine {
         })
         .unwrap();
         Engine {
-            uploader: Uploader::new(
-                Arc::new(backend),
-                store.sessions(),
-                settings,
-                settings.planner(),
-            ),
+            uploader: Uploader::new(Arc::new(backend), store.sessions(), settings),
             _store_dir: store_dir,
         }
     }
