@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::queue::{QueueError, Store};
 use crate::upload::{
-    BackendError, NativeBackend, NativeConfig, Progress, UploadError, UploadJob, UploadReport,
-    UploadSettings, Uploader,
+    BackendError, NativeBackend, NativeConfig, PartSizes, Progress, UploadError, UploadJob,
+    UploadReport, UploadSettings, Uploader,
 };
 
 /// Interval between plain progress lines when stderr is not a terminal.
@@ -62,6 +62,7 @@ struct FileSummary {
     bytes_sent: u64,
     parts: u32,
     parts_resumed: u32,
+    part_sizes: PartSizes,
     duration_ms: u128,
 }
 
@@ -233,6 +234,7 @@ fn file_summary(path: &Path, report: UploadReport) -> FileSummary {
         bytes_sent: report.bytes_sent,
         parts: report.parts,
         parts_resumed: report.parts_resumed,
+        part_sizes: report.part_sizes,
         duration_ms: report.duration.as_millis(),
     }
 }

@@ -144,6 +144,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let embedded = remotes::start_embedded_receiver(&config, &services, &tracker).await?;
     let (daemon, intake_receiver) = build(&config, store.clone(), embedded)?;
+    daemon.restore_learned().await;
 
     let socket = config.daemon.socket.clone();
     let listener = control::bind(&socket).await?;
@@ -567,6 +568,21 @@ impl Daemon {
             watch_health: self.watch_health(),
             remotes: self.remote_status(),
         })
+    }
+
+    /// Starts each remote's planner from what the last run learned of it.
+    async fn restore_learned(&self) {
+        let uploaders: Vec<Arc<Uploader>> = self
+            .settings
+            .read()
+            .expect("settings lock is never poisoned")
+            .uploaders
+            .values()
+            .cloned()
+            .collect();
+        for uploader in uploaders {
+            uploader.restore().await;
+        }
     }
 
     /// Each remote's part size, parallelism and link estimates, as its planner has them.

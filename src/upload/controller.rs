@@ -37,7 +37,7 @@ const QUANTUM: u64 = 64 * KIB;
 const PRIOR_OVERHEAD: f64 = 0.010;
 /// Bytes of clean sending assumed before any is measured, so that one early failure does not
 /// collapse the size.
-const PRIOR_CLEAN_BYTES: f64 = 64.0 * MIB as f64;
+const PRIOR_CLEAN_BYTES: f64 = 8.0 * MIB as f64;
 /// Cuts within this ratio of each other look like a limit, not chance.
 const CUT_TOLERANCE: f64 = 0.1;
 /// Successes at a cap before it is raised by `CAP_PROBE`.
@@ -101,6 +101,10 @@ pub struct Learned {
     /// The fixed time last measured, seconds: kept while the sizes seen are too alike to
     /// measure it again.
     overhead: f64,
+    /// The fixed time measured directly on requests without a body (session create, query),
+    /// seconds, decaying; preferred to the fit's, which parts sharing the link blur.
+    #[serde(default)]
+    request_time: Option<f64>,
     /// Decaying failures and bytes sent (failures per byte: `λ`).
     failures: f64,
     bytes: f64,
@@ -134,6 +138,15 @@ impl Fit {
         self.y = self.y * keep + y;
         self.xx = self.xx * keep + x * x;
         self.xy = self.xy * keep + x * y;
+    }
+
+    /// The seconds per link byte, given the fixed time `a`.
+    fn solve_with(&self, a: f64) -> Option<f64> {
+        if self.w < 0.5 {
+            return None;
+        }
+        let (mean_x, mean_y) = (self.x / self.w, self.y / self.w);
+        Some(((mean_y - a.min(mean_y)) / mean_x.max(1.0)).max(1e-12))
     }
 
     /// `(a, b, measured)`: the fixed time and the seconds per link byte, once there is data.
@@ -191,6 +204,7 @@ impl Controller {
                 parallel: limits.initial_parallel as f64,
                 fit: Fit::default(),
                 overhead: PRIOR_OVERHEAD,
+                request_time: None,
                 failures: 0.0,
                 bytes: 0.0,
                 cap: None,
@@ -236,7 +250,7 @@ impl Controller {
     }
 
     pub fn estimates(&self) -> Estimates {
-        let fit = self.learned.fit.solve(self.learned.overhead);
+        let fit = self.link();
         Estimates {
             part_size: self.part_size(),
             parallel_parts: self.parallel_parts(),
@@ -250,6 +264,27 @@ impl Controller {
     /// Failures per byte sent.
     fn failure_rate(&self) -> f64 {
         self.learned.failures / (self.learned.bytes + PRIOR_CLEAN_BYTES * decayed_prior(self))
+    }
+
+    /// Learns the fixed time from a request without a body (creating a session, say): its
+    /// whole time is the round trip and the remote's work.
+    pub fn observe_request(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let learned = &mut self.learned;
+        learned.request_time = Some(match learned.request_time {
+            Some(before) => before * (1.0 - 3.0 * DECAY) + seconds * 3.0 * DECAY,
+            None => seconds,
+        });
+    }
+
+    /// The fixed time and seconds per link byte: the fit's, with the fixed time measured on
+    /// requests without a body when there is one.
+    fn link(&self) -> Option<(f64, f64, bool)> {
+        let fit = &self.learned.fit;
+        match self.learned.request_time {
+            Some(fixed) => fit.solve_with(fixed).map(|b| (fixed, b, false)),
+            None => fit.solve(self.learned.overhead),
+        }
     }
 
     /// Learns from one attempt and moves the size and parallelism.
@@ -345,7 +380,7 @@ impl Controller {
 
     /// Moves the size half way (geometrically) toward the model's target.
     fn steer(&mut self) {
-        let Some((a, b, measured)) = self.learned.fit.solve(self.learned.overhead) else {
+        let Some((a, b, measured)) = self.link() else {
             return;
         };
         if measured {
@@ -366,7 +401,7 @@ impl Controller {
     /// fixed time (the bandwidth-delay product in parts, plus the one sending), up by half a
     /// part, down by a quarter.
     fn steer_parallel(&mut self) {
-        let Some((a, b, _)) = self.learned.fit.solve(self.learned.overhead) else {
+        let Some((a, b, _)) = self.link() else {
             return;
         };
         let wanted = 1.0 + (a / b / self.part_size() as f64).ceil();

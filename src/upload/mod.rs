@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use backend::{Backend, BackendError};
-pub use engine::{UploadJob, UploadReport, Uploader};
+pub use engine::{PartSizes, UploadJob, UploadReport, Uploader};
 pub use native::{NativeBackend, NativeConfig};
 pub use open::{Reach, Refusal};
 pub use planner::{FixedPlanner, PartPlanner, Planner};
@@ -27,10 +27,12 @@ pub use retry::RetryPolicy;
 
 use crate::queue::QueueError;
 
-/// The part size `auto` starts from before it has learned anything, and the default fixed
-/// size: large enough that per-request overhead is small on fast links, small enough that a
-/// failed part costs little to resend on slow ones.
+/// The default fixed part size: large enough that per-request overhead is small on fast
+/// links, small enough that a failed part costs little to resend on slow ones.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+/// The part size `auto` starts from before it has learned anything about a remote: small, so
+/// that a bad link does not sink the first parts; it doubles per part on a good one.
+pub const AUTO_INITIAL_CHUNK_SIZE: u64 = 1024 * 1024;
 /// The smallest and largest part `auto` chooses by default.
 pub const DEFAULT_CHUNK_SIZE_MIN: u64 = 256 * 1024;
 pub const DEFAULT_CHUNK_SIZE_MAX: u64 = 256 * 1024 * 1024;
@@ -113,7 +115,7 @@ impl UploadSettings {
             ChunkSize::Auto => (
                 self.chunk_size_min,
                 self.chunk_size_max.max(self.chunk_size_min),
-                DEFAULT_CHUNK_SIZE.clamp(self.chunk_size_min, self.chunk_size_max.max(1)),
+                AUTO_INITIAL_CHUNK_SIZE.clamp(self.chunk_size_min, self.chunk_size_max.max(1)),
             ),
             ChunkSize::Fixed(size) => (size, size, size),
         };

@@ -87,6 +87,16 @@ impl Planner {
         }
     }
 
+    /// Learns the fixed time per request from one without a body.
+    pub fn observe_request(&self, elapsed: std::time::Duration) {
+        self.controller().observe_request(elapsed);
+    }
+
+    /// The part size it would choose now.
+    pub fn desired_now(&self) -> u64 {
+        self.controller().part_size()
+    }
+
     /// What it learned so far, to keep.
     pub fn learned(&self) -> Learned {
         self.controller().learned().clone()

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real receivers on loopback, the real engine and the real
 //! `ferry` binary. See `support` for the helpers and the fault proxy.
 
+mod adaptive;
 mod crash;
 mod daemon;
 mod hardening;

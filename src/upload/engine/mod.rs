@@ -77,8 +77,33 @@ pub struct UploadReport {
     pub parts: u32,
     /// Parts the remote already held from an earlier, interrupted run.
     pub parts_resumed: u32,
+    pub part_sizes: PartSizes,
     pub duration: Duration,
 }
+
+/// The sizes of a file's parts: the first, the last, the smallest and the largest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PartSizes {
+    pub first: u64,
+    pub last: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl PartSizes {
+    fn of<'a>(parts: impl IntoIterator<Item = &'a PartRecord>) -> PartSizes {
+        let sizes: Vec<u64> = parts.into_iter().map(|part| part.size).collect();
+        PartSizes {
+            first: sizes.first().copied().unwrap_or(0),
+            last: sizes.last().copied().unwrap_or(0),
+            min: sizes.iter().copied().min().unwrap_or(0),
+            max: sizes.iter().copied().max().unwrap_or(0),
+        }
+    }
+}
+
+/// What an upload sent: parts in all, parts resumed, bytes sent in this run, part sizes.
+struct Tally(u32, u32, u64, PartSizes);
 
 /// How an attempt at a session ended, when it did not succeed.
 enum Attempt {
@@ -86,6 +111,9 @@ enum Attempt {
     Fatal(Box<UploadError>),
     /// Start a new session (the reason is logged).
     Restart(String),
+    /// The session's planned parts are too large for the link as it is now: abort it and
+    /// start a new one with parts the planner sizes afresh.
+    Replan(String),
 }
 
 impl From<UploadError> for Attempt {
@@ -141,8 +169,9 @@ impl Uploader {
         self.planner.estimates()
     }
 
-    /// Starts the planner from what an earlier run learned about this remote, once.
-    async fn restore(&self) {
+    /// Starts the planner from what an earlier run learned about this remote, once (the first
+    /// upload does it, if the daemon did not at start).
+    pub async fn restore(&self) {
         self.restored
             .get_or_init(|| async {
                 let (sessions, identity) = (self.sessions.clone(), self.backend.identity());
@@ -185,11 +214,13 @@ impl Uploader {
             match attempt {
                 Ok(report) => return Ok(report),
                 Err(Attempt::Fatal(error)) => return Err(*error),
-                Err(Attempt::Restart(reason)) if fresh_starts < MAX_FRESH_STARTS => {
+                Err(Attempt::Restart(reason) | Attempt::Replan(reason))
+                    if fresh_starts < MAX_FRESH_STARTS =>
+                {
                     fresh_starts += 1;
                     tracing::info!(path = %job.local_path.display(), %reason, "starting a new upload session");
                 }
-                Err(Attempt::Restart(reason)) => {
+                Err(Attempt::Restart(reason) | Attempt::Replan(reason)) => {
                     return Err(UploadError::Unstable {
                         path: job.local_path.clone(),
                         restarts: fresh_starts,
@@ -233,7 +264,8 @@ impl Uploader {
                     ));
                 }
                 let count = parts.len() as u32;
-                return Ok(report(job, &file, digest, (count, count, 0), started));
+                let tally = Tally(count, count, 0, PartSizes::of(&parts));
+                return Ok(report(job, &file, digest, tally, started));
             }
         };
         let (mut layout, acknowledged) = Layout::new(parts, size, record.limits);
@@ -244,14 +276,20 @@ impl Uploader {
         let parts_resumed = acknowledged.len() as u32;
         let resumed_bytes: u64 = acknowledged.values().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
+        let held = &context.acknowledged;
+        held.store(resumed_bytes, std::sync::atomic::Ordering::Relaxed);
 
-        let manifest = parts::send_all(
+        let sent = parts::send_all(
             &context,
             layout,
             acknowledged,
             self.settings.in_flight_bytes(),
         )
-        .await?;
+        .await;
+        let manifest = match sent {
+            Err(Attempt::Replan(reason)) => return Err(self.start_over(&context, &reason).await),
+            other => other?,
+        };
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
         self.ensure_unchanged(&context).await?;
         let digest = self.digest(hashing, &file).await?;
@@ -262,8 +300,9 @@ impl Uploader {
         self.forget_recorded(&context).await?;
         verify(&job.local_path, &remote, size, &digest)?;
         let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
-        let counts = (manifest.len() as u32, parts_resumed, bytes_sent);
-        Ok(report(job, &file, digest, counts, started))
+        let sizes = PartSizes::of(manifest.values());
+        let tally = Tally(manifest.len() as u32, parts_resumed, bytes_sent, sizes);
+        Ok(report(job, &file, digest, tally, started))
     }
 
     fn context(
@@ -285,6 +324,7 @@ impl Uploader {
             retry: self.settings.retry,
             stall_timeout: self.settings.stall_timeout,
             planner: self.planner.clone(),
+            acknowledged: Default::default(),
             recorded,
         })
     }
@@ -453,9 +493,12 @@ impl Uploader {
             metadata: job.metadata.clone(),
             sha256: None,
         };
+        let started = Instant::now();
         let created = self
             .with_retry(&job.local_path, || self.backend.create(&request))
             .await?;
+        // A request without a body: its time is the link's fixed time (a retry blurs it).
+        self.planner.observe_request(started.elapsed());
         let record = UploadRecord {
             version: RECORD_VERSION,
             remote: self.backend.identity(),
@@ -653,7 +696,7 @@ fn report(
     job: &UploadJob,
     file: &LocalFile,
     sha256: String,
-    (parts, parts_resumed, bytes_sent): (u32, u32, u64),
+    Tally(parts, parts_resumed, bytes_sent, part_sizes): Tally,
     started: Instant,
 ) -> UploadReport {
     UploadReport {
@@ -665,6 +708,7 @@ fn report(
         bytes_sent,
         parts,
         parts_resumed,
+        part_sizes,
         duration: started.elapsed(),
     }
 }

@@ -34,6 +34,8 @@ pub(super) struct SessionContext {
     pub stall_timeout: Duration,
     /// The remote's planner: told how every attempt went.
     pub planner: Arc<Planner>,
+    /// Bytes of this session acknowledged so far (what starting over would throw away).
+    pub acknowledged: std::sync::atomic::AtomicU64,
     /// The session is recorded in the store, decided before its first part goes out
     /// (`Layout::plan_first`). A session whose first part is the whole file never is: after a
     /// crash there would be nothing to resume, so the file is simply sent again, and small
@@ -225,8 +227,8 @@ async fn send_part(
     _permit: OwnedSemaphorePermit,
 ) -> PartResult {
     let path = context.file.path().to_path_buf();
-    let (stored, _) = retrying(&context.retry, &path, Some(part.number), |_| {
-        observed(&context, &part, &path)
+    let (stored, _) = retrying(&context.retry, &path, Some(part.number), |attempt| {
+        observed(&context, &part, &path, attempt)
     })
     .await?;
     let acknowledged = PartRecord {
@@ -238,17 +240,37 @@ async fn send_part(
     context
         .progress
         .part_acknowledged(stored.streamed, part.size);
+    let counter = &context.acknowledged;
+    counter.fetch_add(part.size, std::sync::atomic::Ordering::Relaxed);
     Ok(acknowledged)
 }
 
 /// One attempt (`put_once`), told to the planner: its size, the bytes that went out, its time
 /// and how it ended.
+/// A part that failed is abandoned with its session (`Attempt::Replan`) when it is this many
+/// times the size the planner now chooses (the link has become worse than the layout), unless
+/// the session holds more than this many such parts already.
+const REPLAN_RATIO: u64 = 2;
+
 async fn observed(
     context: &SessionContext,
     part: &PartRecord,
     path: &std::path::Path,
+    attempt: u32,
 ) -> Result<Result<Stored, BackendError>, Attempt> {
     let planner = &context.planner;
+    let held = context
+        .acknowledged
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let oversized = part.size > planner.desired_now().saturating_mul(REPLAN_RATIO);
+    if attempt > 1 && oversized && held < part.size.saturating_mul(REPLAN_RATIO) {
+        return Err(Attempt::Replan(format!(
+            "part {} of {} bytes keeps failing where the link now takes parts of {}",
+            part.number,
+            part.size,
+            planner.desired_now()
+        )));
+    }
     let in_flight = planner.begin();
     let started = Instant::now();
     let (result, streamed) = match put_once(context, part, path).await {

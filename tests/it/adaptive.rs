@@ -1,0 +1,125 @@
+//! Adaptive part sizes through the network emulator (`support::netem`): what one process
+//! learned of a remote is where the next one starts, not the initial guess.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::daemon::Setup;
+use crate::support::netem::{Netem, Profile};
+use crate::support::{Receiver, ferry_bin, random_file, token_file};
+
+const MIB: u64 = 1024 * 1024;
+/// What `auto` starts from before it knows a remote (`upload::AUTO_INITIAL_CHUNK_SIZE`).
+const INITIAL: u64 = MIB;
+
+/// A link where large parts pay: 50 MB/s with 20 ms each way, so the fixed time of a request
+/// is worth about 2 MB and parts should grow well past the initial 1 MiB.
+fn far_fast_link() -> Profile {
+    Profile::link(Some(50_000_000), Duration::from_millis(20))
+}
+
+/// `ferry push --json` of `file` to `url`, keeping sessions and what it learns in `data`.
+fn push(file: &Path, url: &str, token: &Path, data: &Path) -> serde_json::Value {
+    let output = Command::new(ferry_bin())
+        .arg("push")
+        .arg(file)
+        .args(["--url", url, "--json"])
+        .arg("--token-file")
+        .arg(token)
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "push failed: {log}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_push_starts_at_the_part_size_the_last_one_learned() {
+    let receiver = Receiver::start().await;
+    let link = Netem::start(receiver.address, far_fast_link()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let data = dir.path().join("data");
+    let (first, second) = (dir.path().join("first.bin"), dir.path().join("second.bin"));
+    random_file(&first, 48 * MIB, 1);
+    random_file(&second, 48 * MIB, 2);
+
+    let cold = &push(&first, &link.url(), &token, &data)["files"][0]["part_sizes"];
+    assert_eq!(cold["first"], INITIAL, "a fresh store starts small: {cold}");
+    assert!(
+        cold["max"].as_u64().unwrap() >= 8 * MIB,
+        "and grows: {cold}"
+    );
+
+    // A new process, with the same data folder: it starts where the first one ended.
+    let warm = &push(&second, &link.url(), &token, &data)["files"][0]["part_sizes"];
+    let learned = warm["first"].as_u64().unwrap();
+    assert!(learned >= 8 * MIB, "started at the learned size: {warm}");
+
+    // Another remote (here: the same receiver under another URL) starts afresh.
+    let direct = &push(&first, &receiver.url, &token, &data)["files"][0]["part_sizes"];
+    assert_eq!(direct["first"], INITIAL, "{direct}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_reports_and_uses_what_it_learned() {
+    let receiver = Receiver::start().await;
+    let link = Netem::start(receiver.address, far_fast_link()).await;
+    let setup = Setup::new(&link.url(), "", "");
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        config.replace("chunk_size = \"1MiB\"", "chunk_size = \"auto\""),
+    )
+    .unwrap();
+
+    let daemon = setup.start().await;
+    let remote = |status: &serde_json::Value| status["remotes"][0].clone();
+    let fresh = remote(&setup.status());
+    assert_eq!(fresh["part_size"], INITIAL, "nothing learned yet: {fresh}");
+    assert_eq!(fresh["parallel_parts"], 4, "{fresh}");
+    random_file(&setup.outbox.join("big.bin"), 48 * MIB, 3);
+    setup.wait_idle_with_done(1, Duration::from_secs(60)).await;
+    let learned = remote(&setup.status());
+    let size = learned["part_size"].as_u64().unwrap();
+    assert!(size >= 8 * MIB, "it learned larger parts: {learned}");
+    assert!(
+        learned["round_trip_ms"].as_f64().unwrap() >= 30.0,
+        "{learned}"
+    );
+    assert_eq!(daemon.terminate().await, Some(0));
+
+    let restarted = setup.start().await;
+    let resumed = remote(&setup.status());
+    assert_eq!(resumed["part_size"], size, "restored at start: {resumed}");
+    assert_eq!(
+        resumed["parallel_parts"], learned["parallel_parts"],
+        "{resumed}"
+    );
+    assert_eq!(restarted.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_through_a_link_that_drops_connections_finishes_with_small_parts() {
+    let receiver = Receiver::start().await;
+    // 10 MB/s, 5 ms each way, a connection reset every 2 MB on average.
+    let flaky = Profile {
+        reset_mean: Some(2_000_000),
+        seed: 11,
+        ..Profile::link(Some(10_000_000), Duration::from_millis(5))
+    };
+    let link = Netem::start(receiver.address, flaky).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let file = dir.path().join("flaky.bin");
+    random_file(&file, 24 * MIB, 4);
+    let summary = push(&file, &link.url(), &token, &dir.path().join("data"));
+    assert!(link.resets() >= 3, "the link did drop connections");
+    let sizes = &summary["files"][0]["part_sizes"];
+    assert!(sizes["max"].as_u64().unwrap() <= 4 * MIB, "{sizes}");
+    crate::support::assert_same_content(&file, &receiver.file("flaky.bin"));
+}
