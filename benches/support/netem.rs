@@ -105,13 +105,6 @@ impl Netem {
         format!("http://{}", self.address)
     }
 
-    /// Changes the link for new bytes (a link that changes).
-    pub fn set_profile(&self, profile: Profile) {
-        *self.shared.profile.lock().unwrap() = profile;
-        self.shared.up.lock().unwrap().rate = profile.rate;
-        self.shared.down.lock().unwrap().rate = profile.rate;
-    }
-
     /// Connections reset so far.
     pub fn resets(&self) -> u64 {
         *self.shared.resets.lock().unwrap()

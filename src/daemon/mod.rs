@@ -594,9 +594,9 @@ impl Daemon {
         settings
             .uploaders
             .iter()
-            .map(|(name, uploader)| {
-                let (estimates, in_flight) = uploader.estimates();
-                RemoteStatus {
+            .filter_map(|(name, uploader)| {
+                let (estimates, in_flight) = uploader.estimates()?;
+                Some(RemoteStatus {
                     name: name.clone(),
                     part_size: estimates.part_size,
                     parallel_parts: estimates.parallel_parts,
@@ -605,7 +605,7 @@ impl Daemon {
                     round_trip_ms: estimates.round_trip.map(|seconds| seconds * 1000.0),
                     failures_per_gib: estimates.failures_per_gib,
                     part_size_cap: estimates.cap,
-                }
+                })
             })
             .collect()
     }

@@ -44,6 +44,28 @@ pub trait PartPlanner: Send + Sync {
 
     /// An attempt ended for a reason that says nothing of the link (a local read failed).
     fn abandon(&self) {}
+
+    /// A request without a body took this long (its time is the link's fixed time).
+    fn observe_request(&self, _elapsed: std::time::Duration) {}
+
+    /// The part size it would choose now; parts far larger that keep failing make the engine
+    /// start the file over (`u64::MAX`: never).
+    fn size_now(&self) -> u64 {
+        u64::MAX
+    }
+
+    /// What it learned, to keep in the store; `None` for planners that do not learn.
+    fn learned(&self) -> Option<Learned> {
+        None
+    }
+
+    /// Starts from what an earlier run learned.
+    fn restore(&self, _learned: Learned) {}
+
+    /// Its current choices and estimates, and the parts in flight now.
+    fn estimates(&self) -> Option<(Estimates, usize)> {
+        None
+    }
 }
 
 /// Every part `chunk_size` bytes (for tests of the engine's layout).
@@ -77,35 +99,6 @@ impl Planner {
         self.controller
             .lock()
             .expect("no code panics holding the controller")
-    }
-
-    /// Starts from what an earlier run learned, unless this run has learned something itself.
-    pub fn restore(&self, learned: Learned) {
-        let mut controller = self.controller();
-        if controller.learned().observations == 0 {
-            *controller = Controller::new(controller.limits(), Some(learned));
-        }
-    }
-
-    /// Learns the fixed time per request from one without a body.
-    pub fn observe_request(&self, elapsed: std::time::Duration) {
-        self.controller().observe_request(elapsed);
-    }
-
-    /// The part size it would choose now.
-    pub fn desired_now(&self) -> u64 {
-        self.controller().part_size()
-    }
-
-    /// What it learned so far, to keep.
-    pub fn learned(&self) -> Learned {
-        self.controller().learned().clone()
-    }
-
-    /// The current choices and estimates, with the parts in flight now.
-    pub fn estimates(&self) -> (Estimates, usize) {
-        let estimates = self.controller().estimates();
-        (estimates, self.in_flight.load(Ordering::Relaxed))
     }
 }
 
@@ -142,6 +135,31 @@ impl PartPlanner for Planner {
 
     fn abandon(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn observe_request(&self, elapsed: std::time::Duration) {
+        self.controller().observe_request(elapsed);
+    }
+
+    fn size_now(&self) -> u64 {
+        self.controller().part_size()
+    }
+
+    /// Starts from what an earlier run learned, unless this run has learned something itself.
+    fn restore(&self, learned: Learned) {
+        let mut controller = self.controller();
+        if controller.learned().observations == 0 {
+            *controller = Controller::new(controller.limits(), Some(learned));
+        }
+    }
+
+    fn learned(&self) -> Option<Learned> {
+        Some(self.controller().learned().clone())
+    }
+
+    fn estimates(&self) -> Option<(Estimates, usize)> {
+        let estimates = self.controller().estimates();
+        Some((estimates, self.in_flight.load(Ordering::Relaxed)))
     }
 }
 

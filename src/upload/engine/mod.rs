@@ -33,7 +33,7 @@ use super::backend::{
 };
 use super::controller::Estimates;
 use super::open::{OpenError, Reach, Refusal};
-use super::planner::Planner;
+use super::planner::{PartPlanner, Planner};
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
 use super::source::LocalFile;
@@ -128,7 +128,7 @@ pub struct Uploader {
     sessions: Sessions,
     settings: UploadSettings,
     /// The remote's planner, shared by every file sent through this uploader.
-    planner: Arc<Planner>,
+    planner: Arc<dyn PartPlanner>,
     /// Whether what an earlier run learned was looked for in the store.
     restored: tokio::sync::OnceCell<()>,
 }
@@ -155,17 +155,29 @@ impl Uploader {
         sessions: Sessions,
         settings: UploadSettings,
     ) -> Uploader {
+        let planner = Arc::new(Planner::new(settings.controller_limits()));
+        Uploader::with_planner(backend, sessions, settings, planner)
+    }
+
+    /// `new`, with another planner (a benchmark's peer, say).
+    pub fn with_planner(
+        backend: Arc<dyn Backend>,
+        sessions: Sessions,
+        settings: UploadSettings,
+        planner: Arc<dyn PartPlanner>,
+    ) -> Uploader {
         Uploader {
             backend,
             sessions,
-            planner: Arc::new(Planner::new(settings.controller_limits())),
+            planner,
             settings,
             restored: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The planner's current choices and estimates, and the parts in flight now.
-    pub fn estimates(&self) -> (Estimates, usize) {
+    /// The planner's current choices and estimates, and the parts in flight now; `None` for a
+    /// planner that does not estimate.
+    pub fn estimates(&self) -> Option<(Estimates, usize)> {
         self.planner.estimates()
     }
 
@@ -190,7 +202,9 @@ impl Uploader {
     /// Keeps what the planner learned (not flushed: later writes carry it).
     async fn keep_learned(&self) {
         let (sessions, identity) = (self.sessions.clone(), self.backend.identity());
-        let learned = self.planner.learned();
+        let Some(learned) = self.planner.learned() else {
+            return;
+        };
         let saved =
             tokio::task::spawn_blocking(move || sessions.save_learned(&identity, &learned)).await;
         if let Ok(Err(error)) = saved {

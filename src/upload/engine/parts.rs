@@ -16,7 +16,7 @@ use super::{Attempt, READER_REPORT_TIMEOUT, blocking, retrying, store_error};
 use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
 use crate::upload::UploadError;
 use crate::upload::backend::{Backend, BackendError, Operation, PartSpec, SessionRef};
-use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, Planner, fit};
+use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
 use crate::upload::progress::Progress;
 use crate::upload::retry::RetryPolicy;
 use crate::upload::source::{AttemptWatch, LocalFile};
@@ -33,7 +33,7 @@ pub(super) struct SessionContext {
     pub retry: RetryPolicy,
     pub stall_timeout: Duration,
     /// The remote's planner: told how every attempt went.
-    pub planner: Arc<Planner>,
+    pub planner: Arc<dyn PartPlanner>,
     /// Bytes of this session acknowledged so far (what starting over would throw away).
     pub acknowledged: std::sync::atomic::AtomicU64,
     /// The session is recorded in the store, decided before its first part goes out
@@ -262,13 +262,13 @@ async fn observed(
     let held = context
         .acknowledged
         .load(std::sync::atomic::Ordering::Relaxed);
-    let oversized = part.size > planner.desired_now().saturating_mul(REPLAN_RATIO);
+    let oversized = part.size > planner.size_now().saturating_mul(REPLAN_RATIO);
     if attempt > 1 && oversized && held < part.size.saturating_mul(REPLAN_RATIO) {
         return Err(Attempt::Replan(format!(
             "part {} of {} bytes keeps failing where the link now takes parts of {}",
             part.number,
             part.size,
-            planner.desired_now()
+            planner.size_now()
         )));
     }
     let in_flight = planner.begin();

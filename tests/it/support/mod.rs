@@ -6,7 +6,7 @@ pub mod api;
 pub mod daemon;
 pub mod fault_proxy;
 #[path = "../../../benches/support/netem.rs"]
-#[allow(dead_code)] // shared with the benches, which use all of it
+#[allow(dead_code)] // shared with the benches: not every user uses all of it
 pub mod netem;
 
 use std::io::{BufRead, BufReader, Read, Write};
