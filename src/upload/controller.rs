@@ -43,6 +43,9 @@ const CUT_TOLERANCE: f64 = 0.1;
 /// Successes at a cap before it is raised by `CAP_PROBE`.
 const CAP_PATIENCE: u32 = 16;
 const CAP_PROBE: f64 = 1.25;
+/// Parts in a row off the fit by more than `SURPRISE` times before it starts again.
+const SURPRISES: u32 = 3;
+const SURPRISE: f64 = 2.0;
 /// Version of `Learned`, kept in the store.
 pub const LEARNED_VERSION: u32 = 1;
 
@@ -105,6 +108,10 @@ pub struct Learned {
     /// seconds, decaying; preferred to the fit's, which parts sharing the link blur.
     #[serde(default)]
     request_time: Option<f64>,
+    /// Parts in a row that took far longer or shorter than the fit predicts: the link
+    /// changed, and after `SURPRISES` the fit starts again from the new parts.
+    #[serde(default)]
+    surprises: u32,
     /// Decaying failures and bytes sent (failures per byte: `λ`).
     failures: f64,
     bytes: f64,
@@ -205,6 +212,7 @@ impl Controller {
                 fit: Fit::default(),
                 overhead: PRIOR_OVERHEAD,
                 request_time: None,
+                surprises: 0,
                 failures: 0.0,
                 bytes: 0.0,
                 cap: None,
@@ -321,7 +329,9 @@ impl Controller {
             self.learned.cuts.clear();
         }
         let link_bytes = seen.size as f64 * seen.in_flight.max(1) as f64;
-        self.learned.fit.add(link_bytes, seen.elapsed.as_secs_f64());
+        let seconds = seen.elapsed.as_secs_f64();
+        self.notice_change(link_bytes, seconds);
+        self.learned.fit.add(link_bytes, seconds);
         if let Some(cap) = self.learned.cap
             && seen.size * 10 >= cap * 9
         {
@@ -331,6 +341,25 @@ impl Controller {
                 self.learned.probed_from = Some(cap);
                 self.learned.successes_at_cap = 0;
             }
+        }
+    }
+
+    /// Starts the fit again when parts keep taking far longer or shorter than it predicts: the
+    /// link changed (Wi-Fi to Ethernet, an evening's congestion), and old parts would hold
+    /// the estimates back for many parts.
+    fn notice_change(&mut self, link_bytes: f64, seconds: f64) {
+        let Some((a, b, _)) = self.link() else {
+            return;
+        };
+        let ratio = seconds / (a + b * link_bytes).max(1e-6);
+        let learned = &mut self.learned;
+        match !(1.0 / SURPRISE..=SURPRISE).contains(&ratio) {
+            true => learned.surprises += 1,
+            false => learned.surprises = 0,
+        }
+        if learned.surprises >= SURPRISES {
+            learned.fit = Fit::default();
+            learned.surprises = 0;
         }
     }
 
@@ -398,13 +427,17 @@ impl Controller {
     }
 
     /// After a part went through: parallelism moves toward what covers the link during the
-    /// fixed time (the bandwidth-delay product in parts, plus the one sending), up by half a
-    /// part, down by a quarter.
+    /// fixed time (the bandwidth-delay product in parts, plus the one sending) and at least the
+    /// initial number, up by half a part, down by a quarter. Congestion (stalls, 503s) halves
+    /// it in `observe`.
     fn steer_parallel(&mut self) {
         let Some((a, b, _)) = self.link() else {
             return;
         };
-        let wanted = 1.0 + (a / b / self.part_size() as f64).ceil();
+        // Never below the initial number but for congestion: connections are often slower
+        // one by one than the link (TCP windows, proxies), which the model does not see.
+        let covering = 1.0 + (a / b / self.part_size() as f64).ceil();
+        let wanted = covering.max(self.limits.initial_parallel as f64);
         let parallel = &mut self.learned.parallel;
         *parallel = match *parallel < wanted {
             true => (*parallel + 0.5).min(wanted),
