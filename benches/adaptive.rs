@@ -11,6 +11,8 @@
 //! FERRY_BENCH_SCALE=0.5 halves every file, FERRY_BENCH_TIMEOUT (seconds, default 120) bounds
 //! one upload (a run that does not finish counts at its size over the timeout).
 
+#[path = "support/files.rs"]
+mod files;
 #[path = "support/netem.rs"]
 #[allow(dead_code)] // shared: not every user of the emulator uses all of it
 mod netem;
@@ -128,7 +130,7 @@ fn main() {
             continue;
         }
         let file = dir.path().join(format!("{}.bin", network.name));
-        random_file(&file, network.file_size);
+        files::random_file(&file, network.file_size, network.profile.seed);
         for planner in PLANNERS {
             let seconds =
                 runtime.block_on(run(&network, planner, &file, address, timeout, dir.path()));
@@ -385,21 +387,6 @@ fn chart(
         );
     }
     svg + "</svg>\n"
-}
-
-fn random_file(path: &Path, size: u64) {
-    use rand::{RngCore, SeedableRng};
-    use std::io::Write;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(size);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut buffer = vec![0u8; MIB as usize];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        rng.fill_bytes(&mut buffer[..n]);
-        out.write_all(&buffer[..n]).unwrap();
-        left -= n as u64;
-    }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -9,13 +9,15 @@
 //! `FERRY_BENCH_SIZE` (bytes, default 2 GiB), `FERRY_BENCH_ROUNDS` (default 2),
 //! `FERRY_BENCH_DIR` (scratch folder, default the system temp dir).
 
+#[path = "support/files.rs"]
+mod files;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::protocol::{InitRequest, InitResponse};
 use ferry::server::{Limits, ServeConfig};
-use rand::{RngCore, SeedableRng};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +44,7 @@ fn main() {
         size as f64 / MIB,
         file.display()
     );
-    random_file(&file, size);
+    files::random_file(&file, size, 42);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let storage = dir.path().join("storage");
@@ -229,21 +231,6 @@ fn clear_storage(storage: &Path) {
     // next.
     unsafe { libc::sync() };
     std::thread::sleep(Duration::from_millis(500));
-}
-
-fn random_file(path: &Path, size: u64) {
-    use std::io::Write;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let now = left.min(buffer.len() as u64) as usize;
-        rng.fill_bytes(&mut buffer[..now]);
-        out.write_all(&buffer[..now]).unwrap();
-        left -= now as u64;
-    }
-    out.flush().unwrap();
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

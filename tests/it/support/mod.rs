@@ -2,14 +2,18 @@
 //! `127.0.0.1:0` or as a real `ferry serve` process, the real engine, deadline waits, data files
 //! and content checks.
 
+pub use files::random_file;
+
 pub mod api;
 pub mod daemon;
 pub mod fault_proxy;
+#[path = "../../../benches/support/files.rs"]
+mod files;
 #[path = "../../../benches/support/netem.rs"]
 #[allow(dead_code)] // shared with the benches: not every user uses all of it
 pub mod netem;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +26,6 @@ use ferry::upload::{
     NativeBackend, NativeConfig, Progress, UploadError, UploadJob, UploadReport, UploadSettings,
     Uploader,
 };
-use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -205,21 +208,6 @@ pub fn fast_retry_settings() -> UploadSettings {
         stall_timeout: Duration::from_secs(1),
         ..UploadSettings::default()
     }
-}
-
-/// Writes `size` pseudo-random bytes (from `seed`) to `path`, streaming.
-pub fn random_file(path: &Path, size: u64, seed: u64) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut buffer = vec![0u8; MIB as usize];
-    let mut left = size;
-    while left > 0 {
-        let now = left.min(MIB) as usize;
-        rng.fill_bytes(&mut buffer[..now]);
-        file.write_all(&buffer[..now]).unwrap();
-        left -= now as u64;
-    }
-    file.flush().unwrap();
 }
 
 /// Asserts two files hold the same bytes, comparing in chunks (never whole files in memory).
