@@ -94,6 +94,9 @@ impl ErrorCode {
 
 /// Header carrying the 1-based part number of a `PUT .../parts`.
 pub const PART_NUMBER_HEADER: &str = "fastio-part-number";
+/// Header carrying a part's byte offset in the file (v1.1, optional): a receiver writes parts
+/// of any sizes in place with it. Receivers of v1 ignore it.
+pub const PART_OFFSET_HEADER: &str = "fastio-part-offset";
 /// Header carrying the base64 of the big-endian CRC32C of a part's body.
 pub const CHECKSUM_HEADER: &str = "fastio-checksum-crc32c";
 

@@ -19,8 +19,8 @@ use super::validate::{self, ManifestProblem, StoredPart};
 use super::{AppState, SERVER_VERSION};
 use crate::protocol::{
     CHECKSUM_HEADER, CompleteRequest, CompleteResponse, CompletedFile, ErrorCode, FileMetadata,
-    Health, InitRequest, InitResponse, PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState,
-    decode_crc32c, encode_crc32c,
+    Health, InitRequest, InitResponse, PART_NUMBER_HEADER, PART_OFFSET_HEADER, PartInfo,
+    SessionInfo, SessionState, decode_crc32c, encode_crc32c,
 };
 
 /// Largest JSON request body accepted: a complete manifest of 10,000 parts with long etags
@@ -181,9 +181,7 @@ async fn receive_part(
     let record = app.open_record(&upload_id).await?;
     head.check(&record)?;
     let (part_number, content_length) = (head.part_number, head.content_length);
-    let (reservation, sink) = app
-        .reserve(&upload_id, record.total_size, part_number, content_length)
-        .await?;
+    let (reservation, sink) = app.reserve(&upload_id, record.total_size, &head).await?;
     let (received, crc, reservation) = part::receive(
         body,
         sink,
@@ -232,6 +230,8 @@ struct PartHead {
     part_number: u32,
     content_length: u64,
     crc32c: Option<u32>,
+    /// Where the part lies in the file (protocol v1.1), if the client says.
+    offset: Option<u64>,
 }
 
 impl PartHead {
@@ -259,10 +259,17 @@ impl PartHead {
                 ApiError::invalid_request("Fastio-Checksum-CRC32C must be base64 of 4 bytes")
             })?),
         };
+        let offset = match header_text(headers, PART_OFFSET_HEADER) {
+            None => None,
+            Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+                ApiError::invalid_request("Fastio-Part-Offset must be a whole number of bytes")
+            })?),
+        };
         Ok(PartHead {
             part_number,
             content_length,
             crc32c,
+            offset,
         })
     }
 
@@ -609,11 +616,11 @@ impl AppState {
         &self,
         upload_id: &str,
         total_size: u64,
-        part_number: u32,
-        size: u64,
+        head: &PartHead,
     ) -> Result<(Reservation, Sink), ApiError> {
+        let (part_number, size) = (head.part_number, head.content_length);
         let live = self.live_state(upload_id, total_size).await?;
-        let reservation = Reservation::new(live, part_number, size)
+        let reservation = Reservation::new(live, part_number, size, head.offset)
             .map_err(|held| outgrows(part_number, size, held, total_size))?;
         let sink = match reservation.placement() {
             Placement::InPlace { offset } => Sink::InPlace {

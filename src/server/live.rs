@@ -75,8 +75,9 @@ pub struct Live {
     stride: Option<u64>,
     /// Part numbers with a stored version.
     stored: HashSet<u32>,
-    /// Part numbers being written in place right now (at most one writer per slot).
-    writing: HashSet<u32>,
+    /// Parts being written in place right now, by number: their offset and size (at most one
+    /// writer per number, and no two writers over the same bytes).
+    writing: HashMap<u32, (u64, u64)>,
     in_place: BTreeMap<u32, InPlacePart>,
     /// Bytes of the stored version of each part number, and their sum.
     sizes: HashMap<u32, u64>,
@@ -95,7 +96,7 @@ impl Live {
             total_size,
             stride: None,
             stored: HashSet::new(),
-            writing: HashSet::new(),
+            writing: HashMap::new(),
             in_place: BTreeMap::new(),
             sizes: HashMap::new(),
             stored_bytes: 0,
@@ -146,31 +147,52 @@ impl Live {
         self.stored_bytes = self.stored_bytes - previous + size;
     }
 
-    /// Chooses where part `number` of `size` bytes goes, reserving its slot when in place.
-    pub fn place(&mut self, number: u32, size: u64) -> Placement {
-        if size == 0 || self.stored.contains(&number) || self.writing.contains(&number) {
+    /// Chooses where part `number` of `size` bytes goes, reserving its bytes when in place:
+    /// at `offset` when the client says where the part lies in the file (protocol v1.1), else
+    /// where a uniform layout puts it.
+    pub fn place(&mut self, number: u32, size: u64, offset: Option<u64>) -> Placement {
+        if size == 0 || self.stored.contains(&number) || self.writing.contains_key(&number) {
             return Placement::Loose;
         }
-        // The first part to arrive sets the stride, if it can be a full part of a uniform
-        // layout. Only the last part, arriving first and short, can mislead; then the other
-        // parts do not fit, go loose, and complete copies: slower, never wrong.
+        let Some(offset) = offset.or_else(|| self.stride_offset(number, size)) else {
+            return Placement::Loose;
+        };
+        let end = offset.saturating_add(size);
+        if end > self.total_size || self.overlaps(offset, end) {
+            return Placement::Loose;
+        }
+        self.writing.insert(number, (offset, size));
+        Placement::InPlace { offset }
+    }
+
+    /// Where a uniform layout puts part `number` of `size` bytes: every part the size of the
+    /// first to arrive (the stride), but the last. The first part to arrive sets the stride,
+    /// if it can be a full part of such a layout. Only the last part, arriving first and
+    /// short, can mislead; then the other parts do not fit, go loose, and complete copies:
+    /// slower, never wrong.
+    fn stride_offset(&mut self, number: u32, size: u64) -> Option<u64> {
         let stride = match self.stride {
             Some(stride) => stride,
             None if u64::from(number).saturating_mul(size) <= self.total_size => {
                 self.stride = Some(size);
                 size
             }
-            None => return Placement::Loose,
+            None => return None,
         };
         let offset = u64::from(number - 1).saturating_mul(stride);
         let end = offset.saturating_add(size);
         let full_part = size == stride && end <= self.total_size;
         let last_part = size < stride && end == self.total_size;
-        if !(full_part || last_part) {
-            return Placement::Loose;
-        }
-        self.writing.insert(number);
-        Placement::InPlace { offset }
+        (full_part || last_part).then_some(offset)
+    }
+
+    /// Whether `offset..end` overlaps a part stored in place or being written there.
+    fn overlaps(&self, offset: u64, end: u64) -> bool {
+        let stored = self.in_place.values().map(|part| (part.offset, part.size));
+        let arriving = self.writing.values().copied();
+        stored
+            .chain(arriving)
+            .any(|(start, size)| start < end && offset < start.saturating_add(size))
     }
 
     /// Releases a reservation; records the part if it was committed.
@@ -309,49 +331,93 @@ mod tests {
         Live::from_parts(total, &[])
     }
 
+    /// Protocol v1.1: a part that says where it lies is written there, whatever its size, as
+    /// long as it stays in the file and off the bytes of other parts.
+    #[test]
+    fn parts_that_carry_their_offset_go_in_place_in_any_layout() {
+        // A 10-byte file in parts of 1, 4, 3 and 2 bytes.
+        let mut session = live(10);
+        assert_eq!(
+            session.place(2, 4, Some(1)),
+            Placement::InPlace { offset: 1 }
+        );
+        assert_eq!(
+            session.place(4, 2, Some(8)),
+            Placement::InPlace { offset: 8 }
+        );
+        assert_eq!(
+            session.place(1, 1, Some(0)),
+            Placement::InPlace { offset: 0 }
+        );
+        assert_eq!(
+            session.place(3, 4, Some(5)),
+            Placement::Loose,
+            "it would overlap part 4, still arriving"
+        );
+        assert_eq!(
+            session.place(3, 3, Some(5)),
+            Placement::InPlace { offset: 5 }
+        );
+        assert_eq!(
+            session.place(5, 2, Some(9)),
+            Placement::Loose,
+            "past the end"
+        );
+        session.finish(2, Placement::InPlace { offset: 1 }, Some(("b", 4)));
+        assert_eq!(
+            session.place(6, 2, Some(2)),
+            Placement::Loose,
+            "over a stored part's bytes"
+        );
+    }
+
     #[test]
     fn placement_table() {
         // A 20-byte file in parts of 8: [0,8) [8,16) [16,20).
         let mut session = live(20);
         assert_eq!(
-            session.place(2, 8),
+            session.place(2, 8, None),
             Placement::InPlace { offset: 8 },
             "any full part sets the stride"
         );
-        assert_eq!(session.place(3, 4), Placement::InPlace { offset: 16 });
-        assert_eq!(session.place(3, 4), Placement::Loose, "slot busy");
+        assert_eq!(session.place(3, 4, None), Placement::InPlace { offset: 16 });
+        assert_eq!(session.place(3, 4, None), Placement::Loose, "slot busy");
         assert_eq!(
-            session.place(1, 5),
+            session.place(1, 5, None),
             Placement::Loose,
             "neither full nor last"
         );
-        assert_eq!(session.place(4, 8), Placement::Loose, "beyond the end");
-        assert_eq!(session.place(1, 8), Placement::InPlace { offset: 0 });
+        assert_eq!(
+            session.place(4, 8, None),
+            Placement::Loose,
+            "beyond the end"
+        );
+        assert_eq!(session.place(1, 8, None), Placement::InPlace { offset: 0 });
         session.finish(1, Placement::InPlace { offset: 0 }, Some(("a", 8)));
         assert_eq!(
-            session.place(1, 8),
+            session.place(1, 8, None),
             Placement::Loose,
             "a replacement never overwrites"
         );
         session.finish(2, Placement::InPlace { offset: 8 }, None);
         assert_eq!(
-            session.place(2, 8),
+            session.place(2, 8, None),
             Placement::InPlace { offset: 8 },
             "a failed write frees its slot"
         );
         assert_eq!(
-            live(0).place(1, 0),
+            live(0).place(1, 0, None),
             Placement::Loose,
             "empty parts are loose"
         );
 
         // The short last part arriving first misleads the stride; the others go loose.
         let mut misled = live(20);
-        assert_eq!(misled.place(3, 4), Placement::InPlace { offset: 8 });
-        assert_eq!(misled.place(1, 8), Placement::Loose);
-        assert_eq!(misled.place(2, 8), Placement::Loose);
+        assert_eq!(misled.place(3, 4, None), Placement::InPlace { offset: 8 });
+        assert_eq!(misled.place(1, 8, None), Placement::Loose);
+        assert_eq!(misled.place(2, 8, None), Placement::Loose);
         assert_eq!(
-            live(20).place(3, 8),
+            live(20).place(3, 8, None),
             Placement::Loose,
             "3 x 8 > 20: not a full part"
         );
@@ -361,7 +427,7 @@ mod tests {
     fn hash_advances_in_order_and_resets_on_replacement() {
         let mut session = live(20);
         for (number, offset, size) in [(1, 0, 8), (3, 16, 4)] {
-            let placement = session.place(number, size);
+            let placement = session.place(number, size, None);
             assert_eq!(placement, Placement::InPlace { offset });
             session.finish(number, placement, Some(("e", size)));
         }
@@ -371,7 +437,7 @@ mod tests {
         let hasher = session.take_hasher();
         session.hashed(&job, hasher);
         assert_eq!(session.next_hash_job(), None, "part 2 is missing");
-        let placement = session.place(2, 8);
+        let placement = session.place(2, 8, None);
         session.finish(2, placement, Some(("f", 8)));
         let job = session.next_hash_job().unwrap();
         assert_eq!(job.part_number, 2);

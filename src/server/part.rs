@@ -32,13 +32,19 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Checks the part fits (see `Live::fits`) and chooses where it goes; `Err` with the bytes
+    /// Checks the part fits (see `Live::fits`) and chooses where it goes (at `offset`, when the
+    /// client gave it); `Err` with the bytes
     /// the session already holds under other numbers when it would outgrow its file.
-    pub fn new(live: Arc<Mutex<Live>>, part_number: u32, size: u64) -> Result<Reservation, u64> {
+    pub fn new(
+        live: Arc<Mutex<Live>>,
+        part_number: u32,
+        size: u64,
+        offset: Option<u64>,
+    ) -> Result<Reservation, u64> {
         let placement = {
             let mut state = live.lock().expect("live state is never poisoned");
             state.fits(part_number, size)?;
-            state.place(part_number, size)
+            state.place(part_number, size, offset)
         };
         Ok(Reservation {
             live,

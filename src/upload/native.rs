@@ -18,7 +18,8 @@ use super::backend::{
 use super::retry::classify_status;
 use crate::protocol::{
     CompleteRequest, CompleteResponse, ErrorBody, ErrorCode, InitRequest, InitResponse,
-    ManifestPart, PART_NUMBER_HEADER, PartInfo, SessionInfo, SessionState, decode_crc32c,
+    ManifestPart, PART_NUMBER_HEADER, PART_OFFSET_HEADER, PartInfo, SessionInfo, SessionState,
+    decode_crc32c,
 };
 
 /// Time allowed for a request without a streamed body (init, query, abort) to be answered.
@@ -340,6 +341,7 @@ impl Backend for NativeBackend {
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, body.len)
             .header(PART_NUMBER_HEADER, part.number)
+            .header(PART_OFFSET_HEADER, part.offset)
             .body(reqwest::Body::wrap_stream(body.stream));
         let response = self.send(operation, call, true).await?;
         let header_etag = response

@@ -271,6 +271,69 @@ async fn complete_checks_the_manifest_and_the_digest() {
     assert_eq!(std::fs::metadata(&published).unwrap().ino(), data_inode);
 }
 
+/// Protocol v1.1: parts of varying sizes that carry their offset are written in place, so
+/// complete publishes the session's data file as it is; the same layout without the offsets
+/// is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_of_any_sizes_that_carry_their_offset_are_published_without_a_copy() {
+    use std::os::unix::fs::MetadataExt;
+    let receiver = Receiver::start().await;
+    let api = Api::new(&receiver);
+    let kib = 1024usize;
+    let sizes = [256 * kib, 768 * kib, 512 * kib, 100];
+    let parts: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(index, &size)| vec![index as u8 + 1; size])
+        .collect();
+    let content = parts.concat();
+    let offsets: Vec<u64> = sizes
+        .iter()
+        .scan(0u64, |end, &size| {
+            let offset = *end;
+            *end += size as u64;
+            Some(offset)
+        })
+        .collect();
+    let mut inodes = Vec::new();
+    for with_offsets in [true, false] {
+        let name = format!("varying-{with_offsets}.bin");
+        let upload_id = api.open(&name, content.len() as u64).await;
+        let mut etags = vec![String::new(); parts.len()];
+        for index in [1, 0, 3, 2] {
+            let offset = with_offsets.then_some(offsets[index]);
+            let number = (index + 1).to_string();
+            let (status, body) = api
+                .put_at(&upload_id, &number, parts[index].clone(), offset)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            etags[index] = body["etag"].as_str().unwrap().to_string();
+        }
+        let data = receiver
+            .storage
+            .join(".ferry/sessions")
+            .join(&upload_id)
+            .join("data");
+        let data_inode = std::fs::metadata(&data).map(|m| m.ino()).ok();
+        let manifest: Vec<(u32, &str)> = (1..=4).zip(etags.iter().map(String::as_str)).collect();
+        let (status, body) = api
+            .complete(&upload_id, &manifest, Some(&sha256_hex(&content)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let published = receiver.storage.join("ws").join(&name);
+        assert_eq!(std::fs::read(&published).unwrap(), content);
+        let inode = std::fs::metadata(&published).unwrap().ino();
+        inodes.push((data_inode, inode));
+    }
+    let (with, without) = (inodes[0], inodes[1]);
+    assert_eq!(
+        with.0,
+        Some(with.1),
+        "with offsets: the data file is the file"
+    );
+    assert_ne!(without.0, Some(without.1), "without: the parts were copied");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_the_protocol_codes_and_nothing_escapes_storage() {
     let receiver = Receiver::start_with(|config| {

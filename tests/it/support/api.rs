@@ -3,7 +3,7 @@
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-use ferry::protocol::PART_NUMBER_HEADER;
+use ferry::protocol::{PART_NUMBER_HEADER, PART_OFFSET_HEADER};
 
 use super::{Receiver, TOKEN};
 
@@ -75,15 +75,26 @@ impl Api {
         part_number: &str,
         bytes: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let response = self
+        self.put_at(upload_id, part_number, bytes, None).await
+    }
+
+    /// `put`, saying where the part lies in the file (protocol v1.1) when `offset` is given.
+    pub async fn put_at(
+        &self,
+        upload_id: &str,
+        part_number: &str,
+        bytes: Vec<u8>,
+        offset: Option<u64>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
             .client
             .put(format!("{}/v1/uploads/chunked/{upload_id}/parts", self.url))
             .bearer_auth(TOKEN)
-            .header(PART_NUMBER_HEADER, part_number)
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
+            .header(PART_NUMBER_HEADER, part_number);
+        if let Some(offset) = offset {
+            request = request.header(PART_OFFSET_HEADER, offset);
+        }
+        let response = request.body(bytes).send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
