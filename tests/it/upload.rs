@@ -533,8 +533,15 @@ async fn resume_starts_over_when_the_file_changed_or_the_session_is_gone() {
         .count();
     assert_eq!(aborted, 1, "the outdated session was aborted");
 
-    // The receiver lost the session (expired, swept): a new one is opened.
+    // The receiver lost the session (expired, swept): a new one is opened. The killed push's
+    // requests still in the proxy land first, so that none writes into a folder being removed.
     interrupted_push(3).await;
+    wait_until(
+        "the killed push's requests to drain",
+        Duration::from_secs(30),
+        || proxy.in_flight() == 0,
+    )
+    .await;
     for session in std::fs::read_dir(receiver.storage.join(".ferry/sessions")).unwrap() {
         std::fs::remove_dir_all(session.unwrap().path()).unwrap();
     }
