@@ -206,6 +206,9 @@ impl WatchConfig {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub remotes: BTreeMap<String, RemoteConfig>,
+    /// The upload settings of the remotes that override `[upload]`'s part sizes or
+    /// parallelism; see `upload_for`.
+    pub remote_upload: BTreeMap<String, UploadSettings>,
     pub upload: UploadSettings,
     pub watches: Vec<WatchConfig>,
     /// The file it came from; `None` for the built-in default.
@@ -307,6 +310,7 @@ pub fn builtin(defaults: &Defaults) -> Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         },
         remotes,
+        remote_upload: BTreeMap::new(),
         upload: UploadSettings::default(),
         watches: vec![watch],
         source: None,
@@ -315,6 +319,11 @@ pub fn builtin(defaults: &Defaults) -> Config {
 }
 
 impl Config {
+    /// How uploads to the remote `name` go: its own settings, else `[upload]`'s.
+    pub fn upload_for(&self, name: &str) -> UploadSettings {
+        self.remote_upload.get(name).copied().unwrap_or(self.upload)
+    }
+
     /// The effective configuration as TOML, tokens left out, for `ferry config check`.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -374,17 +383,21 @@ impl Config {
                     let url = crate::redact::url(url);
                     let _ = writeln!(
                         out,
-                        "kind = \"native\"\nurl = {url:?}\nworkspace_id = {workspace_id:?}\n# token: set (not shown)\n"
+                        "kind = \"native\"\nurl = {url:?}\nworkspace_id = {workspace_id:?}\n# token: set (not shown)"
                     );
                 }
                 RemoteConfig::Embedded { storage } => {
                     let _ = writeln!(
                         out,
-                        "# the receiver embedded in the daemon, storing in {}\n",
+                        "# the receiver embedded in the daemon, storing in {}",
                         storage.display()
                     );
                 }
             }
+            if let Some(own) = self.remote_upload.get(name) {
+                render_sizes(out, own);
+            }
+            out.push('\n');
         }
     }
 
@@ -392,25 +405,8 @@ impl Config {
     fn render_upload(&self, out: &mut String) {
         use std::fmt::Write;
         let u = &self.upload;
-        let _ = writeln!(
-            out,
-            "[upload]\nchunk_size = {:?}\nchunk_size_min = {:?}\nchunk_size_max = {:?}",
-            match u.chunk_size {
-                ChunkSize::Auto => "auto".to_string(),
-                ChunkSize::Fixed(size) => iec(size),
-            },
-            iec(u.chunk_size_min),
-            iec(u.chunk_size_max),
-        );
-        let parallel = match u.parallel_parts {
-            PartsInFlight::Auto => "\"auto\"".to_string(),
-            PartsInFlight::Fixed(parts) => parts.to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "parallel_parts = {parallel}\nparallel_parts_max = {}",
-            u.parallel_parts_max
-        );
+        out.push_str("[upload]\n");
+        render_sizes(out, u);
         let _ = writeln!(
             out,
             "retry = {{ max_attempts = {}, backoff_base = {:?}, backoff_max = {:?} }}\n",
@@ -455,6 +451,26 @@ impl Config {
             let _ = writeln!(out, "metadata = {{ {} }}\n", metadata.join(", "));
         }
     }
+}
+
+/// The part-size and parallelism keys of `[upload]` (or a remote's own).
+fn render_sizes(out: &mut String, u: &UploadSettings) {
+    use std::fmt::Write;
+    let chunk_size = match u.chunk_size {
+        ChunkSize::Auto => "auto".to_string(),
+        ChunkSize::Fixed(size) => iec(size),
+    };
+    let parallel = match u.parallel_parts {
+        PartsInFlight::Auto => "\"auto\"".to_string(),
+        PartsInFlight::Fixed(parts) => parts.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "chunk_size = {chunk_size:?}\nchunk_size_min = {:?}\nchunk_size_max = {:?}\nparallel_parts = {parallel}\nparallel_parts_max = {}",
+        iec(u.chunk_size_min),
+        iec(u.chunk_size_max),
+        u.parallel_parts_max
+    );
 }
 
 /// A size as users write it: "8 MiB" becomes "8MiB".

@@ -84,6 +84,15 @@ fn size(value: SizeValue) -> Result<u64, String> {
     }
 }
 
+/// The keys of `[upload]` that a remote may also set, for itself.
+const UPLOAD_KEYS: [&str; 5] = [
+    "chunk_size",
+    "chunk_size_min",
+    "chunk_size_max",
+    "parallel_parts",
+    "parallel_parts_max",
+];
+
 /// A part size: above zero and at most `MAX_CHUNK_SIZE`.
 fn part_size(value: SizeValue) -> Result<u64, String> {
     size(value).and_then(|bytes| match bytes {
@@ -297,25 +306,35 @@ impl<'t> Reader<'t> {
         };
         let daemon = self.daemon(daemon_table, defaults, base);
 
-        let mut remotes = BTreeMap::new();
-        if let Some(value) = root.get("remotes")
-            && let Some(table) = self.sub_table("remotes", value)
-        {
-            for (name, value) in table.iter() {
-                let path = format!("remotes.{}", name.get_ref());
-                if let Some(remote_table) = self.sub_table(&path, value)
-                    && let Some(remote) = self.remote(&path, remote_table, value.span(), base)
-                {
-                    remotes.insert(name.get_ref().to_string(), remote);
-                }
-            }
-        }
-
         let upload_table = match root.get("upload") {
             Some(value) => self.sub_table("upload", value).unwrap_or(&empty),
             None => &empty,
         };
         let upload = self.upload(upload_table);
+
+        let mut remotes = BTreeMap::new();
+        let mut remote_upload = BTreeMap::new();
+        if let Some(value) = root.get("remotes")
+            && let Some(table) = self.sub_table("remotes", value)
+        {
+            for (name, value) in table.iter() {
+                let path = format!("remotes.{}", name.get_ref());
+                let Some(remote_table) = self.sub_table(&path, value) else {
+                    continue;
+                };
+                if let Some(remote) = self.remote(&path, remote_table, value.span(), base) {
+                    remotes.insert(name.get_ref().to_string(), remote);
+                }
+                if let Some(global) = upload
+                    && UPLOAD_KEYS
+                        .iter()
+                        .any(|key| remote_table.get(*key).is_some())
+                {
+                    let own = self.upload_keys(&path, remote_table, global);
+                    remote_upload.insert(name.get_ref().to_string(), own);
+                }
+            }
+        }
 
         let mut watches = Vec::new();
         match root
@@ -342,6 +361,7 @@ impl<'t> Reader<'t> {
         Some(Config {
             daemon: daemon?,
             remotes,
+            remote_upload,
             upload: upload?,
             watches,
             source: None,
@@ -421,7 +441,19 @@ impl<'t> Reader<'t> {
         self.unknown_keys(
             path,
             table,
-            &["kind", "url", "workspace_id", "token_file", "token_env"],
+            &[
+                "kind",
+                "url",
+                "workspace_id",
+                "token_file",
+                "token_env",
+                // The remote's own part sizes and parallelism (see `upload_keys`).
+                "chunk_size",
+                "chunk_size_min",
+                "chunk_size_max",
+                "parallel_parts",
+                "parallel_parts_max",
+            ],
         );
         let kind = self.get::<String>(path, table, "kind");
         let kind = self.require(path, table, "kind", kind, Some(span.clone()))?;
@@ -489,29 +521,39 @@ impl<'t> Reader<'t> {
 
     fn upload(&mut self, table: &DeTable<'_>) -> Option<UploadSettings> {
         let path = "upload";
-        let keys = [
-            "chunk_size",
-            "chunk_size_min",
-            "chunk_size_max",
-            "parallel_parts",
-            "parallel_parts_max",
-            "retry",
-        ];
+        let keys: Vec<&str> = UPLOAD_KEYS.iter().copied().chain(["retry"]).collect();
         self.unknown_keys(path, table, &keys);
         let d = UploadSettings::default();
         let settings = UploadSettings {
+            retry: self
+                .get_as(path, table, "retry", retry_policy)
+                .unwrap_or(d.retry),
+            ..self.upload_keys(path, table, d)
+        };
+        Some(settings)
+    }
+
+    /// The part-size and parallelism keys of `[upload]`, or of a remote that overrides them:
+    /// each read from `table`, else kept from `base`.
+    fn upload_keys(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        base: UploadSettings,
+    ) -> UploadSettings {
+        let settings = UploadSettings {
             chunk_size: self
                 .get_as(path, table, "chunk_size", chunk_size)
-                .unwrap_or(d.chunk_size),
+                .unwrap_or(base.chunk_size),
             chunk_size_min: self
                 .get_as(path, table, "chunk_size_min", part_size)
-                .unwrap_or(d.chunk_size_min),
+                .unwrap_or(base.chunk_size_min),
             chunk_size_max: self
                 .get_as(path, table, "chunk_size_max", part_size)
-                .unwrap_or(d.chunk_size_max),
+                .unwrap_or(base.chunk_size_max),
             parallel_parts: self
                 .get_as(path, table, "parallel_parts", parallel_parts)
-                .unwrap_or(d.parallel_parts),
+                .unwrap_or(base.parallel_parts),
             parallel_parts_max: self
                 .get_as(
                     path,
@@ -519,21 +561,21 @@ impl<'t> Reader<'t> {
                     "parallel_parts_max",
                     count_up_to(MAX_PARALLEL_PARTS),
                 )
-                .unwrap_or(d.parallel_parts_max),
-            retry: self
-                .get_as(path, table, "retry", retry_policy)
-                .unwrap_or(d.retry),
-            ..d
+                .unwrap_or(base.parallel_parts_max),
+            ..base
         };
         if settings.chunk_size_min > settings.chunk_size_max {
-            let span = table.get("chunk_size_min").map(Spanned::span);
+            let span = table
+                .get("chunk_size_min")
+                .or(table.get("chunk_size_max"))
+                .map(Spanned::span);
             self.problem(
                 join(path, "chunk_size_min"),
                 span,
                 "must not exceed chunk_size_max",
             );
         }
-        Some(settings)
+        settings
     }
 
     fn watch(

@@ -181,6 +181,46 @@ fn globs_and_remote_paths() {
 }
 
 #[test]
+fn a_remote_may_set_its_own_part_sizes_and_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = |name: &str, extra: &str| {
+        format!(
+            "[remotes.{name}]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n{extra}"
+        )
+    };
+    let text = format!(
+        "[upload]\nchunk_size_max = \"64MiB\"\n{}{}[[watch]]\npath = \"/w\"\nremote = \"lan\"\n",
+        remote("lan", "chunk_size = \"16MiB\"\nparallel_parts = 2\n"),
+        remote("wan", "")
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let lan = config.upload_for("lan");
+    assert_eq!(
+        lan.chunk_size,
+        crate::upload::ChunkSize::Fixed(16 * 1024 * 1024)
+    );
+    assert_eq!(lan.parallel_parts, crate::upload::PartsInFlight::Fixed(2));
+    assert_eq!(
+        lan.chunk_size_max,
+        64 * 1024 * 1024,
+        "the rest comes from [upload]"
+    );
+    assert_eq!(config.upload_for("wan"), config.upload);
+    assert!(config.render().contains("[remotes.lan]\nkind = \"native\""));
+
+    let bad = format!(
+        "{}[[watch]]\npath = \"/w\"\nremote = \"r\"\n",
+        remote(
+            "r",
+            "chunk_size_min = \"8MiB\"\nchunk_size_max = \"1MiB\"\nparallel_parts = \"lots\"\n"
+        )
+    );
+    let problems = parse_in(dir.path(), &bad).unwrap_err().to_string();
+    assert!(problems.contains("remotes.r.chunk_size_min"), "{problems}");
+    assert!(problems.contains("remotes.r.parallel_parts"), "{problems}");
+}
+
+#[test]
 fn locate_prefers_flag_then_environment_then_platform_file() {
     let d = defaults();
     assert_eq!(

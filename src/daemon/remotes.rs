@@ -91,7 +91,8 @@ pub(super) fn build_uploaders(
             name: name.clone(),
             source: Box::new(source),
         })?;
-        let uploader = Uploader::new(Arc::new(backend), store.sessions(), config.upload);
+        let settings = config.upload_for(name);
+        let uploader = Uploader::new(Arc::new(backend), store.sessions(), settings);
         uploaders.insert(name.clone(), Arc::new(uploader));
     }
     Ok(uploaders)

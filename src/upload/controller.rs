@@ -8,9 +8,11 @@
 //! throws those bytes away. Per byte the expected cost is about `a·r/s + λ·s/2`, with `λ` the
 //! failures per byte sent, least at `s* = sqrt(2·a·r/λ)`. With no failures seen, parts grow
 //! until the fixed time is at most `OVERHEAD_SHARE` of a part's time. Parts in flight cover the
-//! link during the fixed time: `1 + a·r/s`. `a` and `1/r` come from a decaying least-squares
-//! fit of each part's time against its bytes times the parts in flight (parts share the link),
-//! so a link that changes is followed within a few parts.
+//! link during the fixed time: `1 + a·r/s`, and never fewer than the initial number but under
+//! congestion. `1/r` comes from a decaying least-squares fit of each part's time against its
+//! bytes times the parts in flight (parts share the link); `a` from requests without a body
+//! (creating a session), else from the fit. The fit starts again when parts keep missing its
+//! prediction, so a link that changes is followed within a few parts.
 //!
 //! A remote that refuses large bodies (413, or a proxy closing the connection after about the
 //! same number of bytes again and again, where random resets would be spread out) gets a cap
