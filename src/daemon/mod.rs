@@ -176,6 +176,8 @@ pub async fn run(
             Some(Reload { config, applied }) = reloads.recv() => {
                 let reloading = daemon.clone();
                 let _ = tokio::task::spawn_blocking(move || reloading.reload(config)).await;
+                // The reload built new uploaders: they start from what was learned too.
+                daemon.restore_learned().await;
                 let _ = applied.send(());
             }
             _ = prune.tick() => daemon.maintain(config.daemon.done_retention).await,

@@ -100,6 +100,21 @@ async fn a_restarted_daemon_reports_and_uses_what_it_learned() {
         resumed["parallel_parts"], learned["parallel_parts"],
         "{resumed}"
     );
+
+    // A reload builds new uploaders; they too start from what was learned.
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(restarted.child.id() as i32, libc::SIGHUP) };
+    crate::support::wait_until("the reload", Duration::from_secs(10), || {
+        restarted.logged("configuration reloaded")
+    })
+    .await;
+    setup
+        .wait_status(
+            "the learned size after a reload",
+            Duration::from_secs(10),
+            |status| status["remotes"][0]["part_size"] == size,
+        )
+        .await;
     assert_eq!(restarted.terminate().await, Some(0));
 }
 
