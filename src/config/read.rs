@@ -312,29 +312,7 @@ impl<'t> Reader<'t> {
         };
         let upload = self.upload(upload_table);
 
-        let mut remotes = BTreeMap::new();
-        let mut remote_upload = BTreeMap::new();
-        if let Some(value) = root.get("remotes")
-            && let Some(table) = self.sub_table("remotes", value)
-        {
-            for (name, value) in table.iter() {
-                let path = format!("remotes.{}", name.get_ref());
-                let Some(remote_table) = self.sub_table(&path, value) else {
-                    continue;
-                };
-                if let Some(remote) = self.remote(&path, remote_table, value.span(), base) {
-                    remotes.insert(name.get_ref().to_string(), remote);
-                }
-                if let Some(global) = upload
-                    && UPLOAD_KEYS
-                        .iter()
-                        .any(|key| remote_table.get(*key).is_some())
-                {
-                    let own = self.upload_keys(&path, remote_table, global);
-                    remote_upload.insert(name.get_ref().to_string(), own);
-                }
-            }
-        }
+        let (remotes, remote_upload) = self.remotes(root, base, upload);
 
         let mut watches = Vec::new();
         match root
@@ -431,6 +409,43 @@ impl<'t> Reader<'t> {
         })
     }
 
+    /// Every `[remotes.NAME]`, and the upload settings of those that set their own (from
+    /// `upload`, the `[upload]` read already).
+    fn remotes(
+        &mut self,
+        root: &DeTable<'_>,
+        base: &Path,
+        upload: Option<UploadSettings>,
+    ) -> (
+        BTreeMap<String, RemoteConfig>,
+        BTreeMap<String, UploadSettings>,
+    ) {
+        let mut remotes = BTreeMap::new();
+        let mut remote_upload = BTreeMap::new();
+        if let Some(value) = root.get("remotes")
+            && let Some(table) = self.sub_table("remotes", value)
+        {
+            for (name, value) in table.iter() {
+                let path = format!("remotes.{}", name.get_ref());
+                let Some(remote_table) = self.sub_table(&path, value) else {
+                    continue;
+                };
+                if let Some(remote) = self.remote(&path, remote_table, value.span(), base) {
+                    remotes.insert(name.get_ref().to_string(), remote);
+                }
+                if let Some(global) = upload
+                    && UPLOAD_KEYS
+                        .iter()
+                        .any(|key| remote_table.get(*key).is_some())
+                {
+                    let own = self.upload_keys(&path, remote_table, global);
+                    remote_upload.insert(name.get_ref().to_string(), own);
+                }
+            }
+        }
+        (remotes, remote_upload)
+    }
+
     fn remote(
         &mut self,
         path: &str,
@@ -438,23 +453,10 @@ impl<'t> Reader<'t> {
         span: Range<usize>,
         base: &Path,
     ) -> Option<RemoteConfig> {
-        self.unknown_keys(
-            path,
-            table,
-            &[
-                "kind",
-                "url",
-                "workspace_id",
-                "token_file",
-                "token_env",
-                // The remote's own part sizes and parallelism (see `upload_keys`).
-                "chunk_size",
-                "chunk_size_min",
-                "chunk_size_max",
-                "parallel_parts",
-                "parallel_parts_max",
-            ],
-        );
+        let keys = ["kind", "url", "workspace_id", "token_file", "token_env"];
+        // And the remote's own part sizes and parallelism (see `upload_keys`).
+        let keys: Vec<&str> = keys.into_iter().chain(UPLOAD_KEYS).collect();
+        self.unknown_keys(path, table, &keys);
         let kind = self.get::<String>(path, table, "kind");
         let kind = self.require(path, table, "kind", kind, Some(span.clone()))?;
         if kind != "native" {
