@@ -46,7 +46,13 @@ pub fn apply(job: &JobRecord, event: Event<'_>, now: u64) -> Next {
     next.updated_ms = now;
     match (job.state, event) {
         (JobState::Done, _) => return Next::Same,
-        (state, Event::Reported { .. }) => return reported(job, state, event, now),
+        (
+            _,
+            Event::Reported {
+                remote_path,
+                fingerprint,
+            },
+        ) => return reported(job, remote_path, fingerprint, now),
         (JobState::Queued, Event::Claimed) => next.state = JobState::Active,
         (JobState::Active, Event::Uploaded { .. }) => {
             next.state = JobState::Done;
@@ -80,18 +86,11 @@ pub fn apply(job: &JobRecord, event: Event<'_>, now: u64) -> Next {
 
 /// A report of a job's file: an active job notes the change for afterwards; a queued or
 /// failed one gets a prompt, fresh attempt, whatever failed before.
-fn reported(job: &JobRecord, state: JobState, event: Event<'_>, now: u64) -> Next {
-    let Event::Reported {
-        remote_path,
-        fingerprint,
-    } = event
-    else {
-        unreachable!("called for reports only")
-    };
+fn reported(job: &JobRecord, remote_path: &str, fingerprint: Fingerprint, now: u64) -> Next {
     let mut next = job.clone();
     next.updated_ms = now;
     next.fingerprint = Some(fingerprint);
-    match state {
+    match job.state {
         // A scan that re-reports the file being uploaded changes nothing.
         JobState::Active if job.fingerprint == Some(fingerprint) => return Next::Same,
         JobState::Active => next.dirty = true,
