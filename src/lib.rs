@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod push;
 pub mod queue;
 pub mod redact;
+pub mod remotes;
 pub mod secret;
 pub mod server;
 pub mod service;

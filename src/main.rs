@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use ferry::UsageError;
-use ferry::cli::push::PushRequest;
+use ferry::cli::push::{PushRequest, Target};
 use ferry::cli::serve::ServeRequest;
 use ferry::config::LogFormat;
 use ferry::control::{Command as ControlCommand, ControlError};
@@ -165,9 +165,12 @@ struct PushArgs {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Base URL of a native-protocol receiver, e.g. http://127.0.0.1:7373.
-    #[arg(long)]
-    url: String,
-    /// Workspace to upload into.
+    #[arg(long, required_unless_present = "remote")]
+    url: Option<String>,
+    /// A remote of the configuration (native or S3) to upload to, instead of --url.
+    #[arg(long, conflicts_with_all = ["url", "workspace", "token_file"])]
+    remote: Option<String>,
+    /// Workspace to upload into (with --url).
     #[arg(long, default_value = "default")]
     workspace: String,
     /// Remote path (only with a single file); default: the file's name.
@@ -182,13 +185,13 @@ struct PushArgs {
     /// Print one JSON object describing the uploads at the end.
     #[arg(long)]
     json: bool,
-    /// Part size: `auto` (the default) learns it from the link and remembers it per receiver
-    /// in --data-dir; or a fixed size such as 8MiB.
-    #[arg(long, default_value = "auto", value_parser = ferry::cli::push::parse_chunk_size)]
-    chunk_size: ChunkSize,
+    /// Part size: `auto` (the default, or the remote's configured size) learns it from the
+    /// link and remembers it per remote in --data-dir; or a fixed size such as 8MiB.
+    #[arg(long, value_parser = ferry::cli::push::parse_chunk_size)]
+    chunk_size: Option<ChunkSize>,
     /// Parts of a file sent at once: `auto` (the default) learns it; or a number.
-    #[arg(long, default_value = "auto", value_parser = ferry::cli::push::parse_parallel_parts)]
-    parallel_parts: PartsInFlight,
+    #[arg(long, value_parser = ferry::cli::push::parse_parallel_parts)]
+    parallel_parts: Option<PartsInFlight>,
     /// Attempts per request before giving up on a transient failure (1 to 1000, as in the
     /// configuration's `max_attempts`).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(ferry::config::MAX_RETRY_ATTEMPTS)))]
@@ -276,7 +279,7 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
             ferry::cli::private_umask();
             ferry::cli::serve::serve(serve_request(args)).await
         }
-        Command::Push(args) => ferry::cli::push::push(push_request(args)).await,
+        Command::Push(args) => ferry::cli::push::push(push_request(args, cli.config)).await,
         Command::Service { command } => service(command, cli.config.as_deref()),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -336,18 +339,22 @@ fn serve_request(args: ServeArgs) -> ServeRequest {
 }
 
 /// `ferry push`'s flags, as the library takes them.
-fn push_request(args: PushArgs) -> PushRequest {
+fn push_request(args: PushArgs, config: Option<PathBuf>) -> PushRequest {
+    let target = match (args.remote, args.url) {
+        (Some(name), _) => Target::Remote { name, config },
+        (None, url) => Target::Url {
+            url: url.unwrap_or_default(),
+            workspace: args.workspace,
+            token_file: args.token_file,
+        },
+    };
     PushRequest {
         files: args.files,
-        url: args.url,
-        workspace: args.workspace,
+        target,
         name: args.name,
-        token_file: args.token_file,
         data_dir: args.data_dir,
         json: args.json,
         settings: UploadSettings {
-            chunk_size: args.chunk_size,
-            parallel_parts: args.parallel_parts,
             retry: RetryPolicy {
                 max_attempts: args.retry_attempts,
                 backoff_base: args.retry_base.into(),
@@ -356,5 +363,7 @@ fn push_request(args: PushArgs) -> PushRequest {
             stall_timeout: args.stall_timeout.into(),
             ..UploadSettings::default()
         },
+        chunk_size: args.chunk_size,
+        parallel_parts: args.parallel_parts,
     }
 }

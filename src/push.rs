@@ -13,22 +13,21 @@ use serde::Serialize;
 
 use crate::queue::{QueueError, Store};
 use crate::upload::{
-    BackendError, NativeBackend, NativeConfig, PartSizes, Progress, UploadError, UploadJob,
-    UploadReport, UploadSettings, Uploader,
+    Backend, BackendError, PartSizes, Progress, UploadError, UploadJob, UploadReport,
+    UploadSettings, Uploader,
 };
 
 /// Interval between plain progress lines when stderr is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// What to push and where.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PushOptions {
     pub files: Vec<PathBuf>,
-    pub url: String,
-    pub workspace: String,
+    /// Where to: a receiver named by `--url`, or a configured remote.
+    pub backend: Arc<dyn Backend>,
     /// Remote path for a single file; default: the file's name.
     pub name: Option<String>,
-    pub token: String,
     /// Folder of the push session store.
     pub data_dir: PathBuf,
     pub json: bool,
@@ -92,16 +91,11 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
         path: options.data_dir.clone(),
         source,
     })?;
-    let backend = NativeBackend::new(NativeConfig {
-        url: options.url.clone(),
-        workspace_id: options.workspace.clone(),
-        token: options.token.clone(),
-    })?;
     let store_dir = options.data_dir.join("push-sessions");
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
         .expect("opening the store does not panic")?;
-    let uploader = Uploader::new(Arc::new(backend), store.sessions(), options.settings);
+    let uploader = Uploader::new(options.backend.clone(), store.sessions(), options.settings);
 
     let mut summary = Summary {
         files: Vec::new(),

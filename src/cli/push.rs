@@ -1,14 +1,17 @@
 //! `ferry push`: checks its command line, finds the token and data folder, then runs
 //! `crate::push`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::UsageError;
 use crate::push::{PushOptions, default_remote_path};
-use crate::upload::{ChunkSize, PartsInFlight, UploadSettings};
+use crate::upload::{
+    Backend, ChunkSize, NativeBackend, NativeConfig, PartsInFlight, UploadSettings,
+};
 
 /// Shortest stall timeout honoured: below it, every part would look stalled.
 const MIN_STALL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -16,16 +19,34 @@ const MIN_STALL_TIMEOUT: Duration = Duration::from_millis(100);
 /// What `ferry push` was asked, as its command line gave it.
 pub struct PushRequest {
     pub files: Vec<PathBuf>,
-    pub url: String,
-    pub workspace: String,
+    pub target: Target,
     /// `--name`: the remote path of a single file.
     pub name: Option<String>,
-    /// `--token-file`; else `FERRY_TOKEN`.
-    pub token_file: Option<PathBuf>,
     /// `--data-dir`; else the platform data directory.
     pub data_dir: Option<PathBuf>,
     pub json: bool,
+    /// Retries and the stall timeout; part sizes and parallelism come from the remote's
+    /// configuration, or the defaults, unless `chunk_size` or `parallel_parts` is given.
     pub settings: UploadSettings,
+    pub chunk_size: Option<ChunkSize>,
+    pub parallel_parts: Option<PartsInFlight>,
+}
+
+/// Where a push goes.
+pub enum Target {
+    /// `--url` and `--workspace`: a native receiver, its token from `--token-file` or
+    /// `FERRY_TOKEN`.
+    Url {
+        url: String,
+        workspace: String,
+        token_file: Option<PathBuf>,
+    },
+    /// `--remote NAME`: a remote of the configuration (`--config`, or where the daemon finds
+    /// it); its own part sizes and parallelism apply unless a flag sets them.
+    Remote {
+        name: String,
+        config: Option<PathBuf>,
+    },
 }
 
 /// Checks the request and pushes every file.
@@ -36,18 +57,8 @@ pub async fn push(request: PushRequest) -> Result<()> {
 }
 
 /// The options a valid request means; a usage error naming the flag otherwise.
-fn check(request: PushRequest) -> Result<PushOptions, UsageError> {
-    crate::protocol::check_base_url(&request.url).map_err(|problem| {
-        let url = crate::redact::url(&request.url);
-        UsageError(format!("--url {url}: {problem}"))
-    })?;
+fn check(request: PushRequest) -> Result<PushOptions> {
     check_names(&request)?;
-    let token = crate::secret::file_or_env(request.token_file.as_deref(), "FERRY_TOKEN").map_err(
-        |error| match request.token_file {
-            Some(_) => UsageError(format!("--token-file: {}", crate::error::chain(&error))),
-            None => UsageError("no token: pass --token-file FILE or set FERRY_TOKEN".into()),
-        },
-    )?;
     let data_dir = match request.data_dir {
         Some(dir) => dir,
         None => directories::ProjectDirs::from("", "", "ferry")
@@ -56,18 +67,75 @@ fn check(request: PushRequest) -> Result<PushOptions, UsageError> {
                 UsageError("no home directory to keep push sessions in; pass --data-dir".into())
             })?,
     };
-    let mut settings = request.settings;
+    let (backend, mut settings) = match request.target {
+        Target::Url {
+            url,
+            workspace,
+            token_file,
+        } => (native(url, workspace, token_file)?, request.settings),
+        Target::Remote { name, config } => configured(&name, config.as_deref(), request.settings)?,
+    };
     settings.stall_timeout = settings.stall_timeout.max(MIN_STALL_TIMEOUT);
+    settings.chunk_size = request.chunk_size.unwrap_or(settings.chunk_size);
+    settings.parallel_parts = request.parallel_parts.unwrap_or(settings.parallel_parts);
     Ok(PushOptions {
         files: request.files,
-        url: request.url,
-        workspace: request.workspace,
+        backend,
         name: request.name,
-        token,
         data_dir,
         json: request.json,
         settings,
     })
+}
+
+/// The receiver `--url` names, with the token from `--token-file` or `FERRY_TOKEN`.
+fn native(url: String, workspace: String, token_file: Option<PathBuf>) -> Result<Arc<dyn Backend>> {
+    crate::protocol::check_base_url(&url).map_err(|problem| {
+        let url = crate::redact::url(&url);
+        UsageError(format!("--url {url}: {problem}"))
+    })?;
+    let token =
+        crate::secret::file_or_env(token_file.as_deref(), "FERRY_TOKEN").map_err(|error| {
+            match token_file {
+                Some(_) => UsageError(format!("--token-file: {}", crate::error::chain(&error))),
+                None => UsageError("no token: pass --token-file FILE or set FERRY_TOKEN".into()),
+            }
+        })?;
+    let config = NativeConfig {
+        url,
+        workspace_id: workspace,
+        token,
+    };
+    Ok(Arc::new(NativeBackend::new(config)?))
+}
+
+/// The configured remote `name`, and its upload settings under the flags given.
+fn configured(
+    name: &str,
+    config: Option<&Path>,
+    flags: UploadSettings,
+) -> Result<(Arc<dyn Backend>, UploadSettings)> {
+    let config = crate::cli::load_config(config)?;
+    let Some(remote) = config.remotes.get(name) else {
+        let known: Vec<&str> = config.remotes.keys().map(String::as_str).collect();
+        return Err(UsageError(format!(
+            "--remote {name}: no such remote in the configuration (it has: {})",
+            known.join(", ")
+        ))
+        .into());
+    };
+    let backend = crate::remotes::backend(name, remote, None)?.ok_or_else(|| {
+        UsageError(format!(
+            "--remote {name} is the daemon's embedded receiver; push to a running `ferry serve` with --url"
+        ))
+    })?;
+    let own = config.upload_for(name);
+    let settings = UploadSettings {
+        retry: flags.retry,
+        stall_timeout: flags.stall_timeout,
+        ..own
+    };
+    Ok((backend, settings))
 }
 
 /// `--chunk-size`: `auto` or a size such as `8MiB` (above zero).

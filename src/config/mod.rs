@@ -141,6 +141,8 @@ pub enum RemoteConfig {
     },
     /// The receiver the daemon runs itself (the default configuration), storing here.
     Embedded { storage: PathBuf },
+    /// An S3-compatible bucket.
+    S3(crate::upload::S3Config),
 }
 
 /// What to do with a local file once it is uploaded.
@@ -393,6 +395,7 @@ impl Config {
                         storage.display()
                     );
                 }
+                RemoteConfig::S3(s3) => render_s3(out, s3),
             }
             if let Some(own) = self.remote_upload.get(name) {
                 render_sizes(out, own);
@@ -480,6 +483,30 @@ fn iec(bytes: u64) -> String {
         .iec()
         .to_string()
         .replace(' ', "")
+}
+
+/// An S3 remote as `config check` prints it: where, how, and where its keys come from.
+fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "kind = \"s3\"");
+    if let Some(endpoint) = &s3.endpoint {
+        let _ = writeln!(out, "endpoint = {:?}", crate::redact::url(endpoint));
+    }
+    let _ = writeln!(
+        out,
+        "region = {:?}\nbucket = {:?}\nprefix = {:?}\nchecksum = \"{}\"",
+        s3.region, s3.bucket, s3.prefix, s3.checksum
+    );
+    if let Some(style) = s3.path_style {
+        let _ = writeln!(out, "path_style = {style}");
+    }
+    if let Some(class) = &s3.storage_class {
+        let _ = writeln!(out, "storage_class = {class:?}");
+    }
+    if let Ok(url) = s3.bucket_url() {
+        let _ = writeln!(out, "# bucket URL: {}", crate::redact::url(url.as_str()));
+    }
+    let _ = writeln!(out, "# credentials: {}", s3.credentials.describe());
 }
 
 #[cfg(test)]

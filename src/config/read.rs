@@ -14,6 +14,8 @@ use toml::de::{DeTable, DeValue};
 use super::*;
 use crate::upload::{ChunkSize, PartsInFlight, RetryPolicy};
 
+mod remote;
+
 pub(super) struct Reader<'t> {
     text: &'t str,
     problems: Vec<Problem>,
@@ -444,81 +446,6 @@ impl<'t> Reader<'t> {
             }
         }
         (remotes, remote_upload)
-    }
-
-    fn remote(
-        &mut self,
-        path: &str,
-        table: &DeTable<'_>,
-        span: Range<usize>,
-        base: &Path,
-    ) -> Option<RemoteConfig> {
-        let keys = ["kind", "url", "workspace_id", "token_file", "token_env"];
-        // And the remote's own part sizes and parallelism (see `upload_keys`).
-        let keys: Vec<&str> = keys.into_iter().chain(UPLOAD_KEYS).collect();
-        self.unknown_keys(path, table, &keys);
-        let kind = self.get::<String>(path, table, "kind");
-        let kind = self.require(path, table, "kind", kind, Some(span.clone()))?;
-        if kind != "native" {
-            let message = if kind == "s3" || kind == "tus" {
-                format!("kind {kind:?} is not supported yet; use \"native\"")
-            } else {
-                format!("unknown kind {kind:?}; use \"native\"")
-            };
-            self.problem(
-                join(path, "kind"),
-                table.get("kind").map(Spanned::span),
-                message,
-            );
-            return None;
-        }
-        let url = self.get_as(path, table, "url", |url: String| {
-            crate::protocol::check_base_url(&url).map(|()| url)
-        });
-        let url = self.require(path, table, "url", url, Some(span.clone()));
-        let workspace_id = self.get_as(path, table, "workspace_id", |id: String| {
-            crate::protocol::check_workspace_id(&id).map(|()| id)
-        });
-        let workspace_id = self.require(
-            path,
-            table,
-            "workspace_id",
-            workspace_id,
-            Some(span.clone()),
-        );
-        let token = match (table.get("token_file"), table.get("token_env")) {
-            (Some(_), Some(value)) => {
-                self.problem(
-                    join(path, "token_env"),
-                    Some(value.span()),
-                    "give token_file or token_env, not both",
-                );
-                None
-            }
-            (Some(_), None) => self.get_as(path, table, "token_file", |file: PathBuf| {
-                crate::secret::read_file(&base.join(file))
-                    .map(Secret)
-                    .map_err(|error| crate::error::chain(&error))
-            }),
-            (None, Some(_)) => self.get_as(path, table, "token_env", |name: String| {
-                crate::secret::read_env(&name)
-                    .map(Secret)
-                    .map_err(|error| error.to_string())
-            }),
-            (None, None) => {
-                self.problem(
-                    path,
-                    Some(span),
-                    "needs token_file or token_env (tokens are never written inline)",
-                );
-                None
-            }
-        };
-        Some(RemoteConfig::Native {
-            url: url?,
-            workspace_id: workspace_id?,
-            token: token?,
-        })
     }
 
     fn upload(&mut self, table: &DeTable<'_>) -> Option<UploadSettings> {

@@ -101,6 +101,88 @@ after_upload = "shred"
 }
 
 #[test]
+fn s3_remotes_are_read_with_their_credentials_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = "[[watch]]\npath = \"/a\"\nremote = \"main\"\n";
+    let text = format!(
+        "[remotes.main]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nbucket = \"photos\"\nprefix = \"cam/\"\nchecksum = \"md5\"\nstorage_class = \"STANDARD_IA\"\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"token\"\nchunk_size = \"16MiB\"\n{watch}"
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let RemoteConfig::S3(s3) = &config.remotes["main"] else {
+        panic!("an s3 remote: {:?}", config.remotes);
+    };
+    assert_eq!(
+        (s3.bucket.as_str(), s3.prefix.as_str(), s3.region.as_str()),
+        ("photos", "cam/", "eu-west-1")
+    );
+    assert_eq!(s3.checksum, crate::upload::s3::Checksum::Md5);
+    assert_eq!(s3.storage_class.as_deref(), Some("STANDARD_IA"));
+    assert_eq!(
+        s3.credentials,
+        crate::upload::s3::CredentialSource::Keys {
+            access_key_id: "AKID".into(),
+            secret_access_key: "secret-token".into(),
+        }
+    );
+    let rendered = config.render();
+    assert!(
+        rendered.contains("bucket URL: http://127.0.0.1:9000/photos/"),
+        "{rendered}"
+    );
+    assert!(
+        !rendered.contains("secret-token"),
+        "the secret is never shown: {rendered}"
+    );
+
+    let profile =
+        format!("[remotes.main]\nkind = \"s3\"\nbucket = \"b-1\"\nprofile = \"backup\"\n{watch}");
+    let config = parse_in(dir.path(), &profile).unwrap();
+    let RemoteConfig::S3(s3) = &config.remotes["main"] else {
+        panic!()
+    };
+    assert_eq!(
+        s3.credentials,
+        crate::upload::s3::CredentialSource::Profile("backup".into())
+    );
+
+    let cases = [
+        ("bucket = \"Bad_Name\"", "remotes.main.bucket"),
+        (
+            "bucket = \"ok-bucket\"\nchecksum = \"sha1\"",
+            "remotes.main.checksum",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nprefix = \"/abs\"",
+            "remotes.main.prefix",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nendpoint = \"ftp://x\"",
+            "remotes.main.endpoint",
+        ),
+        (
+            "bucket = \"ok-bucket\"\naccess_key_id = \"A\"",
+            "remotes.main",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nprofile = \"p\"\naccess_key_id = \"A\"\nsecret_access_key_file = \"token\"",
+            "remotes.main.profile",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nsecret_access_key = \"inline\"",
+            "remotes.main.secret_access_key",
+        ),
+    ];
+    for (keys, key) in cases {
+        let text = format!("[remotes.main]\nkind = \"s3\"\n{keys}\n{watch}");
+        let found = problems(parse_in(dir.path(), &text));
+        assert!(
+            found.iter().any(|p| p.key == key),
+            "{key} not in {found:#?}"
+        );
+    }
+}
+
+#[test]
 fn missing_and_malformed_pieces_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
@@ -110,8 +192,12 @@ fn missing_and_malformed_pieces_are_named() {
             "watch[0].path",
         ),
         (
-            "[remotes.main]\nkind = \"s3\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",
+            "[remotes.main]\nkind = \"tus\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",
             "remotes.main.kind",
+        ),
+        (
+            "[remotes.main]\nkind = \"s3\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",
+            "remotes.main.bucket",
         ),
         (
             "[remotes.main]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\n[[watch]]\npath = \"/a\"\nremote = \"main\"\n",

@@ -1,6 +1,6 @@
-//! The one place that turns a configured remote into an uploader: the backend of its kind
-//! (native today; S3 and tus add theirs here), and the receiver the daemon embeds when the
-//! configuration has no remote of its own. The rest of the daemon sees only `Uploader`s.
+//! The daemon's uploaders, one per configured remote (its backend from `crate::remotes`), and
+//! the receiver the daemon embeds when the configuration has no remote of its own. The rest of
+//! the daemon sees only `Uploader`s.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use super::DaemonError;
 use crate::config::{Config, RemoteConfig};
 use crate::queue::Store;
 use crate::server::{self, ServeConfig};
-use crate::upload::{NativeBackend, NativeConfig, Uploader};
+use crate::upload::{NativeConfig, Uploader};
 
 /// The embedded receiver's remote (its name and how to reach it), and its URL and storage.
 pub(super) type Embedded = (Option<(String, NativeConfig)>, Option<(String, PathBuf)>);
@@ -29,7 +29,7 @@ pub(super) async fn start_embedded_receiver(
         .iter()
         .find_map(|(name, remote)| match remote {
             RemoteConfig::Embedded { storage } => Some((name.clone(), storage.clone())),
-            RemoteConfig::Native { .. } => None,
+            RemoteConfig::Native { .. } | RemoteConfig::S3(_) => None,
         })
     else {
         return Ok((None, None));
@@ -72,27 +72,17 @@ pub(super) fn build_uploaders(
 ) -> Result<BTreeMap<String, Arc<Uploader>>, DaemonError> {
     let mut uploaders = BTreeMap::new();
     for (name, remote) in &config.remotes {
-        let native = match remote {
-            RemoteConfig::Native {
-                url,
-                workspace_id,
-                token,
-            } => NativeConfig {
-                url: url.clone(),
-                workspace_id: workspace_id.clone(),
-                token: token.0.clone(),
-            },
-            RemoteConfig::Embedded { .. } => match embedded {
-                Some((embedded_name, native)) if embedded_name == name => native.clone(),
-                _ => continue,
-            },
-        };
-        let backend = NativeBackend::new(native).map_err(|source| DaemonError::Remote {
-            name: name.clone(),
-            source: Box::new(source),
+        let backend = crate::remotes::backend(name, remote, embedded).map_err(|source| {
+            DaemonError::Remote {
+                name: name.clone(),
+                source: Box::new(source),
+            }
         })?;
+        let Some(backend) = backend else {
+            continue;
+        };
         let settings = config.upload_for(name);
-        let uploader = Uploader::new(Arc::new(backend), store.sessions(), settings);
+        let uploader = Uploader::new(backend, store.sessions(), settings);
         uploaders.insert(name.clone(), Arc::new(uploader));
     }
     Ok(uploaders)

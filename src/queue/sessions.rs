@@ -84,6 +84,19 @@ impl Sessions {
         Ok(())
     }
 
+    /// The sessions recorded for the remote `identity`. Blocking: a scan of the records.
+    pub fn of_remote(&self, identity: &str) -> Result<Vec<UploadRecord>, QueueError> {
+        let mut found = Vec::new();
+        for entry in self.store.t()?.uploads.iter() {
+            let (_, value) = entry.map_err(sled_error("scan uploads"))?;
+            let record: UploadRecord = decode("upload", &value)?;
+            if record.remote == identity {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
     /// What a remote's planner learned, kept by `save_learned`. Blocking.
     pub fn learned<T: serde::de::DeserializeOwned>(
         &self,

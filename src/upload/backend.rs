@@ -38,6 +38,29 @@ pub struct PartBody {
     pub stream: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
     /// Exact length of the stream, sent as Content-Length.
     pub len: u64,
+    /// The checksums the backend asked for up front (`Backend::up_front`), of these bytes.
+    pub sums: PartSums,
+}
+
+/// Checksums of a part a remote wants in its headers, so computed before the body is sent
+/// (S3's `x-amz-checksum-crc32c`, `Content-MD5`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpFront {
+    pub crc32c: bool,
+    pub md5: bool,
+}
+
+impl UpFront {
+    pub fn any(&self) -> bool {
+        self.crc32c || self.md5
+    }
+}
+
+/// The checksums computed up front.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartSums {
+    pub crc32c: Option<u32>,
+    pub md5: Option<[u8; 16]>,
 }
 
 /// What a new session is for.
@@ -133,6 +156,8 @@ pub enum SessionStatus {
 pub struct CompletedPart {
     pub number: u32,
     pub etag: String,
+    /// CRC32C of the part's bytes (S3 lists it again at complete).
+    pub crc32c: Option<u32>,
 }
 
 /// The request a failure concerns, for messages.
@@ -143,6 +168,10 @@ pub enum Operation {
     PutPart(u32),
     Complete,
     Abort,
+    /// Listing a remote's open sessions (`ferry cleanup`).
+    List,
+    /// Sending a whole file in one request.
+    PutFile,
 }
 
 impl std::fmt::Display for Operation {
@@ -153,6 +182,8 @@ impl std::fmt::Display for Operation {
             Operation::PutPart(number) => write!(f, "upload of part {number}"),
             Operation::Complete => write!(f, "complete"),
             Operation::Abort => write!(f, "abort"),
+            Operation::List => write!(f, "listing of open uploads"),
+            Operation::PutFile => write!(f, "upload"),
         }
     }
 }
@@ -289,4 +320,29 @@ pub trait Backend: Send + Sync {
     ) -> Result<RemoteFile, BackendError>;
 
     async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError>;
+
+    /// Checksums `put_part` and `put_file` want computed before the body is sent.
+    fn up_front(&self) -> UpFront {
+        UpFront::default()
+    }
+
+    /// For a remote that takes a whole file in one request (S3's PutObject): the limits its
+    /// sessions have. The engine sends a file whose first part would be the whole file with
+    /// `put_file`: no session to open, record or complete.
+    fn single_request(&self) -> Option<PartLimits> {
+        None
+    }
+
+    /// Sends a whole file in one request (only called when `single_request` is `Some`).
+    async fn put_file(
+        &self,
+        request: &CreateRequest,
+        body: PartBody,
+    ) -> Result<PartReceipt, BackendError> {
+        let _ = (request, body);
+        Err(BackendError::Setup {
+            endpoint: self.endpoint().to_string(),
+            problem: "this remote takes files only in sessions".into(),
+        })
+    }
 }

@@ -12,6 +12,7 @@ pub mod open;
 pub mod planner;
 pub mod progress;
 pub mod retry;
+pub mod s3;
 pub mod source;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use open::{Reach, Refusal};
 pub use planner::{FixedPlanner, PartPlanner, Planner};
 pub use progress::{Progress, ProgressSnapshot};
 pub use retry::RetryPolicy;
+pub use s3::{S3Backend, S3Config};
 
 use crate::queue::QueueError;
 

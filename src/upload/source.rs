@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{PartBody, PartSpec};
+use super::backend::{PartBody, PartSpec, PartSums, UpFront};
 use super::open::{OpenError, Reach};
 use super::progress::Progress;
 use crate::queue::Fingerprint;
@@ -110,6 +110,7 @@ impl LocalFile {
         let body = PartBody {
             stream: Box::pin(stream),
             len: part.size,
+            sums: PartSums::default(),
         };
         (body, crc_receiver)
     }
@@ -129,13 +130,7 @@ impl LocalFile {
             let mut buffer = BytesMut::zeroed(length);
             self.file
                 .read_exact_at(&mut buffer, offset)
-                .map_err(|error| {
-                    if error.kind() == io::ErrorKind::UnexpectedEof {
-                        io::Error::new(error.kind(), "the file shrank while it was being read")
-                    } else {
-                        error
-                    }
-                })?;
+                .map_err(shrank)?;
             crc = crc32c::crc32c_append(crc, &buffer);
             offset += length as u64;
             if sender.blocking_send(Ok(buffer.freeze())).is_err() {
@@ -143,6 +138,33 @@ impl LocalFile {
             }
         }
         Ok(crc)
+    }
+
+    /// The checksums of `part` a remote wants before its body (`UpFront`), read from the file.
+    /// Blocking.
+    pub fn sums(&self, part: PartSpec, wanted: UpFront) -> io::Result<PartSums> {
+        use md5::Digest as _;
+        let mut crc = 0u32;
+        let mut md5 = md5::Md5::new();
+        let mut buffer = vec![0u8; READ_CHUNK_BYTES.min(part.size.max(1) as usize)];
+        let (mut offset, end) = (part.offset, part.offset + part.size);
+        while offset < end {
+            let length = (end - offset).min(buffer.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buffer[..length], offset)
+                .map_err(shrank)?;
+            if wanted.crc32c {
+                crc = crc32c::crc32c_append(crc, &buffer[..length]);
+            }
+            if wanted.md5 {
+                md5.update(&buffer[..length]);
+            }
+            offset += length as u64;
+        }
+        Ok(PartSums {
+            crc32c: wanted.crc32c.then_some(crc),
+            md5: wanted.md5.then(|| md5.finalize().into()),
+        })
     }
 
     /// Hashes the whole file with SHA-256 on a blocking thread, reading sequentially; returns
@@ -178,6 +200,15 @@ impl LocalFile {
             }
             Ok(hex::encode(hasher.finalize()))
         })
+    }
+}
+
+/// A read that ended before the range did: the file shrank.
+fn shrank(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        io::Error::new(error.kind(), "the file shrank while it was being read")
+    } else {
+        error
     }
 }
 

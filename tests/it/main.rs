@@ -8,6 +8,7 @@ mod hardening;
 mod ownership;
 mod protocol;
 mod receiver_guards;
+mod s3;
 mod service;
 mod support;
 mod upload;

@@ -10,7 +10,7 @@ const OWNERS: &[(&[&str], &[&str], &str)] = &[
     (&["sled::", "use sled"], &["src/queue/"], "sled (the store)"),
     (
         &["reqwest::", "use reqwest"],
-        &["src/upload/native.rs"],
+        &["src/upload/native.rs", "src/upload/s3/"],
         "reqwest (the backends)",
     ),
     (

@@ -33,12 +33,12 @@ use super::backend::{
 };
 use super::controller::Estimates;
 use super::open::{OpenError, Reach, Refusal};
-use super::planner::{PartPlanner, Planner};
+use super::planner::{PartPlanner, PlanContext, Planner, fit};
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
 use super::source::LocalFile;
 use super::{UploadError, UploadSettings};
-use crate::queue::{Fingerprint, PartRecord, RECORD_VERSION, Sessions, UploadRecord};
+use crate::queue::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, Sessions, UploadRecord};
 
 /// Fresh sessions one upload may start (file changed, session expired, manifest rejected)
 /// before it gives up: a file rewritten this often is not stable enough to upload.
@@ -140,6 +140,11 @@ enum Opened {
         record: UploadRecord,
         parts: Vec<PartRecord>,
         recorded: bool,
+    },
+    /// A new file that goes whole in one request (`Backend::put_file`).
+    Whole {
+        record: UploadRecord,
+        request: CreateRequest,
     },
     /// The remote completed it before a crash let us record that.
     AlreadyComplete {
@@ -260,12 +265,13 @@ impl Uploader {
         let _stop_hashing = hash_cancel.clone().drop_guard();
         let hashing = file.sha256(hash_cancel);
 
-        let (record, parts, recorded) = match self.open_session(job, key, &file).await? {
+        let (record, parts, recorded, whole) = match self.open_session(job, key, &file).await? {
             Opened::Ready {
                 record,
                 parts,
                 recorded,
-            } => (record, parts, recorded),
+            } => (record, parts, recorded, None),
+            Opened::Whole { record, request } => (record, Vec::new(), false, Some(request)),
             Opened::AlreadyComplete {
                 parts,
                 file: remote,
@@ -286,7 +292,7 @@ impl Uploader {
         let recorded = self
             .record_if_needed(key, &record, &mut layout, recorded, &file)
             .await?;
-        let context = self.context(key, &record, &file, progress, recorded);
+        let context = self.context(key, &record, &file, progress, (recorded, whole));
         let parts_resumed = acknowledged.len() as u32;
         let resumed_bytes: u64 = acknowledged.values().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
@@ -305,18 +311,44 @@ impl Uploader {
             other => other?,
         };
         tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
-        self.ensure_unchanged(&context).await?;
-        let digest = self.digest(hashing, &file).await?;
-        tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), "hashed; completing");
-        let (remote, manifest) = self
-            .complete(&context, &record, manifest, &digest, size)
-            .await?;
-        self.forget_recorded(&context).await?;
-        verify(&job.local_path, &remote, size, &digest)?;
+        let (digest, manifest) = self.finish(&context, &record, manifest, hashing).await?;
         let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
         let sizes = PartSizes::of(manifest.values());
         let tally = Tally(manifest.len() as u32, parts_resumed, bytes_sent, sizes);
         Ok(report(job, &file, digest, tally, started))
+    }
+
+    /// Once every part is acknowledged: checks the file did not change, completes the session
+    /// (a file sent whole needs none), forgets its record and verifies what the remote holds.
+    /// Returns the digest and the manifest that completed.
+    async fn finish(
+        &self,
+        context: &Arc<SessionContext>,
+        record: &UploadRecord,
+        manifest: BTreeMap<u32, PartRecord>,
+        hashing: tokio::task::JoinHandle<io::Result<String>>,
+    ) -> Result<(String, BTreeMap<u32, PartRecord>), Attempt> {
+        let (file, size) = (&context.file, context.file.fingerprint().size);
+        self.ensure_unchanged(context).await?;
+        let digest = self.digest(hashing, file).await?;
+        let (remote, manifest) = match &context.whole {
+            Some(request) => {
+                let path = request.remote_path.clone();
+                let remote = RemoteFile {
+                    path,
+                    size,
+                    sha256: None,
+                };
+                (remote, manifest)
+            }
+            None => {
+                self.complete(context, record, manifest, &digest, size)
+                    .await?
+            }
+        };
+        self.forget_recorded(context).await?;
+        verify(file.path(), &remote, size, &digest)?;
+        Ok((digest, manifest))
     }
 
     fn context(
@@ -325,7 +357,7 @@ impl Uploader {
         record: &UploadRecord,
         file: &Arc<LocalFile>,
         progress: &Arc<Progress>,
-        recorded: bool,
+        (recorded, whole): (bool, Option<CreateRequest>),
     ) -> Arc<SessionContext> {
         Arc::new(SessionContext {
             backend: self.backend.clone(),
@@ -340,6 +372,7 @@ impl Uploader {
             planner: self.planner.clone(),
             acknowledged: Default::default(),
             recorded,
+            whole,
         })
     }
 
@@ -437,7 +470,25 @@ impl Uploader {
             }
             self.forget(key, &job.local_path).await?;
         }
+        if let Some(limits) = self.whole_in_one(file.fingerprint().size) {
+            let request = create_request(job, file);
+            let record = self.record(job, file, String::new(), limits, None);
+            return Ok(Opened::Whole { record, request });
+        }
         self.create_session(job, file).await
+    }
+
+    /// The remote's limits, when it takes a file in one request and the first part the planner
+    /// would choose is the whole file.
+    fn whole_in_one(&self, size: u64) -> Option<PartLimits> {
+        let limits = self.backend.single_request()?;
+        let plan = PlanContext {
+            offset: 0,
+            file_size: size,
+            next_number: 1,
+            limits,
+        };
+        (fit(self.planner.desired_size(&plan), &plan) >= size).then_some(limits)
     }
 
     /// Resumes the recorded session when it is still this file's and open on the remote;
@@ -496,42 +547,44 @@ impl Uploader {
     /// Opens a new session on the remote. It is recorded by `send_parts`, once it is known to
     /// take more than one part.
     async fn create_session(&self, job: &UploadJob, file: &LocalFile) -> Result<Opened, Attempt> {
-        let request = CreateRequest {
-            remote_path: job.remote_path.clone(),
-            size: file.fingerprint().size,
-            mime_type: job.mime_type.clone().or_else(|| {
-                mime_guess::from_path(&job.remote_path)
-                    .first_raw()
-                    .map(str::to_owned)
-            }),
-            metadata: job.metadata.clone(),
-            sha256: None,
-        };
+        let request = create_request(job, file);
         let started = Instant::now();
         let created = self
             .with_retry(&job.local_path, || self.backend.create(&request))
             .await?;
         // A request without a body: its time is the link's fixed time (a retry blurs it).
         self.planner.observe_request(started.elapsed());
-        let record = UploadRecord {
-            version: RECORD_VERSION,
-            remote: self.backend.identity(),
-            remote_path: job.remote_path.clone(),
-            local_path: job.local_path.clone(),
-            upload_id: created.id,
-            fingerprint: file.fingerprint(),
-            limits: created.limits,
-            expires_at: created.expires_at,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        };
+        let record = self.record(job, file, created.id, created.limits, created.expires_at);
         Ok(Opened::Ready {
             record,
             parts: Vec::new(),
             recorded: false,
         })
+    }
+
+    /// The record of a new session.
+    fn record(
+        &self,
+        job: &UploadJob,
+        file: &LocalFile,
+        upload_id: String,
+        limits: PartLimits,
+        expires_at: Option<String>,
+    ) -> UploadRecord {
+        UploadRecord {
+            version: RECORD_VERSION,
+            remote: self.backend.identity(),
+            remote_path: job.remote_path.clone(),
+            local_path: job.local_path.clone(),
+            upload_id,
+            fingerprint: file.fingerprint(),
+            limits,
+            expires_at,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        }
     }
 
     /// Decides, before any part goes out, whether the session is recorded: a resumed one
@@ -586,7 +639,10 @@ impl Uploader {
 
     /// Aborts the session, forgets it, and asks for a fresh start.
     async fn start_over(&self, context: &SessionContext, reason: &str) -> Attempt {
-        if let Err(error) = self.backend.abort(context.session()).await {
+        // A file sent whole has no session to abort.
+        if context.whole.is_none()
+            && let Err(error) = self.backend.abort(context.session()).await
+        {
             tracing::warn!(%error, "could not abort the session");
         }
         match self.forget_recorded(context).await {
@@ -634,6 +690,21 @@ impl Uploader {
             }
             .into()),
         }
+    }
+}
+
+/// What a new session (or a file sent whole) is for.
+fn create_request(job: &UploadJob, file: &LocalFile) -> CreateRequest {
+    CreateRequest {
+        remote_path: job.remote_path.clone(),
+        size: file.fingerprint().size,
+        mime_type: job.mime_type.clone().or_else(|| {
+            mime_guess::from_path(&job.remote_path)
+                .first_raw()
+                .map(str::to_owned)
+        }),
+        metadata: job.metadata.clone(),
+        sha256: None,
     }
 }
 
@@ -685,6 +756,7 @@ fn completed_parts(manifest: &BTreeMap<u32, PartRecord>) -> Vec<CompletedPart> {
                 .etag
                 .clone()
                 .expect("manifest holds acknowledged parts"),
+            crc32c: part.crc32c,
         })
         .collect()
 }
@@ -831,12 +903,14 @@ pub(crate) fn reconcile(local: Vec<PartRecord>, held: &Held) -> Vec<PartRecord> 
         .collect()
 }
 
-/// Whether `remote` lists `part` (acknowledged) as it was recorded.
+/// Whether `remote` lists `part` (acknowledged) as it was recorded. A remote that lists parts
+/// without etags (s3s-fs) is matched by number, size and CRC32C where it gives one: the
+/// recorded part was acknowledged, and the file is the same (its fingerprint is checked first).
 fn holds(remote: &[RemotePart], part: &PartRecord) -> bool {
     let etag = part.etag.as_deref().unwrap_or_default();
     remote.iter().any(|r| {
         r.number == part.number
-            && r.etag.trim_matches('"') == etag.trim_matches('"')
+            && (r.etag.is_empty() || r.etag.trim_matches('"') == etag.trim_matches('"'))
             && r.size == part.size
             && match (r.crc32c, part.crc32c) {
                 (Some(a), Some(b)) => a == b,
@@ -902,6 +976,8 @@ mod tests {
             part(5, Some("e"), Some(5)), // remote CRC differs: re-send
             part(6, Some("f"), None),    // no CRC on one side: etag and size decide
             part(7, Some("g"), Some(7)), // size differs: re-send
+            part(8, Some("h"), None),    // listed without an etag: size decides
+            part(9, Some("i"), None),    // listed without an etag, another size: re-send
         ];
         let held = vec![
             remote(1, "\"a\"", 10, Some(1)),
@@ -910,13 +986,15 @@ mod tests {
             remote(5, "e", 10, Some(99)),
             remote(6, "f", 10, Some(6)),
             remote(7, "g", 9, Some(7)),
+            remote(8, "", 10, None),
+            remote(9, "", 3, None),
         ];
         let acknowledged: Vec<u32> = reconcile(local, &Held::Parts(held))
             .into_iter()
             .filter(PartRecord::is_acknowledged)
             .map(|p| p.number)
             .collect();
-        assert_eq!(acknowledged, vec![1, 6]);
+        assert_eq!(acknowledged, vec![1, 6, 8]);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use tokio::task::JoinSet;
 use super::{Attempt, READER_REPORT_TIMEOUT, blocking, retrying, store_error};
 use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
 use crate::upload::UploadError;
-use crate::upload::backend::{Backend, BackendError, Operation, PartSpec, SessionRef};
+use crate::upload::backend::{
+    Backend, BackendError, CreateRequest, Operation, PartReceipt, PartSpec, PartSums, SessionRef,
+};
 use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
 use crate::upload::progress::Progress;
 use crate::upload::retry::RetryPolicy;
@@ -41,6 +43,8 @@ pub(super) struct SessionContext {
     /// crash there would be nothing to resume, so the file is simply sent again, and small
     /// files cost no store writes.
     pub recorded: bool,
+    /// The file goes whole in one request (`Backend::put_file`) rather than in a session.
+    pub whole: Option<CreateRequest>,
 }
 
 impl SessionContext {
@@ -303,10 +307,10 @@ fn outcome(result: &Result<Stored, BackendError>) -> Outcome {
     }
 }
 
-/// One attempt: streams the part from the file under the stall watchdog, then checks the
-/// remote's receipt against the CRC32C the reader computed (a mismatch is `Damaged`, sent
-/// again). A local read failure ends the session's attempt (a file that shrank is a change:
-/// start over).
+/// One attempt: streams the part from the file under the stall watchdog (after computing the
+/// checksums the remote wants up front), then checks the remote's receipt against the CRC32C
+/// the reader computed (a mismatch is `Damaged`, sent again). A local read failure ends the
+/// session's attempt (a file that shrank is a change: start over).
 async fn put_once(
     context: &SessionContext,
     part: &PartRecord,
@@ -317,12 +321,18 @@ async fn put_once(
         offset: part.offset,
         size: part.size,
     };
+    let sums = up_front(context, spec, path).await?;
     let watch = Arc::new(AttemptWatch::new());
-    let (body, reader) = context
+    let (mut body, reader) = context
         .file
         .part_body(spec, watch.clone(), context.progress.clone());
+    body.sums = sums;
+    let request = match &context.whole {
+        Some(create) => context.backend.put_file(create, body),
+        None => context.backend.put_part(context.session(), spec, body),
+    };
     let outcome = tokio::select! {
-        result = context.backend.put_part(context.session(), spec, body) => result,
+        result = request => result,
         _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
             operation: Operation::PutPart(spec.number),
             endpoint: context.backend.endpoint().to_string(),
@@ -334,35 +344,68 @@ async fn put_once(
         Ok(Ok(Ok(crc))) => Some(crc),
         Ok(Ok(Err(source))) => {
             context.progress.attempt_failed(streamed);
-            if source.kind() == io::ErrorKind::UnexpectedEof {
-                return Err(Attempt::Restart(source.to_string()));
-            }
-            let path = path.to_path_buf();
-            return Err(UploadError::Read { path, source }.into());
+            return Err(read_failed(source, path));
         }
         _ => None,
     };
-    let error = match (outcome, local_crc) {
+    let judged = judge(context, spec, outcome, local_crc, streamed);
+    if judged.is_err() {
+        context.progress.attempt_failed(streamed);
+    }
+    Ok((judged, streamed))
+}
+
+/// The checksums the remote wants before the body, read from the file on a blocking thread.
+async fn up_front(
+    context: &SessionContext,
+    spec: PartSpec,
+    path: &std::path::Path,
+) -> Result<PartSums, Attempt> {
+    let wanted = context.backend.up_front();
+    if !wanted.any() {
+        return Ok(PartSums::default());
+    }
+    let file = context.file.clone();
+    blocking(move || file.sums(spec, wanted))
+        .await
+        .map_err(|source| read_failed(source, path))
+}
+
+/// A local read that failed: a file that shrank starts over, anything else stops the file.
+fn read_failed(source: io::Error, path: &std::path::Path) -> Attempt {
+    if source.kind() == io::ErrorKind::UnexpectedEof {
+        return Attempt::Restart(source.to_string());
+    }
+    let path = path.to_path_buf();
+    UploadError::Read { path, source }.into()
+}
+
+/// The part as stored, when the receipt agrees with what the reader streamed.
+fn judge(
+    context: &SessionContext,
+    spec: PartSpec,
+    outcome: Result<PartReceipt, BackendError>,
+    local_crc: Option<u32>,
+    streamed: u64,
+) -> Result<Stored, BackendError> {
+    match (outcome, local_crc) {
         (Ok(receipt), Some(crc)) if receipt.crc32c.is_none_or(|remote| remote == crc) => {
-            let stored = Stored {
+            Ok(Stored {
                 etag: receipt.etag,
                 crc32c: crc,
                 streamed,
-            };
-            return Ok((Ok(stored), streamed));
+            })
         }
-        (Ok(receipt), crc) => BackendError::Damaged {
+        (Ok(receipt), crc) => Err(BackendError::Damaged {
             operation: Operation::PutPart(spec.number),
             endpoint: context.backend.endpoint().to_string(),
             problem: format!(
                 "the remote stored CRC32C {:?} but {:?} was sent",
                 receipt.crc32c, crc
             ),
-        },
-        (Err(error), _) => error,
-    };
-    context.progress.attempt_failed(streamed);
-    Ok((Err(error), streamed))
+        }),
+        (Err(error), _) => Err(error),
+    }
 }
 
 /// Records an acknowledged part durably, when the session is recorded.

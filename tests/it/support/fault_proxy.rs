@@ -28,11 +28,15 @@ pub enum Fault {
     Delay(Duration),
     /// Forward everything, but flip the bits of the body's middle byte.
     Corrupt,
+    /// Forward the request whole and let the receiver answer, then close the client's
+    /// connection without relaying the reply: the request took effect, its reply was lost.
+    DropReply,
 }
 
 /// One request the proxy saw.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub method: String,
     pub path: String,
     pub part_number: Option<u32>,
     pub fault: Option<Fault>,
@@ -146,6 +150,7 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         index = log.len();
         fault = (shared.plan.lock().unwrap())(&head, index);
         log.push(Seen {
+            method: head.method.clone(),
             path: head.path.clone(),
             part_number: head.part_number,
             fault,
@@ -191,8 +196,13 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         return;
     }
     // Relay the reply concurrently: the receiver may answer before reading the whole body.
+    let drop_reply = fault == Some(Fault::DropReply);
     let reply = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        if drop_reply {
+            let _ = tokio::io::copy(&mut upstream_read, &mut tokio::io::sink()).await;
+        } else {
+            let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        }
         let _ = client_write.shutdown().await;
     });
 
@@ -275,6 +285,14 @@ async fn read_head(client: &mut TcpStream) -> Option<(RequestHead, Vec<u8>, Vec<
         rewritten.push_str("\r\n");
     }
     rewritten.push_str("connection: close\r\n\r\n");
+    // S3 names the part in the query.
+    let query = path.split_once('?').map_or("", |(_, query)| query);
+    part_number = part_number.or_else(|| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("partNumber="))
+            .and_then(|number| number.parse().ok())
+    });
     let head = RequestHead {
         method,
         path,

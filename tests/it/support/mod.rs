@@ -12,6 +12,7 @@ mod files;
 #[path = "../../../benches/support/netem.rs"]
 #[allow(dead_code)] // shared with the benches: not every user uses all of it
 pub mod netem;
+pub mod s3;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 use ferry::queue::Store;
 use ferry::server::{Limits, ServeConfig};
 use ferry::upload::{
-    NativeBackend, NativeConfig, Progress, UploadError, UploadJob, UploadReport, UploadSettings,
-    Uploader,
+    Backend, NativeBackend, NativeConfig, Progress, UploadError, UploadJob, UploadReport,
+    UploadSettings, Uploader,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -168,16 +169,21 @@ impl Engine {
     }
 
     pub fn with_token(url: &str, token: &str, settings: UploadSettings) -> Engine {
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = Store::open(store_dir.path()).unwrap();
         let backend = NativeBackend::new(NativeConfig {
             url: url.into(),
             workspace_id: "default".into(),
             token: token.into(),
         })
         .unwrap();
+        Self::with_backend(Arc::new(backend), settings)
+    }
+
+    /// The engine over any backend (S3, say).
+    pub fn with_backend(backend: Arc<dyn Backend>, settings: UploadSettings) -> Engine {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
         Engine {
-            uploader: Uploader::new(Arc::new(backend), store.sessions(), settings),
+            uploader: Uploader::new(backend, store.sessions(), settings),
             _store_dir: store_dir,
         }
     }

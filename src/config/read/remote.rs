@@ -1,0 +1,234 @@
+//! A `[remotes.NAME]` table: its kind, then the keys of that kind.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::DeTable;
+
+use super::{Reader, UPLOAD_KEYS, join};
+use crate::config::{RemoteConfig, Secret};
+use crate::upload::s3::{Checksum, CredentialSource, S3Config};
+
+const NATIVE_KEYS: &[&str] = &["kind", "url", "workspace_id", "token_file", "token_env"];
+const S3_KEYS: &[&str] = &[
+    "kind",
+    "endpoint",
+    "region",
+    "bucket",
+    "prefix",
+    "path_style",
+    "storage_class",
+    "checksum",
+    "profile",
+    "access_key_id",
+    "secret_access_key_file",
+];
+/// The region of an AWS remote that names none, unless the environment does.
+const DEFAULT_REGION: &str = "us-east-1";
+
+impl Reader<'_> {
+    pub(super) fn remote(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        base: &Path,
+    ) -> Option<RemoteConfig> {
+        let kind = self.get::<String>(path, table, "kind");
+        let kind = self.require(path, table, "kind", kind, Some(span.clone()))?;
+        let own_keys = match kind.as_str() {
+            "native" => NATIVE_KEYS,
+            "s3" => S3_KEYS,
+            other => {
+                let message = match other {
+                    "tus" => "kind \"tus\" is not supported yet; use \"native\" or \"s3\"".into(),
+                    _ => format!("unknown kind {other:?}; use \"native\" or \"s3\""),
+                };
+                let key_span = table.get("kind").map(Spanned::span);
+                self.problem(join(path, "kind"), key_span, message);
+                return None;
+            }
+        };
+        // And the remote's own part sizes and parallelism (see `upload_keys`).
+        let keys: Vec<&str> = own_keys.iter().copied().chain(UPLOAD_KEYS).collect();
+        self.unknown_keys(path, table, &keys);
+        match kind.as_str() {
+            "native" => self.native(path, table, span, base),
+            _ => self.s3(path, table, span, base),
+        }
+    }
+
+    fn native(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        base: &Path,
+    ) -> Option<RemoteConfig> {
+        let url = self.get_as(path, table, "url", |url: String| {
+            crate::protocol::check_base_url(&url).map(|()| url)
+        });
+        let url = self.require(path, table, "url", url, Some(span.clone()));
+        let workspace_id = self.get_as(path, table, "workspace_id", |id: String| {
+            crate::protocol::check_workspace_id(&id).map(|()| id)
+        });
+        let workspace_id = self.require(
+            path,
+            table,
+            "workspace_id",
+            workspace_id,
+            Some(span.clone()),
+        );
+        let token = self.token(path, table, span, base);
+        Some(RemoteConfig::Native {
+            url: url?,
+            workspace_id: workspace_id?,
+            token: token?,
+        })
+    }
+
+    fn token(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        base: &Path,
+    ) -> Option<Secret> {
+        match (table.get("token_file"), table.get("token_env")) {
+            (Some(_), Some(value)) => {
+                self.problem(
+                    join(path, "token_env"),
+                    Some(value.span()),
+                    "give token_file or token_env, not both",
+                );
+                None
+            }
+            (Some(_), None) => self.get_as(path, table, "token_file", |file: PathBuf| {
+                crate::secret::read_file(&base.join(file))
+                    .map(Secret)
+                    .map_err(|error| crate::error::chain(&error))
+            }),
+            (None, Some(_)) => self.get_as(path, table, "token_env", |name: String| {
+                crate::secret::read_env(&name)
+                    .map(Secret)
+                    .map_err(|error| error.to_string())
+            }),
+            (None, None) => {
+                self.problem(
+                    path,
+                    Some(span),
+                    "needs token_file or token_env (tokens are never written inline)",
+                );
+                None
+            }
+        }
+    }
+
+    fn s3(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        base: &Path,
+    ) -> Option<RemoteConfig> {
+        let bucket = self.get_as(path, table, "bucket", bucket_name);
+        let bucket = self.require(path, table, "bucket", bucket, Some(span.clone()));
+        let endpoint = self.get::<String>(path, table, "endpoint");
+        let region = self.get::<String>(path, table, "region").or_else(|| {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        });
+        let config = S3Config {
+            endpoint,
+            region: region.unwrap_or_else(|| DEFAULT_REGION.into()),
+            bucket: bucket?,
+            prefix: self
+                .get_as(path, table, "prefix", key_prefix)
+                .unwrap_or_default(),
+            path_style: self.get::<bool>(path, table, "path_style"),
+            storage_class: self.get::<String>(path, table, "storage_class"),
+            checksum: self
+                .get_as(path, table, "checksum", |text: String| {
+                    text.parse::<Checksum>()
+                })
+                .unwrap_or(Checksum::Crc32c),
+            credentials: self.s3_credentials(path, table, base)?,
+        };
+        if let Err(message) = config.bucket_url() {
+            let key = if table.contains_key("endpoint") {
+                "endpoint"
+            } else {
+                "bucket"
+            };
+            self.problem(join(path, key), table.get(key).map(Spanned::span), message);
+            return None;
+        }
+        Some(RemoteConfig::S3(config))
+    }
+
+    fn s3_credentials(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        base: &Path,
+    ) -> Option<CredentialSource> {
+        let profile = self.get::<String>(path, table, "profile");
+        let key_id = self.get::<String>(path, table, "access_key_id");
+        let secret_given = table.contains_key("secret_access_key_file");
+        match (profile, key_id, secret_given) {
+            (None, None, false) => Some(CredentialSource::Chain),
+            (Some(name), None, false) => Some(CredentialSource::Profile(name)),
+            (None, Some(access_key_id), true) => {
+                let secret =
+                    self.get_as(path, table, "secret_access_key_file", |file: PathBuf| {
+                        crate::secret::read_file(&base.join(file))
+                            .map_err(|error| crate::error::chain(&error))
+                    })?;
+                Some(CredentialSource::Keys {
+                    access_key_id,
+                    secret_access_key: secret,
+                })
+            }
+            (Some(_), _, _) => {
+                let span = table.get("profile").map(Spanned::span);
+                let message = "give profile or access_key_id with secret_access_key_file, not both";
+                self.problem(join(path, "profile"), span, message);
+                None
+            }
+            (None, _, _) => {
+                let span = table
+                    .get("access_key_id")
+                    .or(table.get("secret_access_key_file"));
+                let message = "access_key_id and secret_access_key_file go together (secrets are never written inline)";
+                self.problem(path, span.map(Spanned::span), message);
+                None
+            }
+        }
+    }
+}
+
+/// A bucket name as S3 allows them: 3 to 63 lowercase letters, digits, dots and hyphens.
+fn bucket_name(name: String) -> Result<String, String> {
+    let valid = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    match valid {
+        true => Ok(name),
+        false => Err(format!(
+            "{name:?} is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"
+        )),
+    }
+}
+
+/// A key prefix: relative (no leading `/`), no `..` segments.
+fn key_prefix(prefix: String) -> Result<String, String> {
+    if prefix.starts_with('/') || prefix.split('/').any(|segment| segment == "..") {
+        return Err(format!("{prefix:?} must be relative, without \"..\""));
+    }
+    Ok(prefix)
+}

@@ -1,0 +1,47 @@
+//! The one place that turns a configured remote into a backend of its kind (native or S3; tus
+//! adds its own here), for the daemon and for `ferry push --remote`.
+
+use std::sync::Arc;
+
+use crate::config::RemoteConfig;
+use crate::upload::{Backend, BackendError, NativeBackend, NativeConfig, S3Backend};
+
+/// The backend of the remote `name`; `None` for the embedded receiver when `embedded` (its
+/// name and address, once started) is not it.
+pub fn backend(
+    name: &str,
+    remote: &RemoteConfig,
+    embedded: Option<&(String, NativeConfig)>,
+) -> Result<Option<Arc<dyn Backend>>, BackendError> {
+    let native = match remote {
+        RemoteConfig::Native {
+            url,
+            workspace_id,
+            token,
+        } => NativeConfig {
+            url: url.clone(),
+            workspace_id: workspace_id.clone(),
+            token: token.0.clone(),
+        },
+        RemoteConfig::Embedded { .. } => match embedded {
+            Some((embedded_name, native)) if embedded_name == name => native.clone(),
+            _ => return Ok(None),
+        },
+        RemoteConfig::S3(s3) => return Ok(Some(Arc::new(S3Backend::new(s3)?))),
+    };
+    Ok(Some(Arc::new(NativeBackend::new(native)?)))
+}
+
+/// What a remote is, for `ferry status`: its kind and where it stores.
+pub fn describe(remote: &RemoteConfig) -> (&'static str, String) {
+    match remote {
+        RemoteConfig::Native {
+            url, workspace_id, ..
+        } => (
+            "native",
+            format!("{} workspace {workspace_id}", crate::redact::url(url)),
+        ),
+        RemoteConfig::Embedded { storage } => ("embedded", storage.display().to_string()),
+        RemoteConfig::S3(s3) => ("s3", format!("bucket {} prefix {:?}", s3.bucket, s3.prefix)),
+    }
+}

@@ -1,0 +1,160 @@
+//! Where an S3 remote's keys come from, the way S3 users keep them: an access key id with its
+//! secret in a file (read by `crate::secret`), a named profile of `~/.aws/credentials` and
+//! `~/.aws/config`, or the AWS default chain (environment, profiles, SSO, web identity for
+//! IRSA, ECS task roles, EC2 instance metadata), which `reqsign-aws-core` resolves over our own
+//! reqwest. Temporary keys are cached and fetched again shortly before they expire. No key
+//! ever reaches a message or a log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqsign_aws_core::{
+    Credential, DefaultCredentialProvider, ProfileCredentialProvider, StaticCredentialProvider,
+};
+use reqsign_core::{Context, OsEnv, ProvideCredential, ProvideCredentialChain};
+use tokio::sync::Mutex;
+
+/// Temporary keys are replaced this long before they expire.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// Time allowed to the metadata services (ECS, EC2) and STS: a machine without them should
+/// learn that quickly.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How an S3 remote finds its keys.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `access_key_id` with `secret_access_key_file`.
+    Keys {
+        access_key_id: String,
+        secret_access_key: String,
+    },
+    /// `profile = "name"`: that profile of the shared files, and nothing else.
+    Profile(String),
+    /// Neither: the AWS default chain.
+    Chain,
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialSource::Keys { access_key_id, .. } => f
+                .debug_struct("Keys")
+                .field("access_key_id", access_key_id)
+                .field("secret_access_key", &"<redacted>")
+                .finish(),
+            CredentialSource::Profile(name) => f.debug_tuple("Profile").field(name).finish(),
+            CredentialSource::Chain => f.write_str("Chain"),
+        }
+    }
+}
+
+impl CredentialSource {
+    /// Where the keys come from, for `config check` and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            CredentialSource::Keys { access_key_id, .. } => {
+                format!("access key {access_key_id} (secret from its file)")
+            }
+            CredentialSource::Profile(name) => format!("profile {name:?}"),
+            CredentialSource::Chain => "the AWS default chain".to_string(),
+        }
+    }
+}
+
+/// Keys as the signer takes them.
+pub type Keys = Arc<rusty_s3::Credentials>;
+
+/// Hands out current keys, fetching them when needed.
+pub struct Credentials {
+    context: Context,
+    provider: ProvideCredentialChain<Credential>,
+    describe: String,
+    cached: Mutex<Option<(Keys, Option<reqsign_core::time::Timestamp>)>>,
+}
+
+impl Credentials {
+    pub fn new(source: &CredentialSource) -> Result<Credentials, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(PROVIDER_TIMEOUT)
+            .timeout(PROVIDER_TIMEOUT * 2)
+            .build()
+            .map_err(|error| format!("cannot build the credential client: {error}"))?;
+        let context = Context::new()
+            .with_file_read(FileRead)
+            .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
+            .with_env(OsEnv);
+        let provider = match source {
+            CredentialSource::Keys {
+                access_key_id,
+                secret_access_key,
+            } => ProvideCredentialChain::new().push(StaticCredentialProvider::new(
+                access_key_id,
+                secret_access_key,
+            )),
+            CredentialSource::Profile(name) => ProvideCredentialChain::new()
+                .push(ProfileCredentialProvider::new().with_profile(name.clone())),
+            CredentialSource::Chain => {
+                ProvideCredentialChain::new().push(DefaultCredentialProvider::new())
+            }
+        };
+        Ok(Credentials {
+            context,
+            provider,
+            describe: source.describe(),
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// Current keys: the cached ones, or fresh ones when there are none or they expire soon.
+    pub async fn get(&self) -> Result<Keys, String> {
+        let mut cached = self.cached.lock().await;
+        let now = reqsign_core::time::Timestamp::now();
+        if let Some((keys, expires)) = cached.as_ref()
+            && expires.is_none_or(|at| at > now + REFRESH_BEFORE_EXPIRY)
+        {
+            return Ok(keys.clone());
+        }
+        let found = self
+            .provider
+            .provide_credential(&self.context)
+            .await
+            .map_err(|error| {
+                format!("cannot load S3 credentials from {}: {error}", self.describe)
+            })?;
+        let Some(credential) = found else {
+            return Err(format!(
+                "no S3 credentials found in {} (give access_key_id and secret_access_key_file, a profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                self.describe
+            ));
+        };
+        let keys = Arc::new(match credential.session_token {
+            Some(token) => rusty_s3::Credentials::new_with_token(
+                credential.access_key_id,
+                credential.secret_access_key,
+                token,
+            ),
+            None => {
+                rusty_s3::Credentials::new(credential.access_key_id, credential.secret_access_key)
+            }
+        });
+        *cached = Some((keys.clone(), credential.expires_in));
+        Ok(keys)
+    }
+
+    /// Forgets the cached keys (the remote said they expired).
+    pub async fn expire(&self) {
+        *self.cached.lock().await = None;
+    }
+}
+
+/// The shared files and web identity tokens are read on a blocking thread.
+#[derive(Debug)]
+struct FileRead;
+
+impl reqsign_core::FileRead for FileRead {
+    async fn file_read(&self, path: &str) -> reqsign_core::Result<Vec<u8>> {
+        tokio::fs::read(path).await.map_err(|error| {
+            reqsign_core::Error::unexpected(format!("cannot read {path}")).with_source(error)
+        })
+    }
+}

@@ -1,0 +1,752 @@
+//! The `s3` backend: AWS S3 and the stores that speak its API (MinIO, Ceph RGW, Garage, R2,
+//! B2, Wasabi, GCS in XML mode).
+//!
+//! A file the planner would send as one part goes in one PutObject. A larger one is a multipart
+//! upload: CreateMultipartUpload, UploadPart in parallel (parts of one size but the last, which
+//! every S3 accepts and R2 requires; 5 MiB to 5 GiB, at most 10,000), CompleteMultipartUpload
+//! with the manifest. The engine records the UploadId and every acknowledged part, so a restart
+//! resumes: `query` lists what the server holds (ListParts, paginated). A server answers
+//! `NoSuchUpload` both for an aborted upload and for one that completed (its reply lost); the
+//! two are told apart by a HEAD of the object, whose `x-amz-meta-ferry-session` names the
+//! session that wrote it. The session id Ferry records is that nonce and the UploadId.
+//!
+//! Integrity: each part carries its CRC32C (`x-amz-checksum-crc32c`, listed again at
+//! complete) or its MD5 (`Content-MD5`, for servers without flexible checksums), computed from
+//! the file before the part is sent; the server refuses bytes that do not match. A part's ETag
+//! is checked against its MD5 where it is one, and the object's size and session after
+//! complete.
+
+pub mod credentials;
+mod request;
+mod xml;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use reqwest::header::{CONTENT_LENGTH, ETAG, HeaderMap};
+use rusty_s3::{Bucket, Method, UrlStyle};
+use url::Url;
+
+pub use credentials::CredentialSource;
+use request::{Call, Requester};
+
+use super::backend::{
+    Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
+    PartReceipt, PartSpec, RemoteFile, RemotePart, RemoteSession, SessionRef, SessionStatus,
+    UpFront,
+};
+
+/// S3's part limits: 5 MiB (but the last) to 5 GiB, at most 10,000 parts.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+pub const MAX_PARTS: u32 = 10_000;
+/// The largest object: 5 TiB.
+pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+/// The longest key, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+/// Time allowed for a request without a streamed body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Assembly speed assumed when scaling the complete timeout.
+const COMPLETE_BYTES_PER_SECOND: u64 = 20 * 1024 * 1024;
+/// The metadata entry naming the session that wrote an object.
+const SESSION_META: &str = "x-amz-meta-ferry-session";
+
+/// How parts are checked by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// `x-amz-checksum-crc32c` on every part and object (flexible checksums).
+    Crc32c,
+    /// `Content-MD5`: for servers without flexible checksums (older Ceph RGW, some clones).
+    Md5,
+    None,
+}
+
+impl std::str::FromStr for Checksum {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Checksum, String> {
+        match text {
+            "crc32c" => Ok(Checksum::Crc32c),
+            "md5" => Ok(Checksum::Md5),
+            "none" => Ok(Checksum::None),
+            other => Err(format!(
+                "unknown checksum {other:?}; use \"crc32c\", \"md5\" or \"none\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Checksum::Crc32c => "crc32c",
+            Checksum::Md5 => "md5",
+            Checksum::None => "none",
+        })
+    }
+}
+
+/// Where and as whom to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// `None`: AWS, `https://s3.<region>.amazonaws.com`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Prepended to every key.
+    pub prefix: String,
+    /// `None`: path style for an IP address or `localhost`, virtual-hosted otherwise.
+    pub path_style: Option<bool>,
+    pub storage_class: Option<String>,
+    pub checksum: Checksum,
+    pub credentials: CredentialSource,
+}
+
+impl S3Config {
+    /// The endpoint's URL.
+    pub fn endpoint_url(&self) -> Result<Url, String> {
+        let text = match &self.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("https://s3.{}.amazonaws.com", self.region),
+        };
+        let url = Url::parse(&text).map_err(|error| format!("endpoint {text:?}: {error}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("endpoint {text:?} is not an http(s) URL"));
+        }
+        Ok(url)
+    }
+
+    /// Path style (`endpoint/bucket/key`) or virtual-hosted (`bucket.endpoint/key`).
+    pub fn url_style(&self, endpoint: &Url) -> UrlStyle {
+        let local = match endpoint.host() {
+            Some(url::Host::Domain(name)) => name == "localhost",
+            Some(_) => true,
+            None => false,
+        };
+        match self.path_style.unwrap_or(local) {
+            true => UrlStyle::Path,
+            false => UrlStyle::VirtualHost,
+        }
+    }
+
+    /// The bucket's URL (what messages show).
+    pub fn bucket_url(&self) -> Result<Url, String> {
+        let endpoint = self.endpoint_url()?;
+        let style = self.url_style(&endpoint);
+        Bucket::new(endpoint, style, self.bucket.clone(), self.region.clone())
+            .map(|bucket| bucket.base_url().clone())
+            .map_err(|error| format!("bucket {:?}: {error}", self.bucket))
+    }
+}
+
+/// The S3 client of one remote.
+pub struct S3Backend {
+    bucket: Bucket,
+    prefix: String,
+    storage_class: Option<String>,
+    checksum: Checksum,
+    requester: Requester,
+}
+
+/// A multipart upload on the server, as `ferry cleanup` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// RFC 3339, as the server gave it.
+    pub initiated: String,
+}
+
+impl S3Backend {
+    pub fn new(config: &S3Config) -> Result<S3Backend, BackendError> {
+        let shown = config
+            .bucket_url()
+            .map(|url| crate::redact::url(url.as_str()))
+            .unwrap_or_else(|_| config.bucket.clone());
+        let setup = |problem: String| BackendError::Setup {
+            endpoint: shown.clone(),
+            problem,
+        };
+        let endpoint = config.endpoint_url().map_err(setup)?;
+        let style = config.url_style(&endpoint);
+        let bucket = Bucket::new(
+            endpoint,
+            style,
+            config.bucket.clone(),
+            config.region.clone(),
+        )
+        .map_err(|error| setup(format!("bucket {:?}: {error}", config.bucket)))?;
+        super::native::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| setup(error.to_string()))?;
+        let credentials = credentials::Credentials::new(&config.credentials).map_err(setup)?;
+        Ok(S3Backend {
+            bucket,
+            prefix: config.prefix.clone(),
+            storage_class: config.storage_class.clone(),
+            checksum: config.checksum,
+            requester: Requester::new(client, config.region.clone(), credentials, shown.clone()),
+        })
+    }
+
+    fn key(&self, remote_path: &str) -> String {
+        format!("{}{}", self.prefix, remote_path)
+    }
+
+    fn object(&self, operation: Operation, method: Method, key: &str) -> Call {
+        Call::new(operation, method, self.bucket.object_url(key))
+    }
+
+    fn invalid(&self, operation: Operation, problem: String) -> BackendError {
+        BackendError::InvalidReply {
+            operation,
+            endpoint: self.requester.endpoint.clone(),
+            problem,
+        }
+    }
+
+    /// The headers of a new object: its type, metadata, storage class, checksum algorithm.
+    fn object_headers(
+        &self,
+        mut call: Call,
+        request: &CreateRequest,
+    ) -> Result<Call, BackendError> {
+        let key = self.key(&request.remote_path);
+        if key.len() > MAX_KEY_BYTES || key.is_empty() {
+            return Err(BackendError::Setup {
+                endpoint: self.requester.endpoint.clone(),
+                problem: format!("key {key:?} is not 1 to {MAX_KEY_BYTES} bytes long"),
+            });
+        }
+        if let Some(mime) = &request.mime_type {
+            call = call.header("content-type", mime.clone());
+        }
+        for (name, value) in &request.metadata {
+            let name = meta_name(name).ok_or_else(|| BackendError::Setup {
+                endpoint: self.requester.endpoint.clone(),
+                problem: format!(
+                    "metadata key {name:?} cannot be an S3 header (use letters, digits, - and _)"
+                ),
+            })?;
+            call = call.header(name, meta_value(value));
+        }
+        if let Some(class) = &self.storage_class {
+            call = call.header("x-amz-storage-class", class.clone());
+        }
+        Ok(call)
+    }
+
+    /// The checksum headers of a part or a whole file.
+    fn sum_headers(&self, mut call: Call, body: &PartBody) -> Call {
+        if let Some(crc) = body
+            .sums
+            .crc32c
+            .filter(|_| self.checksum == Checksum::Crc32c)
+        {
+            call = call.header("x-amz-checksum-crc32c", encode_crc32c(crc));
+        }
+        if let Some(md5) = body.sums.md5.filter(|_| self.checksum == Checksum::Md5) {
+            call = call.header("content-md5", BASE64.encode(md5));
+        }
+        call.header("content-length", body.len.to_string())
+    }
+
+    /// The receipt of a stored part or file: its ETag, checked against the MD5 sent where the
+    /// ETag is one, and the CRC32C the server reports.
+    fn receipt(
+        &self,
+        operation: Operation,
+        headers: &HeaderMap,
+        md5: Option<[u8; 16]>,
+    ) -> Result<PartReceipt, BackendError> {
+        let etag = headers
+            .get(ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(|text| text.trim().trim_matches('"').to_string())
+            .filter(|etag| !etag.is_empty())
+            .ok_or_else(|| self.invalid(operation, "no ETag".into()))?;
+        if let Some(md5) = md5
+            && is_md5_hex(&etag)
+            && etag != hex::encode(md5)
+        {
+            return Err(BackendError::Damaged {
+                operation,
+                endpoint: self.requester.endpoint.clone(),
+                problem: format!("ETag {etag} is not the MD5 of the bytes sent"),
+            });
+        }
+        let crc32c = headers
+            .get("x-amz-checksum-crc32c")
+            .and_then(|value| value.to_str().ok())
+            .and_then(decode_crc32c);
+        Ok(PartReceipt { etag, crc32c })
+    }
+
+    /// The object at `key` if the session `nonce` wrote it (a HEAD).
+    async fn written_by(
+        &self,
+        key: &str,
+        nonce: &str,
+        remote_path: &str,
+    ) -> Result<Option<RemoteFile>, BackendError> {
+        let call = self.object(Operation::Query, Method::Head, key);
+        let response = match self.requester.send(call, None).await {
+            Ok(response) => response,
+            Err(BackendError::Status { status: 404, .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let headers = response.headers();
+        let session = headers
+            .get(SESSION_META)
+            .and_then(|value| value.to_str().ok());
+        if session != Some(nonce) {
+            return Ok(None);
+        }
+        let size = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| self.invalid(Operation::Query, "HEAD without a size".into()))?;
+        Ok(Some(RemoteFile {
+            path: remote_path.to_string(),
+            size,
+            sha256: None,
+        }))
+    }
+
+    /// Every page of ListParts.
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<RemotePart>, BackendError> {
+        let operation = Operation::Query;
+        let mut parts = Vec::new();
+        let mut marker: Option<u32> = None;
+        loop {
+            let mut call = self
+                .object(operation, Method::Get, key)
+                .query("uploadId", upload_id)
+                .query("max-parts", "1000")
+                .on_session();
+            if let Some(marker) = marker {
+                call = call.query("part-number-marker", marker.to_string());
+            }
+            let response = self.requester.send(call, None).await?;
+            let text = response
+                .text()
+                .await
+                .map_err(|error| self.requester.transport(operation, error))?;
+            let page: xml::PartsPage =
+                xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
+            parts.extend(page.parts.into_iter().map(|part| RemotePart {
+                number: part.part_number,
+                size: part.size,
+                etag: part.etag.trim_matches('"').to_string(),
+                crc32c: part.checksum_crc32c.as_deref().and_then(decode_crc32c),
+            }));
+            match (page.is_truncated, page.next_part_number_marker) {
+                (true, Some(next)) if Some(next) != marker && next > 0 => marker = Some(next),
+                (true, _) => {
+                    return Err(self.invalid(
+                        operation,
+                        "ListParts is truncated without a usable marker".into(),
+                    ));
+                }
+                (false, _) => return Ok(parts),
+            }
+        }
+    }
+
+    /// The multipart uploads open under the remote's prefix (ListMultipartUploads, every page).
+    pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, BackendError> {
+        let operation = Operation::List;
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut call = Call::new(operation, Method::Get, self.bucket.base_url().clone())
+                .query("uploads", "")
+                .query("prefix", self.prefix.clone());
+            if let Some((key, upload)) = &markers {
+                call = call
+                    .query("key-marker", key.clone())
+                    .query("upload-id-marker", upload.clone());
+            }
+            let response = self.requester.send(call, None).await?;
+            let text = response
+                .text()
+                .await
+                .map_err(|error| self.requester.transport(operation, error))?;
+            let page: xml::UploadsPage =
+                xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
+            found.extend(page.uploads.into_iter().map(|upload| OpenUpload {
+                key: upload.key,
+                upload_id: upload.upload_id,
+                initiated: upload.initiated,
+            }));
+            let next = page.next_key_marker.zip(page.next_upload_id_marker);
+            match (page.is_truncated, next) {
+                (true, Some(next)) if Some(&next) != markers.as_ref() => markers = Some(next),
+                (true, _) => {
+                    return Err(self.invalid(
+                        operation,
+                        "ListMultipartUploads is truncated without usable markers".into(),
+                    ));
+                }
+                (false, _) => return Ok(found),
+            }
+        }
+    }
+
+    /// The parts an upload holds, by its key (not a session of ours).
+    pub async fn parts_of(&self, upload: &OpenUpload) -> Result<Vec<RemotePart>, BackendError> {
+        self.list_parts(&upload.key, &upload.upload_id).await
+    }
+
+    /// Aborts an upload by its key.
+    pub async fn abort_upload(&self, upload: &OpenUpload) -> Result<(), BackendError> {
+        let call = self
+            .object(Operation::Abort, Method::Delete, &upload.key)
+            .query("uploadId", upload.upload_id.clone())
+            .on_session();
+        match self.requester.send(call, None).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.class() == super::retry::ErrorClass::SessionGone => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The key under the remote's prefix that a remote path is stored at.
+    pub fn key_of(&self, remote_path: &str) -> String {
+        self.key(remote_path)
+    }
+}
+
+/// A recorded session id: the nonce in the object's metadata, and the server's UploadId.
+pub fn split_session(id: &str) -> Option<(&str, &str)> {
+    id.split_once(':')
+        .filter(|(nonce, upload)| !nonce.is_empty() && !upload.is_empty())
+}
+
+fn encode_crc32c(crc: u32) -> String {
+    BASE64.encode(crc.to_be_bytes())
+}
+
+fn decode_crc32c(text: &str) -> Option<u32> {
+    let bytes = BASE64.decode(text.trim()).ok()?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn is_md5_hex(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `x-amz-meta-<name>`, lowercase, when `name` can be one.
+fn meta_name(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    valid.then(|| format!("x-amz-meta-{}", name.to_ascii_lowercase()))
+}
+
+/// A metadata value as a header: printable ASCII as is, anything else RFC 2047-encoded (as the
+/// AWS SDKs do).
+fn meta_value(value: &str) -> String {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && value.trim() == value {
+        return value.to_string();
+    }
+    format!("=?UTF-8?B?{}?=", BASE64.encode(value.as_bytes()))
+}
+
+fn s3_limits() -> PartLimits {
+    PartLimits {
+        min_part_size: MIN_PART_SIZE,
+        max_part_size: MAX_PART_SIZE,
+        max_parts: MAX_PARTS,
+        sequential: false,
+        uniform: true,
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for S3Backend {
+    fn endpoint(&self) -> &str {
+        &self.requester.endpoint
+    }
+
+    fn identity(&self) -> String {
+        format!("s3 {} {}", self.bucket.base_url(), self.prefix)
+    }
+
+    fn up_front(&self) -> UpFront {
+        UpFront {
+            crc32c: self.checksum == Checksum::Crc32c,
+            md5: self.checksum == Checksum::Md5,
+        }
+    }
+
+    fn single_request(&self) -> Option<PartLimits> {
+        Some(s3_limits())
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<RemoteSession, BackendError> {
+        let operation = Operation::Create;
+        if request.size > MAX_OBJECT_SIZE {
+            return Err(BackendError::Setup {
+                endpoint: self.requester.endpoint.clone(),
+                problem: format!("{} bytes is over S3's 5 TiB object limit", request.size),
+            });
+        }
+        let key = self.key(&request.remote_path);
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let mut call = self
+            .object(operation, Method::Post, &key)
+            .query("uploads", "")
+            .header(SESSION_META, nonce.clone());
+        if self.checksum == Checksum::Crc32c {
+            call = call.header("x-amz-checksum-algorithm", "CRC32C");
+        }
+        let call = self.object_headers(call, request)?;
+        let response = self.requester.send(call, None).await?;
+        let text = response
+            .text()
+            .await
+            .map_err(|error| self.requester.transport(operation, error))?;
+        let initiated: xml::Initiated =
+            xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
+        if initiated.upload_id.is_empty() || initiated.upload_id.len() > 1024 {
+            return Err(self.invalid(operation, "no usable UploadId".into()));
+        }
+        Ok(RemoteSession {
+            id: format!("{nonce}:{}", initiated.upload_id),
+            limits: s3_limits(),
+            expires_at: None,
+        })
+    }
+
+    async fn query(&self, session: SessionRef<'_>) -> Result<SessionStatus, BackendError> {
+        let Some((nonce, upload_id)) = split_session(session.id) else {
+            return Ok(SessionStatus::Gone);
+        };
+        let key = self.key(session.remote_path);
+        match self.list_parts(&key, upload_id).await {
+            Ok(parts) => Ok(SessionStatus::Open {
+                held: Held::Parts(parts),
+            }),
+            Err(error) if error.class() == super::retry::ErrorClass::SessionGone => {
+                match self.written_by(&key, nonce, session.remote_path).await? {
+                    Some(file) => Ok(SessionStatus::Completed { file }),
+                    None => Ok(SessionStatus::Gone),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn put_part(
+        &self,
+        session: SessionRef<'_>,
+        part: PartSpec,
+        body: PartBody,
+    ) -> Result<PartReceipt, BackendError> {
+        let operation = Operation::PutPart(part.number);
+        let Some((_, upload_id)) = split_session(session.id) else {
+            return Err(self.invalid(
+                operation,
+                format!("session id {:?} is not an S3 one", session.id),
+            ));
+        };
+        let key = self.key(session.remote_path);
+        let call = self
+            .object(operation, Method::Put, &key)
+            .query("partNumber", part.number.to_string())
+            .query("uploadId", upload_id)
+            .on_session()
+            .streamed();
+        let call = self.sum_headers(call, &body);
+        let md5 = body.sums.md5;
+        let response = self
+            .requester
+            .send(call, Some(reqwest::Body::wrap_stream(body.stream)))
+            .await?;
+        self.receipt(operation, response.headers(), md5)
+    }
+
+    async fn complete(
+        &self,
+        session: SessionRef<'_>,
+        parts: &[CompletedPart],
+        _sha256: &str,
+        size: u64,
+    ) -> Result<RemoteFile, BackendError> {
+        let operation = Operation::Complete;
+        let Some((nonce, upload_id)) = split_session(session.id) else {
+            return Err(self.invalid(
+                operation,
+                format!("session id {:?} is not an S3 one", session.id),
+            ));
+        };
+        let key = self.key(session.remote_path);
+        let entries: Vec<xml::ManifestEntry<'_>> = parts
+            .iter()
+            .map(|part| xml::ManifestEntry {
+                number: part.number,
+                etag: &part.etag,
+                crc32c: part
+                    .crc32c
+                    .filter(|_| self.checksum == Checksum::Crc32c)
+                    .map(encode_crc32c),
+            })
+            .collect();
+        let mut call = self
+            .object(operation, Method::Post, &key)
+            .query("uploadId", upload_id)
+            .header("content-type", "application/xml")
+            .on_session();
+        call.timeout =
+            Some(REQUEST_TIMEOUT + Duration::from_secs(size / COMPLETE_BYTES_PER_SECOND));
+        let body = xml::complete_body(&entries);
+        match self.requester.send(call, Some(body.into())).await {
+            Ok(response) => {
+                let headers = response.headers().clone();
+                let text = response
+                    .text()
+                    .await
+                    .map_err(|error| self.requester.transport(operation, error))?;
+                // A 200 whose body is an <Error>: the complete failed after all.
+                if let Some(reply) = xml::error_in(&text) {
+                    return Err(self.requester.error(operation, 200, reply, &headers, true));
+                }
+            }
+            // Completed by an earlier attempt whose reply was lost: S3 answers NoSuchUpload,
+            // some servers (s3s-fs) AccessDenied. The object says whether this session wrote it.
+            Err(error) if error.class() != super::retry::ErrorClass::Transient => {
+                if let Some(file) = self.written_by(&key, nonce, session.remote_path).await? {
+                    return Ok(file);
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        }
+        self.written_by(&key, nonce, session.remote_path)
+            .await?
+            .ok_or_else(|| self.invalid(operation, format!("{key} is not there after complete")))
+    }
+
+    async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError> {
+        let Some((_, upload_id)) = split_session(session.id) else {
+            return Ok(());
+        };
+        let upload = OpenUpload {
+            key: self.key(session.remote_path),
+            upload_id: upload_id.to_string(),
+            initiated: String::new(),
+        };
+        self.abort_upload(&upload).await
+    }
+
+    async fn put_file(
+        &self,
+        request: &CreateRequest,
+        body: PartBody,
+    ) -> Result<PartReceipt, BackendError> {
+        let operation = Operation::PutFile;
+        let key = self.key(&request.remote_path);
+        let call = self.object(operation, Method::Put, &key).streamed();
+        let call = self.object_headers(call, request)?;
+        let call = self.sum_headers(call, &body);
+        let md5 = body.sums.md5;
+        let response = self
+            .requester
+            .send(call, Some(reqwest::Body::wrap_stream(body.stream)))
+            .await?;
+        self.receipt(operation, response.headers(), md5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: Option<&str>, path_style: Option<bool>) -> S3Config {
+        S3Config {
+            endpoint: endpoint.map(str::to_owned),
+            region: "eu-west-1".into(),
+            bucket: "photos".into(),
+            prefix: "cam/".into(),
+            path_style,
+            storage_class: None,
+            checksum: Checksum::Crc32c,
+            credentials: CredentialSource::Chain,
+        }
+    }
+
+    #[test]
+    fn buckets_are_addressed_by_path_on_local_endpoints_and_by_host_elsewhere() {
+        let cases = [
+            (None, None, "https://photos.s3.eu-west-1.amazonaws.com/"),
+            (
+                Some("http://127.0.0.1:9000"),
+                None,
+                "http://127.0.0.1:9000/photos/",
+            ),
+            (
+                Some("http://localhost:9000"),
+                None,
+                "http://localhost:9000/photos/",
+            ),
+            (
+                Some("https://minio.example.org"),
+                None,
+                "https://photos.minio.example.org/",
+            ),
+            (
+                Some("https://minio.example.org"),
+                Some(true),
+                "https://minio.example.org/photos/",
+            ),
+        ];
+        for (endpoint, style, expected) in cases {
+            assert_eq!(
+                config(endpoint, style).bucket_url().unwrap().as_str(),
+                expected,
+                "{endpoint:?} {style:?}"
+            );
+        }
+        assert!(config(Some("ftp://host"), None).bucket_url().is_err());
+    }
+
+    #[test]
+    fn metadata_becomes_headers_that_survive_the_trip() {
+        assert_eq!(
+            meta_name("Camera-ID").as_deref(),
+            Some("x-amz-meta-camera-id")
+        );
+        assert_eq!(meta_name("bad key"), None);
+        assert_eq!(meta_name(""), None);
+        assert_eq!(meta_value("plain text"), "plain text");
+        assert_eq!(meta_value("café"), "=?UTF-8?B?Y2Fmw6k=?=");
+        assert_eq!(meta_value(" padded"), "=?UTF-8?B?IHBhZGRlZA==?=");
+    }
+
+    #[test]
+    fn session_ids_and_checksums_round_trip() {
+        assert_eq!(split_session("00ff:abc:def"), Some(("00ff", "abc:def")));
+        assert_eq!(split_session("nocolon"), None);
+        assert_eq!(split_session(":x"), None);
+        assert_eq!(
+            decode_crc32c(&encode_crc32c(0xdead_beef)),
+            Some(0xdead_beef)
+        );
+        assert_eq!(decode_crc32c("AAAA"), None);
+        assert!("checksum".parse::<Checksum>().is_err());
+        assert_eq!("md5".parse::<Checksum>(), Ok(Checksum::Md5));
+    }
+}

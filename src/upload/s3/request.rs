@@ -1,0 +1,364 @@
+//! One S3 request: signed by `rusty-s3` (SigV4 in the query string, so a streamed body is sent
+//! as `UNSIGNED-PAYLOAD` and its integrity rests on the part checksum the server verifies),
+//! sent on our reqwest, and a refusal turned into a typed `BackendError`.
+//!
+//! Clock skew is learned from a refusal (`RequestTimeTooSkewed`, or any 403 whose `Date` is
+//! minutes from ours) and every later signature is dated by the server's clock; expired
+//! temporary keys are fetched again. Both refusals are transient, so the retry that follows
+//! succeeds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{DATE, RETRY_AFTER};
+use reqwest::{Client, Response};
+use rusty_s3::Method;
+use url::Url;
+
+use super::credentials::Credentials;
+use super::xml;
+use crate::upload::backend::{BackendError, Operation, Rejection};
+use crate::upload::retry::{ErrorClass, classify_status};
+
+/// Lifetime of a signature; a request is checked when it arrives, so this only needs to cover
+/// the time between signing and sending, and clock drift.
+const SIGNATURE_LIFETIME_SECONDS: u64 = 3600;
+/// A server clock this far from ours is taken as skew to correct.
+const SKEW_THRESHOLD_MS: i64 = 60_000;
+/// Error bodies longer than this are cut in messages.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// A request to sign and send.
+pub struct Call {
+    pub operation: Operation,
+    pub method: Method,
+    pub url: Url,
+    /// Query parameters, signed.
+    pub query: BTreeMap<&'static str, String>,
+    /// Headers, lowercase names, signed and sent.
+    pub headers: BTreeMap<String, String>,
+    /// Whether a 404 without an S3 code means the upload is gone.
+    pub on_session: bool,
+    /// Limit on the whole request; `None` for streamed parts (the stall watchdog guards them).
+    pub timeout: Option<Duration>,
+}
+
+impl Call {
+    pub fn new(operation: Operation, method: Method, url: Url) -> Call {
+        Call {
+            operation,
+            method,
+            url,
+            query: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            on_session: false,
+            timeout: Some(super::REQUEST_TIMEOUT),
+        }
+    }
+
+    pub fn query(mut self, name: &'static str, value: impl Into<String>) -> Call {
+        self.query.insert(name, value.into());
+        self
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Call {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn on_session(mut self) -> Call {
+        self.on_session = true;
+        self
+    }
+
+    pub fn streamed(mut self) -> Call {
+        self.timeout = None;
+        self
+    }
+}
+
+/// Signs and sends requests for one remote.
+pub struct Requester {
+    pub client: Client,
+    pub region: String,
+    pub credentials: Credentials,
+    /// Shown in messages: the bucket's URL, without credentials.
+    pub endpoint: String,
+    /// The server's clock minus ours, in milliseconds.
+    skew_ms: AtomicI64,
+}
+
+impl Requester {
+    pub fn new(client: Client, region: String, credentials: Credentials, endpoint: String) -> Self {
+        Requester {
+            client,
+            region,
+            credentials,
+            endpoint,
+            skew_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Signs and sends `call`; a success status is returned as is, anything else as an error.
+    pub async fn send(
+        &self,
+        call: Call,
+        body: Option<reqwest::Body>,
+    ) -> Result<Response, BackendError> {
+        let keys = self
+            .credentials
+            .get()
+            .await
+            .map_err(|problem| BackendError::Setup {
+                endpoint: self.endpoint.clone(),
+                problem,
+            })?;
+        let skew = jiff::SignedDuration::from_millis(self.skew_ms.load(Ordering::Relaxed));
+        let time = jiff::Timestamp::now()
+            .checked_add(skew)
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let url = rusty_s3::signing::sign(
+            &time,
+            call.method,
+            call.url,
+            keys.key(),
+            keys.secret(),
+            keys.token(),
+            &self.region,
+            SIGNATURE_LIFETIME_SECONDS,
+            call.query
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+            call.headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        let method = reqwest::Method::from_bytes(call.method.to_str().as_bytes())
+            .expect("S3 methods are valid HTTP methods");
+        let mut request = self.client.request(method, url);
+        for (name, value) in &call.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(timeout) = call.timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(call.operation, error))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self
+            .refusal(call.operation, response, call.on_session)
+            .await)
+    }
+
+    pub fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
+        let detail = if error.is_timeout() {
+            "timed out"
+        } else if error.is_connect() {
+            "could not connect"
+        } else {
+            "the connection failed"
+        };
+        BackendError::Transport {
+            operation,
+            endpoint: self.endpoint.clone(),
+            detail: detail.to_string(),
+            // The URL carries the signature: dropped.
+            source: Some(Box::new(error.without_url())),
+        }
+    }
+
+    /// An error reply, typed; learns the clock skew and drops expired keys on the way.
+    async fn refusal(
+        &self,
+        operation: Operation,
+        response: Response,
+        on_session: bool,
+    ) -> BackendError {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let reply = xml::error_in(&text).unwrap_or_else(|| xml::ErrorReply {
+            code: String::new(),
+            message: text.chars().take(MAX_ERROR_TEXT).collect(),
+        });
+        self.learn(status, &reply.code, &headers).await;
+        self.error(operation, status, reply, &headers, on_session)
+    }
+
+    /// A refusal as a `BackendError` (also for an `<Error>` in a 200 reply).
+    pub fn error(
+        &self,
+        operation: Operation,
+        status: u16,
+        reply: xml::ErrorReply,
+        headers: &reqwest::header::HeaderMap,
+        on_session: bool,
+    ) -> BackendError {
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let (class, rejection) = meaning(status, &reply.code, on_session);
+        let message = match reply.code.as_str() {
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" if reply.message.is_empty() => {
+                "the access key or its secret is wrong (check access_key_id and \
+                 secret_access_key_file, or the profile)"
+                    .to_string()
+            }
+            _ => reply.message,
+        };
+        let code = match reply.code.is_empty() {
+            true => status_word(status).to_string(),
+            false => reply.code,
+        };
+        BackendError::Status {
+            operation,
+            endpoint: self.endpoint.clone(),
+            status,
+            code,
+            message,
+            retry_after,
+            class,
+            rejection,
+        }
+    }
+
+    async fn learn(&self, status: u16, code: &str, headers: &reqwest::header::HeaderMap) {
+        if matches!(code, "ExpiredToken" | "TokenRefreshRequired") {
+            self.credentials.expire().await;
+        }
+        if status != 403 && code != "RequestTimeTooSkewed" {
+            return;
+        }
+        let server = headers
+            .get(DATE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(httpdate);
+        if let Some(server_ms) = server {
+            let ours = jiff::Timestamp::now().as_millisecond();
+            let skew = server_ms - ours;
+            if skew.abs() >= SKEW_THRESHOLD_MS || code == "RequestTimeTooSkewed" {
+                tracing::warn!(skew_ms = skew, endpoint = %self.endpoint, "the S3 server's clock differs from ours; signing by its clock");
+                self.skew_ms.store(skew, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// An HTTP date (`Tue, 15 Nov 1994 08:12:31 GMT`) in milliseconds since the epoch.
+fn httpdate(text: &str) -> Option<i64> {
+    let parsed = jiff::fmt::rfc2822::parse(text).ok()?;
+    Some(parsed.timestamp().as_millisecond())
+}
+
+fn status_word(status: u16) -> &'static str {
+    match status {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        404 => "NotFound",
+        _ => "Error",
+    }
+}
+
+/// What an S3 refusal means: retry, start over, or stop, and the refusals the engine acts on.
+/// By code first (S3 reuses statuses: a 404 is a missing bucket or a missing upload), then by
+/// status.
+pub fn meaning(status: u16, code: &str, on_session: bool) -> (ErrorClass, Option<Rejection>) {
+    use ErrorClass::{Permanent, SessionGone, Transient};
+    match code {
+        // Busy, failing, or slow to receive; a checksum that failed means the bytes were
+        // damaged on the way (or the file changed: the next attempt reads it again).
+        "SlowDown"
+        | "InternalError"
+        | "ServiceUnavailable"
+        | "RequestTimeout"
+        | "OperationAborted"
+        | "BadDigest"
+        | "XAmzContentSHA256Mismatch" => (Transient, None),
+        // Corrected before the retry (`Requester::learn`).
+        "RequestTimeTooSkewed" | "ExpiredToken" | "TokenRefreshRequired" => (Transient, None),
+        "NoSuchUpload" => (SessionGone, None),
+        "InvalidPart" | "InvalidPartOrder" => (Permanent, Some(Rejection::ManifestMismatch)),
+        "EntityTooSmall" => (Permanent, Some(Rejection::PartTooSmall)),
+        "NoSuchBucket"
+        | "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "AllAccessDisabled"
+        | "InvalidBucketName"
+        | "EntityTooLarge" => (Permanent, None),
+        _ => (classify_status(status, on_session && code.is_empty()), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_refusals_mean_what_the_engine_needs() {
+        use ErrorClass::{Permanent, SessionGone, Transient};
+        let cases = [
+            (503, "SlowDown", true, Transient, None),
+            (500, "InternalError", true, Transient, None),
+            (400, "RequestTimeout", true, Transient, None),
+            (403, "RequestTimeTooSkewed", false, Transient, None),
+            (400, "BadDigest", true, Transient, None),
+            (404, "NoSuchUpload", true, SessionGone, None),
+            (404, "NoSuchBucket", true, Permanent, None),
+            (404, "", true, SessionGone, None),
+            (404, "", false, Permanent, None),
+            (
+                400,
+                "InvalidPart",
+                true,
+                Permanent,
+                Some(Rejection::ManifestMismatch),
+            ),
+            (
+                400,
+                "InvalidPartOrder",
+                true,
+                Permanent,
+                Some(Rejection::ManifestMismatch),
+            ),
+            (
+                400,
+                "EntityTooSmall",
+                true,
+                Permanent,
+                Some(Rejection::PartTooSmall),
+            ),
+            (403, "InvalidAccessKeyId", false, Permanent, None),
+            (403, "SignatureDoesNotMatch", false, Permanent, None),
+            (403, "AccessDenied", false, Permanent, None),
+            (502, "", false, Transient, None),
+            (501, "NotImplemented", false, Permanent, None),
+        ];
+        for (status, code, on_session, class, rejection) in cases {
+            assert_eq!(
+                meaning(status, code, on_session),
+                (class, rejection),
+                "{status} {code:?} on_session={on_session}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_dates_are_read() {
+        assert_eq!(
+            httpdate("Tue, 15 Nov 1994 08:12:31 GMT"),
+            Some(784_887_151_000)
+        );
+        assert_eq!(httpdate("yesterday"), None);
+    }
+}

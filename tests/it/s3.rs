@@ -1,0 +1,451 @@
+//! S3 remotes against real S3 servers started by each test (`support::s3`): moto and s3s-fs.
+//! Objects are read back through the server. A behaviour only one server shows is tested there:
+//! signatures on s3s-fs (moto accepts any), missing buckets and ListMultipartUploads on moto
+//! (s3s-fs creates buckets on demand and has no listing).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::upload::backend::{Backend, CreateRequest, PartBody, PartSums};
+use ferry::upload::{ChunkSize, Progress, S3Backend, UploadJob, UploadSettings};
+
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::s3::{Flavor, S3Server, SECRET_KEY};
+use crate::support::{Engine, MIB, ferry_bin, random_file, wait_until};
+
+const BOTH: [Flavor; 2] = [Flavor::Moto, Flavor::S3sFs];
+
+/// The engine on `server`, with parts of S3's minimum size so that part counts are known.
+fn engine(server: &S3Server, prefix: &str) -> Engine {
+    let backend = S3Backend::new(&server.config(prefix)).unwrap();
+    let settings = UploadSettings {
+        chunk_size: ChunkSize::Fixed(5 * MIB),
+        ..UploadSettings::default()
+    };
+    Engine::with_backend(Arc::new(backend), settings)
+}
+
+/// Sizes around S3's 5 MiB part minimum and a 200 MiB file, each read back byte-identical; a
+/// file of at most one part goes in one PutObject, a larger one in parts.
+async fn edge_sizes(flavor: Flavor) {
+    let server = S3Server::start(flavor).await;
+    let engine = engine(&server, "edge/");
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0, 1, 5 * MIB - 1, 5 * MIB, 5 * MIB + 1, 200 * MIB];
+    for (seed, size) in sizes.into_iter().enumerate() {
+        let name = format!("size-{size}.bin");
+        let local = dir.path().join(&name);
+        random_file(&local, size, seed as u64);
+        let report = engine.upload(&local, &name).await.unwrap();
+        let expected_parts = match size {
+            s if s <= 5 * MIB => 1,
+            s if s == 5 * MIB + 1 => 2,
+            s => s.div_ceil(5 * MIB),
+        };
+        assert_eq!(
+            u64::from(report.parts),
+            expected_parts,
+            "{name}: {report:?}"
+        );
+        let stored = server.get(&format!("edge/{name}")).await;
+        assert!(
+            stored.as_deref() == Some(&std::fs::read(&local).unwrap()[..]),
+            "{flavor:?} {name}: the object differs from the file"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_sizes_arrive_byte_identical_in_moto() {
+    edge_sizes(Flavor::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_sizes_arrive_byte_identical_in_s3s_fs() {
+    edge_sizes(Flavor::S3sFs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_content_type_are_stored_for_single_and_multipart_objects() {
+    for flavor in BOTH {
+        let server = S3Server::start(flavor).await;
+        let engine = engine(&server, "");
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in [("small.jpg", 1000), ("large.json", 6 * MIB)] {
+            let local = dir.path().join(name);
+            random_file(&local, size, 9);
+            let job = UploadJob {
+                local_path: local.clone(),
+                remote_path: format!("meta/{name}"),
+                mime_type: None,
+                metadata: [("camera", "north-gate"), ("note", "café au lait")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                reach: ferry::upload::Reach::AsGiven,
+                expected: None,
+            };
+            let progress = Arc::new(Progress::default());
+            engine.uploader.upload(&job, progress).await.unwrap();
+            let headers = server.head(&format!("meta/{name}")).await;
+            let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_string());
+            let expected_type = match name.ends_with(".jpg") {
+                true => "image/jpeg",
+                false => "application/json",
+            };
+            assert_eq!(
+                header("content-type").as_deref(),
+                Some(expected_type),
+                "{flavor:?} {name}"
+            );
+            assert_eq!(
+                header("x-amz-meta-camera").as_deref(),
+                Some("north-gate"),
+                "{flavor:?} {name}"
+            );
+            let note = header("x-amz-meta-note").unwrap();
+            assert_eq!(
+                decode_rfc2047(&note),
+                "café au lait",
+                "{flavor:?} {name}: {note}"
+            );
+        }
+    }
+}
+
+/// A header value as RFC 2047 `=?UTF-8?B?…?=` or as is.
+fn decode_rfc2047(value: &str) -> String {
+    use base64::Engine as _;
+    match value
+        .strip_prefix("=?UTF-8?B?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(encoded) => String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap(),
+        )
+        .unwrap(),
+        None => value.to_string(),
+    }
+}
+
+/// A configuration with one S3 remote `s3` on `endpoint` (the server, or a proxy before it).
+fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> PathBuf {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{SECRET_KEY}\n")).unwrap();
+    let remote = server
+        .remote_toml("s3", "pushed/", &secret)
+        .replace(&server.endpoint, endpoint);
+    // A configuration is the daemon's: it watches a folder, which `push` leaves alone.
+    let watched = dir.join("watched");
+    std::fs::create_dir_all(&watched).unwrap();
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nremote = \"s3\"\n",
+        watched.display()
+    );
+    let config = dir.join("config.toml");
+    std::fs::write(&config, format!("{remote}\n{watch}")).unwrap();
+    config
+}
+
+fn push(config: &Path, data: &Path, file: &Path) -> Command {
+    let mut command = Command::new(ferry_bin());
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["push", "--remote", "s3", "--chunk-size", "5MiB", "--json"])
+        .arg("--data-dir")
+        .arg(data)
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts a push through a throttled proxy and SIGKILLs it once it has durably recorded
+/// `recorded` parts; returns the proxy (drained of the dead push's requests).
+async fn killed_push(config: &Path, data: &Path, file: &Path, recorded: usize, proxy: &FaultProxy) {
+    let mut first = push(config, data, file)
+        .stdout(Stdio::null())
+        .env("RUST_LOG", "ferry=debug")
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(first.stderr.take().unwrap());
+    let counted = tokio::task::spawn_blocking(move || {
+        std::io::BufRead::lines(stderr)
+            .map_while(Result::ok)
+            .filter(|line| line.contains("part recorded"))
+            .take(recorded)
+            .count()
+    });
+    let counted = tokio::time::timeout(Duration::from_secs(60), counted)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counted, recorded, "the first push recorded parts");
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    wait_until(
+        "the killed push's requests to drain",
+        Duration::from_secs(30),
+        || proxy.in_flight() == 0,
+    )
+    .await;
+}
+
+fn summary(output: &std::process::Output) -> serde_json::Value {
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn resumes_after_a_kill(flavor: Flavor) {
+    let server = S3Server::start(flavor).await;
+    let address = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(address).await;
+    proxy.set_throttle(4 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &server, &proxy.url);
+    let (data, local) = (dir.path().join("data"), dir.path().join("resume.bin"));
+    let size = 60 * MIB;
+    random_file(&local, size, 21);
+    killed_push(&config, &data, &local, 3, &proxy).await;
+
+    let mark = proxy.mark();
+    proxy.set_throttle(0);
+    let output = push(&config, &data, &local).output().unwrap();
+    let summary = summary(&output);
+    let file = &summary["files"][0];
+    let (parts, resumed) = (
+        file["parts"].as_u64().unwrap(),
+        file["parts_resumed"].as_u64().unwrap(),
+    );
+    assert_eq!(parts, 12, "{summary}");
+    assert!(
+        resumed >= 3,
+        "the parts ListParts confirmed are not sent again: {summary}"
+    );
+    assert_eq!(
+        file["bytes_sent"].as_u64().unwrap(),
+        (parts - resumed) * 5 * MIB
+    );
+    let sent: Vec<u32> = proxy.log()[mark..]
+        .iter()
+        .filter_map(|seen| seen.part_number)
+        .collect();
+    let distinct: BTreeSet<u32> = sent.iter().copied().collect();
+    assert_eq!(sent.len(), distinct.len(), "no part sent twice: {sent:?}");
+    assert_eq!(
+        sent.len() as u64,
+        parts - resumed,
+        "only missing parts were sent: {sent:?}"
+    );
+    let stored = server.get("pushed/resume.bin").await.unwrap();
+    assert!(
+        stored == std::fs::read(&local).unwrap(),
+        "{flavor:?}: the object differs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_killed_mid_way_resumes_without_resending_listed_parts_in_moto() {
+    resumes_after_a_kill(Flavor::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_killed_mid_way_resumes_without_resending_listed_parts_in_s3s_fs() {
+    resumes_after_a_kill(Flavor::S3sFs).await;
+}
+
+/// The key and UploadId the killed push recorded, from its session store (the remote as it
+/// saw it: through `endpoint`).
+fn recorded_upload(data: &Path, server: &S3Server, endpoint: &str) -> (String, String) {
+    let store = ferry::queue::Store::open(&data.join("push-sessions")).unwrap();
+    let mut config = server.config("pushed/");
+    config.endpoint = Some(endpoint.to_string());
+    let identity = S3Backend::new(&config).unwrap().identity();
+    let records = store.sessions().of_remote(&identity).unwrap();
+    let record = records.first().expect("a recorded session").clone();
+    let (_, upload_id) = ferry::upload::s3::split_session(&record.upload_id).unwrap();
+    (
+        format!("pushed/{}", record.remote_path),
+        upload_id.to_string(),
+    )
+}
+
+/// On moto: s3s-fs lists the parts of an aborted upload as an empty list and then refuses its
+/// parts with `AccessDenied`, so no client can tell that upload from a forbidden one there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_aborted_behind_our_back_starts_over() {
+    {
+        let flavor = Flavor::Moto;
+        let server = S3Server::start(flavor).await;
+        let address = server
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let proxy = FaultProxy::start(address).await;
+        proxy.set_throttle(4 * MIB);
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_file(dir.path(), &server, &proxy.url);
+        let (data, local) = (dir.path().join("data"), dir.path().join("aborted.bin"));
+        random_file(&local, 40 * MIB, 22);
+        killed_push(&config, &data, &local, 2, &proxy).await;
+        let (key, upload_id) = recorded_upload(&data, &server, &proxy.url);
+        server.abort(&key, &upload_id).await;
+
+        proxy.set_throttle(0);
+        let output = push(&config, &data, &local).output().unwrap();
+        let summary = summary(&output);
+        let file = &summary["files"][0];
+        assert_eq!(
+            file["parts_resumed"], 0,
+            "{flavor:?}: started over: {summary}"
+        );
+        assert_eq!(file["bytes_sent"].as_u64().unwrap(), 40 * MIB);
+        let stored = server.get("pushed/aborted.bin").await.unwrap();
+        assert!(
+            stored == std::fs::read(&local).unwrap(),
+            "{flavor:?}: the object differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
+    for flavor in BOTH {
+        let server = S3Server::start(flavor).await;
+        let address = server
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let proxy = FaultProxy::start(address).await;
+        // The first CompleteMultipartUpload reaches the server; its reply does not come back.
+        let dropped = std::sync::atomic::AtomicBool::new(false);
+        proxy.set_plan(move |head, _| {
+            let completing = head.method == "POST" && head.path.contains("uploadId=");
+            let first = completing && !dropped.swap(true, std::sync::atomic::Ordering::SeqCst);
+            first.then_some(Fault::DropReply)
+        });
+        let mut config = server.config("lost/");
+        config.endpoint = Some(proxy.url.clone());
+        let engine = Engine::with_backend(
+            Arc::new(S3Backend::new(&config).unwrap()),
+            UploadSettings::default(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("lost.bin");
+        random_file(&local, 12 * MIB, 23);
+        let started = Instant::now();
+        let report = engine.upload(&local, "lost.bin").await.unwrap();
+        assert_eq!(report.parts, 3);
+        // The complete whose reply was lost, then the one that found the upload done.
+        let completes = proxy
+            .log()
+            .iter()
+            .filter(|seen| seen.method == "POST" && seen.path.contains("uploadId="))
+            .count();
+        assert_eq!(completes, 2, "{flavor:?}: the complete was sent again");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let stored = server.get("lost/lost.bin").await.unwrap();
+        assert!(
+            stored == std::fs::read(&local).unwrap(),
+            "{flavor:?}: the object differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_a_missing_bucket_fail_fast_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("denied.bin");
+    random_file(&local, 6 * MIB, 24);
+    // s3s-fs checks signatures (moto accepts any).
+    let signing = S3Server::start(Flavor::S3sFs).await;
+    let config = config_file(dir.path(), &signing, &signing.endpoint);
+    std::fs::write(dir.path().join("secret"), "not-the-secret\n").unwrap();
+    let started = Instant::now();
+    let output = push(&config, &dir.path().join("data"), &local)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("403 SignatureDoesNotMatch"), "{stderr}");
+    assert!(
+        stderr.contains("denied.bin"),
+        "the message names the file: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no retries: {:?}",
+        started.elapsed()
+    );
+
+    // moto checks buckets (s3s-fs creates them on demand).
+    let buckets = S3Server::start(Flavor::Moto).await;
+    let config = config_file(dir.path(), &buckets, &buckets.endpoint);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("ferry-test", "no-such-bucket");
+    std::fs::write(&config, text).unwrap();
+    let started = Instant::now();
+    let output = push(&config, &dir.path().join("data"), &local)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("404 NoSuchBucket"), "{stderr}");
+    assert!(
+        stderr.contains("no-such-bucket"),
+        "the message names the bucket: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no retries: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The backend alone: a file whose bytes do not match the CRC32C sent is refused by a server
+/// that checks it (s3s-fs checks PutObject's, not UploadPart's; moto checks none), and the refusal is one the
+/// engine retries: the bytes were damaged on the way, or the file changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_checksum_does_not_match_is_refused_as_transient() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let backend = S3Backend::new(&server.config("")).unwrap();
+    let request = CreateRequest {
+        remote_path: "bad.bin".into(),
+        size: 1024,
+        mime_type: None,
+        metadata: Default::default(),
+        sha256: None,
+    };
+    let bytes = bytes::Bytes::from(vec![7u8; 1024]);
+    let body = PartBody {
+        stream: Box::pin(futures_util::stream::iter([Ok(bytes.clone())])),
+        len: 1024,
+        sums: PartSums {
+            crc32c: Some(crc32c::crc32c(&bytes) ^ 1),
+            md5: None,
+        },
+    };
+    let error = backend.put_file(&request, body).await.unwrap_err();
+    assert_eq!(
+        error.class(),
+        ferry::upload::retry::ErrorClass::Transient,
+        "{error}"
+    );
+    assert!(error.to_string().contains("BadDigest"), "{error}");
+    // (s3s-fs 0.14.1 keeps the object it refused: it checks after writing. The retry that
+    // follows replaces it.)
+}
