@@ -1,6 +1,7 @@
 //! Ferry: a daemon that watches folders and reliably uploads every new or changed file with
 //! chunked, resumable uploads. See ARCHITECTURE.md for the map.
 
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod control;

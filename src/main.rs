@@ -69,6 +69,9 @@ enum Command {
     Resume,
     /// Scan the watched folders for files the watcher missed.
     Rescan,
+    /// Abort multipart uploads under the S3 remotes' prefixes that no local session owns and
+    /// that have been idle a while (they cost storage until aborted).
+    Cleanup(CleanupArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -157,6 +160,23 @@ struct ServeArgs {
     /// Upload sessions open at once; more are refused with 429 and Retry-After.
     #[arg(long, default_value_t = ferry::server::DEFAULT_MAX_OPEN_SESSIONS)]
     max_open_sessions: usize,
+}
+
+#[derive(Args)]
+struct CleanupArgs {
+    /// Only this remote; default: every S3 remote.
+    #[arg(long)]
+    remote: Option<String>,
+    /// Idle time (since the upload began or its last part landed) that makes an upload no
+    /// session owns an orphan.
+    #[arg(long, default_value = "24h")]
+    older_than: humantime::Duration,
+    /// List the orphans without aborting them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the orphans as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -272,6 +292,15 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         Command::Pause => ferry::cli::simple(&socket()?, ControlCommand::Pause).await,
         Command::Resume => ferry::cli::simple(&socket()?, ControlCommand::Resume).await,
         Command::Rescan => ferry::cli::simple(&socket()?, ControlCommand::Rescan).await,
+        Command::Cleanup(args) => {
+            let request = ferry::cleanup::Request {
+                remote: args.remote,
+                older_than: args.older_than.into(),
+                dry_run: args.dry_run,
+            };
+            let (config, socket) = (cli.config.as_deref(), cli.socket.clone());
+            ferry::cli::cleanup::cleanup(config, socket, request, args.json).await
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => ferry::cli::config_check(cli.config.as_deref()),

@@ -2,6 +2,7 @@
 //! daemon, the client commands that talk to it over the control socket, `serve` and `push`
 //! (their checks, tokens and defaults), and the one signal handler (`signals`).
 
+pub mod cleanup;
 pub mod push;
 pub mod serve;
 pub mod signals;
@@ -236,8 +237,12 @@ pub fn render_status(status: &StatusReply) -> String {
 
 /// One remote's line: its part size and parallelism, and what they come from.
 fn describe_remote(remote: &RemoteStatus) -> String {
+    let kind = match remote.kind.is_empty() {
+        true => String::new(),
+        false => format!(" ({} {})", remote.kind, remote.location),
+    };
     let mut line = format!(
-        "remote {}: parts of {}, {} in flight (now {})",
+        "remote {}{kind}: parts of {}, {} in flight (now {})",
         remote.name,
         ByteSize(remote.part_size).display().iec(),
         remote.parallel_parts,

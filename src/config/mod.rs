@@ -46,6 +46,9 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Time in-flight parts get to finish at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Idle time after which an S3 multipart upload no session owns is aborted (rclone, aws-cli and
+/// S3 lifecycle rules commonly use a day or a week).
+pub const DEFAULT_ORPHAN_CLEANUP: Duration = Duration::from_secs(24 * 3600);
 
 // Bounds on configured values: each far above any sensible setting and far below where
 // arithmetic on instants, sizes or counts could overflow (`ferry config check` names them).
@@ -129,6 +132,9 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     pub done_retention: Duration,
     pub shutdown_grace: Duration,
+    /// Multipart uploads of S3 remotes that no session owns and idle this long are aborted
+    /// (hourly); `None`: never.
+    pub orphan_cleanup: Option<Duration>,
 }
 
 /// How to reach a remote.
@@ -310,6 +316,7 @@ pub fn builtin(defaults: &Defaults) -> Config {
             log_format: LogFormat::Text,
             done_retention: DEFAULT_DONE_RETENTION,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            orphan_cleanup: Some(DEFAULT_ORPHAN_CLEANUP),
         },
         remotes,
         remote_upload: BTreeMap::new(),
@@ -368,9 +375,13 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "shutdown_grace = {:?}\n",
+            "shutdown_grace = {:?}",
             humantime::format_duration(d.shutdown_grace).to_string()
         );
+        let cleanup = d.orphan_cleanup.map_or("off".to_string(), |age| {
+            humantime::format_duration(age).to_string()
+        });
+        let _ = writeln!(out, "orphan_cleanup = {cleanup:?}\n");
     }
 
     /// Each `[remotes.NAME]`, its token left out and its URL redacted.

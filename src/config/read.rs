@@ -366,6 +366,7 @@ impl<'t> Reader<'t> {
                 "log_format",
                 "done_retention",
                 "shutdown_grace",
+                "orphan_cleanup",
             ],
         );
         self.remember_line(path, table, "data_dir");
@@ -401,6 +402,14 @@ impl<'t> Reader<'t> {
                 duration_up_to(MAX_SHUTDOWN_GRACE),
             )
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let orphan_cleanup = self
+            .get_as(path, table, "orphan_cleanup", |text: String| {
+                match text.as_str() {
+                    "off" => Ok(None),
+                    _ => duration_up_to(MAX_RETENTION)(text).map(Some),
+                }
+            })
+            .unwrap_or(Some(DEFAULT_ORPHAN_CLEANUP));
         Some(DaemonConfig {
             data_dir,
             socket,
@@ -408,6 +417,7 @@ impl<'t> Reader<'t> {
             log_format,
             done_retention,
             shutdown_grace,
+            orphan_cleanup,
         })
     }
 

@@ -38,6 +38,8 @@ pub enum Command {
     Pause,
     Resume,
     Rescan,
+    /// Abort orphaned multipart uploads (`ferry cleanup`).
+    Cleanup(crate::cleanup::Request),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub enum Reply {
     },
     Done {
         message: String,
+    },
+    Cleaned {
+        orphans: Vec<crate::cleanup::Orphan>,
     },
 }
 
@@ -98,6 +103,12 @@ pub struct StatusReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteStatus {
     pub name: String,
+    /// `native`, `s3` or `embedded`.
+    #[serde(default)]
+    pub kind: String,
+    /// Where it stores: a URL and workspace, a bucket and prefix, or a folder.
+    #[serde(default)]
+    pub location: String,
     pub part_size: u64,
     pub parallel_parts: usize,
     /// Parts of this remote in flight now.

@@ -21,7 +21,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, WatchConfig};
+use crate::cleanup;
+use crate::config::{Config, RemoteConfig, WatchConfig};
 use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
 use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::queue::jobs::now_ms;
@@ -34,6 +35,8 @@ use crate::watch::{self, WatchHandle};
 const INTAKE_BATCHES: usize = 16;
 /// How often finished jobs past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often orphaned S3 uploads are looked for (`[daemon] orphan_cleanup`).
+const CLEANUP_EVERY: Duration = Duration::from_secs(3600);
 /// Failed jobs listed in `ferry status`.
 const STATUS_FAILED_SHOWN: usize = 20;
 
@@ -100,6 +103,9 @@ struct Settings {
     uploaders: BTreeMap<String, Arc<Uploader>>,
     transfers: usize,
     upload: UploadSettings,
+    /// The configured remotes, for status and orphan cleanup.
+    remotes: BTreeMap<String, RemoteConfig>,
+    orphan_cleanup: Option<Duration>,
 }
 
 /// A file being uploaded, for `ferry status`.
@@ -128,6 +134,8 @@ pub(crate) struct Daemon {
     /// The embedded receiver's URL and storage, when there is one.
     receiver: Option<(String, PathBuf)>,
     store_health: store_health::StoreHealth,
+    /// An orphan cleanup pass is running.
+    cleaning: AtomicBool,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -170,6 +178,7 @@ pub async fn run(
     });
 
     let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut cleanup = tokio::time::interval(CLEANUP_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -181,6 +190,10 @@ pub async fn run(
                 let _ = applied.send(());
             }
             _ = prune.tick() => daemon.maintain(config.daemon.done_retention).await,
+            _ = cleanup.tick() => {
+                let cleaning = daemon.clone();
+                tracker.spawn(async move { cleaning.clean_orphans().await });
+            }
         }
     }
 
@@ -256,6 +269,8 @@ fn build(
             uploaders,
             transfers: config.daemon.transfers,
             upload: config.upload,
+            remotes: config.remotes.clone(),
+            orphan_cleanup: config.daemon.orphan_cleanup,
         }),
         paused: AtomicBool::new(false),
         wake: Notify::new(),
@@ -268,6 +283,7 @@ fn build(
         embedded,
         receiver,
         store_health: Default::default(),
+        cleaning: AtomicBool::new(false),
     });
     Ok((daemon, intake_receiver))
 }
@@ -371,6 +387,13 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
 }
 
 impl Daemon {
+    /// The settings as configured now.
+    fn settings(&self) -> std::sync::RwLockReadGuard<'_, Settings> {
+        self.settings
+            .read()
+            .expect("settings lock is never poisoned")
+    }
+
     /// The watches as configured now.
     fn watches(&self) -> Vec<WatchConfig> {
         self.settings
@@ -445,10 +468,49 @@ impl Daemon {
             uploaders,
             transfers: config.daemon.transfers,
             upload: config.upload,
+            remotes: config.remotes.clone(),
+            orphan_cleanup: config.daemon.orphan_cleanup,
         };
         drop(settings);
         tracing::info!("configuration reloaded");
         self.wake.notify_one();
+    }
+
+    /// Aborts the orphaned multipart uploads of the S3 remotes, when `orphan_cleanup` says so
+    /// (hourly, from `run`'s loop; one pass at a time).
+    async fn clean_orphans(&self) {
+        let configured = self.settings().orphan_cleanup;
+        let Some(older_than) = configured else {
+            return;
+        };
+        if self.cleaning.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let request = cleanup::Request {
+            remote: None,
+            older_than,
+            dry_run: false,
+        };
+        match self.cleanup(&request).await {
+            Ok(orphans) => {
+                for orphan in orphans {
+                    tracing::info!(remote = %orphan.remote, key = %orphan.key, upload_id = %orphan.upload_id, outcome = ?orphan.outcome, "orphaned upload");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error::chain(&error), "orphan cleanup failed")
+            }
+        }
+        self.cleaning.store(false, Ordering::SeqCst);
+    }
+
+    /// `cleanup::run` over the configured remotes and this daemon's sessions.
+    async fn cleanup(
+        &self,
+        request: &cleanup::Request,
+    ) -> Result<Vec<cleanup::Orphan>, cleanup::CleanupError> {
+        let remotes = self.settings().remotes.clone();
+        cleanup::run(&remotes, &self.store.sessions(), request).await
     }
 
     /// Periodic upkeep: prunes finished jobs past `retention`, then checkpoints the store
@@ -598,8 +660,15 @@ impl Daemon {
             .iter()
             .filter_map(|(name, uploader)| {
                 let (estimates, in_flight) = uploader.estimates()?;
+                let (kind, location) = settings
+                    .remotes
+                    .get(name)
+                    .map(crate::remotes::describe)
+                    .unwrap_or_default();
                 Some(RemoteStatus {
                     name: name.clone(),
+                    kind: kind.to_string(),
+                    location,
                     part_size: estimates.part_size,
                     parallel_parts: estimates.parallel_parts,
                     in_flight,
@@ -681,6 +750,11 @@ impl control::Handler for Handle {
                     message: "rescanning the watched folders".into(),
                 })
             }
+            Command::Cleanup(request) => daemon
+                .cleanup(&request)
+                .await
+                .map(|orphans| Reply::Cleaned { orphans })
+                .map_err(|error| ("cleanup".to_string(), crate::error::chain(&error))),
         }
     }
 }

@@ -30,7 +30,10 @@ pub struct ProgressSnapshot {
 impl ProgressSnapshot {
     /// Bytes the remote has or is receiving, for a progress bar.
     pub fn position(&self) -> u64 {
-        (self.resumed + self.acknowledged + self.in_flight).min(self.total)
+        self.resumed
+            .saturating_add(self.acknowledged)
+            .saturating_add(self.in_flight)
+            .min(self.total)
     }
 }
 
@@ -62,13 +65,23 @@ impl Progress {
 
     /// An attempt that streamed `streamed` bytes failed: those bytes no longer count.
     pub(crate) fn attempt_failed(&self, streamed: u64) {
-        self.in_flight.fetch_sub(streamed, Ordering::Relaxed);
+        self.take_in_flight(streamed);
     }
 
     /// An attempt that streamed `streamed` bytes was acknowledged for a part of `size` bytes.
     pub(crate) fn part_acknowledged(&self, streamed: u64, size: u64) {
-        self.in_flight.fetch_sub(streamed, Ordering::Relaxed);
+        self.take_in_flight(streamed);
         self.acknowledged.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Removes bytes from `in_flight`, never below zero: a part of an attempt that `start`
+    /// already reset (the session started over) may report late.
+    fn take_in_flight(&self, bytes: u64) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                Some(now.saturating_sub(bytes))
+            });
     }
 
     pub(crate) fn set_part_size(&self, bytes: u64) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 
 use crate::support::daemon::Setup;
+use crate::support::s3::{self, Flavor, S3Server};
 use crate::support::*;
 
 const FILES: usize = 200;
@@ -23,14 +24,45 @@ fn size_of(index: usize, rng: &mut impl Rng) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_arrives_intact_through_repeated_kill_9() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "settle = \"200ms\"", "");
+    kill_loop(&setup).await;
+    for index in 0..FILES {
+        let name = format!("file-{index:03}.bin");
+        assert_same_content(&setup.outbox.join(&name), &receiver.file(&name));
+    }
+}
+
+/// The same against an S3 server (s3s-fs: real SigV4, objects read back through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_reaches_an_s3_bucket_intact_through_repeated_kill_9() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, s3::SECRET_KEY).unwrap();
+    let remote = server.remote_toml("main", "crash/", &secret);
+    let setup = Setup::with_remote(&remote, "settle = \"200ms\"", "");
+    kill_loop(&setup).await;
+    for index in 0..FILES {
+        let name = format!("file-{index:03}.bin");
+        let stored = server.get(&format!("crash/{name}")).await;
+        let local = std::fs::read(setup.outbox.join(&name)).unwrap();
+        assert!(
+            stored.as_deref() == Some(&local[..]),
+            "{name} differs in the bucket"
+        );
+    }
+}
+
+/// Kills the daemon of `setup` at random moments while files arrive, then lets it finish:
+/// every file done once, none failed.
+async fn kill_loop(setup: &Setup) {
     let seed: u64 = std::env::var("FERRY_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     println!("crash test seed {seed} (FERRY_CRASH_SEED={seed} to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let receiver = Receiver::start().await;
-    let setup = Setup::new(&receiver.url, "settle = \"200ms\"", "");
     // Replace the default 300 ms settle line the helper wrote.
     let text =
         std::fs::read_to_string(&setup.config)
@@ -64,10 +96,20 @@ async fn every_file_arrives_intact_through_repeated_kill_9() {
     write_files(FILES, &mut rng);
     assert_eq!(written, FILES);
 
-    let daemon = setup.start().await;
+    let mut daemon = setup.start().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let status = loop {
-        let status = setup.status();
+        if let Some(exit) = daemon.child.try_wait().unwrap() {
+            let logs = daemon.logs.lock().unwrap();
+            let tail = logs[logs.len().saturating_sub(40)..].join("\n");
+            panic!("the daemon exited with {exit} (seed {seed}):\n{tail}");
+        }
+        let Ok(status) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup.status()))
+        else {
+            let logs = daemon.logs.lock().unwrap();
+            let tail = logs[logs.len().saturating_sub(40)..].join("\n");
+            panic!("the daemon did not answer status (seed {seed}):\n{tail}");
+        };
         let queue = &status["queue"];
         if queue["queued"] == 0
             && queue["active"] == 0
@@ -108,9 +150,5 @@ async fn every_file_arrives_intact_through_repeated_kill_9() {
         .collect();
     assert!(twice.is_empty(), "uploaded more than once: {twice:#?}");
     assert_eq!(status["queue"]["done"], FILES as u64, "{status}");
-    for index in 0..FILES {
-        let name = format!("file-{index:03}.bin");
-        assert_same_content(&setup.outbox.join(&name), &receiver.file(&name));
-    }
     assert_eq!(daemon.terminate().await, Some(0));
 }

@@ -114,6 +114,10 @@ enum Attempt {
     /// The session's planned parts are too large for the link as it is now: abort it and
     /// start a new one with parts the planner sizes afresh.
     Replan(String),
+    /// The remote no longer has the session (a request on it said so): forget its record and
+    /// start a new one, whatever a query of it would say (some servers list a session they
+    /// no longer know as open).
+    Gone(String),
 }
 
 impl From<UploadError> for Attempt {
@@ -230,22 +234,25 @@ impl Uploader {
         loop {
             let attempt = self.attempt(job, &key, &progress).await;
             self.keep_learned().await;
-            match attempt {
+            let (reason, gone) = match attempt {
                 Ok(report) => return Ok(report),
                 Err(Attempt::Fatal(error)) => return Err(*error),
-                Err(Attempt::Restart(reason) | Attempt::Replan(reason))
-                    if fresh_starts < MAX_FRESH_STARTS =>
-                {
-                    fresh_starts += 1;
-                    tracing::info!(path = %job.local_path.display(), %reason, "starting a new upload session");
-                }
-                Err(Attempt::Restart(reason) | Attempt::Replan(reason)) => {
-                    return Err(UploadError::Unstable {
-                        path: job.local_path.clone(),
-                        restarts: fresh_starts,
-                        reason,
-                    });
-                }
+                Err(Attempt::Restart(reason) | Attempt::Replan(reason)) => (reason, false),
+                Err(Attempt::Gone(reason)) => (reason, true),
+            };
+            if fresh_starts == MAX_FRESH_STARTS {
+                let path = job.local_path.clone();
+                let restarts = fresh_starts;
+                return Err(UploadError::Unstable {
+                    path,
+                    restarts,
+                    reason,
+                });
+            }
+            fresh_starts += 1;
+            tracing::info!(path = %job.local_path.display(), %reason, "starting a new upload session");
+            if gone && let Err(Attempt::Fatal(error)) = self.forget(&key, &job.local_path).await {
+                return Err(*error);
             }
         }
     }
@@ -870,7 +877,7 @@ fn next_step(retry: &RetryPolicy, attempts: u32, path: &Path, error: BackendErro
             }
             .into(),
         ),
-        ErrorClass::SessionGone => Step::Stop(Attempt::Restart(error.to_string())),
+        ErrorClass::SessionGone => Step::Stop(Attempt::Gone(error.to_string())),
         ErrorClass::Permanent => Step::Stop(
             UploadError::Remote {
                 path: path.to_path_buf(),

@@ -150,6 +150,15 @@ pub struct S3Backend {
     requester: Requester,
 }
 
+/// What an open upload holds, as `ferry cleanup` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub parts: usize,
+    pub bytes: u64,
+    /// When the latest part landed, RFC 3339.
+    pub latest: Option<String>,
+}
+
 /// A multipart upload on the server, as `ferry cleanup` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenUpload {
@@ -326,6 +335,23 @@ impl S3Backend {
         key: &str,
         upload_id: &str,
     ) -> Result<Vec<RemotePart>, BackendError> {
+        let listed = self.listed_parts(key, upload_id).await?;
+        Ok(listed
+            .into_iter()
+            .map(|part| RemotePart {
+                number: part.part_number,
+                size: part.size,
+                etag: part.etag.trim_matches('"').to_string(),
+                crc32c: part.checksum_crc32c.as_deref().and_then(decode_crc32c),
+            })
+            .collect())
+    }
+
+    async fn listed_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<xml::ListedPart>, BackendError> {
         let operation = Operation::Query;
         let mut parts = Vec::new();
         let mut marker: Option<u32> = None;
@@ -345,12 +371,7 @@ impl S3Backend {
                 .map_err(|error| self.requester.transport(operation, error))?;
             let page: xml::PartsPage =
                 xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
-            parts.extend(page.parts.into_iter().map(|part| RemotePart {
-                number: part.part_number,
-                size: part.size,
-                etag: part.etag.trim_matches('"').to_string(),
-                crc32c: part.checksum_crc32c.as_deref().and_then(decode_crc32c),
-            }));
+            parts.extend(page.parts);
             match (page.is_truncated, page.next_part_number_marker) {
                 (true, Some(next)) if Some(next) != marker && next > 0 => marker = Some(next),
                 (true, _) => {
@@ -404,9 +425,15 @@ impl S3Backend {
         }
     }
 
-    /// The parts an upload holds, by its key (not a session of ours).
-    pub async fn parts_of(&self, upload: &OpenUpload) -> Result<Vec<RemotePart>, BackendError> {
-        self.list_parts(&upload.key, &upload.upload_id).await
+    /// What an upload holds (not a session of ours): its parts, their bytes, and when the
+    /// latest one landed (RFC 3339, when the server says).
+    pub async fn activity(&self, upload: &OpenUpload) -> Result<Activity, BackendError> {
+        let parts = self.listed_parts(&upload.key, &upload.upload_id).await?;
+        Ok(Activity {
+            parts: parts.len(),
+            bytes: parts.iter().map(|part| part.size).sum(),
+            latest: parts.iter().filter_map(|p| p.last_modified.clone()).max(),
+        })
     }
 
     /// Aborts an upload by its key.
@@ -536,18 +563,24 @@ impl Backend for S3Backend {
             return Ok(SessionStatus::Gone);
         };
         let key = self.key(session.remote_path);
-        match self.list_parts(&key, upload_id).await {
-            Ok(parts) => Ok(SessionStatus::Open {
+        let parts = match self.list_parts(&key, upload_id).await {
+            Ok(parts) => parts,
+            Err(error) if error.class() == super::retry::ErrorClass::SessionGone => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        if !parts.is_empty() {
+            return Ok(SessionStatus::Open {
                 held: Held::Parts(parts),
-            }),
-            Err(error) if error.class() == super::retry::ErrorClass::SessionGone => {
-                match self.written_by(&key, nonce, session.remote_path).await? {
-                    Some(file) => Ok(SessionStatus::Completed { file }),
-                    None => Ok(SessionStatus::Gone),
-                }
-            }
-            Err(error) => Err(error),
+            });
         }
+        // Gone (NoSuchUpload), completed, or open with nothing in it: servers that list an
+        // unknown upload as empty (s3s-fs) cannot tell these apart, and a session that holds
+        // nothing costs nothing to start afresh.
+        if let Some(file) = self.written_by(&key, nonce, session.remote_path).await? {
+            return Ok(SessionStatus::Completed { file });
+        }
+        let _ = self.abort(session).await;
+        Ok(SessionStatus::Gone)
     }
 
     async fn put_part(

@@ -287,6 +287,9 @@ pub fn meaning(status: u16, code: &str, on_session: bool) -> (ErrorClass, Option
         // Corrected before the retry (`Requester::learn`).
         "RequestTimeTooSkewed" | "ExpiredToken" | "TokenRefreshRequired" => (Transient, None),
         "NoSuchUpload" => (SessionGone, None),
+        // Some servers (s3s-fs) answer so for an upload they no longer know; the keys that
+        // created the upload cannot otherwise lose the right to add to it.
+        "AccessDenied" if on_session => (SessionGone, None),
         "InvalidPart" | "InvalidPartOrder" => (Permanent, Some(Rejection::ManifestMismatch)),
         "EntityTooSmall" => (Permanent, Some(Rejection::PartTooSmall)),
         "NoSuchBucket"
@@ -341,6 +344,7 @@ mod tests {
             (403, "InvalidAccessKeyId", false, Permanent, None),
             (403, "SignatureDoesNotMatch", false, Permanent, None),
             (403, "AccessDenied", false, Permanent, None),
+            (403, "AccessDenied", true, SessionGone, None),
             (502, "", false, Transient, None),
             (501, "NotImplemented", false, Permanent, None),
         ];

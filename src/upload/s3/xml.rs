@@ -32,6 +32,8 @@ pub struct ListedPart {
     pub size: u64,
     #[serde(rename = "ChecksumCRC32C")]
     pub checksum_crc32c: Option<String>,
+    /// RFC 3339.
+    pub last_modified: Option<String>,
 }
 
 /// `ListMultipartUploadsResult`: one page.

@@ -37,6 +37,14 @@ impl Setup {
     /// A config with one watch of `outbox` uploading to `url`; `extra_watch` is appended to the
     /// `[[watch]]` table (e.g. `after_upload = "delete"`), `extra` to the file.
     pub fn new(url: &str, extra_watch: &str, extra: &str) -> Setup {
+        let remote = format!(
+            "[remotes.main]\nkind = \"native\"\nurl = \"{url}\"\nworkspace_id = \"default\"\ntoken_file = \"token\"\n"
+        );
+        Self::with_remote(&remote, extra_watch, extra)
+    }
+
+    /// `new`, uploading to the remote `main` that `remote` (its whole table) defines.
+    pub fn with_remote(remote: &str, extra_watch: &str, extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let outbox = dir.path().join("outbox");
         std::fs::create_dir_all(&outbox).unwrap();
@@ -51,12 +59,7 @@ socket = "run/ferry.sock"
 transfers = 4
 shutdown_grace = "5s"
 
-[remotes.main]
-kind = "native"
-url = "{url}"
-workspace_id = "default"
-token_file = "token"
-
+{remote}
 [upload]
 chunk_size = "1MiB"
 retry = {{ max_attempts = 3, backoff_base = "100ms", backoff_max = "500ms" }}

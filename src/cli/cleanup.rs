@@ -1,0 +1,87 @@
+//! `ferry cleanup`: aborts orphaned S3 multipart uploads. Asks the running daemon (it owns the
+//! store, whose sessions say which uploads are live); when none runs, opens the store itself.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+
+use crate::cleanup::{Orphan, Outcome, Request};
+use crate::control::{self, Command, ControlError, Reply};
+use crate::queue::Store;
+
+/// Cleans up as `request` says; prints what it found (a table, or JSON). Fails when an abort
+/// failed.
+pub async fn cleanup(
+    config_flag: Option<&Path>,
+    socket: Option<PathBuf>,
+    request: Request,
+    json: bool,
+) -> Result<()> {
+    let config = super::load_config(config_flag)?;
+    let socket = super::socket_path(socket, config_flag)?;
+    let orphans = match control::call(&socket, Command::Cleanup(request.clone())).await {
+        Ok(Reply::Cleaned { orphans }) => orphans,
+        Ok(other) => anyhow::bail!("the daemon answered cleanup with {other:?}"),
+        Err(ControlError::NotRunning { .. }) => {
+            let store_dir = config.daemon.data_dir.join("store");
+            let opened = store_dir.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open(&opened))
+                .await
+                .expect("opening the store does not panic")
+                .with_context(|| format!("cannot open the store in {}", store_dir.display()))?;
+            crate::cleanup::run(&config.remotes, &store.sessions(), &request).await?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    match json {
+        true => println!(
+            "{}",
+            serde_json::to_string(&orphans).expect("orphans serialise")
+        ),
+        false => print!("{}", render(&orphans, &request)),
+    }
+    let failed = orphans
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Failed(_)))
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} orphaned upload(s) could not be aborted");
+    }
+    Ok(())
+}
+
+/// One line per orphan, then a summary.
+fn render(orphans: &[Orphan], request: &Request) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for orphan in orphans {
+        let verb = match &orphan.outcome {
+            Outcome::Aborted => "aborted".to_string(),
+            Outcome::WouldAbort => "would abort".to_string(),
+            Outcome::Failed(error) => format!("failed ({error})"),
+        };
+        let _ = writeln!(
+            out,
+            "{verb}: {} {} (upload {}, started {}, {} parts, {})",
+            orphan.remote,
+            orphan.key,
+            orphan.upload_id,
+            orphan.initiated,
+            orphan.parts,
+            ByteSize(orphan.bytes).display().iec()
+        );
+    }
+    let idle = humantime::format_duration(request.older_than);
+    let _ = writeln!(
+        out,
+        "{} orphaned upload(s) idle for {idle} or more{}",
+        orphans.len(),
+        if request.dry_run {
+            " (dry run: none aborted)"
+        } else {
+            ""
+        }
+    );
+    out
+}
