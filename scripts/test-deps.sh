@@ -2,12 +2,15 @@
 # Installs what `cargo test` needs beside the toolchain, pinned, skipping what is already there:
 #   - systemd-analyze (the service tests) and python3, from Debian;
 #   - moto's S3 server, from PyPI (the S3 tests);
-#   - s3s-fs, an S3 server over a folder with real SigV4, from crates.io (the S3 tests).
+#   - s3s-fs, an S3 server over a folder with real SigV4, from crates.io (the S3 tests);
+#   - Garage, a replicated S3 store, from crates.io (the cluster test; about 8 minutes to build
+#     on 2 cores, once).
 # Run by .ci/run and by a developer once: `scripts/test-deps.sh && cargo test`.
 set -euo pipefail
 
 MOTO_VERSION=5.2.1
 S3S_FS_VERSION=0.14.1
+GARAGE_VERSION=2.5.0
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -29,4 +32,8 @@ fi
 
 if [ "$(s3s-fs --version 2>/dev/null || true)" != "s3s-fs $S3S_FS_VERSION" ]; then
   cargo install --locked "s3s-fs@$S3S_FS_VERSION" --features binary
+fi
+
+if ! garage --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION "; then
+  cargo install --locked "garage@$GARAGE_VERSION"
 fi

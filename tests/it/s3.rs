@@ -9,10 +9,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry::upload::backend::{Backend, CreateRequest, PartBody, PartSums};
+use ferry::upload::backend::{Backend, CreateRequest, PartBody, PartSpec, PartSums, SessionRef};
 use ferry::upload::{ChunkSize, Progress, S3Backend, UploadJob, UploadSettings};
 
+use crate::support::daemon::Setup;
 use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::garage::{self, Garage};
 use crate::support::s3::{Flavor, S3Server, SECRET_KEY};
 use crate::support::{Engine, MIB, ferry_bin, random_file, wait_until};
 
@@ -447,4 +449,196 @@ async fn a_file_whose_checksum_does_not_match_is_refused_as_transient() {
     assert!(error.to_string().contains("BadDigest"), "{error}");
     // (s3s-fs 0.14.1 keeps the object it refused: it checks after writing. The retry that
     // follows replaces it.)
+}
+
+/// Opens a multipart upload of `key` with one 5 MiB part that no session of Ferry owns; returns
+/// its UploadId.
+async fn orphan(backend: &S3Backend, key: &str) -> String {
+    let request = CreateRequest {
+        remote_path: key.into(),
+        size: 6 * MIB,
+        mime_type: None,
+        metadata: Default::default(),
+        sha256: None,
+    };
+    let session = backend.create(&request).await.unwrap();
+    let bytes = bytes::Bytes::from(vec![1u8; 5 * MIB as usize]);
+    let body = PartBody {
+        stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
+        len: 5 * MIB,
+        sums: PartSums::default(),
+    };
+    let reference = SessionRef {
+        id: &session.id,
+        remote_path: key,
+    };
+    let part = PartSpec {
+        number: 1,
+        offset: 0,
+        size: 5 * MIB,
+    };
+    backend.put_part(reference, part, body).await.unwrap();
+    let (_, upload_id) = ferry::upload::s3::split_session(&session.id).unwrap();
+    upload_id.to_string()
+}
+
+/// The UploadIds open on the server.
+async fn open_ids(backend: &S3Backend) -> Vec<String> {
+    let uploads = backend.open_uploads().await.unwrap();
+    uploads.into_iter().map(|upload| upload.upload_id).collect()
+}
+
+fn cleanup(setup: &Setup, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["cleanup", "--json"];
+    all.extend_from_slice(args);
+    let output = setup.ferry(&all);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// On moto (s3s-fs has no ListMultipartUploads): the daemon's own pass at start, `ferry cleanup`
+/// through a running daemon (whose live upload is left alone), and `ferry cleanup` with no
+/// daemon running, dry run first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone() {
+    let server = S3Server::start(Flavor::Moto).await;
+    let direct = S3Backend::new(&server.config("")).unwrap();
+    let first = orphan(&direct, "old/first.bin").await;
+
+    let address = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(address).await;
+    proxy.set_throttle(2 * MIB);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, SECRET_KEY).unwrap();
+    let remote = server
+        .remote_toml("main", "", &secret)
+        .replace(&server.endpoint, &proxy.url);
+    let setup = Setup::with_remote(&remote, "", "");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replacen(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\norphan_cleanup = \"0s\"",
+        1,
+    );
+    std::fs::write(&setup.config, text).unwrap();
+
+    let daemon = setup.start().await;
+    let deadline = Duration::from_secs(30);
+    let mut gone = false;
+    let started = Instant::now();
+    while !gone && started.elapsed() < deadline {
+        gone = !open_ids(&direct).await.contains(&first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the daemon's pass at start aborted the orphan");
+
+    // A live upload, slowed by the proxy, and a second orphan.
+    let local = setup.outbox.join("live.bin");
+    random_file(&local, 30 * MIB, 31);
+    let live = loop {
+        let uploads = direct.open_uploads().await.unwrap();
+        if let Some(upload) = uploads.into_iter().find(|u| u.key == "live.bin") {
+            break upload.upload_id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the live upload did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let second = orphan(&direct, "old/second.bin").await;
+    let orphans = cleanup(&setup, &["--older-than", "0s"]);
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0]["upload_id"], second.as_str());
+    assert_eq!(orphans[0]["outcome"], "aborted");
+    assert_eq!(orphans[0]["parts"], 1);
+    let open = open_ids(&direct).await;
+    assert!(!open.contains(&second) && open.contains(&live), "{open:?}");
+
+    proxy.set_throttle(0);
+    wait_until("the live upload to finish", Duration::from_secs(60), || {
+        setup.status()["queue"]["done"] == 1
+    })
+    .await;
+    let stored = server.get("live.bin").await.unwrap();
+    assert!(
+        stored == std::fs::read(&local).unwrap(),
+        "the live upload arrived intact"
+    );
+    assert_eq!(daemon.terminate().await, Some(0));
+
+    // No daemon: the store is opened by `ferry cleanup` itself.
+    let third = orphan(&direct, "old/third.bin").await;
+    let listed = cleanup(&setup, &["--older-than", "0s", "--dry-run"]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["outcome"], "would_abort");
+    assert!(
+        open_ids(&direct).await.contains(&third),
+        "a dry run aborts nothing"
+    );
+    let young = cleanup(&setup, &[]);
+    assert!(young.is_empty(), "younger than the default 24 h: {young:?}");
+    let aborted = cleanup(&setup, &["--older-than", "0s"]);
+    assert_eq!(aborted[0]["outcome"], "aborted");
+    assert!(open_ids(&direct).await.is_empty());
+}
+
+/// Writes `count` files of mixed sizes named `{prefix}-{i}.bin` into `folder`.
+fn drop_files(folder: &Path, prefix: &str, count: usize) -> Vec<String> {
+    let sizes = [1024, 300 * 1024, 5 * MIB - 1, 5 * MIB + 1, 12 * MIB];
+    (0..count)
+        .map(|index| {
+            let name = format!("{prefix}-{index}.bin");
+            let seed = index as u64 + prefix.len() as u64 * 100;
+            random_file(&folder.join(&name), sizes[index % sizes.len()], seed);
+            name
+        })
+        .collect()
+}
+
+/// The daemon against a 3-node Garage cluster with replication factor 3: files dropped while
+/// one node is down, and more once it is back, all land byte-identical (read back through
+/// another node than the one written to), and none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garage_cluster_takes_every_file_while_a_node_is_down() {
+    let mut garage = Garage::start(3).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, garage::SECRET).unwrap();
+    let setup = Setup::with_remote(&garage.remote_toml("main", 0, &secret), "", "");
+    let daemon = setup.start().await;
+
+    garage.kill(2);
+    let mut names = drop_files(&setup.outbox, "down", 10);
+    wait_until(
+        "the files dropped with a node down",
+        Duration::from_secs(120),
+        || setup.status()["queue"]["done"] == 10,
+    )
+    .await;
+    garage.restart(2).await;
+    names.extend(drop_files(&setup.outbox, "back", 5));
+    wait_until(
+        "the files dropped after it came back",
+        Duration::from_secs(120),
+        || setup.status()["queue"]["done"] == 15,
+    )
+    .await;
+    let status = setup.status();
+    assert_eq!(status["queue"]["failed"], 0, "{status}");
+    for name in &names {
+        let stored = garage.get(1, name).await;
+        let local = std::fs::read(setup.outbox.join(name)).unwrap();
+        assert!(
+            stored.as_deref() == Some(&local[..]),
+            "{name} differs on node 1"
+        );
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
 }

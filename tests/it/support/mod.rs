@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod fault_proxy;
 #[path = "../../../benches/support/files.rs"]
 mod files;
+pub mod garage;
 #[path = "../../../benches/support/netem.rs"]
 #[allow(dead_code)] // shared with the benches: not every user uses all of it
 pub mod netem;

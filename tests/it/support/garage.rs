@@ -1,0 +1,231 @@
+//! A Garage cluster on loopback: one `garage server` process per node, each with its own
+//! ports and folders and a shared RPC secret, connected, given a layout with replication
+//! factor 3, and a bucket with a key allowed on it. Garage checks signatures, checksums, part
+//! numbers and ETags as AWS does. Installed, pinned, by `scripts/test-deps.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+
+use super::s3::BUCKET;
+
+pub const KEY_ID: &str = "GK0123456789abcdef01234567";
+pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const REGION: &str = "garage";
+
+struct Node {
+    config: PathBuf,
+    s3_port: u16,
+    rpc_port: u16,
+    child: Option<Child>,
+}
+
+/// A running cluster; its servers are killed when dropped.
+pub struct Garage {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Garage {
+    pub async fn start(count: usize) -> Garage {
+        let dir = tempfile::tempdir().unwrap();
+        let secret: String = (0..4)
+            .map(|_| format!("{:016x}", rand::random::<u64>()))
+            .collect();
+        let mut nodes: Vec<Node> = (0..count)
+            .map(|index| node(dir.path(), index, &secret))
+            .collect();
+        for node in &mut nodes {
+            node.child = Some(spawn(&node.config));
+        }
+        let mut garage = Garage { nodes, _dir: dir };
+        for index in 0..count {
+            garage.wait_rpc(index).await;
+        }
+        garage.form_cluster();
+        garage.wait_bucket(0).await;
+        garage
+    }
+
+    /// `garage -c <node 0's config> <args>`, which must succeed.
+    fn admin(&self, args: &[&str]) -> String {
+        let output = Command::new("garage")
+            .arg("-c")
+            .arg(&self.nodes[0].config)
+            .args(args)
+            .output()
+            .expect("garage is installed (scripts/test-deps.sh)");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "garage {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    fn node_id(&self, index: usize) -> String {
+        let output = Command::new("garage")
+            .arg("-c")
+            .arg(&self.nodes[index].config)
+            .args(["node", "id", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Connects the nodes, gives each a role, and opens the bucket to the test key.
+    fn form_cluster(&self) {
+        let ids: Vec<String> = (0..self.nodes.len()).map(|i| self.node_id(i)).collect();
+        for id in &ids[1..] {
+            self.admin(&["node", "connect", id]);
+        }
+        let mut assign = vec!["layout", "assign", "-z", "dc1", "-c", "1G"];
+        let short: Vec<&str> = ids.iter().map(|id| &id[..16]).collect();
+        assign.extend(short);
+        self.admin(&assign);
+        self.admin(&["layout", "apply", "--version", "1"]);
+        self.admin(&["key", "import", "--yes", KEY_ID, SECRET]);
+        self.admin(&["bucket", "create", BUCKET]);
+        let allow = ["bucket", "allow", "--read", "--write", "--owner", BUCKET];
+        self.admin(&[&allow[..], &["--key", KEY_ID]].concat());
+    }
+
+    async fn wait_rpc(&self, index: usize) {
+        let port = self.nodes[index].rpc_port;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "garage node {index} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `index` answers for the bucket (the layout has reached it).
+    async fn wait_bucket(&self, index: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let url = rusty_s3::actions::HeadBucket::new(&self.bucket(index), Some(&keys()))
+                .sign(Duration::from_secs(600));
+            let answered = client().head(url).send().await;
+            if answered.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage node {index} never served the bucket"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn endpoint(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[index].s3_port)
+    }
+
+    fn bucket(&self, index: usize) -> Bucket {
+        let url = self.endpoint(index).parse().unwrap();
+        Bucket::new(url, UrlStyle::Path, BUCKET, REGION).unwrap()
+    }
+
+    /// The `[remotes.NAME]` table for node `index`, the secret in `secret_file`.
+    pub fn remote_toml(&self, name: &str, index: usize, secret_file: &Path) -> String {
+        format!(
+            "[remotes.{name}]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"{REGION}\"\nbucket = \"{BUCKET}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key_file = \"{}\"\n",
+            self.endpoint(index),
+            secret_file.display()
+        )
+    }
+
+    /// The object's bytes, read through node `index`.
+    pub async fn get(&self, index: usize, key: &str) -> Option<Vec<u8>> {
+        let bucket = self.bucket(index);
+        let url = rusty_s3::actions::GetObject::new(&bucket, Some(&keys()), key)
+            .sign(Duration::from_secs(600));
+        let response = client().get(url).send().await.unwrap();
+        match response.status().as_u16() {
+            404 => None,
+            200 => Some(response.bytes().await.unwrap().to_vec()),
+            other => panic!("GET {key} through node {index}: {other}"),
+        }
+    }
+
+    /// Kills node `index` (SIGKILL).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `index` again on its folders and ports.
+    pub async fn restart(&mut self, index: usize) {
+        self.nodes[index].child = Some(spawn(&self.nodes[index].config));
+        self.wait_rpc(index).await;
+        self.wait_bucket(index).await;
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+fn keys() -> Credentials {
+    Credentials::new(KEY_ID, SECRET)
+}
+
+fn client() -> reqwest::Client {
+    ferry::upload::native::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Node `index`'s folders and configuration.
+fn node(dir: &Path, index: usize, secret: &str) -> Node {
+    let root = dir.join(format!("node{index}"));
+    std::fs::create_dir_all(&root).unwrap();
+    let (s3_port, rpc_port) = (free_port(), free_port());
+    let config = root.join("garage.toml");
+    let text = format!(
+        "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
+         replication_factor = 3\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+         rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{secret}\"\n\n\
+         [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n\
+         root_domain = \".s3.garage.localhost\"\n",
+        root = root.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    Node {
+        config,
+        s3_port,
+        rpc_port,
+        child: None,
+    }
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new("garage")
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("garage is installed (scripts/test-deps.sh)")
+}
