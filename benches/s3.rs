@@ -124,6 +124,8 @@ impl Drop for Server {
 struct Env {
     work: PathBuf,
     ferry_config: PathBuf,
+    /// The server's own endpoint: Ferry's remote `bench`; any other is its remote `via`.
+    endpoint: String,
 }
 
 impl Env {
@@ -152,7 +154,22 @@ impl Env {
         Env {
             work: work.to_path_buf(),
             ferry_config,
+            endpoint: endpoint.to_string(),
         }
+    }
+
+    /// Adds Ferry's remote `via`: the same bucket through `endpoint` (a proxy).
+    fn add_via(&self, endpoint: &str) {
+        let text = std::fs::read_to_string(&self.ferry_config).unwrap();
+        let bench = text
+            .split("[remotes.bench]")
+            .nth(1)
+            .unwrap()
+            .split("[[watch]]")
+            .next();
+        let via = bench.unwrap().replace(&self.endpoint, endpoint);
+        let text = format!("{text}\n[remotes.via]{via}");
+        std::fs::write(&self.ferry_config, text).unwrap();
     }
 
     /// A command with every tool's credentials and endpoint in its environment.
@@ -186,8 +203,13 @@ impl Env {
             Tool::Ferry => {
                 let data = self.work.join(format!("push-{}", rand::random::<u32>()));
                 let mut command = self.command(env!("CARGO_BIN_EXE_ferry"), endpoint);
+                let remote = if endpoint == self.endpoint {
+                    "bench"
+                } else {
+                    "via"
+                };
                 command.arg("--config").arg(&self.ferry_config);
-                command.args(["push", "--remote", "bench", "--name", key, "--data-dir"]);
+                command.args(["push", "--remote", remote, "--name", key, "--data-dir"]);
                 command.arg(data).arg(file);
                 if matched {
                     command.args(["--chunk-size", &format!("{part_mib}MiB")]);
@@ -376,6 +398,7 @@ fn wan(
     let profile = netem::Profile::link(Some(12_500_000), Duration::from_millis(40));
     let proxy = runtime.block_on(netem::Netem::start(upstream, profile));
     let endpoint = proxy.url();
+    env.add_via(&endpoint);
     let mut rows = Vec::new();
     for tool in [Tool::Ferry, Tool::Rclone, Tool::AwsCli] {
         let key = format!("wan-{}", rows.len());

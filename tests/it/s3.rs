@@ -642,3 +642,57 @@ async fn a_garage_cluster_takes_every_file_while_a_node_is_down() {
     }
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// `checksum = "md5"` (servers without flexible checksums): every part and PutObject carries
+/// `Content-MD5`, and a wrong one is refused (s3s-fs checks PutObject's, and its part ETags are
+/// MD5s, which Ferry checks against what it sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_checksums_are_sent_and_checked() {
+    for flavor in BOTH {
+        let server = S3Server::start(flavor).await;
+        let mut config = server.config("md5/");
+        config.checksum = ferry::upload::s3::Checksum::Md5;
+        let settings = UploadSettings {
+            chunk_size: ChunkSize::Fixed(5 * MIB),
+            ..UploadSettings::default()
+        };
+        let backend = Arc::new(S3Backend::new(&config).unwrap());
+        let engine = Engine::with_backend(backend.clone(), settings);
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in [("small.bin", 100 * 1024), ("large.bin", 12 * MIB)] {
+            let local = dir.path().join(name);
+            random_file(&local, size, 41);
+            let report = engine.upload(&local, name).await.unwrap();
+            assert_eq!(
+                u64::from(report.parts),
+                size.div_ceil(5 * MIB),
+                "{flavor:?} {name}"
+            );
+            let stored = server.get(&format!("md5/{name}")).await.unwrap();
+            assert!(
+                stored == std::fs::read(&local).unwrap(),
+                "{flavor:?} {name}"
+            );
+        }
+        if flavor == Flavor::S3sFs {
+            let bytes = bytes::Bytes::from(vec![3u8; 2048]);
+            let body = PartBody {
+                stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
+                len: 2048,
+                sums: PartSums {
+                    crc32c: None,
+                    md5: Some([0u8; 16]),
+                },
+            };
+            let request = CreateRequest {
+                remote_path: "wrong-md5.bin".into(),
+                size: 2048,
+                mime_type: None,
+                metadata: Default::default(),
+                sha256: None,
+            };
+            let error = backend.put_file(&request, body).await.unwrap_err();
+            assert!(error.to_string().contains("BadDigest"), "{error}");
+        }
+    }
+}

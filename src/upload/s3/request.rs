@@ -236,22 +236,25 @@ impl Requester {
         if matches!(code, "ExpiredToken" | "TokenRefreshRequired") {
             self.credentials.expire().await;
         }
-        if status != 403 && code != "RequestTimeTooSkewed" {
-            return;
-        }
         let server = headers
             .get(DATE)
             .and_then(|value| value.to_str().ok())
             .and_then(httpdate);
-        if let Some(server_ms) = server {
-            let ours = jiff::Timestamp::now().as_millisecond();
-            let skew = server_ms - ours;
-            if skew.abs() >= SKEW_THRESHOLD_MS || code == "RequestTimeTooSkewed" {
-                tracing::warn!(skew_ms = skew, endpoint = %self.endpoint, "the S3 server's clock differs from ours; signing by its clock");
-                self.skew_ms.store(skew, Ordering::Relaxed);
-            }
+        let now = jiff::Timestamp::now().as_millisecond();
+        if let Some(skew) = skew(status, code, server, now) {
+            tracing::warn!(skew_ms = skew, endpoint = %self.endpoint, "the S3 server's clock differs from ours; signing by its clock");
+            self.skew_ms.store(skew, Ordering::Relaxed);
         }
     }
+}
+
+/// The server's clock minus ours, in milliseconds, when a refusal says ours is off: S3's
+/// `RequestTimeTooSkewed`, or any 403 whose `Date` is a minute or more from `now` (a
+/// signature dated too far off is refused under several codes).
+fn skew(status: u16, code: &str, server_ms: Option<i64>, now_ms: i64) -> Option<i64> {
+    let skew = server_ms? - now_ms;
+    let told = code == "RequestTimeTooSkewed";
+    (told || (status == 403 && skew.abs() >= SKEW_THRESHOLD_MS)).then_some(skew)
 }
 
 /// An HTTP date (`Tue, 15 Nov 1994 08:12:31 GMT`) in milliseconds since the epoch.
@@ -353,6 +356,36 @@ mod tests {
                 meaning(status, code, on_session),
                 (class, rejection),
                 "{status} {code:?} on_session={on_session}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_clock_is_corrected_only_when_a_refusal_says_it_is_off() {
+        let (now, minute) = (1_000_000_000, 60_000);
+        let cases = [
+            (
+                403,
+                "RequestTimeTooSkewed",
+                Some(now + 20 * minute),
+                Some(20 * minute),
+            ),
+            (403, "RequestTimeTooSkewed", Some(now + 10), Some(10)),
+            (
+                403,
+                "AccessDenied",
+                Some(now - 16 * minute),
+                Some(-16 * minute),
+            ),
+            (403, "AccessDenied", Some(now + 5_000), None),
+            (404, "NoSuchKey", Some(now + 20 * minute), None),
+            (403, "RequestTimeTooSkewed", None, None),
+        ];
+        for (status, code, server, expected) in cases {
+            assert_eq!(
+                skew(status, code, server, now),
+                expected,
+                "{status} {code} {server:?}"
             );
         }
     }
