@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
-use crate::support::daemon::Setup;
+use crate::support::daemon::{Daemon, Setup};
 use crate::support::s3::{self, Flavor, S3Server};
 use crate::support::*;
 
@@ -97,40 +97,7 @@ async fn kill_loop(setup: &Setup) {
     assert_eq!(written, FILES);
 
     let mut daemon = setup.start().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(exit) = daemon.child.try_wait().unwrap() {
-            let logs = daemon.logs.lock().unwrap();
-            let tail = logs[logs.len().saturating_sub(40)..].join("\n");
-            panic!("the daemon exited with {exit} (seed {seed}):\n{tail}");
-        }
-        let Ok(status) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup.status()))
-        else {
-            let logs = daemon.logs.lock().unwrap();
-            let tail = logs[logs.len().saturating_sub(40)..].join("\n");
-            panic!("the daemon did not answer status (seed {seed}):\n{tail}");
-        };
-        let queue = &status["queue"];
-        if queue["queued"] == 0
-            && queue["active"] == 0
-            && queue["done"].as_u64() >= Some(FILES as u64)
-        {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let logs = daemon.logs.lock().unwrap();
-            let tail = logs[logs.len().saturating_sub(40)..].join("\n");
-            let open: Vec<_> = setup
-                .jobs()
-                .into_iter()
-                .filter(|job| job["state"] != "done")
-                .collect();
-            panic!(
-                "the queue did not drain in 240 s (seed {seed}): {status}\njobs not done: {open:#?}\nlast log lines:\n{tail}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = drained(setup, &mut daemon, seed).await;
     assert_eq!(status["queue"]["failed"], 0, "{status}");
     // Each file is uploaded exactly once: name any that was done twice.
     let mut done_per_path = std::collections::BTreeMap::<String, Vec<serde_json::Value>>::new();
@@ -151,4 +118,41 @@ async fn kill_loop(setup: &Setup) {
     assert!(twice.is_empty(), "uploaded more than once: {twice:#?}");
     assert_eq!(status["queue"]["done"], FILES as u64, "{status}");
     assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// Waits until every file is done, the daemon alive and answering throughout; its status.
+async fn drained(setup: &Setup, daemon: &mut Daemon, seed: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(exit) = daemon.child.try_wait().unwrap() {
+            panic!(
+                "the daemon exited with {exit} (seed {seed}):\n{}",
+                daemon.tail(40)
+            );
+        }
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup.status()));
+        let Ok(status) = answered else {
+            panic!(
+                "the daemon did not answer status (seed {seed}):\n{}",
+                daemon.tail(40)
+            );
+        };
+        let queue = &status["queue"];
+        let done = queue["done"].as_u64() >= Some(FILES as u64);
+        if queue["queued"] == 0 && queue["active"] == 0 && done {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let open: Vec<_> = setup
+                .jobs()
+                .into_iter()
+                .filter(|job| job["state"] != "done")
+                .collect();
+            panic!(
+                "the queue did not drain in 240 s (seed {seed}): {status}\njobs not done: {open:#?}\nlast log lines:\n{}",
+                daemon.tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -482,6 +482,23 @@ async fn orphan(backend: &S3Backend, key: &str) -> String {
     upload_id.to_string()
 }
 
+/// The uploads open on the server once `wanted` holds of them (polled for 30 s); `None` if it
+/// never did.
+async fn wait_open(
+    backend: &S3Backend,
+    wanted: impl Fn(&[ferry::upload::s3::OpenUpload]) -> bool,
+) -> Option<Vec<ferry::upload::s3::OpenUpload>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let open = backend.open_uploads().await.unwrap();
+        if wanted(&open) {
+            return Some(open);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
 /// The UploadIds open on the server.
 async fn open_ids(backend: &S3Backend) -> Vec<String> {
     let uploads = backend.open_uploads().await.unwrap();
@@ -529,29 +546,22 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone() {
     std::fs::write(&setup.config, text).unwrap();
 
     let daemon = setup.start().await;
-    let deadline = Duration::from_secs(30);
-    let mut gone = false;
-    let started = Instant::now();
-    while !gone && started.elapsed() < deadline {
-        gone = !open_ids(&direct).await.contains(&first);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the daemon's pass at start aborted the orphan");
+    let aborted = wait_open(&direct, |open| !open.iter().any(|u| u.upload_id == first)).await;
+    assert!(
+        aborted.is_some(),
+        "the daemon's pass at start aborted the orphan"
+    );
 
     // A live upload, slowed by the proxy, and a second orphan.
     let local = setup.outbox.join("live.bin");
     random_file(&local, 30 * MIB, 31);
-    let live = loop {
-        let uploads = direct.open_uploads().await.unwrap();
-        if let Some(upload) = uploads.into_iter().find(|u| u.key == "live.bin") {
-            break upload.upload_id;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the live upload did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let found = wait_open(&direct, |open| open.iter().any(|u| u.key == "live.bin")).await;
+    let found = found.expect("the live upload started");
+    let live = found
+        .into_iter()
+        .find(|u| u.key == "live.bin")
+        .unwrap()
+        .upload_id;
     let second = orphan(&direct, "old/second.bin").await;
     let orphans = cleanup(&setup, &["--older-than", "0s"]);
     assert_eq!(orphans.len(), 1, "{orphans:?}");

@@ -232,6 +232,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// True when a log line so far contains `needle`.
+    /// The last `lines` lines the daemon logged.
+    pub fn tail(&self, lines: usize) -> String {
+        let logs = self.logs.lock().unwrap();
+        logs[logs.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn logged(&self, needle: &str) -> bool {
         self.logs
             .lock()

@@ -139,16 +139,12 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
-    let Some((head, raw_head, early_body)) = read_head(&mut client).await else {
-        return;
-    };
-    let index;
-    let fault;
-    {
-        let mut log = shared.log.lock().unwrap();
-        index = log.len();
-        fault = (shared.plan.lock().unwrap())(&head, index);
+impl Shared {
+    /// Logs a request and decides its fault; returns its index in the log.
+    fn admit(&self, head: &RequestHead) -> (usize, Option<Fault>) {
+        let mut log = self.log.lock().unwrap();
+        let index = log.len();
+        let fault = (self.plan.lock().unwrap())(head, index);
         log.push(Seen {
             method: head.method.clone(),
             path: head.path.clone(),
@@ -157,27 +153,27 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
             arrived: Instant::now(),
             finished: None,
         });
+        (index, fault)
     }
-    let finish = |shared: &Shared| {
-        if let Some(seen) = shared.log.lock().unwrap().get_mut(index) {
+
+    /// Notes when request `index` ended.
+    fn finish(&self, index: usize) {
+        if let Some(seen) = self.log.lock().unwrap().get_mut(index) {
             seen.finished = Some(Instant::now());
         }
+    }
+}
+
+async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
+    let Some((head, raw_head, early_body)) = read_head(&mut client).await else {
+        return;
     };
+    let (index, fault) = shared.admit(&head);
+    let finish = |shared: &Shared| shared.finish(index);
 
     if let Some(Fault::Unavailable { retry_after_secs }) = fault {
-        // Drain the body first so the client sees the reply, not a reset.
-        let _ = discard(
-            &mut client,
-            head.content_length.saturating_sub(early_body.len() as u64),
-        )
-        .await;
-        let body = r#"{"error":{"code":"unavailable","message":"injected by the test proxy"}}"#;
-        let reply = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after_secs}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = client.write_all(reply.as_bytes()).await;
-        let _ = client.shutdown().await;
+        let body_left = head.content_length.saturating_sub(early_body.len() as u64);
+        answer_unavailable(client, body_left, retry_after_secs).await;
         finish(&shared);
         return;
     }
@@ -189,22 +185,15 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         finish(&shared);
         return;
     };
-    let (mut upstream_read, mut upstream_write) = upstream.into_split();
-    let (mut client_read, mut client_write) = client.into_split();
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let (mut client_read, client_write) = client.into_split();
     if upstream_write.write_all(&raw_head).await.is_err() {
         finish(&shared);
         return;
     }
     // Relay the reply concurrently: the receiver may answer before reading the whole body.
     let drop_reply = fault == Some(Fault::DropReply);
-    let reply = tokio::spawn(async move {
-        if drop_reply {
-            let _ = tokio::io::copy(&mut upstream_read, &mut tokio::io::sink()).await;
-        } else {
-            let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
-        }
-        let _ = client_write.shutdown().await;
-    });
+    let reply = tokio::spawn(relay_reply(upstream_read, client_write, drop_reply));
 
     let cut_at = match fault {
         Some(Fault::CutMidBody | Fault::Stall(_)) => head.content_length / 2,
@@ -243,6 +232,33 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         let _ = reply.await;
     }
     finish(&shared);
+}
+
+/// Answers `503` with `Retry-After` without forwarding, after draining the body (so the
+/// client sees the reply, not a reset).
+async fn answer_unavailable(mut client: TcpStream, body_left: u64, retry_after_secs: u64) {
+    let _ = discard(&mut client, body_left).await;
+    let body = r#"{"error":{"code":"unavailable","message":"injected by the test proxy"}}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after_secs}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(reply.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+/// Copies the receiver's reply to the client, or to nowhere when it is to be lost.
+async fn relay_reply(
+    mut upstream: tokio::net::tcp::OwnedReadHalf,
+    mut client: tokio::net::tcp::OwnedWriteHalf,
+    drop_reply: bool,
+) {
+    if drop_reply {
+        let _ = tokio::io::copy(&mut upstream, &mut tokio::io::sink()).await;
+    } else {
+        let _ = tokio::io::copy(&mut upstream, &mut client).await;
+    }
+    let _ = client.shutdown().await;
 }
 
 /// Reads a request head; returns it parsed, rewritten with `Connection: close`, and any body
