@@ -176,7 +176,10 @@ impl LocalFile {
         let source = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
-            let mut buffer = vec![0u8; HASH_CHUNK_BYTES];
+            // No bigger than the file (one byte more, to see its end in one read): zeroing a
+            // whole chunk for every small file costs more than hashing it.
+            let wanted = source.fingerprint.size.saturating_add(1);
+            let mut buffer = vec![0u8; (HASH_CHUNK_BYTES as u64).min(wanted) as usize];
             let mut offset = 0u64;
             loop {
                 if cancel.is_cancelled() {
