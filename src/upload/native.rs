@@ -115,20 +115,7 @@ impl NativeBackend {
     }
 
     fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
-        let detail = if error.is_timeout() {
-            "timed out".to_string()
-        } else if error.is_connect() {
-            "could not connect".to_string()
-        } else {
-            "the connection failed".to_string()
-        };
-        BackendError::Transport {
-            operation,
-            endpoint: self.endpoint.clone(),
-            detail,
-            // reqwest's error carries the URL, which may hold credentials: dropped.
-            source: Some(Box::new(error.without_url())),
-        }
+        transport_error(operation, &self.endpoint, error)
     }
 
     async fn status_error(
@@ -200,6 +187,28 @@ fn rejection(code: &str) -> Option<Rejection> {
         ErrorCode::Sha256Mismatch => Some(Rejection::DigestMismatch),
         ErrorCode::PartTooSmall => Some(Rejection::PartTooSmall),
         _ => None,
+    }
+}
+
+/// A request that got no answer, for every reqwest backend: the URL, which may carry
+/// credentials or a signature, is dropped from the error.
+pub(crate) fn transport_error(
+    operation: Operation,
+    endpoint: &str,
+    error: reqwest::Error,
+) -> BackendError {
+    let detail = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "the connection failed"
+    };
+    BackendError::Transport {
+        operation,
+        endpoint: endpoint.to_string(),
+        detail: detail.to_string(),
+        source: Some(Box::new(error.without_url())),
     }
 }
 

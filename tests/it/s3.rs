@@ -52,11 +52,8 @@ async fn edge_sizes(flavor: Flavor) {
             expected_parts,
             "{name}: {report:?}"
         );
-        let stored = server.get(&format!("edge/{name}")).await;
-        assert!(
-            stored.as_deref() == Some(&std::fs::read(&local).unwrap()[..]),
-            "{flavor:?} {name}: the object differs from the file"
-        );
+        let (key, what) = (format!("edge/{name}"), format!("{flavor:?} {name}"));
+        assert_stored(&server, &key, &local, &what).await;
     }
 }
 
@@ -135,6 +132,48 @@ fn decode_rfc2047(value: &str) -> String {
     }
 }
 
+/// A request for the object `remote_path` of `size` bytes, without metadata.
+fn request(remote_path: &str, size: u64) -> CreateRequest {
+    CreateRequest {
+        remote_path: remote_path.into(),
+        size,
+        mime_type: None,
+        metadata: Default::default(),
+        sha256: None,
+    }
+}
+
+/// `bytes` as a body, with the checksums given for it.
+fn body(bytes: Vec<u8>, sums: PartSums) -> PartBody {
+    let len = bytes.len() as u64;
+    let stream = futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]);
+    PartBody {
+        stream: Box::pin(stream),
+        len,
+        sums,
+    }
+}
+
+/// A fault proxy before `server`.
+async fn proxy_before(server: &S3Server) -> FaultProxy {
+    let address = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    FaultProxy::start(address).await
+}
+
+/// Asserts the object `key` holds exactly the bytes of `local`.
+async fn assert_stored(server: &S3Server, key: &str, local: &Path, what: &str) {
+    let stored = server.get(key).await;
+    let expected = std::fs::read(local).unwrap();
+    assert!(
+        stored.as_deref() == Some(&expected[..]),
+        "{what}: the object differs"
+    );
+}
+
 /// A configuration with one S3 remote `s3` on `endpoint` (the server, or a proxy before it).
 fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> PathBuf {
     let secret = dir.join("secret");
@@ -207,12 +246,7 @@ fn summary(output: &std::process::Output) -> serde_json::Value {
 
 async fn resumes_after_a_kill(flavor: Flavor) {
     let server = S3Server::start(flavor).await;
-    let address = server
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(address).await;
+    let proxy = proxy_before(&server).await;
     proxy.set_throttle(4 * MIB);
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &server, &proxy.url);
@@ -250,11 +284,7 @@ async fn resumes_after_a_kill(flavor: Flavor) {
         parts - resumed,
         "only missing parts were sent: {sent:?}"
     );
-    let stored = server.get("pushed/resume.bin").await.unwrap();
-    assert!(
-        stored == std::fs::read(&local).unwrap(),
-        "{flavor:?}: the object differs"
-    );
+    assert_stored(&server, "pushed/resume.bin", &local, &format!("{flavor:?}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,12 +319,7 @@ fn recorded_upload(data: &Path, server: &S3Server, endpoint: &str) -> (String, S
 async fn an_upload_aborted_behind_our_back_starts_over() {
     for flavor in BOTH {
         let server = S3Server::start(flavor).await;
-        let address = server
-            .endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap();
-        let proxy = FaultProxy::start(address).await;
+        let proxy = proxy_before(&server).await;
         proxy.set_throttle(4 * MIB);
         let dir = tempfile::tempdir().unwrap();
         let config = config_file(dir.path(), &server, &proxy.url);
@@ -313,11 +338,13 @@ async fn an_upload_aborted_behind_our_back_starts_over() {
             "{flavor:?}: started over: {summary}"
         );
         assert_eq!(file["bytes_sent"].as_u64().unwrap(), 40 * MIB);
-        let stored = server.get("pushed/aborted.bin").await.unwrap();
-        assert!(
-            stored == std::fs::read(&local).unwrap(),
-            "{flavor:?}: the object differs"
-        );
+        assert_stored(
+            &server,
+            "pushed/aborted.bin",
+            &local,
+            &format!("{flavor:?}"),
+        )
+        .await;
     }
 }
 
@@ -325,12 +352,7 @@ async fn an_upload_aborted_behind_our_back_starts_over() {
 async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
     for flavor in BOTH {
         let server = S3Server::start(flavor).await;
-        let address = server
-            .endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap();
-        let proxy = FaultProxy::start(address).await;
+        let proxy = proxy_before(&server).await;
         // The first CompleteMultipartUpload reaches the server; its reply does not come back.
         let dropped = std::sync::atomic::AtomicBool::new(false);
         proxy.set_plan(move |head, _| {
@@ -358,11 +380,7 @@ async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
             .count();
         assert_eq!(completes, 2, "{flavor:?}: the complete was sent again");
         assert!(started.elapsed() < Duration::from_secs(30));
-        let stored = server.get("lost/lost.bin").await.unwrap();
-        assert!(
-            stored == std::fs::read(&local).unwrap(),
-            "{flavor:?}: the object differs"
-        );
+        assert_stored(&server, "lost/lost.bin", &local, &format!("{flavor:?}")).await;
     }
 }
 
@@ -375,21 +393,12 @@ async fn wrong_credentials_and_a_missing_bucket_fail_fast_with_a_clear_message()
     let signing = S3Server::start(Flavor::S3sFs).await;
     let config = config_file(dir.path(), &signing, &signing.endpoint);
     std::fs::write(dir.path().join("secret"), "not-the-secret\n").unwrap();
-    let started = Instant::now();
-    let output = push(&config, &dir.path().join("data"), &local)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("403 SignatureDoesNotMatch"), "{stderr}");
-    assert!(
-        stderr.contains("denied.bin"),
-        "the message names the file: {stderr}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "no retries: {:?}",
-        started.elapsed()
+    refused_fast(
+        &config,
+        dir.path(),
+        &local,
+        "403 SignatureDoesNotMatch",
+        "denied.bin",
     );
 
     // moto checks buckets (s3s-fs creates them on demand).
@@ -399,22 +408,28 @@ async fn wrong_credentials_and_a_missing_bucket_fail_fast_with_a_clear_message()
         .unwrap()
         .replace("ferry-test", "no-such-bucket");
     std::fs::write(&config, text).unwrap();
+    refused_fast(
+        &config,
+        dir.path(),
+        &local,
+        "404 NoSuchBucket",
+        "no-such-bucket",
+    );
+}
+
+/// A push of `local` fails at once (no retries) with `code` in a message that names `named`.
+fn refused_fast(config: &Path, dir: &Path, local: &Path, code: &str, named: &str) {
     let started = Instant::now();
-    let output = push(&config, &dir.path().join("data"), &local)
-        .output()
-        .unwrap();
+    let output = push(config, &dir.join("data"), local).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("404 NoSuchBucket"), "{stderr}");
+    assert!(stderr.contains(code), "{stderr}");
     assert!(
-        stderr.contains("no-such-bucket"),
-        "the message names the bucket: {stderr}"
+        stderr.contains(named),
+        "the message names {named}: {stderr}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "no retries: {:?}",
-        started.elapsed()
-    );
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "no retries: {elapsed:?}");
 }
 
 /// The backend alone: a file whose bytes do not match the CRC32C sent is refused by a server
@@ -424,22 +439,10 @@ async fn wrong_credentials_and_a_missing_bucket_fail_fast_with_a_clear_message()
 async fn a_file_whose_checksum_does_not_match_is_refused_as_transient() {
     let server = S3Server::start(Flavor::S3sFs).await;
     let backend = S3Backend::new(&server.config("")).unwrap();
-    let request = CreateRequest {
-        remote_path: "bad.bin".into(),
-        size: 1024,
-        mime_type: None,
-        metadata: Default::default(),
-        sha256: None,
-    };
-    let bytes = bytes::Bytes::from(vec![7u8; 1024]);
-    let body = PartBody {
-        stream: Box::pin(futures_util::stream::iter([Ok(bytes.clone())])),
-        len: 1024,
-        sums: PartSums {
-            crc32c: Some(crc32c::crc32c(&bytes) ^ 1),
-            md5: None,
-        },
-    };
+    let request = request("bad.bin", 1024);
+    let bytes = vec![7u8; 1024];
+    let crc32c = Some(crc32c::crc32c(&bytes) ^ 1);
+    let body = body(bytes, PartSums { crc32c, md5: None });
     let error = backend.put_file(&request, body).await.unwrap_err();
     assert_eq!(
         error.class(),
@@ -454,20 +457,9 @@ async fn a_file_whose_checksum_does_not_match_is_refused_as_transient() {
 /// Opens a multipart upload of `key` with one 5 MiB part that no session of Ferry owns; returns
 /// its UploadId.
 async fn orphan(backend: &S3Backend, key: &str) -> String {
-    let request = CreateRequest {
-        remote_path: key.into(),
-        size: 6 * MIB,
-        mime_type: None,
-        metadata: Default::default(),
-        sha256: None,
-    };
+    let request = request(key, 6 * MIB);
     let session = backend.create(&request).await.unwrap();
-    let bytes = bytes::Bytes::from(vec![1u8; 5 * MIB as usize]);
-    let body = PartBody {
-        stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
-        len: 5 * MIB,
-        sums: PartSums::default(),
-    };
+    let body = body(vec![1u8; 5 * MIB as usize], PartSums::default());
     let reference = SessionRef {
         id: &session.id,
         remote_path: key,
@@ -523,12 +515,7 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone() {
     let direct = S3Backend::new(&server.config("")).unwrap();
     let first = orphan(&direct, "old/first.bin").await;
 
-    let address = server
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(address).await;
+    let proxy = proxy_before(&server).await;
     proxy.set_throttle(2 * MIB);
     let secrets = tempfile::tempdir().unwrap();
     let secret = secrets.path().join("secret");
@@ -576,11 +563,13 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone() {
         setup.status()["queue"]["done"] == 1
     })
     .await;
-    let stored = server.get("live.bin").await.unwrap();
-    assert!(
-        stored == std::fs::read(&local).unwrap(),
-        "the live upload arrived intact"
-    );
+    assert_stored(
+        &server,
+        "live.bin",
+        &local,
+        "the live upload arrived intact",
+    )
+    .await;
     assert_eq!(daemon.terminate().await, Some(0));
 
     // No daemon: the store is opened by `ferry cleanup` itself.
@@ -678,29 +667,18 @@ async fn md5_checksums_are_sent_and_checked() {
                 size.div_ceil(5 * MIB),
                 "{flavor:?} {name}"
             );
-            let stored = server.get(&format!("md5/{name}")).await.unwrap();
-            assert!(
-                stored == std::fs::read(&local).unwrap(),
-                "{flavor:?} {name}"
-            );
+            assert_stored(
+                &server,
+                &format!("md5/{name}"),
+                &local,
+                &format!("{flavor:?} {name}"),
+            )
+            .await;
         }
         if flavor == Flavor::S3sFs {
-            let bytes = bytes::Bytes::from(vec![3u8; 2048]);
-            let body = PartBody {
-                stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
-                len: 2048,
-                sums: PartSums {
-                    crc32c: None,
-                    md5: Some([0u8; 16]),
-                },
-            };
-            let request = CreateRequest {
-                remote_path: "wrong-md5.bin".into(),
-                size: 2048,
-                mime_type: None,
-                metadata: Default::default(),
-                sha256: None,
-            };
+            let md5 = Some([0u8; 16]);
+            let body = body(vec![3u8; 2048], PartSums { crc32c: None, md5 });
+            let request = request("wrong-md5.bin", 2048);
             let error = backend.put_file(&request, body).await.unwrap_err();
             assert!(error.to_string().contains("BadDigest"), "{error}");
         }

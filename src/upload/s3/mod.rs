@@ -212,6 +212,17 @@ impl S3Backend {
         Call::new(operation, method, self.bucket.object_url(key))
     }
 
+    /// Sends `call` and reads its reply as `T`.
+    async fn reply<T: serde::de::DeserializeOwned>(&self, call: Call) -> Result<T, BackendError> {
+        let operation = call.operation;
+        let response = self.requester.send(call, None).await?;
+        let text = response
+            .text()
+            .await
+            .map_err(|error| self.requester.transport(operation, error))?;
+        xml::parse(&text).map_err(|problem| self.invalid(operation, problem))
+    }
+
     fn invalid(&self, operation: Operation, problem: String) -> BackendError {
         BackendError::InvalidReply {
             operation,
@@ -264,6 +275,16 @@ impl S3Backend {
             call = call.header("content-md5", BASE64.encode(md5));
         }
         call.header("content-length", body.len.to_string())
+    }
+
+    /// Sends a part or a whole file with its checksums; its receipt.
+    async fn send_body(&self, call: Call, body: PartBody) -> Result<PartReceipt, BackendError> {
+        let operation = call.operation;
+        let call = self.sum_headers(call, &body);
+        let md5 = body.sums.md5;
+        let stream = reqwest::Body::wrap_stream(body.stream);
+        let response = self.requester.send(call, Some(stream)).await?;
+        self.receipt(operation, response.headers(), md5)
     }
 
     /// The receipt of a stored part or file: its ETag, checked against the MD5 sent where the
@@ -364,13 +385,7 @@ impl S3Backend {
             if let Some(marker) = marker {
                 call = call.query("part-number-marker", marker.to_string());
             }
-            let response = self.requester.send(call, None).await?;
-            let text = response
-                .text()
-                .await
-                .map_err(|error| self.requester.transport(operation, error))?;
-            let page: xml::PartsPage =
-                xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
+            let page: xml::PartsPage = self.reply(call).await?;
             parts.extend(page.parts);
             match (page.is_truncated, page.next_part_number_marker) {
                 (true, Some(next)) if Some(next) != marker && next > 0 => marker = Some(next),
@@ -399,13 +414,7 @@ impl S3Backend {
                     .query("key-marker", key.clone())
                     .query("upload-id-marker", upload.clone());
             }
-            let response = self.requester.send(call, None).await?;
-            let text = response
-                .text()
-                .await
-                .map_err(|error| self.requester.transport(operation, error))?;
-            let page: xml::UploadsPage =
-                xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
+            let page: xml::UploadsPage = self.reply(call).await?;
             found.extend(page.uploads.into_iter().map(|upload| OpenUpload {
                 key: upload.key,
                 upload_id: upload.upload_id,
@@ -541,13 +550,7 @@ impl Backend for S3Backend {
             call = call.header("x-amz-checksum-algorithm", "CRC32C");
         }
         let call = self.object_headers(call, request)?;
-        let response = self.requester.send(call, None).await?;
-        let text = response
-            .text()
-            .await
-            .map_err(|error| self.requester.transport(operation, error))?;
-        let initiated: xml::Initiated =
-            xml::parse(&text).map_err(|problem| self.invalid(operation, problem))?;
+        let initiated: xml::Initiated = self.reply(call).await?;
         if initiated.upload_id.is_empty() || initiated.upload_id.len() > 1024 {
             return Err(self.invalid(operation, "no usable UploadId".into()));
         }
@@ -603,13 +606,7 @@ impl Backend for S3Backend {
             .query("uploadId", upload_id)
             .on_session()
             .streamed();
-        let call = self.sum_headers(call, &body);
-        let md5 = body.sums.md5;
-        let response = self
-            .requester
-            .send(call, Some(reqwest::Body::wrap_stream(body.stream)))
-            .await?;
-        self.receipt(operation, response.headers(), md5)
+        self.send_body(call, body).await
     }
 
     async fn complete(
@@ -694,13 +691,7 @@ impl Backend for S3Backend {
         let key = self.key(&request.remote_path);
         let call = self.object(operation, Method::Put, &key).streamed();
         let call = self.object_headers(call, request)?;
-        let call = self.sum_headers(call, &body);
-        let md5 = body.sums.md5;
-        let response = self
-            .requester
-            .send(call, Some(reqwest::Body::wrap_stream(body.stream)))
-            .await?;
-        self.receipt(operation, response.headers(), md5)
+        self.send_body(call, body).await
     }
 }
 

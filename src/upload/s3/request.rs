@@ -159,20 +159,7 @@ impl Requester {
     }
 
     pub fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
-        let detail = if error.is_timeout() {
-            "timed out"
-        } else if error.is_connect() {
-            "could not connect"
-        } else {
-            "the connection failed"
-        };
-        BackendError::Transport {
-            operation,
-            endpoint: self.endpoint.clone(),
-            detail: detail.to_string(),
-            // The URL carries the signature: dropped.
-            source: Some(Box::new(error.without_url())),
-        }
+        crate::upload::native::transport_error(operation, &self.endpoint, error)
     }
 
     /// An error reply, typed; learns the clock skew and drops expired keys on the way.

@@ -3,6 +3,7 @@
 //! servers that add fields (Garage, MinIO, Ceph) parse alike.
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// `InitiateMultipartUploadResult`.
 #[derive(Debug, Deserialize)]
@@ -68,7 +69,7 @@ pub struct ErrorReply {
 }
 
 /// Parses a reply body as `T`.
-pub fn parse<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, String> {
+pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     quick_xml::de::from_str(text).map_err(|error| format!("unreadable XML: {error}"))
 }
 

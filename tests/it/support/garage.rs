@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::s3::BUCKET;
+use super::{client, free_port};
 
 pub const KEY_ID: &str = "GK0123456789abcdef01234567";
 pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -183,16 +184,6 @@ impl Drop for Garage {
 
 fn keys() -> Credentials {
     Credentials::new(KEY_ID, SECRET)
-}
-
-fn client() -> reqwest::Client {
-    ferry::upload::native::install_crypto_provider();
-    reqwest::Client::new()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// Node `index`'s folders and configuration.

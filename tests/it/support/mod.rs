@@ -39,6 +39,18 @@ pub fn ferry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
 }
 
+/// An HTTP client for the test's own requests (reading objects back, say).
+pub fn client() -> reqwest::Client {
+    ferry::upload::native::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// A loopback port free a moment ago, for a server that cannot be given port 0.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// Polls `condition` until it holds or `timeout` passes; panics naming `what` on timeout.
 pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::upload::s3::{Checksum, CredentialSource, S3Config};
+
+use super::{client, free_port};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 pub const ACCESS_KEY: &str = "AKIAFERRYTEST";
@@ -155,16 +157,6 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn client() -> reqwest::Client {
-    ferry::upload::native::install_crypto_provider();
-    reqwest::Client::new()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn spawn(flavor: Flavor, port: u16, dir: &Path) -> Child {
