@@ -6,7 +6,8 @@
 //! recording each acknowledged part durably; check the file did not change; complete with the
 //! manifest and the SHA-256; verify the remote's answer; forget the session record. A file sent
 //! as one part is not recorded at all: after a crash it is sent again whole, which costs what
-//! resuming would, and small files cost no store writes.
+//! resuming would, and small files cost no store writes. A backend that takes a whole file in
+//! one request (S3's PutObject) gets such a file that way, with no session to open or complete.
 //!
 //! Invariants kept here: an acknowledged part of a recorded session is recorded before it
 //! counts, and is not sent again on resume unless the remote lost it; a file that changed is
