@@ -127,6 +127,17 @@ impl FaultProxy {
             .count()
     }
 
+    /// The part numbers of the requests logged since `mark`, each asserted to be sent once.
+    pub fn parts_sent_once_since(&self, mark: usize) -> Vec<u32> {
+        let sent: Vec<u32> = self.log()[mark..]
+            .iter()
+            .filter_map(|seen| seen.part_number)
+            .collect();
+        let distinct: std::collections::BTreeSet<u32> = sent.iter().copied().collect();
+        assert_eq!(sent.len(), distinct.len(), "no part sent twice: {sent:?}");
+        sent
+    }
+
     /// How many requests were logged so far: `log()[mark..]` are the ones seen after.
     pub fn mark(&self) -> usize {
         self.shared.log.lock().unwrap().len()
