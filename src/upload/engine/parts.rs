@@ -48,6 +48,14 @@ pub(super) struct SessionContext {
 }
 
 impl SessionContext {
+    /// The request that sends `part`, for messages: a part, or the whole file.
+    fn operation(&self, part: PartSpec) -> Operation {
+        match self.whole {
+            Some(_) => Operation::PutFile,
+            None => Operation::PutPart(part.number),
+        }
+    }
+
     pub fn session(&self) -> SessionRef<'_> {
         SessionRef {
             id: &self.upload_id,
@@ -334,7 +342,7 @@ async fn put_once(
     let outcome = tokio::select! {
         result = request => result,
         _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
-            operation: Operation::PutPart(spec.number),
+            operation: context.operation(spec),
             endpoint: context.backend.endpoint().to_string(),
             after: context.stall_timeout,
         }),
@@ -397,7 +405,7 @@ fn judge(
             })
         }
         (Ok(receipt), crc) => Err(BackendError::Damaged {
-            operation: Operation::PutPart(spec.number),
+            operation: context.operation(spec),
             endpoint: context.backend.endpoint().to_string(),
             problem: format!(
                 "the remote stored CRC32C {:?} but {:?} was sent",
