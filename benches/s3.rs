@@ -10,7 +10,8 @@
 //!    Ferry, rclone and the AWS CLI on 256 MiB.
 //!
 //! Prints one JSON object, then a table per part; MB/s are 10^6 bytes per second, and each
-//! ratio is Ferry's rate over the peer's. `FERRY_S3_BENCH_SCALE=0.25` shrinks every size.
+//! ratio is Ferry's rate over the peer's. `FERRY_S3_BENCH_SCALE=0.25` shrinks every size;
+//! `FERRY_S3_BENCH_ONLY=small` (or `large`, `wan`, comma-separated) runs only those parts.
 
 #[path = "support/files.rs"]
 mod files;
@@ -415,6 +416,13 @@ fn wan(
     rows
 }
 
+/// Whether `part` is to run: `FERRY_S3_BENCH_ONLY=small,wan` runs those parts alone.
+fn wanted(part: &str) -> bool {
+    std::env::var("FERRY_S3_BENCH_ONLY")
+        .map(|only| only.split(',').any(|name| name.trim() == part))
+        .unwrap_or(true)
+}
+
 fn setup() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/s3-setup.sh");
     let status = Command::new("bash").arg(script).status().unwrap();
@@ -444,11 +452,24 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (large_size, wan_size) = (size(1024.0), size(256.0));
     let large = work.path().join("large.bin");
-    files::random_file(&large, large_size, 1);
-    let large_rows = large_file(&server, &env, &large, large_size);
-    let small_rows = small_files(&server, &env, &small, count);
-    files::random_file(&large, wan_size, 2);
-    let wan_rows = wan(&server, &env, &large, wan_size, &runtime);
+    let large_rows = match wanted("large") {
+        true => {
+            files::random_file(&large, large_size, 1);
+            large_file(&server, &env, &large, large_size)
+        }
+        false => Vec::new(),
+    };
+    let small_rows = match wanted("small") {
+        true => small_files(&server, &env, &small, count),
+        false => Vec::new(),
+    };
+    let wan_rows = match wanted("wan") {
+        true => {
+            files::random_file(&large, wan_size, 2);
+            wan(&server, &env, &large, wan_size, &runtime)
+        }
+        false => Vec::new(),
+    };
     report(&[
         ("large", &large_rows),
         ("small", &small_rows),
@@ -470,7 +491,7 @@ fn report(parts: &[(&str, &[Row])]) {
         .collect::<serde_json::Map<_, _>>()
         .into();
     println!("{json}");
-    for (name, rows) in parts {
+    for (name, rows) in parts.iter().filter(|(_, rows)| !rows.is_empty()) {
         println!(
             "\n{name}\n| tool | setting | MB/s | seconds | ferry / tool |\n|---|---|---|---|---|"
         );
