@@ -60,12 +60,21 @@ struct Row {
     tool: Tool,
     setting: &'static str,
     bytes: u64,
+    cost: Cost,
+}
+
+/// What one upload cost: wall-clock seconds, and the CPU seconds (user and system) of the
+/// tool's own process, which the server does not share: on 2 cores the wall clock of a small-file
+/// run also measures what the server and the machine's neighbours took.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
     seconds: f64,
+    cpu: f64,
 }
 
 impl Row {
     fn mbps(&self) -> f64 {
-        self.bytes as f64 / self.seconds / 1e6
+        self.bytes as f64 / self.cost.seconds / 1e6
     }
 }
 
@@ -271,17 +280,50 @@ impl Env {
     }
 }
 
-/// Runs `command` to success; its wall time in seconds.
-fn timed(mut command: Command, what: &str) -> f64 {
+/// Runs `command` to success; its wall time and CPU time.
+fn timed(mut command: Command, what: &str) -> Cost {
     let started = Instant::now();
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let (status, cpu) = wait_with_cpu(&child);
     let seconds = started.elapsed().as_secs_f64();
-    assert!(
-        output.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    seconds
+    let stderr = reader.join().unwrap();
+    assert!(status == 0, "{what} failed: {stderr}");
+    Cost { seconds, cpu }
+}
+
+/// Waits for `child` (reaping it); returns its wait status and the CPU seconds it and its
+/// waited-for descendants used.
+fn wait_with_cpu(child: &Child) -> (i32, f64) {
+    let mut status = 0;
+    // SAFETY: wait4 fills the status and the zeroed rusage for a child we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (status, seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// The CPU seconds (user and system) a running process has used so far.
+fn cpu_so_far(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command's name in parentheses: utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Part 1: one large file, every tool at its defaults and matched.
@@ -298,14 +340,14 @@ fn large_file(server: &Server, env: &Env, file: &Path, size: u64) -> Vec<Row> {
         for tool in tools {
             let key = format!("large-{}", rows.len());
             let command = env.upload(tool, &server.endpoint(), file, &key, matched);
-            let seconds = timed(command, tool.name());
+            let cost = timed(command, tool.name());
             server.check_and_remove(&key, size);
-            eprintln!("{} ({setting}): {seconds:.2} s", tool.name());
+            eprintln!("{} ({setting}): {:.2} s", tool.name(), cost.seconds);
             rows.push(Row {
                 tool,
                 setting,
                 bytes: size,
-                seconds,
+                cost,
             });
         }
     }
@@ -320,29 +362,27 @@ fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<R
         tool: Tool::Ferry,
         setting: "daemon, 4 transfers",
         bytes,
-        seconds: daemon_drain(env, count),
+        cost: daemon_drain(env, count),
     }];
     let mut rclone = env.command("rclone", &endpoint);
     rclone
         .args(["copy", "--transfers", "4"])
         .arg(folder)
         .arg(format!("bench:{BUCKET}/small-rclone"));
-    let seconds = timed(rclone, "rclone copy");
     rows.push(Row {
         tool: Tool::Rclone,
         setting: "copy --transfers 4",
         bytes,
-        seconds,
+        cost: timed(rclone, "rclone copy"),
     });
     let mut aws = env.command("aws", &endpoint);
     aws.args(["--endpoint-url", &endpoint, "s3", "cp", "--recursive"]);
     aws.arg(folder).arg(format!("s3://{BUCKET}/small-aws/"));
-    let seconds = timed(aws, "aws s3 cp --recursive");
     rows.push(Row {
         tool: Tool::AwsCli,
         setting: "cp --recursive",
         bytes,
-        seconds,
+        cost: timed(aws, "aws s3 cp --recursive"),
     });
     for prefix in ["small-ferry", "small-rclone", "small-aws"] {
         let stored = std::fs::read_dir(server.root.join(BUCKET).join(prefix))
@@ -354,7 +394,7 @@ fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<R
 }
 
 /// Starts `ferry run` on the filled folder and waits until every file is done.
-fn daemon_drain(env: &Env, count: usize) -> f64 {
+fn daemon_drain(env: &Env, count: usize) -> Cost {
     let started = Instant::now();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")
@@ -365,7 +405,7 @@ fn daemon_drain(env: &Env, count: usize) -> f64 {
         .spawn()
         .unwrap();
     let deadline = started + Duration::from_secs(600);
-    let seconds = loop {
+    let cost = loop {
         let status = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("--config")
             .arg(&env.ferry_config)
@@ -376,7 +416,11 @@ fn daemon_drain(env: &Env, count: usize) -> f64 {
             .ok()
             .and_then(|status| status["queue"]["done"].as_u64());
         if done == Some(count as u64) {
-            break started.elapsed().as_secs_f64();
+            let seconds = started.elapsed().as_secs_f64();
+            break Cost {
+                seconds,
+                cpu: cpu_so_far(daemon.id()),
+            };
         }
         assert!(Instant::now() < deadline, "the daemon did not finish");
         std::thread::sleep(Duration::from_millis(20));
@@ -384,7 +428,7 @@ fn daemon_drain(env: &Env, count: usize) -> f64 {
     // SAFETY: signalling a child we own.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     daemon.wait().unwrap();
-    seconds
+    cost
 }
 
 /// Part 3: the wan link through the netem proxy.
@@ -403,14 +447,14 @@ fn wan(
     let mut rows = Vec::new();
     for tool in [Tool::Ferry, Tool::Rclone, Tool::AwsCli] {
         let key = format!("wan-{}", rows.len());
-        let seconds = timed(env.upload(tool, &endpoint, file, &key, false), tool.name());
+        let cost = timed(env.upload(tool, &endpoint, file, &key, false), tool.name());
         server.check_and_remove(&key, size);
-        eprintln!("{} (wan): {seconds:.2} s", tool.name());
+        eprintln!("{} (wan): {:.2} s", tool.name(), cost.seconds);
         rows.push(Row {
             tool,
             setting: "defaults, wan",
             bytes: size,
-            seconds,
+            cost,
         });
     }
     rows
@@ -484,7 +528,7 @@ fn report(parts: &[(&str, &[Row])]) {
         .map(|(name, rows)| {
             let rows: Vec<Value> = rows
                 .iter()
-                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.seconds, "mb_per_s": row.mbps()}))
+                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.cost.seconds, "cpu_seconds": row.cost.cpu, "mb_per_s": row.mbps()}))
                 .collect();
             (name.to_string(), Value::Array(rows))
         })
@@ -493,7 +537,7 @@ fn report(parts: &[(&str, &[Row])]) {
     println!("{json}");
     for (name, rows) in parts.iter().filter(|(_, rows)| !rows.is_empty()) {
         println!(
-            "\n{name}\n| tool | setting | MB/s | seconds | ferry / tool |\n|---|---|---|---|---|"
+            "\n{name}\n| tool | setting | MB/s | seconds | CPU seconds | ferry / tool |\n|---|---|---|---|---|---|"
         );
         for row in rows.iter() {
             let ferry = rows
@@ -501,11 +545,12 @@ fn report(parts: &[(&str, &[Row])]) {
                 .find(|r| r.tool == Tool::Ferry && (r.setting == row.setting || name != &"large"))
                 .map_or(f64::NAN, Row::mbps);
             println!(
-                "| {} | {} | {:.1} | {:.2} | {:.2} |",
+                "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} |",
                 row.tool.name(),
                 row.setting,
                 row.mbps(),
-                row.seconds,
+                row.cost.seconds,
+                row.cost.cpu,
                 ferry / row.mbps()
             );
         }
