@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod local_path;
+pub mod output;
 pub mod protocol;
 pub mod push;
 pub mod queue;

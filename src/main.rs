@@ -2,6 +2,7 @@
 //! to the documented exit codes (0 success, 1 operational failure, 2 usage or configuration
 //! error, 3 daemon not reachable, 4 permission denied on its socket).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +41,11 @@ enum Command {
     /// Run the daemon in the foreground (what the service runs).
     Run,
     /// Show the daemon's state: queue counts, active transfers, failures.
+    ///
+    /// Exit status, as systemctl's: 0 healthy; 1 degraded (a job failed, a watch cannot watch,
+    /// the store refuses writes); 3 the daemon is not running; 4 its socket is not yours.
     Status {
+        /// Print one JSON object: queue counts, transfers, remotes, watches, recent failures.
         #[arg(long)]
         json: bool,
         /// Refresh every second.
@@ -49,8 +54,10 @@ enum Command {
     },
     /// List jobs.
     Jobs {
+        /// Only the jobs in this state.
         #[arg(long)]
         state: Option<JobState>,
+        /// Print the jobs as one JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -257,7 +264,11 @@ fn main() -> ExitCode {
 
 /// Prints the error chain and picks the exit code.
 fn report(error: anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", ferry::error::chain(error.as_ref()));
+    if ferry::output::is_broken_pipe(error.as_ref()) {
+        // The reader went away (`ferry jobs | head -1`): what it did not read it did not want.
+        return ExitCode::SUCCESS;
+    }
+    ferry::output::errln(&format!("error: {}", ferry::error::chain(error.as_ref())));
     if error.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(2)
     } else if matches!(
@@ -312,8 +323,9 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         Command::Service { command } => service(command, cli.config.as_deref()),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "ferry", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "ferry", &mut script);
+            Ok(std::io::stdout().write_all(&script)?)
         }
         Command::Manpage => {
             let command = <Cli as clap::CommandFactory>::command();
@@ -340,8 +352,7 @@ fn service(command: ServiceCommand, config: Option<&std::path::Path>) -> Result<
         ServiceCommand::Uninstall(_) => service.uninstall()?,
         ServiceCommand::Status(_) => service.status(),
     };
-    print!("{report}");
-    Ok(())
+    Ok(ferry::output::out(&report.to_string())?)
 }
 
 /// `ferry serve`'s flags, as the library takes them.

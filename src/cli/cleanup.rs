@@ -35,11 +35,8 @@ pub async fn cleanup(
         Err(error) => return Err(error.into()),
     };
     match json {
-        true => println!(
-            "{}",
-            serde_json::to_string(&orphans).expect("orphans serialise")
-        ),
-        false => print!("{}", render(&orphans, &request)),
+        true => crate::output::outln(&serde_json::to_string(&orphans).expect("orphans serialise"))?,
+        false => crate::output::out(&render(&orphans, &request))?,
     }
     let failed = orphans
         .iter()

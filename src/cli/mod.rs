@@ -19,6 +19,7 @@ use crate::UsageError;
 use crate::config::{self, Config, ConfigError, Defaults};
 use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::daemon::Reload;
+use crate::output::{out, outln, outln_best_effort};
 use crate::queue::{JobId, JobState};
 use crate::service::notify;
 use signals::{Asked, Signals};
@@ -69,7 +70,7 @@ pub fn private_umask() {
 /// `ferry config check`: validates and prints the effective configuration.
 pub fn config_check(flag: Option<&Path>) -> Result<()> {
     let config = load_runnable_config(flag)?;
-    print!("{}", config.render());
+    out(&config.render())?;
     Ok(())
 }
 
@@ -93,15 +94,15 @@ pub async fn run(flag: Option<PathBuf>, config: Config) -> Result<()> {
     let supervising = shutdown.child_token();
     let result = crate::daemon::run(config, shutdown, reloads, |started| {
         for watch in &started.watches {
-            println!("watching {}", watch.display());
+            outln_best_effort(&format!("watching {}", watch.display()));
         }
         if let Some((url, storage)) = &started.receiver {
-            println!(
+            outln_best_effort(&format!(
                 "uploading to the embedded receiver at {url}, storing in {}",
                 storage.display()
-            );
+            ));
         }
-        println!("control socket {}", started.socket.display());
+        outln_best_effort(&format!("control socket {}", started.socket.display()));
         let _ = std::io::stdout().flush();
         notify::ready();
         tokio::spawn(notify::supervise(started.probe.clone(), supervising));
@@ -145,26 +146,37 @@ pub async fn status(socket: &Path, json: bool, watch: bool) -> Result<()> {
             anyhow::bail!("the daemon answered status with something else");
         };
         if json {
-            println!("{}", serde_json::to_string(&status)?);
+            outln(&serde_json::to_string(&status)?)?;
         } else {
             if watch && std::io::stdout().is_terminal() {
-                print!("\x1b[2J\x1b[H"); // clear the screen, cursor home
+                out("\x1b[2J\x1b[H")?; // clear the screen, cursor home
             }
-            print!("{}", render_status(&status));
+            out(&render_status(&status))?;
         }
         if !watch {
-            // Like `systemctl status` for a degraded unit: the exit code says it too.
-            if let Some(problem) = &status.store_problem {
-                anyhow::bail!("store: {problem}");
-            }
-            if let Some(unhealthy) = status.unhealthy_watches().next() {
-                anyhow::bail!("watch {} is {}", unhealthy.path.display(), unhealthy.state);
-            }
-            return Ok(());
+            return degraded(&status);
         }
-        let _ = std::io::stdout().flush();
+        std::io::stdout().flush()?;
         tokio::time::sleep(WATCH_REFRESH).await;
     }
+}
+
+/// Like `systemctl status` for a degraded unit, the exit code says it too (1): the store
+/// refuses writes, a watch cannot watch, or a job failed.
+fn degraded(status: &StatusReply) -> Result<()> {
+    if let Some(problem) = &status.store_problem {
+        anyhow::bail!("store: {problem}");
+    }
+    if let Some(unhealthy) = status.unhealthy_watches().next() {
+        anyhow::bail!("watch {} is {}", unhealthy.path.display(), unhealthy.state);
+    }
+    if status.queue.failed > 0 {
+        anyhow::bail!(
+            "{} job(s) failed: `ferry jobs --state failed` shows why, `ferry retry --failed` queues them again",
+            status.queue.failed
+        );
+    }
+    Ok(())
 }
 
 /// The human summary of a status reply.
@@ -268,10 +280,13 @@ pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<
         anyhow::bail!("the daemon answered jobs with something else");
     };
     if json {
-        println!("{}", serde_json::to_string(&jobs)?);
+        outln(&serde_json::to_string(&jobs)?)?;
         return Ok(());
     }
-    println!("{:>8}  {:<7}  {:>8}  PATH", "ID", "STATE", "ATTEMPTS");
+    outln(&format!(
+        "{:>8}  {:<7}  {:>8}  PATH",
+        "ID", "STATE", "ATTEMPTS"
+    ))?;
     for job in jobs {
         let state = serde_json::to_value(job.state)?
             .as_str()
@@ -281,13 +296,13 @@ pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<
             .last_error
             .map(|e| format!("  ({e})"))
             .unwrap_or_default();
-        println!(
+        outln(&format!(
             "{:>8}  {:<7}  {:>8}  {}{error}",
             job.id,
             state,
             job.attempts,
             job.path.display()
-        );
+        ))?;
     }
     Ok(())
 }
@@ -302,14 +317,14 @@ pub async fn retry(socket: &Path, ids: Vec<JobId>, all_failed: bool) -> Result<(
     let Reply::Retried { count } = control::call(socket, command).await? else {
         anyhow::bail!("the daemon answered retry with something else");
     };
-    println!("{count} failed job(s) queued again");
+    outln(&format!("{count} failed job(s) queued again"))?;
     Ok(())
 }
 
 /// `ferry pause`, `resume`, `rescan`.
 pub async fn simple(socket: &Path, command: Command) -> Result<()> {
     match control::call(socket, command).await? {
-        Reply::Done { message } => println!("{message}"),
+        Reply::Done { message } => outln(&message)?,
         other => anyhow::bail!("unexpected reply {other:?}"),
     }
     Ok(())

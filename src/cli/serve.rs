@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::signals::{Asked, Signals};
 use crate::UsageError;
+use crate::output::errln;
 use crate::server::{self, Guards, Limits, ServeConfig, TokenSource};
 
 /// What `ferry serve` was asked, as its command line gave it.
@@ -41,12 +42,12 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
     match source {
-        TokenSource::File(path) => eprintln!("token read from {}", path.display()),
-        TokenSource::Environment => eprintln!("token read from FERRY_SERVE_TOKEN"),
-        TokenSource::Generated(path) => eprintln!("token in {}", path.display()),
+        TokenSource::File(path) => errln(&format!("token read from {}", path.display())),
+        TokenSource::Environment => errln("token read from FERRY_SERVE_TOKEN"),
+        TokenSource::Generated(path) => errln(&format!("token in {}", path.display())),
     }
     // The one line scripts and tests read to learn the port.
-    println!("ferry serve listening on http://{address}");
+    crate::output::outln_best_effort(&format!("ferry serve listening on http://{address}"));
     let config = ServeConfig {
         storage: request.storage,
         token,

@@ -213,7 +213,14 @@ async fn a_failing_file_shows_in_status_and_retry_fixes_it() {
         "{error}"
     );
     assert!(!error.contains(TOKEN), "tokens never shown");
-    let human = String::from_utf8(setup.ferry(&["status"]).stdout).unwrap();
+    let human = setup.ferry(&["status"]);
+    assert_eq!(human.status.code(), Some(1), "degraded while a job failed");
+    let stderr = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        stderr.contains("2 job(s) failed") && stderr.contains("ferry retry --failed"),
+        "{stderr}"
+    );
+    let human = String::from_utf8(human.stdout).unwrap();
     assert!(
         human.contains("2 failed") && human.contains("refused.txt"),
         "{human}"
@@ -237,7 +244,9 @@ async fn a_failing_file_shows_in_status_and_retry_fixes_it() {
     let retried_all = setup.ferry(&["retry", "--failed"]);
     assert!(retried_all.status.success());
     setup.wait_idle_with_done(2, ARRIVAL).await;
-    assert_eq!(setup.status()["queue"]["failed"], 0);
+    let (status, code) = setup.status_and_code();
+    assert_eq!(status["queue"]["failed"], 0, "{status}");
+    assert_eq!(code, Some(0), "healthy again once nothing has failed");
     assert_eq!(
         std::fs::read(storage.join("default/refused.txt")).unwrap(),
         b"try again later"
@@ -347,6 +356,41 @@ async fn the_control_socket_is_private_and_survives_malformed_input() {
     exchange(b""); // a client that connects and hangs up
     // The daemon still answers properly after all of that.
     assert_eq!(setup.status()["queue"]["failed"], 0);
+}
+
+/// `ferry jobs | head -1`: a reader that goes away ends every printing command quietly with
+/// exit code 0, as ripgrep does, instead of a "failed printing to stdout" panic. The pipe's
+/// reading end is closed before the command starts, so every write finds it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_whose_reader_went_away_exit_0_without_a_panic() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let _daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("one.txt"), b"one job to list").unwrap();
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    for args in [
+        &["jobs"][..],
+        &["jobs", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["status", "--watch"],
+        &["config", "check"],
+        &["completions", "bash"],
+        &["manpage"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = std::process::Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&setup.config)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

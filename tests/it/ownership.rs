@@ -49,6 +49,7 @@ const NEVER_BACK: &[(&str, &str)] = &[
     ("src/protocol.rs", "crate::"),
     ("src/local_path.rs", "crate::"),
     ("src/redact.rs", "crate::"),
+    ("src/output.rs", "crate::"),
 ];
 
 fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
