@@ -281,6 +281,7 @@ impl Env {
 }
 
 /// Runs `command` to success; its wall time and CPU time.
+#[allow(clippy::zombie_processes)] // reaped by `wait_with_cpu` (wait4), which std cannot see
 fn timed(mut command: Command, what: &str) -> Cost {
     let started = Instant::now();
     let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -17,6 +17,7 @@ use ferry::config::LogFormat;
 use ferry::control::{Command as ControlCommand, ControlError};
 use ferry::queue::{JobId, JobState};
 use ferry::server::{Guards, Limits};
+use ferry::upload::bwlimit::Bandwidth;
 use ferry::upload::{ChunkSize, PartsInFlight, RetryPolicy, UploadSettings};
 
 #[derive(Parser)]
@@ -232,6 +233,10 @@ struct PushArgs {
     /// Abandon and retry a part that made no progress for this long.
     #[arg(long, default_value = "60s")]
     stall_timeout: humantime::Duration,
+    /// Bandwidth limit, as rclone's --bwlimit: a rate such as 10M (MiB/s), 512k or 5MiB/s, or
+    /// a timetable such as "Mon-08:00,512k 18:00,off" (local time; off: unlimited).
+    #[arg(long, value_parser = ferry::cli::push::parse_bwlimit)]
+    bwlimit: Option<Bandwidth>,
 }
 
 fn main() -> ExitCode {
@@ -405,5 +410,6 @@ fn push_request(args: PushArgs, config: Option<PathBuf>) -> PushRequest {
         },
         chunk_size: args.chunk_size,
         parallel_parts: args.parallel_parts,
+        bwlimit: args.bwlimit,
     }
 }

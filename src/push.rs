@@ -11,7 +11,9 @@ use bytesize::ByteSize;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::output::errln;
 use crate::queue::{QueueError, Store};
+use crate::upload::bwlimit::{Bandwidth, Limiter};
 use crate::upload::{
     Backend, BackendError, PartSizes, Progress, UploadError, UploadJob, UploadReport,
     UploadSettings, Uploader,
@@ -32,6 +34,8 @@ pub struct PushOptions {
     pub data_dir: PathBuf,
     pub json: bool,
     pub settings: UploadSettings,
+    /// A bandwidth limit for the whole push.
+    pub bwlimit: Option<Bandwidth>,
 }
 
 /// Failures that stop a push before any file is tried.
@@ -49,6 +53,8 @@ pub enum PushError {
     },
     #[error("{failed} of {total} files failed to upload")]
     SomeFailed { failed: usize, total: usize },
+    #[error("cannot print the summary")]
+    Output(#[source] std::io::Error),
 }
 
 /// One file's line of the `--json` summary.
@@ -95,7 +101,12 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
         .expect("opening the store does not panic")?;
-    let uploader = Uploader::new(options.backend.clone(), store.sessions(), options.settings);
+    let limiter = options
+        .bwlimit
+        .clone()
+        .map(|limit| Arc::new(Limiter::new(limit)));
+    let uploader = Uploader::new(options.backend.clone(), store.sessions(), options.settings)
+        .with_limiter(limiter);
 
     let mut summary = Summary {
         files: Vec::new(),
@@ -117,12 +128,12 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
         };
         match upload_with_progress(&uploader, &job).await {
             Ok(report) => {
-                eprintln!("{}", describe(&report));
+                errln(&describe(&report));
                 summary.files.push(file_summary(file, report));
             }
             Err(error) => {
                 let message = crate::error::chain(&error);
-                eprintln!("error: {message}");
+                errln(&format!("error: {message}"));
                 summary.failed.push(FailedFile {
                     path: file.clone(),
                     error: message,
@@ -130,11 +141,10 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
             }
         }
     }
+    uploader.keep_learned().await;
     if options.json {
-        println!(
-            "{}",
-            serde_json::to_string(&summary).expect("the summary serialises")
-        );
+        let json = serde_json::to_string(&summary).expect("the summary serialises");
+        crate::output::outln(&json).map_err(PushError::Output)?;
     }
     if summary.failed.is_empty() {
         Ok(())
@@ -192,11 +202,11 @@ async fn report_progress(progress: Arc<Progress>, label: String) {
             let percent = (snapshot.position() * 100)
                 .checked_div(snapshot.total)
                 .unwrap_or(100);
-            eprintln!(
+            errln(&format!(
                 "{label}: {percent}% ({} of {})",
                 ByteSize(snapshot.position()).display().iec(),
                 ByteSize(snapshot.total).display().iec()
-            );
+            ));
         }
     }
 }

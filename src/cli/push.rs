@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use crate::UsageError;
 use crate::push::{PushOptions, default_remote_path};
+use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{
     Backend, ChunkSize, NativeBackend, NativeConfig, PartsInFlight, UploadSettings,
 };
@@ -30,6 +31,8 @@ pub struct PushRequest {
     pub settings: UploadSettings,
     pub chunk_size: Option<ChunkSize>,
     pub parallel_parts: Option<PartsInFlight>,
+    /// `--bwlimit`: a rate or an rclone-style timetable for every file of the push.
+    pub bwlimit: Option<Bandwidth>,
 }
 
 /// Where a push goes.
@@ -85,6 +88,7 @@ fn check(request: PushRequest) -> Result<PushOptions> {
         data_dir,
         json: request.json,
         settings,
+        bwlimit: request.bwlimit,
     })
 }
 
@@ -179,4 +183,9 @@ fn check_names(request: &PushRequest) -> Result<(), UsageError> {
         )));
     }
     Ok(())
+}
+
+/// `--bwlimit`: a rate (`10M`, `512KiB/s`, `off`) or an rclone timetable.
+pub fn parse_bwlimit(text: &str) -> Result<Bandwidth, String> {
+    Bandwidth::parse(text)
 }

@@ -183,6 +183,8 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(Reload { config, applied }) = reloads.recv() => {
+                // What the old uploaders learned is kept for the new ones to start from.
+                daemon.keep_learned().await;
                 let reloading = daemon.clone();
                 let _ = tokio::task::spawn_blocking(move || reloading.reload(config)).await;
                 // The reload built new uploaders: they start from what was learned too.
@@ -349,6 +351,7 @@ impl Tasks {
             self.abandon.cancel();
             self.workers.wait().await;
         }
+        daemon.keep_learned().await;
     }
 }
 
@@ -636,17 +639,27 @@ impl Daemon {
 
     /// Starts each remote's planner from what the last run learned of it.
     async fn restore_learned(&self) {
-        let uploaders: Vec<Arc<Uploader>> = self
-            .settings
+        for uploader in self.uploaders() {
+            uploader.restore().await;
+        }
+    }
+
+    /// Keeps what each remote's planner has learned (before a reload replaces the uploaders,
+    /// and when the daemon stops).
+    async fn keep_learned(&self) {
+        for uploader in self.uploaders() {
+            uploader.keep_learned().await;
+        }
+    }
+
+    fn uploaders(&self) -> Vec<Arc<Uploader>> {
+        self.settings
             .read()
             .expect("settings lock is never poisoned")
             .uploaders
             .values()
             .cloned()
-            .collect();
-        for uploader in uploaders {
-            uploader.restore().await;
-        }
+            .collect()
     }
 
     /// Each remote's part size, parallelism and link estimates, as its planner has them.

@@ -31,60 +31,7 @@ pub(super) async fn schedule(
         if stop.is_cancelled() {
             return;
         }
-        let free = {
-            let transfers = daemon
-                .settings
-                .read()
-                .expect("settings lock is never poisoned")
-                .transfers;
-            transfers.saturating_sub(
-                daemon
-                    .active
-                    .lock()
-                    .expect("active lock is never poisoned")
-                    .len(),
-            )
-        };
-        let store_failing = daemon.store_health.is_failing();
-        if !daemon.paused.load(Ordering::Relaxed) && free > 0 && !store_failing {
-            match daemon
-                .with_queue(move |queue| queue.claim(now_ms(), free))
-                .await
-            {
-                Ok(jobs) => {
-                    for job in jobs {
-                        daemon
-                            .active
-                            .lock()
-                            .expect("active lock is never poisoned")
-                            .insert(
-                                job.id,
-                                ActiveJob {
-                                    path: job.path.clone(),
-                                    remote_path: job.remote_path.clone(),
-                                    progress: Arc::new(Progress::default()),
-                                    started: Instant::now(),
-                                },
-                            );
-                        let span =
-                            tracing::info_span!("job", job_id = job.id, path = %job.path.display());
-                        workers
-                            .spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
-                    }
-                }
-                Err(error) if daemon.store_health.is_failing() => {
-                    tracing::debug!(error = %crate::error::chain(&error), "cannot claim jobs")
-                }
-                Err(error) => {
-                    tracing::error!(error = %crate::error::chain(&error), "cannot claim jobs")
-                }
-            }
-        }
-        let next_due = daemon
-            .with_queue(|queue| queue.next_due_ms())
-            .await
-            .ok()
-            .flatten();
+        let next_due = claim_and_start(&daemon, &workers, &abandon).await;
         let sleep = next_due
             .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
             .unwrap_or(IDLE_RECHECK)
@@ -95,6 +42,78 @@ pub(super) async fn schedule(
             _ = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+/// Claims due jobs into the free transfer slots (none while paused or while the store fails)
+/// and starts a worker for each; returns when the next job falls due. One trip to the store
+/// for both: with many small files the scheduler runs once per file.
+async fn claim_and_start(
+    daemon: &Arc<Daemon>,
+    workers: &TaskTracker,
+    abandon: &CancellationToken,
+) -> Option<u64> {
+    let transfers = daemon
+        .settings
+        .read()
+        .expect("settings lock is never poisoned")
+        .transfers;
+    let running = daemon
+        .active
+        .lock()
+        .expect("active lock is never poisoned")
+        .len();
+    let free = transfers.saturating_sub(running);
+    let claiming =
+        !daemon.paused.load(Ordering::Relaxed) && free > 0 && !daemon.store_health.is_failing();
+    let found = daemon
+        .with_queue(move |queue| {
+            let jobs = match claiming {
+                true => queue.claim(now_ms(), free)?,
+                false => Vec::new(),
+            };
+            Ok((jobs, queue.next_due_ms()?))
+        })
+        .await;
+    match found {
+        Ok((jobs, next_due)) => {
+            for job in jobs {
+                start_job(daemon, workers, job, abandon);
+            }
+            next_due
+        }
+        Err(error) if daemon.store_health.is_failing() => {
+            tracing::debug!(error = %crate::error::chain(&error), "cannot claim jobs");
+            None
+        }
+        Err(error) => {
+            tracing::error!(error = %crate::error::chain(&error), "cannot claim jobs");
+            None
+        }
+    }
+}
+
+/// Makes a claimed job active (status shows it from now) and starts its worker.
+fn start_job(
+    daemon: &Arc<Daemon>,
+    workers: &TaskTracker,
+    job: JobRecord,
+    abandon: &CancellationToken,
+) {
+    daemon
+        .active
+        .lock()
+        .expect("active lock is never poisoned")
+        .insert(
+            job.id,
+            ActiveJob {
+                path: job.path.clone(),
+                remote_path: job.remote_path.clone(),
+                progress: Arc::new(Progress::default()),
+                started: Instant::now(),
+            },
+        );
+    let span = tracing::info_span!("job", job_id = job.id, path = %job.path.display());
+    workers.spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
 }
 
 /// Uploads one job's file and records the outcome. Abandoned at shutdown after the grace

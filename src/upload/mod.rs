@@ -5,6 +5,7 @@
 //! through `backend::Backend` alone. Session records go through `queue::Store`.
 
 pub mod backend;
+pub mod bwlimit;
 pub mod controller;
 pub mod engine;
 pub mod native;

@@ -1,6 +1,11 @@
 //! Reading the local file. All reads are positional (`read_exact_at`) on blocking threads, in
 //! fixed-size chunks through bounded channels, so memory per part in flight is a few chunks
 //! whatever the part or file size, and the async runtime never waits on the disk.
+//!
+//! A small file (at most one chunk) is read whole when it is opened, and hashed and
+//! checksummed in the same pass: one trip to a blocking thread instead of one per step (hash,
+//! up-front checksums, body), which was most of what a small file cost. It holds no more
+//! memory than one chunk of a streamed part.
 
 use std::fs::File;
 use std::io;
@@ -18,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{PartBody, PartSpec, PartSums, UpFront};
+use super::bwlimit::Limiter;
 use super::open::{OpenError, Reach};
 use super::progress::Progress;
 use crate::queue::Fingerprint;
@@ -29,6 +35,8 @@ pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 const CHUNKS_AHEAD: usize = 4;
 /// Read size of the hashing pass.
 const HASH_CHUNK_BYTES: usize = 1024 * 1024;
+/// Files up to this size are read whole when opened (see the module's doc): one chunk.
+pub const PRELOAD_MAX_BYTES: u64 = READ_CHUNK_BYTES as u64;
 
 /// An open local file and the fingerprint it had when opened.
 #[derive(Debug)]
@@ -38,19 +46,57 @@ pub struct LocalFile {
     fingerprint: Fingerprint,
     /// Whether links are followed when the path is checked again.
     follows_links: bool,
+    /// A small file's content, read when it was opened.
+    preloaded: Option<Preloaded>,
+}
+
+/// A small file's content, read right after its fingerprint was taken, with its SHA-256 and
+/// the checksums of it as one part. A change after the read shows in `LocalFile::changed`,
+/// as a change during a streamed read does.
+#[derive(Debug)]
+struct Preloaded {
+    content: Bytes,
+    sha256: String,
+    crc32c: u32,
+    /// Computed only when the remote wants it up front.
+    md5: Option<[u8; 16]>,
+}
+
+/// The SHA-256 of a file: known already (a preloaded file), or being computed.
+pub enum Hashing {
+    Done(String),
+    Running(tokio::task::JoinHandle<io::Result<String>>),
+}
+
+impl Hashing {
+    /// The lowercase hex digest, or why there is none.
+    pub async fn finish(self) -> io::Result<String> {
+        match self {
+            Hashing::Done(digest) => Ok(digest),
+            Hashing::Running(task) => task
+                .await
+                .unwrap_or_else(|join| Err(io::Error::other(join))),
+        }
+    }
 }
 
 impl LocalFile {
-    /// Opens `path` as `reach` allows (a regular file only) and fingerprints the open handle.
-    /// Blocking.
-    pub fn open(path: &Path, reach: &Reach) -> Result<LocalFile, OpenError> {
+    /// Opens `path` as `reach` allows (a regular file only) and fingerprints the open handle;
+    /// a small file is also read, hashed and checksummed (with the up-front checksums
+    /// `wanted`). Blocking.
+    pub fn open(path: &Path, reach: &Reach, wanted: UpFront) -> Result<LocalFile, OpenError> {
         let file = super::open::open(path, reach)?;
-        let metadata = file.metadata()?;
+        let fingerprint = Fingerprint::of(&file.metadata()?);
+        let preloaded = match fingerprint.size <= PRELOAD_MAX_BYTES {
+            true => Preloaded::read(&file, fingerprint.size, wanted),
+            false => None,
+        };
         Ok(LocalFile {
             path: path.to_path_buf(),
-            fingerprint: Fingerprint::of(&metadata),
+            fingerprint,
             file,
             follows_links: *reach == Reach::AsGiven,
+            preloaded,
         })
     }
 
@@ -76,37 +122,53 @@ impl LocalFile {
         !matches!((handle, by_path), (Ok(a), Ok(b)) if a == self.fingerprint && b == self.fingerprint)
     }
 
-    /// Streams the byte range of `part`. The stream ends in an error if the file is shorter
-    /// than the range. The receiver yields the CRC32C of what was streamed, or the read error.
+    /// The preloaded content, when `part` is the whole of a preloaded file.
+    fn preloaded_part(&self, part: PartSpec) -> Option<&Preloaded> {
+        let whole = part.offset == 0 && part.size == self.fingerprint.size;
+        self.preloaded.as_ref().filter(|_| whole)
+    }
+
+    /// Streams the byte range of `part`, within the bandwidth `limiter` if there is one. The
+    /// stream ends in an error if the file is shorter than the range. The receiver yields the
+    /// CRC32C of what was streamed, or the read error.
     pub fn part_body(
         self: &Arc<Self>,
         part: PartSpec,
         attempt: Arc<AttemptWatch>,
         progress: Arc<Progress>,
+        limiter: Option<Arc<Limiter>>,
     ) -> (PartBody, oneshot::Receiver<io::Result<u32>>) {
         let (chunk_sender, chunk_receiver) = mpsc::channel::<io::Result<Bytes>>(CHUNKS_AHEAD);
         let (crc_sender, crc_receiver) = oneshot::channel();
-        let source = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let outcome = source.read_range(part, &chunk_sender);
-            if let Err(error) = &outcome {
-                // The stream gets a copy; the original, with its kind, goes to the engine.
-                let _ = chunk_sender
-                    .blocking_send(Err(io::Error::new(error.kind(), error.to_string())));
+        if let Some(preloaded) = self.preloaded_part(part) {
+            // Room for one chunk: the send cannot wait. An empty file sends none, as streamed.
+            if !preloaded.content.is_empty() {
+                let _ = chunk_sender.try_send(Ok(preloaded.content.clone()));
             }
-            let _ = crc_sender.send(outcome);
-        });
-        let stream = futures_util::stream::unfold(
-            (chunk_receiver, attempt, progress),
-            |(mut receiver, attempt, progress)| async move {
-                let item = receiver.recv().await?;
-                if let Ok(chunk) = &item {
-                    attempt.advanced(chunk.len() as u64);
-                    progress.add_in_flight(chunk.len() as u64);
+            let _ = crc_sender.send(Ok(preloaded.crc32c));
+        } else {
+            let source = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let outcome = source.read_range(part, &chunk_sender);
+                if let Err(error) = &outcome {
+                    // The stream gets a copy; the original, with its kind, goes to the engine.
+                    let _ = chunk_sender
+                        .blocking_send(Err(io::Error::new(error.kind(), error.to_string())));
                 }
-                Some((item, (receiver, attempt, progress)))
-            },
-        );
+                let _ = crc_sender.send(outcome);
+            });
+        }
+        let feed = Feed {
+            receiver: chunk_receiver,
+            pending: Bytes::new(),
+            attempt,
+            progress,
+            limiter,
+        };
+        let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+            let item = feed.next().await?;
+            Some((item, feed))
+        });
         let body = PartBody {
             stream: Box::pin(stream),
             len: part.size,
@@ -140,6 +202,20 @@ impl LocalFile {
         Ok(crc)
     }
 
+    /// The checksums of `part` a remote wants up front, when they were computed as the file
+    /// was preloaded (without blocking).
+    pub fn preloaded_sums(&self, part: PartSpec, wanted: UpFront) -> Option<PartSums> {
+        let preloaded = self.preloaded_part(part)?;
+        let md5 = match wanted.md5 {
+            true => Some(preloaded.md5?),
+            false => None,
+        };
+        Some(PartSums {
+            crc32c: wanted.crc32c.then_some(preloaded.crc32c),
+            md5,
+        })
+    }
+
     /// The checksums of `part` a remote wants before its body (`UpFront`), read from the file.
     /// Blocking.
     pub fn sums(&self, part: PartSpec, wanted: UpFront) -> io::Result<PartSums> {
@@ -168,13 +244,14 @@ impl LocalFile {
     }
 
     /// Hashes the whole file with SHA-256 on a blocking thread, reading sequentially; returns
-    /// lowercase hex. Gives up with `Interrupted` once `cancel` fires.
-    pub fn sha256(
-        self: &Arc<Self>,
-        cancel: CancellationToken,
-    ) -> tokio::task::JoinHandle<io::Result<String>> {
+    /// lowercase hex. Gives up with `Interrupted` once `cancel` fires. A preloaded file's
+    /// digest is known already.
+    pub fn sha256(self: &Arc<Self>, cancel: CancellationToken) -> Hashing {
+        if let Some(preloaded) = &self.preloaded {
+            return Hashing::Done(preloaded.sha256.clone());
+        }
         let source = self.clone();
-        tokio::task::spawn_blocking(move || {
+        Hashing::Running(tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
             // No bigger than the file (one byte more, to see its end in one read): zeroing a
             // whole chunk for every small file costs more than hashing it.
@@ -202,7 +279,72 @@ impl LocalFile {
                 ));
             }
             Ok(hex::encode(hasher.finalize()))
+        }))
+    }
+}
+
+impl Preloaded {
+    /// Reads a file of `size` bytes whole and sums it; `None` when the file no longer has that
+    /// size (it is being written) or cannot be read: the streamed path then sees the change or
+    /// reports the error as any read's. Blocking.
+    fn read(file: &File, size: u64, wanted: UpFront) -> Option<Preloaded> {
+        // One byte more than expected, to see a file that grew.
+        let mut buffer = BytesMut::zeroed(size as usize + 1);
+        let mut filled = 0;
+        loop {
+            let read = file.read_at(&mut buffer[filled..], filled as u64).ok()?;
+            filled += read;
+            if read == 0 || filled == buffer.len() {
+                break;
+            }
+        }
+        if filled as u64 != size {
+            return None;
+        }
+        buffer.truncate(filled);
+        let content = buffer.freeze();
+        let md5 = wanted.md5.then(|| {
+            use md5::Digest as _;
+            md5::Md5::digest(&content).into()
+        });
+        Some(Preloaded {
+            sha256: hex::encode(Sha256::digest(&content)),
+            crc32c: crc32c::crc32c(&content),
+            md5,
+            content,
         })
+    }
+}
+
+/// The consuming end of a part body: chunks as the reader sends them, or, under a bandwidth
+/// limit, cut into pieces that each wait their turn; each piece counts as progress when taken.
+struct Feed {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    /// What is left of the chunk being cut into pieces.
+    pending: Bytes,
+    attempt: Arc<AttemptWatch>,
+    progress: Arc<Progress>,
+    limiter: Option<Arc<Limiter>>,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        if self.pending.is_empty() {
+            match self.receiver.recv().await? {
+                Ok(chunk) => self.pending = chunk,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+        let mut piece_bytes = self.pending.len();
+        if let Some(limiter) = &self.limiter {
+            let piece = limiter.piece_bytes().unwrap_or(u64::MAX);
+            piece_bytes = piece_bytes.min(piece as usize);
+            limiter.acquire(piece_bytes as u64).await;
+        }
+        let piece = self.pending.split_to(piece_bytes);
+        self.attempt.advanced(piece.len() as u64);
+        self.progress.add_in_flight(piece.len() as u64);
+        Some(Ok(piece))
     }
 }
 

@@ -2,6 +2,7 @@
 //! `ferry` binary. See `support` for the helpers and the fault proxy.
 
 mod adaptive;
+mod bwlimit;
 mod crash;
 mod daemon;
 mod hardening;

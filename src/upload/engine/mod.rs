@@ -30,14 +30,15 @@ use parts::{Layout, SessionContext};
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Rejection, RemoteFile, RemotePart,
-    SessionRef, SessionStatus,
+    SessionRef, SessionStatus, UpFront,
 };
+use super::bwlimit::Limiter;
 use super::controller::Estimates;
 use super::open::{OpenError, Reach, Refusal};
 use super::planner::{PartPlanner, PlanContext, Planner, fit};
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
-use super::source::LocalFile;
+use super::source::{Hashing, LocalFile};
 use super::{UploadError, UploadSettings};
 use crate::queue::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, Sessions, UploadRecord};
 
@@ -48,6 +49,10 @@ const MAX_FRESH_STARTS: u32 = 3;
 const MAX_MANIFEST_REPAIRS: u32 = 2;
 /// How long to wait for a part's reader to report after its request failed.
 const READER_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often, at most, what the planner learned is kept after an upload: a trip to the store
+/// per small file was a tenth of its cost. The daemon and `ferry push` also keep it when they
+/// stop and before a reload (`Uploader::keep_learned`), so nothing learned is lost.
+const KEEP_LEARNED_EVERY: Duration = Duration::from_secs(2);
 
 /// One file to upload.
 #[derive(Debug, Clone)]
@@ -136,6 +141,10 @@ pub struct Uploader {
     planner: Arc<dyn PartPlanner>,
     /// Whether what an earlier run learned was looked for in the store.
     restored: tokio::sync::OnceCell<()>,
+    /// The bandwidth limit bodies draw from (shared with other uploaders, or this remote's).
+    limiter: Option<Arc<Limiter>>,
+    /// When what the planner learned was last kept in the store.
+    kept: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Where a session stands after opening or resuming it.
@@ -182,7 +191,15 @@ impl Uploader {
             planner,
             settings,
             restored: tokio::sync::OnceCell::new(),
+            limiter: None,
+            kept: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This uploader, its bodies sent within `limiter`'s bandwidth.
+    pub fn with_limiter(mut self, limiter: Option<Arc<Limiter>>) -> Uploader {
+        self.limiter = limiter;
+        self
     }
 
     /// The planner's current choices and estimates, and the parts in flight now; `None` for a
@@ -209,8 +226,21 @@ impl Uploader {
             .await;
     }
 
+    /// Keeps what the planner learned, unless it was kept less than `KEEP_LEARNED_EVERY` ago.
+    async fn keep_learned_now_and_then(&self) {
+        let now = Instant::now();
+        {
+            let mut kept = self.kept.lock().expect("kept lock is never poisoned");
+            if kept.is_some_and(|at| now.duration_since(at) < KEEP_LEARNED_EVERY) {
+                return;
+            }
+            *kept = Some(now);
+        }
+        self.keep_learned().await;
+    }
+
     /// Keeps what the planner learned (not flushed: later writes carry it).
-    async fn keep_learned(&self) {
+    pub async fn keep_learned(&self) {
         let (sessions, identity) = (self.sessions.clone(), self.backend.identity());
         let Some(learned) = self.planner.learned() else {
             return;
@@ -234,7 +264,7 @@ impl Uploader {
         let mut fresh_starts = 0;
         loop {
             let attempt = self.attempt(job, &key, &progress).await;
-            self.keep_learned().await;
+            self.keep_learned_now_and_then().await;
             let (reason, gone) = match attempt {
                 Ok(report) => return Ok(report),
                 Err(Attempt::Fatal(error)) => return Err(*error),
@@ -265,7 +295,10 @@ impl Uploader {
         progress: &Arc<Progress>,
     ) -> Result<UploadReport, Attempt> {
         let started = Instant::now();
-        let file = Arc::new(open_local(job).await?);
+        let (sessions, lookup) = (self.sessions.clone(), key.to_string());
+        let (file, recorded) =
+            open_local(job, self.backend.up_front(), move || sessions.load(&lookup)).await?;
+        let file = Arc::new(file);
         let size = file.fingerprint().size;
         progress.start(size);
         // Hash while the parts go out; the digest is needed only at complete.
@@ -273,7 +306,8 @@ impl Uploader {
         let _stop_hashing = hash_cancel.clone().drop_guard();
         let hashing = file.sha256(hash_cancel);
 
-        let (record, parts, recorded, whole) = match self.open_session(job, key, &file).await? {
+        let opened = self.open_session(job, key, &file, recorded).await?;
+        let (record, parts, recorded, whole) = match opened {
             Opened::Ready {
                 record,
                 parts,
@@ -334,7 +368,7 @@ impl Uploader {
         context: &Arc<SessionContext>,
         record: &UploadRecord,
         manifest: BTreeMap<u32, PartRecord>,
-        hashing: tokio::task::JoinHandle<io::Result<String>>,
+        hashing: Hashing,
     ) -> Result<(String, BTreeMap<u32, PartRecord>), Attempt> {
         let (file, size) = (&context.file, context.file.fingerprint().size);
         self.ensure_unchanged(context).await?;
@@ -381,6 +415,7 @@ impl Uploader {
             acknowledged: Default::default(),
             recorded,
             whole,
+            limiter: self.limiter.clone(),
         })
     }
 
@@ -458,20 +493,15 @@ impl Uploader {
         Ok(())
     }
 
-    /// Finds the recorded session for this file and reconciles it with the remote, or opens a
+    /// Reconciles the session recorded for this file (`existing`) with the remote, or opens a
     /// new one and records it durably.
     async fn open_session(
         &self,
         job: &UploadJob,
         key: &str,
         file: &Arc<LocalFile>,
+        existing: Option<(UploadRecord, Vec<PartRecord>)>,
     ) -> Result<Opened, Attempt> {
-        let sessions = self.sessions.clone();
-        let lookup = key.to_string();
-        let existing = blocking(move || Ok(sessions.load(&lookup)))
-            .await
-            .expect("the closure returns Ok")
-            .map_err(|source| store_error(&job.local_path, source))?;
         if let Some((record, parts)) = existing {
             if let Some(opened) = self.resume(job, file, record, parts).await? {
                 return Ok(opened);
@@ -677,24 +707,15 @@ impl Uploader {
             .map_err(|source| store_error(path, source))
     }
 
-    async fn digest(
-        &self,
-        hashing: tokio::task::JoinHandle<io::Result<String>>,
-        file: &LocalFile,
-    ) -> Result<String, Attempt> {
-        match hashing.await {
-            Ok(Ok(digest)) => Ok(digest),
-            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Err(
-                Attempt::Restart("the file changed while it was hashed".into()),
-            ),
-            Ok(Err(source)) => Err(UploadError::Read {
+    async fn digest(&self, hashing: Hashing, file: &LocalFile) -> Result<String, Attempt> {
+        match hashing.finish().await {
+            Ok(digest) => Ok(digest),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Err(Attempt::Restart(
+                "the file changed while it was hashed".into(),
+            )),
+            Err(source) => Err(UploadError::Read {
                 path: file.path().to_path_buf(),
                 source,
-            }
-            .into()),
-            Err(join) => Err(UploadError::Read {
-                path: file.path().to_path_buf(),
-                source: io::Error::other(join),
             }
             .into()),
         }
@@ -716,17 +737,26 @@ fn create_request(job: &UploadJob, file: &LocalFile) -> CreateRequest {
     }
 }
 
-/// Opens the job's file as its reach allows and checks it is the file that was queued.
-async fn open_local(job: &UploadJob) -> Result<LocalFile, UploadError> {
+/// Opens the job's file as its reach allows (a small one is read whole, with the checksums the
+/// remote wants up front) and checks it is the file that was queued; then, on the same
+/// blocking thread, runs `lookup` (the session recorded for the file).
+async fn open_local<T: Send + 'static>(
+    job: &UploadJob,
+    wanted: UpFront,
+    lookup: impl FnOnce() -> Result<T, crate::queue::QueueError> + Send + 'static,
+) -> Result<(LocalFile, T), UploadError> {
     let path = job.local_path.clone();
     let reach = job.reach.clone();
-    let opened = tokio::task::spawn_blocking(move || LocalFile::open(&path, &reach))
-        .await
-        .map_err(|join| OpenError::Io(io::Error::other(join)))
-        .and_then(|opened| opened);
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = LocalFile::open(&path, &reach, wanted)?;
+        Ok((file, lookup()))
+    })
+    .await
+    .map_err(|join| OpenError::Io(io::Error::other(join)))
+    .and_then(|opened| opened);
     let path = job.local_path.clone();
-    let file = match opened {
-        Ok(file) => file,
+    let (file, looked_up) = match opened {
+        Ok(opened) => opened,
         Err(OpenError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
             return Err(UploadError::Vanished { path });
         }
@@ -742,7 +772,10 @@ async fn open_local(job: &UploadJob) -> Result<LocalFile, UploadError> {
             };
             Err(UploadError::Refused { path, refusal })
         }
-        _ => Ok(file),
+        _ => match looked_up {
+            Ok(found) => Ok((file, found)),
+            Err(source) => Err(UploadError::Store { path, source }),
+        },
     }
 }
 

@@ -18,6 +18,7 @@ use crate::upload::UploadError;
 use crate::upload::backend::{
     Backend, BackendError, CreateRequest, Operation, PartReceipt, PartSpec, PartSums, SessionRef,
 };
+use crate::upload::bwlimit::Limiter;
 use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
 use crate::upload::progress::Progress;
 use crate::upload::retry::RetryPolicy;
@@ -45,6 +46,8 @@ pub(super) struct SessionContext {
     pub recorded: bool,
     /// The file goes whole in one request (`Backend::put_file`) rather than in a session.
     pub whole: Option<CreateRequest>,
+    /// The bandwidth limit the bodies draw from, if any.
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 impl SessionContext {
@@ -331,9 +334,12 @@ async fn put_once(
     };
     let sums = up_front(context, spec, path).await?;
     let watch = Arc::new(AttemptWatch::new());
-    let (mut body, reader) = context
-        .file
-        .part_body(spec, watch.clone(), context.progress.clone());
+    let (mut body, reader) = context.file.part_body(
+        spec,
+        watch.clone(),
+        context.progress.clone(),
+        context.limiter.clone(),
+    );
     body.sums = sums;
     let request = match &context.whole {
         Some(create) => context.backend.put_file(create, body),
@@ -363,7 +369,8 @@ async fn put_once(
     Ok((judged, streamed))
 }
 
-/// The checksums the remote wants before the body, read from the file on a blocking thread.
+/// The checksums the remote wants before the body: those of a preloaded file, or read from the
+/// file on a blocking thread.
 async fn up_front(
     context: &SessionContext,
     spec: PartSpec,
@@ -372,6 +379,9 @@ async fn up_front(
     let wanted = context.backend.up_front();
     if !wanted.any() {
         return Ok(PartSums::default());
+    }
+    if let Some(sums) = context.file.preloaded_sums(spec, wanted) {
+        return Ok(sums);
     }
     let file = context.file.clone();
     blocking(move || file.sums(spec, wanted))
