@@ -77,6 +77,14 @@ enum Command {
     Resume,
     /// Scan the watched folders for files the watcher missed.
     Rescan,
+    /// Change the running daemon's bandwidth limit for every remote, until the next reload or
+    /// restart; without RATE, show the limits in force.
+    Bwlimit {
+        /// A rate as rclone's --bwlimit takes it (10M is 10 MiB/s; 512k; 5MiB/s), a timetable
+        /// such as "Mon-08:00,512k 18:00,off" (local time), or off.
+        #[arg(value_parser = ferry::cli::push::parse_bwlimit)]
+        rate: Option<Bandwidth>,
+    },
     /// Abort multipart uploads under the S3 remotes' prefixes that no local session owns and
     /// that have been idle a while (they cost storage until aborted).
     Cleanup(CleanupArgs),
@@ -308,6 +316,10 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         Command::Pause => ferry::cli::simple(&socket()?, ControlCommand::Pause).await,
         Command::Resume => ferry::cli::simple(&socket()?, ControlCommand::Resume).await,
         Command::Rescan => ferry::cli::simple(&socket()?, ControlCommand::Rescan).await,
+        Command::Bwlimit { rate } => {
+            let bandwidth = rate.map(|rate| rate.to_string());
+            ferry::cli::simple(&socket()?, ControlCommand::BwLimit { bandwidth }).await
+        }
         Command::Cleanup(args) => {
             let request = ferry::cleanup::Request {
                 remote: args.remote,

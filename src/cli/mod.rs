@@ -22,6 +22,7 @@ use crate::daemon::Reload;
 use crate::output::{out, outln, outln_best_effort};
 use crate::queue::{JobId, JobState};
 use crate::service::notify;
+use crate::upload::bwlimit::Bandwidth;
 use signals::{Asked, Signals};
 
 /// Refresh interval of `ferry status --watch`.
@@ -269,6 +270,17 @@ fn describe_remote(remote: &RemoteStatus) -> String {
     }
     if let Some(cap) = remote.part_size_cap {
         line += &format!("; parts kept under {}", ByteSize(cap).display().iec());
+    }
+    match (&remote.bandwidth, remote.bandwidth_now) {
+        (Some(limit), Some(now)) if *limit != Bandwidth::Fixed(now).to_string() => {
+            let now = ByteSize(now).display().iec();
+            line += &format!("; bandwidth limit {limit} (now {now}/s)");
+        }
+        (Some(limit), Some(_)) => line += &format!("; bandwidth limit {limit}"),
+        (Some(limit), None) if limit != "off" => {
+            line += &format!("; bandwidth limit {limit} (now off)");
+        }
+        _ => {}
     }
     line
 }

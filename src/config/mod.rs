@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use globset::GlobSet;
 
+use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{ChunkSize, PartsInFlight, UploadSettings};
 pub use check::check_paths;
 use read::Reader;
@@ -218,6 +219,10 @@ pub struct Config {
     /// parallelism; see `upload_for`.
     pub remote_upload: BTreeMap<String, UploadSettings>,
     pub upload: UploadSettings,
+    /// `[upload] bandwidth`: shared by every transfer of the daemon, except those to a remote
+    /// with its own (`remote_bandwidth`).
+    pub bandwidth: Bandwidth,
+    pub remote_bandwidth: BTreeMap<String, Bandwidth>,
     pub watches: Vec<WatchConfig>,
     /// The file it came from; `None` for the built-in default.
     pub source: Option<PathBuf>,
@@ -321,6 +326,8 @@ pub fn builtin(defaults: &Defaults) -> Config {
         remotes,
         remote_upload: BTreeMap::new(),
         upload: UploadSettings::default(),
+        bandwidth: Bandwidth::Unlimited,
+        remote_bandwidth: BTreeMap::new(),
         watches: vec![watch],
         source: None,
         lines: BTreeMap::new(),
@@ -411,6 +418,9 @@ impl Config {
             if let Some(own) = self.remote_upload.get(name) {
                 render_sizes(out, own);
             }
+            if let Some(own) = self.remote_bandwidth.get(name) {
+                let _ = writeln!(out, "bandwidth = \"{own}\"");
+            }
             out.push('\n');
         }
     }
@@ -421,6 +431,7 @@ impl Config {
         let u = &self.upload;
         out.push_str("[upload]\n");
         render_sizes(out, u);
+        let _ = writeln!(out, "bandwidth = \"{}\"", self.bandwidth);
         let _ = writeln!(
             out,
             "retry = {{ max_attempts = {}, backoff_base = {:?}, backoff_max = {:?} }}\n",

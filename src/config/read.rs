@@ -12,6 +12,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::*;
+use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{ChunkSize, PartsInFlight, RetryPolicy};
 
 mod remote;
@@ -87,13 +88,21 @@ fn size(value: SizeValue) -> Result<u64, String> {
 }
 
 /// The keys of `[upload]` that a remote may also set, for itself.
-const UPLOAD_KEYS: [&str; 5] = [
+const UPLOAD_KEYS: [&str; 6] = [
     "chunk_size",
     "chunk_size_min",
     "chunk_size_max",
     "parallel_parts",
     "parallel_parts_max",
+    "bandwidth",
 ];
+
+/// A bandwidth limit: a rate or an rclone-style timetable (`upload::bwlimit`).
+fn bandwidth(text: String) -> Result<Bandwidth, String> {
+    Bandwidth::parse(&text).map_err(|error| {
+        format!("{error} (write e.g. \"10MiB/s\", \"off\" or \"Mon-08:00,512KiB 18:00,off\")")
+    })
+}
 
 /// A part size: above zero and at most `MAX_CHUNK_SIZE`.
 fn part_size(value: SizeValue) -> Result<u64, String> {
@@ -313,8 +322,11 @@ impl<'t> Reader<'t> {
             None => &empty,
         };
         let upload = self.upload(upload_table);
+        let bandwidth = self
+            .get_as("upload", upload_table, "bandwidth", bandwidth)
+            .unwrap_or_default();
 
-        let (remotes, remote_upload) = self.remotes(root, base, upload);
+        let (remotes, remote_upload, remote_bandwidth) = self.remotes(root, base, upload);
 
         let mut watches = Vec::new();
         match root
@@ -343,6 +355,8 @@ impl<'t> Reader<'t> {
             remotes,
             remote_upload,
             upload: upload?,
+            bandwidth,
+            remote_bandwidth,
             watches,
             source: None,
             lines: std::mem::take(&mut self.lines),
@@ -421,8 +435,8 @@ impl<'t> Reader<'t> {
         })
     }
 
-    /// Every `[remotes.NAME]`, and the upload settings of those that set their own (from
-    /// `upload`, the `[upload]` read already).
+    /// Every `[remotes.NAME]`, the upload settings of those that set their own (from
+    /// `upload`, the `[upload]` read already), and the bandwidth limits of those with their own.
     fn remotes(
         &mut self,
         root: &DeTable<'_>,
@@ -431,9 +445,11 @@ impl<'t> Reader<'t> {
     ) -> (
         BTreeMap<String, RemoteConfig>,
         BTreeMap<String, UploadSettings>,
+        BTreeMap<String, Bandwidth>,
     ) {
         let mut remotes = BTreeMap::new();
         let mut remote_upload = BTreeMap::new();
+        let mut remote_bandwidth = BTreeMap::new();
         if let Some(value) = root.get("remotes")
             && let Some(table) = self.sub_table("remotes", value)
         {
@@ -453,9 +469,12 @@ impl<'t> Reader<'t> {
                     let own = self.upload_keys(&path, remote_table, global);
                     remote_upload.insert(name.get_ref().to_string(), own);
                 }
+                if let Some(own) = self.get_as(&path, remote_table, "bandwidth", bandwidth) {
+                    remote_bandwidth.insert(name.get_ref().to_string(), own);
+                }
             }
         }
-        (remotes, remote_upload)
+        (remotes, remote_upload, remote_bandwidth)
     }
 
     fn upload(&mut self, table: &DeTable<'_>) -> Option<UploadSettings> {

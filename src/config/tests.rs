@@ -319,6 +319,48 @@ fn a_remote_may_set_its_own_part_sizes_and_parallelism() {
 }
 
 #[test]
+fn bandwidth_limits_are_read_for_the_daemon_and_per_remote_and_bad_ones_named_with_their_line() {
+    use crate::upload::bwlimit::Bandwidth;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = |name: &str, extra: &str| {
+        format!(
+            "[remotes.{name}]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n{extra}"
+        )
+    };
+    let text = format!(
+        "[upload]\nbandwidth = \"Mon-08:00,512KiB 18:00,off\"\n{}{}[[watch]]\npath = \"/w\"\nremote = \"lan\"\n",
+        remote("lan", "bandwidth = \"off\"\n"),
+        remote("wan", "bandwidth = \"5M\"\n")
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(config.bandwidth.to_string(), "Mon-08:00,512KiB 18:00,off");
+    assert_eq!(config.bandwidth.rate_at(8 * 60), Some(512 * 1024));
+    assert_eq!(config.remote_bandwidth["lan"], Bandwidth::Unlimited);
+    assert_eq!(
+        config.remote_bandwidth["wan"],
+        Bandwidth::Fixed(5 * 1024 * 1024)
+    );
+    let rendered = config.render();
+    assert!(
+        rendered.contains("bandwidth = \"Mon-08:00,512KiB 18:00,off\"")
+            && rendered.contains("bandwidth = \"5.0 MiB/s\""),
+        "{rendered}"
+    );
+
+    let bad = format!(
+        "[upload]\nbandwidth = \"fast\"\n{}[[watch]]\npath = \"/w\"\nremote = \"r\"\n",
+        remote("r", "bandwidth = \"25:00,1M\"\n")
+    );
+    let found = problems(parse_in(dir.path(), &bad));
+    let named = |key: &str| found.iter().find(|p| p.key == key).cloned();
+    let global = named("upload.bandwidth").expect("upload.bandwidth is named");
+    assert_eq!(global.line, Some(2), "{global:?}");
+    assert!(global.message.contains("\"fast\""), "{global:?}");
+    let own = named("remotes.r.bandwidth").expect("remotes.r.bandwidth is named");
+    assert!(own.message.contains("\"25:00\""), "{own:?}");
+}
+
+#[test]
 fn locate_prefers_flag_then_environment_then_platform_file() {
     let d = defaults();
     assert_eq!(

@@ -40,6 +40,12 @@ pub enum Command {
     Rescan,
     /// Abort orphaned multipart uploads (`ferry cleanup`).
     Cleanup(crate::cleanup::Request),
+    /// Set every bandwidth limit (a rate or timetable as the configuration writes it) until
+    /// the next reload or restart; without one, tell the limits in force (`ferry bwlimit`).
+    BwLimit {
+        #[serde(default)]
+        bandwidth: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +129,13 @@ pub struct RemoteStatus {
     /// A body size limit learned from the remote (413s, or connections cut at one size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size_cap: Option<u64>,
+    /// The bandwidth limit its transfers draw from, as configured or set by `ferry bwlimit`
+    /// (`off`: none); absent for a remote without a limiter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<String>,
+    /// That limit's rate now, in bytes per second; absent while unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_now: Option<u64>,
 }
 
 /// One watch and how it is doing.

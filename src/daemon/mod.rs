@@ -28,6 +28,7 @@ use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::queue::jobs::now_ms;
 use crate::queue::{Candidate, JobId, JobQueue, QueueError, Store};
 use crate::server;
+use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{NativeConfig, Progress, UploadSettings, Uploader};
 use crate::watch::{self, WatchHandle};
 
@@ -136,6 +137,8 @@ pub(crate) struct Daemon {
     store_health: store_health::StoreHealth,
     /// An orphan cleanup pass is running.
     cleaning: AtomicBool,
+    /// The bandwidth limits, kept across reloads.
+    limiters: remotes::Limiters,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -252,7 +255,9 @@ fn build(
         }
     }
     watch::resolve_roots(&mut watches)?;
-    let uploaders = remotes::build_uploaders(config, &store, embedded.as_ref())?;
+    let limiters = remotes::Limiters::default();
+    let uploaders = remotes::build_uploaders(config, &store, embedded.as_ref(), &limiters)?;
+    limiters.apply(config);
     let (intake, intake_receiver) = mpsc::channel(INTAKE_BATCHES);
     // The daemon's own files: the store, the socket, the embedded receiver's storage (the
     // default outbox sits beside them in the data directory, so not all of it).
@@ -286,6 +291,7 @@ fn build(
         receiver,
         store_health: Default::default(),
         cleaning: AtomicBool::new(false),
+        limiters,
     });
     Ok((daemon, intake_receiver))
 }
@@ -445,7 +451,8 @@ impl Daemon {
         let applied = watch::resolve_roots(&mut watches)
             .map_err(|e| crate::error::chain(&e))
             .and_then(|()| {
-                remotes::build_uploaders(&config, &self.store, self.embedded.as_ref())
+                let (store, embedded) = (&self.store, self.embedded.as_ref());
+                remotes::build_uploaders(&config, store, embedded, &self.limiters)
                     .map_err(|e| crate::error::chain(&e))
             });
         let uploaders = match applied {
@@ -475,6 +482,7 @@ impl Daemon {
             orphan_cleanup: config.daemon.orphan_cleanup,
         };
         drop(settings);
+        self.limiters.apply(&config);
         tracing::info!("configuration reloaded");
         self.wake.notify_one();
     }
@@ -652,6 +660,16 @@ impl Daemon {
         }
     }
 
+    fn uploaders_by_name(&self) -> Vec<(String, Arc<Uploader>)> {
+        self.settings
+            .read()
+            .expect("settings lock is never poisoned")
+            .uploaders
+            .iter()
+            .map(|(name, uploader)| (name.clone(), uploader.clone()))
+            .collect()
+    }
+
     fn uploaders(&self) -> Vec<Arc<Uploader>> {
         self.settings
             .read()
@@ -660,6 +678,36 @@ impl Daemon {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// `ferry bwlimit`: sets every bandwidth limit to `bandwidth` until the next reload or
+    /// restart, or (without one) tells the limits in force.
+    fn bwlimit(&self, bandwidth: Option<String>) -> Result<Reply, (String, String)> {
+        let Some(text) = bandwidth else {
+            let limits: Vec<String> = self
+                .uploaders_by_name()
+                .into_iter()
+                .map(|(name, uploader)| match uploader.limiter() {
+                    Some(limiter) => format!("{name}: {}", limiter.bandwidth()),
+                    None => format!("{name}: off"),
+                })
+                .collect();
+            return Ok(Reply::Done {
+                message: format!("bandwidth limits: {}", limits.join(", ")),
+            });
+        };
+        match Bandwidth::parse(&text) {
+            Ok(limit) => {
+                tracing::info!(limit = %limit, "bandwidth limit set by ferry bwlimit");
+                self.limiters.set_all(limit.clone());
+                Ok(Reply::Done {
+                    message: format!(
+                        "bandwidth limit {limit} for every remote, until the next reload or restart"
+                    ),
+                })
+            }
+            Err(problem) => Err(("bad_request".into(), format!("bwlimit: {problem}"))),
+        }
     }
 
     /// Each remote's part size, parallelism and link estimates, as its planner has them.
@@ -689,6 +737,10 @@ impl Daemon {
                     round_trip_ms: estimates.round_trip.map(|seconds| seconds * 1000.0),
                     failures_per_gib: estimates.failures_per_gib,
                     part_size_cap: estimates.cap,
+                    bandwidth: uploader
+                        .limiter()
+                        .map(|limiter| limiter.bandwidth().to_string()),
+                    bandwidth_now: uploader.limiter().and_then(|limiter| limiter.rate_now()),
                 })
             })
             .collect()
@@ -763,6 +815,7 @@ impl control::Handler for Handle {
                     message: "rescanning the watched folders".into(),
                 })
             }
+            Command::BwLimit { bandwidth } => daemon.bwlimit(bandwidth),
             Command::Cleanup(request) => daemon
                 .cleanup(&request)
                 .await

@@ -33,8 +33,23 @@ pub enum Bandwidth {
     /// Bytes per second.
     Fixed(u64),
     /// From each minute of the week (Monday 00:00 is 0) the rate in bytes per second (`None`:
-    /// unlimited), sorted; before the first, the last one of the week holds.
-    Timetable(Vec<(u32, Option<u64>)>),
+    /// unlimited), sorted; before the first, the last one of the week holds. `text` is the
+    /// timetable as written.
+    Timetable {
+        text: String,
+        slots: Vec<(u32, Option<u64>)>,
+    },
+}
+
+impl std::fmt::Display for Bandwidth {
+    /// As the configuration and `ferry bwlimit` take it back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bandwidth::Unlimited => f.write_str("off"),
+            Bandwidth::Fixed(rate) => write!(f, "{}/s", bytesize::ByteSize(*rate).display().iec()),
+            Bandwidth::Timetable { text, .. } => f.write_str(text),
+        }
+    }
 }
 
 impl Bandwidth {
@@ -60,7 +75,8 @@ impl Bandwidth {
         }
         // Stable: of two entries for the same minute, the later one written holds.
         slots.sort_by_key(|(minute, _)| *minute);
-        Ok(Bandwidth::Timetable(slots))
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        Ok(Bandwidth::Timetable { text, slots })
     }
 
     /// The rate in bytes per second at `minute_of_week` (Monday 00:00 is 0); `None`: unlimited.
@@ -68,7 +84,7 @@ impl Bandwidth {
         match self {
             Bandwidth::Unlimited => None,
             Bandwidth::Fixed(rate) => Some(*rate),
-            Bandwidth::Timetable(slots) => slots
+            Bandwidth::Timetable { slots, .. } => slots
                 .iter()
                 .rev()
                 .find(|(from, _)| *from <= minute_of_week)
@@ -206,7 +222,7 @@ impl Limiter {
         }
     }
 
-    /// Replaces the limit (`ferry bwlimit`); it applies from the next chunk.
+    /// Replaces the limit (a reload, `ferry bwlimit`); it applies from the next chunk.
     pub fn set(&self, bandwidth: Bandwidth) {
         *self
             .bandwidth
@@ -223,11 +239,15 @@ impl Limiter {
 
     /// The rate now, in bytes per second; `None`: unlimited.
     pub fn rate_now(&self) -> Option<u64> {
-        let minute = local_minute_of_week(std::time::SystemTime::now());
-        self.bandwidth
+        let bandwidth = self
+            .bandwidth
             .lock()
-            .expect("bandwidth lock is never poisoned")
-            .rate_at(minute)
+            .expect("bandwidth lock is never poisoned");
+        match &*bandwidth {
+            Bandwidth::Unlimited => None,
+            Bandwidth::Fixed(rate) => Some(*rate),
+            timetable => timetable.rate_at(local_minute_of_week(std::time::SystemTime::now())),
+        }
     }
 
     /// The largest piece a chunk should be cut into now: small enough that pieces flow several
@@ -250,6 +270,13 @@ impl Limiter {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+impl Default for Limiter {
+    /// No limit (yet).
+    fn default() -> Limiter {
+        Limiter::new(Bandwidth::Unlimited)
     }
 }
 

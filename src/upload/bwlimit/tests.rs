@@ -67,6 +67,16 @@ fn a_timetable_switches_rate_at_each_boundary_and_wraps_around_the_week() {
 fn a_single_rate_or_off_is_not_a_timetable_and_bad_entries_are_named() {
     assert_eq!(Bandwidth::parse("10M"), Ok(Bandwidth::Fixed(10 * MIB)));
     assert_eq!(Bandwidth::parse(" off "), Ok(Bandwidth::Unlimited));
+    // Shown as the configuration takes it back.
+    for (text, shown) in [
+        ("10M", "10.0 MiB/s"),
+        ("off", "off"),
+        ("Mon-08:00,512k   18:00,off", "Mon-08:00,512k 18:00,off"),
+    ] {
+        let bandwidth = Bandwidth::parse(text).unwrap();
+        assert_eq!(bandwidth.to_string(), shown);
+        assert_eq!(Bandwidth::parse(shown), Ok(bandwidth));
+    }
     for (bad, named) in [
         ("25:00,1M", "\"25:00\""),
         ("8:00,1M", "\"8:00\""),

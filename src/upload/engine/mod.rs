@@ -196,6 +196,11 @@ impl Uploader {
         }
     }
 
+    /// The bandwidth limit this uploader's bodies draw from.
+    pub fn limiter(&self) -> Option<&Arc<Limiter>> {
+        self.limiter.as_ref()
+    }
+
     /// This uploader, its bodies sent within `limiter`'s bandwidth.
     pub fn with_limiter(mut self, limiter: Option<Arc<Limiter>>) -> Uploader {
         self.limiter = limiter;
