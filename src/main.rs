@@ -62,6 +62,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the daemon's job events (queued, started, uploaded, failed, retrying, dropped),
+    /// each with an id one above the last, until interrupted.
+    Events {
+        /// Print each event as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only the events after this id (0: every event the daemon still holds).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
     /// Queue failed jobs again.
     Retry {
         /// Job ids, as `ferry jobs` shows them.
@@ -312,6 +322,7 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         }
         Command::Status { json, watch } => ferry::cli::status(&socket()?, json, watch).await,
         Command::Jobs { state, json } => ferry::cli::jobs(&socket()?, state, json).await,
+        Command::Events { json, since } => ferry::cli::events(&socket()?, since, json).await,
         Command::Retry { ids, failed } => ferry::cli::retry(&socket()?, ids, failed).await,
         Command::Pause => ferry::cli::simple(&socket()?, ControlCommand::Pause).await,
         Command::Resume => ferry::cli::simple(&socket()?, ControlCommand::Resume).await,

@@ -27,6 +27,9 @@ use signals::{Asked, Signals};
 
 /// Refresh interval of `ferry status --watch`.
 const WATCH_REFRESH: Duration = Duration::from_secs(1);
+/// How long one `ferry events` poll waits for news (the daemon caps it below its socket's
+/// exchange timeout).
+const EVENTS_POLL: Duration = Duration::from_secs(5);
 
 /// Loads the configuration the way every command finds it (`--config`, `$FERRY_CONFIG`, the
 /// platform file, else the built-in default). Problems are usage errors (exit code 2).
@@ -331,6 +334,56 @@ pub async fn retry(socket: &Path, ids: Vec<JobId>, all_failed: bool) -> Result<(
     };
     outln(&format!("{count} failed job(s) queued again"))?;
     Ok(())
+}
+
+/// `ferry events`: follows the daemon's job events after id `since` (0: from the oldest it
+/// holds), a line each (or a JSON object each), until the daemon stops or the reader goes away.
+/// A gap in the ids (the consumer fell behind the daemon's log) is said on standard error.
+pub async fn events(socket: &Path, since: u64, json: bool) -> Result<()> {
+    let mut last = since;
+    loop {
+        let wait_ms = EVENTS_POLL.as_millis() as u64;
+        let command = Command::Events {
+            since: last,
+            wait_ms,
+        };
+        let Reply::Events { events, oldest } = control::call(socket, command).await? else {
+            anyhow::bail!("the daemon answered events with something else");
+        };
+        if last > 0 && oldest > last + 1 {
+            let missed = format!("missed events {} to {}", last + 1, oldest - 1);
+            crate::output::errln(&format!(
+                "warning: {missed}: the daemon keeps the latest only"
+            ));
+        }
+        for event in events {
+            match json {
+                true => outln(&serde_json::to_string(&event)?)?,
+                false => outln(&render_event(&event))?,
+            }
+            last = event.id;
+        }
+        std::io::stdout().flush()?;
+    }
+}
+
+/// One event as a line: id, time, type, job, path, and its remote path or reason.
+fn render_event(event: &crate::control::Event) -> String {
+    let time = jiff::Timestamp::from_millisecond(event.time_ms as i64)
+        .map(|time| time.to_string())
+        .unwrap_or_default();
+    let detail = match (&event.detail, event.kind) {
+        (Some(remote), crate::control::EventKind::Uploaded) => format!(" -> {remote}"),
+        (Some(reason), _) => format!(": {reason}"),
+        (None, _) => String::new(),
+    };
+    format!(
+        "{} {time} {} #{} {}{detail}",
+        event.id,
+        event.kind.name(),
+        event.job_id,
+        event.path.display()
+    )
 }
 
 /// `ferry pause`, `resume`, `rescan`.

@@ -11,5 +11,5 @@ pub mod protocol;
 mod server;
 
 pub use client::{ControlError, call};
-pub use protocol::{Command, RemoteStatus, Reply, StatusReply};
+pub use protocol::{Command, Event, EventKind, RemoteStatus, Reply, StatusReply};
 pub use server::{Handler, SocketError, bind, serve};

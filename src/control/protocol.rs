@@ -46,6 +46,14 @@ pub enum Command {
         #[serde(default)]
         bandwidth: Option<String>,
     },
+    /// The job events after id `since`, waiting up to `wait_ms` for the first one (a long
+    /// poll, as Syncthing's event API: `ferry events` asks again from the last id it saw).
+    Events {
+        #[serde(default)]
+        since: u64,
+        #[serde(default)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +87,58 @@ pub enum Reply {
     Cleaned {
         orphans: Vec<crate::cleanup::Orphan>,
     },
+    /// Events in id order; `oldest` is the oldest id the daemon still holds, so a consumer
+    /// whose `since` is older than `oldest - 1` knows it missed some.
+    Events {
+        events: Vec<Event>,
+        oldest: u64,
+    },
+}
+
+/// One job event. Ids increase by one from event to event, from 1 at the daemon's start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub job_id: JobId,
+    #[serde(with = "crate::local_path")]
+    pub path: PathBuf,
+    /// The remote path (uploaded), or the reason (failed, retrying, dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new job for a settled file.
+    Queued,
+    /// Its upload began.
+    Started,
+    /// Its upload completed and was verified.
+    Uploaded,
+    /// It failed until the user retries it.
+    Failed,
+    /// Its upload failed and will be tried again.
+    Retrying,
+    /// Its file vanished or was refused: forgotten.
+    Dropped,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Queued => "queued",
+            EventKind::Started => "started",
+            EventKind::Uploaded => "uploaded",
+            EventKind::Failed => "failed",
+            EventKind::Retrying => "retrying",
+            EventKind::Dropped => "dropped",
+        }
+    }
 }
 
 /// `ferry status --json`: `queue` holds the counts (DESIGN.md's contract).

@@ -7,6 +7,7 @@
 //! acknowledged part is already recorded, so what is cut off resumes at the next start), then
 //! flushes the store.
 
+mod events;
 mod remotes;
 mod store_health;
 mod worker;
@@ -24,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::cleanup;
 use crate::config::{Config, RemoteConfig, WatchConfig};
 use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
-use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
+use crate::control::{self, Command, EventKind, RemoteStatus, Reply, StatusReply};
 use crate::queue::jobs::now_ms;
 use crate::queue::{Candidate, JobId, JobQueue, QueueError, Store};
 use crate::server;
@@ -40,6 +41,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const CLEANUP_EVERY: Duration = Duration::from_secs(3600);
 /// Failed jobs listed in `ferry status`.
 const STATUS_FAILED_SHOWN: usize = 20;
+/// Longest a `ferry events` poll waits for an event: well inside the control socket's
+/// exchange timeout.
+const MAX_EVENTS_WAIT: Duration = Duration::from_secs(5);
 
 /// Fatal daemon errors (per-file errors are recorded on the job instead).
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +143,8 @@ pub(crate) struct Daemon {
     cleaning: AtomicBool,
     /// The bandwidth limits, kept across reloads.
     limiters: remotes::Limiters,
+    /// Job events, for `ferry events`.
+    events: events::EventLog,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -292,6 +298,7 @@ fn build(
         store_health: Default::default(),
         cleaning: AtomicBool::new(false),
         limiters,
+        events: Default::default(),
     });
     Ok((daemon, intake_receiver))
 }
@@ -366,11 +373,17 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
     while let Some(batch) = batches.recv().await {
         let queue = daemon.store.jobs();
         let count = batch.len();
+        let paths: Vec<PathBuf> = batch.iter().map(|c| c.path.clone()).collect();
         match tokio::task::spawn_blocking(move || queue.enqueue(&batch, now_ms())).await {
             Ok(Ok(outcomes)) => {
                 daemon
                     .checked
                     .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+                for (outcome, path) in outcomes.iter().zip(&paths) {
+                    if let crate::queue::Enqueued::New(id) = outcome {
+                        daemon.events.record(EventKind::Queued, *id, path, None);
+                    }
+                }
                 let queued = outcomes
                     .iter()
                     .filter(|o| !matches!(o, crate::queue::Enqueued::Unchanged))
@@ -816,6 +829,11 @@ impl control::Handler for Handle {
                 })
             }
             Command::BwLimit { bandwidth } => daemon.bwlimit(bandwidth),
+            Command::Events { since, wait_ms } => {
+                let wait = Duration::from_millis(wait_ms).min(MAX_EVENTS_WAIT);
+                let (events, oldest) = daemon.events.after(since, wait).await;
+                Ok(Reply::Events { events, oldest })
+            }
             Command::Cleanup(request) => daemon
                 .cleanup(&request)
                 .await

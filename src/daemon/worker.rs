@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::{ActiveJob, Daemon};
 use crate::config::{AfterUpload, Symlinks, WatchConfig};
+use crate::control::EventKind;
 use crate::queue::jobs::now_ms;
 use crate::queue::{Fingerprint, JobRecord};
 use crate::upload::{Progress, Reach, UploadError, UploadJob};
@@ -112,6 +113,9 @@ fn start_job(
                 started: Instant::now(),
             },
         );
+    daemon
+        .events
+        .record(EventKind::Started, job.id, &job.path, None);
     let span = tracing::info_span!("job", job_id = job.id, path = %job.path.display());
     workers.spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
 }
@@ -246,10 +250,16 @@ enum Outcome {
     Retry(String, u64),
 }
 
-/// Records the outcome durably, then (for a success) applies `after_upload`.
+/// Records the outcome durably, then (for a success) applies `after_upload`; its event follows.
 async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
     let id = job.id;
     let path = job.path.clone();
+    let (kind, detail) = match &outcome {
+        Outcome::Done { .. } => (EventKind::Uploaded, Some(job.remote_path.clone())),
+        Outcome::Dropped => (EventKind::Dropped, None),
+        Outcome::Failed(reason) => (EventKind::Failed, Some(reason.clone())),
+        Outcome::Retry(reason, _) => (EventKind::Retrying, Some(reason.clone())),
+    };
     let recorded = daemon
         .with_queue(move |queue| match outcome {
         Outcome::Done {
@@ -269,8 +279,11 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
         Outcome::Retry(reason, at) => queue.finish_retry(id, &reason, at, now_ms()),
     })
     .await;
-    if let Err(error) = recorded {
-        tracing::error!(error = %crate::error::chain(&error), "cannot record the outcome; the job runs again once the store takes writes (or at the next start)");
+    match recorded {
+        Ok(()) => daemon.events.record(kind, id, &job.path, detail),
+        Err(error) => {
+            tracing::error!(error = %crate::error::chain(&error), "cannot record the outcome; the job runs again once the store takes writes (or at the next start)")
+        }
     }
     daemon
         .active

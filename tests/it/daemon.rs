@@ -795,3 +795,67 @@ async fn past_the_inotify_watch_limit_files_still_arrive_by_rescans() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `ferry events --json` follows the daemon: three dropped files each show queued, started and
+/// uploaded in that order, and the ids run one after another with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_events_shows_each_files_events_in_order_with_ids_without_gaps() {
+    use std::io::BufRead;
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let _daemon = setup.start().await;
+    let mut follower = std::process::Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(follower.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let names = ["one.txt", "two.txt", "three.txt"];
+    for name in names {
+        std::fs::write(setup.outbox.join(name), name.as_bytes()).unwrap();
+    }
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    while events.iter().filter(|e| e["type"] == "uploaded").count() < names.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = received
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("three uploads within {ARRIVAL:?}: {events:?}"));
+        events.push(serde_json::from_str(&line).unwrap());
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    let first = ids[0];
+    assert_eq!(
+        ids,
+        (first..first + ids.len() as u64).collect::<Vec<_>>(),
+        "no gaps"
+    );
+    for name in names {
+        let path = setup.outbox.join(name);
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter(|e| e["path"] == path.to_str().unwrap())
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["queued", "started", "uploaded"],
+            "{name}: {events:?}"
+        );
+        let uploaded = events
+            .iter()
+            .find(|e| e["path"] == path.to_str().unwrap() && e["type"] == "uploaded");
+        assert_eq!(uploaded.unwrap()["detail"], name, "the remote path");
+    }
+}
