@@ -136,6 +136,8 @@ pub struct DaemonConfig {
     /// Multipart uploads of S3 remotes that no session owns and idle this long are aborted
     /// (hourly); `None`: never.
     pub orphan_cleanup: Option<Duration>,
+    /// Where `/metrics` is served for Prometheus; `None` (the default): nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// How to reach a remote.
@@ -322,6 +324,7 @@ pub fn builtin(defaults: &Defaults) -> Config {
             done_retention: DEFAULT_DONE_RETENTION,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             orphan_cleanup: Some(DEFAULT_ORPHAN_CLEANUP),
+            metrics_listen: None,
         },
         remotes,
         remote_upload: BTreeMap::new(),
@@ -388,7 +391,11 @@ impl Config {
         let cleanup = d.orphan_cleanup.map_or("off".to_string(), |age| {
             humantime::format_duration(age).to_string()
         });
-        let _ = writeln!(out, "orphan_cleanup = {cleanup:?}\n");
+        let _ = writeln!(out, "orphan_cleanup = {cleanup:?}");
+        let metrics = d
+            .metrics_listen
+            .map_or("off".to_string(), |at| at.to_string());
+        let _ = writeln!(out, "metrics_listen = {metrics:?}\n");
     }
 
     /// Each `[remotes.NAME]`, its token left out and its URL redacted.

@@ -381,6 +381,7 @@ impl<'t> Reader<'t> {
                 "done_retention",
                 "shutdown_grace",
                 "orphan_cleanup",
+                "metrics_listen",
             ],
         );
         self.remember_line(path, table, "data_dir");
@@ -424,6 +425,16 @@ impl<'t> Reader<'t> {
                 }
             })
             .unwrap_or(Some(DEFAULT_ORPHAN_CLEANUP));
+        let metrics_listen = self
+            .get_as(path, table, "metrics_listen", |text: String| {
+                match text.as_str() {
+                    "off" => Ok(None),
+                    _ => text.parse().map(Some).map_err(|_| {
+                        "must be an address and port such as \"127.0.0.1:9184\", or \"off\"".into()
+                    }),
+                }
+            })
+            .unwrap_or(None);
         Some(DaemonConfig {
             data_dir,
             socket,
@@ -432,6 +443,7 @@ impl<'t> Reader<'t> {
             done_retention,
             shutdown_grace,
             orphan_cleanup,
+            metrics_listen,
         })
     }
 

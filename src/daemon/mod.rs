@@ -8,6 +8,7 @@
 //! flushes the store.
 
 mod events;
+mod metrics;
 mod remotes;
 mod store_health;
 mod worker;
@@ -62,6 +63,12 @@ pub enum DaemonError {
     Socket(#[from] control::SocketError),
     #[error("cannot start the embedded receiver")]
     Receiver(#[source] std::io::Error),
+    #[error("cannot serve metrics on {address} (metrics_listen)")]
+    Metrics {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     ReceiverSetup(#[from] server::ServerError),
     #[error("remote {name} cannot be used")]
@@ -145,6 +152,8 @@ pub(crate) struct Daemon {
     limiters: remotes::Limiters,
     /// Job events, for `ferry events`.
     events: events::EventLog,
+    /// What `/metrics` serves.
+    metrics: metrics::Metrics,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -163,14 +172,7 @@ pub async fn run(
     let (daemon, intake_receiver) = build(&config, store.clone(), embedded)?;
     daemon.restore_learned().await;
 
-    let socket = config.daemon.socket.clone();
-    let listener = control::bind(&socket).await?;
-    tracker.spawn(control::serve(
-        listener,
-        socket.clone(),
-        Arc::new(Handle(daemon.clone())),
-        services.clone(),
-    ));
+    let socket = serve_control_and_metrics(&config, &daemon, &services, &tracker).await?;
     // Arming watches (one per folder, recursively) and the first scan block: off the runtime.
     let starting = daemon.clone();
     let roots = daemon.watches();
@@ -299,8 +301,35 @@ fn build(
         cleaning: AtomicBool::new(false),
         limiters,
         events: Default::default(),
+        metrics: metrics::Metrics::new(),
     });
     Ok((daemon, intake_receiver))
+}
+
+/// Binds the control socket, and `/metrics` when configured, and serves them until `services`
+/// is cancelled; returns the socket's path.
+async fn serve_control_and_metrics(
+    config: &Config,
+    daemon: &Arc<Daemon>,
+    services: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<PathBuf, DaemonError> {
+    let socket = config.daemon.socket.clone();
+    let listener = control::bind(&socket).await?;
+    let handler = Arc::new(Handle(daemon.clone()));
+    tracker.spawn(control::serve(
+        listener,
+        socket.clone(),
+        handler,
+        services.clone(),
+    ));
+    if let Some(address) = config.daemon.metrics_listen {
+        let listener = metrics::bind(address).await?;
+        let local = listener.local_addr().map_err(DaemonError::Receiver)?;
+        tracing::info!(%local, "serving Prometheus metrics at /metrics");
+        tracker.spawn(metrics::serve(listener, daemon.clone(), services.clone()));
+    }
+    Ok(socket)
 }
 
 /// The daemon's long-lived tasks besides the services: intake, store recovery, scheduler and

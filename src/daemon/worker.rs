@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::metrics::ErrorClass;
 use super::{ActiveJob, Daemon};
 use crate::config::{AfterUpload, Symlinks, WatchConfig};
 use crate::control::EventKind;
@@ -170,6 +171,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
     };
     let outcome = match result {
         Ok(report) => {
+            daemon.metrics.uploaded(&job.remote, report.size);
             tracing::info!(remote_path = %report.remote_path, size = report.size, duration = ?report.duration, parts_resumed = report.parts_resumed, "uploaded");
             Outcome::Done {
                 fingerprint: report.fingerprint,
@@ -178,7 +180,11 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
                 root: job.watch_root.clone(),
             }
         }
-        Err(error) => failed(error, &job, retry),
+        Err(error) => {
+            let outcome = failed(error, &job, retry);
+            daemon.metrics.failed(&job.remote, outcome.error_class());
+            outcome
+        }
     };
     finish(&daemon, &job, outcome).await;
 }
@@ -248,6 +254,17 @@ enum Outcome {
     Dropped,
     Failed(String),
     Retry(String, u64),
+}
+
+impl Outcome {
+    /// How a failure counts in the metrics (a success counts as no error at all).
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            Outcome::Failed(_) => ErrorClass::Permanent,
+            Outcome::Dropped => ErrorClass::Dropped,
+            Outcome::Done { .. } | Outcome::Retry(..) => ErrorClass::Transient,
+        }
+    }
 }
 
 /// Records the outcome durably, then (for a success) applies `after_upload`; its event follows.
