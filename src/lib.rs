@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod hooks;
 pub mod local_path;
 pub mod output;
 pub mod protocol;

@@ -166,13 +166,19 @@ pub async fn status(socket: &Path, json: bool, watch: bool) -> Result<()> {
 }
 
 /// Like `systemctl status` for a degraded unit, the exit code says it too (1): the store
-/// refuses writes, a watch cannot watch, or a job failed.
+/// refuses writes, a watch cannot watch, a hook failed too often, or a job failed.
 fn degraded(status: &StatusReply) -> Result<()> {
     if let Some(problem) = &status.store_problem {
         anyhow::bail!("store: {problem}");
     }
     if let Some(unhealthy) = status.unhealthy_watches().next() {
         anyhow::bail!("watch {} is {}", unhealthy.path.display(), unhealthy.state);
+    }
+    if status.hooks.failed > 0 {
+        anyhow::bail!(
+            "{} hook delivery(ies) failed: `ferry retry --failed` tries them again",
+            status.hooks.failed
+        );
     }
     if status.queue.failed > 0 {
         anyhow::bail!(
@@ -239,7 +245,15 @@ pub fn render_status(status: &StatusReply) -> String {
     for remote in &status.remotes {
         let _ = writeln!(out, "  {}", describe_remote(remote));
     }
-    for failed in &status.failed {
+    let hooks = &status.hooks;
+    if hooks.pending > 0 || hooks.failed > 0 {
+        let _ = writeln!(
+            out,
+            "  hooks: {} pending, {} failed",
+            hooks.pending, hooks.failed
+        );
+    }
+    for failed in status.failed.iter().chain(&hooks.failures) {
         let _ = writeln!(
             out,
             "  failed #{} {}: {}",

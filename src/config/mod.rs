@@ -154,6 +154,34 @@ pub enum RemoteConfig {
     S3(crate::upload::S3Config),
 }
 
+/// A program or webhook told of a job's outcome (`on_uploaded`, `on_failed`), with the job's
+/// JSON document: on the program's standard input, or as the webhook's body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookSpec {
+    /// A program and its arguments, run without a shell; `{path}`, `{remote}`,
+    /// `{remote_path}`, `{size}` and `{sha256}` in them are replaced.
+    Exec {
+        argv: Vec<String>,
+        #[serde(with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// An HTTP POST, signed with HMAC-SHA256 when a secret is given.
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+        #[serde(with = "humantime_serde")]
+        timeout: Duration,
+    },
+}
+
+/// A watch's hooks (or `[hooks]`, every watch's defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub on_uploaded: Option<HookSpec>,
+    pub on_failed: Option<HookSpec>,
+}
+
 /// What to do with a local file once it is uploaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterUpload {
@@ -185,6 +213,10 @@ pub struct WatchConfig {
     pub after_upload: AfterUpload,
     pub metadata: BTreeMap<String, String>,
     pub symlinks: Symlinks,
+    pub hooks: Hooks,
+    /// `after_upload` (delete or move) waits until `on_uploaded` succeeded, so a pipeline
+    /// started by the hook never loses its input.
+    pub after_upload_waits_for_hook: bool,
     /// `include` compiled.
     pub include_set: GlobSet,
     /// `ignore` and the default ignores compiled.
@@ -480,7 +512,42 @@ impl Config {
                 .iter()
                 .map(|(k, v)| format!("{k:?} = {v:?}"))
                 .collect();
-            let _ = writeln!(out, "metadata = {{ {} }}\n", metadata.join(", "));
+            let _ = writeln!(out, "metadata = {{ {} }}", metadata.join(", "));
+            for (key, hook) in [
+                ("on_uploaded", &watch.hooks.on_uploaded),
+                ("on_failed", &watch.hooks.on_failed),
+            ] {
+                if let Some(hook) = hook {
+                    let _ = writeln!(out, "{key} = {}", render_hook(hook));
+                }
+            }
+            let waits = watch.after_upload_waits_for_hook;
+            let _ = writeln!(out, "after_upload_waits_for_hook = {waits}\n");
+        }
+    }
+}
+
+/// A hook as the configuration writes it (a webhook's secret file named, never read).
+fn render_hook(hook: &HookSpec) -> String {
+    match hook {
+        HookSpec::Exec { argv, timeout } => format!(
+            "{{ exec = {argv:?}, timeout = {:?} }}",
+            humantime::format_duration(*timeout).to_string()
+        ),
+        HookSpec::Webhook {
+            url,
+            secret_file,
+            timeout,
+        } => {
+            let secret = secret_file
+                .as_ref()
+                .map(|file| format!(", secret_file = {file:?}"))
+                .unwrap_or_default();
+            format!(
+                "{{ webhook = {{ url = {:?}{secret} }}, timeout = {:?} }}",
+                crate::redact::url(url),
+                humantime::format_duration(*timeout).to_string()
+            )
         }
     }
 }

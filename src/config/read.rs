@@ -15,6 +15,7 @@ use super::*;
 use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{ChunkSize, PartsInFlight, RetryPolicy};
 
+mod hooks;
 mod remote;
 
 pub(super) struct Reader<'t> {
@@ -167,6 +168,8 @@ pub(super) fn watch_with_defaults(path: PathBuf, remote: String) -> Result<Watch
         after_upload: AfterUpload::Keep,
         metadata: BTreeMap::new(),
         symlinks: Symlinks::Skip,
+        hooks: Hooks::default(),
+        after_upload_waits_for_hook: false,
     })
 }
 
@@ -308,7 +311,7 @@ impl<'t> Reader<'t> {
         let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
         let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
         let base = base.as_path();
-        self.unknown_keys("", root, &["daemon", "remotes", "upload", "watch"]);
+        self.unknown_keys("", root, &["daemon", "remotes", "upload", "hooks", "watch"]);
 
         let empty = DeTable::new();
         let daemon_table = match root.get("daemon") {
@@ -327,6 +330,13 @@ impl<'t> Reader<'t> {
             .unwrap_or_default();
 
         let (remotes, remote_upload, remote_bandwidth) = self.remotes(root, base, upload);
+        let hooks = match root.get("hooks") {
+            Some(value) => match self.sub_table("hooks", value) {
+                Some(table) => self.hook_defaults(table, base),
+                None => Hooks::default(),
+            },
+            None => Hooks::default(),
+        };
 
         let mut watches = Vec::new();
         match root
@@ -338,7 +348,8 @@ impl<'t> Reader<'t> {
                 for (index, entry) in entries.iter().enumerate() {
                     let path = format!("watch[{index}]");
                     if let Some(table) = self.sub_table(&path, entry)
-                        && let Some(watch) = self.watch(&path, table, entry.span(), base, &remotes)
+                        && let Some(watch) =
+                            self.watch(&path, table, entry.span(), (base, &hooks), &remotes)
                     {
                         watches.push(watch);
                     }
@@ -553,7 +564,7 @@ impl<'t> Reader<'t> {
         path: &str,
         table: &DeTable<'_>,
         span: Range<usize>,
-        base: &Path,
+        (base, hooks): (&Path, &Hooks),
         remotes: &BTreeMap<String, RemoteConfig>,
     ) -> Option<WatchConfig> {
         self.unknown_keys(
@@ -570,6 +581,9 @@ impl<'t> Reader<'t> {
                 "after_upload",
                 "metadata",
                 "symlinks",
+                "on_uploaded",
+                "on_failed",
+                "after_upload_waits_for_hook",
             ],
         );
         self.remember_line(path, table, "path");
@@ -616,6 +630,9 @@ impl<'t> Reader<'t> {
         if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
             watch.metadata = metadata;
         }
+        watch.hooks = self.hooks(path, table, base, hooks);
+        let waits = self.get::<bool>(path, table, "after_upload_waits_for_hook");
+        watch.after_upload_waits_for_hook = waits.unwrap_or(false);
         root?;
         remote?;
         Some(watch)

@@ -361,6 +361,65 @@ fn bandwidth_limits_are_read_for_the_daemon_and_per_remote_and_bad_ones_named_wi
 }
 
 #[test]
+fn hooks_are_read_per_watch_over_the_defaults_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
+    let text = format!(
+        "{remote}[hooks]\non_uploaded = {{ exec = [\"/bin/index\", \"{{path}}\"] }}\n\
+         on_failed = {{ webhook = {{ url = \"https://h.example/f\", secret_file = \"s\" }}, timeout = \"5s\" }}\n\
+         [[watch]]\npath = \"/a\"\nremote = \"r\"\n\
+         [[watch]]\npath = \"/b\"\nremote = \"r\"\nafter_upload_waits_for_hook = true\n\
+         on_uploaded = {{ webhook = {{ url = \"http://127.0.0.1:9/u\" }} }}\n"
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let (a, b) = (&config.watches[0].hooks, &config.watches[1].hooks);
+    let exec = HookSpec::Exec {
+        argv: vec!["/bin/index".into(), "{path}".into()],
+        timeout: Duration::from_secs(30),
+    };
+    assert_eq!(a.on_uploaded, Some(exec));
+    let failed = HookSpec::Webhook {
+        url: "https://h.example/f".into(),
+        secret_file: Some(dir.path().join("s")),
+        timeout: Duration::from_secs(5),
+    };
+    assert_eq!(a.on_failed, Some(failed.clone()));
+    assert!(
+        matches!(&b.on_uploaded, Some(HookSpec::Webhook { url, .. }) if url == "http://127.0.0.1:9/u")
+    );
+    assert_eq!(
+        b.on_failed,
+        Some(failed),
+        "the default where the watch sets none"
+    );
+    assert!(config.watches[1].after_upload_waits_for_hook);
+    assert!(
+        config
+            .render()
+            .contains("on_uploaded = { exec = [\"/bin/index\", \"{path}\"], timeout = \"30s\" }")
+    );
+
+    for (hook, said) in [
+        ("{ exec = [] }", "exec must name a program"),
+        ("{ webhook = { url = \"ftp://x/\" } }", "http or https"),
+        (
+            "{ exec = [\"/x\"], webhook = { url = \"http://x/\" } }",
+            "not both",
+        ),
+        ("{ exec = [\"/x\"], timeout = \"2h\" }", "on_uploaded"),
+        ("{ exec = [\"/x\"], retries = 3 }", "retries"),
+    ] {
+        let bad =
+            format!("{remote}[[watch]]\npath = \"/a\"\nremote = \"r\"\non_uploaded = {hook}\n");
+        let found = problems(parse_in(dir.path(), &bad));
+        let problem = found.iter().find(|p| p.key == "watch[0].on_uploaded");
+        let problem = problem.unwrap_or_else(|| panic!("{hook}: {found:?}"));
+        assert_eq!(problem.line, Some(9), "{problem:?}");
+        assert!(problem.to_string().contains(said), "{hook}: {problem}");
+    }
+}
+
+#[test]
 fn locate_prefers_flag_then_environment_then_platform_file() {
     let d = defaults();
     assert_eq!(

@@ -126,6 +126,10 @@ pub enum EventKind {
     Retrying,
     /// Its file vanished or was refused: forgotten.
     Dropped,
+    /// A hook of its outcome was delivered.
+    HookDelivered,
+    /// A hook of its outcome failed too often; it waits for `ferry retry --failed`.
+    HookFailed,
 }
 
 impl EventKind {
@@ -137,6 +141,8 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::Retrying => "retrying",
             EventKind::Dropped => "dropped",
+            EventKind::HookDelivered => "hook_delivered",
+            EventKind::HookFailed => "hook_failed",
         }
     }
 }
@@ -163,6 +169,20 @@ pub struct StatusReply {
     /// What each remote's planner chose and estimates.
     #[serde(default)]
     pub remotes: Vec<RemoteStatus>,
+    /// Hook deliveries not made yet; `ferry status` exits 1 while one has failed.
+    #[serde(default)]
+    pub hooks: HooksStatus,
+}
+
+/// Hook deliveries waiting (`pending`: to be tried, or tried again after a failure) and
+/// `failed` (tried too often: they wait for `ferry retry --failed`), with the failed ones'
+/// reasons.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HooksStatus {
+    pub pending: u64,
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailedJob>,
 }
 
 /// A remote's part size and parallelism, and the link estimates they come from.

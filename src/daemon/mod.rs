@@ -8,6 +8,7 @@
 //! flushes the store.
 
 mod events;
+mod hooks;
 mod metrics;
 mod remotes;
 mod store_health;
@@ -154,6 +155,8 @@ pub(crate) struct Daemon {
     events: events::EventLog,
     /// What `/metrics` serves.
     metrics: metrics::Metrics,
+    /// Woken when hook deliveries were written.
+    hooks_wake: Notify,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -302,6 +305,7 @@ fn build(
         limiters,
         events: Default::default(),
         metrics: metrics::Metrics::new(),
+        hooks_wake: Notify::new(),
     });
     Ok((daemon, intake_receiver))
 }
@@ -332,6 +336,28 @@ async fn serve_control_and_metrics(
     Ok(socket)
 }
 
+/// What `ferry status` says of the hook deliveries not made yet.
+fn hooks_status(deliveries: Vec<crate::queue::Delivery>) -> control::protocol::HooksStatus {
+    let failed: Vec<FailedJob> = deliveries
+        .iter()
+        .filter(|delivery| delivery.failed)
+        .map(|delivery| FailedJob {
+            job_id: delivery.job_id,
+            path: PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default()),
+            error: format!(
+                "{} hook: {}",
+                delivery.event,
+                delivery.last_error.clone().unwrap_or_default()
+            ),
+        })
+        .collect();
+    control::protocol::HooksStatus {
+        pending: (deliveries.len() - failed.len()) as u64,
+        failed: failed.len() as u64,
+        failures: failed.into_iter().take(STATUS_FAILED_SHOWN).collect(),
+    }
+}
+
 /// The daemon's long-lived tasks besides the services: intake, store recovery, scheduler and
 /// the workers it starts.
 struct Tasks {
@@ -342,6 +368,8 @@ struct Tasks {
     stop_claiming: CancellationToken,
     workers: TaskTracker,
     abandon: CancellationToken,
+    /// Hook deliveries: aborted at stop (what was not delivered is tried at the next start).
+    hooks: tokio::task::JoinHandle<()>,
 }
 
 impl Tasks {
@@ -363,6 +391,7 @@ impl Tasks {
             stop_claiming,
             workers,
             abandon,
+            hooks: tokio::spawn(hooks::run(daemon.clone(), CancellationToken::new())),
         }
     }
 
@@ -393,6 +422,8 @@ impl Tasks {
             self.abandon.cancel();
             self.workers.wait().await;
         }
+        self.hooks.abort();
+        let _ = self.hooks.await;
         daemon.keep_learned().await;
     }
 }
@@ -611,9 +642,11 @@ impl Daemon {
     }
 
     async fn status(&self) -> Result<StatusReply, QueueError> {
-        let (queue, failed) = self
-            .with_queue(|queue| {
+        let deliveries = self.store.deliveries();
+        let (queue, failed, hooks) = self
+            .with_queue(move |queue| {
                 let counts = queue.counts()?;
+                let hooks = hooks_status(deliveries.all().unwrap_or_default());
                 // Reads only the records shown, through the index of failures. Best effort: a
                 // failing store still gets its status shown.
                 let failed = match counts.failed {
@@ -622,7 +655,7 @@ impl Daemon {
                         .recent_failures(STATUS_FAILED_SHOWN)
                         .unwrap_or_default(),
                 };
-                Ok((counts, failed))
+                Ok((counts, failed, hooks))
             })
             .await?;
         let active = self
@@ -684,6 +717,7 @@ impl Daemon {
                 .or_else(|| self.store.damage()),
             watch_health: self.watch_health(),
             remotes: self.remote_status(),
+            hooks,
         })
     }
 
@@ -831,10 +865,21 @@ impl control::Handler for Handle {
                     Command::Retry { ids } => Some(ids),
                     _ => None,
                 };
+                let all_failed = ids.is_none();
+                let deliveries = daemon.store.deliveries();
                 let count = daemon
-                    .with_queue(move |queue| queue.retry_failed(ids.as_deref(), now_ms()))
+                    .with_queue(move |queue| {
+                        let jobs = queue.retry_failed(ids.as_deref(), now_ms())?;
+                        // `--failed` also tries failed hook deliveries again.
+                        let hooks = match all_failed {
+                            true => deliveries.retry_failed(now_ms())?,
+                            false => 0,
+                        };
+                        Ok(jobs + hooks)
+                    })
                     .await
                     .map_err(store_error)?;
+                daemon.hooks_wake.notify_one();
                 daemon.wake.notify_one();
                 Ok(Reply::Retried { count })
             }

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::hooks::{self, Then, Told};
 use super::metrics::ErrorClass;
 use super::{ActiveJob, Daemon};
 use crate::config::{AfterUpload, Symlinks, WatchConfig};
 use crate::control::EventKind;
 use crate::queue::jobs::now_ms;
-use crate::queue::{Fingerprint, JobRecord};
+use crate::queue::{Delivery, Fingerprint, JobRecord};
 use crate::upload::{Progress, Reach, UploadError, UploadJob};
 
 /// Longest the scheduler sleeps without a wake-up, as a safety net.
@@ -143,13 +144,13 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
         .expect("active lock is never poisoned")
         .get(&job.id)
         .map(|a| a.progress.clone());
-    let (watch, Some(uploader), retry, Some(progress)) = (found.0, found.1, found.2, progress)
-    else {
+    let (watch, uploader, retry) = found;
+    let (Some(uploader), Some(progress)) = (uploader, progress) else {
         let reason = format!(
             "remote {} is no longer configured; restore it and `ferry retry`",
             job.remote
         );
-        finish(&daemon, &job, Outcome::Failed(reason)).await;
+        finish(&daemon, &job, Outcome::Failed(reason), watch.as_ref()).await;
         return;
     };
     if job.remote_path_unrepresentable() {
@@ -158,7 +159,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             job.path.display()
         );
         tracing::error!(error = %reason, "not uploaded");
-        finish(&daemon, &job, Outcome::Failed(reason)).await;
+        finish(&daemon, &job, Outcome::Failed(reason), watch.as_ref()).await;
         return;
     }
     let (upload, after) = upload_job(&job, watch.as_ref());
@@ -175,6 +176,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             tracing::info!(remote_path = %report.remote_path, size = report.size, duration = ?report.duration, parts_resumed = report.parts_resumed, "uploaded");
             Outcome::Done {
                 fingerprint: report.fingerprint,
+                size: report.size,
                 sha256: report.sha256,
                 after,
                 root: job.watch_root.clone(),
@@ -186,7 +188,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             outcome
         }
     };
-    finish(&daemon, &job, outcome).await;
+    finish(&daemon, &job, outcome, watch.as_ref()).await;
 }
 
 /// What the engine is asked to upload for `job`, and what to do with the file after. A job
@@ -246,6 +248,7 @@ fn failed(error: UploadError, job: &JobRecord, retry: crate::upload::RetryPolicy
 enum Outcome {
     Done {
         fingerprint: Fingerprint,
+        size: u64,
         sha256: String,
         after: AfterUpload,
         root: std::path::PathBuf,
@@ -267,10 +270,81 @@ impl Outcome {
     }
 }
 
-/// Records the outcome durably, then (for a success) applies `after_upload`; its event follows.
-async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
+/// The hook deliveries `outcome` calls for under `watch` (an `after_upload` that waits for
+/// `on_uploaded` travels with its delivery).
+fn hook_deliveries(
+    daemon: &Daemon,
+    job: &JobRecord,
+    outcome: &Outcome,
+    watch: Option<&WatchConfig>,
+) -> Vec<Delivery> {
+    let Some(watch) = watch else {
+        return Vec::new();
+    };
+    let started_ms = daemon
+        .active
+        .lock()
+        .expect("active lock is never poisoned")
+        .get(&job.id)
+        .map_or(now_ms(), |active| {
+            now_ms().saturating_sub(active.started.elapsed().as_millis() as u64)
+        });
+    let mut told = Told {
+        job,
+        event: EventKind::Failed,
+        size: None,
+        sha256: None,
+        metadata: &watch.metadata,
+        started_ms,
+        error: None,
+    };
+    let (hook, then) = match outcome {
+        Outcome::Done {
+            fingerprint,
+            size,
+            sha256,
+            after,
+            root,
+        } => {
+            (told.event, told.size, told.sha256) =
+                (EventKind::Uploaded, Some(*size), Some(sha256.as_str()));
+            let waits = watch.after_upload_waits_for_hook && *after != AfterUpload::Keep;
+            let then = waits.then(|| Then {
+                move_to: match after {
+                    AfterUpload::MoveTo(folder) => Some(folder.clone()),
+                    _ => None,
+                },
+                root: root.clone(),
+                fingerprint: *fingerprint,
+            });
+            (&watch.hooks.on_uploaded, then)
+        }
+        Outcome::Failed(reason) => {
+            told.error = Some(reason);
+            (&watch.hooks.on_failed, None)
+        }
+        Outcome::Dropped | Outcome::Retry(..) => return Vec::new(),
+    };
+    match hook {
+        Some(hook) => vec![hooks::delivery(hook, &told, then)],
+        None => Vec::new(),
+    }
+}
+
+/// Records the outcome durably, with the hook deliveries it calls for written first in the same
+/// step; then (for a success whose `after_upload` does not wait for a hook) applies
+/// `after_upload`; its event follows.
+async fn finish(
+    daemon: &Arc<Daemon>,
+    job: &JobRecord,
+    outcome: Outcome,
+    watch: Option<&WatchConfig>,
+) {
     let id = job.id;
     let path = job.path.clone();
+    let hooks = hook_deliveries(daemon, job, &outcome, watch);
+    let (has_hooks, waits) = (!hooks.is_empty(), hooks.iter().any(|d| d.then.is_some()));
+    let deliveries = daemon.store.deliveries();
     let (kind, detail) = match &outcome {
         Outcome::Done { .. } => (EventKind::Uploaded, Some(job.remote_path.clone())),
         Outcome::Dropped => (EventKind::Dropped, None),
@@ -278,14 +352,22 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
         Outcome::Retry(reason, _) => (EventKind::Retrying, Some(reason.clone())),
     };
     let recorded = daemon
-        .with_queue(move |queue| match outcome {
+        .with_queue(move |queue| {
+            for delivery in hooks {
+                deliveries.add(delivery)?;
+            }
+            match outcome {
         Outcome::Done {
             fingerprint,
             sha256,
             after,
             root,
+            ..
         } => {
             queue.finish_done(id, fingerprint, &sha256, now_ms())?;
+            if waits {
+                return Ok(());
+            }
             if let Err(error) = after_upload(&after, &path, &root, fingerprint) {
                 tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
             }
@@ -294,8 +376,12 @@ async fn finish(daemon: &Arc<Daemon>, job: &JobRecord, outcome: Outcome) {
         Outcome::Dropped => queue.drop_job(id, now_ms()),
         Outcome::Failed(reason) => queue.finish_failed(id, &reason, now_ms()),
         Outcome::Retry(reason, at) => queue.finish_retry(id, &reason, at, now_ms()),
-    })
+    }
+        })
     .await;
+    if has_hooks {
+        daemon.hooks_wake.notify_one();
+    }
     match recorded {
         Ok(()) => daemon.events.record(kind, id, &job.path, detail),
         Err(error) => {
@@ -327,7 +413,7 @@ fn is_permanent(error: &UploadError) -> bool {
 
 /// Deletes or moves an uploaded file, unless it changed since (then the new content is
 /// uploaded first, and the action waits for that). Blocking.
-fn after_upload(
+pub(super) fn after_upload(
     action: &AfterUpload,
     path: &Path,
     root: &Path,

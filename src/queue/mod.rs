@@ -7,6 +7,7 @@
 //! point, so a record that was acknowledged survives a kill -9. Keys are big-endian so that a
 //! session's parts scan in part-number order. Scans are blocking and belong in `spawn_blocking`.
 
+pub mod hooks;
 pub mod jobs;
 pub mod record;
 pub mod sessions;
@@ -15,6 +16,7 @@ pub mod transition;
 
 use std::path::{Path, PathBuf};
 
+pub use hooks::{Deliveries, Delivery};
 pub use jobs::{Candidate, Counts, Enqueued, IndexEntry, JobId, JobQueue, JobRecord, JobState};
 pub use record::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, UploadRecord};
 pub use sessions::Sessions;
@@ -106,6 +108,7 @@ struct Trees {
     failed: sled::Tree,
     uploaded: sled::Tree,
     meta: sled::Tree,
+    hooks: sled::Tree,
 }
 
 /// How long `reopen` waits for operations in progress to let go of the old database.
@@ -136,6 +139,13 @@ impl Store {
     /// The records of upload sessions kept in this store.
     pub fn sessions(&self) -> Sessions {
         Sessions {
+            store: self.clone(),
+        }
+    }
+
+    /// The hook deliveries' view.
+    pub fn deliveries(&self) -> Deliveries {
+        Deliveries {
             store: self.clone(),
         }
     }
@@ -365,6 +375,7 @@ fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
         failed: tree("failed_jobs")?,
         uploaded: tree("uploaded")?,
         meta: tree("meta")?,
+        hooks: tree("hook_deliveries")?,
         db,
     })
 }

@@ -129,6 +129,7 @@ mod tests {
             }],
             watches: Vec::new(),
             remotes: Vec::new(),
+            hooks: Default::default(),
             failed: Vec::new(),
             intake: IntakeStatus::default(),
             watch_health: vec![WatchStatus {

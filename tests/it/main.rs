@@ -6,6 +6,7 @@ mod bwlimit;
 mod crash;
 mod daemon;
 mod hardening;
+mod hooks;
 mod metrics;
 mod ownership;
 mod protocol;

@@ -10,8 +10,8 @@ const OWNERS: &[(&[&str], &[&str], &str)] = &[
     (&["sled::", "use sled"], &["src/queue/"], "sled (the store)"),
     (
         &["reqwest::", "use reqwest"],
-        &["src/upload/native.rs", "src/upload/s3/"],
-        "reqwest (the backends)",
+        &["src/upload/native.rs", "src/upload/s3/", "src/hooks.rs"],
+        "reqwest (the backends, and webhooks)",
     ),
     (
         &[

@@ -1,0 +1,290 @@
+//! Hooks with the real daemon: a program and a webhook told of each upload once, with the
+//! documented document and a valid signature (checked here with our own HMAC, not Ferry's);
+//! a webhook that is down gets every delivery once it is back, even across a kill -9; a
+//! permanent failure is told; an `after_upload` that waits for its hook keeps the file until
+//! the hook succeeded.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::support::daemon::Setup;
+use crate::support::{Receiver, wait_until};
+
+const ARRIVAL: Duration = Duration::from_secs(30);
+const SECRET: &str = "hook-secret-for-tests";
+
+/// A webhook endpoint on loopback: it checks each delivery's signature and keeps its document;
+/// while `down` it answers 503 and keeps nothing.
+struct Webhook {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+    refused: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+impl Webhook {
+    async fn start(down: bool) -> Webhook {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(AtomicBool::new(down));
+        let state = (received.clone(), refused.clone(), down.clone());
+        let router = axum::Router::new()
+            .route("/hook", axum::routing::post(take))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Webhook {
+            url,
+            received,
+            refused,
+            down,
+        }
+    }
+
+    fn documents(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+type WebhookState = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, Arc<AtomicBool>);
+
+async fn take(
+    axum::extract::State((received, refused, down)): axum::extract::State<WebhookState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    if down.load(Ordering::SeqCst) {
+        refused.fetch_add(1, Ordering::SeqCst);
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let signature = headers["x-ferry-signature"].to_str().unwrap();
+    let (time, mac) = signature.split_once(",v1=").unwrap();
+    let time = time.strip_prefix("t=").unwrap();
+    let mut expected = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    expected.update(format!("{time}.").as_bytes());
+    expected.update(&body);
+    expected
+        .verify_slice(&hex::decode(mac).unwrap())
+        .expect("a valid signature");
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .abs_diff(time.parse().unwrap());
+    assert!(age < 60, "a fresh timestamp");
+    let mut document: Value = serde_json::from_slice(&body).unwrap();
+    document["x_event_header"] = headers["x-ferry-event"].to_str().unwrap().into();
+    received.lock().unwrap().push(document);
+    axum::http::StatusCode::NO_CONTENT
+}
+
+fn webhook_hook(setup_dir: &std::path::Path, url: &str) -> String {
+    let secret = setup_dir.join("hook.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    format!(
+        "{{ webhook = {{ url = \"{url}\", secret_file = \"{}\" }} }}",
+        secret.display()
+    )
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The fields every document carries, for a file uploaded whole.
+fn assert_uploaded_document(document: &Value, path: &std::path::Path, content: &[u8]) {
+    assert_eq!(document["event"], "uploaded", "{document}");
+    assert_eq!(document["path"], path.to_str().unwrap(), "{document}");
+    assert_eq!(document["remote"], "main", "{document}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(
+        document["remote_path"].as_str().unwrap().ends_with(name),
+        "{document}"
+    );
+    assert_eq!(document["size"], content.len(), "{document}");
+    assert_eq!(document["sha256"], sha256_hex(content), "{document}");
+    assert_eq!(document["metadata"]["project"], "atlas", "{document}");
+    assert!(
+        document["job_id"].is_u64() && document["attempts"] == 1,
+        "{document}"
+    );
+    let (started, finished) = (&document["started_ms"], &document["finished_ms"]);
+    assert!(
+        started.as_u64().unwrap() <= finished.as_u64().unwrap(),
+        "{document}"
+    );
+    assert!(document["error"].is_null(), "{document}");
+}
+
+/// Two watches: one tells a program, one a webhook; each upload is told once, with the
+/// documented document on the program's input and in the webhook's signed body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_uploaded_runs_a_program_and_calls_a_webhook_once_per_upload() {
+    let receiver = Receiver::start().await;
+    let webhook = Webhook::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let told = dir.path().join("told");
+    std::fs::create_dir_all(&told).unwrap();
+    let script = "cat > \"$0\" && echo \"$1 $2\" > \"$0.args\"";
+    let exec = format!(
+        "on_uploaded = {{ exec = [\"/bin/sh\", \"-c\", {script:?}, \"{}/{{remote_path}}.json\", \"{{size}}\", \"{{sha256}}\"] }}\nmetadata = {{ project = \"atlas\" }}",
+        told.display()
+    );
+    let second = format!(
+        "[[watch]]\npath = \"outbox2\"\nremote = \"main\"\nprefix = \"second/\"\nsettle = \"300ms\"\nmetadata = {{ project = \"atlas\" }}\non_uploaded = {}\n",
+        webhook_hook(dir.path(), &webhook.url)
+    );
+    let setup = Setup::new(&receiver.url, &exec, &second);
+    let second_box = setup.config.parent().unwrap().join("outbox2");
+    std::fs::create_dir_all(&second_box).unwrap();
+    let second_box = std::fs::canonicalize(second_box).unwrap();
+    let _daemon = setup.start().await;
+
+    let files = [
+        (setup.outbox.join("a.txt"), b"first".to_vec()),
+        (setup.outbox.join("b.txt"), b"second file".to_vec()),
+        (second_box.join("c.txt"), b"third, by webhook".to_vec()),
+        (second_box.join("d.txt"), vec![7u8; 300_000]),
+    ];
+    for (path, content) in &files {
+        std::fs::write(path, content).unwrap();
+    }
+    setup.wait_idle_with_done(4, ARRIVAL).await;
+    setup
+        .wait_status("every hook delivered", ARRIVAL, |s| {
+            s["hooks"]["pending"] == 0
+        })
+        .await;
+
+    for (path, content) in &files[..2] {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let document: Value =
+            serde_json::from_slice(&std::fs::read(told.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        assert_uploaded_document(&document, path, content);
+        let args = std::fs::read_to_string(told.join(format!("{name}.json.args"))).unwrap();
+        assert_eq!(
+            args.trim(),
+            format!("{} {}", content.len(), sha256_hex(content))
+        );
+    }
+    let documents = webhook.documents();
+    assert_eq!(documents.len(), 2, "once per upload: {documents:?}");
+    for (path, content) in &files[2..] {
+        let document = documents
+            .iter()
+            .find(|d| d["path"] == path.to_str().unwrap());
+        let document = document.unwrap_or_else(|| panic!("{path:?}: {documents:?}"));
+        assert_uploaded_document(document, path, content);
+        assert_eq!(document["x_event_header"], "uploaded");
+    }
+    assert_eq!(
+        std::fs::read_dir(&told).unwrap().count(),
+        4,
+        "two programs ran, once each"
+    );
+}
+
+/// A webhook that answers 503 gets nothing until it is back; the daemon, killed with SIGKILL
+/// while deliveries wait, delivers every one of them after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_was_down_gets_every_delivery_even_across_a_kill_9() {
+    let receiver = Receiver::start().await;
+    let webhook = Webhook::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = format!("on_uploaded = {}", webhook_hook(dir.path(), &webhook.url));
+    let setup = Setup::new(&receiver.url, &hook, "");
+    let daemon = setup.start().await;
+    for name in ["one", "two", "three"] {
+        std::fs::write(setup.outbox.join(name), name).unwrap();
+    }
+    setup.wait_idle_with_done(3, ARRIVAL).await;
+    wait_until("refused deliveries", ARRIVAL, || {
+        webhook.refused.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let status = setup.status();
+    assert_eq!(status["hooks"]["pending"], 3, "{status}");
+    drop(daemon); // SIGKILL
+
+    webhook.down.store(false, Ordering::SeqCst);
+    let _restarted = setup.start().await;
+    wait_until("every delivery after the restart", ARRIVAL, || {
+        webhook.documents().len() >= 3
+    })
+    .await;
+    let mut told: Vec<String> = webhook
+        .documents()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_string())
+        .collect();
+    told.sort();
+    told.dedup();
+    assert_eq!(told.len(), 3, "every file told, at least once: {told:?}");
+    setup
+        .wait_status("nothing pending", ARRIVAL, |s| s["hooks"]["pending"] == 0)
+        .await;
+}
+
+/// A job that fails for good tells `on_failed`, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failed_is_told_of_a_permanent_failure() {
+    let refusing = Receiver::start_with(|config| config.workspaces = vec!["other".into()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let told = dir.path().join("failed.json");
+    let hook = format!(
+        "on_failed = {{ exec = [\"/bin/sh\", \"-c\", \"cat > \\\"$0\\\"\", \"{}\"] }}",
+        told.display()
+    );
+    let setup = Setup::new(&refusing.url, &hook, "");
+    let _daemon = setup.start().await;
+    let file = setup.outbox.join("refused.txt");
+    std::fs::write(&file, b"not wanted there").unwrap();
+    wait_until("the on_failed hook", ARRIVAL, || told.exists()).await;
+    wait_until("the whole document", ARRIVAL, || {
+        serde_json::from_slice::<Value>(&std::fs::read(&told).unwrap()).is_ok()
+    })
+    .await;
+    let document: Value = serde_json::from_slice(&std::fs::read(&told).unwrap()).unwrap();
+    assert_eq!(document["event"], "failed", "{document}");
+    assert_eq!(document["path"], file.to_str().unwrap(), "{document}");
+    let error = document["error"].as_str().unwrap();
+    assert!(error.contains("403"), "{error}");
+}
+
+/// `after_upload = "delete"` with `after_upload_waits_for_hook`: the file stays while the hook
+/// cannot be delivered and goes once it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_waits_for_its_hook_keeps_the_file_until_the_hook_succeeded() {
+    let receiver = Receiver::start().await;
+    let webhook = Webhook::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = format!(
+        "after_upload = \"delete\"\nafter_upload_waits_for_hook = true\non_uploaded = {}",
+        webhook_hook(dir.path(), &webhook.url)
+    );
+    let setup = Setup::new(&receiver.url, &hook, "");
+    let _daemon = setup.start().await;
+    let file = setup.outbox.join("input.csv");
+    std::fs::write(&file, b"a,b\n1,2\n").unwrap();
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    wait_until("two refused deliveries", ARRIVAL, || {
+        webhook.refused.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert!(file.exists(), "kept while its hook is not delivered");
+    assert!(receiver.file("input.csv").exists(), "but uploaded");
+
+    webhook.down.store(false, Ordering::SeqCst);
+    wait_until("the file deleted after the hook", ARRIVAL, || {
+        !file.exists()
+    })
+    .await;
+    assert_eq!(webhook.documents().len(), 1);
+}
