@@ -277,6 +277,8 @@ async fn receiver(storage: &Path) -> (std::net::SocketAddr, CancellationToken) {
         limits: Limits::default(),
         session_ttl: ferry::server::DEFAULT_SESSION_TTL,
         guards: ferry::server::Guards::default(),
+        webhook: None,
+        metrics: false,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(ferry::server::serve(listener, config, shutdown.clone()));

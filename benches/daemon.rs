@@ -86,6 +86,8 @@ async fn receiver(dir: &Path) -> (String, CancellationToken) {
         limits: Limits::default(),
         session_ttl: ferry::server::DEFAULT_SESSION_TTL,
         guards: ferry::server::Guards::default(),
+        webhook: None,
+        metrics: false,
     };
     tokio::spawn(ferry::server::serve(listener, config, shutdown.clone()));
     (url, shutdown)

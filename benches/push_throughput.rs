@@ -62,6 +62,8 @@ fn main() {
         limits: Limits::default(),
         session_ttl: ferry::server::DEFAULT_SESSION_TTL,
         guards: ferry::server::Guards::default(),
+        webhook: None,
+        metrics: false,
     };
     let server = runtime.spawn(ferry::server::serve(listener, config, shutdown.clone()));
 

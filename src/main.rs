@@ -186,6 +186,15 @@ struct ServeArgs {
     /// Upload sessions open at once; more are refused with 429 and Retry-After.
     #[arg(long, default_value_t = ferry::server::DEFAULT_MAX_OPEN_SESSIONS)]
     max_open_sessions: usize,
+    /// POST a JSON document to this URL when an upload completes (retried with backoff).
+    #[arg(long)]
+    webhook: Option<String>,
+    /// Sign the webhook's posts with the secret in this file (X-Ferry-Signature, HMAC-SHA256).
+    #[arg(long, requires = "webhook")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics on the same address (without the token).
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Args)]
@@ -403,6 +412,9 @@ fn serve_request(args: ServeArgs) -> ServeRequest {
             max_connections: args.max_connections,
             max_open_sessions: args.max_open_sessions,
         },
+        webhook: args.webhook,
+        webhook_secret_file: args.webhook_secret_file,
+        metrics: args.metrics,
     }
 }
 

@@ -9,8 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::signals::{Asked, Signals};
 use crate::UsageError;
+use crate::config::HookSpec;
 use crate::output::errln;
 use crate::server::{self, Guards, Limits, ServeConfig, TokenSource};
+
+/// How long one webhook post may take.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `ferry serve` was asked, as its command line gave it.
 pub struct ServeRequest {
@@ -23,6 +27,12 @@ pub struct ServeRequest {
     pub session_ttl: Duration,
     pub limits: Limits,
     pub guards: Guards,
+    /// `--webhook`: told of every completed upload.
+    pub webhook: Option<String>,
+    /// `--webhook-secret-file`: signs the webhook's posts.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// `--metrics`: serve `/metrics` for Prometheus.
+    pub metrics: bool,
 }
 
 /// Checks the request, listens, prints the address, and serves until SIGTERM or SIGINT.
@@ -31,6 +41,7 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
         crate::protocol::check_workspace_id(workspace)
             .map_err(|problem| UsageError(format!("--workspace {workspace:?}: {problem}")))?;
     }
+    let webhook = webhook(request.webhook.clone(), request.webhook_secret_file.clone())?;
     let from_env = std::env::var("FERRY_SERVE_TOKEN").ok();
     let (token, source) =
         server::resolve_token(&request.storage, request.token_file.as_deref(), from_env)?;
@@ -59,6 +70,8 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
             max_open_sessions: request.guards.max_open_sessions.max(1),
             ..request.guards
         },
+        webhook,
+        metrics: request.metrics,
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -69,4 +82,35 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
     });
     server::serve(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// `--webhook` and `--webhook-secret-file` as a hook: an http or https URL, and a readable
+/// secret file (read again at each post, so it can be replaced).
+fn webhook(url: Option<String>, secret_file: Option<PathBuf>) -> Result<Option<HookSpec>> {
+    let Some(url) = url else {
+        if secret_file.is_some() {
+            return Err(UsageError("--webhook-secret-file needs --webhook URL".into()).into());
+        }
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(&url).map_err(|error| {
+        let shown = crate::redact::url(&url);
+        UsageError(format!("--webhook {shown}: {error}"))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(UsageError("--webhook: the URL must be http or https".into()).into());
+    }
+    if let Some(file) = &secret_file {
+        crate::secret::read_file(file).map_err(|error| {
+            UsageError(format!(
+                "--webhook-secret-file: {}",
+                crate::error::chain(&error)
+            ))
+        })?;
+    }
+    Ok(Some(HookSpec::Webhook {
+        url,
+        secret_file,
+        timeout: WEBHOOK_TIMEOUT,
+    }))
 }

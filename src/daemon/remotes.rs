@@ -50,6 +50,8 @@ pub(super) async fn start_embedded_receiver(
         limits: server::Limits::default(),
         session_ttl: server::DEFAULT_SESSION_TTL,
         guards: server::Guards::default(),
+        webhook: None,
+        metrics: false,
     };
     let shutdown = services.clone();
     tracker.spawn(async move {

@@ -103,6 +103,8 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.code.status())
             .expect("the protocol's statuses are valid HTTP statuses");
         let mut response = (status, axum::Json(body)).into_response();
+        // For the refusals counter (`server::metrics`).
+        response.extensions_mut().insert(self.code);
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

@@ -204,6 +204,7 @@ async fn receive_part(
     let etag = storage::new_etag(crc);
     app.commit_part(&upload_id, &head, reservation, &received, &etag)
         .await?;
+    app.metrics.received(content_length);
     if matches!(received, Received::InPlace { .. }) {
         part::advance_hash(app.clone(), upload_id.clone());
     }
@@ -339,6 +340,10 @@ pub async fn complete(
     let file = app.publish(record, request.parts, assembled).await?;
     app.live.remove(&upload_id);
     app.open_sessions.release(1);
+    app.metrics.completed();
+    if let Some(webhook) = &app.webhook {
+        webhook.completed(&upload_id, &file);
+    }
     tracing::info!(
         upload_id,
         in_place,

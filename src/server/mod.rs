@@ -11,9 +11,11 @@ mod error;
 mod handler;
 mod listen;
 mod live;
+mod metrics;
 mod part;
 pub mod storage;
 pub mod validate;
+mod webhook;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,6 +105,10 @@ pub struct ServeConfig {
     /// How long a session stays usable after init.
     pub session_ttl: Duration,
     pub guards: Guards,
+    /// Told of every completed upload (`ferry serve --webhook`).
+    pub webhook: Option<crate::config::HookSpec>,
+    /// Serve `/metrics` for Prometheus (`ferry serve --metrics`).
+    pub metrics: bool,
 }
 
 /// Default session lifetime: a day, as the protocol's example shows.
@@ -197,6 +203,8 @@ pub(crate) struct AppState {
     locks: SessionLocks,
     live: live::LiveSessions,
     open_sessions: OpenSessions,
+    webhook: Option<webhook::Webhook>,
+    metrics: metrics::ServeMetrics,
 }
 
 /// How many sessions are open, against `Guards::max_open_sessions`.
@@ -217,6 +225,11 @@ impl OpenSessions {
     }
 
     /// `closed` sessions are no longer open (completed, aborted, expired).
+    /// Sessions open now.
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn release(&self, closed: usize) {
         use std::sync::atomic::Ordering;
         let _ = self
@@ -278,8 +291,11 @@ pub async fn serve(
         count: open.into(),
         max: config.guards.max_open_sessions,
     };
+    let webhook = config.webhook.clone().map(webhook::Webhook::new);
     let app = Arc::new(AppState {
         storage,
+        webhook,
+        metrics: metrics::ServeMetrics::new(),
         config,
         locks: SessionLocks::default(),
         live: live::LiveSessions::default(),
@@ -313,11 +329,17 @@ fn router(app: Arc<AppState>) -> Router {
             get(handler::file_metadata),
         )
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
-    Router::new()
-        .route("/v1/health", get(handler::health))
-        .merge(authenticated)
+    let mut open = Router::new().route("/v1/health", get(handler::health));
+    if app.config.metrics {
+        open = open.route("/metrics", get(metrics::scrape));
+    }
+    open.merge(authenticated)
         .fallback(handler::not_found)
         .method_not_allowed_fallback(handler::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            metrics::count_refusals,
+        ))
         .with_state(app)
 }
 

@@ -288,3 +288,81 @@ async fn a_delete_that_waits_for_its_hook_keeps_the_file_until_the_hook_succeede
     .await;
     assert_eq!(webhook.documents().len(), 1);
 }
+
+/// `ferry serve --webhook URL --webhook-secret-file F --metrics`: each completed upload is
+/// posted once, signed; `/metrics` counts the completes, the bytes received and a refusal by
+/// its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_posts_each_completed_upload_and_counts_it_in_its_metrics() {
+    use crate::support::{ServeProcess, ferry_bin, token_file};
+    let webhook = Webhook::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let flags = ["--webhook", &webhook.url, "--webhook-secret-file"];
+    let secret_flag = secret.to_str().unwrap();
+    let flags = [&flags[..], &[secret_flag, "--metrics"]].concat();
+    let serve =
+        ServeProcess::spawn_with(&dir.path().join("storage"), "127.0.0.1:0", &token, &flags);
+    let url = format!("http://{}", serve.address);
+    let files = [("one.bin", vec![1u8; 1000]), ("two.bin", vec![2u8; 70_000])];
+    let push = |name: &str, token: &std::path::Path| {
+        let file = dir.path().join(name);
+        std::process::Command::new(ferry_bin())
+            .arg("push")
+            .arg(&file)
+            .args(["--url", &url, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--token-file")
+            .arg(token)
+            .output()
+            .unwrap()
+    };
+    for (name, content) in &files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+        assert!(push(name, &token).status.success());
+    }
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-token-at-all").unwrap();
+    assert!(
+        !push("one.bin", &wrong).status.success(),
+        "a wrong token is refused"
+    );
+
+    wait_until("two webhook posts", ARRIVAL, || {
+        webhook.documents().len() >= 2
+    })
+    .await;
+    let documents = webhook.documents();
+    assert_eq!(documents.len(), 2, "{documents:?}");
+    for (name, content) in &files {
+        let document = documents
+            .iter()
+            .find(|d| d["remote_path"] == *name)
+            .unwrap();
+        assert_eq!(document["event"], "uploaded", "{document}");
+        assert_eq!(document["workspace_id"], "default", "{document}");
+        assert_eq!(document["size"], content.len(), "{document}");
+        assert_eq!(document["sha256"], sha256_hex(content), "{document}");
+        assert!(
+            !document["upload_id"].as_str().unwrap().is_empty(),
+            "{document}"
+        );
+    }
+
+    let metrics = crate::metrics::scrape(&serve.address.to_string()).await;
+    assert_eq!(
+        metrics["ferry_serve_completed_uploads_total"], 2.0,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics["ferry_serve_received_bytes_total"], 71_000.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics["ferry_serve_refusals_total{code=\"unauthorized\"}"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["ferry_serve_sessions_open"], 0.0, "{metrics:?}");
+}

@@ -11,7 +11,7 @@ const ARRIVAL: Duration = Duration::from_secs(30);
 
 /// Samples of an exposition by name and labels (`name{a="b"}`), each line checked: a comment
 /// (`# HELP`, `# TYPE`, `# UNIT`), the closing `# EOF`, or a sample with a number.
-fn parse(text: &str) -> BTreeMap<String, f64> {
+pub fn parse(text: &str) -> BTreeMap<String, f64> {
     let mut samples = BTreeMap::new();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -64,7 +64,7 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
-async fn scrape(address: &str) -> BTreeMap<String, f64> {
+pub async fn scrape(address: &str) -> BTreeMap<String, f64> {
     let response = client()
         .get(format!("http://{address}/metrics"))
         .send()

@@ -101,6 +101,8 @@ impl Receiver {
             limits: Limits::default(),
             session_ttl: ferry::server::DEFAULT_SESSION_TTL,
             guards: ferry::server::Guards::default(),
+            webhook: None,
+            metrics: false,
         };
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
@@ -285,11 +287,22 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Spawns `ferry serve` and waits for its "listening" line.
     pub fn spawn(storage: &Path, listen: &str, token_file: &Path) -> ServeProcess {
+        Self::spawn_with(storage, listen, token_file, &[])
+    }
+
+    /// `spawn`, with more flags.
+    pub fn spawn_with(
+        storage: &Path,
+        listen: &str,
+        token_file: &Path,
+        flags: &[&str],
+    ) -> ServeProcess {
         let mut child = Command::new(ferry_bin())
             .args(["serve", "--listen", listen, "--storage"])
             .arg(storage)
             .arg("--token-file")
             .arg(token_file)
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
