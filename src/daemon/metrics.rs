@@ -36,6 +36,8 @@ pub(super) struct Metrics {
     bandwidth_limit: Family<Labels, Gauge>,
     watches_unhealthy: Gauge,
     watch_limited: Gauge,
+    scans: Counter,
+    hooks: Family<Labels, Gauge>,
 }
 
 /// How an upload that did not succeed ended, for `ferry_upload_errors_total{class}`.
@@ -115,6 +117,16 @@ impl Metrics {
             metrics.watches_unhealthy.clone(),
         );
         registry.register(
+            "ferry_watch_scans",
+            "Full scans of the watched folders: at start, `ferry rescan`, after the watcher's events overflowed or a folder came back",
+            metrics.scans.clone(),
+        );
+        registry.register(
+            "ferry_hook_deliveries",
+            "Hook deliveries not made yet, by state (pending: to be tried; failed: waiting for `ferry retry --failed`)",
+            metrics.hooks.clone(),
+        );
+        registry.register(
             "ferry_watch_limit_reached",
             "1 while the inotify watch limit keeps folders unwatched (they are rescanned instead)",
             metrics.watch_limited.clone(),
@@ -160,6 +172,16 @@ impl Metrics {
         self.watches_unhealthy.set(unhealthy as i64);
         self.watch_limited
             .set(i64::from(status.intake.watch_limited));
+        // The daemon counts scans itself; the counter follows it.
+        let scans = status.intake.scans;
+        self.scans.inc_by(scans.saturating_sub(self.scans.get()));
+        for (state, count) in [
+            ("pending", status.hooks.pending),
+            ("failed", status.hooks.failed),
+        ] {
+            let labels = vec![("state", state.to_string())];
+            self.hooks.get_or_create(&labels).set(count as i64);
+        }
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String does not fail");
         text

@@ -290,12 +290,12 @@ async fn a_delete_that_waits_for_its_hook_keeps_the_file_until_the_hook_succeede
 }
 
 /// `ferry serve --webhook URL --webhook-secret-file F --metrics`: each completed upload is
-/// posted once, signed; `/metrics` counts the completes, the bytes received and a refusal by
-/// its code.
+/// posted once, signed, also when the endpoint was down at first; `/metrics` counts the
+/// completes, the bytes received and a refusal by its code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_posts_each_completed_upload_and_counts_it_in_its_metrics() {
     use crate::support::{ServeProcess, ferry_bin, token_file};
-    let webhook = Webhook::start(false).await;
+    let webhook = Webhook::start(true).await;
     let dir = tempfile::tempdir().unwrap();
     let token = token_file(dir.path());
     let secret = dir.path().join("hook.secret");
@@ -330,6 +330,11 @@ async fn the_receiver_posts_each_completed_upload_and_counts_it_in_its_metrics()
         "a wrong token is refused"
     );
 
+    wait_until("refused posts", ARRIVAL, || {
+        webhook.refused.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    webhook.down.store(false, Ordering::SeqCst);
     wait_until("two webhook posts", ARRIVAL, || {
         webhook.documents().len() >= 2
     })
