@@ -98,6 +98,16 @@ const UPLOAD_KEYS: [&str; 6] = [
     "bandwidth",
 ];
 
+/// An address and port to listen on, or `off`.
+fn listen_address(text: String) -> Result<Option<std::net::SocketAddr>, String> {
+    match text.as_str() {
+        "off" => Ok(None),
+        _ => text.parse().map(Some).map_err(|_| {
+            "must be an address and port such as \"127.0.0.1:9184\", or \"off\"".into()
+        }),
+    }
+}
+
 /// A bandwidth limit: a rate or an rclone-style timetable (`upload::bwlimit`).
 fn bandwidth(text: String) -> Result<Bandwidth, String> {
     Bandwidth::parse(&text).map_err(|error| {
@@ -437,14 +447,7 @@ impl<'t> Reader<'t> {
             })
             .unwrap_or(Some(DEFAULT_ORPHAN_CLEANUP));
         let metrics_listen = self
-            .get_as(path, table, "metrics_listen", |text: String| {
-                match text.as_str() {
-                    "off" => Ok(None),
-                    _ => text.parse().map(Some).map_err(|_| {
-                        "must be an address and port such as \"127.0.0.1:9184\", or \"off\"".into()
-                    }),
-                }
-            })
+            .get_as(path, table, "metrics_listen", listen_address)
             .unwrap_or(None);
         Some(DaemonConfig {
             data_dir,

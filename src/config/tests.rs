@@ -361,6 +361,32 @@ fn bandwidth_limits_are_read_for_the_daemon_and_per_remote_and_bad_ones_named_wi
 }
 
 #[test]
+fn metrics_listen_is_an_address_or_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
+    let with = |value: &str| {
+        format!(
+            "[daemon]\nmetrics_listen = {value:?}\n{remote}[[watch]]\npath = \"/a\"\nremote = \"r\"\n"
+        )
+    };
+    let config = parse_in(dir.path(), &with("127.0.0.1:9184")).unwrap();
+    assert_eq!(
+        config.daemon.metrics_listen,
+        Some("127.0.0.1:9184".parse().unwrap())
+    );
+    assert!(
+        config
+            .render()
+            .contains("metrics_listen = \"127.0.0.1:9184\"")
+    );
+    let off = parse_in(dir.path(), &with("off")).unwrap();
+    assert_eq!(off.daemon.metrics_listen, None);
+    let found = problems(parse_in(dir.path(), &with("localhost")));
+    assert_eq!(found[0].key, "daemon.metrics_listen", "{found:?}");
+    assert_eq!(found[0].line, Some(2), "{found:?}");
+}
+
+#[test]
 fn hooks_are_read_per_watch_over_the_defaults_and_bad_ones_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";

@@ -11,7 +11,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
@@ -51,86 +51,81 @@ pub(super) enum ErrorClass {
     Dropped,
 }
 
+/// Each metric's name and help, as `/metrics` shows them.
+type Described = (&'static str, &'static str);
+const UPLOADED_BYTES: Described = (
+    "ferry_uploaded_bytes",
+    "Bytes of the files uploaded, by remote",
+);
+const UPLOADED_FILES: Described = ("ferry_uploaded_files", "Files uploaded, by remote");
+const ERRORS: Described = (
+    "ferry_upload_errors",
+    "Uploads that did not succeed, by remote and class (transient: retried; permanent: failed until `ferry retry`; dropped: the file vanished or was refused)",
+);
+const JOBS: Described = ("ferry_jobs", "Jobs by state");
+const OLDEST_PENDING: Described = (
+    "ferry_oldest_pending_age_seconds",
+    "How long the job that has waited longest for its upload has been due",
+);
+const PART_SIZE: Described = (
+    "ferry_part_size_bytes",
+    "The part size each remote's planner chooses now",
+);
+const PARALLEL_PARTS: Described = (
+    "ferry_parallel_parts",
+    "Parts of a file each remote's planner sends at once",
+);
+const PARTS_IN_FLIGHT: Described = (
+    "ferry_parts_in_flight",
+    "Parts on their way to each remote now",
+);
+const THROUGHPUT: Described = (
+    "ferry_link_throughput_bytes_per_second",
+    "Each remote's link rate as the planner estimates it",
+);
+const BANDWIDTH_LIMIT: Described = (
+    "ferry_bandwidth_limit_bytes_per_second",
+    "The bandwidth limit in force for each remote (absent while unlimited)",
+);
+const WATCHES_UNHEALTHY: Described = (
+    "ferry_watches_unhealthy",
+    "Watched folders that are missing, partly unreadable or past the inotify limit",
+);
+const WATCH_LIMITED: Described = (
+    "ferry_watch_limit_reached",
+    "1 while the inotify watch limit keeps folders unwatched (they are rescanned instead)",
+);
+const SCANS: Described = (
+    "ferry_watch_scans",
+    "Full scans of the watched folders: at start, `ferry rescan`, after the watcher's events overflowed or a folder came back",
+);
+const HOOKS: Described = (
+    "ferry_hook_deliveries",
+    "Hook deliveries not made yet, by state (pending: to be tried; failed: waiting for `ferry retry --failed`)",
+);
+
+fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Described, metric: &M) {
+    registry.register(name, help, metric.clone());
+}
+
 impl Metrics {
     pub(super) fn new() -> Metrics {
         let mut metrics = Metrics::default();
         let registry = &mut metrics.registry;
-        let families: [(&str, &str, &Family<Labels, Counter>); 3] = [
-            (
-                "ferry_uploaded_bytes",
-                "Bytes of the files uploaded, by remote",
-                &metrics.uploaded_bytes,
-            ),
-            (
-                "ferry_uploaded_files",
-                "Files uploaded, by remote",
-                &metrics.uploaded_files,
-            ),
-            (
-                "ferry_upload_errors",
-                "Uploads that did not succeed, by remote and class (transient: retried; permanent: failed until `ferry retry`; dropped: the file vanished or was refused)",
-                &metrics.errors,
-            ),
-        ];
-        for (name, help, family) in families {
-            registry.register(name, help, family.clone());
-        }
-        let gauges: [(&str, &str, &Family<Labels, Gauge>); 6] = [
-            ("ferry_jobs", "Jobs by state", &metrics.jobs),
-            (
-                "ferry_part_size_bytes",
-                "The part size each remote's planner chooses now",
-                &metrics.part_size,
-            ),
-            (
-                "ferry_parallel_parts",
-                "Parts of a file each remote's planner sends at once",
-                &metrics.parallel_parts,
-            ),
-            (
-                "ferry_parts_in_flight",
-                "Parts on their way to each remote now",
-                &metrics.parts_in_flight,
-            ),
-            (
-                "ferry_link_throughput_bytes_per_second",
-                "Each remote's link rate as the planner estimates it",
-                &metrics.throughput,
-            ),
-            (
-                "ferry_bandwidth_limit_bytes_per_second",
-                "The bandwidth limit in force for each remote (absent while unlimited)",
-                &metrics.bandwidth_limit,
-            ),
-        ];
-        for (name, help, family) in gauges {
-            registry.register(name, help, family.clone());
-        }
-        registry.register(
-            "ferry_oldest_pending_age_seconds",
-            "How long the job that has waited longest for its upload has been due",
-            metrics.oldest_pending.clone(),
-        );
-        registry.register(
-            "ferry_watches_unhealthy",
-            "Watched folders that are missing, partly unreadable or past the inotify limit",
-            metrics.watches_unhealthy.clone(),
-        );
-        registry.register(
-            "ferry_watch_scans",
-            "Full scans of the watched folders: at start, `ferry rescan`, after the watcher's events overflowed or a folder came back",
-            metrics.scans.clone(),
-        );
-        registry.register(
-            "ferry_hook_deliveries",
-            "Hook deliveries not made yet, by state (pending: to be tried; failed: waiting for `ferry retry --failed`)",
-            metrics.hooks.clone(),
-        );
-        registry.register(
-            "ferry_watch_limit_reached",
-            "1 while the inotify watch limit keeps folders unwatched (they are rescanned instead)",
-            metrics.watch_limited.clone(),
-        );
+        register(registry, UPLOADED_BYTES, &metrics.uploaded_bytes);
+        register(registry, UPLOADED_FILES, &metrics.uploaded_files);
+        register(registry, ERRORS, &metrics.errors);
+        register(registry, JOBS, &metrics.jobs);
+        register(registry, OLDEST_PENDING, &metrics.oldest_pending);
+        register(registry, PART_SIZE, &metrics.part_size);
+        register(registry, PARALLEL_PARTS, &metrics.parallel_parts);
+        register(registry, PARTS_IN_FLIGHT, &metrics.parts_in_flight);
+        register(registry, THROUGHPUT, &metrics.throughput);
+        register(registry, BANDWIDTH_LIMIT, &metrics.bandwidth_limit);
+        register(registry, WATCHES_UNHEALTHY, &metrics.watches_unhealthy);
+        register(registry, WATCH_LIMITED, &metrics.watch_limited);
+        register(registry, SCANS, &metrics.scans);
+        register(registry, HOOKS, &metrics.hooks);
         metrics
     }
 
