@@ -101,16 +101,21 @@ pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
         let found = daemon.on_store(move || deliveries.all()).await;
         let now = now_ms();
         let waiting = found.unwrap_or_default();
-        let due = waiting
+        let due: Vec<Delivery> = waiting
             .iter()
-            .filter(|d| !d.failed && d.next_attempt_ms <= now);
-        let mut tries = tokio::task::JoinSet::new();
-        for delivery in due.take(AT_ONCE).cloned() {
-            tries.spawn(attempt(daemon.clone(), delivery, deliverer.clone()));
-        }
-        if !tries.is_empty() {
-            while tries.join_next().await.is_some() {}
-            // Read again: what was tried is now delivered, or due later.
+            .filter(|d| !d.failed && d.next_attempt_ms <= now)
+            .cloned()
+            .collect();
+        if !due.is_empty() {
+            // Every due one, AT_ONCE at a time; then read again: what was tried is now
+            // delivered, or due later.
+            for batch in due.chunks(AT_ONCE) {
+                let mut tries = tokio::task::JoinSet::new();
+                for delivery in batch.iter().cloned() {
+                    tries.spawn(attempt(daemon.clone(), delivery, deliverer.clone()));
+                }
+                while tries.join_next().await.is_some() {}
+            }
             continue;
         }
         let next = waiting
