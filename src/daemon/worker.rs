@@ -17,7 +17,7 @@ use super::{ActiveJob, Daemon};
 use crate::config::{AfterUpload, Symlinks, WatchConfig};
 use crate::control::EventKind;
 use crate::queue::jobs::now_ms;
-use crate::queue::{Delivery, Fingerprint, JobRecord};
+use crate::queue::{Deliveries, Delivery, Fingerprint, JobId, JobQueue, JobRecord, QueueError};
 use crate::upload::{Progress, Reach, UploadError, UploadJob};
 
 /// Longest the scheduler sleeps without a wake-up, as a safety net.
@@ -341,44 +341,18 @@ async fn finish(
     watch: Option<&WatchConfig>,
 ) {
     let id = job.id;
-    let path = job.path.clone();
     let hooks = hook_deliveries(daemon, job, &outcome, watch);
-    let (has_hooks, waits) = (!hooks.is_empty(), hooks.iter().any(|d| d.then.is_some()));
-    let deliveries = daemon.store.deliveries();
+    let has_hooks = !hooks.is_empty();
     let (kind, detail) = match &outcome {
         Outcome::Done { .. } => (EventKind::Uploaded, Some(job.remote_path.clone())),
         Outcome::Dropped => (EventKind::Dropped, None),
         Outcome::Failed(reason) => (EventKind::Failed, Some(reason.clone())),
         Outcome::Retry(reason, _) => (EventKind::Retrying, Some(reason.clone())),
     };
+    let (deliveries, path) = (daemon.store.deliveries(), job.path.clone());
     let recorded = daemon
-        .with_queue(move |queue| {
-            for delivery in hooks {
-                deliveries.add(delivery)?;
-            }
-            match outcome {
-        Outcome::Done {
-            fingerprint,
-            sha256,
-            after,
-            root,
-            ..
-        } => {
-            queue.finish_done(id, fingerprint, &sha256, now_ms())?;
-            if waits {
-                return Ok(());
-            }
-            if let Err(error) = after_upload(&after, &path, &root, fingerprint) {
-                tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
-            }
-            Ok(())
-        }
-        Outcome::Dropped => queue.drop_job(id, now_ms()),
-        Outcome::Failed(reason) => queue.finish_failed(id, &reason, now_ms()),
-        Outcome::Retry(reason, at) => queue.finish_retry(id, &reason, at, now_ms()),
-    }
-        })
-    .await;
+        .with_queue(move |queue| record_outcome(queue, &deliveries, (id, &path), outcome, hooks))
+        .await;
     if has_hooks {
         daemon.hooks_wake.notify_one();
     }
@@ -394,6 +368,39 @@ async fn finish(
         .expect("active lock is never poisoned")
         .remove(&job.id);
     daemon.wake.notify_one();
+}
+
+/// The store step of `finish`: the hook deliveries, then the job's outcome (which flushes
+/// both), then `after_upload` unless it waits for a hook. Blocking.
+fn record_outcome(
+    queue: &JobQueue,
+    deliveries: &Deliveries,
+    (id, path): (JobId, &Path),
+    outcome: Outcome,
+    hooks: Vec<Delivery>,
+) -> Result<(), QueueError> {
+    let waits = hooks.iter().any(|delivery| delivery.then.is_some());
+    for delivery in hooks {
+        deliveries.add(delivery)?;
+    }
+    match outcome {
+        Outcome::Done {
+            fingerprint,
+            sha256,
+            after,
+            root,
+            ..
+        } => {
+            queue.finish_done(id, fingerprint, &sha256, now_ms())?;
+            if !waits && let Err(error) = after_upload(&after, path, &root, fingerprint) {
+                tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
+            }
+            Ok(())
+        }
+        Outcome::Dropped => queue.drop_job(id, now_ms()),
+        Outcome::Failed(reason) => queue.finish_failed(id, &reason, now_ms()),
+        Outcome::Retry(reason, at) => queue.finish_retry(id, &reason, at, now_ms()),
+    }
 }
 
 /// Failures that another attempt will not cure: the user must act (`ferry retry`).
