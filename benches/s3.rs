@@ -18,6 +18,8 @@ mod files;
 #[path = "support/netem.rs"]
 #[allow(dead_code)] // shared: not every user of the emulator uses all of it
 mod netem;
+#[path = "support/proc.rs"]
+mod proc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -312,21 +314,6 @@ fn wait_with_cpu(child: &Child) -> (i32, f64) {
     (status, seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
-/// The CPU seconds (user and system) a running process has used so far.
-fn cpu_so_far(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // After the command's name in parentheses: utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf only reads a constant.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// Part 1: one large file, every tool at its defaults and matched.
 fn large_file(server: &Server, env: &Env, file: &Path, size: u64) -> Vec<Row> {
     let tools = [
@@ -420,7 +407,7 @@ fn daemon_drain(env: &Env, count: usize) -> Cost {
             let seconds = started.elapsed().as_secs_f64();
             break Cost {
                 seconds,
-                cpu: cpu_so_far(daemon.id()),
+                cpu: proc::cpu_seconds(daemon.id()),
             };
         }
         assert!(Instant::now() < deadline, "the daemon did not finish");

@@ -387,7 +387,7 @@ fn metrics_listen_is_an_address_or_off() {
 }
 
 #[test]
-fn hooks_are_read_per_watch_over_the_defaults_and_bad_ones_are_named() {
+fn hooks_are_read_per_watch_over_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
     let text = format!(
@@ -424,7 +424,12 @@ fn hooks_are_read_per_watch_over_the_defaults_and_bad_ones_are_named() {
             .render()
             .contains("on_uploaded = { exec = [\"/bin/index\", \"{path}\"], timeout = \"30s\" }")
     );
+}
 
+#[test]
+fn bad_hooks_are_named_with_their_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
     for (hook, said) in [
         ("{ exec = [] }", "exec must name a program"),
         ("{ webhook = { url = \"ftp://x/\" } }", "http or https"),

@@ -473,20 +473,6 @@ fn fill(path: &Path) {
     }
 }
 
-/// CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_folder_is_reported_and_the_daemon_recovers_when_space_returns() {
     let receiver = Receiver::start().await;
@@ -525,10 +511,13 @@ async fn a_full_data_folder_is_reported_and_the_daemon_recovers_when_space_retur
 
     // Failing, it neither spins nor floods the log (it did: 100% CPU, 73,000 lines in 15 s).
     let pid = daemon.child.id();
-    let (lines, cpu) = (daemon.logs.lock().unwrap().len(), cpu_seconds(pid));
+    let (lines, cpu) = (
+        daemon.logs.lock().unwrap().len(),
+        crate::support::proc::cpu_seconds(pid),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await; // the window measured
     let added = daemon.logs.lock().unwrap().len() - lines;
-    let used = cpu_seconds(pid) - cpu;
+    let used = crate::support::proc::cpu_seconds(pid) - cpu;
     assert!(added < 20, "{added} log lines in 2 s");
     assert!(used < 0.5, "{used:.2} s of CPU in 2 s");
 

@@ -13,6 +13,8 @@ pub mod garage;
 #[path = "../../../benches/support/netem.rs"]
 #[allow(dead_code)] // shared with the benches: not every user uses all of it
 pub mod netem;
+#[path = "../../../benches/support/proc.rs"]
+pub mod proc;
 pub mod s3;
 
 use std::io::{BufRead, BufReader, Read};
