@@ -302,9 +302,11 @@ fn describe_remote(remote: &RemoteStatus) -> String {
     line
 }
 
-/// `ferry jobs`.
+/// `ferry jobs`: the jobs, then the hook deliveries not made yet (with `--json`, the jobs
+/// alone, as ever; `ferry status --json` counts the deliveries).
 pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<()> {
-    let Reply::Jobs { jobs } = control::call(socket, Command::Jobs { state, limit: None }).await?
+    let Reply::Jobs { jobs, hooks } =
+        control::call(socket, Command::Jobs { state, limit: None }).await?
     else {
         anyhow::bail!("the daemon answered jobs with something else");
     };
@@ -331,6 +333,26 @@ pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<
             state,
             job.attempts,
             job.path.display()
+        ))?;
+    }
+    if !hooks.is_empty() {
+        outln(&format!(
+            "\n{:>8}  {:<8}  {:<7}  {:>8}  PATH",
+            "JOB", "HOOK", "STATE", "ATTEMPTS"
+        ))?;
+    }
+    for hook in hooks {
+        let error = hook
+            .last_error
+            .map(|e| format!("  ({e})"))
+            .unwrap_or_default();
+        outln(&format!(
+            "{:>8}  {:<8}  {:<7}  {:>8}  {}{error}",
+            hook.job_id,
+            hook.event,
+            hook.state,
+            hook.attempts,
+            hook.path.display()
         ))?;
     }
     Ok(())

@@ -77,6 +77,9 @@ pub enum Reply {
     Status(Box<StatusReply>),
     Jobs {
         jobs: Vec<JobRecord>,
+        /// Hook deliveries not made yet (pending, or failed), oldest first.
+        #[serde(default)]
+        hooks: Vec<HookDelivery>,
     },
     Retried {
         count: usize,
@@ -93,6 +96,21 @@ pub enum Reply {
         events: Vec<Event>,
         oldest: u64,
     },
+}
+
+/// A hook delivery not made yet, for `ferry jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookDelivery {
+    pub job_id: JobId,
+    /// `uploaded` or `failed`: the outcome it tells.
+    pub event: String,
+    #[serde(with = "crate::local_path")]
+    pub path: PathBuf,
+    /// `pending` (to be tried, or tried again) or `failed` (waits for `ferry retry --failed`).
+    pub state: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One job event. Ids increase by one from event to event, from 1 at the daemon's start.
@@ -254,6 +272,9 @@ pub struct IntakeStatus {
     /// The inotify watch limit left folders unwatched; they are rescanned periodically.
     #[serde(default)]
     pub watch_limited: bool,
+    /// Times the file events overflowed their buffer since start (each answered by a rescan).
+    #[serde(default)]
+    pub overflows: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ pub(super) struct Metrics {
     watches_unhealthy: Gauge,
     watch_limited: Gauge,
     scans: Counter,
+    overflows: Counter,
     hooks: Family<Labels, Gauge>,
 }
 
@@ -99,6 +100,10 @@ const SCANS: Described = (
     "ferry_watch_scans",
     "Full scans of the watched folders: at start, `ferry rescan`, after the watcher's events overflowed or a folder came back",
 );
+const OVERFLOWS: Described = (
+    "ferry_watch_event_overflows",
+    "Times the file events overflowed their buffer (each answered by a rescan)",
+);
 const HOOKS: Described = (
     "ferry_hook_deliveries",
     "Hook deliveries not made yet, by state (pending: to be tried; failed: waiting for `ferry retry --failed`)",
@@ -125,6 +130,7 @@ impl Metrics {
         register(registry, WATCHES_UNHEALTHY, &metrics.watches_unhealthy);
         register(registry, WATCH_LIMITED, &metrics.watch_limited);
         register(registry, SCANS, &metrics.scans);
+        register(registry, OVERFLOWS, &metrics.overflows);
         register(registry, HOOKS, &metrics.hooks);
         metrics
     }
@@ -170,6 +176,9 @@ impl Metrics {
         // The daemon counts scans itself; the counter follows it.
         let scans = status.intake.scans;
         self.scans.inc_by(scans.saturating_sub(self.scans.get()));
+        let overflows = status.intake.overflows;
+        self.overflows
+            .inc_by(overflows.saturating_sub(self.overflows.get()));
         for (state, count) in [
             ("pending", status.hooks.pending),
             ("failed", status.hooks.failed),

@@ -336,6 +336,18 @@ async fn serve_control_and_metrics(
     Ok(socket)
 }
 
+/// A hook delivery not made yet, as `ferry jobs` shows it.
+fn hook_delivery(delivery: &crate::queue::Delivery) -> control::protocol::HookDelivery {
+    control::protocol::HookDelivery {
+        job_id: delivery.job_id,
+        event: delivery.event.clone(),
+        path: PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default()),
+        state: if delivery.failed { "failed" } else { "pending" }.into(),
+        attempts: delivery.attempts,
+        last_error: delivery.last_error.clone(),
+    }
+}
+
 /// What `ferry status` says of the hook deliveries not made yet.
 fn hooks_status(deliveries: Vec<crate::queue::Delivery>) -> control::protocol::HooksStatus {
     let failed: Vec<FailedJob> = deliveries
@@ -706,6 +718,7 @@ impl Daemon {
                 found: self.watch_stats.handed_over.load(Ordering::Relaxed),
                 checked: self.checked.load(Ordering::Relaxed),
                 watch_limited: self.watch_stats.limited.load(Ordering::Relaxed),
+                overflows: self.watch_stats.overflows.load(Ordering::Relaxed),
             },
             store_problem: self
                 .store_health
@@ -855,10 +868,16 @@ impl control::Handler for Handle {
                 .map_err(store_error),
             Command::Jobs { state, limit } => {
                 let limit = limit.unwrap_or(1000);
-                let jobs = daemon
-                    .with_queue(move |queue| queue.list(state, limit))
+                let deliveries = daemon.store.deliveries();
+                let found = daemon
+                    .with_queue(move |queue| Ok((queue.list(state, limit)?, deliveries.all()?)))
                     .await;
-                jobs.map(|jobs| Reply::Jobs { jobs }).map_err(store_error)
+                found
+                    .map(|(jobs, waiting)| Reply::Jobs {
+                        jobs,
+                        hooks: waiting.iter().map(hook_delivery).collect(),
+                    })
+                    .map_err(store_error)
             }
             Command::Retry { .. } | Command::RetryFailed => {
                 let ids = match command {

@@ -65,6 +65,8 @@ pub enum WatchError {
 pub struct WatchStats {
     /// Full scans completed (the start-up one included).
     pub scans: AtomicU64,
+    /// Times the file events overflowed their buffer (each answered by a rescan).
+    pub overflows: AtomicU64,
     /// Paths waiting to settle.
     pub settling: AtomicU64,
     /// Settled files handed to the daemon to be queued.
@@ -200,6 +202,7 @@ impl WatchThread {
         loop {
             if self.overflowed.swap(false, Ordering::Relaxed) {
                 tracing::warn!("file events overflowed their buffer; rescanning");
+                self.stats.overflows.fetch_add(1, Ordering::Relaxed);
                 self.rescan_requested.store(true, Ordering::Relaxed);
             }
             if self.last_root_check.elapsed() >= ROOT_CHECK {

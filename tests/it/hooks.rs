@@ -211,6 +211,15 @@ async fn a_webhook_that_was_down_gets_every_delivery_even_across_a_kill_9() {
     .await;
     let status = setup.status();
     assert_eq!(status["hooks"]["pending"], 3, "{status}");
+    let listed = String::from_utf8(setup.ferry(&["jobs"]).stdout).unwrap();
+    let waiting = listed
+        .lines()
+        .filter(|line| line.contains(" uploaded ") && line.contains(" pending "));
+    assert_eq!(
+        waiting.count(),
+        3,
+        "ferry jobs lists the deliveries: {listed}"
+    );
     drop(daemon); // SIGKILL
 
     webhook.down.store(false, Ordering::SeqCst);
