@@ -230,7 +230,8 @@ async fn post(
         .await
         .map_err(|source| HookError::Request {
             url: shown.clone(),
-            source,
+            // reqwest's message would repeat the URL.
+            source: source.without_url(),
         })?;
     match response.status() {
         status if status.is_success() => Ok(()),
@@ -266,6 +267,27 @@ mod tests {
             let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
             assert_eq!(fill_placeholders(&argv, &document), *expected);
         }
+    }
+
+    /// A webhook that cannot be reached is reported by its URL with the credentials hidden.
+    #[tokio::test]
+    async fn an_unreachable_webhook_is_named_without_its_credentials() {
+        let hook = HookSpec::Webhook {
+            url: "http://ferry:hunter2@127.0.0.1:1/hook".into(),
+            secret_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let document = serde_json::json!({"event": "uploaded"});
+        let error = Deliverer::new()
+            .deliver(&hook, "uploaded", &document)
+            .await
+            .unwrap_err();
+        let said = crate::error::chain(&error);
+        assert!(
+            said.contains("127.0.0.1:1/hook") && !said.contains("hunter2"),
+            "{said}"
+        );
+        assert_eq!(said.matches("127.0.0.1:1").count(), 1, "named once: {said}");
     }
 
     /// The scheme's known answer: HMAC-SHA256 of "1700000000.{}" under "secret", computed
