@@ -386,20 +386,23 @@ fn metrics_listen_is_an_address_or_off() {
     assert_eq!(found[0].line, Some(2), "{found:?}");
 }
 
+/// `[hooks]` with both hooks, for the test below.
+const HOOKS_TOML: &str = concat!(
+    "[hooks]\non_uploaded = { exec = [\"/bin/index\", \"{path}\"] }\n",
+    "on_failed = { webhook = { url = \"https://h.example/f\", secret_file = \"s\" }, timeout = \"5s\" }\n",
+);
+/// Two watches: one takes `[hooks]`, one sets its own `on_uploaded`.
+const WATCHES_TOML: &str = concat!(
+    "[[watch]]\npath = \"/a\"\nremote = \"r\"\n",
+    "[[watch]]\npath = \"/b\"\nremote = \"r\"\nafter_upload_waits_for_hook = true\n",
+    "on_uploaded = { webhook = { url = \"http://127.0.0.1:9/u\" } }\n",
+);
+
 #[test]
 fn hooks_are_read_per_watch_over_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
-    let hooks = concat!(
-        "[hooks]\non_uploaded = { exec = [\"/bin/index\", \"{path}\"] }\n",
-        "on_failed = { webhook = { url = \"https://h.example/f\", secret_file = \"s\" }, timeout = \"5s\" }\n",
-    );
-    let watches = concat!(
-        "[[watch]]\npath = \"/a\"\nremote = \"r\"\n",
-        "[[watch]]\npath = \"/b\"\nremote = \"r\"\nafter_upload_waits_for_hook = true\n",
-        "on_uploaded = { webhook = { url = \"http://127.0.0.1:9/u\" } }\n",
-    );
-    let text = format!("{remote}{hooks}{watches}");
+    let text = format!("{remote}{HOOKS_TOML}{WATCHES_TOML}");
     let config = parse_in(dir.path(), &text).unwrap();
     let (a, b) = (&config.watches[0].hooks, &config.watches[1].hooks);
     let exec = HookSpec::Exec {
