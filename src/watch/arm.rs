@@ -180,6 +180,18 @@ fn arm_tree(
     Ok(())
 }
 
+/// An open, a read or a close without writing: nothing changed. inotify reports every open
+/// (notify watches `IN_OPEN`), the daemon's own reads of the files it uploads among them;
+/// dropped here, they neither wake the watch thread nor fill its channel.
+fn is_read_only_access(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        notify::EventKind::Access(_) => true,
+        _ => false,
+    }
+}
+
 fn new_watcher(
     sender: &SyncSender<Message>,
     overflowed: &Arc<AtomicBool>,
@@ -189,7 +201,10 @@ fn new_watcher(
     let callback_overflow = overflowed.clone();
     let config = notify::Config::default().with_follow_symlinks(follow_links);
     notify::RecommendedWatcher::new(
-        move |event| {
+        move |event: notify::Result<notify::Event>| {
+            if event.as_ref().is_ok_and(is_read_only_access) {
+                return;
+            }
             if let Err(TrySendError::Full(_)) = callback_sender.try_send(Message::Fs(event)) {
                 callback_overflow.store(true, Ordering::Relaxed);
             }
@@ -200,4 +215,32 @@ fn new_watcher(
         path: PathBuf::new(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+    use notify::{Event, EventKind};
+
+    use super::is_read_only_access;
+
+    #[test]
+    fn only_accesses_that_change_nothing_are_dropped() {
+        let cases = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), true),
+            (EventKind::Access(AccessKind::Read), true),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), true),
+            (EventKind::Access(AccessKind::Any), true),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                false,
+            ),
+            (EventKind::Create(CreateKind::File), false),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), false),
+            (EventKind::Any, false),
+        ];
+        for (kind, dropped) in cases {
+            assert_eq!(is_read_only_access(&Event::new(kind)), dropped, "{kind:?}");
+        }
+    }
 }
