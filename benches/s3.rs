@@ -72,6 +72,8 @@ struct Row {
 struct Cost {
     seconds: f64,
     cpu: f64,
+    /// The CPU seconds the server used meanwhile.
+    server_cpu: f64,
 }
 
 impl Row {
@@ -113,6 +115,14 @@ impl Server {
 
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `upload`, adding to its cost the CPU seconds the server used meanwhile.
+    fn measure(&self, upload: impl FnOnce() -> Cost) -> Cost {
+        let before = proc::cpu_seconds(self.child.id());
+        let cost = upload();
+        let server_cpu = proc::cpu_seconds(self.child.id()) - before;
+        Cost { server_cpu, ..cost }
     }
 
     /// Checks the object has `size` bytes, then removes it (the disk stays small).
@@ -297,7 +307,11 @@ fn timed(mut command: Command, what: &str) -> Cost {
     let seconds = started.elapsed().as_secs_f64();
     let stderr = reader.join().unwrap();
     assert!(status == 0, "{what} failed: {stderr}");
-    Cost { seconds, cpu }
+    Cost {
+        seconds,
+        cpu,
+        server_cpu: 0.0,
+    }
 }
 
 /// Waits for `child` (reaping it); returns its wait status and the CPU seconds it and its
@@ -328,7 +342,7 @@ fn large_file(server: &Server, env: &Env, file: &Path, size: u64) -> Vec<Row> {
         for tool in tools {
             let key = format!("large-{}", rows.len());
             let command = env.upload(tool, &server.endpoint(), file, &key, matched);
-            let cost = timed(command, tool.name());
+            let cost = server.measure(|| timed(command, tool.name()));
             server.check_and_remove(&key, size);
             eprintln!("{} ({setting}): {:.2} s", tool.name(), cost.seconds);
             rows.push(Row {
@@ -350,7 +364,7 @@ fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<R
         tool: Tool::Ferry,
         setting: "daemon, 4 transfers",
         bytes,
-        cost: daemon_drain(env, count),
+        cost: server.measure(|| daemon_drain(env, count)),
     }];
     let mut rclone = env.command("rclone", &endpoint);
     rclone
@@ -361,7 +375,7 @@ fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<R
         tool: Tool::Rclone,
         setting: "copy --transfers 4",
         bytes,
-        cost: timed(rclone, "rclone copy"),
+        cost: server.measure(|| timed(rclone, "rclone copy")),
     });
     let mut aws = env.command("aws", &endpoint);
     aws.args(["--endpoint-url", &endpoint, "s3", "cp", "--recursive"]);
@@ -370,7 +384,7 @@ fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<R
         tool: Tool::AwsCli,
         setting: "cp --recursive",
         bytes,
-        cost: timed(aws, "aws s3 cp --recursive"),
+        cost: server.measure(|| timed(aws, "aws s3 cp --recursive")),
     });
     for prefix in ["small-ferry", "small-rclone", "small-aws"] {
         let stored = std::fs::read_dir(server.root.join(BUCKET).join(prefix))
@@ -408,6 +422,7 @@ fn daemon_drain(env: &Env, count: usize) -> Cost {
             break Cost {
                 seconds,
                 cpu: proc::cpu_seconds(daemon.id()),
+                server_cpu: 0.0,
             };
         }
         assert!(Instant::now() < deadline, "the daemon did not finish");
@@ -435,7 +450,8 @@ fn wan(
     let mut rows = Vec::new();
     for tool in [Tool::Ferry, Tool::Rclone, Tool::AwsCli] {
         let key = format!("wan-{}", rows.len());
-        let cost = timed(env.upload(tool, &endpoint, file, &key, false), tool.name());
+        let command = env.upload(tool, &endpoint, file, &key, false);
+        let cost = server.measure(|| timed(command, tool.name()));
         server.check_and_remove(&key, size);
         eprintln!("{} (wan): {:.2} s", tool.name(), cost.seconds);
         rows.push(Row {
@@ -516,7 +532,7 @@ fn report(parts: &[(&str, &[Row])]) {
         .map(|(name, rows)| {
             let rows: Vec<Value> = rows
                 .iter()
-                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.cost.seconds, "cpu_seconds": row.cost.cpu, "mb_per_s": row.mbps()}))
+                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.cost.seconds, "cpu_seconds": row.cost.cpu, "server_cpu_seconds": row.cost.server_cpu, "mb_per_s": row.mbps()}))
                 .collect();
             (name.to_string(), Value::Array(rows))
         })
@@ -525,7 +541,7 @@ fn report(parts: &[(&str, &[Row])]) {
     println!("{json}");
     for (name, rows) in parts.iter().filter(|(_, rows)| !rows.is_empty()) {
         println!(
-            "\n{name}\n| tool | setting | MB/s | seconds | CPU seconds | ferry / tool |\n|---|---|---|---|---|---|"
+            "\n{name}\n| tool | setting | MB/s | seconds | CPU seconds | server CPU seconds | ferry / tool |\n|---|---|---|---|---|---|---|"
         );
         for row in rows.iter() {
             let ferry = rows
@@ -533,12 +549,13 @@ fn report(parts: &[(&str, &[Row])]) {
                 .find(|r| r.tool == Tool::Ferry && (r.setting == row.setting || name != &"large"))
                 .map_or(f64::NAN, Row::mbps);
             println!(
-                "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 row.tool.name(),
                 row.setting,
                 row.mbps(),
                 row.cost.seconds,
                 row.cost.cpu,
+                row.cost.server_cpu,
                 ferry / row.mbps()
             );
         }

@@ -1,12 +1,19 @@
 //! Workers: the scheduler claims due jobs up to `transfers` at a time (none while paused), and
 //! each job goes through the engine of its remote. The outcome is recorded durably before
 //! `after_upload` touches the file; one failing file never holds up the others.
+//!
+//! The scheduler is also the store's group commit. A worker reports its outcome to it and
+//! waits; in one trip to the store the scheduler writes every outcome reported meanwhile,
+//! flushes once, and claims jobs for the slots they freed. With many small files that halves
+//! the trips and flushes per file. Once the scheduler has stopped, workers finishing in the
+//! grace period record their own outcomes.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -17,44 +24,66 @@ use super::{ActiveJob, Daemon};
 use crate::config::{AfterUpload, Symlinks, WatchConfig};
 use crate::control::EventKind;
 use crate::queue::jobs::now_ms;
-use crate::queue::{Deliveries, Delivery, Fingerprint, JobId, JobQueue, JobRecord, QueueError};
+use crate::queue::{Deliveries, Delivery, Fingerprint, Finish, JobQueue, JobRecord, QueueError};
 use crate::upload::{Progress, Reach, UploadError, UploadJob};
 
 /// Longest the scheduler sleeps without a wake-up, as a safety net.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
-/// Claims due jobs and starts a worker for each, until `stop`.
+/// A worker's report: its job ended with `outcome`; `recorded` hears whether that is durable.
+struct Report {
+    job: JobRecord,
+    outcome: Outcome,
+    hooks: Vec<Delivery>,
+    recorded: oneshot::Sender<bool>,
+}
+
+/// Where workers send their reports: the scheduler, while it runs.
+type Reports = mpsc::UnboundedSender<Report>;
+
+/// Records reported outcomes and claims due jobs, starting a worker for each, until `stop`.
+/// Reports already sent when it stops are recorded before it returns.
 pub(super) async fn schedule(
     daemon: Arc<Daemon>,
     workers: TaskTracker,
     stop: CancellationToken,
     abandon: CancellationToken,
 ) {
-    loop {
-        if stop.is_cancelled() {
-            return;
+    let (reports, mut reported) = mpsc::unbounded_channel();
+    let mut batch = Vec::new();
+    while !stop.is_cancelled() {
+        while let Ok(report) = reported.try_recv() {
+            batch.push(report);
         }
-        let next_due = claim_and_start(&daemon, &workers, &abandon).await;
+        let free = free_slots(&daemon, batch.len());
+        let (claimed, next_due) = record_and_claim(&daemon, std::mem::take(&mut batch), free).await;
+        for job in claimed {
+            start_job(&daemon, &workers, job, &reports, &abandon);
+        }
         let sleep = next_due
             .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
             .unwrap_or(IDLE_RECHECK)
             .min(IDLE_RECHECK);
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {}
             _ = daemon.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
+            Some(report) = reported.recv() => batch.push(report),
         }
+    }
+    // From here on a worker's report cannot be sent, and it records its own outcome.
+    reported.close();
+    while let Ok(report) = reported.try_recv() {
+        batch.push(report);
+    }
+    if !batch.is_empty() {
+        record_and_claim(&daemon, batch, 0).await;
     }
 }
 
-/// Claims due jobs into the free transfer slots (none while paused or while the store fails)
-/// and starts a worker for each; returns when the next job falls due. One trip to the store
-/// for both: with many small files the scheduler runs once per file.
-async fn claim_and_start(
-    daemon: &Arc<Daemon>,
-    workers: &TaskTracker,
-    abandon: &CancellationToken,
-) -> Option<u64> {
+/// How many jobs to claim: the transfer slots not taken, counting those of the jobs in the
+/// batch about to be recorded as free; none while paused or while the store fails.
+fn free_slots(daemon: &Daemon, finishing: usize) -> usize {
     let transfers = daemon
         .settings
         .read()
@@ -64,34 +93,94 @@ async fn claim_and_start(
         .active
         .lock()
         .expect("active lock is never poisoned")
-        .len();
-    let free = transfers.saturating_sub(running);
-    let claiming =
-        !daemon.paused.load(Ordering::Relaxed) && free > 0 && !daemon.store_health.is_failing();
-    let found = daemon
-        .with_queue(move |queue| {
-            let jobs = match claiming {
-                true => queue.claim(now_ms(), free)?,
-                false => Vec::new(),
-            };
-            Ok((jobs, queue.next_due_ms()?))
-        })
-        .await;
-    match found {
-        Ok((jobs, next_due)) => {
-            for job in jobs {
-                start_job(daemon, workers, job, abandon);
-            }
-            next_due
-        }
-        Err(error) if daemon.store_health.is_failing() => {
-            tracing::debug!(error = %crate::error::chain(&error), "cannot claim jobs");
-            None
-        }
-        Err(error) => {
+        .len()
+        .saturating_sub(finishing);
+    match daemon.paused.load(Ordering::Relaxed) || daemon.store_health.is_failing() {
+        true => 0,
+        false => transfers.saturating_sub(running),
+    }
+}
+
+/// One trip to the store: writes the outcomes of `batch` and flushes once, then claims up to
+/// `free` due jobs. Each reporter hears whether its outcome is durable; returns the claimed
+/// jobs and when the next job falls due.
+async fn record_and_claim(
+    daemon: &Arc<Daemon>,
+    batch: Vec<Report>,
+    free: usize,
+) -> (Vec<JobRecord>, Option<u64>) {
+    let has_hooks = batch.iter().any(|report| !report.hooks.is_empty());
+    let (queue, deliveries) = (daemon.store.jobs(), daemon.store.deliveries());
+    let (batch, recorded, claimed) = tokio::task::spawn_blocking(move || {
+        let mut batch = batch;
+        let recorded = record_outcomes(&queue, &deliveries, &mut batch);
+        (batch, recorded, claim(&queue, free))
+    })
+    .await
+    .expect("store operations do not panic");
+    if has_hooks {
+        daemon.hooks_wake.notify_one();
+    }
+    settle_reports(daemon, batch, recorded);
+    claimed.unwrap_or_else(|error| {
+        if !daemon.store_health.is_failing() {
             tracing::error!(error = %crate::error::chain(&error), "cannot claim jobs");
-            None
         }
+        daemon.store_health.failed(&error);
+        (Vec::new(), None)
+    })
+}
+
+/// The store step for the outcomes: the hook deliveries first, then the outcomes, with one
+/// flush for all. Blocking.
+fn record_outcomes(
+    queue: &JobQueue,
+    deliveries: &Deliveries,
+    batch: &mut [Report],
+) -> Result<(), QueueError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for report in batch.iter_mut() {
+        for delivery in std::mem::take(&mut report.hooks) {
+            deliveries.add(delivery)?;
+        }
+    }
+    let finished: Vec<_> = batch
+        .iter()
+        .map(|report| (report.job.id, report.outcome.finish()))
+        .collect();
+    queue.finish_all(&finished, now_ms())
+}
+
+/// Claims up to `free` due jobs; also returns when the next job falls due. Blocking.
+fn claim(queue: &JobQueue, free: usize) -> Result<(Vec<JobRecord>, Option<u64>), QueueError> {
+    let jobs = match free {
+        0 => Vec::new(),
+        free => queue.claim(now_ms(), free)?,
+    };
+    Ok((jobs, queue.next_due_ms()?))
+}
+
+/// After the trip: the reported jobs are no longer active, their events follow (if their
+/// outcomes are durable), and each reporter hears how it went.
+fn settle_reports(daemon: &Daemon, batch: Vec<Report>, recorded: Result<(), QueueError>) {
+    if let Err(error) = &recorded
+        && !batch.is_empty()
+    {
+        daemon.store_health.failed(error);
+        tracing::error!(error = %crate::error::chain(error), jobs = batch.len(), "cannot record the outcomes; the jobs run again once the store takes writes (or at the next start)");
+    }
+    let mut active = daemon.active.lock().expect("active lock is never poisoned");
+    for report in batch {
+        active.remove(&report.job.id);
+        if recorded.is_ok() {
+            let (kind, detail) = report.outcome.event(&report.job);
+            daemon
+                .events
+                .record(kind, report.job.id, &report.job.path, detail);
+        }
+        let _ = report.recorded.send(recorded.is_ok());
     }
 }
 
@@ -100,6 +189,7 @@ fn start_job(
     daemon: &Arc<Daemon>,
     workers: &TaskTracker,
     job: JobRecord,
+    reports: &Reports,
     abandon: &CancellationToken,
 ) {
     daemon
@@ -119,12 +209,18 @@ fn start_job(
         .events
         .record(EventKind::Started, job.id, &job.path, None);
     let span = tracing::info_span!("job", job_id = job.id, path = %job.path.display());
-    workers.spawn(run_job(daemon.clone(), job, abandon.clone()).instrument(span));
+    let worker = run_job(daemon.clone(), job, reports.clone(), abandon.clone());
+    workers.spawn(worker.instrument(span));
 }
 
 /// Uploads one job's file and records the outcome. Abandoned at shutdown after the grace
 /// period: the job stays active in the store and is queued again at the next start.
-async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken) {
+async fn run_job(
+    daemon: Arc<Daemon>,
+    job: JobRecord,
+    reports: Reports,
+    abandon: CancellationToken,
+) {
     let found = {
         let settings = daemon
             .settings
@@ -150,7 +246,14 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             "remote {} is no longer configured; restore it and `ferry retry`",
             job.remote
         );
-        finish(&daemon, &job, Outcome::Failed(reason), watch.as_ref()).await;
+        finish(
+            &daemon,
+            &reports,
+            job,
+            Outcome::Failed(reason),
+            watch.as_ref(),
+        )
+        .await;
         return;
     };
     if job.remote_path_unrepresentable() {
@@ -159,7 +262,14 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             job.path.display()
         );
         tracing::error!(error = %reason, "not uploaded");
-        finish(&daemon, &job, Outcome::Failed(reason), watch.as_ref()).await;
+        finish(
+            &daemon,
+            &reports,
+            job,
+            Outcome::Failed(reason),
+            watch.as_ref(),
+        )
+        .await;
         return;
     }
     let (upload, after) = upload_job(&job, watch.as_ref());
@@ -188,7 +298,7 @@ async fn run_job(daemon: Arc<Daemon>, job: JobRecord, abandon: CancellationToken
             outcome
         }
     };
-    finish(&daemon, &job, outcome, watch.as_ref()).await;
+    finish(&daemon, &reports, job, outcome, watch.as_ref()).await;
 }
 
 /// What the engine is asked to upload for `job`, and what to do with the file after. A job
@@ -260,6 +370,33 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// What the store records.
+    fn finish(&self) -> Finish<'_> {
+        match self {
+            Outcome::Done {
+                fingerprint,
+                sha256,
+                ..
+            } => Finish::Done {
+                fingerprint: *fingerprint,
+                sha256,
+            },
+            Outcome::Dropped => Finish::Dropped,
+            Outcome::Failed(error) => Finish::Failed { error },
+            Outcome::Retry(error, at) => Finish::Retry { error, at: *at },
+        }
+    }
+
+    /// The event that tells of it, with its detail.
+    fn event(&self, job: &JobRecord) -> (EventKind, Option<String>) {
+        match self {
+            Outcome::Done { .. } => (EventKind::Uploaded, Some(job.remote_path.clone())),
+            Outcome::Dropped => (EventKind::Dropped, None),
+            Outcome::Failed(reason) => (EventKind::Failed, Some(reason.clone())),
+            Outcome::Retry(reason, _) => (EventKind::Retrying, Some(reason.clone())),
+        }
+    }
+
     /// How a failure counts in the metrics (a success counts as no error at all).
     fn error_class(&self) -> ErrorClass {
         match self {
@@ -331,75 +468,49 @@ fn hook_deliveries(
     }
 }
 
-/// Records the outcome durably, with the hook deliveries it calls for written first in the same
-/// step; then (for a success whose `after_upload` does not wait for a hook) applies
-/// `after_upload`; its event follows.
+/// Reports the outcome to the scheduler (or, once it has stopped, records it here) and waits
+/// until it is durable; then, for a success whose `after_upload` does not wait for a hook,
+/// applies `after_upload`.
 async fn finish(
     daemon: &Arc<Daemon>,
-    job: &JobRecord,
+    reports: &Reports,
+    job: JobRecord,
     outcome: Outcome,
     watch: Option<&WatchConfig>,
 ) {
-    let id = job.id;
-    let hooks = hook_deliveries(daemon, job, &outcome, watch);
-    let has_hooks = !hooks.is_empty();
-    let (kind, detail) = match &outcome {
-        Outcome::Done { .. } => (EventKind::Uploaded, Some(job.remote_path.clone())),
-        Outcome::Dropped => (EventKind::Dropped, None),
-        Outcome::Failed(reason) => (EventKind::Failed, Some(reason.clone())),
-        Outcome::Retry(reason, _) => (EventKind::Retrying, Some(reason.clone())),
-    };
-    let (deliveries, path) = (daemon.store.deliveries(), job.path.clone());
-    let recorded = daemon
-        .with_queue(move |queue| record_outcome(queue, &deliveries, (id, &path), outcome, hooks))
-        .await;
-    if has_hooks {
-        daemon.hooks_wake.notify_one();
-    }
-    match recorded {
-        Ok(()) => daemon.events.record(kind, id, &job.path, detail),
-        Err(error) => {
-            tracing::error!(error = %crate::error::chain(&error), "cannot record the outcome; the job runs again once the store takes writes (or at the next start)")
-        }
-    }
-    daemon
-        .active
-        .lock()
-        .expect("active lock is never poisoned")
-        .remove(&job.id);
-    daemon.wake.notify_one();
-}
-
-/// The store step of `finish`: the hook deliveries, then the job's outcome (which flushes
-/// both), then `after_upload` unless it waits for a hook. Blocking.
-fn record_outcome(
-    queue: &JobQueue,
-    deliveries: &Deliveries,
-    (id, path): (JobId, &Path),
-    outcome: Outcome,
-    hooks: Vec<Delivery>,
-) -> Result<(), QueueError> {
+    let hooks = hook_deliveries(daemon, &job, &outcome, watch);
     let waits = hooks.iter().any(|delivery| delivery.then.is_some());
-    for delivery in hooks {
-        deliveries.add(delivery)?;
-    }
-    match outcome {
+    let then = match &outcome {
         Outcome::Done {
-            fingerprint,
-            sha256,
             after,
             root,
+            fingerprint,
             ..
-        } => {
-            queue.finish_done(id, fingerprint, &sha256, now_ms())?;
-            if !waits && let Err(error) = after_upload(&after, path, &root, fingerprint) {
-                tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
-            }
-            Ok(())
+        } if !waits && *after != AfterUpload::Keep => {
+            Some((after.clone(), job.path.clone(), root.clone(), *fingerprint))
         }
-        Outcome::Dropped => queue.drop_job(id, now_ms()),
-        Outcome::Failed(reason) => queue.finish_failed(id, &reason, now_ms()),
-        Outcome::Retry(reason, at) => queue.finish_retry(id, &reason, at, now_ms()),
+        _ => None,
+    };
+    let (recorded, heard) = oneshot::channel();
+    let report = Report {
+        job,
+        outcome,
+        hooks,
+        recorded,
+    };
+    if let Err(mpsc::error::SendError(report)) = reports.send(report) {
+        record_and_claim(daemon, vec![report], 0).await;
+    }
+    let durable = heard.await.unwrap_or(false);
+    let Some((after, path, root, fingerprint)) = then.filter(|_| durable) else {
+        return;
+    };
+    let applied = tokio::task::spawn_blocking(move || {
+        after_upload(&after, &path, &root, fingerprint).map_err(|e| (path, e))
+    })
+    .await;
+    if let Ok(Err((path, error))) = applied {
+        tracing::warn!(path = %path.display(), %error, "after_upload could not be applied");
     }
 }
 

@@ -126,6 +126,22 @@ pub enum Enqueued {
     Unchanged,
 }
 
+/// How a claimed job ended, for `finish_all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish<'a> {
+    /// Uploaded: the file had this fingerprint and SHA-256.
+    Done {
+        fingerprint: Fingerprint,
+        sha256: &'a str,
+    },
+    /// Failed for now: tried again at `at` (Unix milliseconds).
+    Retry { error: &'a str, at: u64 },
+    /// Failed until `retry`.
+    Failed { error: &'a str },
+    /// Vanished or refused: forgotten.
+    Dropped,
+}
+
 /// Jobs per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -523,11 +539,54 @@ impl JobQueue {
 
     /// Records a successful upload: the index remembers what was uploaded, the job is done. A
     /// job whose file changed meanwhile is queued again. Durable when it returns. Blocking.
+    pub fn finish_done(
+        &self,
+        id: JobId,
+        fingerprint: Fingerprint,
+        sha256: &str,
+        now: u64,
+    ) -> Result<(), QueueError> {
+        self.finish_all(
+            &[(
+                id,
+                Finish::Done {
+                    fingerprint,
+                    sha256,
+                },
+            )],
+            now,
+        )
+    }
+
+    /// Records how each job ended, then flushes once: all are durable when it returns. This is
+    /// the daemon's group commit, one flush for the outcomes its workers reported together.
+    /// On an error, what was written before it becomes durable with the next flush, or is
+    /// lost in a crash (the jobs are then active, and `open` queues them again). Blocking.
+    pub fn finish_all(&self, finished: &[(JobId, Finish<'_>)], now: u64) -> Result<(), QueueError> {
+        for (id, finish) in finished {
+            match *finish {
+                Finish::Done {
+                    fingerprint,
+                    sha256,
+                } => self.write_done(*id, fingerprint, sha256, now)?,
+                Finish::Retry { error, at } => {
+                    self.write_transition(*id, Event::RetryLater { error, at }, now)?;
+                }
+                Finish::Failed { error } => {
+                    self.write_transition(*id, Event::Failed { error }, now)?;
+                }
+                Finish::Dropped => self.write_dropped(*id, now)?,
+            }
+        }
+        self.flush()
+    }
+
+    /// The writes of a successful upload, not flushed.
     ///
     /// Write order, for a crash between any two writes: the index entry first (a job still
     /// active is uploaded again, harmlessly), then the follow-up job (if two live jobs share a
     /// path, `recover` keeps the newer), then the job's `done`.
-    pub fn finish_done(
+    fn write_done(
         &self,
         id: JobId,
         fingerprint: Fingerprint,
@@ -565,8 +624,7 @@ impl JobQueue {
             self.forget_path(&job)?;
         }
         counts.shift(Some(job.state), Some(done.state));
-        drop(counts);
-        self.flush()
+        Ok(())
     }
 
     /// Puts a job back in the queue for another attempt at `next_attempt_ms`. Blocking.
@@ -578,32 +636,33 @@ impl JobQueue {
         now: u64,
     ) -> Result<(), QueueError> {
         let at = next_attempt_ms;
-        self.transition(id, Event::RetryLater { error, at }, now)?;
-        Ok(())
+        self.finish_all(&[(id, Finish::Retry { error, at })], now)
     }
 
     /// Marks a job failed for good (until `retry`), keeping the reason. A job whose file
     /// changed meanwhile gets another attempt instead. Blocking.
     pub fn finish_failed(&self, id: JobId, error: &str, now: u64) -> Result<(), QueueError> {
-        self.transition(id, Event::Failed { error }, now)?;
-        Ok(())
+        self.finish_all(&[(id, Finish::Failed { error })], now)
     }
 
     /// Forgets a job (its file vanished, or was not a file to send). A job whose file was
     /// reported again while it ran (`dirty`) is queued again instead, so that the new version
     /// is not lost. Blocking.
     pub fn drop_job(&self, id: JobId, now: u64) -> Result<(), QueueError> {
+        self.finish_all(&[(id, Finish::Dropped)], now)
+    }
+
+    /// The writes of `drop_job`, not flushed.
+    fn write_dropped(&self, id: JobId, now: u64) -> Result<(), QueueError> {
         let mut counts = self.lock();
         let Some(job) = self.job(id)? else {
             return Ok(());
         };
         match transition::apply(&job, Event::Vanished, now) {
-            Next::Same => return Ok(()),
-            Next::Write(next) => self.rewrite(&mut counts, &job, &next)?,
-            Next::Forget => self.forget(&mut counts, &job)?,
+            Next::Same => Ok(()),
+            Next::Write(next) => self.rewrite(&mut counts, &job, &next),
+            Next::Forget => self.forget(&mut counts, &job),
         }
-        drop(counts);
-        self.flush()
     }
 
     /// Removes a job and its index keys. The caller holds the lock.
@@ -633,6 +692,13 @@ impl JobQueue {
     /// Applies `event` to a job and keeps its indexes in step; durable when it returns.
     /// Returns whether the job changed. Blocking.
     fn transition(&self, id: JobId, event: Event<'_>, now: u64) -> Result<bool, QueueError> {
+        let changed = self.write_transition(id, event, now)?;
+        self.flush()?;
+        Ok(changed)
+    }
+
+    /// The writes of `transition`, not flushed.
+    fn write_transition(&self, id: JobId, event: Event<'_>, now: u64) -> Result<bool, QueueError> {
         let mut counts = self.lock();
         let Some(job) = self.job(id)? else {
             return Ok(false);
@@ -641,8 +707,6 @@ impl JobQueue {
             return Ok(false);
         };
         self.rewrite(&mut counts, &job, &next)?;
-        drop(counts);
-        self.flush()?;
         Ok(true)
     }
 

@@ -17,7 +17,9 @@ pub mod transition;
 use std::path::{Path, PathBuf};
 
 pub use hooks::{Deliveries, Delivery};
-pub use jobs::{Candidate, Counts, Enqueued, IndexEntry, JobId, JobQueue, JobRecord, JobState};
+pub use jobs::{
+    Candidate, Counts, Enqueued, Finish, IndexEntry, JobId, JobQueue, JobRecord, JobState,
+};
 pub use record::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, UploadRecord};
 pub use sessions::Sessions;
 
