@@ -48,11 +48,13 @@ pub struct LocalFile {
     follows_links: bool,
     /// A small file's content, read when it was opened.
     preloaded: Option<Preloaded>,
+    /// The file was read whole and was unchanged right after the read (see `is_snapshot`).
+    snapshot: bool,
 }
 
 /// A small file's content, read right after its fingerprint was taken, with its SHA-256 and
-/// the checksums of it as one part. A change after the read shows in `LocalFile::changed`,
-/// as a change during a streamed read does.
+/// the checksums of it as one part. A change during the read makes it no snapshot, and the
+/// engine then checks the file after the upload, as for a streamed one.
 #[derive(Debug)]
 struct Preloaded {
     content: Bytes,
@@ -91,13 +93,24 @@ impl LocalFile {
             true => Preloaded::read(&file, fingerprint.size, wanted),
             false => None,
         };
-        Ok(LocalFile {
+        let mut local = LocalFile {
             path: path.to_path_buf(),
             fingerprint,
             file,
             follows_links: *reach == Reach::AsGiven,
             preloaded,
-        })
+            snapshot: false,
+        };
+        local.snapshot = local.preloaded.is_some() && !local.changed();
+        Ok(local)
+    }
+
+    /// Whether the content to send was read whole between two checks that found the file as
+    /// fingerprinted: it is that version, whatever happens to the file later, so it needs no
+    /// check after the upload. (A later change is the watcher's to report, as one after any
+    /// upload is.)
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
@@ -433,5 +446,27 @@ mod tests {
         );
         assert_eq!(watch.streamed(), 1024);
         assert!(watch.idle() >= limit);
+    }
+
+    /// A file of at most one chunk is read whole at open and is a snapshot; a bigger one is
+    /// streamed and is not; one that changes after the open is changed either way.
+    #[test]
+    fn a_small_file_is_a_snapshot_and_a_streamed_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (0, true),
+            (1, true),
+            (PRELOAD_MAX_BYTES, true),
+            (PRELOAD_MAX_BYTES + 1, false),
+        ];
+        for (size, snapshot) in cases {
+            let path = dir.path().join(format!("f{size}"));
+            std::fs::write(&path, vec![7u8; size as usize]).unwrap();
+            let file = LocalFile::open(&path, &Reach::AsGiven, UpFront::default()).unwrap();
+            assert_eq!(file.is_snapshot(), snapshot, "{size} bytes");
+            assert!(!file.changed(), "{size} bytes, untouched");
+            std::fs::write(&path, b"another version").unwrap();
+            assert!(file.changed(), "{size} bytes, rewritten");
+        }
     }
 }

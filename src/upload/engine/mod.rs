@@ -674,8 +674,12 @@ impl Uploader {
         Ok(value)
     }
 
-    /// True when the file may have changed since it was opened (a failed check counts).
+    /// True when the file may have changed since it was opened (a failed check counts), so
+    /// that what was sent may mix versions. A snapshot cannot: it is not checked again.
     async fn changed(&self, file: &Arc<LocalFile>) -> bool {
+        if file.is_snapshot() {
+            return false;
+        }
         let check = file.clone();
         blocking(move || Ok(check.changed())).await.unwrap_or(true)
     }
