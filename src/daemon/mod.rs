@@ -445,17 +445,17 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
     while let Some(batch) = batches.recv().await {
         let queue = daemon.store.jobs();
         let count = batch.len();
-        let paths: Vec<PathBuf> = batch.iter().map(|c| c.path.clone()).collect();
-        match tokio::task::spawn_blocking(move || queue.enqueue(&batch, now_ms())).await {
+        let telling = daemon.clone();
+        let enqueued = tokio::task::spawn_blocking(move || {
+            queue.enqueue_telling(&batch, now_ms(), |id, candidate| {
+                (telling.events).record(EventKind::Queued, id, &candidate.path, None)
+            })
+        });
+        match enqueued.await {
             Ok(Ok(outcomes)) => {
                 daemon
                     .checked
                     .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-                for (outcome, path) in outcomes.iter().zip(&paths) {
-                    if let crate::queue::Enqueued::New(id) = outcome {
-                        daemon.events.record(EventKind::Queued, *id, path, None);
-                    }
-                }
                 let queued = outcomes
                     .iter()
                     .filter(|o| !matches!(o, crate::queue::Enqueued::Unchanged))

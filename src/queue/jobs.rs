@@ -400,15 +400,31 @@ impl JobQueue {
     /// Queues stable files, coalescing by path and skipping files already uploaded unchanged;
     /// durable when it returns. `now` is Unix milliseconds. Blocking.
     pub fn enqueue(&self, candidates: &[Candidate], now: u64) -> Result<Vec<Enqueued>, QueueError> {
+        self.enqueue_telling(candidates, now, |_, _| {})
+    }
+
+    /// `enqueue`, calling `queued` with each new job before any claim can see it (under the
+    /// queue's lock): whatever tells of a job being queued comes before what tells of its start.
+    pub fn enqueue_telling(
+        &self,
+        candidates: &[Candidate],
+        now: u64,
+        mut queued: impl FnMut(JobId, &Candidate),
+    ) -> Result<Vec<Enqueued>, QueueError> {
         let mut outcomes = Vec::with_capacity(candidates.len());
         for candidate in candidates {
-            outcomes.push(self.enqueue_one(candidate, now)?);
+            outcomes.push(self.enqueue_one(candidate, now, &mut queued)?);
         }
         self.flush()?;
         Ok(outcomes)
     }
 
-    fn enqueue_one(&self, candidate: &Candidate, now: u64) -> Result<Enqueued, QueueError> {
+    fn enqueue_one(
+        &self,
+        candidate: &Candidate,
+        now: u64,
+        queued: &mut impl FnMut(JobId, &Candidate),
+    ) -> Result<Enqueued, QueueError> {
         // Under the lock, so that an upload finishing meanwhile is seen either way.
         let mut counts = self.lock();
         let indexed = self.uploaded_entry(&candidate.remote, &candidate.path)?;
@@ -439,6 +455,7 @@ impl JobQueue {
         }
         let job = transition::new_job(candidate, self.new_id()?, now);
         self.insert_queued(&mut counts, &job)?;
+        queued(job.id, candidate);
         Ok(Enqueued::New(job.id))
     }
 
@@ -920,6 +937,38 @@ mod tests {
         store.store.probe_write().unwrap();
         store.store.reopen().unwrap();
         assert_eq!(store.counts().unwrap().queued, 3);
+    }
+
+    #[test]
+    fn enqueue_tells_of_new_jobs_only_before_they_can_be_claimed() {
+        let (_dir, store) = store();
+        let mut told = Vec::new();
+        let batch = [
+            candidate("/w/a", 1),
+            candidate("/w/a", 2),
+            candidate("/w/b", 1),
+        ];
+        let claimer = store.clone();
+        let outcomes = store
+            .enqueue_telling(&batch, now_ms(), |id, candidate| {
+                // The queue's lock is held: a claim now would wait, so it sees nothing yet.
+                assert!(
+                    claimer.store.shared.job_lock.try_lock().is_err(),
+                    "told under the lock"
+                );
+                told.push((id, candidate.path.clone()));
+            })
+            .unwrap();
+        let new: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Enqueued::New(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.iter().map(|(id, _)| *id).collect::<Vec<_>>(), new);
+        assert_eq!(told[0].1, Path::new("/w/a"));
+        assert_eq!(told[1].1, Path::new("/w/b"));
     }
 
     #[test]
