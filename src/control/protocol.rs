@@ -190,6 +190,10 @@ pub struct StatusReply {
     /// Hook deliveries not made yet; `ferry status` exits 1 while one has failed.
     #[serde(default)]
     pub hooks: HooksStatus,
+    /// Flushes of the store since start: each makes what was written durable (a sync on a
+    /// disk); outcomes reported together share one.
+    #[serde(default)]
+    pub store_flushes: u64,
 }
 
 /// Hook deliveries waiting (`pending`: to be tried, or tried again after a failure) and

@@ -39,6 +39,7 @@ pub(super) struct Metrics {
     scans: Counter,
     overflows: Counter,
     hooks: Family<Labels, Gauge>,
+    store_flushes: Counter,
 }
 
 /// How an upload that did not succeed ended, for `ferry_upload_errors_total{class}`.
@@ -109,6 +110,11 @@ const HOOKS: Described = (
     "Hook deliveries not made yet, by state (pending: to be tried; failed: waiting for `ferry retry --failed`)",
 );
 
+const STORE_FLUSHES: Described = (
+    "ferry_store_flushes",
+    "Flushes of the job store (each a sync on a disk); outcomes reported together share one",
+);
+
 fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Described, metric: &M) {
     registry.register(name, help, metric.clone());
 }
@@ -132,6 +138,7 @@ impl Metrics {
         register(registry, SCANS, &metrics.scans);
         register(registry, OVERFLOWS, &metrics.overflows);
         register(registry, HOOKS, &metrics.hooks);
+        register(registry, STORE_FLUSHES, &metrics.store_flushes);
         metrics
     }
 
@@ -179,6 +186,9 @@ impl Metrics {
         let overflows = status.intake.overflows;
         self.overflows
             .inc_by(overflows.saturating_sub(self.overflows.get()));
+        let flushes = status.store_flushes;
+        self.store_flushes
+            .inc_by(flushes.saturating_sub(self.store_flushes.get()));
         for (state, count) in [
             ("pending", status.hooks.pending),
             ("failed", status.hooks.failed),

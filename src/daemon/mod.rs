@@ -731,6 +731,7 @@ impl Daemon {
             watch_health: self.watch_health(),
             remotes: self.remote_status(),
             hooks,
+            store_flushes: self.store.flushes(),
         })
     }
 

@@ -3,10 +3,12 @@
 //! `after_upload` touches the file; one failing file never holds up the others.
 //!
 //! The scheduler is also the store's group commit. A worker reports its outcome to it and
-//! waits; in one trip to the store the scheduler writes every outcome reported meanwhile,
-//! flushes once, and claims jobs for the slots they freed. With many small files that halves
-//! the trips and flushes per file. Once the scheduler has stopped, workers finishing in the
-//! grace period record their own outcomes.
+//! waits until the outcome is durable. In one trip to the store the scheduler writes every
+//! outcome reported meanwhile and claims jobs for the slots they freed; the outcomes written
+//! within `GROUP_COMMIT` of each other share one flush. No event or `after_upload` follows an
+//! outcome before its flush; the queue's counts in `ferry status` may show it up to
+//! `GROUP_COMMIT` sooner (a crash then runs the job again: nothing is lost). Once the
+//! scheduler has stopped, workers finishing in the grace period record their own outcomes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,15 +36,49 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 struct Report {
     job: JobRecord,
     outcome: Outcome,
+    /// The hook deliveries the outcome calls for, until they are written.
     hooks: Vec<Delivery>,
+    /// Whether it called for any: the hook runner is woken once they are durable.
+    hooked: bool,
     recorded: oneshot::Sender<bool>,
 }
 
 /// Where workers send their reports: the scheduler, while it runs.
 type Reports = mpsc::UnboundedSender<Report>;
 
+/// Longest a reported outcome waits for the flush that makes it durable while other uploads
+/// run: the outcomes reported within it share one flush. (Each sled flush wakes all of sled's
+/// IO threads; on a disk it is a sync.) When nothing else runs, the flush is at once.
+const GROUP_COMMIT: Duration = Duration::from_millis(10);
+
+/// Outcomes written to the store but not flushed yet; their workers wait for the flush.
+#[derive(Default)]
+struct Unflushed {
+    reports: Vec<Report>,
+    since: Option<Instant>,
+}
+
+impl Unflushed {
+    /// When they are to be flushed, if any wait.
+    fn deadline(&self) -> Option<Instant> {
+        self.since.map(|since| since + GROUP_COMMIT)
+    }
+
+    fn add(&mut self, reports: Vec<Report>) {
+        if !reports.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+            self.reports.extend(reports);
+        }
+    }
+
+    fn take(&mut self) -> Vec<Report> {
+        self.since = None;
+        std::mem::take(&mut self.reports)
+    }
+}
+
 /// Records reported outcomes and claims due jobs, starting a worker for each, until `stop`.
-/// Reports already sent when it stops are recorded before it returns.
+/// Reports already sent when it stops are recorded, and all flushed, before it returns.
 pub(super) async fn schedule(
     daemon: Arc<Daemon>,
     workers: TaskTracker,
@@ -50,20 +86,29 @@ pub(super) async fn schedule(
     abandon: CancellationToken,
 ) {
     let (reports, mut reported) = mpsc::unbounded_channel();
-    let mut batch = Vec::new();
+    let (mut batch, mut unflushed) = (Vec::new(), Unflushed::default());
     while !stop.is_cancelled() {
         while let Ok(report) = reported.try_recv() {
             batch.push(report);
         }
-        let free = free_slots(&daemon, batch.len());
-        let (claimed, next_due) = record_and_claim(&daemon, std::mem::take(&mut batch), free).await;
+        let uploading = uploading(&daemon, batch.len() + unflushed.reports.len());
+        let trip = Trip {
+            uploading,
+            free: free_slots(&daemon, uploading),
+            force: false,
+        };
+        let (claimed, next_due) = trip.run(&daemon, &mut unflushed, take(&mut batch)).await;
         for job in claimed {
             start_job(&daemon, &workers, job, &reports, &abandon);
         }
-        let sleep = next_due
-            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
-            .unwrap_or(IDLE_RECHECK)
-            .min(IDLE_RECHECK);
+        let due = next_due.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+        let flush = unflushed
+            .deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        let sleep = [due, flush]
+            .into_iter()
+            .flatten()
+            .fold(IDLE_RECHECK, Duration::min);
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = daemon.wake.notified() => {}
@@ -76,64 +121,94 @@ pub(super) async fn schedule(
     while let Ok(report) = reported.try_recv() {
         batch.push(report);
     }
-    if !batch.is_empty() {
-        record_and_claim(&daemon, batch, 0).await;
-    }
+    Trip::closing().run(&daemon, &mut unflushed, batch).await;
 }
 
-/// How many jobs to claim: the transfer slots not taken, counting those of the jobs in the
-/// batch about to be recorded as free; none while paused or while the store fails.
-fn free_slots(daemon: &Daemon, finishing: usize) -> usize {
+fn take(batch: &mut Vec<Report>) -> Vec<Report> {
+    std::mem::take(batch)
+}
+
+/// Uploads running: the active jobs but the `reported` ones, whose workers only wait for their
+/// outcomes to be recorded.
+fn uploading(daemon: &Daemon, reported: usize) -> usize {
+    let active = daemon.active.lock().expect("active lock is never poisoned");
+    active.len().saturating_sub(reported)
+}
+
+/// How many jobs to claim: the transfer slots not taken by running uploads; none while paused
+/// or while the store fails.
+fn free_slots(daemon: &Daemon, uploading: usize) -> usize {
     let transfers = daemon
         .settings
         .read()
         .expect("settings lock is never poisoned")
         .transfers;
-    let running = daemon
-        .active
-        .lock()
-        .expect("active lock is never poisoned")
-        .len()
-        .saturating_sub(finishing);
     match daemon.paused.load(Ordering::Relaxed) || daemon.store_health.is_failing() {
         true => 0,
-        false => transfers.saturating_sub(running),
+        false => transfers.saturating_sub(uploading),
     }
 }
 
-/// One trip to the store: writes the outcomes of `batch` and flushes once, then claims up to
-/// `free` due jobs. Each reporter hears whether its outcome is durable; returns the claimed
-/// jobs and when the next job falls due.
-async fn record_and_claim(
-    daemon: &Arc<Daemon>,
-    batch: Vec<Report>,
+/// One trip to the store: write the reported outcomes, claim up to `free` jobs, and flush when
+/// the oldest unflushed outcome has waited `GROUP_COMMIT`, when nothing will run after the
+/// trip, or when `force`d.
+struct Trip {
+    uploading: usize,
     free: usize,
-) -> (Vec<JobRecord>, Option<u64>) {
-    let has_hooks = batch.iter().any(|report| !report.hooks.is_empty());
-    let (queue, deliveries) = (daemon.store.jobs(), daemon.store.deliveries());
-    let (batch, recorded, claimed) = tokio::task::spawn_blocking(move || {
-        let mut batch = batch;
-        let recorded = record_outcomes(&queue, &deliveries, &mut batch);
-        (batch, recorded, claim(&queue, free))
-    })
-    .await
-    .expect("store operations do not panic");
-    if has_hooks {
-        daemon.hooks_wake.notify_one();
-    }
-    settle_reports(daemon, batch, recorded);
-    claimed.unwrap_or_else(|error| {
-        if !daemon.store_health.is_failing() {
-            tracing::error!(error = %crate::error::chain(&error), "cannot claim jobs");
-        }
-        daemon.store_health.failed(&error);
-        (Vec::new(), None)
-    })
+    force: bool,
 }
 
-/// The store step for the outcomes: the hook deliveries first, then the outcomes, with one
-/// flush for all. Blocking.
-fn record_outcomes(
+impl Trip {
+    /// The trip that ends the scheduler, or a worker's own after it: no claim, a flush.
+    fn closing() -> Trip {
+        Trip {
+            uploading: 0,
+            free: 0,
+            force: true,
+        }
+    }
+
+    /// Runs the trip; each reporter whose outcome became durable (or failed to) hears so.
+    /// Returns the claimed jobs and when the next job falls due.
+    async fn run(
+        self,
+        daemon: &Arc<Daemon>,
+        unflushed: &mut Unflushed,
+        batch: Vec<Report>,
+    ) -> (Vec<JobRecord>, Option<u64>) {
+        let due = self.force || unflushed.deadline().is_some_and(|at| at <= Instant::now());
+        let waiting = !unflushed.reports.is_empty() || !batch.is_empty();
+        let (queue, deliveries) = (daemon.store.jobs(), daemon.store.deliveries());
+        let (batch, written, flushed, claimed) = tokio::task::spawn_blocking(move || {
+            let mut batch = batch;
+            let written = write_outcomes(&queue, &deliveries, &mut batch);
+            let claimed = claim(&queue, self.free);
+            let idle = self.uploading == 0 && claimed.as_ref().is_ok_and(|(j, _)| j.is_empty());
+            let flushed = (waiting && (due || idle)).then(|| queue.flush());
+            (batch, written, flushed, claimed)
+        })
+        .await
+        .expect("store operations do not panic");
+        match written {
+            Ok(()) => unflushed.add(batch),
+            Err(error) => settle_reports(daemon, batch, Err(error)),
+        }
+        if let Some(flushed) = flushed {
+            settle_reports(daemon, unflushed.take(), flushed);
+        }
+        claimed.unwrap_or_else(|error| {
+            if !daemon.store_health.is_failing() {
+                tracing::error!(error = %crate::error::chain(&error), "cannot claim jobs");
+            }
+            daemon.store_health.failed(&error);
+            (Vec::new(), None)
+        })
+    }
+}
+
+/// Writes the outcomes of `batch`, each after the hook deliveries it calls for (the flush that
+/// makes the outcome durable makes them durable too). Blocking.
+fn write_outcomes(
     queue: &JobQueue,
     deliveries: &Deliveries,
     batch: &mut [Report],
@@ -150,7 +225,7 @@ fn record_outcomes(
         .iter()
         .map(|report| (report.job.id, report.outcome.finish()))
         .collect();
-    queue.finish_all(&finished, now_ms())
+    queue.write_outcomes(&finished, now_ms())
 }
 
 /// Claims up to `free` due jobs; also returns when the next job falls due. Blocking.
@@ -170,6 +245,9 @@ fn settle_reports(daemon: &Daemon, batch: Vec<Report>, recorded: Result<(), Queu
     {
         daemon.store_health.failed(error);
         tracing::error!(error = %crate::error::chain(error), jobs = batch.len(), "cannot record the outcomes; the jobs run again once the store takes writes (or at the next start)");
+    }
+    if recorded.is_ok() && batch.iter().any(|report| report.hooked) {
+        daemon.hooks_wake.notify_one();
     }
     let mut active = daemon.active.lock().expect("active lock is never poisoned");
     for report in batch {
@@ -495,11 +573,14 @@ async fn finish(
     let report = Report {
         job,
         outcome,
+        hooked: !hooks.is_empty(),
         hooks,
         recorded,
     };
     if let Err(mpsc::error::SendError(report)) = reports.send(report) {
-        record_and_claim(daemon, vec![report], 0).await;
+        Trip::closing()
+            .run(daemon, &mut Unflushed::default(), vec![report])
+            .await;
     }
     let durable = heard.await.unwrap_or(false);
     let Some((after, path, root, fingerprint)) = then.filter(|_| durable) else {

@@ -83,8 +83,7 @@ impl Deliveries {
             .hooks
             .remove(id.to_be_bytes())
             .map_err(sled_error("remove a hook delivery"))?;
-        trees.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
+        trees.flush()
     }
 
     /// Makes failed deliveries due again (`ferry retry --failed`); returns how many. Blocking.

@@ -393,7 +393,8 @@ impl JobQueue {
         Ok(())
     }
 
-    fn flush(&self) -> Result<(), QueueError> {
+    /// Makes everything written so far durable. Blocking.
+    pub fn flush(&self) -> Result<(), QueueError> {
         self.store.flush_blocking()
     }
 
@@ -575,11 +576,20 @@ impl JobQueue {
         )
     }
 
-    /// Records how each job ended, then flushes once: all are durable when it returns. This is
-    /// the daemon's group commit, one flush for the outcomes its workers reported together.
-    /// On an error, what was written before it becomes durable with the next flush, or is
-    /// lost in a crash (the jobs are then active, and `open` queues them again). Blocking.
+    /// Records how each job ended, then flushes once: all are durable when it returns. Blocking.
     pub fn finish_all(&self, finished: &[(JobId, Finish<'_>)], now: u64) -> Result<(), QueueError> {
+        self.write_outcomes(finished, now)?;
+        self.flush()
+    }
+
+    /// Writes how each job ended, without flushing: durable after the next `flush`, or lost
+    /// in a crash before it (the jobs are then active, and `open` queues them again). The
+    /// daemon's group commit: its outcomes share flushes. Blocking.
+    pub fn write_outcomes(
+        &self,
+        finished: &[(JobId, Finish<'_>)],
+        now: u64,
+    ) -> Result<(), QueueError> {
         for (id, finish) in finished {
             match *finish {
                 Finish::Done {
@@ -595,7 +605,7 @@ impl JobQueue {
                 Finish::Dropped => self.write_dropped(*id, now)?,
             }
         }
-        self.flush()
+        Ok(())
     }
 
     /// The writes of a successful upload, not flushed.

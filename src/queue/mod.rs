@@ -15,6 +15,7 @@ mod summary;
 pub mod transition;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use hooks::{Deliveries, Delivery};
 pub use jobs::{
@@ -97,6 +98,8 @@ struct Shared {
     job_lock: std::sync::Mutex<Counts>,
     /// What `summary` found lost when the store was last opened.
     damage: std::sync::Mutex<Option<String>>,
+    /// Flushes since the store was opened, through every database it reopened.
+    flushes: std::sync::Arc<AtomicU64>,
 }
 
 /// The sled database and its trees.
@@ -111,6 +114,17 @@ struct Trees {
     uploaded: sled::Tree,
     meta: sled::Tree,
     hooks: sled::Tree,
+    /// The store's flush count (`Shared::flushes`).
+    flushes: std::sync::Arc<AtomicU64>,
+}
+
+impl Trees {
+    /// Makes everything written so far durable, and counts it. Blocking.
+    fn flush(&self) -> Result<(), QueueError> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.db.flush().map_err(sled_error("flush"))?;
+        Ok(())
+    }
 }
 
 /// How long `reopen` waits for operations in progress to let go of the old database.
@@ -119,12 +133,15 @@ const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 impl Store {
     /// Opens (creating) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, QueueError> {
+        let flushes = std::sync::Arc::new(AtomicU64::new(0));
+        let trees = open_trees(dir, flushes.clone())?;
         let store = Store {
             shared: std::sync::Arc::new(Shared {
                 dir: dir.to_path_buf(),
-                trees: std::sync::RwLock::new(Some(std::sync::Arc::new(open_trees(dir)?))),
+                trees: std::sync::RwLock::new(Some(std::sync::Arc::new(trees))),
                 job_lock: Default::default(),
                 damage: Default::default(),
+                flushes,
             }),
         };
         store.recover_and_check()?;
@@ -240,7 +257,8 @@ impl Store {
             }
             drop(old); // releases sled's lock on its files
         }
-        let trees = std::sync::Arc::new(open_trees(&self.shared.dir)?);
+        let flushes = self.shared.flushes.clone();
+        let trees = std::sync::Arc::new(open_trees(&self.shared.dir, flushes)?);
         *slot() = Some(trees);
         self.recover_and_check()
     }
@@ -251,8 +269,7 @@ impl Store {
         t.meta
             .insert("probe", &jobs::now_ms().to_be_bytes())
             .map_err(sled_error("write probe"))?;
-        t.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
+        t.flush()
     }
 
     /// The folder the store lives in.
@@ -262,8 +279,13 @@ impl Store {
 
     /// Makes everything written so far durable. Blocking.
     pub fn flush_blocking(&self) -> Result<(), QueueError> {
-        self.t()?.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
+        self.t()?.flush()
+    }
+
+    /// Flushes since the store was opened: each makes everything written durable (a sync on
+    /// a disk); the daemon's outcomes reported together share one.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
     }
 
     /// Inserts `value` at `key` in the tree `tree` picks and waits until it is durable.
@@ -295,8 +317,7 @@ impl Store {
         let trees = self.t()?;
         tokio::task::spawn_blocking(move || {
             write(&trees)?;
-            trees.db.flush().map_err(sled_error("flush"))?;
-            Ok(())
+            trees.flush()
         })
         .await
         .expect("a store write does not panic")
@@ -360,7 +381,7 @@ fn open_hint(error: &sled::Error) -> &'static str {
     }
 }
 
-fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
+fn open_trees(dir: &Path, flushes: std::sync::Arc<AtomicU64>) -> Result<Trees, QueueError> {
     let open_error = |source: sled::Error| QueueError::Open {
         path: dir.to_path_buf(),
         hint: open_hint(&source),
@@ -379,5 +400,6 @@ fn open_trees(dir: &Path) -> Result<Trees, QueueError> {
         meta: tree("meta")?,
         hooks: tree("hook_deliveries")?,
         db,
+        flushes,
     })
 }

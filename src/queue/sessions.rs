@@ -80,8 +80,7 @@ impl Sessions {
                 .remove(part.map_err(sled_error("scan parts"))?)
                 .map_err(sled_error("remove parts"))?;
         }
-        self.store.t()?.db.flush().map_err(sled_error("flush"))?;
-        Ok(())
+        self.store.t()?.flush()
     }
 
     /// The sessions recorded for the remote `identity`. Blocking: a scan of the records.

@@ -130,6 +130,7 @@ mod tests {
             watches: Vec::new(),
             remotes: Vec::new(),
             hooks: Default::default(),
+            store_flushes: 0,
             failed: Vec::new(),
             intake: IntakeStatus::default(),
             watch_health: vec![WatchStatus {

@@ -678,3 +678,48 @@ async fn md5_checksums_are_sent_and_checked() {
         }
     }
 }
+
+/// The daemon's group commit: small files dropped together (each sent whole, so keeping no
+/// session record) reach the bucket with far fewer store flushes than files, because the
+/// outcomes reported together share one. Without it each outcome took a flush of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_reported_together_share_a_flush() {
+    const FILES: u64 = 80;
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, SECRET_KEY).unwrap();
+    let setup = Setup::with_remote(&server.remote_toml("main", "", &secret), "", "");
+    let _daemon = setup.start().await;
+    let flushes = |status: serde_json::Value| status["store_flushes"].as_u64().unwrap();
+    let before = flushes(setup.status());
+    // Written aside and moved in at once, so that they settle together.
+    let staging = secrets.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    for index in 0..FILES {
+        random_file(&staging.join(format!("s{index}.bin")), 4096, index);
+    }
+    for index in 0..FILES {
+        let name = format!("s{index}.bin");
+        std::fs::rename(staging.join(&name), setup.outbox.join(&name)).unwrap();
+    }
+    setup
+        .wait_idle_with_done(FILES, Duration::from_secs(60))
+        .await;
+    let spent = flushes(setup.status()) - before;
+    for index in 0..FILES {
+        let name = format!("s{index}.bin");
+        let local = std::fs::read(setup.outbox.join(&name)).unwrap();
+        assert_eq!(
+            server.get(&name).await.as_deref(),
+            Some(&local[..]),
+            "{name}"
+        );
+    }
+    // Queueing takes a flush per batch the watcher hands over (about 10 here); the outcomes
+    // took one each (80), and share about one per 6 now.
+    assert!(
+        spent < FILES * 3 / 4,
+        "{spent} store flushes for {FILES} files (queueing and outcomes)"
+    );
+}
