@@ -395,39 +395,53 @@ fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<R
     rows
 }
 
-/// Starts `ferry run` on the filled folder and waits until every file is done.
+/// Starts `ferry run` on the filled folder and waits until every file is done: it follows
+/// `ferry events` (the daemon tells each upload as it is recorded), so the wait costs no
+/// polling.
 fn daemon_drain(env: &Env, count: usize) -> Cost {
     let started = Instant::now();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("--config")
-        .arg(&env.ferry_config)
-        .arg("run")
+    let ferry = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.arg("--config").arg(&env.ferry_config).args(args);
+        command
+    };
+    let mut daemon = ferry(&["run"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = started + Duration::from_secs(600);
-    let cost = loop {
-        let status = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("--config")
-            .arg(&env.ferry_config)
-            .args(["status", "--json"])
-            .output()
-            .unwrap();
-        let done = serde_json::from_slice::<Value>(&status.stdout)
-            .ok()
-            .and_then(|status| status["queue"]["done"].as_u64());
-        if done == Some(count as u64) {
-            let seconds = started.elapsed().as_secs_f64();
-            break Cost {
-                seconds,
-                cpu: proc::cpu_seconds(daemon.id()),
-                server_cpu: 0.0,
-            };
+    while !ferry(&["status"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut events = ferry(&["events", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    let mut uploaded = 0;
+    for line in lines {
+        let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_ne!(event["type"], "failed", "{event}");
+        uploaded += usize::from(event["type"] == "uploaded");
+        if uploaded == count {
+            break;
         }
-        assert!(Instant::now() < deadline, "the daemon did not finish");
-        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(uploaded, count, "the events ended early");
+    let cost = Cost {
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: proc::cpu_seconds(daemon.id()),
+        server_cpu: 0.0,
     };
+    let _ = events.kill();
+    let _ = events.wait();
     // SAFETY: signalling a child we own.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     daemon.wait().unwrap();
