@@ -413,6 +413,7 @@ fn daemon_drain(env: &Env, count: usize) -> Cost {
     let deadline = started + Duration::from_secs(600);
     while !ferry(&["status"])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .unwrap()
         .success()
