@@ -319,37 +319,22 @@ async fn run_job(
         .get(&job.id)
         .map(|a| a.progress.clone());
     let (watch, uploader, retry) = found;
-    let (Some(uploader), Some(progress)) = (uploader, progress) else {
-        let reason = format!(
+    let start = match (uploader, progress) {
+        (Some(uploader), Some(progress)) => unsendable(&job).map_or(Ok((uploader, progress)), Err),
+        _ => Err(format!(
             "remote {} is no longer configured; restore it and `ferry retry`",
             job.remote
-        );
-        finish(
-            &daemon,
-            &reports,
-            job,
-            Outcome::Failed(reason),
-            watch.as_ref(),
-        )
-        .await;
-        return;
+        )),
     };
-    if job.remote_path_unrepresentable() {
-        let reason = format!(
-            "{} has a name that is not valid UTF-8, which no remote can store; rename it",
-            job.path.display()
-        );
-        tracing::error!(error = %reason, "not uploaded");
-        finish(
-            &daemon,
-            &reports,
-            job,
-            Outcome::Failed(reason),
-            watch.as_ref(),
-        )
-        .await;
-        return;
-    }
+    let (uploader, progress) = match start {
+        Ok(found) => found,
+        Err(reason) => {
+            tracing::error!(error = %reason, "not uploaded");
+            let failed = Outcome::Failed(reason);
+            finish(&daemon, &reports, job, failed, watch.as_ref()).await;
+            return;
+        }
+    };
     let (upload, after) = upload_job(&job, watch.as_ref());
     let result = tokio::select! {
         result = uploader.upload(&upload, progress) => result,
@@ -377,6 +362,16 @@ async fn run_job(
         }
     };
     finish(&daemon, &reports, job, outcome, watch.as_ref()).await;
+}
+
+/// Why `job` cannot be sent to any remote, if it cannot.
+fn unsendable(job: &JobRecord) -> Option<String> {
+    job.remote_path_unrepresentable().then(|| {
+        format!(
+            "{} has a name that is not valid UTF-8, which no remote can store; rename it",
+            job.path.display()
+        )
+    })
 }
 
 /// What the engine is asked to upload for `job`, and what to do with the file after. A job
