@@ -653,6 +653,17 @@ impl Daemon {
         result
     }
 
+    /// Why the store cannot take writes now, or what it found lost when opened.
+    fn store_problem(&self) -> Option<String> {
+        self.store_health
+            .problem()
+            .map(|problem| {
+                let dir = self.store.dir().display();
+                format!("{problem} on {dir}; uploads wait until it takes writes")
+            })
+            .or_else(|| self.store.damage())
+    }
+
     async fn status(&self) -> Result<StatusReply, QueueError> {
         let deliveries = self.store.deliveries();
         let (queue, failed, hooks) = self
@@ -720,14 +731,7 @@ impl Daemon {
                 watch_limited: self.watch_stats.limited.load(Ordering::Relaxed),
                 overflows: self.watch_stats.overflows.load(Ordering::Relaxed),
             },
-            store_problem: self
-                .store_health
-                .problem()
-                .map(|problem| {
-                    let dir = self.store.dir().display();
-                    format!("{problem} on {dir}; uploads wait until it takes writes")
-                })
-                .or_else(|| self.store.damage()),
+            store_problem: self.store_problem(),
             watch_health: self.watch_health(),
             remotes: self.remote_status(),
             hooks,

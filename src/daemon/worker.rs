@@ -97,7 +97,9 @@ pub(super) async fn schedule(
             free: free_slots(&daemon, uploading),
             force: false,
         };
-        let (claimed, next_due) = trip.run(&daemon, &mut unflushed, take(&mut batch)).await;
+        let (claimed, next_due) = trip
+            .run(&daemon, &mut unflushed, std::mem::take(&mut batch))
+            .await;
         for job in claimed {
             start_job(&daemon, &workers, job, &reports, &abandon);
         }
@@ -122,10 +124,6 @@ pub(super) async fn schedule(
         batch.push(report);
     }
     Trip::closing().run(&daemon, &mut unflushed, batch).await;
-}
-
-fn take(batch: &mut Vec<Report>) -> Vec<Report> {
-    std::mem::take(batch)
 }
 
 /// Uploads running: the active jobs but the `reported` ones, whose workers only wait for their
