@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry::control::{self, Command as ControlCommand, Reply};
-use ferry::queue::{Candidate, Fingerprint, Store};
+use ferry::queue::{Candidate, Fingerprint, Finish, Store};
 use ferry::server::{Limits, ServeConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -375,16 +375,25 @@ async fn reconcile(dir: &Path) -> (serde_json::Value, Rows) {
             .iter()
             .map(|c| (c.path.as_path(), c.fingerprint))
             .collect();
-        for job in jobs {
-            store
-                .finish_done(
+        // Recorded as the daemon records outcomes: written together, then one flush.
+        let done: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                let fingerprint = fingerprints[job.path.as_path()];
+                let sha256 = "00";
+                (
                     job.id,
-                    fingerprints[job.path.as_path()],
-                    "00",
-                    ferry::queue::jobs::now_ms(),
+                    Finish::Done {
+                        fingerprint,
+                        sha256,
+                    },
                 )
-                .unwrap();
-        }
+            })
+            .collect();
+        store
+            .write_outcomes(&done, ferry::queue::jobs::now_ms())
+            .unwrap();
+        store.flush().unwrap();
     }
     drop(store);
     let prepare_seconds = prepared.elapsed().as_secs_f64();

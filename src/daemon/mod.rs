@@ -448,7 +448,9 @@ async fn intake_loop(daemon: Arc<Daemon>, mut batches: mpsc::Receiver<Vec<Candid
         let telling = daemon.clone();
         let enqueued = tokio::task::spawn_blocking(move || {
             queue.enqueue_telling(&batch, now_ms(), |id, candidate| {
-                (telling.events).record(EventKind::Queued, id, &candidate.path, None)
+                telling
+                    .events
+                    .record(EventKind::Queued, id, &candidate.path, None)
             })
         });
         match enqueued.await {

@@ -1,7 +1,7 @@
 //! Hook deliveries (tree `hook_deliveries`): each hook a job's outcome calls for, written in the
-//! same step as that outcome (before the job's record, which flushes both), kept until it is
-//! delivered, and tried again after a failure until it has failed too often. What to run and
-//! the document to send are the hooks module's, opaque here.
+//! same step as that outcome (before the job's record; one flush makes both durable), kept
+//! until it is delivered, and tried again after a failure until it has failed too often. What
+//! to run and the document to send are the hooks module's, opaque here.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,8 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    /// Adds `delivery` (not flushed: the job's outcome, written next, flushes it). Blocking.
+    /// Adds `delivery`, not flushed: the flush that makes the job's outcome (written next)
+    /// durable makes it durable too. Blocking.
     pub fn add(&self, mut delivery: Delivery) -> Result<u64, QueueError> {
         let trees = self.store.t()?;
         delivery.id = trees

@@ -126,19 +126,22 @@ pub enum Enqueued {
     Unchanged,
 }
 
-/// How a claimed job ended, for `finish_all`.
+/// How a claimed job ended, for `write_outcomes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish<'a> {
-    /// Uploaded: the file had this fingerprint and SHA-256.
+    /// Uploaded with this fingerprint and SHA-256: the index remembers it and the job is done.
+    /// A job whose file changed meanwhile is queued again.
     Done {
         fingerprint: Fingerprint,
         sha256: &'a str,
     },
-    /// Failed for now: tried again at `at` (Unix milliseconds).
+    /// Failed for now: back in the queue for another attempt at `at` (Unix milliseconds).
     Retry { error: &'a str, at: u64 },
-    /// Failed until `retry`.
+    /// Failed for good (until `retry`), keeping the reason. A job whose file changed
+    /// meanwhile gets another attempt instead.
     Failed { error: &'a str },
-    /// Vanished or refused: forgotten.
+    /// Vanished or refused: forgotten. A job whose file was reported again while it ran
+    /// (`dirty`) is queued again instead, so that the new version is not lost.
     Dropped,
 }
 
@@ -555,33 +558,6 @@ impl JobQueue {
             }))
     }
 
-    /// Records a successful upload: the index remembers what was uploaded, the job is done. A
-    /// job whose file changed meanwhile is queued again. Durable when it returns. Blocking.
-    pub fn finish_done(
-        &self,
-        id: JobId,
-        fingerprint: Fingerprint,
-        sha256: &str,
-        now: u64,
-    ) -> Result<(), QueueError> {
-        self.finish_all(
-            &[(
-                id,
-                Finish::Done {
-                    fingerprint,
-                    sha256,
-                },
-            )],
-            now,
-        )
-    }
-
-    /// Records how each job ended, then flushes once: all are durable when it returns. Blocking.
-    pub fn finish_all(&self, finished: &[(JobId, Finish<'_>)], now: u64) -> Result<(), QueueError> {
-        self.write_outcomes(finished, now)?;
-        self.flush()
-    }
-
     /// Writes how each job ended, without flushing: durable after the next `flush`, or lost
     /// in a crash before it (the jobs are then active, and `open` queues them again). The
     /// daemon's group commit: its outcomes share flushes. Blocking.
@@ -654,32 +630,7 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Puts a job back in the queue for another attempt at `next_attempt_ms`. Blocking.
-    pub fn finish_retry(
-        &self,
-        id: JobId,
-        error: &str,
-        next_attempt_ms: u64,
-        now: u64,
-    ) -> Result<(), QueueError> {
-        let at = next_attempt_ms;
-        self.finish_all(&[(id, Finish::Retry { error, at })], now)
-    }
-
-    /// Marks a job failed for good (until `retry`), keeping the reason. A job whose file
-    /// changed meanwhile gets another attempt instead. Blocking.
-    pub fn finish_failed(&self, id: JobId, error: &str, now: u64) -> Result<(), QueueError> {
-        self.finish_all(&[(id, Finish::Failed { error })], now)
-    }
-
-    /// Forgets a job (its file vanished, or was not a file to send). A job whose file was
-    /// reported again while it ran (`dirty`) is queued again instead, so that the new version
-    /// is not lost. Blocking.
-    pub fn drop_job(&self, id: JobId, now: u64) -> Result<(), QueueError> {
-        self.finish_all(&[(id, Finish::Dropped)], now)
-    }
-
-    /// The writes of `drop_job`, not flushed.
+    /// The writes of `Finish::Dropped`, not flushed.
     fn write_dropped(&self, id: JobId, now: u64) -> Result<(), QueueError> {
         let mut counts = self.lock();
         let Some(job) = self.job(id)? else {
@@ -907,6 +858,46 @@ fn repair_keys(tree: &sled::Tree, mut wanted: BTreeSet<[u8; 16]>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each outcome recorded as the daemon records them (written, then flushed), one at a time.
+    impl JobQueue {
+        fn finish(&self, id: JobId, finish: Finish<'_>, now: u64) -> Result<(), QueueError> {
+            self.write_outcomes(&[(id, finish)], now)?;
+            self.flush()
+        }
+
+        fn finish_done(
+            &self,
+            id: JobId,
+            fingerprint: Fingerprint,
+            sha256: &str,
+            now: u64,
+        ) -> Result<(), QueueError> {
+            let done = Finish::Done {
+                fingerprint,
+                sha256,
+            };
+            self.finish(id, done, now)
+        }
+
+        fn finish_retry(
+            &self,
+            id: JobId,
+            error: &str,
+            at: u64,
+            now: u64,
+        ) -> Result<(), QueueError> {
+            self.finish(id, Finish::Retry { error, at }, now)
+        }
+
+        fn finish_failed(&self, id: JobId, error: &str, now: u64) -> Result<(), QueueError> {
+            self.finish(id, Finish::Failed { error }, now)
+        }
+
+        fn drop_job(&self, id: JobId, now: u64) -> Result<(), QueueError> {
+            self.finish(id, Finish::Dropped, now)
+        }
+    }
     use crate::queue::PartRecord;
 
     fn candidate(path: &str, size: u64) -> Candidate {
