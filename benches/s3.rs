@@ -4,17 +4,28 @@
 //!
 //! 1. One 1 GiB file: `ferry push --remote`, rclone, the AWS CLI, s5cmd and the AWS CRT client
 //!    (`benches/s3_crt.py`), each at its defaults, then each with 16 MiB parts, 8 at once.
-//! 2. 2,000 files of 16 KiB: the Ferry daemon (from start to the last file done) against
+//!    s3s-fs reads every part back at complete (and takes its MD5 again), which every tool
+//!    waits for alike.
+//! 2. The same file into a single-node Garage, started fresh for each upload: its complete
+//!    only joins metadata, as on AWS, MinIO or R2, so the parts phase decides.
+//! 3. 2,000 files of 16 KiB: the Ferry daemon (from start to the last file done) against
 //!    `rclone copy --transfers 4` and `aws s3 cp --recursive`.
-//! 3. The adaptive bench's `wan` link (100 Mbit/s, 40 ms each way) through the netem proxy:
+//! 4. The adaptive bench's `wan` link (100 Mbit/s, 40 ms each way) through the netem proxy:
 //!    Ferry, rclone and the AWS CLI on 256 MiB.
+//!
+//! Parts 1 and 2 run `FERRY_S3_BENCH_ROUNDS` rounds (3 unless set), the tools in turn within
+//! each, and keep each tool's median run, with the fastest and slowest beside it: the machine's
+//! speed drifts by more than the gaps between the fastest tools.
 //!
 //! Prints one JSON object, then a table per part; MB/s are 10^6 bytes per second, and each
 //! ratio is Ferry's rate over the peer's. `FERRY_S3_BENCH_SCALE=0.25` shrinks every size;
-//! `FERRY_S3_BENCH_ONLY=small` (or `large`, `wan`, comma-separated) runs only those parts.
+//! `FERRY_S3_BENCH_ONLY=small` (or `large`, `garage`, `wan`, comma-separated) runs only those
+//! parts.
 
 #[path = "support/files.rs"]
 mod files;
+#[path = "support/garage.rs"]
+mod garage;
 #[path = "support/netem.rs"]
 #[allow(dead_code)] // shared: not every user of the emulator uses all of it
 mod netem;
@@ -27,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const KEY_ID: &str = "AKIAFERRYBENCH";
-const SECRET: &str = "ferry-bench-secret";
+// One key for both servers: s3s-fs takes any, Garage only its own format.
+use garage::{KEY_ID, SECRET};
 const BUCKET: &str = "bench";
 const MIB: u64 = 1024 * 1024;
 /// The part size and concurrency every tool is also run with.
@@ -57,12 +68,14 @@ impl Tool {
     }
 }
 
-/// One measured upload.
+/// One measured upload: the run of median time when it was repeated.
 struct Row {
     tool: Tool,
     setting: &'static str,
     bytes: u64,
     cost: Cost,
+    /// The fastest and slowest runs' seconds.
+    spread: (f64, f64),
 }
 
 /// What one upload cost: wall-clock seconds, and the CPU seconds (user and system) of the
@@ -77,8 +90,51 @@ struct Cost {
 }
 
 impl Row {
+    fn once(tool: Tool, setting: &'static str, bytes: u64, cost: Cost) -> Row {
+        let spread = (cost.seconds, cost.seconds);
+        Row {
+            tool,
+            setting,
+            bytes,
+            cost,
+            spread,
+        }
+    }
+
     fn mbps(&self) -> f64 {
         self.bytes as f64 / self.cost.seconds / 1e6
+    }
+}
+
+/// Every run of each tool and setting, in the order first run; rows keep the median.
+#[derive(Default)]
+struct Runs(Vec<(Tool, &'static str, Vec<Cost>)>);
+
+impl Runs {
+    fn add(&mut self, tool: Tool, setting: &'static str, cost: Cost) {
+        eprintln!("{} ({setting}): {:.2} s", tool.name(), cost.seconds);
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, s, _)| *t == tool && *s == setting)
+        {
+            Some((.., costs)) => costs.push(cost),
+            None => self.0.push((tool, setting, vec![cost])),
+        }
+    }
+
+    fn rows(self, bytes: u64) -> Vec<Row> {
+        let row = |(tool, setting, mut costs): (Tool, &'static str, Vec<Cost>)| {
+            costs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+            Row {
+                tool,
+                setting,
+                bytes,
+                cost: costs[costs.len() / 2],
+                spread: (costs[0].seconds, costs[costs.len() - 1].seconds),
+            }
+        };
+        self.0.into_iter().map(row).collect()
     }
 }
 
@@ -146,8 +202,8 @@ impl Drop for Server {
 struct Env {
     work: PathBuf,
     ferry_config: PathBuf,
-    /// The server's own endpoint: Ferry's remote `bench`; any other is its remote `via`.
-    endpoint: String,
+    /// Ferry's remote for each endpoint: `bench` is the s3s-fs's own.
+    remotes: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -176,12 +232,12 @@ impl Env {
         Env {
             work: work.to_path_buf(),
             ferry_config,
-            endpoint: endpoint.to_string(),
+            remotes: std::cell::RefCell::new(vec![(endpoint.into(), "bench".into())]),
         }
     }
 
-    /// Adds Ferry's remote `via`: the same bucket through `endpoint` (a proxy).
-    fn add_via(&self, endpoint: &str) {
+    /// Adds Ferry's remote `name`: the remote `bench` with `endpoint` (a proxy, or Garage).
+    fn add_remote(&self, name: &str, endpoint: &str) {
         let text = std::fs::read_to_string(&self.ferry_config).unwrap();
         let bench = text
             .split("[remotes.bench]")
@@ -189,9 +245,25 @@ impl Env {
             .unwrap()
             .split("[[watch]]")
             .next();
-        let via = bench.unwrap().replace(&self.endpoint, endpoint);
-        let text = format!("{text}\n[remotes.via]{via}");
+        let own = self.remotes.borrow()[0].0.clone();
+        let table = bench.unwrap().replace(&own, endpoint);
+        let text = format!("{text}\n[remotes.{name}]{table}");
         std::fs::write(&self.ferry_config, text).unwrap();
+        let entry = (endpoint.to_string(), name.to_string());
+        self.remotes.borrow_mut().push(entry);
+    }
+
+    /// The size of `key` in the bucket at `endpoint` (0 when it is not there), then removes it.
+    fn check_and_remove(&self, endpoint: &str, key: &str) -> u64 {
+        let s3api = |operation: &str| {
+            let mut command = self.command("aws", endpoint);
+            command.args(["--endpoint-url", endpoint, "s3api", operation]);
+            command.args(["--bucket", BUCKET, "--key", key]);
+            command.stdout(Stdio::piped()).output().unwrap()
+        };
+        let head: Value = serde_json::from_slice(&s3api("head-object").stdout).unwrap_or_default();
+        s3api("delete-object");
+        head["ContentLength"].as_u64().unwrap_or(0)
     }
 
     /// A command with every tool's credentials and endpoint in its environment.
@@ -225,13 +297,11 @@ impl Env {
             Tool::Ferry => {
                 let data = self.work.join(format!("push-{}", rand::random::<u32>()));
                 let mut command = self.command(env!("CARGO_BIN_EXE_ferry"), endpoint);
-                let remote = if endpoint == self.endpoint {
-                    "bench"
-                } else {
-                    "via"
-                };
+                let remotes = self.remotes.borrow();
+                let named = remotes.iter().find(|(known, _)| known == endpoint);
+                let remote = named.expect("a remote for every endpoint").1.clone();
                 command.arg("--config").arg(&self.ferry_config);
-                command.args(["push", "--remote", remote, "--name", key, "--data-dir"]);
+                command.args(["push", "--remote", &remote, "--name", key, "--data-dir"]);
                 command.arg(data).arg(file);
                 if matched {
                     command.args(["--chunk-size", &format!("{part_mib}MiB")]);
@@ -328,64 +398,78 @@ fn wait_with_cpu(child: &Child) -> (i32, f64) {
     (status, seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
-/// Part 1: one large file, every tool at its defaults and matched.
-fn large_file(server: &Server, env: &Env, file: &Path, size: u64) -> Vec<Row> {
-    let tools = [
-        Tool::Ferry,
-        Tool::Rclone,
-        Tool::AwsCli,
-        Tool::S5cmd,
-        Tool::Crt,
-    ];
-    let mut rows = Vec::new();
-    for (setting, matched) in [("defaults", false), ("16 MiB x 8", true)] {
-        for tool in tools {
-            let key = format!("large-{}", rows.len());
-            let command = env.upload(tool, &server.endpoint(), file, &key, matched);
-            let cost = server.measure(|| timed(command, tool.name()));
-            server.check_and_remove(&key, size);
-            eprintln!("{} ({setting}): {:.2} s", tool.name(), cost.seconds);
-            rows.push(Row {
-                tool,
-                setting,
-                bytes: size,
-                cost,
-            });
+/// The tools that upload one large file.
+const LARGE_TOOLS: [Tool; 5] = [
+    Tool::Ferry,
+    Tool::Rclone,
+    Tool::AwsCli,
+    Tool::S5cmd,
+    Tool::Crt,
+];
+
+/// Part 1: one large file, every tool at its defaults and matched, `rounds` times in turn.
+fn large_file(server: &Server, env: &Env, file: &Path, size: u64, rounds: usize) -> Vec<Row> {
+    let mut runs = Runs::default();
+    for _ in 0..rounds {
+        for (setting, matched) in [("defaults", false), ("16 MiB x 8", true)] {
+            for tool in LARGE_TOOLS {
+                let command = env.upload(tool, &server.endpoint(), file, "large", matched);
+                let cost = server.measure(|| timed(command, tool.name()));
+                server.check_and_remove("large", size);
+                runs.add(tool, setting, cost);
+            }
         }
     }
-    rows
+    runs.rows(size)
 }
 
-/// Part 2: many small files; the Ferry daemon from start to the last file done.
+/// Part 2: the same file into Garage, every tool at its defaults, each upload into a fresh
+/// node: where the server's complete is cheap, the parts decide.
+fn garage_file(env: &Env, work: &Path, file: &Path, size: u64, rounds: usize) -> Vec<Row> {
+    let port = garage::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    env.add_remote("garage", &endpoint);
+    let mut runs = Runs::default();
+    for _ in 0..rounds {
+        for tool in LARGE_TOOLS {
+            let node = garage::Garage::start(&work.join("garage"), port, BUCKET);
+            let before = proc::cpu_seconds(node.pid());
+            let cost = timed(
+                env.upload(tool, &endpoint, file, "large", false),
+                tool.name(),
+            );
+            let server_cpu = proc::cpu_seconds(node.pid()) - before;
+            let stored = env.check_and_remove(&endpoint, "large");
+            assert_eq!(stored, size, "{} into garage", tool.name());
+            runs.add(tool, "defaults", Cost { server_cpu, ..cost });
+        }
+    }
+    runs.rows(size)
+}
+
+/// Part 3: many small files; the Ferry daemon from start to the last file done.
 fn small_files(server: &Server, env: &Env, folder: &Path, count: usize) -> Vec<Row> {
     let bytes = count as u64 * 16 * 1024;
     let endpoint = server.endpoint();
-    let mut rows = vec![Row {
-        tool: Tool::Ferry,
-        setting: "daemon, 4 transfers",
+    let drained = server.measure(|| daemon_drain(env, count));
+    let mut rows = vec![Row::once(
+        Tool::Ferry,
+        "daemon, 4 transfers",
         bytes,
-        cost: server.measure(|| daemon_drain(env, count)),
-    }];
+        drained,
+    )];
     let mut rclone = env.command("rclone", &endpoint);
     rclone
         .args(["copy", "--transfers", "4"])
         .arg(folder)
         .arg(format!("bench:{BUCKET}/small-rclone"));
-    rows.push(Row {
-        tool: Tool::Rclone,
-        setting: "copy --transfers 4",
-        bytes,
-        cost: server.measure(|| timed(rclone, "rclone copy")),
-    });
+    let cost = server.measure(|| timed(rclone, "rclone copy"));
+    rows.push(Row::once(Tool::Rclone, "copy --transfers 4", bytes, cost));
     let mut aws = env.command("aws", &endpoint);
     aws.args(["--endpoint-url", &endpoint, "s3", "cp", "--recursive"]);
     aws.arg(folder).arg(format!("s3://{BUCKET}/small-aws/"));
-    rows.push(Row {
-        tool: Tool::AwsCli,
-        setting: "cp --recursive",
-        bytes,
-        cost: server.measure(|| timed(aws, "aws s3 cp --recursive")),
-    });
+    let cost = server.measure(|| timed(aws, "aws s3 cp --recursive"));
+    rows.push(Row::once(Tool::AwsCli, "cp --recursive", bytes, cost));
     for prefix in ["small-ferry", "small-rclone", "small-aws"] {
         let stored = std::fs::read_dir(server.root.join(BUCKET).join(prefix))
             .unwrap()
@@ -449,7 +533,7 @@ fn daemon_drain(env: &Env, count: usize) -> Cost {
     cost
 }
 
-/// Part 3: the wan link through the netem proxy.
+/// Part 4: the wan link through the netem proxy.
 fn wan(
     server: &Server,
     env: &Env,
@@ -461,7 +545,7 @@ fn wan(
     let profile = netem::Profile::link(Some(12_500_000), Duration::from_millis(40));
     let proxy = runtime.block_on(netem::Netem::start(upstream, profile));
     let endpoint = proxy.url();
-    env.add_via(&endpoint);
+    env.add_remote("via", &endpoint);
     let mut rows = Vec::new();
     for tool in [Tool::Ferry, Tool::Rclone, Tool::AwsCli] {
         let key = format!("wan-{}", rows.len());
@@ -469,12 +553,7 @@ fn wan(
         let cost = server.measure(|| timed(command, tool.name()));
         server.check_and_remove(&key, size);
         eprintln!("{} (wan): {:.2} s", tool.name(), cost.seconds);
-        rows.push(Row {
-            tool,
-            setting: "defaults, wan",
-            bytes: size,
-            cost,
-        });
+        rows.push(Row::once(tool, "defaults, wan", size, cost));
     }
     rows
 }
@@ -515,11 +594,19 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (large_size, wan_size) = (size(1024.0), size(256.0));
     let large = work.path().join("large.bin");
+    let rounds: usize = std::env::var("FERRY_S3_BENCH_ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(3);
+    if wanted("large") || wanted("garage") {
+        files::random_file(&large, large_size, 1);
+    }
     let large_rows = match wanted("large") {
-        true => {
-            files::random_file(&large, large_size, 1);
-            large_file(&server, &env, &large, large_size)
-        }
+        true => large_file(&server, &env, &large, large_size, rounds),
+        false => Vec::new(),
+    };
+    let garage_rows = match wanted("garage") {
+        true => garage_file(&env, work.path(), &large, large_size, rounds),
         false => Vec::new(),
     };
     let small_rows = match wanted("small") {
@@ -535,6 +622,7 @@ fn main() {
     };
     report(&[
         ("large", &large_rows),
+        ("garage", &garage_rows),
         ("small", &small_rows),
         ("wan", &wan_rows),
     ]);
@@ -547,7 +635,7 @@ fn report(parts: &[(&str, &[Row])]) {
         .map(|(name, rows)| {
             let rows: Vec<Value> = rows
                 .iter()
-                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.cost.seconds, "cpu_seconds": row.cost.cpu, "server_cpu_seconds": row.cost.server_cpu, "mb_per_s": row.mbps()}))
+                .map(|row| json!({"tool": row.tool.name(), "setting": row.setting, "bytes": row.bytes, "seconds": row.cost.seconds, "seconds_min": row.spread.0, "seconds_max": row.spread.1, "cpu_seconds": row.cost.cpu, "server_cpu_seconds": row.cost.server_cpu, "mb_per_s": row.mbps()}))
                 .collect();
             (name.to_string(), Value::Array(rows))
         })
@@ -556,19 +644,21 @@ fn report(parts: &[(&str, &[Row])]) {
     println!("{json}");
     for (name, rows) in parts.iter().filter(|(_, rows)| !rows.is_empty()) {
         println!(
-            "\n{name}\n| tool | setting | MB/s | seconds | CPU seconds | server CPU seconds | ferry / tool |\n|---|---|---|---|---|---|---|"
+            "\n{name}\n| tool | setting | MB/s | seconds (fastest-slowest) | CPU seconds | server CPU seconds | ferry / tool |\n|---|---|---|---|---|---|---|"
         );
         for row in rows.iter() {
             let ferry = rows
                 .iter()
-                .find(|r| r.tool == Tool::Ferry && (r.setting == row.setting || name != &"large"))
+                .find(|r| r.tool == Tool::Ferry && (r.setting == row.setting || name == &"small"))
                 .map_or(f64::NAN, Row::mbps);
             println!(
-                "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {:.1} | {:.2} ({:.2}-{:.2}) | {:.2} | {:.2} | {:.2} |",
                 row.tool.name(),
                 row.setting,
                 row.mbps(),
                 row.cost.seconds,
+                row.spread.0,
+                row.spread.1,
                 row.cost.cpu,
                 row.cost.server_cpu,
                 ferry / row.mbps()
