@@ -14,6 +14,8 @@ pub struct Progress {
     /// Streamed in attempts not yet acknowledged (drops back when an attempt fails).
     in_flight: AtomicU64,
     part_size: AtomicU64,
+    /// Part attempts that failed (and were retried, or ended the upload); a count.
+    failed_attempts: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters.
@@ -66,6 +68,12 @@ impl Progress {
     /// An attempt that streamed `streamed` bytes failed: those bytes no longer count.
     pub(crate) fn attempt_failed(&self, streamed: u64) {
         self.take_in_flight(streamed);
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Part attempts that failed so far, over every run of this upload.
+    pub fn failed_attempts(&self) -> u64 {
+        self.failed_attempts.load(Ordering::Relaxed)
     }
 
     /// An attempt that streamed `streamed` bytes was acknowledged for a part of `size` bytes.

@@ -28,6 +28,9 @@ use super::open::{OpenError, Reach};
 use super::progress::Progress;
 use crate::queue::Fingerprint;
 
+mod ahead;
+pub use ahead::SumsAhead;
+
 /// Bytes read per chunk of a part body: large enough that syscalls and channel hand-offs are a
 /// small share of the work, small enough that a few per part are nothing to memory.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -258,41 +261,56 @@ impl LocalFile {
 
     /// Hashes the whole file with SHA-256 on a blocking thread, reading sequentially; returns
     /// lowercase hex. Gives up with `Interrupted` once `cancel` fires. A preloaded file's
-    /// digest is known already.
-    pub fn sha256(self: &Arc<Self>, cancel: CancellationToken) -> Hashing {
+    /// digest is known already. On the way it sums the parts for `ahead`, if given.
+    pub fn sha256(
+        self: &Arc<Self>,
+        cancel: CancellationToken,
+        ahead: Option<Arc<SumsAhead>>,
+    ) -> Hashing {
         if let Some(preloaded) = &self.preloaded {
+            // Its parts take the preloaded sums; none waits for a pass.
+            ahead.inspect(|ahead| ahead.stop());
             return Hashing::Done(preloaded.sha256.clone());
         }
         let source = self.clone();
         Hashing::Running(tokio::task::spawn_blocking(move || {
-            let mut hasher = Sha256::new();
-            // No bigger than the file (one byte more, to see its end in one read): zeroing a
-            // whole chunk for every small file costs more than hashing it.
-            let wanted = source.fingerprint.size.saturating_add(1);
-            let mut buffer = vec![0u8; (HASH_CHUNK_BYTES as u64).min(wanted) as usize];
-            let mut offset = 0u64;
-            loop {
-                if cancel.is_cancelled() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Interrupted,
-                        "hashing cancelled",
-                    ));
-                }
-                let read = source.file.read_at(&mut buffer, offset)?;
-                if read == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..read]);
-                offset += read as u64;
-            }
-            if offset != source.fingerprint.size {
+            source.hash(&cancel, ahead.as_deref())
+        }))
+    }
+
+    /// The hashing pass (see `sha256`). Blocking.
+    fn hash(&self, cancel: &CancellationToken, ahead: Option<&SumsAhead>) -> io::Result<String> {
+        let mut hasher = Sha256::new();
+        let mut parts = ahead.map(SumsAhead::pass);
+        // No bigger than the file (one byte more, to see its end in one read): zeroing a whole
+        // chunk for every small file costs more than hashing it.
+        let wanted = self.fingerprint.size.saturating_add(1);
+        let mut buffer = vec![0u8; (HASH_CHUNK_BYTES as u64).min(wanted) as usize];
+        let mut offset = 0u64;
+        loop {
+            if cancel.is_cancelled() {
                 return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file changed size while it was being hashed",
+                    io::ErrorKind::Interrupted,
+                    "hashing cancelled",
                 ));
             }
-            Ok(hex::encode(hasher.finalize()))
-        }))
+            let read = self.file.read_at(&mut buffer, offset)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            if let Some(parts) = &mut parts {
+                parts.update(&buffer[..read]);
+            }
+            offset += read as u64;
+        }
+        if offset != self.fingerprint.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file changed size while it was being hashed",
+            ));
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 }
 

@@ -40,7 +40,7 @@ async fn edge_sizes(flavor: Flavor) {
         let name = format!("size-{size}.bin");
         let local = dir.path().join(&name);
         random_file(&local, size, seed as u64);
-        let report = engine.upload(&local, &name).await.unwrap();
+        let report = engine.upload_cleanly(&local, &name).await;
         let expected_parts = match size {
             s if s <= 5 * MIB => 1,
             s if s == 5 * MIB + 1 => 2,
@@ -655,7 +655,7 @@ async fn md5_checksums_are_sent_and_checked() {
         for (name, size) in [("small.bin", 100 * 1024), ("large.bin", 12 * MIB)] {
             let local = dir.path().join(name);
             random_file(&local, size, 41);
-            let report = engine.upload(&local, name).await.unwrap();
+            let report = engine.upload_cleanly(&local, name).await;
             assert_eq!(
                 u64::from(report.parts),
                 size.div_ceil(5 * MIB),

@@ -38,7 +38,7 @@ use super::open::{OpenError, Reach, Refusal};
 use super::planner::{PartPlanner, PlanContext, Planner, fit};
 use super::progress::Progress;
 use super::retry::{ErrorClass, RetryPolicy};
-use super::source::{Hashing, LocalFile};
+use super::source::{Hashing, LocalFile, SumsAhead};
 use super::{UploadError, UploadSettings};
 use crate::queue::{Fingerprint, PartLimits, PartRecord, RECORD_VERSION, Sessions, UploadRecord};
 
@@ -309,8 +309,6 @@ impl Uploader {
         // Hash while the parts go out; the digest is needed only at complete.
         let hash_cancel = CancellationToken::new();
         let _stop_hashing = hash_cancel.clone().drop_guard();
-        let hashing = file.sha256(hash_cancel);
-
         let opened = self.open_session(job, key, &file, recorded).await?;
         let (record, parts, recorded, whole) = match opened {
             Opened::Ready {
@@ -323,7 +321,7 @@ impl Uploader {
                 parts,
                 file: remote,
             } => {
-                let digest = self.digest(hashing, &file).await?;
+                let digest = self.digest(file.sha256(hash_cancel, None), &file).await?;
                 self.forget(key, &job.local_path).await?;
                 if verify(&job.local_path, &remote, size, &digest).is_err() {
                     return Err(Attempt::Restart(
@@ -339,7 +337,13 @@ impl Uploader {
         let recorded = self
             .record_if_needed(key, &record, &mut layout, recorded, &file)
             .await?;
-        let context = self.context(key, &record, &file, progress, (recorded, whole));
+        // The pass that hashes the file also sums the parts for the remote, once their size is
+        // known (see `source::SumsAhead`).
+        let part_size = whole.as_ref().map(|_| size).or(layout.uniform_size());
+        let ahead = part_size.and_then(|part| SumsAhead::new(part, size, self.backend.up_front()));
+        let ahead = ahead.map(Arc::new);
+        let hashing = file.sha256(hash_cancel, ahead.clone());
+        let context = self.context(key, &record, &file, progress, (recorded, whole, ahead));
         let parts_resumed = acknowledged.len() as u32;
         let resumed_bytes: u64 = acknowledged.values().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
@@ -404,7 +408,7 @@ impl Uploader {
         record: &UploadRecord,
         file: &Arc<LocalFile>,
         progress: &Arc<Progress>,
-        (recorded, whole): (bool, Option<CreateRequest>),
+        (recorded, whole, ahead): (bool, Option<CreateRequest>, Option<Arc<SumsAhead>>),
     ) -> Arc<SessionContext> {
         Arc::new(SessionContext {
             backend: self.backend.clone(),
@@ -421,6 +425,7 @@ impl Uploader {
             recorded,
             whole,
             limiter: self.limiter.clone(),
+            ahead,
         })
     }
 

@@ -22,6 +22,7 @@ use crate::upload::bwlimit::Limiter;
 use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
 use crate::upload::progress::Progress;
 use crate::upload::retry::RetryPolicy;
+use crate::upload::source::SumsAhead;
 use crate::upload::source::{AttemptWatch, LocalFile};
 
 /// Everything a part task needs, shared by the tasks of one session.
@@ -48,6 +49,8 @@ pub(super) struct SessionContext {
     pub whole: Option<CreateRequest>,
     /// The bandwidth limit the bodies draw from, if any.
     pub limiter: Option<Arc<Limiter>>,
+    /// The parts' up-front sums, made by the hashing pass (uniform parts only).
+    pub ahead: Option<Arc<SumsAhead>>,
 }
 
 impl SessionContext {
@@ -138,6 +141,12 @@ impl Layout {
     /// Whether `part` is the whole file.
     pub fn is_whole_file(&self, part: &PartRecord) -> bool {
         part.offset == 0 && part.size >= self.size
+    }
+
+    /// The size of every part but the last, when the remote wants them uniform and the first
+    /// is planned.
+    pub fn uniform_size(&self) -> Option<u64> {
+        self.uniform_size.filter(|_| self.limits.uniform)
     }
 
     /// The next part to send, and whether it is newly planned; `None` once the file is
@@ -369,8 +378,8 @@ async fn put_once(
     Ok((judged, streamed))
 }
 
-/// The checksums the remote wants before the body: those of a preloaded file, or read from the
-/// file on a blocking thread.
+/// The checksums the remote wants before the body: those of a preloaded file, those the hashing
+/// pass made on its way, or read from the file on a blocking thread.
 async fn up_front(
     context: &SessionContext,
     spec: PartSpec,
@@ -381,6 +390,11 @@ async fn up_front(
         return Ok(PartSums::default());
     }
     if let Some(sums) = context.file.preloaded_sums(spec, wanted) {
+        return Ok(sums);
+    }
+    if let Some(ahead) = &context.ahead
+        && let Some(sums) = ahead.take(spec).await
+    {
         return Ok(sums);
     }
     let file = context.file.clone();

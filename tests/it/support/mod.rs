@@ -206,6 +206,24 @@ impl Engine {
     }
 
     pub async fn upload(&self, local: &Path, remote: &str) -> Result<UploadReport, UploadError> {
+        self.upload_counting(local, remote).await.0
+    }
+
+    /// Uploads `local` and asserts that no part attempt failed on the way: the servers the
+    /// tests start are on loopback and refuse nothing a correct client sends, so a retry there
+    /// is a bug that retrying would hide (a wrong checksum, say).
+    pub async fn upload_cleanly(&self, local: &Path, remote: &str) -> UploadReport {
+        let (report, failed) = self.upload_counting(local, remote).await;
+        assert_eq!(failed, 0, "{}: part attempts failed", local.display());
+        report.unwrap()
+    }
+
+    /// The upload's outcome, and how many part attempts failed on the way.
+    async fn upload_counting(
+        &self,
+        local: &Path,
+        remote: &str,
+    ) -> (Result<UploadReport, UploadError>, u64) {
         let job = UploadJob {
             local_path: local.to_path_buf(),
             remote_path: remote.into(),
@@ -214,9 +232,9 @@ impl Engine {
             reach: ferry::upload::Reach::AsGiven,
             expected: None,
         };
-        self.uploader
-            .upload(&job, Arc::new(Progress::default()))
-            .await
+        let progress = Arc::new(Progress::default());
+        let outcome = self.uploader.upload(&job, progress.clone()).await;
+        (outcome, progress.failed_attempts())
     }
 }
 
