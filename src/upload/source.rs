@@ -29,7 +29,9 @@ use super::progress::Progress;
 use crate::queue::Fingerprint;
 
 mod ahead;
+mod pool;
 pub use ahead::SumsAhead;
+use pool::Aligned;
 
 /// Bytes read per chunk of a part body: large enough that syscalls and channel hand-offs are a
 /// small share of the work, small enough that a few per part are nothing to memory.
@@ -205,13 +207,12 @@ impl LocalFile {
         let end = part.offset + part.size;
         while offset < end {
             let length = (end - offset).min(READ_CHUNK_BYTES as u64) as usize;
-            let mut buffer = BytesMut::zeroed(length);
-            self.file
-                .read_exact_at(&mut buffer, offset)
+            let chunk = pool::CHUNKS
+                .read_chunk(&self.file, offset, length)
                 .map_err(shrank)?;
-            crc = crc32c::crc32c_append(crc, &buffer);
+            crc = crc32c::crc32c_append(crc, &chunk);
             offset += length as u64;
-            if sender.blocking_send(Ok(buffer.freeze())).is_err() {
+            if sender.blocking_send(Ok(chunk)).is_err() {
                 break;
             }
         }
@@ -238,18 +239,17 @@ impl LocalFile {
         use md5::Digest as _;
         let mut crc = 0u32;
         let mut md5 = md5::Md5::new();
-        let mut buffer = vec![0u8; READ_CHUNK_BYTES.min(part.size.max(1) as usize)];
+        let mut buffer = Aligned::new(READ_CHUNK_BYTES.min(part.size.max(1) as usize));
         let (mut offset, end) = (part.offset, part.offset + part.size);
         while offset < end {
-            let length = (end - offset).min(buffer.len() as u64) as usize;
-            self.file
-                .read_exact_at(&mut buffer[..length], offset)
-                .map_err(shrank)?;
+            let length = (end - offset).min(buffer.bytes().len() as u64) as usize;
+            let bytes = &mut buffer.bytes_mut()[..length];
+            self.file.read_exact_at(bytes, offset).map_err(shrank)?;
             if wanted.crc32c {
-                crc = crc32c::crc32c_append(crc, &buffer[..length]);
+                crc = crc32c::crc32c_append(crc, bytes);
             }
             if wanted.md5 {
-                md5.update(&buffer[..length]);
+                md5.update(&*bytes);
             }
             offset += length as u64;
         }
@@ -285,7 +285,7 @@ impl LocalFile {
         // No bigger than the file (one byte more, to see its end in one read): zeroing a whole
         // chunk for every small file costs more than hashing it.
         let wanted = self.fingerprint.size.saturating_add(1);
-        let mut buffer = vec![0u8; (HASH_CHUNK_BYTES as u64).min(wanted) as usize];
+        let mut buffer = Aligned::new((HASH_CHUNK_BYTES as u64).min(wanted) as usize);
         let mut offset = 0u64;
         loop {
             if cancel.is_cancelled() {
@@ -294,13 +294,14 @@ impl LocalFile {
                     "hashing cancelled",
                 ));
             }
-            let read = self.file.read_at(&mut buffer, offset)?;
+            let read = self.file.read_at(buffer.bytes_mut(), offset)?;
             if read == 0 {
                 break;
             }
-            hasher.update(&buffer[..read]);
+            let bytes = &buffer.bytes()[..read];
+            hasher.update(bytes);
             if let Some(parts) = &mut parts {
-                parts.update(&buffer[..read]);
+                parts.update(bytes);
             }
             offset += read as u64;
         }
