@@ -321,15 +321,10 @@ impl Uploader {
                 parts,
                 file: remote,
             } => {
-                let digest = self.digest(file.sha256(hash_cancel, None), &file).await?;
-                self.forget(key, &job.local_path).await?;
-                if verify(&job.local_path, &remote, size, &digest).is_err() {
-                    return Err(Attempt::Restart(
-                        "the remote completed an earlier version of the file".into(),
-                    ));
-                }
-                let count = parts.len() as u32;
-                let tally = Tally(count, count, 0, PartSizes::of(&parts));
+                let hashing = file.sha256(hash_cancel, None);
+                let digest = self.digest(hashing, &file).await?;
+                let tally = self.already_complete(job, key, &file, (&parts, &remote), &digest);
+                let tally = tally.await?;
                 return Ok(report(job, &file, digest, tally, started));
             }
         };
@@ -337,11 +332,7 @@ impl Uploader {
         let recorded = self
             .record_if_needed(key, &record, &mut layout, recorded, &file)
             .await?;
-        // The pass that hashes the file also sums the parts for the remote, once their size is
-        // known (see `source::SumsAhead`).
-        let part_size = whole.as_ref().map(|_| size).or(layout.uniform_size());
-        let ahead = part_size.and_then(|part| SumsAhead::new(part, size, self.backend.up_front()));
-        let ahead = ahead.map(Arc::new);
+        let ahead = self.sums_ahead(&layout, whole.is_some(), size);
         let hashing = file.sha256(hash_cancel, ahead.clone());
         let context = self.context(key, &record, &file, progress, (recorded, whole, ahead));
         let parts_resumed = acknowledged.len() as u32;
@@ -367,6 +358,39 @@ impl Uploader {
         let sizes = PartSizes::of(manifest.values());
         let tally = Tally(manifest.len() as u32, parts_resumed, bytes_sent, sizes);
         Ok(report(job, &file, digest, tally, started))
+    }
+
+    /// A session the remote completed before (its reply was lost): forgets it, and checks it
+    /// holds this version of the file.
+    async fn already_complete(
+        &self,
+        job: &UploadJob,
+        key: &str,
+        file: &LocalFile,
+        (parts, remote): (&[PartRecord], &RemoteFile),
+        digest: &str,
+    ) -> Result<Tally, Attempt> {
+        self.forget(key, &job.local_path).await?;
+        let size = file.fingerprint().size;
+        if verify(&job.local_path, remote, size, digest).is_err() {
+            return Err(Attempt::Restart(
+                "the remote completed an earlier version of the file".into(),
+            ));
+        }
+        let count = parts.len() as u32;
+        Ok(Tally(count, count, 0, PartSizes::of(parts)))
+    }
+
+    /// The parts' up-front sums, made by the pass that hashes the file, when the remote wants
+    /// them and the parts are uniform (or the file goes whole): see `source::SumsAhead`.
+    fn sums_ahead(&self, layout: &Layout, whole: bool, size: u64) -> Option<Arc<SumsAhead>> {
+        let part_size = if whole {
+            Some(size)
+        } else {
+            layout.uniform_size()
+        };
+        let ahead = SumsAhead::new(part_size?, size, self.backend.up_front())?;
+        Some(Arc::new(ahead))
     }
 
     /// Once every part is acknowledged: checks the file did not change, completes the session
