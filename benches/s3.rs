@@ -106,7 +106,7 @@ impl Row {
     }
 }
 
-/// Every run of each tool and setting, in the order first run; rows keep the median.
+/// Every run of each tool and setting, in the order they first ran; rows keep the median.
 #[derive(Default)]
 struct Runs(Vec<(Tool, &'static str, Vec<Cost>)>);
 
@@ -253,8 +253,9 @@ impl Env {
         self.remotes.borrow_mut().push(entry);
     }
 
-    /// The size of `key` in the bucket at `endpoint` (0 when it is not there), then removes it.
-    fn check_and_remove(&self, endpoint: &str, key: &str) -> u64 {
+    /// Removes `key` from the bucket at `endpoint`, through the S3 API; the size it had (0 when
+    /// it was not there).
+    fn remove_object(&self, endpoint: &str, key: &str) -> u64 {
         let s3api = |operation: &str| {
             let mut command = self.command("aws", endpoint);
             command.args(["--endpoint-url", endpoint, "s3api", operation]);
@@ -439,7 +440,7 @@ fn garage_file(env: &Env, work: &Path, file: &Path, size: u64, rounds: usize) ->
                 tool.name(),
             );
             let server_cpu = proc::cpu_seconds(node.pid()) - before;
-            let stored = env.check_and_remove(&endpoint, "large");
+            let stored = env.remove_object(&endpoint, "large");
             assert_eq!(stored, size, "{} into garage", tool.name());
             runs.add(tool, "defaults", Cost { server_cpu, ..cost });
         }

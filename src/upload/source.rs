@@ -268,8 +268,10 @@ impl LocalFile {
         ahead: Option<Arc<SumsAhead>>,
     ) -> Hashing {
         if let Some(preloaded) = &self.preloaded {
-            // Its parts take the preloaded sums; none waits for a pass.
-            ahead.inspect(|ahead| ahead.stop());
+            // Its parts take the preloaded sums; none may wait for a pass.
+            if let Some(ahead) = &ahead {
+                ahead.stop();
+            }
             return Hashing::Done(preloaded.sha256.clone());
         }
         let source = self.clone();

@@ -306,7 +306,8 @@ impl Uploader {
         let file = Arc::new(file);
         let size = file.fingerprint().size;
         progress.start(size);
-        // Hash while the parts go out; the digest is needed only at complete.
+        // The file is hashed while the parts go out (the digest is needed only at complete),
+        // from when the parts' size is known, so that the same pass sums them.
         let hash_cancel = CancellationToken::new();
         let _stop_hashing = hash_cancel.clone().drop_guard();
         let opened = self.open_session(job, key, &file, recorded).await?;

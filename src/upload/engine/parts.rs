@@ -22,8 +22,7 @@ use crate::upload::bwlimit::Limiter;
 use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
 use crate::upload::progress::Progress;
 use crate::upload::retry::RetryPolicy;
-use crate::upload::source::SumsAhead;
-use crate::upload::source::{AttemptWatch, LocalFile};
+use crate::upload::source::{AttemptWatch, LocalFile, SumsAhead};
 
 /// Everything a part task needs, shared by the tasks of one session.
 pub(super) struct SessionContext {
