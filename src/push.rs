@@ -69,6 +69,8 @@ struct FileSummary {
     parts_resumed: u32,
     part_sizes: PartSizes,
     duration_ms: u128,
+    /// Part attempts that failed and were retried (a flaky link shows here).
+    part_attempts_failed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,11 +216,13 @@ async fn report_progress(progress: Arc<Progress>, label: String) {
 fn describe(report: &UploadReport) -> String {
     let seconds = report.duration.as_secs_f64().max(1e-6);
     let rate = (report.bytes_sent as f64 / seconds) as u64;
-    let resumed = if report.parts_resumed > 0 {
-        format!(", {} parts resumed", report.parts_resumed)
-    } else {
-        String::new()
-    };
+    let mut resumed = String::new();
+    if report.parts_resumed > 0 {
+        resumed += &format!(", {} parts resumed", report.parts_resumed);
+    }
+    if report.part_attempts_failed > 0 {
+        resumed += &format!(", {} part attempts retried", report.part_attempts_failed);
+    }
     format!(
         "uploaded {} to {} ({} in {:.1}s, {}/s{resumed})",
         report.local_path.display(),
@@ -240,5 +244,6 @@ fn file_summary(path: &Path, report: UploadReport) -> FileSummary {
         parts_resumed: report.parts_resumed,
         part_sizes: report.part_sizes,
         duration_ms: report.duration.as_millis(),
+        part_attempts_failed: report.part_attempts_failed,
     }
 }

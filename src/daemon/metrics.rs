@@ -27,6 +27,7 @@ pub(super) struct Metrics {
     uploaded_bytes: Family<Labels, Counter>,
     uploaded_files: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
+    part_attempts_failed: Family<Labels, Counter>,
     jobs: Family<Labels, Gauge>,
     oldest_pending: Gauge,
     part_size: Family<Labels, Gauge>,
@@ -63,6 +64,10 @@ const UPLOADED_FILES: Described = ("ferry_uploaded_files", "Files uploaded, by r
 const ERRORS: Described = (
     "ferry_upload_errors",
     "Uploads that did not succeed, by remote and class (transient: retried; permanent: failed until `ferry retry`; dropped: the file vanished or was refused)",
+);
+const PART_ATTEMPTS_FAILED: Described = (
+    "ferry_part_attempts_failed",
+    "Part attempts that failed and were retried, by remote (counted as each upload ends): a flaky link or server shows here first",
 );
 const JOBS: Described = ("ferry_jobs", "Jobs by state");
 const OLDEST_PENDING: Described = (
@@ -126,6 +131,11 @@ impl Metrics {
         register(registry, UPLOADED_BYTES, &metrics.uploaded_bytes);
         register(registry, UPLOADED_FILES, &metrics.uploaded_files);
         register(registry, ERRORS, &metrics.errors);
+        register(
+            registry,
+            PART_ATTEMPTS_FAILED,
+            &metrics.part_attempts_failed,
+        );
         register(registry, JOBS, &metrics.jobs);
         register(registry, OLDEST_PENDING, &metrics.oldest_pending);
         register(registry, PART_SIZE, &metrics.part_size);
@@ -147,6 +157,14 @@ impl Metrics {
         let labels = vec![("remote", remote.to_string())];
         self.uploaded_bytes.get_or_create(&labels).inc_by(size);
         self.uploaded_files.get_or_create(&labels).inc();
+    }
+
+    /// An upload to `remote` ended, successful or not, after `count` part attempts failed.
+    pub(super) fn part_attempts_failed(&self, remote: &str, count: u64) {
+        let labels = vec![("remote", remote.to_string())];
+        self.part_attempts_failed
+            .get_or_create(&labels)
+            .inc_by(count);
     }
 
     /// An upload to `remote` that did not succeed.

@@ -27,7 +27,7 @@ use crate::config::{AfterUpload, Symlinks, WatchConfig};
 use crate::control::EventKind;
 use crate::queue::jobs::now_ms;
 use crate::queue::{Deliveries, Delivery, Fingerprint, Finish, JobQueue, JobRecord, QueueError};
-use crate::upload::{Progress, Reach, UploadError, UploadJob};
+use crate::upload::{Progress, Reach, RetryPolicy, UploadError, UploadJob, Uploader};
 
 /// Longest the scheduler sleeps without a wake-up, as a safety net.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
@@ -289,6 +289,47 @@ fn start_job(
     workers.spawn(worker.instrument(span));
 }
 
+/// What running a job takes from the daemon.
+struct JobNeeds {
+    /// Its watch's settings (a job from a watch removed since has none).
+    watch: Option<WatchConfig>,
+    /// Its remote's uploader and its progress, or why it cannot start.
+    start: Result<(Arc<Uploader>, Arc<Progress>), String>,
+    retry: RetryPolicy,
+}
+
+fn job_needs(daemon: &Daemon, job: &JobRecord) -> JobNeeds {
+    let settings = daemon
+        .settings
+        .read()
+        .expect("settings lock is never poisoned");
+    let watch = settings
+        .watches
+        .iter()
+        .find(|w| w.path == job.watch_root)
+        .cloned();
+    let uploader = settings.uploaders.get(&job.remote).cloned();
+    let progress = daemon
+        .active
+        .lock()
+        .expect("active lock is never poisoned")
+        .get(&job.id)
+        .map(|a| a.progress.clone());
+    let start = match (uploader, progress) {
+        (Some(uploader), Some(progress)) => unsendable(job).map_or(Ok((uploader, progress)), Err),
+        _ => Err(format!(
+            "remote {} is no longer configured; restore it and `ferry retry`",
+            job.remote
+        )),
+    };
+    let retry = settings.upload.retry;
+    JobNeeds {
+        watch,
+        start,
+        retry,
+    }
+}
+
 /// Uploads one job's file and records the outcome. Abandoned at shutdown after the grace
 /// period: the job stays active in the store and is queued again at the next start.
 async fn run_job(
@@ -297,33 +338,11 @@ async fn run_job(
     reports: Reports,
     abandon: CancellationToken,
 ) {
-    let found = {
-        let settings = daemon
-            .settings
-            .read()
-            .expect("settings lock is never poisoned");
-        let watch = settings
-            .watches
-            .iter()
-            .find(|w| w.path == job.watch_root)
-            .cloned();
-        let uploader = settings.uploaders.get(&job.remote).cloned();
-        (watch, uploader, settings.upload.retry)
-    };
-    let progress = daemon
-        .active
-        .lock()
-        .expect("active lock is never poisoned")
-        .get(&job.id)
-        .map(|a| a.progress.clone());
-    let (watch, uploader, retry) = found;
-    let start = match (uploader, progress) {
-        (Some(uploader), Some(progress)) => unsendable(&job).map_or(Ok((uploader, progress)), Err),
-        _ => Err(format!(
-            "remote {} is no longer configured; restore it and `ferry retry`",
-            job.remote
-        )),
-    };
+    let JobNeeds {
+        watch,
+        start,
+        retry,
+    } = job_needs(&daemon, &job);
     let (uploader, progress) = match start {
         Ok(found) => found,
         Err(reason) => {
@@ -334,6 +353,7 @@ async fn run_job(
         }
     };
     let (upload, after) = upload_job(&job, watch.as_ref());
+    let attempts = progress.clone();
     let result = tokio::select! {
         result = uploader.upload(&upload, progress) => result,
         _ = abandon.cancelled() => {
@@ -341,6 +361,10 @@ async fn run_job(
             return;
         }
     };
+    let failed_attempts = attempts.failed_attempts();
+    daemon
+        .metrics
+        .part_attempts_failed(&job.remote, failed_attempts);
     let outcome = match result {
         Ok(report) => {
             daemon.metrics.uploaded(&job.remote, report.size);

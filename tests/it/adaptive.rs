@@ -48,7 +48,10 @@ async fn a_new_push_starts_at_the_part_size_the_last_one_learned() {
     random_file(&first, 48 * MIB, 1);
     random_file(&second, 48 * MIB, 2);
 
-    let cold = &push(&first, &link.url(), &token, &data)["files"][0]["part_sizes"];
+    let cold_push = push(&first, &link.url(), &token, &data);
+    let retried = &cold_push["files"][0]["part_attempts_failed"];
+    assert_eq!(retried, 0, "a clean link retries nothing: {cold_push}");
+    let cold = &cold_push["files"][0]["part_sizes"];
     assert_eq!(cold["first"], INITIAL, "a fresh store starts small: {cold}");
     assert!(
         cold["max"].as_u64().unwrap() >= 8 * MIB,
@@ -134,6 +137,13 @@ async fn a_push_through_a_link_that_drops_connections_finishes_with_small_parts(
     random_file(&file, 24 * MIB, 4);
     let summary = push(&file, &link.url(), &token, &dir.path().join("data"));
     assert!(link.resets() >= 3, "the link did drop connections");
+    let retried = summary["files"][0]["part_attempts_failed"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        retried >= 1,
+        "the push counts the attempts the resets broke: {summary}"
+    );
     let sizes = &summary["files"][0]["part_sizes"];
     assert!(sizes["max"].as_u64().unwrap() <= 4 * MIB, "{sizes}");
     crate::support::assert_same_content(&file, &receiver.file("flaky.bin"));

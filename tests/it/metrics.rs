@@ -113,6 +113,11 @@ async fn metrics_are_valid_exposition_and_counters_move_as_files_upload() {
     assert!(after["ferry_watch_scans_total"] >= 1.0, "the scan at start");
     assert_eq!(after["ferry_watch_event_overflows_total"], 0.0);
     assert_eq!(after["ferry_hook_deliveries{state=\"pending\"}"], 0.0);
+    let retried = "ferry_part_attempts_failed_total{remote=\"main\"}";
+    assert_eq!(
+        after[retried], 0.0,
+        "a clean loopback upload retries nothing"
+    );
     assert!(
         after["ferry_store_flushes_total"] > before["ferry_store_flushes_total"],
         "queueing and recording the uploads flushed the store"

@@ -85,6 +85,8 @@ pub struct UploadReport {
     pub parts_resumed: u32,
     pub part_sizes: PartSizes,
     pub duration: Duration,
+    /// Part attempts that failed on the way, each retried or ending in a new session.
+    pub part_attempts_failed: u64,
 }
 
 /// The sizes of a file's parts: the first, the last, the smallest and the largest.
@@ -271,7 +273,13 @@ impl Uploader {
             let attempt = self.attempt(job, &key, &progress).await;
             self.keep_learned_now_and_then().await;
             let (reason, gone) = match attempt {
-                Ok(report) => return Ok(report),
+                Ok(report) => {
+                    let part_attempts_failed = progress.failed_attempts();
+                    return Ok(UploadReport {
+                        part_attempts_failed,
+                        ..report
+                    });
+                }
                 Err(Attempt::Fatal(error)) => return Err(*error),
                 Err(Attempt::Restart(reason) | Attempt::Replan(reason)) => (reason, false),
                 Err(Attempt::Gone(reason)) => (reason, true),
@@ -876,6 +884,7 @@ fn report(
         parts_resumed,
         part_sizes,
         duration: started.elapsed(),
+        part_attempts_failed: 0,
     }
 }
 
