@@ -2,10 +2,12 @@
 //! the exposition format, and the counters seen to move as files upload.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::daemon::Setup;
-use crate::support::{Receiver, client, free_port};
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::{Receiver, client, free_port, random_file};
 
 const ARRIVAL: Duration = Duration::from_secs(30);
 
@@ -82,10 +84,8 @@ pub async fn scrape(address: &str) -> BTreeMap<String, f64> {
     parse(&response.text().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_valid_exposition_and_counters_move_as_files_upload() {
-    let receiver = Receiver::start().await;
-    let setup = Setup::new(&receiver.url, "", "");
+/// Makes the daemon of `setup` serve `/metrics`; the address it will listen on.
+fn serve_metrics(setup: &Setup) -> String {
     let address = format!("127.0.0.1:{}", free_port());
     let config = std::fs::read_to_string(&setup.config).unwrap();
     let config = config.replace(
@@ -93,6 +93,14 @@ async fn metrics_are_valid_exposition_and_counters_move_as_files_upload() {
         &format!("[daemon]\nmetrics_listen = \"{address}\"\n"),
     );
     std::fs::write(&setup.config, config).unwrap();
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_exposition_and_counters_move_as_files_upload() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let address = serve_metrics(&setup);
     let _daemon = setup.start().await;
 
     let before = scrape(&address).await;
@@ -122,4 +130,28 @@ async fn metrics_are_valid_exposition_and_counters_move_as_files_upload() {
         after["ferry_store_flushes_total"] > before["ferry_store_flushes_total"],
         "queueing and recording the uploads flushed the store"
     );
+}
+
+/// One part attempt cut mid-body by the proxy: the daemon retries it, uploads the file, and
+/// counts exactly that attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_attempt_that_failed_is_counted() {
+    let receiver = Receiver::start().await;
+    let proxy = FaultProxy::start(receiver.address).await;
+    let cut = AtomicBool::new(false);
+    proxy.set_plan(move |head, _| {
+        let first_of_part_2 = head.part_number == Some(2) && !cut.swap(true, Ordering::SeqCst);
+        first_of_part_2.then_some(Fault::CutMidBody)
+    });
+    let setup = Setup::new(&proxy.url, "", "");
+    let address = serve_metrics(&setup);
+    let _daemon = setup.start().await;
+
+    let local = setup.outbox.join("cut.bin");
+    random_file(&local, 4 * 1024 * 1024, 5);
+    setup.wait_idle_with_done(1, ARRIVAL).await;
+    let after = scrape(&address).await;
+    let failed = after["ferry_part_attempts_failed_total{remote=\"main\"}"];
+    assert_eq!(failed, 1.0, "the cut attempt, and only it: {after:?}");
+    crate::support::assert_same_content(&local, &receiver.file("cut.bin"));
 }
