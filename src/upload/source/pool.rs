@@ -6,8 +6,8 @@
 //! page boundary, where the kernel's copy into it ran markedly slower. So chunks come from a
 //! pool (`CHUNKS`, at most 32 × 256 KiB kept idle) as `Bytes` that give their buffer back when
 //! dropped, and every read buffer starts on a page boundary (`Aligned`). Pushing 1 GiB to
-//! Garage took 2.10 CPU seconds before, 1.94 with the pool, and 1.60 with the hashing pass's
-//! buffer aligned as well (docs/s3.md).
+//! Garage took about 2.1 CPU seconds before, 1.95 with the pool, and 1.55 to 1.77 with the
+//! hashing pass's buffer aligned as well (docs/s3.md).
 
 use std::fs::File;
 use std::io;
