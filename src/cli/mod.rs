@@ -229,9 +229,13 @@ pub fn render_status(status: &StatusReply) -> String {
     for transfer in &status.active {
         let fraction = transfer.bytes_sent as f64 / transfer.size.max(1) as f64;
         let filled = (fraction * 20.0).round() as usize;
+        let retried = match transfer.part_attempts_failed {
+            0 => String::new(),
+            count => format!(", {count} part attempts retried"),
+        };
         let _ = writeln!(
             out,
-            "  #{} {} [{}{}] {:>3.0}% of {}, {} parts, {}/s",
+            "  #{} {} [{}{}] {:>3.0}% of {}, {} parts, {}/s{retried}",
             transfer.job_id,
             transfer.remote_path,
             "=".repeat(filled.min(20)),

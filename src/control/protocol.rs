@@ -291,6 +291,9 @@ pub struct ActiveTransfer {
     pub bytes_sent: u64,
     pub part_size: u64,
     pub throughput_bytes_per_sec: u64,
+    /// Part attempts of this upload that failed so far (each retried).
+    #[serde(default)]
+    pub part_attempts_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

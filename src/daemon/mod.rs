@@ -700,6 +700,7 @@ impl Daemon {
                     bytes_sent: snapshot.position(),
                     part_size: snapshot.part_size,
                     throughput_bytes_per_sec: (sent as f64 / seconds) as u64,
+                    part_attempts_failed: job.progress.failed_attempts(),
                 }
             })
             .collect();

@@ -126,6 +126,7 @@ mod tests {
                 bytes_sent: 1 << 20,
                 part_size: 8 << 20,
                 throughput_bytes_per_sec: 3 << 20,
+                part_attempts_failed: 0,
             }],
             watches: Vec::new(),
             remotes: Vec::new(),

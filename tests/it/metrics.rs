@@ -132,8 +132,8 @@ async fn metrics_are_valid_exposition_and_counters_move_as_files_upload() {
     );
 }
 
-/// One part attempt cut mid-body by the proxy: the daemon retries it, uploads the file, and
-/// counts exactly that attempt.
+/// One part attempt cut mid-body by the proxy: the daemon retries it, `ferry status` shows it
+/// while the upload goes on, and the file arrives, with exactly that attempt counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_attempt_that_failed_is_counted() {
     let receiver = Receiver::start().await;
@@ -147,8 +147,17 @@ async fn a_part_attempt_that_failed_is_counted() {
     let address = serve_metrics(&setup);
     let _daemon = setup.start().await;
 
+    // Slow enough that the upload is still going when the cut attempt has failed.
+    proxy.set_throttle(1024 * 1024);
     let local = setup.outbox.join("cut.bin");
-    random_file(&local, 4 * 1024 * 1024, 5);
+    random_file(&local, 8 * 1024 * 1024, 5);
+    let retried = |status: &serde_json::Value| status["active"][0]["part_attempts_failed"] == 1;
+    setup
+        .wait_status("the retried attempt in status", ARRIVAL, retried)
+        .await;
+    let text = String::from_utf8(setup.ferry(&["status"]).stdout).unwrap();
+    assert!(text.contains("1 part attempts retried"), "{text}");
+    proxy.set_throttle(0);
     setup.wait_idle_with_done(1, ARRIVAL).await;
     let after = scrape(&address).await;
     let failed = after["ferry_part_attempts_failed_total{remote=\"main\"}"];
