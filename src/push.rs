@@ -216,15 +216,15 @@ async fn report_progress(progress: Arc<Progress>, label: String) {
 fn describe(report: &UploadReport) -> String {
     let seconds = report.duration.as_secs_f64().max(1e-6);
     let rate = (report.bytes_sent as f64 / seconds) as u64;
-    let mut resumed = String::new();
+    let mut notes = String::new();
     if report.parts_resumed > 0 {
-        resumed += &format!(", {} parts resumed", report.parts_resumed);
+        notes += &format!(", {} parts resumed", report.parts_resumed);
     }
     if report.part_attempts_failed > 0 {
-        resumed += &format!(", {} part attempts retried", report.part_attempts_failed);
+        notes += &format!(", {} part attempts retried", report.part_attempts_failed);
     }
     format!(
-        "uploaded {} to {} ({} in {:.1}s, {}/s{resumed})",
+        "uploaded {} to {} ({} in {:.1}s, {}/s{notes})",
         report.local_path.display(),
         report.remote_path,
         ByteSize(report.size).display().iec(),

@@ -273,13 +273,7 @@ impl Uploader {
             let attempt = self.attempt(job, &key, &progress).await;
             self.keep_learned_now_and_then().await;
             let (reason, gone) = match attempt {
-                Ok(report) => {
-                    let part_attempts_failed = progress.failed_attempts();
-                    return Ok(UploadReport {
-                        part_attempts_failed,
-                        ..report
-                    });
-                }
+                Ok(report) => return Ok(report),
                 Err(Attempt::Fatal(error)) => return Err(*error),
                 Err(Attempt::Restart(reason) | Attempt::Replan(reason)) => (reason, false),
                 Err(Attempt::Gone(reason)) => (reason, true),
@@ -334,7 +328,7 @@ impl Uploader {
                 let digest = self.digest(hashing, &file).await?;
                 let tally = self.already_complete(job, key, &file, (&parts, &remote), &digest);
                 let tally = tally.await?;
-                return Ok(report(job, &file, digest, tally, started));
+                return Ok(report(job, &file, digest, tally, (started, progress)));
             }
         };
         let (mut layout, acknowledged) = Layout::new(parts, size, record.limits);
@@ -366,7 +360,7 @@ impl Uploader {
         let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
         let sizes = PartSizes::of(manifest.values());
         let tally = Tally(manifest.len() as u32, parts_resumed, bytes_sent, sizes);
-        Ok(report(job, &file, digest, tally, started))
+        Ok(report(job, &file, digest, tally, (started, progress)))
     }
 
     /// A session the remote completed before (its reply was lost): forgets it, and checks it
@@ -865,13 +859,14 @@ fn verify(path: &Path, remote: &RemoteFile, size: u64, digest: &str) -> Result<(
     .into())
 }
 
-/// What an upload did; `counts` is (parts, parts resumed, bytes sent in this run).
+/// What an upload did; `counts` is (parts, parts resumed, bytes sent in this run). The failed
+/// part attempts are those of every run, as `progress` counts them.
 fn report(
     job: &UploadJob,
     file: &LocalFile,
     sha256: String,
     Tally(parts, parts_resumed, bytes_sent, part_sizes): Tally,
-    started: Instant,
+    (started, progress): (Instant, &Progress),
 ) -> UploadReport {
     UploadReport {
         local_path: job.local_path.clone(),
@@ -884,7 +879,7 @@ fn report(
         parts_resumed,
         part_sizes,
         duration: started.elapsed(),
-        part_attempts_failed: 0,
+        part_attempts_failed: progress.failed_attempts(),
     }
 }
 
