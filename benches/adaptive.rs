@@ -168,6 +168,7 @@ async fn run(
             url: link.url(),
             workspace_id: "default".into(),
             token: TOKEN.into(),
+            ca_cert: None,
         })
         .unwrap(),
     );

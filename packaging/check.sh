@@ -24,6 +24,8 @@ for path in ./usr/bin/ferry \
   grep -q " $path\$" <<<"$contents" || fail "$path is not in the package"
 done
 echo "contents: binary, units, example config, man page and completions"
+# HTTPS remotes need the system's CA certificates; the package says so to apt.
+[ "$(dpkg-deb -f "$deb" Recommends)" = "ca-certificates" ] || fail "the package does not recommend ca-certificates"
 
 if dpkg -s ferry >/dev/null 2>&1; then $sudo dpkg --purge ferry; fi
 $sudo dpkg -i "$deb"

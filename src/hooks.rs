@@ -98,9 +98,12 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new() -> Deliverer {
         crate::upload::native::install_crypto_provider();
-        Deliverer {
-            client: reqwest::Client::new(),
-        }
+        // Webhooks trust the system's CA certificates; a machine without any can still call
+        // plain-HTTP ones.
+        let client = crate::upload::tls::client_builder(None)
+            .build()
+            .expect("a client with preconfigured TLS and no other settings builds");
+        Deliverer { client }
     }
 
     /// Delivers `document` (the `event`'s) to `hook` once.

@@ -223,7 +223,7 @@ struct PushArgs {
     #[arg(long, required_unless_present = "remote")]
     url: Option<String>,
     /// A remote of the configuration (native or S3) to upload to, instead of --url.
-    #[arg(long, conflicts_with_all = ["url", "workspace", "token_file"])]
+    #[arg(long, conflicts_with_all = ["url", "workspace", "token_file", "ca_cert"])]
     remote: Option<String>,
     /// Workspace to upload into (with --url).
     #[arg(long, default_value = "default")]
@@ -234,6 +234,9 @@ struct PushArgs {
     /// File holding the bearer token; else $FERRY_TOKEN.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// PEM bundle of CA certificates to trust beside the system's (with an https --url).
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Where interrupted sessions are remembered; default: the platform data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -426,6 +429,7 @@ fn push_request(args: PushArgs, config: Option<PathBuf>) -> PushRequest {
             url: url.unwrap_or_default(),
             workspace: args.workspace,
             token_file: args.token_file,
+            ca_cert: args.ca_cert,
         },
     };
     PushRequest {

@@ -18,10 +18,12 @@ pub fn backend(
             url,
             workspace_id,
             token,
+            ca_cert,
         } => NativeConfig {
             url: url.clone(),
             workspace_id: workspace_id.clone(),
             token: token.0.clone(),
+            ca_cert: ca_cert.clone(),
         },
         RemoteConfig::Embedded { .. } => match embedded {
             Some((embedded_name, native)) if embedded_name == name => native.clone(),

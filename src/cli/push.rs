@@ -10,6 +10,7 @@ use anyhow::Result;
 use crate::UsageError;
 use crate::push::{PushOptions, default_remote_path};
 use crate::upload::bwlimit::Bandwidth;
+use crate::upload::tls::CaCert;
 use crate::upload::{
     Backend, ChunkSize, NativeBackend, NativeConfig, PartsInFlight, UploadSettings,
 };
@@ -38,11 +39,12 @@ pub struct PushRequest {
 /// Where a push goes.
 pub enum Target {
     /// `--url` and `--workspace`: a native receiver, its token from `--token-file` or
-    /// `FERRY_TOKEN`.
+    /// `FERRY_TOKEN`, its certificate checked with `--ca-cert` too.
     Url {
         url: String,
         workspace: String,
         token_file: Option<PathBuf>,
+        ca_cert: Option<PathBuf>,
     },
     /// `--remote NAME`: a remote of the configuration (`--config`, or where the daemon finds
     /// it); its own part sizes and parallelism apply unless a flag sets them.
@@ -75,7 +77,17 @@ fn check(request: PushRequest) -> Result<PushOptions> {
             url,
             workspace,
             token_file,
-        } => (native(url, workspace, token_file)?, request.settings),
+            ca_cert,
+        } => {
+            let ca_cert = ca_cert
+                .map(|file| CaCert::read(&file))
+                .transpose()
+                .map_err(|error| UsageError(format!("--ca-cert: {error}")))?;
+            (
+                native(url, workspace, token_file, ca_cert)?,
+                request.settings,
+            )
+        }
         Target::Remote { name, config } => configured(&name, config.as_deref(), request.settings)?,
     };
     settings.stall_timeout = settings.stall_timeout.max(MIN_STALL_TIMEOUT);
@@ -93,7 +105,12 @@ fn check(request: PushRequest) -> Result<PushOptions> {
 }
 
 /// The receiver `--url` names, with the token from `--token-file` or `FERRY_TOKEN`.
-fn native(url: String, workspace: String, token_file: Option<PathBuf>) -> Result<Arc<dyn Backend>> {
+fn native(
+    url: String,
+    workspace: String,
+    token_file: Option<PathBuf>,
+    ca_cert: Option<CaCert>,
+) -> Result<Arc<dyn Backend>> {
     crate::protocol::check_base_url(&url).map_err(|problem| {
         let url = crate::redact::url(&url);
         UsageError(format!("--url {url}: {problem}"))
@@ -109,6 +126,7 @@ fn native(url: String, workspace: String, token_file: Option<PathBuf>) -> Result
         url,
         workspace_id: workspace,
         token,
+        ca_cert,
     };
     Ok(Arc::new(NativeBackend::new(config)?))
 }

@@ -147,6 +147,8 @@ pub enum RemoteConfig {
         url: String,
         workspace_id: String,
         token: Secret,
+        /// CA certificates trusted beside the system's.
+        ca_cert: Option<crate::upload::tls::CaCert>,
     },
     /// The receiver the daemon runs itself (the default configuration), storing here.
     Embedded { storage: PathBuf },
@@ -437,13 +439,17 @@ impl Config {
             let _ = writeln!(out, "[remotes.{name}]");
             match remote {
                 RemoteConfig::Native {
-                    url, workspace_id, ..
+                    url,
+                    workspace_id,
+                    ca_cert,
+                    ..
                 } => {
                     let url = crate::redact::url(url);
                     let _ = writeln!(
                         out,
                         "kind = \"native\"\nurl = {url:?}\nworkspace_id = {workspace_id:?}\n# token: set (not shown)"
                     );
+                    render_ca_cert(out, ca_cert.as_ref());
                 }
                 RemoteConfig::Embedded { storage } => {
                     let _ = writeln!(
@@ -603,6 +609,16 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
         let _ = writeln!(out, "# bucket URL: {}", crate::redact::url(url.as_str()));
     }
     let _ = writeln!(out, "# credentials: {}", s3.credentials.describe());
+    render_ca_cert(out, s3.ca_cert.as_ref());
+}
+
+/// `ca_cert`, with how many certificates it holds.
+fn render_ca_cert(out: &mut String, ca_cert: Option<&crate::upload::tls::CaCert>) {
+    use std::fmt::Write;
+    if let Some(ca) = ca_cert {
+        let count = ca.certs.len();
+        let _ = writeln!(out, "ca_cert = {:?} # {count} certificates", ca.path);
+    }
 }
 
 #[cfg(test)]

@@ -485,3 +485,33 @@ fn relative_paths_in_a_file_named_relatively_become_absolute() {
     assert_eq!(config.daemon.data_dir, here.join("data"));
     assert_eq!(config.watches[0].path, here.join("outbox"));
 }
+
+#[test]
+fn a_remote_ca_cert_is_read_beside_the_config_and_a_bad_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["minio.internal".to_string()]).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    let native = "[remotes.main]\nkind = \"native\"\nurl = \"https://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
+    let s3 = "[remotes.main]\nkind = \"s3\"\nbucket = \"photos\"\n";
+    let watch = "[[watch]]\npath = \"/a\"\nremote = \"main\"\n";
+    for remote in [native, s3] {
+        let text = format!("{remote}ca_cert = \"ca.pem\"\n{watch}");
+        let config = parse_in(dir.path(), &text).unwrap();
+        let read = match &config.remotes["main"] {
+            RemoteConfig::Native { ca_cert, .. } => ca_cert.clone(),
+            RemoteConfig::S3(s3) => s3.ca_cert.clone(),
+            other => panic!("{other:?}"),
+        };
+        let read = read.expect("ca_cert is read");
+        assert_eq!(read.path, dir.path().join("ca.pem"));
+        assert_eq!(read.certs, [ca.cert.der().clone()]);
+        let rendered = config.render();
+        assert!(rendered.contains("ca.pem\" # 1 certificates"), "{rendered}");
+
+        let text = format!("{remote}ca_cert = \"missing.pem\"\n{watch}");
+        let found = problems(parse_in(dir.path(), &text));
+        let named = found.iter().find(|p| p.key == "remotes.main.ca_cert");
+        let named = named.unwrap_or_else(|| panic!("{found:#?}"));
+        assert!(named.message.contains("cannot read"), "{named:?}");
+    }
+}

@@ -63,6 +63,7 @@ pub(super) async fn start_embedded_receiver(
         url: url.clone(),
         workspace_id: "default".into(),
         token,
+        ca_cert: None,
     };
     Ok((Some((name, native)), Some((url, storage))))
 }

@@ -236,6 +236,13 @@ pub enum BackendError {
         endpoint: String,
         problem: String,
     },
+    /// The server's TLS certificate is not trusted: waiting will not change that.
+    #[error("{operation} to {endpoint} failed: the server's certificate is refused: {problem}")]
+    Untrusted {
+        operation: Operation,
+        endpoint: String,
+        problem: String,
+    },
     /// The backend cannot be set up (bad URL, TLS).
     #[error("remote {endpoint} cannot be used: {problem}")]
     Setup { endpoint: String, problem: String },
@@ -251,6 +258,7 @@ impl BackendError {
             BackendError::Status { class, .. } => *class,
             // A reply that breaks the protocol will break it again.
             BackendError::InvalidReply { .. } | BackendError::Setup { .. } => ErrorClass::Permanent,
+            BackendError::Untrusted { .. } => ErrorClass::Permanent,
         }
     }
 

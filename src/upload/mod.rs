@@ -15,6 +15,7 @@ pub mod progress;
 pub mod retry;
 pub mod s3;
 pub mod source;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

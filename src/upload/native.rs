@@ -38,6 +38,8 @@ pub struct NativeConfig {
     pub url: String,
     pub workspace_id: String,
     pub token: String,
+    /// CA certificates trusted beside the system's.
+    pub ca_cert: Option<super::tls::CaCert>,
 }
 
 impl std::fmt::Debug for NativeConfig {
@@ -46,6 +48,7 @@ impl std::fmt::Debug for NativeConfig {
             .field("url", &crate::redact::url(&self.url))
             .field("workspace_id", &self.workspace_id)
             .field("token", &"<redacted>")
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -69,7 +72,7 @@ impl NativeBackend {
             problem,
         })?;
         install_crypto_provider();
-        let client = Client::builder()
+        let client = super::tls::client_builder(config.ca_cert.as_ref())
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
@@ -197,6 +200,14 @@ pub(crate) fn transport_error(
     endpoint: &str,
     error: reqwest::Error,
 ) -> BackendError {
+    if let Some(problem) = super::tls::untrusted(&error) {
+        let endpoint = endpoint.to_string();
+        return BackendError::Untrusted {
+            operation,
+            endpoint,
+            problem,
+        };
+    }
     let detail = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

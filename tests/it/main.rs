@@ -14,4 +14,5 @@ mod receiver_guards;
 mod s3;
 mod service;
 mod support;
+mod tls;
 mod upload;

@@ -10,8 +10,13 @@ const OWNERS: &[(&[&str], &[&str], &str)] = &[
     (&["sled::", "use sled"], &["src/queue/"], "sled (the store)"),
     (
         &["reqwest::", "use reqwest"],
-        &["src/upload/native.rs", "src/upload/s3/", "src/hooks.rs"],
-        "reqwest (the backends, and webhooks)",
+        &[
+            "src/upload/native.rs",
+            "src/upload/s3/",
+            "src/upload/tls.rs",
+            "src/hooks.rs",
+        ],
+        "reqwest (the backends, their TLS settings, and webhooks)",
     ),
     (
         &[

@@ -164,7 +164,7 @@ async fn proxy_before(server: &S3Server) -> FaultProxy {
 }
 
 /// Asserts the object `key` holds exactly the bytes of `local`.
-async fn assert_stored(server: &S3Server, key: &str, local: &Path, what: &str) {
+pub(crate) async fn assert_stored(server: &S3Server, key: &str, local: &Path, what: &str) {
     let stored = server.get(key).await;
     let expected = std::fs::read(local).unwrap();
     assert!(
@@ -174,7 +174,7 @@ async fn assert_stored(server: &S3Server, key: &str, local: &Path, what: &str) {
 }
 
 /// A configuration with one S3 remote `s3` on `endpoint` (the server, or a proxy before it).
-fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> PathBuf {
+pub(crate) fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> PathBuf {
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("{SECRET_KEY}\n")).unwrap();
     let remote = server
@@ -192,7 +192,7 @@ fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> PathBuf {
     config
 }
 
-fn push(config: &Path, data: &Path, file: &Path) -> Command {
+pub(crate) fn push(config: &Path, data: &Path, file: &Path) -> Command {
     let mut command = Command::new(ferry_bin());
     command
         .arg("--config")

@@ -9,8 +9,16 @@ use toml::de::DeTable;
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::s3::{Checksum, CredentialSource, S3Config};
+use crate::upload::tls::CaCert;
 
-const NATIVE_KEYS: &[&str] = &["kind", "url", "workspace_id", "token_file", "token_env"];
+const NATIVE_KEYS: &[&str] = &[
+    "kind",
+    "url",
+    "workspace_id",
+    "token_file",
+    "token_env",
+    "ca_cert",
+];
 const S3_KEYS: &[&str] = &[
     "kind",
     "endpoint",
@@ -23,6 +31,7 @@ const S3_KEYS: &[&str] = &[
     "profile",
     "access_key_id",
     "secret_access_key_file",
+    "ca_cert",
 ];
 /// The region of an AWS remote that names none, unless the environment does.
 const DEFAULT_REGION: &str = "us-east-1";
@@ -81,10 +90,12 @@ impl Reader<'_> {
             Some(span.clone()),
         );
         let token = self.token(path, table, span, base);
+        let ca_cert = self.ca_cert(path, table, base, None);
         Some(RemoteConfig::Native {
             url: url?,
             workspace_id: workspace_id?,
             token: token?,
+            ca_cert: ca_cert?,
         })
     }
 
@@ -155,6 +166,7 @@ impl Reader<'_> {
                 })
                 .unwrap_or(Checksum::Crc32c),
             credentials: self.s3_credentials(path, table, base)?,
+            ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,
         };
         if let Err(message) = config.bucket_url() {
             let key = if table.contains_key("endpoint") {
@@ -166,6 +178,33 @@ impl Reader<'_> {
             return None;
         }
         Some(RemoteConfig::S3(config))
+    }
+
+    /// `ca_cert`: CA certificates to trust beside the system's, read now. Without the key, the
+    /// file the environment variable `env` names, if any (the AWS CLI's `AWS_CA_BUNDLE`).
+    /// `None` when it cannot be used (a problem is recorded), `Some(None)` when there is none.
+    fn ca_cert(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        base: &Path,
+        env: Option<&str>,
+    ) -> Option<Option<CaCert>> {
+        let read = |file: PathBuf| CaCert::read(&base.join(file)).map_err(|e| e.to_string());
+        if table.contains_key("ca_cert") {
+            return self.get_as(path, table, "ca_cert", read).map(Some);
+        }
+        let from_env = env.and_then(|name| Some((name, std::env::var_os(name)?)));
+        match from_env.filter(|(_, value)| !value.is_empty()) {
+            None => Some(None),
+            Some((name, file)) => match read(PathBuf::from(file)) {
+                Ok(ca) => Some(Some(ca)),
+                Err(error) => {
+                    self.problem(join(path, "ca_cert"), None, format!("{name}: {error}"));
+                    None
+                }
+            },
+        }
     }
 
     fn s3_credentials(

@@ -14,6 +14,8 @@ use reqsign_aws_core::{
 use reqsign_core::{Context, OsEnv, ProvideCredential, ProvideCredentialChain};
 use tokio::sync::Mutex;
 
+use crate::upload::tls::CaCert;
+
 /// Temporary keys are replaced this long before they expire.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// Time allowed to the metadata services (ECS, EC2) and STS: a machine without them should
@@ -73,8 +75,10 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(source: &CredentialSource) -> Result<Credentials, String> {
-        let client = reqwest::Client::builder()
+    /// Keys from `source`; the services that hand out temporary keys (STS, ECS, EC2) are
+    /// reached trusting `ca_cert` beside the system's CA certificates.
+    pub fn new(source: &CredentialSource, ca_cert: Option<&CaCert>) -> Result<Credentials, String> {
+        let client = crate::upload::tls::client_builder(ca_cert)
             .connect_timeout(PROVIDER_TIMEOUT)
             .timeout(PROVIDER_TIMEOUT * 2)
             .build()

@@ -102,6 +102,8 @@ pub struct S3Config {
     pub storage_class: Option<String>,
     pub checksum: Checksum,
     pub credentials: CredentialSource,
+    /// CA certificates trusted beside the system's.
+    pub ca_cert: Option<super::tls::CaCert>,
 }
 
 impl S3Config {
@@ -188,13 +190,15 @@ impl S3Backend {
         )
         .map_err(|error| setup(format!("bucket {:?}: {error}", config.bucket)))?;
         super::native::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = super::tls::client_builder(config.ca_cert.as_ref())
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| setup(error.to_string()))?;
-        let credentials = credentials::Credentials::new(&config.credentials).map_err(setup)?;
+        let credentials =
+            credentials::Credentials::new(&config.credentials, config.ca_cert.as_ref())
+                .map_err(setup)?;
         Ok(S3Backend {
             bucket,
             prefix: config.prefix.clone(),
@@ -709,6 +713,7 @@ mod tests {
             storage_class: None,
             checksum: Checksum::Crc32c,
             credentials: CredentialSource::Chain,
+            ca_cert: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod netem;
 #[path = "../../../benches/support/proc.rs"]
 pub mod proc;
 pub mod s3;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -190,6 +191,7 @@ impl Engine {
             url: url.into(),
             workspace_id: "default".into(),
             token: token.into(),
+            ca_cert: None,
         })
         .unwrap();
         Self::with_backend(Arc::new(backend), settings)

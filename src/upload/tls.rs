@@ -1,0 +1,245 @@
+//! How every HTTP client of Ferry trusts servers: the system's CA certificates (as
+//! `rustls-platform-verifier` finds them, so `SSL_CERT_FILE` and `SSL_CERT_DIR` work) plus a
+//! remote's own `ca_cert` bundle, for MinIO, Ceph or a receiver behind a private CA (rclone's
+//! `--ca-cert`, the AWS CLI's `AWS_CA_BUNDLE`).
+//!
+//! A machine without CA certificates (a minimal container without `ca-certificates`) can still
+//! use plain-HTTP remotes and remotes with a `ca_cert`: each TLS handshake then fails with a
+//! message saying what is missing, instead of the client failing to build at all.
+//!
+//! A server certificate that is not trusted is not retried (`untrusted`): it will not become
+//! trusted by waiting, and the message says how to fix it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+/// The CA certificates of a remote's `ca_cert` file, trusted beside the system's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCert {
+    pub path: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for CaCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+/// A `ca_cert` file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaCertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a PEM certificate bundle: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+    #[error("{path} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")")]
+    Empty { path: PathBuf },
+}
+
+impl CaCert {
+    /// Reads the PEM bundle at `path` and checks each certificate can be a trust anchor.
+    /// Blocking.
+    pub fn read(path: &Path) -> Result<CaCert, CaCertError> {
+        let text = std::fs::read(path).map_err(|source| CaCertError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |problem: String| CaCertError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let certs = CertificateDer::pem_slice_iter(&text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| invalid(error.to_string()))?;
+        if certs.is_empty() {
+            return Err(CaCertError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut store = rustls::RootCertStore::empty();
+        for cert in &certs {
+            store
+                .add(cert.clone())
+                .map_err(|error| invalid(error.to_string()))?;
+        }
+        Ok(CaCert {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
+}
+
+/// A reqwest client builder that trusts the system's CA certificates and `ca_cert`'s.
+pub fn client_builder(ca_cert: Option<&CaCert>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(client_config(ca_cert))
+}
+
+/// The TLS settings behind `client_builder`: ring, TLS 1.2 and 1.3, and the verifier.
+fn client_config(ca_cert: Option<&CaCert>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra = ca_cert.map(|ca| ca.certs.clone()).unwrap_or_default();
+    let verifier: Arc<dyn ServerCertVerifier> =
+        match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone()) {
+            Ok(verifier) => Arc::new(verifier),
+            Err(error) => {
+                tracing::debug!(%error, "no CA certificates: every TLS handshake will fail");
+                Arc::new(NoTrustedRoots {
+                    problem: "the system has no CA certificates (install the ca-certificates \
+                              package), and none were given with ca_cert or --ca-cert"
+                        .into(),
+                    provider: provider.clone(),
+                })
+            }
+        };
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth()
+}
+
+/// The verifier when nothing is trusted: every server certificate is refused, saying why.
+#[derive(Debug)]
+struct NoTrustedRoots {
+    problem: String,
+    provider: Arc<CryptoProvider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Problem(String);
+
+impl ServerCertVerifier for NoTrustedRoots {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let problem = Arc::new(Problem(self.problem.clone()));
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(problem),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Why the server's certificate was refused, when that is why `error` happened.
+pub fn untrusted(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(rustls::Error::InvalidCertificate(problem)) = unwrapped(error).downcast_ref() {
+            return Some(describe(problem));
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// What `error` wraps, when it is an `io::Error` (or several, one in another): their
+/// `source` skips the error they carry, where the TLS error sits.
+fn unwrapped<'a>(
+    mut error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    while let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        error = inner;
+    }
+    error
+}
+
+/// A refused certificate in words, with what to do about the usual causes.
+fn describe(problem: &CertificateError) -> String {
+    match problem {
+        CertificateError::UnknownIssuer => "it is signed by a CA this machine does not trust \
+             (name the CA's certificate with ca_cert, or --ca-cert)"
+            .into(),
+        // Ours (`NoTrustedRoots`), and the verifier's own, shown as themselves.
+        CertificateError::Other(other) => other.to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_cert_file_must_hold_certificates_that_can_be_trust_anchors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = CaCert::read(&missing).unwrap_err().to_string();
+        assert!(
+            error.starts_with("cannot read ") && error.contains("missing.pem"),
+            "{error}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "just text\n").unwrap();
+        let error = CaCert::read(&empty).unwrap_err().to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+
+        let garbage = dir.path().join("garbage.pem");
+        let body = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&garbage, body).unwrap();
+        let error = CaCert::read(&garbage).unwrap_err().to_string();
+        assert!(error.contains("is not a PEM certificate bundle"), "{error}");
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_found_inside_the_error_chain() {
+        let refused = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        // As hyper's connector hands it on: an io::Error in an io::Error.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        let io = std::io::Error::other(io);
+        let found = untrusted(&io).unwrap();
+        assert!(found.contains("ca_cert"), "{found}");
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(untrusted(&other), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! Remotes over TLS: a real TLS terminator (`support::tls`) with a CA made for the test, in
+//! front of s3s-fs and of a receiver. A remote trusts the CA through `ca_cert` (`--ca-cert`),
+//! refuses an unknown one at once with a message that says what to do, and a machine without
+//! any CA certificates still uploads over plain HTTP.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::s3::{assert_stored, config_file, push};
+use crate::support::s3::{Flavor, S3Server};
+use crate::support::tls::TlsFront;
+use crate::support::{MIB, Receiver, assert_same_content, ferry_bin, random_file, token_file};
+
+/// Asserts `output` is a failure that came at once (no retries) and whose message says each
+/// of `words`.
+fn refused_at_once(output: &Output, started: Instant, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for word in words {
+        assert!(stderr.contains(word), "the message says {word:?}: {stderr}");
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "no retries: {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_remote_over_tls_trusts_its_ca_cert_and_refuses_an_unknown_ca_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let target = server
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let front = TlsFront::start(target, dir.path()).await;
+    // Two parts at --chunk-size 5MiB: the multipart calls go over TLS too.
+    let local = dir.path().join("secure.bin");
+    random_file(&local, 6 * MIB + 1, 41);
+    let config = config_file(dir.path(), &server, &front.url());
+
+    let started = Instant::now();
+    let output = push(&config, &dir.path().join("data"), &local)
+        .output()
+        .unwrap();
+    let address = front.url().replace("https://", "");
+    refused_at_once(&output, started, &["certificate", "ca_cert", &address]);
+    assert_eq!(front.handshakes(), 0, "the certificate was refused");
+    assert_eq!(server.get("pushed/secure.bin").await, None);
+
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[[watch]]",
+        &format!("ca_cert = {:?}\n\n[[watch]]", front.ca_pem),
+    );
+    std::fs::write(&config, text).unwrap();
+    let output = push(&config, &dir.path().join("data"), &local)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(front.handshakes() >= 1, "the push went through TLS");
+    assert_stored(&server, "pushed/secure.bin", &local, "over TLS").await;
+}
+
+/// `ferry push --url URL` of `local` as `name`, with `extra` flags, on a machine whose CA
+/// certificates are missing (`SSL_CERT_FILE` and `SSL_CERT_DIR` name nothing).
+fn push_without_system_cas(dir: &Path, url: &str, local: &Path, extra: &[&str]) -> Output {
+    let name = local.file_name().unwrap().to_str().unwrap();
+    Command::new(ferry_bin())
+        .args(["push", "--url", url, "--name", name])
+        .args(extra)
+        .arg("--token-file")
+        .arg(token_file(dir))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg(local)
+        .env("SSL_CERT_FILE", dir.join("no-such-bundle.pem"))
+        .env("SSL_CERT_DIR", dir.join("no-such-dir"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_without_ca_certificates_uploads_over_http_and_to_a_receiver_with_a_ca_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let front = TlsFront::start(receiver.address, dir.path()).await;
+    let plain = dir.path().join("plain.bin");
+    random_file(&plain, MIB, 42);
+    let output = push_without_system_cas(dir.path(), &receiver.url, &plain, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_same_content(&plain, &receiver.file("plain.bin"));
+
+    let secure = dir.path().join("secure.bin");
+    random_file(&secure, 3 * MIB, 43);
+    let started = Instant::now();
+    let output = push_without_system_cas(dir.path(), &front.url(), &secure, &[]);
+    refused_at_once(&output, started, &["no CA certificates", "ca-certificates"]);
+
+    let ca = front.ca_pem.to_str().unwrap();
+    let output = push_without_system_cas(dir.path(), &front.url(), &secure, &["--ca-cert", ca]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(front.handshakes() >= 1, "the push went through TLS");
+    assert_same_content(&secure, &receiver.file("secure.bin"));
+}
