@@ -16,6 +16,7 @@ use super::live::{Live, Placement};
 use super::part::{self, Reservation, Sink};
 use super::storage::{self, Completion, Location, PartFile, Received, SessionRecord};
 use super::validate::{self, ManifestProblem, StoredPart};
+use super::webhook::Webhook;
 use super::{AppState, SERVER_VERSION};
 use crate::protocol::{
     CHECKSUM_HEADER, CompleteRequest, CompleteResponse, CompletedFile, ErrorCode, FileMetadata,
@@ -337,12 +338,12 @@ pub async fn complete(
         ));
     }
     let in_place = assembled.in_place;
-    let file = app.publish(record, request.parts, assembled).await?;
+    let (file, post) = app.publish(record, request.parts, assembled).await?;
     app.live.remove(&upload_id);
     app.open_sessions.release(1);
     app.metrics.completed();
-    if let Some(webhook) = &app.webhook {
-        webhook.completed(&upload_id, &file);
+    if let (Some(webhook), Some(post)) = (&app.webhook, post) {
+        webhook.deliver(upload_id.clone(), post);
     }
     tracing::info!(
         upload_id,
@@ -494,7 +495,7 @@ impl AppState {
         mut record: SessionRecord,
         manifest: Vec<crate::protocol::ManifestPart>,
         assembled: Assembled,
-    ) -> Result<CompletedFile, ApiError> {
+    ) -> Result<(CompletedFile, Option<serde_json::Value>), ApiError> {
         let file = CompletedFile {
             workspace_id: record.workspace_id.clone(),
             path: record.filename.clone(),
@@ -516,6 +517,12 @@ impl AppState {
             manifest,
             file: file.clone(),
         });
+        // The webhook's post is kept before the session is complete, so none is lost.
+        let post = self
+            .webhook
+            .as_ref()
+            .map(|_| Webhook::document(&record.upload_id, &file));
+        let kept = post.clone();
         let storage = self.storage.clone();
         let (source, in_place) = (assembled.source, assembled.in_place);
         let published = blocking(
@@ -528,6 +535,9 @@ impl AppState {
                     return Ok(Err(error));
                 }
                 storage.write_file_metadata(&metadata)?;
+                if let Some(post) = &kept {
+                    storage.record_webhook(&record.upload_id, post)?;
+                }
                 storage.write_session(&record)?;
                 storage.discard_parts(&record.upload_id)?;
                 Ok(Ok(()))
@@ -542,7 +552,7 @@ impl AppState {
                 format!("cannot place the file at its path: {error}"),
             )
         })?;
-        Ok(file)
+        Ok((file, post))
     }
 
     /// Stores a received part under `etag`, durably. The session lock is held across the state

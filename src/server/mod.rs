@@ -291,7 +291,11 @@ pub async fn serve(
         count: open.into(),
         max: config.guards.max_open_sessions,
     };
-    let webhook = config.webhook.clone().map(webhook::Webhook::new);
+    let hook = config.webhook.clone();
+    let webhook = hook.map(|hook| webhook::Webhook::new(hook, storage.clone()));
+    if let Some(webhook) = &webhook {
+        webhook.resume().await;
+    }
     let app = Arc::new(AppState {
         storage,
         webhook,

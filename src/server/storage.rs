@@ -11,6 +11,7 @@
 //! DIR/.ferry/sessions/<upload_id>/incoming/*    loose parts still arriving (never listed)
 //! DIR/.ferry/files/<workspace_id>/<sha256(path)>.json  metadata of completed files
 //! DIR/.ferry/tmp/*                              files being assembled by complete
+//! DIR/.ferry/webhooks/<upload_id>.json          webhook posts not yet delivered (`--webhook`)
 //! ```
 //!
 //! Every etag starts with the 8 hex digits of its part's CRC32C. Invariants: a part counts as
@@ -113,7 +114,7 @@ impl Storage {
         fs::create_dir_all(root)?;
         let root = fs::canonicalize(root)?;
         let state = root.join(".ferry");
-        for sub in ["sessions", "files", "tmp"] {
+        for sub in ["sessions", "files", "tmp", "webhooks"] {
             fs::create_dir_all(state.join(sub))?;
         }
         // Session state, part files and the token are the receiver's alone, whatever the
@@ -121,6 +122,12 @@ impl Storage {
         make_private(&state)?;
         let storage = Storage { root, state };
         remove_dir_contents(&storage.state.join("tmp"))?;
+        for entry in fs::read_dir(storage.state.join("webhooks"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|extension| extension == "tmp") {
+                fs::remove_file(path)?;
+            }
+        }
         for entry in fs::read_dir(storage.state.join("sessions"))? {
             let incoming = entry?.path().join("incoming");
             if incoming.is_dir() {
@@ -376,6 +383,56 @@ impl Storage {
                 .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
+        }
+    }
+
+    fn webhook_path(&self, upload_id: &str) -> PathBuf {
+        self.state
+            .join("webhooks")
+            .join(format!("{upload_id}.json"))
+    }
+
+    /// Keeps the webhook post of a completed upload until it is delivered.
+    pub fn record_webhook(&self, upload_id: &str, document: &serde_json::Value) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(document).map_err(io::Error::other)?;
+        write_atomically(&self.webhook_path(upload_id), &bytes)
+    }
+
+    /// Every webhook post not yet delivered, oldest first, with its upload id. A record that
+    /// cannot be read is skipped with a warning and left where it is.
+    pub fn pending_webhooks(&self) -> io::Result<Vec<(String, serde_json::Value)>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(self.state.join("webhooks"))? {
+            let path = entry?.path();
+            let Some(upload_id) = path.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            let Some(upload_id) = upload_id.strip_suffix(".json") else {
+                continue; // a record half-written when the receiver stopped
+            };
+            let read = fs::read(&path).and_then(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            });
+            match read {
+                Ok(document) => {
+                    let modified = fs::metadata(&path)?.modified()?;
+                    found.push((modified, upload_id.to_string(), document));
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot read a webhook post; left in place")
+                }
+            }
+        }
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(found.into_iter().map(|(_, id, doc)| (id, doc)).collect())
+    }
+
+    /// Forgets a delivered webhook post.
+    pub fn forget_webhook(&self, upload_id: &str) -> io::Result<()> {
+        match fs::remove_file(self.webhook_path(upload_id)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
         }
     }
 

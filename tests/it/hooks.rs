@@ -380,3 +380,48 @@ async fn the_receiver_posts_each_completed_upload_and_counts_it_in_its_metrics()
     );
     assert_eq!(metrics["ferry_serve_sessions_open"], 0.0, "{metrics:?}");
 }
+
+/// `ferry serve --webhook`: a post the endpoint refused is kept in the storage folder, so a
+/// receiver killed with SIGKILL posts it when it starts again, once, and then forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_webhook_post_survives_a_kill_9() {
+    use crate::support::{ServeProcess, ferry_bin, token_file};
+    let webhook = Webhook::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token, storage) = (token_file(dir.path()), dir.path().join("storage"));
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let secret = secret.to_str().unwrap();
+    let flags = ["--webhook", &webhook.url, "--webhook-secret-file", secret];
+    let serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
+    let file = dir.path().join("kept.bin");
+    std::fs::write(&file, vec![7u8; 5000]).unwrap();
+    let pushed = std::process::Command::new(ferry_bin())
+        .arg("push")
+        .arg(&file)
+        .args(["--url", &format!("http://{}", serve.address), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(pushed.status.success());
+    wait_until("a refused post", ARRIVAL, || {
+        webhook.refused.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    drop(serve); // SIGKILL
+
+    webhook.down.store(false, Ordering::SeqCst);
+    let _serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
+    wait_until("the kept post", ARRIVAL, || !webhook.documents().is_empty()).await;
+    let kept = storage.join(".ferry/webhooks");
+    wait_until("the delivered post forgotten", ARRIVAL, || {
+        std::fs::read_dir(&kept).unwrap().next().is_none()
+    })
+    .await;
+    let documents = webhook.documents();
+    assert_eq!(documents.len(), 1, "{documents:?}");
+    assert_eq!(documents[0]["remote_path"], "kept.bin");
+    assert_eq!(documents[0]["sha256"], sha256_hex(&[7u8; 5000]));
+}
