@@ -605,6 +605,16 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     if let Some(class) = &s3.storage_class {
         let _ = writeln!(out, "storage_class = {class:?}");
     }
+    if let Some(encryption) = &s3.encryption {
+        let _ = writeln!(out, "server_side_encryption = {:?}", encryption.algorithm());
+    }
+    if let Some(crate::upload::s3::Encryption::Kms {
+        key_id: Some(key_id),
+        ..
+    }) = &s3.encryption
+    {
+        let _ = writeln!(out, "sse_kms_key_id = {key_id:?}");
+    }
     if let Ok(url) = s3.bucket_url() {
         let _ = writeln!(out, "# bucket URL: {}", crate::redact::url(url.as_str()));
     }

@@ -117,7 +117,7 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let watch = "[[watch]]\npath = \"/a\"\nremote = \"main\"\n";
     let text = format!(
-        "[remotes.main]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nbucket = \"photos\"\nprefix = \"cam/\"\nchecksum = \"md5\"\nstorage_class = \"STANDARD_IA\"\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"token\"\nchunk_size = \"16MiB\"\n{watch}"
+        "[remotes.main]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nbucket = \"photos\"\nprefix = \"cam/\"\nchecksum = \"md5\"\nstorage_class = \"STANDARD_IA\"\nserver_side_encryption = \"aws:kms\"\nsse_kms_key_id = \"alias/ferry\"\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"token\"\nchunk_size = \"16MiB\"\n{watch}"
     );
     let config = parse_in(dir.path(), &text).unwrap();
     let RemoteConfig::S3(s3) = &config.remotes["main"] else {
@@ -129,6 +129,11 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
     );
     assert_eq!(s3.checksum, crate::upload::s3::Checksum::Md5);
     assert_eq!(s3.storage_class.as_deref(), Some("STANDARD_IA"));
+    let kms = crate::upload::s3::Encryption::Kms {
+        dsse: false,
+        key_id: Some("alias/ferry".into()),
+    };
+    assert_eq!(s3.encryption, Some(kms));
     assert_eq!(
         s3.credentials,
         crate::upload::s3::CredentialSource::Keys {
@@ -139,6 +144,10 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
     let rendered = config.render();
     assert!(
         rendered.contains("bucket URL: http://127.0.0.1:9000/photos/"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("server_side_encryption = \"aws:kms\"\nsse_kms_key_id = \"alias/ferry\""),
         "{rendered}"
     );
     assert!(
@@ -182,6 +191,14 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
         (
             "bucket = \"ok-bucket\"\nsecret_access_key = \"inline\"",
             "remotes.main.secret_access_key",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nserver_side_encryption = \"aes\"",
+            "remotes.main.server_side_encryption",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nsse_kms_key_id = \"k\"",
+            "remotes.main.sse_kms_key_id",
         ),
     ];
     for (keys, key) in cases {

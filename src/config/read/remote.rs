@@ -8,7 +8,7 @@ use toml::de::DeTable;
 
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
-use crate::upload::s3::{Checksum, CredentialSource, S3Config};
+use crate::upload::s3::{Checksum, CredentialSource, Encryption, S3Config};
 use crate::upload::tls::CaCert;
 
 const NATIVE_KEYS: &[&str] = &[
@@ -31,6 +31,8 @@ const S3_KEYS: &[&str] = &[
     "profile",
     "access_key_id",
     "secret_access_key_file",
+    "server_side_encryption",
+    "sse_kms_key_id",
     "ca_cert",
 ];
 /// The region of an AWS remote that names none, unless the environment does.
@@ -166,6 +168,7 @@ impl Reader<'_> {
                 })
                 .unwrap_or(Checksum::Crc32c),
             credentials: self.s3_credentials(path, table, base)?,
+            encryption: self.encryption(path, table)?,
             ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,
         };
         if let Err(message) = config.bucket_url() {
@@ -178,6 +181,28 @@ impl Reader<'_> {
             return None;
         }
         Some(RemoteConfig::S3(config))
+    }
+
+    /// `server_side_encryption` with `sse_kms_key_id`. `None` when they are wrong (a problem is
+    /// recorded), `Some(None)` when encryption is the bucket's default.
+    fn encryption(&mut self, path: &str, table: &DeTable<'_>) -> Option<Option<Encryption>> {
+        let key_id = self.get::<String>(path, table, "sse_kms_key_id");
+        if !table.contains_key("server_side_encryption") {
+            if key_id.is_some() {
+                let span = table.get("sse_kms_key_id").map(Spanned::span);
+                let message = "sse_kms_key_id needs server_side_encryption = \"aws:kms\"";
+                self.problem(join(path, "sse_kms_key_id"), span, message);
+                return None;
+            }
+            return Some(None);
+        }
+        self.get_as(
+            path,
+            table,
+            "server_side_encryption",
+            |algorithm: String| Encryption::parse(&algorithm, key_id),
+        )
+        .map(Some)
     }
 
     /// `ca_cert`: CA certificates to trust beside the system's, read now. Without the key, the

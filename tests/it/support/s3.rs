@@ -67,6 +67,7 @@ impl S3Server {
                 access_key_id: ACCESS_KEY.into(),
                 secret_access_key: SECRET_KEY.into(),
             },
+            encryption: None,
             ca_cert: None,
         }
     }
