@@ -100,7 +100,7 @@ impl Deliverer {
         crate::upload::native::install_crypto_provider();
         // Webhooks trust the system's CA certificates; a machine without any can still call
         // plain-HTTP ones.
-        let client = crate::upload::tls::client_builder(None)
+        let client = crate::upload::http::client_builder(None, None)
             .build()
             .expect("a client with preconfigured TLS and no other settings builds");
         Deliverer { client }

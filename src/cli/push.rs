@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::UsageError;
 use crate::push::{PushOptions, default_remote_path};
 use crate::upload::bwlimit::Bandwidth;
-use crate::upload::tls::CaCert;
+use crate::upload::http::CaCert;
 use crate::upload::{
     Backend, ChunkSize, NativeBackend, NativeConfig, PartsInFlight, UploadSettings,
 };

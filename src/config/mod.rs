@@ -148,7 +148,7 @@ pub enum RemoteConfig {
         workspace_id: String,
         token: Secret,
         /// CA certificates trusted beside the system's.
-        ca_cert: Option<crate::upload::tls::CaCert>,
+        ca_cert: Option<crate::upload::http::CaCert>,
     },
     /// The receiver the daemon runs itself (the default configuration), storing here.
     Embedded { storage: PathBuf },
@@ -623,7 +623,7 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
 }
 
 /// `ca_cert`, with how many certificates it holds.
-fn render_ca_cert(out: &mut String, ca_cert: Option<&crate::upload::tls::CaCert>) {
+fn render_ca_cert(out: &mut String, ca_cert: Option<&crate::upload::http::CaCert>) {
     use std::fmt::Write;
     if let Some(ca) = ca_cert {
         let count = ca.certs.len();

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bwlimit;
 pub mod controller;
 pub mod engine;
+pub mod http;
 pub mod native;
 pub mod open;
 pub mod planner;
@@ -15,7 +16,6 @@ pub mod progress;
 pub mod retry;
 pub mod s3;
 pub mod source;
-pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -39,7 +39,7 @@ pub struct NativeConfig {
     pub workspace_id: String,
     pub token: String,
     /// CA certificates trusted beside the system's.
-    pub ca_cert: Option<super::tls::CaCert>,
+    pub ca_cert: Option<super::http::CaCert>,
 }
 
 impl std::fmt::Debug for NativeConfig {
@@ -72,7 +72,7 @@ impl NativeBackend {
             problem,
         })?;
         install_crypto_provider();
-        let client = super::tls::client_builder(config.ca_cert.as_ref())
+        let client = super::http::client_builder(config.ca_cert.as_ref(), Some(&base_url))
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
@@ -200,7 +200,7 @@ pub(crate) fn transport_error(
     endpoint: &str,
     error: reqwest::Error,
 ) -> BackendError {
-    if let Some(problem) = super::tls::untrusted(&error) {
+    if let Some(problem) = super::http::untrusted(&error) {
         let endpoint = endpoint.to_string();
         return BackendError::Untrusted {
             operation,

@@ -13,7 +13,7 @@ const OWNERS: &[(&[&str], &[&str], &str)] = &[
         &[
             "src/upload/native.rs",
             "src/upload/s3/",
-            "src/upload/tls.rs",
+            "src/upload/http.rs",
             "src/hooks.rs",
         ],
         "reqwest (the backends, their TLS settings, and webhooks)",

@@ -8,8 +8,8 @@ use toml::de::DeTable;
 
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
+use crate::upload::http::CaCert;
 use crate::upload::s3::{Checksum, CredentialSource, Encryption, S3Config};
-use crate::upload::tls::CaCert;
 
 const NATIVE_KEYS: &[&str] = &[
     "kind",

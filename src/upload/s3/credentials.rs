@@ -14,7 +14,7 @@ use reqsign_aws_core::{
 use reqsign_core::{Context, OsEnv, ProvideCredential, ProvideCredentialChain};
 use tokio::sync::Mutex;
 
-use crate::upload::tls::CaCert;
+use crate::upload::http::CaCert;
 
 /// Temporary keys are replaced this long before they expire.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
@@ -78,7 +78,7 @@ impl Credentials {
     /// Keys from `source`; the services that hand out temporary keys (STS, ECS, EC2) are
     /// reached trusting `ca_cert` beside the system's CA certificates.
     pub fn new(source: &CredentialSource, ca_cert: Option<&CaCert>) -> Result<Credentials, String> {
-        let client = crate::upload::tls::client_builder(ca_cert)
+        let client = crate::upload::http::client_builder(ca_cert, None)
             .connect_timeout(PROVIDER_TIMEOUT)
             .timeout(PROVIDER_TIMEOUT * 2)
             .build()

@@ -107,7 +107,7 @@ pub struct S3Config {
     /// Server-side encryption asked for on every object; `None`: the bucket's default.
     pub encryption: Option<Encryption>,
     /// CA certificates trusted beside the system's.
-    pub ca_cert: Option<super::tls::CaCert>,
+    pub ca_cert: Option<super::http::CaCert>,
 }
 
 impl S3Config {
@@ -187,6 +187,7 @@ impl S3Backend {
         };
         let endpoint = config.endpoint_url().map_err(setup)?;
         let style = config.url_style(&endpoint);
+        let address = endpoint.to_string();
         let bucket = Bucket::new(
             endpoint,
             style,
@@ -195,7 +196,7 @@ impl S3Backend {
         )
         .map_err(|error| setup(format!("bucket {:?}: {error}", config.bucket)))?;
         super::native::install_crypto_provider();
-        let client = super::tls::client_builder(config.ca_cert.as_ref())
+        let client = super::http::client_builder(config.ca_cert.as_ref(), Some(&address))
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))

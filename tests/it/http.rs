@@ -1,13 +1,15 @@
-//! Remotes over TLS: a real TLS terminator (`support::tls`) with a CA made for the test, in
-//! front of s3s-fs and of a receiver. A remote trusts the CA through `ca_cert` (`--ca-cert`),
-//! refuses an unknown one at once with a message that says what to do, and a machine without
-//! any CA certificates still uploads over plain HTTP.
+//! How clients reach remotes. Over TLS: a real TLS terminator (`support::tls`) with a CA made
+//! for the test, in front of s3s-fs and of a receiver. A remote trusts the CA through
+//! `ca_cert` (`--ca-cert`), refuses an unknown one at once with a message that says what to
+//! do, and a machine without any CA certificates still uploads over plain HTTP. Through a
+//! proxy: `HTTP_PROXY` is used for remotes elsewhere, never for one on loopback.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::s3::{assert_stored, config_file, push};
+use crate::support::fault_proxy::FaultProxy;
 use crate::support::s3::{Flavor, S3Server};
 use crate::support::tls::TlsFront;
 use crate::support::{MIB, Receiver, assert_same_content, ferry_bin, random_file, token_file};
@@ -112,4 +114,56 @@ async fn a_machine_without_ca_certificates_uploads_over_http_and_to_a_receiver_w
     );
     assert!(front.handshakes() >= 1, "the push went through TLS");
     assert_same_content(&secure, &receiver.file("secure.bin"));
+}
+
+/// `ferry push --url URL` of `local` with `proxy` as every proxy variable names it.
+fn push_with_proxy(dir: &Path, url: &str, local: &Path, proxy: &str) -> Output {
+    let mut command = Command::new(ferry_bin());
+    command
+        .args(["push", "--url", url, "--token-file"])
+        .arg(token_file(dir))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg(local);
+    for name in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        command.env(name, proxy);
+    }
+    command.env_remove("NO_PROXY").env_remove("no_proxy");
+    command.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_carries_uploads_to_remotes_elsewhere_but_never_to_one_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    // A forwarding proxy: what reaches it goes on to the receiver, whatever host it names.
+    let proxy = FaultProxy::start(receiver.address).await;
+    let far = dir.path().join("far.bin");
+    random_file(&far, MIB, 44);
+    let output = push_with_proxy(
+        dir.path(),
+        "http://files.example.test:7373",
+        &far,
+        &proxy.url,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let through = proxy.log().len();
+    assert!(
+        through >= 2,
+        "init, parts and complete went through the proxy"
+    );
+    assert_same_content(&far, &receiver.file("far.bin"));
+
+    let near = dir.path().join("near.bin");
+    random_file(&near, MIB, 45);
+    let output = push_with_proxy(dir.path(), &receiver.url, &near, &proxy.url);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        proxy.log().len(),
+        through,
+        "nothing to loopback went through the proxy"
+    );
+    assert_same_content(&near, &receiver.file("near.bin"));
 }

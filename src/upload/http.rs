@@ -1,14 +1,18 @@
-//! How every HTTP client of Ferry trusts servers: the system's CA certificates (as
-//! `rustls-platform-verifier` finds them, so `SSL_CERT_FILE` and `SSL_CERT_DIR` work) plus a
-//! remote's own `ca_cert` bundle, for MinIO, Ceph or a receiver behind a private CA (rclone's
-//! `--ca-cert`, the AWS CLI's `AWS_CA_BUNDLE`).
+//! How every HTTP client of Ferry is built: which servers it trusts, and which go through a
+//! proxy.
 //!
-//! A machine without CA certificates (a minimal container without `ca-certificates`) can still
-//! use plain-HTTP remotes and remotes with a `ca_cert`: each TLS handshake then fails with a
-//! message saying what is missing, instead of the client failing to build at all.
+//! Trust: the system's CA certificates (as `rustls-platform-verifier` finds them, so
+//! `SSL_CERT_FILE` and `SSL_CERT_DIR` work) plus a remote's own `ca_cert` bundle, for MinIO,
+//! Ceph or a receiver behind a private CA (rclone's `--ca-cert`, the AWS CLI's
+//! `AWS_CA_BUNDLE`). A machine without CA certificates (a minimal container without
+//! `ca-certificates`) can still use plain-HTTP remotes and remotes with a `ca_cert`: each TLS
+//! handshake then fails with a message saying what is missing, instead of the client failing
+//! to build at all. A server certificate that is not trusted is not retried (`untrusted`): it
+//! will not become trusted by waiting, and the message says how to fix it.
 //!
-//! A server certificate that is not trusted is not retried (`untrusted`): it will not become
-//! trusted by waiting, and the message says how to fix it.
+//! Proxies: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, as reqwest reads them,
+//! except for a remote on a loopback address or `localhost` (the embedded receiver, a local
+//! MinIO), which is always reached directly, as Go's HTTP client does: no proxy can reach it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,9 +88,30 @@ impl CaCert {
     }
 }
 
-/// A reqwest client builder that trusts the system's CA certificates and `ca_cert`'s.
-pub fn client_builder(ca_cert: Option<&CaCert>) -> reqwest::ClientBuilder {
-    reqwest::Client::builder().tls_backend_preconfigured(client_config(ca_cert))
+/// A reqwest client builder that trusts the system's CA certificates and `ca_cert`'s, for
+/// requests to `endpoint` (or to many places, when `None`).
+pub fn client_builder(ca_cert: Option<&CaCert>, endpoint: Option<&str>) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder().tls_backend_preconfigured(client_config(ca_cert));
+    match endpoint.is_some_and(is_loopback) {
+        true => builder.no_proxy(),
+        false => builder,
+    }
+}
+
+/// Whether `url` names a loopback address or `localhost`.
+fn is_loopback(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
 }
 
 /// The TLS settings behind `client_builder`: ring, TLS 1.2 and 1.3, and the verifier.
@@ -229,6 +254,25 @@ mod tests {
         std::fs::write(&garbage, body).unwrap();
         let error = CaCert::read(&garbage).unwrap_err().to_string();
         assert!(error.contains("is not a PEM certificate bundle"), "{error}");
+    }
+
+    #[test]
+    fn loopback_endpoints_are_told_apart() {
+        let cases = [
+            ("http://127.0.0.1:7373", true),
+            ("http://127.1.2.3", true),
+            ("http://[::1]:9000", true),
+            ("https://localhost:9000/bucket", true),
+            ("http://LOCALHOST.", true),
+            ("http://minio.localhost", true),
+            ("https://minio.internal:9000", false),
+            ("http://10.0.0.1", false),
+            ("https://s3.eu-west-1.amazonaws.com", false),
+            ("not a url", false),
+        ];
+        for (url, loopback) in cases {
+            assert_eq!(is_loopback(url), loopback, "{url}");
+        }
     }
 
     #[test]
