@@ -605,6 +605,9 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     if let Some(class) = &s3.storage_class {
         let _ = writeln!(out, "storage_class = {class:?}");
     }
+    if let Some(acl) = &s3.acl {
+        let _ = writeln!(out, "acl = {acl:?}");
+    }
     if let Some(encryption) = &s3.encryption {
         let _ = writeln!(out, "server_side_encryption = {:?}", encryption.algorithm());
     }

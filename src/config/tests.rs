@@ -117,7 +117,7 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let watch = "[[watch]]\npath = \"/a\"\nremote = \"main\"\n";
     let text = format!(
-        "[remotes.main]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nbucket = \"photos\"\nprefix = \"cam/\"\nchecksum = \"md5\"\nstorage_class = \"STANDARD_IA\"\nserver_side_encryption = \"aws:kms\"\nsse_kms_key_id = \"alias/ferry\"\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"token\"\nchunk_size = \"16MiB\"\n{watch}"
+        "[remotes.main]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nbucket = \"photos\"\nprefix = \"cam/\"\nchecksum = \"md5\"\nstorage_class = \"STANDARD_IA\"\nserver_side_encryption = \"aws:kms\"\nsse_kms_key_id = \"alias/ferry\"\nacl = \"bucket-owner-full-control\"\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"token\"\nchunk_size = \"16MiB\"\n{watch}"
     );
     let config = parse_in(dir.path(), &text).unwrap();
     let RemoteConfig::S3(s3) = &config.remotes["main"] else {
@@ -134,6 +134,7 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
         key_id: Some("alias/ferry".into()),
     };
     assert_eq!(s3.encryption, Some(kms));
+    assert_eq!(s3.acl.as_deref(), Some("bucket-owner-full-control"));
     assert_eq!(
         s3.credentials,
         crate::upload::s3::CredentialSource::Keys {
@@ -199,6 +200,10 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
         (
             "bucket = \"ok-bucket\"\nsse_kms_key_id = \"k\"",
             "remotes.main.sse_kms_key_id",
+        ),
+        (
+            "bucket = \"ok-bucket\"\nacl = \"public\"",
+            "remotes.main.acl",
         ),
     ];
     for (keys, key) in cases {

@@ -155,6 +155,39 @@ async fn server_side_encryption_is_asked_for_on_single_and_multipart_objects() {
     }
 }
 
+/// `acl` is sent as `x-amz-acl` on PutObject and CreateMultipartUpload, and the object gets
+/// that ACL (moto keeps and reports it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canned_acl_is_given_to_single_and_multipart_objects() {
+    let server = S3Server::start(Flavor::Moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = server.config("acl/");
+    config.acl = Some("public-read".into());
+    let settings = UploadSettings {
+        chunk_size: ChunkSize::Fixed(5 * MIB),
+        ..UploadSettings::default()
+    };
+    let engine = Engine::with_backend(Arc::new(S3Backend::new(&config).unwrap()), settings);
+    let everyone = "http://acs.amazonaws.com/groups/global/AllUsers";
+    for (name, size) in [("small.bin", 1000), ("large.bin", 6 * MIB)] {
+        let local = dir.path().join(name);
+        random_file(&local, size, 11);
+        engine.upload_cleanly(&local, name).await;
+        let acl = server.acl(&format!("acl/{name}")).await;
+        assert!(acl.contains(everyone), "{name}: everyone may read: {acl}");
+    }
+    // Without `acl`, the bucket's default: private.
+    let private = Engine::with_backend(
+        Arc::new(S3Backend::new(&server.config("acl/")).unwrap()),
+        UploadSettings::default(),
+    );
+    let local = dir.path().join("private.bin");
+    random_file(&local, 1000, 12);
+    private.upload_cleanly(&local, "private.bin").await;
+    let acl = server.acl("acl/private.bin").await;
+    assert!(!acl.contains(everyone), "private by default: {acl}");
+}
+
 /// A header value as RFC 2047 `=?UTF-8?B?…?=` or as is.
 fn decode_rfc2047(value: &str) -> String {
     use base64::Engine as _;

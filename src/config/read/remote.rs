@@ -9,7 +9,7 @@ use toml::de::DeTable;
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
-use crate::upload::s3::{Checksum, CredentialSource, Encryption, S3Config};
+use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
 
 const NATIVE_KEYS: &[&str] = &[
     "kind",
@@ -33,6 +33,7 @@ const S3_KEYS: &[&str] = &[
     "secret_access_key_file",
     "server_side_encryption",
     "sse_kms_key_id",
+    "acl",
     "ca_cert",
 ];
 /// The region of an AWS remote that names none, unless the environment does.
@@ -169,6 +170,7 @@ impl Reader<'_> {
                 .unwrap_or(Checksum::Crc32c),
             credentials: self.s3_credentials(path, table, base)?,
             encryption: self.encryption(path, table)?,
+            acl: self.get_as(path, table, "acl", canned_acl),
             ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,
         };
         if let Err(message) = config.bucket_url() {
@@ -285,6 +287,17 @@ fn bucket_name(name: String) -> Result<String, String> {
         true => Ok(name),
         false => Err(format!(
             "{name:?} is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"
+        )),
+    }
+}
+
+/// A canned ACL S3 knows.
+fn canned_acl(acl: String) -> Result<String, String> {
+    match CANNED_ACLS.contains(&acl.as_str()) {
+        true => Ok(acl),
+        false => Err(format!(
+            "unknown canned ACL {acl:?}; use one of {}",
+            CANNED_ACLS.join(", ")
         )),
     }
 }

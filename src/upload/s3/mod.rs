@@ -55,6 +55,17 @@ const COMPLETE_BYTES_PER_SECOND: u64 = 20 * 1024 * 1024;
 /// The metadata entry naming the session that wrote an object.
 const SESSION_META: &str = "x-amz-meta-ferry-session";
 
+/// The canned ACLs S3 knows (`acl`, as rclone's).
+pub const CANNED_ACLS: [&str; 7] = [
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+];
+
 /// How parts are checked by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checksum {
@@ -106,6 +117,8 @@ pub struct S3Config {
     pub credentials: CredentialSource,
     /// Server-side encryption asked for on every object; `None`: the bucket's default.
     pub encryption: Option<Encryption>,
+    /// The canned ACL of every object (`x-amz-acl`); `None`: the bucket's default.
+    pub acl: Option<String>,
     /// CA certificates trusted beside the system's.
     pub ca_cert: Option<super::http::CaCert>,
 }
@@ -154,6 +167,7 @@ pub struct S3Backend {
     storage_class: Option<String>,
     checksum: Checksum,
     encryption: Option<Encryption>,
+    acl: Option<String>,
     requester: Requester,
 }
 
@@ -211,6 +225,7 @@ impl S3Backend {
             storage_class: config.storage_class.clone(),
             checksum: config.checksum,
             encryption: config.encryption.clone(),
+            acl: config.acl.clone(),
             requester: Requester::new(client, config.region.clone(), credentials, shown.clone()),
         })
     }
@@ -272,6 +287,9 @@ impl S3Backend {
         }
         for (name, value) in self.encryption.iter().flat_map(Encryption::headers) {
             call = call.header(name, value);
+        }
+        if let Some(acl) = &self.acl {
+            call = call.header("x-amz-acl", acl.clone());
         }
         Ok(call)
     }
@@ -726,6 +744,7 @@ mod tests {
             checksum: Checksum::Crc32c,
             credentials: CredentialSource::Chain,
             encryption: None,
+            acl: None,
             ca_cert: None,
         }
     }

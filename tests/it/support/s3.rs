@@ -68,6 +68,7 @@ impl S3Server {
                 secret_access_key: SECRET_KEY.into(),
             },
             encryption: None,
+            acl: None,
             ca_cert: None,
         }
     }
@@ -114,6 +115,22 @@ impl S3Server {
             200 => Some(response.bytes().await.unwrap().to_vec()),
             other => panic!("GET {key}: {other}"),
         }
+    }
+
+    /// The object's ACL document (GET ?acl), read through the server.
+    pub async fn acl(&self, key: &str) -> String {
+        use rusty_s3::S3Action as _;
+        let bucket = self.bucket(BUCKET);
+        let keys = Self::keys();
+        let mut action = rusty_s3::actions::GetObject::new(&bucket, Some(&keys), key);
+        action.query_mut().insert("acl", "");
+        let response = client().get(action.sign(SIGNED_FOR)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {key}?acl: {}",
+            response.status()
+        );
+        response.text().await.unwrap()
     }
 
     /// The object's headers (HEAD), read through the server.
