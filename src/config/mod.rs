@@ -630,7 +630,7 @@ fn render_ca_cert(out: &mut String, ca_cert: Option<&crate::upload::http::CaCert
     use std::fmt::Write;
     if let Some(ca) = ca_cert {
         let count = ca.certs.len();
-        let _ = writeln!(out, "ca_cert = {:?} # {count} certificates", ca.path);
+        let _ = writeln!(out, "ca_cert = {:?} # certificates in it: {count}", ca.path);
     }
 }
 

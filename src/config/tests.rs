@@ -528,7 +528,7 @@ fn a_remote_ca_cert_is_read_beside_the_config_and_a_bad_one_is_named() {
         assert_eq!(read.path, dir.path().join("ca.pem"));
         assert_eq!(read.certs, [ca.cert.der().clone()]);
         let rendered = config.render();
-        assert!(rendered.contains("ca.pem\" # 1 certificates"), "{rendered}");
+        assert!(rendered.contains("ca.pem\" # certificates in it: 1"), "{rendered}");
 
         let text = format!("{remote}ca_cert = \"missing.pem\"\n{watch}");
         let found = problems(parse_in(dir.path(), &text));
