@@ -605,9 +605,6 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     if let Some(class) = &s3.storage_class {
         let _ = writeln!(out, "storage_class = {class:?}");
     }
-    if let Some(acl) = &s3.acl {
-        let _ = writeln!(out, "acl = {acl:?}");
-    }
     if let Some(encryption) = &s3.encryption {
         let _ = writeln!(out, "server_side_encryption = {:?}", encryption.algorithm());
     }
@@ -617,6 +614,9 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     }) = &s3.encryption
     {
         let _ = writeln!(out, "sse_kms_key_id = {key_id:?}");
+    }
+    if let Some(acl) = &s3.acl {
+        let _ = writeln!(out, "acl = {acl:?}");
     }
     if let Ok(url) = s3.bucket_url() {
         let _ = writeln!(out, "# bucket URL: {}", crate::redact::url(url.as_str()));
