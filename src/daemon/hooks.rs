@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -93,37 +94,85 @@ pub(super) fn delivery(hook: &HookSpec, told: &Told<'_>, then: Option<Then>) -> 
     }
 }
 
-/// Delivers due hooks until `stop`; `daemon.hooks_wake` says new ones were written.
+/// The deliveries waiting, by when each is due. Built from one read of the store, then kept
+/// in step: new ones are read by number (numbers only grow), and each one tried is put back
+/// with its next time unless it was delivered or has failed. So a backlog that the endpoint
+/// keeps refusing costs a look at the few that are due, not a read of all of them each time.
+#[derive(Debug, Default)]
+struct Schedule {
+    due: std::collections::BTreeSet<(u64, u64)>,
+    /// The highest delivery number read.
+    seen: u64,
+}
+
+impl Schedule {
+    /// Takes in `delivery`, unless it waits for `ferry retry --failed`.
+    fn add(&mut self, delivery: &Delivery) {
+        self.seen = self.seen.max(delivery.id);
+        if !delivery.failed {
+            self.due.insert((delivery.next_attempt_ms, delivery.id));
+        }
+    }
+
+    /// Up to `limit` deliveries due at `now`, earliest first, taken out.
+    fn take_due(&mut self, now: u64, limit: usize) -> Vec<u64> {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            match self.due.first() {
+                Some(&(at, id)) if at <= now => {
+                    self.due.pop_first();
+                    taken.push(id);
+                }
+                _ => break,
+            }
+        }
+        taken
+    }
+
+    /// How long until the next delivery is due, if one waits.
+    fn wait(&self, now: u64) -> Option<Duration> {
+        let (at, _) = self.due.first()?;
+        Some(Duration::from_millis(at.saturating_sub(now)))
+    }
+}
+
+/// Delivers due hooks until `stop`. `daemon.hooks_wake` says new ones were written; with
+/// `daemon.hooks_reread` set (`ferry retry --failed`), every waiting one is read again.
 pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
     let deliverer = crate::hooks::Deliverer::new();
+    let mut schedule: Option<Schedule> = None;
     loop {
-        let deliveries = daemon.store.deliveries();
-        let found = daemon.on_store(move || deliveries.all()).await;
-        let now = now_ms();
-        let waiting = found.unwrap_or_default();
-        let due: Vec<Delivery> = waiting
-            .iter()
-            .filter(|d| !d.failed && d.next_attempt_ms <= now)
-            .cloned()
-            .collect();
+        if daemon.hooks_reread.swap(false, Ordering::Relaxed) {
+            schedule = None;
+        }
+        schedule = read(&daemon, schedule).await;
+        let Some(known) = schedule.as_mut() else {
+            // The store cannot be read now: try again later.
+            let wait = tokio::time::sleep(IDLE_RECHECK);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = daemon.hooks_wake.notified() => {}
+                _ = wait => {}
+            }
+            continue;
+        };
+        let due = known.take_due(now_ms(), AT_ONCE);
         if !due.is_empty() {
-            // Every due one, AT_ONCE at a time; then read again: what was tried is now
-            // delivered, or due later.
-            for batch in due.chunks(AT_ONCE) {
-                let mut tries = tokio::task::JoinSet::new();
-                for delivery in batch.iter().cloned() {
-                    tries.spawn(attempt(daemon.clone(), delivery, deliverer.clone()));
+            let mut tries = tokio::task::JoinSet::new();
+            for id in due {
+                tries.spawn(attempt(daemon.clone(), id, deliverer.clone()));
+            }
+            while let Some(tried) = tries.join_next().await {
+                if let Ok(Some(again)) = tried {
+                    known.add(&again);
                 }
-                while tries.join_next().await.is_some() {}
             }
             continue;
         }
-        let next = waiting
-            .iter()
-            .filter(|d| !d.failed)
-            .map(|d| Duration::from_millis(d.next_attempt_ms.saturating_sub(now)))
-            .min();
-        let sleep = next.unwrap_or(IDLE_RECHECK).min(IDLE_RECHECK);
+        let sleep = known
+            .wait(now_ms())
+            .unwrap_or(IDLE_RECHECK)
+            .min(IDLE_RECHECK);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = daemon.hooks_wake.notified() => {}
@@ -132,8 +181,30 @@ pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
     }
 }
 
-/// One attempt at `delivery`, and what follows from it.
-async fn attempt(daemon: Arc<Daemon>, mut delivery: Delivery, deliverer: Deliverer) {
+/// `schedule` with the deliveries added since it was read; every waiting one when there is
+/// none yet. `None` when the store cannot be read.
+async fn read(daemon: &Daemon, schedule: Option<Schedule>) -> Option<Schedule> {
+    let deliveries = daemon.store.deliveries();
+    let seen = schedule.as_ref().map(|known| known.seen);
+    let found = daemon
+        .on_store(move || match seen {
+            Some(seen) => deliveries.after(seen),
+            None => deliveries.all(),
+        })
+        .await
+        .ok()?;
+    let mut schedule = schedule.unwrap_or_default();
+    for delivery in &found {
+        schedule.add(delivery);
+    }
+    Some(schedule)
+}
+
+/// One attempt at the delivery numbered `id`, and what follows from it; the delivery, when
+/// it waits for another attempt.
+async fn attempt(daemon: Arc<Daemon>, id: u64, deliverer: Deliverer) -> Option<Delivery> {
+    let deliveries = daemon.store.deliveries();
+    let mut delivery = daemon.on_store(move || deliveries.get(id)).await.ok()??;
     let outcome = match serde_json::from_value::<HookSpec>(delivery.hook.clone()) {
         Ok(hook) => {
             let event = delivery.event.clone();
@@ -146,7 +217,10 @@ async fn attempt(daemon: Arc<Daemon>, mut delivery: Delivery, deliverer: Deliver
     };
     let path = PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default());
     match outcome {
-        Ok(()) => delivered(&daemon, delivery, path).await,
+        Ok(()) => {
+            delivered(&daemon, delivery, path).await;
+            None
+        }
         Err(error) => {
             delivery.attempts += 1;
             delivery.failed = delivery.attempts >= MAX_ATTEMPTS;
@@ -163,7 +237,9 @@ async fn attempt(daemon: Arc<Daemon>, mut delivery: Delivery, deliverer: Deliver
                 tracing::warn!(job_id = delivery.job_id, %error, ?wait, "hook not delivered; will retry");
             }
             let deliveries = daemon.store.deliveries();
-            let _ = daemon.on_store(move || deliveries.update(&delivery)).await;
+            let kept = delivery.clone();
+            let _ = daemon.on_store(move || deliveries.update(&kept)).await;
+            Some(delivery)
         }
     }
 }
@@ -196,5 +272,55 @@ async fn delivered(daemon: &Arc<Daemon>, delivery: Delivery, path: PathBuf) {
         daemon
             .events
             .record(EventKind::HookDelivered, job_id, &path, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(id: u64, at: u64, failed: bool) -> Delivery {
+        Delivery {
+            id,
+            job_id: id,
+            event: "uploaded".into(),
+            hook: serde_json::Value::Null,
+            payload: serde_json::Value::Null,
+            then: None,
+            attempts: 0,
+            next_attempt_ms: at,
+            last_error: None,
+            failed,
+        }
+    }
+
+    #[test]
+    fn the_schedule_hands_out_what_is_due_earliest_first_and_skips_the_failed() {
+        let mut schedule = Schedule::default();
+        for (id, at, failed) in [
+            (1, 500, false),
+            (2, 100, false),
+            (3, 50, true),
+            (4, 100, false),
+        ] {
+            schedule.add(&waiting(id, at, failed));
+        }
+        assert_eq!(schedule.seen, 4);
+        // (now, limit) -> taken, then the wait until the next one
+        let steps: [(u64, usize, &[u64], Option<u64>); 4] = [
+            (99, 8, &[], Some(1)),
+            (100, 1, &[2], Some(0)),
+            (100, 8, &[4], Some(400)),
+            (600, 8, &[1], None),
+        ];
+        for (now, limit, taken, wait) in steps {
+            assert_eq!(schedule.take_due(now, limit), taken, "at {now}");
+            let wait = wait.map(Duration::from_millis);
+            assert_eq!(schedule.wait(now), wait, "at {now}");
+        }
+        // Tried and put back for later.
+        schedule.add(&waiting(2, 2_000, false));
+        assert_eq!(schedule.take_due(1_999, 8), Vec::<u64>::new());
+        assert_eq!(schedule.take_due(2_000, 8), [2]);
     }
 }

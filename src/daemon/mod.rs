@@ -157,6 +157,8 @@ pub(crate) struct Daemon {
     metrics: metrics::Metrics,
     /// Woken when hook deliveries were written.
     hooks_wake: Notify,
+    /// Set when waiting hook deliveries changed (`ferry retry --failed`): read them all again.
+    hooks_reread: AtomicBool,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -306,6 +308,7 @@ fn build(
         events: Default::default(),
         metrics: metrics::Metrics::new(),
         hooks_wake: Notify::new(),
+        hooks_reread: AtomicBool::new(false),
     });
     Ok((daemon, intake_receiver))
 }
@@ -906,6 +909,7 @@ impl control::Handler for Handle {
                     })
                     .await
                     .map_err(store_error)?;
+                daemon.hooks_reread.store(true, Ordering::Relaxed);
                 daemon.hooks_wake.notify_one();
                 daemon.wake.notify_one();
                 Ok(Reply::Retried { count })

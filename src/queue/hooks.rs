@@ -67,6 +67,33 @@ impl Deliveries {
         Ok(found)
     }
 
+    /// The deliveries added after the one numbered `id`, in order (ids only grow). Blocking: a
+    /// scan of what is newer, which is usually nothing.
+    pub fn after(&self, id: u64) -> Result<Vec<Delivery>, QueueError> {
+        let mut found = Vec::new();
+        let Some(next) = id.checked_add(1) else {
+            return Ok(found);
+        };
+        for entry in self.store.t()?.hooks.range(next.to_be_bytes()..) {
+            let (_, value) = entry.map_err(sled_error("scan hook deliveries"))?;
+            found.push(decode::<Delivery>("hook delivery", &value)?);
+        }
+        Ok(found)
+    }
+
+    /// The delivery numbered `id`, if it is still waiting. Blocking.
+    pub fn get(&self, id: u64) -> Result<Option<Delivery>, QueueError> {
+        let found = self
+            .store
+            .t()?
+            .hooks
+            .get(id.to_be_bytes())
+            .map_err(sled_error("read a hook delivery"))?;
+        found
+            .map(|value| decode::<Delivery>("hook delivery", &value))
+            .transpose()
+    }
+
     /// Writes `delivery` back (after an attempt). Blocking.
     pub fn update(&self, delivery: &Delivery) -> Result<(), QueueError> {
         self.store
@@ -123,6 +150,10 @@ mod tests {
         let first = deliveries.add(delivery(1)).unwrap();
         let second = deliveries.add(delivery(2)).unwrap();
         assert!(second > first);
+        let newer = deliveries.after(first).unwrap();
+        assert_eq!(newer.iter().map(|d| d.id).collect::<Vec<_>>(), [second]);
+        assert!(deliveries.after(second).unwrap().is_empty());
+        assert_eq!(deliveries.get(first).unwrap().unwrap().job_id, 1);
         let mut all = deliveries.all().unwrap();
         assert_eq!(all.iter().map(|d| d.job_id).collect::<Vec<_>>(), [1, 2]);
         all[0].failed = true;
