@@ -92,9 +92,10 @@ pub(super) async fn schedule(
             batch.push(report);
         }
         let uploading = uploading(&daemon, batch.len() + unflushed.reports.len());
+        let free = free_slots(&daemon, uploading);
         let trip = Trip {
             uploading,
-            free: free_slots(&daemon, uploading),
+            free,
             force: false,
         };
         let (claimed, next_due) = trip
@@ -103,7 +104,12 @@ pub(super) async fn schedule(
         for job in claimed {
             start_job(&daemon, &workers, job, &reports, &abandon);
         }
-        let due = next_due.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+        // With no slot free (all busy, paused, or the store failing), a due job waits for a
+        // report or a wake-up: waking at its due time would only find the slots still taken,
+        // again and again.
+        let due = next_due
+            .filter(|_| free > 0)
+            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
         let flush = unflushed
             .deadline()
             .map(|at| at.saturating_duration_since(Instant::now()));

@@ -859,3 +859,28 @@ async fn ferry_events_shows_each_files_events_in_order_with_ids_without_gaps() {
         assert_eq!(uploaded.unwrap()["detail"], name, "the remote path");
     }
 }
+
+/// Jobs that are due but cannot start (paused here; or every transfer slot held by an upload
+/// that keeps retrying a remote that is down) leave the scheduler asleep until something
+/// changes: it used to wake at once, again and again, burning CPU for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_jobs_that_cannot_start_leave_the_daemon_idle() {
+    let receiver = Receiver::start().await;
+    let setup = Setup::new(&receiver.url, "", "");
+    let daemon = setup.start().await;
+    assert!(setup.ferry(&["pause"]).status.success());
+    for index in 0..8 {
+        std::fs::write(setup.outbox.join(format!("wait-{index}")), "x").unwrap();
+    }
+    setup
+        .wait_status("8 waiting", ARRIVAL, |s| s["queue"]["queued"] == 8)
+        .await;
+    let pid = daemon.child.id();
+    let before = proc::cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let busy = proc::cpu_seconds(pid) - before;
+    assert!(busy < 0.15, "{busy:.2} CPU seconds in 3 s");
+
+    assert!(setup.ferry(&["resume"]).status.success());
+    setup.wait_idle_with_done(8, ARRIVAL).await;
+}
