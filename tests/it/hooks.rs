@@ -12,7 +12,7 @@ use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use sha2::Digest;
 
-use crate::support::daemon::Setup;
+use crate::support::daemon::{Daemon, Setup};
 use crate::support::{Receiver, wait_until};
 
 const ARRIVAL: Duration = Duration::from_secs(30);
@@ -82,6 +82,18 @@ async fn take(
     document["x_event_header"] = headers["x-ferry-event"].to_str().unwrap().into();
     received.lock().unwrap().push(document);
     axum::http::StatusCode::NO_CONTENT
+}
+
+/// A daemon uploading to a receiver and telling `on_uploaded` to a webhook that is down (503)
+/// for now; the receiver and the folder holding the hook's secret live as long as they do.
+async fn daemon_with_a_webhook_down() -> (Receiver, Webhook, tempfile::TempDir, Setup, Daemon) {
+    let receiver = Receiver::start().await;
+    let webhook = Webhook::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = format!("on_uploaded = {}", webhook_hook(dir.path(), &webhook.url));
+    let setup = Setup::new(&receiver.url, &hook, "");
+    let daemon = setup.start().await;
+    (receiver, webhook, dir, setup, daemon)
 }
 
 fn webhook_hook(setup_dir: &std::path::Path, url: &str) -> String {
@@ -195,12 +207,7 @@ async fn on_uploaded_runs_a_program_and_calls_a_webhook_once_per_upload() {
 /// while deliveries wait, delivers every one of them after its restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_was_down_gets_every_delivery_even_across_a_kill_9() {
-    let receiver = Receiver::start().await;
-    let webhook = Webhook::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let hook = format!("on_uploaded = {}", webhook_hook(dir.path(), &webhook.url));
-    let setup = Setup::new(&receiver.url, &hook, "");
-    let daemon = setup.start().await;
+    let (_receiver, webhook, _dir, setup, daemon) = daemon_with_a_webhook_down().await;
     for name in ["one", "two", "three"] {
         std::fs::write(setup.outbox.join(name), name).unwrap();
     }
@@ -248,12 +255,7 @@ async fn a_webhook_that_was_down_gets_every_delivery_even_across_a_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_refused_deliveries_does_not_keep_the_daemon_busy() {
     const FILES: usize = 600;
-    let receiver = Receiver::start().await;
-    let webhook = Webhook::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let hook = format!("on_uploaded = {}", webhook_hook(dir.path(), &webhook.url));
-    let setup = Setup::new(&receiver.url, &hook, "");
-    let daemon = setup.start().await;
+    let (_receiver, webhook, _dir, setup, daemon) = daemon_with_a_webhook_down().await;
     for index in 0..FILES {
         std::fs::write(setup.outbox.join(format!("f{index:04}")), index.to_string()).unwrap();
     }
