@@ -249,8 +249,8 @@ async fn a_webhook_that_was_down_gets_every_delivery_even_across_a_kill_9() {
 }
 
 /// A backlog of deliveries that the endpoint keeps refusing costs the daemon the attempts, not
-/// a read of the whole backlog each time one falls due (which kept a core busy: 2 of 5 CPU
-/// seconds with 400 waiting, all of them with 2,000). Once the endpoint is back, the waiting
+/// a read of the whole backlog each time one falls due (which kept a core busy: 2.7 to 2.8 CPU
+/// seconds in this test's 3, against 0.5 now). Once the endpoint is back, the waiting
 /// ones are delivered as they fall due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_refused_deliveries_does_not_keep_the_daemon_busy() {
@@ -264,12 +264,15 @@ async fn a_backlog_of_refused_deliveries_does_not_keep_the_daemon_busy() {
         .wait_status("the backlog", ARRIVAL, |s| s["hooks"]["pending"] == FILES)
         .await;
 
+    // Once the first retries are behind (the attempts themselves then cost little), the old
+    // reading of the whole backlog kept a core busy; half of one is the line.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let pid = daemon.child.id();
     let before = crate::support::proc::cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let busy = crate::support::proc::cpu_seconds(pid) - before;
     assert!(
-        busy < 1.2,
+        busy < 1.5,
         "{busy:.2} CPU seconds in 3 s with the endpoint down"
     );
 
