@@ -97,7 +97,6 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new() -> Deliverer {
-        crate::upload::native::install_crypto_provider();
         // Webhooks trust the system's CA certificates; a machine without any can still call
         // plain-HTTP ones.
         let client = crate::upload::http::client_builder(None, None)

@@ -71,7 +71,6 @@ impl NativeBackend {
             endpoint: endpoint.clone(),
             problem,
         })?;
-        install_crypto_provider();
         let client = super::http::client_builder(config.ca_cert.as_ref(), Some(&base_url))
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -224,8 +223,9 @@ pub(crate) fn transport_error(
 }
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a default one
-/// (aws-lc's C build costs minutes); every reqwest client in the process needs this first. A
-/// second call changes nothing.
+/// (aws-lc's C build costs minutes), so a reqwest client built without
+/// `upload::http::client_builder` (which names ring itself), as the tests' and benches' own
+/// are, needs this first. A second call changes nothing.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -209,7 +209,6 @@ impl S3Backend {
             config.region.clone(),
         )
         .map_err(|error| setup(format!("bucket {:?}: {error}", config.bucket)))?;
-        super::native::install_crypto_provider();
         let client = super::http::client_builder(config.ca_cert.as_ref(), Some(&address))
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
