@@ -73,6 +73,9 @@ pub struct CreateRequest {
     /// Known up front only when the caller already hashed the file; the engine otherwise
     /// hashes while uploading and gives the digest at complete.
     pub sha256: Option<String>,
+    /// The file's modification time, nanoseconds since the Unix epoch, when the remote is to
+    /// keep it (S3 stores it as rclone does, in `x-amz-meta-mtime`).
+    pub mtime_ns: Option<i64>,
 }
 
 /// Part limits a remote imposes on a session (kept in the session record, so defined there).

@@ -68,7 +68,7 @@ async fn edge_sizes_arrive_byte_identical_in_s3s_fs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_and_content_type_are_stored_for_single_and_multipart_objects() {
+async fn metadata_content_type_and_mtime_are_stored_for_single_and_multipart_objects() {
     for flavor in BOTH {
         let server = S3Server::start(flavor).await;
         let engine = engine(&server, "");
@@ -76,6 +76,14 @@ async fn metadata_and_content_type_are_stored_for_single_and_multipart_objects()
         for (name, size) in [("small.jpg", 1000), ("large.json", 6 * MIB)] {
             let local = dir.path().join(name);
             random_file(&local, size, 9);
+            // 2021-05-06T07:08:09.123456789Z, kept as rclone keeps it.
+            let mtime = std::time::UNIX_EPOCH + Duration::new(1_620_284_889, 123_456_789);
+            std::fs::File::options()
+                .write(true)
+                .open(&local)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
             let job = UploadJob {
                 local_path: local.clone(),
                 remote_path: format!("meta/{name}"),
@@ -103,6 +111,11 @@ async fn metadata_and_content_type_are_stored_for_single_and_multipart_objects()
             assert_eq!(
                 header("x-amz-meta-camera").as_deref(),
                 Some("north-gate"),
+                "{flavor:?} {name}"
+            );
+            assert_eq!(
+                header("x-amz-meta-mtime").as_deref(),
+                Some("1620284889.123456789"),
                 "{flavor:?} {name}"
             );
             let note = header("x-amz-meta-note").unwrap();
@@ -213,6 +226,7 @@ fn request(remote_path: &str, size: u64) -> CreateRequest {
         mime_type: None,
         metadata: Default::default(),
         sha256: None,
+        mtime_ns: None,
     }
 }
 

@@ -775,6 +775,7 @@ fn create_request(job: &UploadJob, file: &LocalFile) -> CreateRequest {
         }),
         metadata: job.metadata.clone(),
         sha256: None,
+        mtime_ns: Some(file.fingerprint().mtime_ns),
     }
 }
 

@@ -54,6 +54,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const COMPLETE_BYTES_PER_SECOND: u64 = 20 * 1024 * 1024;
 /// The metadata entry naming the session that wrote an object.
 const SESSION_META: &str = "x-amz-meta-ferry-session";
+/// The file's modification time, kept where rclone keeps it (and reads it back: `rclone lsl`,
+/// `check` and `sync` see the file's own time, not the upload's).
+const MTIME_META: &str = "x-amz-meta-mtime";
 
 /// The canned ACLs S3 knows (`acl`, as rclone's).
 pub const CANNED_ACLS: [&str; 7] = [
@@ -280,6 +283,13 @@ impl S3Backend {
                 ),
             })?;
             call = call.header(name, meta_value(value));
+        }
+        let mtime_given = request
+            .metadata
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("mtime"));
+        if let Some(mtime_ns) = request.mtime_ns.filter(|_| !mtime_given) {
+            call = call.header(MTIME_META, mtime_value(mtime_ns));
         }
         if let Some(class) = &self.storage_class {
             call = call.header("x-amz-storage-class", class.clone());
@@ -532,6 +542,22 @@ fn meta_value(value: &str) -> String {
         return value.to_string();
     }
     format!("=?UTF-8?B?{}?=", BASE64.encode(value.as_bytes()))
+}
+
+/// A modification time as rclone writes it: seconds since the Unix epoch in fixed point, with
+/// up to 9 decimals and no trailing zeros ("1354040105.123456789", "1354040105.5",
+/// "1354040105").
+fn mtime_value(mtime_ns: i64) -> String {
+    let (sign, ns) = match mtime_ns < 0 {
+        true => ("-", mtime_ns.unsigned_abs()),
+        false => ("", mtime_ns.unsigned_abs()),
+    };
+    let (seconds, nanos) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    let fraction = format!("{nanos:09}");
+    match fraction.trim_end_matches('0') {
+        "" => format!("{sign}{seconds}"),
+        digits => format!("{sign}{seconds}.{digits}"),
+    }
 }
 
 fn s3_limits() -> PartLimits {
@@ -794,6 +820,24 @@ mod tests {
         assert_eq!(meta_value("plain text"), "plain text");
         assert_eq!(meta_value("café"), "=?UTF-8?B?Y2Fmw6k=?=");
         assert_eq!(meta_value(" padded"), "=?UTF-8?B?IHBhZGRlZA==?=");
+    }
+
+    #[test]
+    fn modification_times_are_written_as_rclone_writes_them() {
+        let cases = [
+            (1_354_040_105_123_456_789, "1354040105.123456789"),
+            (1_354_040_105_500_000_000, "1354040105.5"),
+            (1_354_040_105_000_000_000, "1354040105"),
+            (1_354_040_105_000_000_001, "1354040105.000000001"),
+            (0, "0"),
+            (999, "0.000000999"),
+            (-1_500_000_000, "-1.5"),
+            (-1, "-0.000000001"),
+            (i64::MIN, "-9223372036.854775808"),
+        ];
+        for (mtime_ns, expected) in cases {
+            assert_eq!(mtime_value(mtime_ns), expected, "{mtime_ns}");
+        }
     }
 
     #[test]
