@@ -4,7 +4,7 @@
 //!
 //! Loops: a `move_to` folder, or the daemon's data folder, inside a watch makes the daemon
 //! upload its own output forever; so do two watches of one folder with the same globs.
-//! Failures: a watch that is not a folder, a data folder that is a file, a socket path longer
+//! Failures: no watch at all, a watch that is not a folder, a data folder that is a file, a socket path longer
 //! than the kernel's `sun_path`.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +32,10 @@ pub fn check_paths(config: &Config) -> Vec<Problem> {
         key,
         message,
     };
+    if config.watches.is_empty() {
+        let message = "at least one [[watch]] is required to run the daemon (`ferry push --remote` and `ferry cleanup` need none)";
+        problems.push(at("watch".into(), message.into()));
+    }
     let data_dir = resolve(&config.daemon.data_dir);
     if config.daemon.data_dir.exists() && !config.daemon.data_dir.is_dir() {
         problems.push(at(

@@ -353,7 +353,9 @@ impl<'t> Reader<'t> {
             .get("watch")
             .map(|value| (value.get_ref(), value.span()))
         {
-            None => self.problem("watch", None, "at least one [[watch]] is required"),
+            // None is a problem only to run the daemon (`check_paths`): `ferry push --remote`
+            // and `ferry cleanup` need remotes alone.
+            None => {}
             Some((DeValue::Array(entries), _)) => {
                 for (index, entry) in entries.iter().enumerate() {
                     let path = format!("watch[{index}]");

@@ -198,7 +198,6 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
 fn missing_and_malformed_pieces_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[daemon]\ntransfers = 2\n", "watch"),
         (
             "[[watch]]\nremote = \"main\"\n[remotes.main]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n",
             "watch[0].path",
@@ -228,6 +227,19 @@ fn missing_and_malformed_pieces_are_named() {
             "{key} not in {found:#?}"
         );
     }
+}
+
+#[test]
+fn remotes_alone_parse_for_push_and_are_refused_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[remotes.main]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
+    let config = parse_in(dir.path(), text).unwrap();
+    assert!(config.watches.is_empty());
+    assert!(config.remotes.contains_key("main"));
+    let refused = crate::config::check_paths(&config);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].key, "watch");
+    assert!(refused[0].message.contains("ferry push --remote"));
 }
 
 #[test]

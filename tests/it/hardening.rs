@@ -298,7 +298,7 @@ fn config_check_refuses_what_would_loop_overflow_or_fail_at_run_time() {
         }
         // `ferry run` refuses the same file before it starts anything.
         assert_eq!(
-            exit_within(&setup, Duration::from_secs(10)),
+            run_exit_within(&setup, Duration::from_secs(10)),
             Some(2),
             "{}: ferry run",
             case.what
@@ -306,27 +306,11 @@ fn config_check_refuses_what_would_loop_overflow_or_fail_at_run_time() {
     }
 }
 
-/// Runs `ferry run` on the setup's config; its exit code, or `None` if it was still running
-/// after `limit` (then it is killed).
-fn exit_within(setup: &Setup, limit: Duration) -> Option<i32> {
-    let mut child = std::process::Command::new(ferry_bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("run")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+/// `ferry run` on the setup's config: its exit code, or `None` if it ran `limit`.
+fn run_exit_within(setup: &Setup, limit: Duration) -> Option<i32> {
+    let mut command = std::process::Command::new(ferry_bin());
+    command.arg("--config").arg(&setup.config).arg("run");
+    exit_within(command, limit)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,11 +50,9 @@ async fn an_s3_remote_over_tls_trusts_its_ca_cert_and_refuses_an_unknown_ca_at_o
     assert_eq!(front.handshakes(), 0, "the certificate was refused");
     assert_eq!(server.get("pushed/secure.bin").await, None);
 
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[[watch]]",
-        &format!("ca_cert = {:?}\n\n[[watch]]", front.ca_pem),
-    );
-    std::fs::write(&config, text).unwrap();
+    // The file holds the remote's table alone: a key appended is the remote's.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\nca_cert = {:?}\n", front.ca_pem)).unwrap();
     let output = push(&config, &dir.path().join("data"), &local)
         .output()
         .unwrap();

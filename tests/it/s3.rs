@@ -16,7 +16,7 @@ use crate::support::daemon::Setup;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::garage::{self, Garage};
 use crate::support::s3::{Flavor, S3Server, SECRET_KEY};
-use crate::support::{Engine, MIB, ferry_bin, random_file, wait_until};
+use crate::support::{Engine, MIB, exit_within, ferry_bin, random_file, wait_until};
 
 const BOTH: [Flavor; 2] = [Flavor::Moto, Flavor::S3sFs];
 
@@ -268,16 +268,40 @@ pub(crate) fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> Path
     let remote = server
         .remote_toml("s3", "pushed/", &secret)
         .replace(&server.endpoint, endpoint);
-    // A configuration is the daemon's: it watches a folder, which `push` leaves alone.
-    let watched = dir.join("watched");
-    std::fs::create_dir_all(&watched).unwrap();
-    let watch = format!(
-        "[[watch]]\npath = \"{}\"\nremote = \"s3\"\n",
-        watched.display()
-    );
+    // The remote alone: `push` needs no watch.
     let config = dir.join("config.toml");
-    std::fs::write(&config, format!("{remote}\n{watch}")).unwrap();
+    std::fs::write(&config, remote).unwrap();
     config
+}
+
+/// A configuration of remotes without a watch serves `ferry push --remote`; the daemon, which
+/// would watch nothing, refuses it, and `ferry config check` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remotes_without_a_watch_serve_push_but_not_the_daemon() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &server, &server.endpoint);
+    let local = dir.path().join("alone.bin");
+    random_file(&local, 1000, 31);
+    let output = push(&config, &dir.path().join("data"), &local)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_stored(&server, "pushed/alone.bin", &local, "push").await;
+    let ferry = |command: &str| {
+        let mut ferry = Command::new(ferry_bin());
+        ferry.arg("--config").arg(&config).args(command.split(' '));
+        ferry
+    };
+    let output = ferry("config check").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("at least one [[watch]] is required to run the daemon"),
+        "{stderr}"
+    );
+    let run = exit_within(ferry("run"), Duration::from_secs(10));
+    assert_eq!(run, Some(2), "ferry run refuses it");
 }
 
 pub(crate) fn push(config: &Path, data: &Path, file: &Path) -> Command {

@@ -157,6 +157,26 @@ impl Receiver {
 }
 
 /// Parts stored under a receiver's storage folder, across all sessions.
+/// Runs `command` (its output discarded) and returns its exit code, or `None` if it still ran
+/// after `limit` (it is then killed): for a command that must refuse to start.
+pub fn exit_within(mut command: Command, limit: Duration) -> Option<i32> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 pub fn stored_parts(storage: &Path) -> usize {
     let Ok(sessions) = std::fs::read_dir(storage.join(".ferry/sessions")) else {
         return 0;
