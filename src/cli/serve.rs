@@ -70,7 +70,7 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
             max_open_sessions: request.guards.max_open_sessions.max(1),
             ..request.guards
         },
-        webhook,
+        webhook: webhook.map(server::WebhookConfig::new),
         metrics: request.metrics,
     };
     let shutdown = CancellationToken::new();

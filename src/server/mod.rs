@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 use storage::Storage;
 
+pub use webhook::WebhookConfig;
+
 /// Version reported by `GET /v1/health`.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -106,7 +108,7 @@ pub struct ServeConfig {
     pub session_ttl: Duration,
     pub guards: Guards,
     /// Told of every completed upload (`ferry serve --webhook`).
-    pub webhook: Option<crate::config::HookSpec>,
+    pub webhook: Option<WebhookConfig>,
     /// Serve `/metrics` for Prometheus (`ferry serve --metrics`).
     pub metrics: bool,
 }
@@ -291,8 +293,7 @@ pub async fn serve(
         count: open.into(),
         max: config.guards.max_open_sessions,
     };
-    let hook = config.webhook.clone();
-    let webhook = hook.map(|hook| webhook::Webhook::new(hook, storage.clone()));
+    let webhook = (config.webhook.clone()).map(|hook| webhook::Webhook::new(hook, storage.clone()));
     if let Some(webhook) = &webhook {
         webhook.resume().await;
     }

@@ -3,10 +3,11 @@
 //! backoff when the endpoint fails.
 //!
 //! A post is kept in the storage folder (`Storage::record_webhook`) in the same step that
-//! completes the upload, before the client hears of it, and forgotten once delivered. A
-//! receiver that stopped (or was killed) posts what it had not delivered when it starts again,
-//! as it does a post that failed every attempt. So each completed upload is posted at least
-//! once; a post may come twice after a crash, and `upload_id` tells them apart.
+//! completes the upload, before the client hears of it, and forgotten once delivered. A post
+//! that fails a round of attempts rests (ten minutes) and goes round again, until delivered; a
+//! receiver that stopped (or was killed) posts what it had not delivered when it starts again.
+//! So each completed upload is posted at least once; a post may come twice after a crash, and
+//! `upload_id` tells them apart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,27 +20,52 @@ use crate::hooks::Deliverer;
 use crate::protocol::CompletedFile;
 use crate::upload::RetryPolicy;
 
-/// From 1 s, doubling, at most a minute, with full jitter; about five minutes in all.
-const BACKOFF: RetryPolicy = RetryPolicy {
+/// A round of attempts: from 1 s, doubling, at most a minute, with full jitter; about five
+/// minutes in all.
+const ROUND: RetryPolicy = RetryPolicy {
     max_attempts: 10,
     backoff_base: Duration::from_secs(1),
     backoff_max: Duration::from_secs(60),
 };
+/// Between two rounds of a post that the endpoint keeps refusing.
+const REST: Duration = Duration::from_secs(600);
 /// Posts in flight at once: a backlog left from before a restart is not one burst.
 const IN_FLIGHT: usize = 8;
 
+/// `ferry serve --webhook`: where completed uploads are told, and how a refused post is tried
+/// again.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub hook: HookSpec,
+    /// One round of attempts.
+    pub round: RetryPolicy,
+    /// The wait after a round that failed, before the next.
+    pub rest: Duration,
+}
+
+impl WebhookConfig {
+    /// Posts to `hook` in rounds of ten attempts over about five minutes, ten minutes apart.
+    pub fn new(hook: HookSpec) -> WebhookConfig {
+        WebhookConfig {
+            hook,
+            round: ROUND,
+            rest: REST,
+        }
+    }
+}
+
 /// Where completed uploads are told, and the client that tells them.
 pub(crate) struct Webhook {
-    hook: HookSpec,
+    config: Arc<WebhookConfig>,
     deliverer: Deliverer,
     storage: Storage,
     slots: Arc<Semaphore>,
 }
 
 impl Webhook {
-    pub(crate) fn new(hook: HookSpec, storage: Storage) -> Webhook {
+    pub(crate) fn new(config: WebhookConfig, storage: Storage) -> Webhook {
         Webhook {
-            hook,
+            config: Arc::new(config),
             deliverer: Deliverer::new(),
             storage,
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -77,17 +103,22 @@ impl Webhook {
         }
     }
 
-    /// Delivers a kept post in the background, and forgets it once delivered. One that fails
-    /// every attempt stays kept, for the next start.
+    /// Delivers a kept post in the background, in rounds until delivered, and forgets it
+    /// then. A post rests between rounds without taking a slot.
     pub(crate) fn deliver(&self, upload_id: String, document: serde_json::Value) {
-        let (hook, deliverer) = (self.hook.clone(), self.deliverer.clone());
+        let (config, deliverer) = (self.config.clone(), self.deliverer.clone());
         let (storage, slots) = (self.storage.clone(), self.slots.clone());
         tokio::spawn(async move {
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
-            };
-            if !post(&deliverer, &hook, &document, &upload_id).await {
-                return;
+            loop {
+                let Ok(slot) = slots.acquire().await else {
+                    return;
+                };
+                let delivered = post(&deliverer, &config, &document, &upload_id).await;
+                drop(slot);
+                if delivered {
+                    break;
+                }
+                tokio::time::sleep(config.rest).await;
             }
             let id = upload_id.clone();
             let forgotten = tokio::task::spawn_blocking(move || storage.forget_webhook(&id)).await;
@@ -98,23 +129,25 @@ impl Webhook {
     }
 }
 
-/// Posts `document` with backoff; whether it was delivered.
+/// Posts `document` in one round of attempts with backoff; whether it was delivered.
 async fn post(
     deliverer: &Deliverer,
-    hook: &HookSpec,
+    config: &WebhookConfig,
     document: &serde_json::Value,
     upload_id: &str,
 ) -> bool {
-    for attempt in 1..=BACKOFF.max_attempts {
-        let Err(error) = deliverer.deliver(hook, "uploaded", document).await else {
+    let round = config.round;
+    for attempt in 1..=round.max_attempts {
+        let Err(error) = deliverer.deliver(&config.hook, "uploaded", document).await else {
             return true;
         };
         let error = crate::error::chain(&error);
-        if attempt == BACKOFF.max_attempts {
-            tracing::error!(upload_id, %error, attempts = attempt, "webhook not delivered; kept, and posted again when the receiver restarts");
+        if attempt == round.max_attempts {
+            let rest = humantime::format_duration(config.rest).to_string();
+            tracing::error!(upload_id, %error, attempts = attempt, "webhook not delivered; kept, and posted again in {rest}");
             return false;
         }
-        let wait = BACKOFF.delay(attempt, rand::random(), None);
+        let wait = round.delay(attempt, rand::random(), None);
         tracing::warn!(upload_id, %error, ?wait, "webhook not delivered; will retry");
         tokio::time::sleep(wait).await;
     }

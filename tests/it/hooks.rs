@@ -475,3 +475,52 @@ async fn the_receivers_webhook_post_survives_a_kill_9() {
     assert_eq!(documents[0]["remote_path"], "kept.bin");
     assert_eq!(documents[0]["sha256"], sha256_hex(&[7u8; 5000]));
 }
+
+/// A receiver's post that the endpoint refused through a whole round of attempts is not left
+/// for the next start: it rests, goes round again, and is delivered once the endpoint is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_webhook_goes_round_again_after_a_round_of_refusals() {
+    use crate::support::Engine;
+    use ferry::upload::UploadSettings;
+    let webhook = Webhook::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let hook = ferry::config::HookSpec::Webhook {
+        url: webhook.url.clone(),
+        secret_file: Some(secret),
+        timeout: Duration::from_secs(5),
+    };
+    let round = ferry::upload::RetryPolicy {
+        max_attempts: 2,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+    };
+    let receiver = Receiver::start_with(|config| {
+        config.webhook = Some(ferry::server::WebhookConfig {
+            round,
+            rest: Duration::from_millis(300),
+            ..ferry::server::WebhookConfig::new(hook)
+        });
+    })
+    .await;
+    let file = dir.path().join("later.bin");
+    std::fs::write(&file, vec![3u8; 4000]).unwrap();
+    let engine = Engine::new(&receiver.url, UploadSettings::default());
+    engine.upload_cleanly(&file, "later.bin").await;
+    // Two rounds refused: the post came back after its first round ended.
+    wait_until("a second round", ARRIVAL, || {
+        webhook.refused.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    webhook.down.store(false, Ordering::SeqCst);
+    wait_until("the post", ARRIVAL, || !webhook.documents().is_empty()).await;
+    let kept = receiver.storage.join(".ferry/webhooks");
+    wait_until("the delivered post forgotten", ARRIVAL, || {
+        std::fs::read_dir(&kept).unwrap().next().is_none()
+    })
+    .await;
+    let documents = webhook.documents();
+    assert_eq!(documents.len(), 1, "{documents:?}");
+    assert_eq!(documents[0]["remote_path"], "later.bin");
+}

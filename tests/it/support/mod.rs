@@ -156,7 +156,6 @@ impl Receiver {
     }
 }
 
-/// Parts stored under a receiver's storage folder, across all sessions.
 /// Runs `command` (its output discarded) and returns its exit code, or `None` if it still ran
 /// after `limit` (it is then killed): for a command that must refuse to start.
 pub fn exit_within(mut command: Command, limit: Duration) -> Option<i32> {
@@ -177,6 +176,7 @@ pub fn exit_within(mut command: Command, limit: Duration) -> Option<i32> {
     None
 }
 
+/// Parts stored under a receiver's storage folder, across all sessions.
 pub fn stored_parts(storage: &Path) -> usize {
     let Ok(sessions) = std::fs::read_dir(storage.join(".ferry/sessions")) else {
         return 0;
