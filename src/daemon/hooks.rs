@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Daemon;
 use crate::config::{AfterUpload, HookSpec};
 use crate::control::EventKind;
+use crate::control::protocol::{FailedJob, HooksStatus};
 use crate::hooks::Deliverer;
 use crate::queue::jobs::now_ms;
 use crate::queue::{Delivery, Fingerprint, JobRecord};
@@ -97,20 +98,40 @@ pub(super) fn delivery(hook: &HookSpec, told: &Told<'_>, then: Option<Then>) -> 
 /// The deliveries waiting, by when each is due. Built from one read of the store, then kept
 /// in step: new ones are read by number (numbers only grow), and each one tried is put back
 /// with its next time unless it was delivered or has failed. So a backlog that the endpoint
-/// keeps refusing costs a look at the few that are due, not a read of all of them each time.
+/// keeps refusing costs a look at the few that are due, not a read of all of them each time;
+/// and `ferry status` reads its counts from here, not from the store.
 #[derive(Debug, Default)]
 struct Schedule {
     due: std::collections::BTreeSet<(u64, u64)>,
+    /// Those that wait for `ferry retry --failed`, by number, as status shows them.
+    failed: std::collections::BTreeMap<u64, FailedJob>,
     /// The highest delivery number read.
     seen: u64,
 }
 
 impl Schedule {
-    /// Takes in `delivery`, unless it waits for `ferry retry --failed`.
+    /// Takes in `delivery`: due at its time, or failed.
     fn add(&mut self, delivery: &Delivery) {
         self.seen = self.seen.max(delivery.id);
-        if !delivery.failed {
-            self.due.insert((delivery.next_attempt_ms, delivery.id));
+        match delivery.failed {
+            true => {
+                self.failed.insert(delivery.id, failure(delivery));
+            }
+            false => {
+                self.due.insert((delivery.next_attempt_ms, delivery.id));
+            }
+        }
+    }
+
+    /// What status shows, with `trying` deliveries taken out and being tried.
+    fn status(&self, trying: usize) -> HooksStatus {
+        HooksStatus {
+            pending: (self.due.len() + trying) as u64,
+            failed: self.failed.len() as u64,
+            failures: (self.failed.values())
+                .take(super::STATUS_FAILED_SHOWN)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -136,6 +157,19 @@ impl Schedule {
     }
 }
 
+/// How status shows a delivery that failed.
+fn failure(delivery: &Delivery) -> FailedJob {
+    FailedJob {
+        job_id: delivery.job_id,
+        path: PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default()),
+        error: format!(
+            "{} hook: {}",
+            delivery.event,
+            delivery.last_error.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
 /// Delivers due hooks until `stop`. `daemon.hooks_wake` says new ones were written; with
 /// `daemon.hooks_reread` set (`ferry retry --failed`), every waiting one is read again.
 pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
@@ -157,6 +191,7 @@ pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
             continue;
         };
         let due = known.take_due(now_ms(), AT_ONCE);
+        publish(&daemon, known.status(due.len()));
         if !due.is_empty() {
             let mut tries = tokio::task::JoinSet::new();
             for id in due {
@@ -179,6 +214,14 @@ pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
             _ = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+/// Tells `ferry status` and `/metrics` what waits.
+fn publish(daemon: &Daemon, status: HooksStatus) {
+    *daemon
+        .hooks_status
+        .lock()
+        .expect("hooks status lock is never poisoned") = status;
 }
 
 /// `schedule` with the deliveries added since it was read; every waiting one when there is
@@ -289,13 +332,13 @@ mod tests {
             then: None,
             attempts: 0,
             next_attempt_ms: at,
-            last_error: None,
+            last_error: failed.then(|| "refused".to_string()),
             failed,
         }
     }
 
     #[test]
-    fn the_schedule_hands_out_what_is_due_earliest_first_and_skips_the_failed() {
+    fn the_schedule_hands_out_what_is_due_earliest_first_and_counts_the_failed_apart() {
         let mut schedule = Schedule::default();
         for (id, at, failed) in [
             (1, 500, false),
@@ -306,6 +349,10 @@ mod tests {
             schedule.add(&waiting(id, at, failed));
         }
         assert_eq!(schedule.seen, 4);
+        let status = schedule.status(0);
+        assert_eq!((status.pending, status.failed), (3, 1));
+        assert_eq!(status.failures[0].job_id, 3);
+        assert_eq!(status.failures[0].error, "uploaded hook: refused");
         // (now, limit) -> taken, then the wait until the next one
         let steps: [(u64, usize, &[u64], Option<u64>); 4] = [
             (99, 8, &[], Some(1)),
@@ -318,9 +365,15 @@ mod tests {
             let wait = wait.map(Duration::from_millis);
             assert_eq!(schedule.wait(now), wait, "at {now}");
         }
+        // Being tried, they are still pending.
+        assert_eq!(schedule.status(3).pending, 3);
         // Tried and put back for later.
         schedule.add(&waiting(2, 2_000, false));
         assert_eq!(schedule.take_due(1_999, 8), Vec::<u64>::new());
         assert_eq!(schedule.take_due(2_000, 8), [2]);
+        // Retried by `ferry retry --failed` (a fresh read): no longer failed.
+        let mut fresh = Schedule::default();
+        fresh.add(&waiting(3, 50, false));
+        assert_eq!((fresh.status(0).pending, fresh.status(0).failed), (1, 0));
     }
 }

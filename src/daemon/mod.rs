@@ -42,7 +42,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often orphaned S3 uploads are looked for (`[daemon] orphan_cleanup`).
 const CLEANUP_EVERY: Duration = Duration::from_secs(3600);
 /// Failed jobs listed in `ferry status`.
-const STATUS_FAILED_SHOWN: usize = 20;
+pub(super) const STATUS_FAILED_SHOWN: usize = 20;
 /// Longest a `ferry events` poll waits for an event: well inside the control socket's
 /// exchange timeout.
 const MAX_EVENTS_WAIT: Duration = Duration::from_secs(5);
@@ -159,6 +159,8 @@ pub(crate) struct Daemon {
     hooks_wake: Notify,
     /// Set when waiting hook deliveries changed (`ferry retry --failed`): read them all again.
     hooks_reread: AtomicBool,
+    /// What `ferry status` says of the hook deliveries, kept by their deliverer.
+    hooks_status: std::sync::Mutex<control::protocol::HooksStatus>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `reloads` delivers new configurations
@@ -309,6 +311,7 @@ fn build(
         metrics: metrics::Metrics::new(),
         hooks_wake: Notify::new(),
         hooks_reread: AtomicBool::new(false),
+        hooks_status: Default::default(),
     });
     Ok((daemon, intake_receiver))
 }
@@ -348,28 +351,6 @@ fn hook_delivery(delivery: &crate::queue::Delivery) -> control::protocol::HookDe
         state: if delivery.failed { "failed" } else { "pending" }.into(),
         attempts: delivery.attempts,
         last_error: delivery.last_error.clone(),
-    }
-}
-
-/// What `ferry status` says of the hook deliveries not made yet.
-fn hooks_status(deliveries: Vec<crate::queue::Delivery>) -> control::protocol::HooksStatus {
-    let failed: Vec<FailedJob> = deliveries
-        .iter()
-        .filter(|delivery| delivery.failed)
-        .map(|delivery| FailedJob {
-            job_id: delivery.job_id,
-            path: PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default()),
-            error: format!(
-                "{} hook: {}",
-                delivery.event,
-                delivery.last_error.clone().unwrap_or_default()
-            ),
-        })
-        .collect();
-    control::protocol::HooksStatus {
-        pending: (deliveries.len() - failed.len()) as u64,
-        failed: failed.len() as u64,
-        failures: failed.into_iter().take(STATUS_FAILED_SHOWN).collect(),
     }
 }
 
@@ -670,11 +651,14 @@ impl Daemon {
     }
 
     async fn status(&self) -> Result<StatusReply, QueueError> {
-        let deliveries = self.store.deliveries();
-        let (queue, failed, hooks) = self
+        let hooks = self
+            .hooks_status
+            .lock()
+            .expect("hooks status lock is never poisoned")
+            .clone();
+        let (queue, failed) = self
             .with_queue(move |queue| {
                 let counts = queue.counts()?;
-                let hooks = hooks_status(deliveries.all().unwrap_or_default());
                 // Reads only the records shown, through the index of failures. Best effort: a
                 // failing store still gets its status shown.
                 let failed = match counts.failed {
@@ -683,7 +667,7 @@ impl Daemon {
                         .recent_failures(STATUS_FAILED_SHOWN)
                         .unwrap_or_default(),
                 };
-                Ok((counts, failed, hooks))
+                Ok((counts, failed))
             })
             .await?;
         let active = self
