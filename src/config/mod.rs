@@ -630,7 +630,15 @@ fn render_ca_cert(out: &mut String, ca_cert: Option<&crate::upload::http::CaCert
     use std::fmt::Write;
     if let Some(ca) = ca_cert {
         let count = ca.certs.len();
-        let _ = writeln!(out, "ca_cert = {:?} # certificates in it: {count}", ca.path);
+        let from = ca
+            .from_env
+            .map(|name| format!("from ${name}; "))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "ca_cert = {:?} # {from}certificates in it: {count}",
+            ca.path
+        );
     }
 }
 

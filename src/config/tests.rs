@@ -522,6 +522,17 @@ fn a_remote_ca_cert_is_read_beside_the_config_and_a_bad_one_is_named() {
             rendered.contains("ca.pem\" # certificates in it: 1"),
             "{rendered}"
         );
+        let mut named_by_env = config.clone();
+        match named_by_env.remotes.get_mut("main").unwrap() {
+            RemoteConfig::Native { ca_cert, .. } => ca_cert.as_mut().unwrap().from_env = Some("X"),
+            RemoteConfig::S3(s3) => s3.ca_cert.as_mut().unwrap().from_env = Some("X"),
+            other => panic!("{other:?}"),
+        }
+        let rendered = named_by_env.render();
+        assert!(
+            rendered.contains("ca.pem\" # from $X; certificates in it: 1"),
+            "{rendered}"
+        );
 
         let text = format!("{remote}ca_cert = \"missing.pem\"\n{watch}");
         let found = problems(parse_in(dir.path(), &text));

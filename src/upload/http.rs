@@ -28,6 +28,8 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 pub struct CaCert {
     pub path: PathBuf,
     pub certs: Vec<CertificateDer<'static>>,
+    /// The environment variable that named the file (`AWS_CA_BUNDLE`), when no key did.
+    pub from_env: Option<&'static str>,
 }
 
 impl std::fmt::Debug for CaCert {
@@ -84,6 +86,7 @@ impl CaCert {
         Ok(CaCert {
             path: path.to_path_buf(),
             certs,
+            from_env: None,
         })
     }
 }

@@ -27,7 +27,8 @@ fn refused_at_once(output: &Output, started: Instant, words: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_s3_remote_over_tls_trusts_its_ca_cert_and_refuses_an_unknown_ca_at_once() {
+async fn an_s3_remote_over_tls_trusts_its_ca_cert_or_aws_ca_bundle_and_refuses_an_unknown_ca_at_once()
+ {
     let dir = tempfile::tempdir().unwrap();
     let server = S3Server::start(Flavor::S3sFs).await;
     let target = server
@@ -49,6 +50,15 @@ async fn an_s3_remote_over_tls_trusts_its_ca_cert_and_refuses_an_unknown_ca_at_o
     refused_at_once(&output, started, &["certificate", "ca_cert", &address]);
     assert_eq!(front.handshakes(), 0, "the certificate was refused");
     assert_eq!(server.get("pushed/secure.bin").await, None);
+
+    // Without ca_cert, the AWS CLI's AWS_CA_BUNDLE names the CA.
+    let mut push_named = push(&config, &dir.path().join("data"), &local);
+    let output = push_named
+        .env("AWS_CA_BUNDLE", &front.ca_pem)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_stored(&server, "pushed/secure.bin", &local, "with AWS_CA_BUNDLE").await;
 
     // The file holds the remote's table alone: a key appended is the remote's.
     let text = std::fs::read_to_string(&config).unwrap();

@@ -215,7 +215,7 @@ impl Reader<'_> {
         path: &str,
         table: &DeTable<'_>,
         base: &Path,
-        env: Option<&str>,
+        env: Option<&'static str>,
     ) -> Option<Option<CaCert>> {
         let read = |file: PathBuf| CaCert::read(&base.join(file)).map_err(|e| e.to_string());
         if table.contains_key("ca_cert") {
@@ -225,7 +225,10 @@ impl Reader<'_> {
         match from_env.filter(|(_, value)| !value.is_empty()) {
             None => Some(None),
             Some((name, file)) => match read(PathBuf::from(file)) {
-                Ok(ca) => Some(Some(ca)),
+                Ok(ca) => Some(Some(CaCert {
+                    from_env: Some(name),
+                    ..ca
+                })),
                 Err(error) => {
                     self.problem(join(path, "ca_cert"), None, format!("{name}: {error}"));
                     None
