@@ -77,7 +77,8 @@ pub enum Reply {
     Status(Box<StatusReply>),
     Jobs {
         jobs: Vec<JobRecord>,
-        /// Hook deliveries not made yet (pending, or failed), oldest first.
+        /// Hook deliveries not made yet (pending, or failed), oldest first, as many as jobs
+        /// were asked for.
         #[serde(default)]
         hooks: Vec<HookDelivery>,
     },

@@ -865,7 +865,9 @@ impl control::Handler for Handle {
                 let limit = limit.unwrap_or(1000);
                 let deliveries = daemon.store.deliveries();
                 let found = daemon
-                    .with_queue(move |queue| Ok((queue.list(state, limit)?, deliveries.all()?)))
+                    .with_queue(move |queue| {
+                        Ok((queue.list(state, limit)?, deliveries.first(limit)?))
+                    })
                     .await;
                 found
                     .map(|(jobs, waiting)| Reply::Jobs {

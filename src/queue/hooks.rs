@@ -59,8 +59,13 @@ impl Deliveries {
     /// Every delivery, in the order they were added. Blocking: a scan (the tree holds only
     /// what is not delivered yet).
     pub fn all(&self) -> Result<Vec<Delivery>, QueueError> {
+        self.first(usize::MAX)
+    }
+
+    /// The `limit` oldest deliveries, in the order they were added. Blocking.
+    pub fn first(&self, limit: usize) -> Result<Vec<Delivery>, QueueError> {
         let mut found = Vec::new();
-        for entry in self.store.t()?.hooks.iter() {
+        for entry in self.store.t()?.hooks.iter().take(limit) {
             let (_, value) = entry.map_err(sled_error("scan hook deliveries"))?;
             found.push(decode::<Delivery>("hook delivery", &value)?);
         }
@@ -156,6 +161,7 @@ mod tests {
         let newer = deliveries.after(first).unwrap();
         assert_eq!(newer.iter().map(|d| d.id).collect::<Vec<_>>(), [second]);
         assert!(deliveries.after(second).unwrap().is_empty());
+        assert_eq!(deliveries.first(1).unwrap()[0].id, first);
         assert_eq!(deliveries.get(first).unwrap().unwrap().job_id, 1);
         let mut all = deliveries.all().unwrap();
         assert_eq!(all.iter().map(|d| d.job_id).collect::<Vec<_>>(), [1, 2]);
