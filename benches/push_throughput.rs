@@ -184,6 +184,7 @@ async fn curl_single_part(file: &Path, url: &str, size: u64) -> Run {
             mime_type: None,
             metadata: Default::default(),
             sha256: None,
+            mtime: None,
         })
         .send()
         .await

@@ -112,6 +112,10 @@ pub struct InitRequest {
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The file's modification time (RFC 3339 in UTC, up to nanoseconds), which the received
+    /// file keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<String>,
 }
 
 /// `201` reply to init.
@@ -199,6 +203,8 @@ pub struct FileMetadata {
     pub mime_type: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<String>,
 }
 
 /// `GET /v1/health` reply.

@@ -54,6 +54,9 @@ fn check_init(app: &AppState, request: &InitRequest) -> Result<(), ApiError> {
     if let Some(digest) = &request.sha256 {
         validate::sha256_hex(digest).map_err(ApiError::invalid_request)?;
     }
+    if let Some(mtime) = &request.mtime {
+        validate::mtime(mtime).map_err(ApiError::invalid_request)?;
+    }
     Ok(())
 }
 
@@ -99,6 +102,7 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
         mime_type: request.mime_type,
         metadata: request.metadata,
         sha256: request.sha256,
+        mtime: request.mtime,
         min_part_size: limits.min_part_size,
         max_part_size: limits.max_part_size,
         max_parts: limits.max_parts,
@@ -511,6 +515,7 @@ impl AppState {
             completed_at: file.completed_at.clone(),
             mime_type: record.mime_type.clone(),
             metadata: record.metadata.clone(),
+            mtime: record.mtime.clone(),
         };
         record.state = SessionState::Completed;
         record.completion = Some(Completion {
@@ -527,8 +532,9 @@ impl AppState {
         let (source, in_place) = (assembled.source, assembled.in_place);
         let published = blocking(
             move || {
-                if let Err(error) = storage.publish(&source, &record.workspace_id, &record.filename)
-                {
+                let place = (record.workspace_id.as_str(), record.filename.as_str());
+                let mtime = (record.mtime.as_deref()).and_then(|t| validate::mtime(t).ok());
+                if let Err(error) = storage.publish(&source, place, mtime) {
                     if !in_place {
                         storage.discard_temp(&source);
                     }

@@ -52,6 +52,9 @@ pub struct SessionRecord {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The modification time the client gave (RFC 3339), set on the file when it is placed.
+    #[serde(default)]
+    pub mtime: Option<String>,
     /// Limits promised to the client at init; later flag changes do not break open sessions.
     pub min_part_size: u64,
     pub max_part_size: u64,
@@ -339,12 +342,21 @@ impl Storage {
     }
 
     /// Renames a complete file (assembled, or the session data file) to
-    /// `DIR/<workspace>/<filename>`, replacing an earlier file.
-    pub fn publish(&self, assembled: &Path, workspace_id: &str, filename: &str) -> io::Result<()> {
+    /// `DIR/<workspace>/<filename>`, replacing an earlier file; with `mtime`, the file has that
+    /// modification time when it appears.
+    pub fn publish(
+        &self,
+        assembled: &Path,
+        (workspace_id, filename): (&str, &str),
+        mtime: Option<SystemTime>,
+    ) -> io::Result<()> {
         let destination = self.root.join(workspace_id).join(filename);
         let parent = destination
             .parent()
             .expect("a joined workspace path has a parent");
+        if let Some(mtime) = mtime {
+            fs::File::open(assembled)?.set_modified(mtime)?;
+        }
         fs::create_dir_all(parent)?;
         fs::rename(assembled, &destination)?;
         sync_dir(parent)
@@ -633,6 +645,7 @@ mod tests {
             mime_type: None,
             metadata: BTreeMap::new(),
             sha256: None,
+            mtime: None,
             min_part_size: 1,
             max_part_size: 10,
             max_parts: 10,

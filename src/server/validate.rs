@@ -95,6 +95,13 @@ pub fn sha256_hex(digest: &str) -> Result<(), String> {
     }
 }
 
+/// Reads a modification time: RFC 3339 in UTC, with up to 9 decimals of seconds.
+pub fn mtime(text: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339(text).map_err(|error| {
+        format!("mtime {text:?} is not an RFC 3339 time in UTC (such as 2021-05-06T07:08:09.5Z): {error}")
+    })
+}
+
 /// A stored part as the manifest check needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPart {
@@ -174,6 +181,22 @@ pub fn manifest<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_mtime_is_rfc3339_in_utc() {
+        assert!(mtime("2021-05-06T07:08:09Z").is_ok());
+        assert!(mtime("2021-05-06T07:08:09.5Z").is_ok());
+        for bad in [
+            "",
+            "yesterday",
+            "1620284889",
+            "2021-05-06 07:08:09",
+            "2021-05-06T07:08:09+02:00",
+        ] {
+            let error = mtime(bad).unwrap_err();
+            assert!(error.contains("RFC 3339"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn filename_table() {

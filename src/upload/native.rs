@@ -230,6 +230,14 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A modification time as the protocol carries it (RFC 3339, UTC, nanoseconds); none before
+/// 1970, which RFC 3339 in UTC cannot write here.
+fn rfc3339(mtime_ns: i64) -> Option<String> {
+    let since_epoch = std::time::Duration::from_nanos(u64::try_from(mtime_ns).ok()?);
+    let at = std::time::UNIX_EPOCH + since_epoch;
+    Some(humantime::format_rfc3339_nanos(at).to_string())
+}
+
 /// An upload id is used in URL paths: accept only URL-safe text, so a hostile reply cannot steer
 /// later requests elsewhere.
 fn is_url_safe_id(id: &str) -> bool {
@@ -270,6 +278,7 @@ impl Backend for NativeBackend {
             mime_type: request.mime_type.clone(),
             metadata: request.metadata.clone(),
             sha256: request.sha256.clone(),
+            mtime: request.mtime_ns.and_then(rfc3339),
         };
         let call = self
             .request(Method::POST, "/v1/uploads/chunked/init")
@@ -447,6 +456,21 @@ impl Backend for NativeBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modification_times_go_out_as_rfc3339_in_utc() {
+        let cases = [
+            (
+                1_620_284_889_123_456_789,
+                Some("2021-05-06T07:08:09.123456789Z"),
+            ),
+            (0, Some("1970-01-01T00:00:00.000000000Z")),
+            (-1, None),
+        ];
+        for (mtime_ns, expected) in cases {
+            assert_eq!(rfc3339(mtime_ns).as_deref(), expected, "{mtime_ns}");
+        }
+    }
 
     #[test]
     fn native_codes_become_the_engines_rejections() {

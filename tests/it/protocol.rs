@@ -89,7 +89,8 @@ async fn a_full_session_follows_the_protocol() {
     let content = [part_1.clone(), part_2.clone()].concat();
     let body = json!({
         "filename": "reports/2026/data.csv", "total_size": content.len(), "workspace_id": "ws",
-        "mime_type": "text/csv", "metadata": {"project": "atlas"}, "sha256": sha256_hex(&content)
+        "mime_type": "text/csv", "metadata": {"project": "atlas"}, "sha256": sha256_hex(&content),
+        "mtime": "2021-05-06T07:08:09.123456789Z"
     });
     let (status, init) = api.init_with(body).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -173,6 +174,16 @@ async fn a_full_session_follows_the_protocol() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(meta["mime_type"], "text/csv");
     assert_eq!(meta["metadata"]["project"], "atlas");
+    assert_eq!(meta["mtime"], "2021-05-06T07:08:09.123456789Z");
+    let placed = std::fs::metadata(receiver.storage.join("ws/reports/2026/data.csv")).unwrap();
+    let since_epoch = placed
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH);
+    assert_eq!(
+        since_epoch.unwrap(),
+        Duration::new(1_620_284_889, 123_456_789)
+    );
     assert_eq!(meta["size"], content.len());
     assert_error(
         &api.call(
@@ -384,6 +395,12 @@ async fn hostile_requests_get_the_protocol_codes_and_nothing_escapes_storage() {
             .contains("total_size"),
         "names the field: {missing:?}"
     );
+    let body =
+        json!({"filename": "f", "total_size": 1, "workspace_id": "ws", "mtime": "yesterday"});
+    let bad_time = api.init_with(body).await;
+    assert_error(&bad_time, 400, "invalid_request");
+    let message = bad_time.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains("mtime"), "names the field: {message}");
     assert_error(&api.init("big", 65 * 1024 * 1024).await, 413, "too_large");
     let too_many: serde_json::Map<String, Value> =
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();

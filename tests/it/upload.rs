@@ -10,7 +10,7 @@ use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_of_edge_sizes_arrive_byte_identical() {
+async fn files_of_edge_sizes_arrive_byte_identical_with_their_mtime() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let min_part = 256 * KIB;
@@ -39,6 +39,12 @@ async fn files_of_edge_sizes_arrive_byte_identical() {
         let name = format!("size-{index}-{size}.bin");
         let local = dir.path().join(&name);
         random_file(&local, size, index as u64);
+        let mtime =
+            std::time::UNIX_EPOCH + Duration::new(1_600_000_000 + index as u64, 123_456_789);
+        std::fs::File::open(&local)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
         let report = Engine::new(&receiver.url, settings)
             .upload(&local, &name)
             .await
@@ -51,6 +57,12 @@ async fn files_of_edge_sizes_arrive_byte_identical() {
         );
         assert_eq!(report.bytes_sent, size);
         assert_same_content(&local, &receiver.file(&name));
+        let received = std::fs::metadata(receiver.file(&name)).unwrap();
+        assert_eq!(
+            received.modified().unwrap(),
+            mtime,
+            "{size} bytes keep their mtime"
+        );
     }
 }
 
