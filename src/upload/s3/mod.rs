@@ -140,14 +140,19 @@ impl S3Config {
         Ok(url)
     }
 
-    /// Path style (`endpoint/bucket/key`) or virtual-hosted (`bucket.endpoint/key`).
+    /// Path style (`endpoint/bucket/key`) or virtual-hosted (`bucket.endpoint/key`). Unless
+    /// `path_style` says, path style where a bucket's host name would not work: on an IP
+    /// address or localhost, for a bucket name that is no host name (capitals, `_`), and over
+    /// HTTPS for one with dots, which a wildcard certificate does not cover (as the AWS SDKs).
     pub fn url_style(&self, endpoint: &Url) -> UrlStyle {
         let local = match endpoint.host() {
             Some(url::Host::Domain(name)) => name == "localhost",
             Some(_) => true,
             None => false,
         };
-        match self.path_style.unwrap_or(local) {
+        let unhostable = !is_host_label(&self.bucket)
+            || (endpoint.scheme() == "https" && self.bucket.contains('.'));
+        match self.path_style.unwrap_or(local || unhostable) {
             true => UrlStyle::Path,
             false => UrlStyle::VirtualHost,
         }
@@ -161,6 +166,18 @@ impl S3Config {
             .map(|bucket| bucket.base_url().clone())
             .map_err(|error| format!("bucket {:?}: {error}", self.bucket))
     }
+}
+
+/// Whether `bucket` can lead a host name: lowercase letters, digits, `-` and `.`, starting and
+/// ending with a letter or digit, 3 to 63 long.
+fn is_host_label(bucket: &str) -> bool {
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&bucket.len())
+        && edge(bucket.as_bytes().first())
+        && edge(bucket.as_bytes().last())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
 }
 
 /// The S3 client of one remote.
@@ -807,6 +824,45 @@ mod tests {
             );
         }
         assert!(config(Some("ftp://host"), None).bucket_url().is_err());
+    }
+
+    #[test]
+    fn buckets_whose_names_cannot_be_hosts_are_addressed_by_path() {
+        let cases = [
+            (
+                "my.photos",
+                None,
+                "https://s3.eu-west-1.amazonaws.com/my.photos/",
+            ),
+            (
+                "my.photos",
+                Some("http://minio.example.org"),
+                "http://my.photos.minio.example.org/",
+            ),
+            (
+                "Photos_2019",
+                None,
+                "https://s3.eu-west-1.amazonaws.com/Photos_2019/",
+            ),
+            (
+                "-photos",
+                None,
+                "https://s3.eu-west-1.amazonaws.com/-photos/",
+            ),
+            (
+                "photos-2019",
+                None,
+                "https://photos-2019.s3.eu-west-1.amazonaws.com/",
+            ),
+        ];
+        for (bucket, endpoint, expected) in cases {
+            let config = S3Config {
+                bucket: bucket.into(),
+                ..config(endpoint, None)
+            };
+            let url = config.bucket_url();
+            assert_eq!(url.as_ref().map(Url::as_str), Ok(expected), "{bucket}");
+        }
     }
 
     #[test]
