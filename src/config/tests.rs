@@ -156,9 +156,18 @@ fn s3_remotes_are_read_with_their_credentials_and_checked() {
         s3.credentials,
         crate::upload::s3::CredentialSource::Profile("backup".into())
     );
+    // A Google Cloud Storage name (underscores, dots) is taken and addressed by path.
+    let gcs = "[remotes.main]\nkind = \"s3\"\nendpoint = \"https://storage.googleapis.com\"\nbucket = \"media_2019.example.com\"\n";
+    let rendered = parse_in(dir.path(), &format!("{gcs}{watch}"))
+        .unwrap()
+        .render();
+    assert!(
+        rendered.contains("# bucket URL: https://storage.googleapis.com/media_2019.example.com/"),
+        "{rendered}"
+    );
 
     let cases = [
-        ("bucket = \"Bad_Name\"", "remotes.main.bucket"),
+        ("bucket = \"-bad-name\"", "remotes.main.bucket"),
         (
             "bucket = \"ok-bucket\"\nchecksum = \"sha1\"",
             "remotes.main.checksum",

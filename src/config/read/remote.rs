@@ -278,18 +278,20 @@ impl Reader<'_> {
     }
 }
 
-/// A bucket name as S3 allows them: 3 to 63 lowercase letters, digits, dots and hyphens.
+/// A bucket name as S3 stores allow them: today's AWS names (3 to 63 lowercase letters,
+/// digits, dots and hyphens), Google Cloud Storage's (underscores too, and longer with dots)
+/// and AWS's legacy ones (capitals too). Those that cannot lead a host name go by path.
 fn bucket_name(name: String) -> Result<String, String> {
-    let valid = (3..=63).contains(&name.len())
+    let valid = (3..=255).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     match valid {
         true => Ok(name),
         false => Err(format!(
-            "{name:?} is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"
+            "{name:?} is not a bucket name (3 to 255 letters, digits, dots, hyphens and underscores, starting and ending with a letter or digit)"
         )),
     }
 }
