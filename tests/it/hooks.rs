@@ -464,6 +464,14 @@ async fn the_receivers_webhook_post_survives_a_kill_9() {
 
     webhook.down.store(false, Ordering::SeqCst);
     let _serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
+    let posted = posted_once_and_forgotten(&webhook, &storage).await;
+    assert_eq!(posted["remote_path"], "kept.bin");
+    assert_eq!(posted["sha256"], sha256_hex(&[7u8; 5000]));
+}
+
+/// Waits until the receiver over `storage` has posted what it kept and forgotten it; returns
+/// the one document posted.
+async fn posted_once_and_forgotten(webhook: &Webhook, storage: &std::path::Path) -> Value {
     wait_until("the kept post", ARRIVAL, || !webhook.documents().is_empty()).await;
     let kept = storage.join(".ferry/webhooks");
     wait_until("the delivered post forgotten", ARRIVAL, || {
@@ -472,8 +480,7 @@ async fn the_receivers_webhook_post_survives_a_kill_9() {
     .await;
     let documents = webhook.documents();
     assert_eq!(documents.len(), 1, "{documents:?}");
-    assert_eq!(documents[0]["remote_path"], "kept.bin");
-    assert_eq!(documents[0]["sha256"], sha256_hex(&[7u8; 5000]));
+    documents[0].clone()
 }
 
 /// A receiver's post that the endpoint refused through a whole round of attempts is not left
@@ -514,13 +521,6 @@ async fn the_receivers_webhook_goes_round_again_after_a_round_of_refusals() {
     })
     .await;
     webhook.down.store(false, Ordering::SeqCst);
-    wait_until("the post", ARRIVAL, || !webhook.documents().is_empty()).await;
-    let kept = receiver.storage.join(".ferry/webhooks");
-    wait_until("the delivered post forgotten", ARRIVAL, || {
-        std::fs::read_dir(&kept).unwrap().next().is_none()
-    })
-    .await;
-    let documents = webhook.documents();
-    assert_eq!(documents.len(), 1, "{documents:?}");
-    assert_eq!(documents[0]["remote_path"], "later.bin");
+    let posted = posted_once_and_forgotten(&webhook, &receiver.storage).await;
+    assert_eq!(posted["remote_path"], "later.bin");
 }
