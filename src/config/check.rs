@@ -4,8 +4,8 @@
 //!
 //! Loops: a `move_to` folder, or the daemon's data folder, inside a watch makes the daemon
 //! upload its own output forever; so do two watches of one folder with the same globs.
-//! Failures: no watch at all, a watch that is not a folder, a data folder that is a file, a socket path longer
-//! than the kernel's `sun_path`.
+//! Failures: no watch at all, a watch that is not a folder, a data folder that is a file, a
+//! socket path longer than the kernel's `sun_path`.
 
 use std::path::{Path, PathBuf};
 

@@ -293,7 +293,10 @@ pub async fn serve(
         count: open.into(),
         max: config.guards.max_open_sessions,
     };
-    let webhook = (config.webhook.clone()).map(|hook| webhook::Webhook::new(hook, storage.clone()));
+    let webhook = config
+        .webhook
+        .clone()
+        .map(|hook| webhook::Webhook::new(hook, storage.clone()));
     if let Some(webhook) = &webhook {
         webhook.resume().await;
     }
