@@ -421,6 +421,41 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// What file metadata says of a file `record` completed as `file`.
+fn completed_metadata(record: &SessionRecord, file: &CompletedFile) -> FileMetadata {
+    FileMetadata {
+        workspace_id: file.workspace_id.clone(),
+        path: file.path.clone(),
+        size: file.size,
+        sha256: file.sha256.clone(),
+        completed_at: file.completed_at.clone(),
+        mime_type: record.mime_type.clone(),
+        metadata: record.metadata.clone(),
+        mtime: record.mtime.clone(),
+    }
+}
+
+/// Renames the file `record` completed (`source`, with its mtime) into place. The outer error
+/// is the store's; the inner, why the file could not be placed (its temp copy is then gone).
+/// Blocking.
+fn place(
+    storage: &super::Storage,
+    record: &SessionRecord,
+    source: &std::path::Path,
+    in_place: bool,
+) -> std::io::Result<std::io::Result<()>> {
+    let at = (record.workspace_id.as_str(), record.filename.as_str());
+    let mtime = record
+        .mtime
+        .as_deref()
+        .and_then(|t| validate::mtime(t).ok());
+    let placed = storage.publish(source, at, mtime);
+    if placed.is_err() && !in_place {
+        storage.discard_temp(source);
+    }
+    Ok(placed)
+}
+
 impl AppState {
     /// The stored parts `request`'s manifest names, checked against what is stored (numbers
     /// ascending, etags, sizes adding up, none but the last under the minimum).
@@ -507,16 +542,7 @@ impl AppState {
             sha256: assembled.digest,
             completed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
-        let metadata = FileMetadata {
-            workspace_id: file.workspace_id.clone(),
-            path: file.path.clone(),
-            size: file.size,
-            sha256: file.sha256.clone(),
-            completed_at: file.completed_at.clone(),
-            mime_type: record.mime_type.clone(),
-            metadata: record.metadata.clone(),
-            mtime: record.mtime.clone(),
-        };
+        let metadata = completed_metadata(&record, &file);
         record.state = SessionState::Completed;
         record.completion = Some(Completion {
             manifest,
@@ -532,21 +558,16 @@ impl AppState {
         let (source, in_place) = (assembled.source, assembled.in_place);
         let published = blocking(
             move || {
-                let place = (record.workspace_id.as_str(), record.filename.as_str());
-                let mtime = (record.mtime.as_deref()).and_then(|t| validate::mtime(t).ok());
-                if let Err(error) = storage.publish(&source, place, mtime) {
-                    if !in_place {
-                        storage.discard_temp(&source);
+                let placed = place(&storage, &record, &source, in_place)?;
+                if placed.is_ok() {
+                    storage.write_file_metadata(&metadata)?;
+                    if let Some(post) = &kept {
+                        storage.record_webhook(&record.upload_id, post)?;
                     }
-                    return Ok(Err(error));
+                    storage.write_session(&record)?;
+                    storage.discard_parts(&record.upload_id)?;
                 }
-                storage.write_file_metadata(&metadata)?;
-                if let Some(post) = &kept {
-                    storage.record_webhook(&record.upload_id, post)?;
-                }
-                storage.write_session(&record)?;
-                storage.discard_parts(&record.upload_id)?;
-                Ok(Ok(()))
+                Ok(placed)
             },
             "publish the file",
         )
