@@ -461,9 +461,12 @@ fn bad_hooks_are_named_with_their_key_and_line() {
     let remote = "[remotes.r]\nkind = \"native\"\nurl = \"http://x\"\nworkspace_id = \"w\"\ntoken_file = \"token\"\n";
     for (hook, said) in [
         ("{ exec = [] }", "exec must name a program"),
-        ("{ webhook = { url = \"ftp://x/\" } }", "http or https"),
         (
-            "{ exec = [\"/x\"], webhook = { url = \"http://x/\" } }",
+            "{ webhook = { url = \"mailto:ops@example.com\" } }",
+            "http or https",
+        ),
+        (
+            "{ exec = [\"/x\"], webhook = { url = \"https:x\" } }",
             "not both",
         ),
         ("{ exec = [\"/x\"], timeout = \"2h\" }", "on_uploaded"),
