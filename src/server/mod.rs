@@ -297,9 +297,8 @@ pub async fn serve(
         .webhook
         .clone()
         .map(|hook| webhook::Webhook::new(hook, storage.clone()));
-    if let Some(webhook) = &webhook {
-        webhook.resume().await;
-    }
+    let webhook_sweep =
+        (webhook.clone()).map(|webhook| tokio::spawn(webhook.sweep(shutdown.clone())));
     let app = Arc::new(AppState {
         storage,
         webhook,
@@ -314,6 +313,9 @@ pub async fn serve(
     listen::accept(listener, router(app), guards, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
+    if let Some(webhook_sweep) = webhook_sweep {
+        let _ = webhook_sweep.await;
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@
 //! is visible only after complete has fsynced it and renamed it into place. Names reaching this
 //! module were checked by `validate`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -410,34 +410,47 @@ impl Storage {
         write_atomically(&self.webhook_path(upload_id), &bytes)
     }
 
-    /// Every webhook post not yet delivered, oldest first, with its upload id. A record that
-    /// cannot be read is skipped with a warning and left where it is.
-    pub fn pending_webhooks(&self) -> io::Result<Vec<(String, serde_json::Value)>> {
-        let mut found = Vec::new();
+    /// The `limit` oldest webhook posts not yet delivered, but those `skip` names, oldest
+    /// first, with their upload ids. Only their names and times are read for the rest, and at
+    /// most `limit` are kept at once. A record that cannot be read is logged and left in place.
+    pub fn pending_webhooks(
+        &self,
+        skip: &HashSet<String>,
+        limit: usize,
+    ) -> io::Result<Vec<(String, serde_json::Value)>> {
+        let mut oldest = BinaryHeap::new();
         for entry in fs::read_dir(self.state.join("webhooks"))? {
-            let path = entry?.path();
-            let Some(upload_id) = path.file_name().and_then(|name| name.to_str()) else {
+            let entry = entry?;
+            let name = entry.file_name();
+            // A record half-written when the receiver stopped has no `.json` yet.
+            let Some(upload_id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            let Some(upload_id) = upload_id.strip_suffix(".json") else {
-                continue; // a record half-written when the receiver stopped
-            };
+            if limit == 0 || skip.contains(upload_id) {
+                continue;
+            }
+            oldest.push((entry.metadata()?.modified()?, upload_id.to_string()));
+            if oldest.len() > limit {
+                oldest.pop();
+            }
+        }
+        let mut found = Vec::new();
+        for (_, upload_id) in oldest.into_sorted_vec() {
+            let path = self.webhook_path(&upload_id);
             let read = fs::read(&path).and_then(|bytes| {
                 serde_json::from_slice(&bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
             });
             match read {
-                Ok(document) => {
-                    let modified = fs::metadata(&path)?.modified()?;
-                    found.push((modified, upload_id.to_string(), document));
-                }
+                Ok(document) => found.push((upload_id, document)),
+                // Delivered and forgotten since it was listed.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "cannot read a webhook post; left in place")
                 }
             }
         }
-        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        Ok(found.into_iter().map(|(_, id, doc)| (id, doc)).collect())
+        Ok(found)
     }
 
     /// Forgets a delivered webhook post.
@@ -608,6 +621,33 @@ fn remove_dir_contents(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_webhook_posts_are_listed_oldest_first_but_those_held_at_most_so_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        // Written in one order, aged in another: up_3 oldest, then up_1, up_4, up_0, up_2.
+        for (id, age) in [(0, 20), (1, 40), (2, 10), (3, 50), (4, 30)] {
+            let upload_id = format!("up_{id}");
+            storage
+                .record_webhook(&upload_id, &serde_json::json!({ "n": id }))
+                .unwrap();
+            let at = SystemTime::now() - Duration::from_secs(age);
+            let file = fs::File::open(storage.webhook_path(&upload_id)).unwrap();
+            file.set_modified(at).unwrap();
+        }
+        fs::write(storage.state.join("webhooks/up_9.json.tmp"), b"{").unwrap();
+        let held: HashSet<String> = ["up_1".to_string()].into();
+        let listed = |limit| {
+            let found = storage.pending_webhooks(&held, limit).unwrap();
+            found.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        };
+        assert_eq!(listed(2), ["up_3", "up_4"]);
+        assert_eq!(listed(10), ["up_3", "up_4", "up_0", "up_2"]);
+        assert!(listed(0).is_empty());
+        let first = storage.pending_webhooks(&HashSet::new(), 1).unwrap();
+        assert_eq!(first, [("up_3".to_string(), serde_json::json!({ "n": 3 }))]);
+    }
 
     #[test]
     fn part_names_round_trip_and_reject_foreign_files() {

@@ -3,16 +3,19 @@
 //! backoff when the endpoint fails.
 //!
 //! A post is kept in the storage folder (`Storage::record_webhook`) in the same step that
-//! completes the upload, before the client hears of it, and forgotten once delivered. A post
-//! that fails a round of attempts rests (ten minutes) and goes round again, until delivered; a
-//! receiver that stopped (or was killed) posts what it had not delivered when it starts again.
-//! So each completed upload is posted at least once; a post may come twice after a crash, and
-//! `upload_id` tells them apart.
+//! completes the upload, before the client hears of it, and forgotten once delivered. Memory
+//! holds at most `HELD` posts (waiting for a slot or being tried): a post past that, or one
+//! that failed a round of attempts, waits on disk for the sweep, which reads the oldest kept
+//! posts at start and then every `rest` (ten minutes). So each completed upload is posted at
+//! least once, across restarts and however long the endpoint is down; a post may come twice
+//! after a crash, and `upload_id` tells them apart.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::storage::Storage;
 use crate::config::HookSpec;
@@ -27,10 +30,12 @@ const ROUND: RetryPolicy = RetryPolicy {
     backoff_base: Duration::from_secs(1),
     backoff_max: Duration::from_secs(60),
 };
-/// Between two rounds of a post that the endpoint keeps refusing.
+/// Between two sweeps of the posts kept on disk.
 const REST: Duration = Duration::from_secs(600);
 /// Posts in flight at once: a backlog left from before a restart is not one burst.
 const IN_FLIGHT: usize = 8;
+/// Posts held in memory at once; the rest wait on disk.
+const HELD: usize = 1024;
 
 /// `ferry serve --webhook`: where completed uploads are told, and how a refused post is tried
 /// again.
@@ -39,27 +44,34 @@ pub struct WebhookConfig {
     pub hook: HookSpec,
     /// One round of attempts.
     pub round: RetryPolicy,
-    /// The wait after a round that failed, before the next.
+    /// Between two sweeps of the posts kept on disk.
     pub rest: Duration,
+    /// Posts held in memory at once.
+    pub held: usize,
 }
 
 impl WebhookConfig {
-    /// Posts to `hook` in rounds of ten attempts over about five minutes, ten minutes apart.
+    /// Posts to `hook` in rounds of ten attempts over about five minutes, a post that failed
+    /// one tried again by the sweep ten minutes on; at most 1,024 held in memory.
     pub fn new(hook: HookSpec) -> WebhookConfig {
         WebhookConfig {
             hook,
             round: ROUND,
             rest: REST,
+            held: HELD,
         }
     }
 }
 
-/// Where completed uploads are told, and the client that tells them.
+/// Where completed uploads are told, and the client that tells them; cheap to clone.
+#[derive(Clone)]
 pub(crate) struct Webhook {
     config: Arc<WebhookConfig>,
     deliverer: Deliverer,
     storage: Storage,
     slots: Arc<Semaphore>,
+    /// The upload ids of the posts held in memory.
+    held: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Webhook {
@@ -69,6 +81,7 @@ impl Webhook {
             deliverer: Deliverer::new(),
             storage,
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            held: Arc::default(),
         }
     }
 
@@ -85,46 +98,69 @@ impl Webhook {
         })
     }
 
-    /// Posts, in the background, what an earlier run kept and did not deliver.
-    pub(crate) async fn resume(&self) {
-        let storage = self.storage.clone();
-        let pending = tokio::task::spawn_blocking(move || storage.pending_webhooks()).await;
-        match pending {
-            Ok(Ok(pending)) => {
-                if !pending.is_empty() {
-                    tracing::info!(count = pending.len(), "posting webhooks kept from before");
+    /// Until `stop`: posts the oldest kept posts not held, as many as there is room for, then
+    /// rests. The first sweep posts what an earlier run kept and did not deliver.
+    pub(crate) async fn sweep(self, stop: CancellationToken) {
+        loop {
+            let (storage, room, held) = (self.storage.clone(), self.room(), self.held_ids());
+            let pending =
+                tokio::task::spawn_blocking(move || storage.pending_webhooks(&held, room));
+            match pending.await {
+                Ok(Ok(pending)) => {
+                    if !pending.is_empty() {
+                        tracing::info!(count = pending.len(), "posting kept webhook posts");
+                    }
+                    for (upload_id, document) in pending {
+                        self.deliver(upload_id, document);
+                    }
                 }
-                for (upload_id, document) in pending {
-                    self.deliver(upload_id, document);
-                }
+                Ok(Err(error)) => tracing::error!(%error, "cannot list the webhook posts kept"),
+                Err(error) => tracing::error!(%error, "listing the webhook posts kept failed"),
             }
-            Ok(Err(error)) => tracing::error!(%error, "cannot list the webhook posts kept"),
-            Err(error) => tracing::error!(%error, "listing the webhook posts kept failed"),
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.config.rest) => {}
+            }
         }
     }
 
-    /// Delivers a kept post in the background, in rounds until delivered, and forgets it
-    /// then. A post rests between rounds without taking a slot.
+    fn room(&self) -> usize {
+        let held = self.held.lock().expect("held lock is never poisoned").len();
+        self.config.held.saturating_sub(held)
+    }
+
+    fn held_ids(&self) -> HashSet<String> {
+        self.held
+            .lock()
+            .expect("held lock is never poisoned")
+            .clone()
+    }
+
+    /// Delivers a kept post in the background: one round of attempts, then it is forgotten
+    /// if delivered, else left to the sweep. With `held` posts in memory already, it is left
+    /// to the sweep at once.
     pub(crate) fn deliver(&self, upload_id: String, document: serde_json::Value) {
-        let (config, deliverer) = (self.config.clone(), self.deliverer.clone());
-        let (storage, slots) = (self.storage.clone(), self.slots.clone());
+        {
+            let mut held = self.held.lock().expect("held lock is never poisoned");
+            if held.len() >= self.config.held || !held.insert(upload_id.clone()) {
+                return;
+            }
+        }
+        let webhook = self.clone();
         tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.acquire().await else {
-                    return;
-                };
-                let delivered = post(&deliverer, &config, &document, &upload_id).await;
-                drop(slot);
-                if delivered {
-                    break;
+            let delivered = match webhook.slots.acquire().await {
+                Ok(_slot) => post(&webhook.deliverer, &webhook.config, &document, &upload_id).await,
+                Err(_) => false,
+            };
+            if delivered {
+                let (storage, id) = (webhook.storage.clone(), upload_id.clone());
+                let forgotten = tokio::task::spawn_blocking(move || storage.forget_webhook(&id));
+                if let Ok(Err(error)) = forgotten.await {
+                    tracing::warn!(upload_id, %error, "cannot forget a delivered webhook post");
                 }
-                tokio::time::sleep(config.rest).await;
             }
-            let id = upload_id.clone();
-            let forgotten = tokio::task::spawn_blocking(move || storage.forget_webhook(&id)).await;
-            if let Ok(Err(error)) = forgotten {
-                tracing::warn!(upload_id, %error, "cannot forget a delivered webhook post");
-            }
+            let mut held = webhook.held.lock().expect("held lock is never poisoned");
+            held.remove(&upload_id);
         });
     }
 }
@@ -144,7 +180,7 @@ async fn post(
         let error = crate::error::chain(&error);
         if attempt == round.max_attempts {
             let rest = humantime::format_duration(config.rest).to_string();
-            tracing::error!(upload_id, %error, attempts = attempt, "webhook not delivered; kept, and posted again in {rest}");
+            tracing::error!(upload_id, %error, attempts = attempt, "webhook not delivered; kept, and posted again by a sweep (every {rest})");
             return false;
         }
         let wait = round.delay(attempt, rand::random(), None);

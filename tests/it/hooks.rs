@@ -19,32 +19,50 @@ const ARRIVAL: Duration = Duration::from_secs(30);
 const SECRET: &str = "hook-secret-for-tests";
 
 /// A webhook endpoint on loopback: it checks each delivery's signature and keeps its document;
-/// while `down` it answers 503 and keeps nothing.
+/// while `down` it answers 503 (after `slow`) and keeps nothing.
 struct Webhook {
     url: String,
-    received: Arc<Mutex<Vec<Value>>>,
-    refused: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
+    state: Arc<Endpoint>,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    received: Mutex<Vec<Value>>,
+    refused: AtomicUsize,
+    down: AtomicBool,
+    /// How long a refusal takes.
+    slow: Duration,
+    /// Refusals under way, and the most there were at once.
+    refusing: AtomicUsize,
+    most_refusing: AtomicUsize,
+}
+
+impl std::ops::Deref for Webhook {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.state
+    }
 }
 
 impl Webhook {
     async fn start(down: bool) -> Webhook {
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let refused = Arc::new(AtomicUsize::new(0));
-        let down = Arc::new(AtomicBool::new(down));
-        let state = (received.clone(), refused.clone(), down.clone());
+        Self::start_slow(down, Duration::ZERO).await
+    }
+
+    async fn start_slow(down: bool, slow: Duration) -> Webhook {
+        let state = Arc::new(Endpoint {
+            down: AtomicBool::new(down),
+            slow,
+            ..Endpoint::default()
+        });
         let router = axum::Router::new()
             .route("/hook", axum::routing::post(take))
-            .with_state(state);
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Webhook {
-            url,
-            received,
-            refused,
-            down,
-        }
+        Webhook { url, state }
     }
 
     fn documents(&self) -> Vec<Value> {
@@ -52,15 +70,17 @@ impl Webhook {
     }
 }
 
-type WebhookState = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, Arc<AtomicBool>);
-
 async fn take(
-    axum::extract::State((received, refused, down)): axum::extract::State<WebhookState>,
+    axum::extract::State(endpoint): axum::extract::State<Arc<Endpoint>>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::http::StatusCode {
-    if down.load(Ordering::SeqCst) {
-        refused.fetch_add(1, Ordering::SeqCst);
+    if endpoint.down.load(Ordering::SeqCst) {
+        let now = endpoint.refusing.fetch_add(1, Ordering::SeqCst) + 1;
+        endpoint.most_refusing.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(endpoint.slow).await;
+        endpoint.refusing.fetch_sub(1, Ordering::SeqCst);
+        endpoint.refused.fetch_add(1, Ordering::SeqCst);
         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
     }
     let signature = headers["x-ferry-signature"].to_str().unwrap();
@@ -80,7 +100,7 @@ async fn take(
     assert!(age < 60, "a fresh timestamp");
     let mut document: Value = serde_json::from_slice(&body).unwrap();
     document["x_event_header"] = headers["x-ferry-event"].to_str().unwrap().into();
-    received.lock().unwrap().push(document);
+    endpoint.received.lock().unwrap().push(document);
     axum::http::StatusCode::NO_CONTENT
 }
 
@@ -464,32 +484,41 @@ async fn the_receivers_webhook_post_survives_a_kill_9() {
 
     webhook.down.store(false, Ordering::SeqCst);
     let _serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
-    let posted = posted_once_and_forgotten(&webhook, &storage).await;
-    assert_eq!(posted["remote_path"], "kept.bin");
-    assert_eq!(posted["sha256"], sha256_hex(&[7u8; 5000]));
+    let posted = posted_and_forgotten(&webhook, &storage, 1).await;
+    assert_eq!(posted[0]["remote_path"], "kept.bin");
+    assert_eq!(posted[0]["sha256"], sha256_hex(&[7u8; 5000]));
 }
 
-/// Waits until the receiver over `storage` has posted what it kept and forgotten it; returns
-/// the one document posted.
-async fn posted_once_and_forgotten(webhook: &Webhook, storage: &std::path::Path) -> Value {
-    wait_until("the kept post", ARRIVAL, || !webhook.documents().is_empty()).await;
+/// Waits until the receiver over `storage` has posted the `count` posts it kept and forgotten
+/// them; returns the documents posted, each once.
+async fn posted_and_forgotten(
+    webhook: &Webhook,
+    storage: &std::path::Path,
+    count: usize,
+) -> Vec<Value> {
+    wait_until("the kept posts", ARRIVAL, || {
+        webhook.documents().len() >= count
+    })
+    .await;
     let kept = storage.join(".ferry/webhooks");
-    wait_until("the delivered post forgotten", ARRIVAL, || {
+    wait_until("the delivered posts forgotten", ARRIVAL, || {
         std::fs::read_dir(&kept).unwrap().next().is_none()
     })
     .await;
     let documents = webhook.documents();
-    assert_eq!(documents.len(), 1, "{documents:?}");
-    documents[0].clone()
+    assert_eq!(documents.len(), count, "{documents:?}");
+    documents
 }
 
 /// A receiver's post that the endpoint refused through a whole round of attempts is not left
-/// for the next start: it rests, goes round again, and is delivered once the endpoint is back.
+/// for the next start: the sweep takes it up again, and it is delivered once the endpoint is
+/// back. So are the posts past those memory may hold (two here), which wait on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_receivers_webhook_goes_round_again_after_a_round_of_refusals() {
+async fn the_receivers_webhook_goes_round_again_and_holds_few_posts_in_memory() {
     use crate::support::Engine;
     use ferry::upload::UploadSettings;
-    let webhook = Webhook::start(true).await;
+    // Slow refusals: posts held in memory overlap at the endpoint.
+    let webhook = Webhook::start_slow(true, Duration::from_millis(50)).await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("hook.secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -506,21 +535,36 @@ async fn the_receivers_webhook_goes_round_again_after_a_round_of_refusals() {
     let receiver = Receiver::start_with(|config| {
         config.webhook = Some(ferry::server::WebhookConfig {
             round,
-            rest: Duration::from_millis(300),
+            rest: Duration::from_millis(200),
+            held: 2,
             ..ferry::server::WebhookConfig::new(hook)
         });
     })
     .await;
-    let file = dir.path().join("later.bin");
-    std::fs::write(&file, vec![3u8; 4000]).unwrap();
     let engine = Engine::new(&receiver.url, UploadSettings::default());
-    engine.upload_cleanly(&file, "later.bin").await;
-    // Two rounds refused: the post came back after its first round ended.
-    wait_until("a second round", ARRIVAL, || {
-        webhook.refused.load(Ordering::SeqCst) >= 4
+    let names: Vec<String> = (0..5).map(|i| format!("later-{i}.bin")).collect();
+    for name in &names {
+        let file = dir.path().join(name);
+        std::fs::write(&file, vec![3u8; 4000]).unwrap();
+        engine.upload_cleanly(&file, name).await;
+    }
+    // Five posts, two attempts a round: more than 10 refusals are second rounds.
+    wait_until("second rounds", ARRIVAL, || {
+        webhook.refused.load(Ordering::SeqCst) >= 20
     })
     .await;
+    let most = webhook.most_refusing.load(Ordering::SeqCst);
+    assert!(
+        most <= 2,
+        "posts tried at once: {most}, more than memory may hold"
+    );
     webhook.down.store(false, Ordering::SeqCst);
-    let posted = posted_once_and_forgotten(&webhook, &receiver.storage).await;
-    assert_eq!(posted["remote_path"], "later.bin");
+    let posted = posted_and_forgotten(&webhook, &receiver.storage, 5).await;
+    let mut paths: Vec<String> = posted
+        .iter()
+        .map(|d| d["remote_path"].to_string())
+        .collect();
+    paths.sort();
+    let expected: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    assert_eq!(paths, expected);
 }
