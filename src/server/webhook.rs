@@ -11,10 +11,11 @@
 //! after a crash, and `upload_id` tells them apart.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::storage::Storage;
@@ -72,6 +73,9 @@ pub(crate) struct Webhook {
     slots: Arc<Semaphore>,
     /// The upload ids of the posts held in memory.
     held: Arc<Mutex<HashSet<String>>>,
+    /// Set when a post was left on disk for want of room; a delivery then wakes the sweep.
+    spilled: Arc<AtomicBool>,
+    sweep_now: Arc<Notify>,
 }
 
 impl Webhook {
@@ -82,6 +86,8 @@ impl Webhook {
             storage,
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             held: Arc::default(),
+            spilled: Arc::default(),
+            sweep_now: Arc::default(),
         }
     }
 
@@ -99,27 +105,44 @@ impl Webhook {
     }
 
     /// Until `stop`: posts the oldest kept posts not held, as many as there is room for, then
-    /// rests. The first sweep posts what an earlier run kept and did not deliver.
+    /// rests (or is woken by a delivery, when posts were left on disk for want of room). The
+    /// first sweep posts what an earlier run kept and did not deliver.
     pub(crate) async fn sweep(self, stop: CancellationToken) {
         loop {
-            let (storage, room, held) = (self.storage.clone(), self.room(), self.held_ids());
-            let pending =
-                tokio::task::spawn_blocking(move || storage.pending_webhooks(&held, room));
-            match pending.await {
-                Ok(Ok(pending)) => {
-                    if !pending.is_empty() {
-                        tracing::info!(count = pending.len(), "posting kept webhook posts");
-                    }
-                    for (upload_id, document) in pending {
-                        self.deliver(upload_id, document);
-                    }
-                }
-                Ok(Err(error)) => tracing::error!(%error, "cannot list the webhook posts kept"),
-                Err(error) => tracing::error!(%error, "listing the webhook posts kept failed"),
+            self.spilled.store(false, Ordering::Relaxed);
+            let room = self.room();
+            let kept = self.kept(room).await;
+            if kept.len() >= room {
+                // The room is full: more may wait on disk.
+                self.spilled.store(true, Ordering::Relaxed);
+            }
+            if !kept.is_empty() {
+                tracing::info!(count = kept.len(), "posting kept webhook posts");
+            }
+            for (upload_id, document) in kept {
+                self.deliver(upload_id, document);
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.config.rest) => {}
+                _ = self.sweep_now.notified() => {}
+            }
+        }
+    }
+
+    /// The oldest `room` posts kept on disk and not held.
+    async fn kept(&self, room: usize) -> Vec<(String, serde_json::Value)> {
+        let (storage, held) = (self.storage.clone(), self.held_ids());
+        let listed = tokio::task::spawn_blocking(move || storage.pending_webhooks(&held, room));
+        match listed.await {
+            Ok(Ok(kept)) => kept,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot list the webhook posts kept");
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::error!(%error, "listing the webhook posts kept failed");
+                Vec::new()
             }
         }
     }
@@ -138,11 +161,15 @@ impl Webhook {
 
     /// Delivers a kept post in the background: one round of attempts, then it is forgotten
     /// if delivered, else left to the sweep. With `held` posts in memory already, it is left
-    /// to the sweep at once.
+    /// to the sweep at once, which the next delivery then wakes (the endpoint takes posts).
     pub(crate) fn deliver(&self, upload_id: String, document: serde_json::Value) {
         {
             let mut held = self.held.lock().expect("held lock is never poisoned");
-            if held.len() >= self.config.held || !held.insert(upload_id.clone()) {
+            if held.len() >= self.config.held {
+                self.spilled.store(true, Ordering::Relaxed);
+                return;
+            }
+            if !held.insert(upload_id.clone()) {
                 return;
             }
         }
@@ -161,6 +188,9 @@ impl Webhook {
             }
             let mut held = webhook.held.lock().expect("held lock is never poisoned");
             held.remove(&upload_id);
+            if delivered && webhook.spilled.load(Ordering::Relaxed) {
+                webhook.sweep_now.notify_one();
+            }
         });
     }
 }

@@ -19,7 +19,7 @@ const ARRIVAL: Duration = Duration::from_secs(30);
 const SECRET: &str = "hook-secret-for-tests";
 
 /// A webhook endpoint on loopback: it checks each delivery's signature and keeps its document;
-/// while `down` it answers 503 (after `slow`) and keeps nothing.
+/// while `down` it answers 503 and keeps nothing. Each answer takes `slow`.
 struct Webhook {
     url: String,
     state: Arc<Endpoint>,
@@ -30,7 +30,7 @@ struct Endpoint {
     received: Mutex<Vec<Value>>,
     refused: AtomicUsize,
     down: AtomicBool,
-    /// How long a refusal takes.
+    /// How long an answer takes.
     slow: Duration,
     /// Refusals under way, and the most there were at once.
     refusing: AtomicUsize,
@@ -98,6 +98,7 @@ async fn take(
         .as_secs()
         .abs_diff(time.parse().unwrap());
     assert!(age < 60, "a fresh timestamp");
+    tokio::time::sleep(endpoint.slow).await;
     let mut document: Value = serde_json::from_slice(&body).unwrap();
     document["x_event_header"] = headers["x-ferry-event"].to_str().unwrap().into();
     endpoint.received.lock().unwrap().push(document);
@@ -510,17 +511,10 @@ async fn posted_and_forgotten(
     documents
 }
 
-/// A receiver's post that the endpoint refused through a whole round of attempts is not left
-/// for the next start: the sweep takes it up again, and it is delivered once the endpoint is
-/// back. So are the posts past those memory may hold (two here), which wait on disk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_receivers_webhook_goes_round_again_and_holds_few_posts_in_memory() {
-    use crate::support::Engine;
-    use ferry::upload::UploadSettings;
-    // Slow refusals: posts held in memory overlap at the endpoint.
-    let webhook = Webhook::start_slow(true, Duration::from_millis(50)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hook.secret");
+/// A receiver whose webhook posts to `webhook` in rounds of two attempts, holds two posts in
+/// memory, and sweeps the kept ones every `rest`.
+async fn receiver_posting_to(webhook: &Webhook, dir: &std::path::Path, rest: Duration) -> Receiver {
+    let secret = dir.join("hook.secret");
     std::fs::write(&secret, SECRET).unwrap();
     let hook = ferry::config::HookSpec::Webhook {
         url: webhook.url.clone(),
@@ -532,22 +526,51 @@ async fn the_receivers_webhook_goes_round_again_and_holds_few_posts_in_memory() 
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(20),
     };
-    let receiver = Receiver::start_with(|config| {
+    Receiver::start_with(|config| {
         config.webhook = Some(ferry::server::WebhookConfig {
             round,
-            rest: Duration::from_millis(200),
+            rest,
             held: 2,
             ..ferry::server::WebhookConfig::new(hook)
         });
     })
-    .await;
-    let engine = Engine::new(&receiver.url, UploadSettings::default());
+    .await
+}
+
+/// Uploads five small files to `receiver`; their remote paths.
+async fn upload_five(receiver: &Receiver, dir: &std::path::Path) -> Vec<String> {
+    let settings = ferry::upload::UploadSettings::default();
+    let engine = crate::support::Engine::new(&receiver.url, settings);
     let names: Vec<String> = (0..5).map(|i| format!("later-{i}.bin")).collect();
     for name in &names {
-        let file = dir.path().join(name);
+        let file = dir.join(name);
         std::fs::write(&file, vec![3u8; 4000]).unwrap();
         engine.upload_cleanly(&file, name).await;
     }
+    names
+}
+
+/// Waits until each of `names` was posted once and every kept post forgotten.
+async fn assert_each_posted_once(webhook: &Webhook, receiver: &Receiver, names: &[String]) {
+    let posted = posted_and_forgotten(webhook, &receiver.storage, names.len()).await;
+    let mut paths: Vec<&str> = posted
+        .iter()
+        .map(|d| d["remote_path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, names);
+}
+
+/// A receiver's post that the endpoint refused through a whole round of attempts is not left
+/// for the next start: the sweep takes it up again, and it is delivered once the endpoint is
+/// back. So are the posts past those memory may hold (two here), which wait on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_webhook_goes_round_again_and_holds_few_posts_in_memory() {
+    // Slow refusals: posts held in memory overlap at the endpoint.
+    let webhook = Webhook::start_slow(true, Duration::from_millis(50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = receiver_posting_to(&webhook, dir.path(), Duration::from_millis(200)).await;
+    let names = upload_five(&receiver, dir.path()).await;
     // Five posts, two attempts a round: more than 10 refusals are second rounds.
     wait_until("second rounds", ARRIVAL, || {
         webhook.refused.load(Ordering::SeqCst) >= 20
@@ -559,12 +582,16 @@ async fn the_receivers_webhook_goes_round_again_and_holds_few_posts_in_memory() 
         "posts tried at once: {most}, more than memory may hold"
     );
     webhook.down.store(false, Ordering::SeqCst);
-    let posted = posted_and_forgotten(&webhook, &receiver.storage, 5).await;
-    let mut paths: Vec<String> = posted
-        .iter()
-        .map(|d| d["remote_path"].to_string())
-        .collect();
-    paths.sort();
-    let expected: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
-    assert_eq!(paths, expected);
+    assert_each_posted_once(&webhook, &receiver, &names).await;
+}
+
+/// A burst of posts past what memory holds, to an endpoint that takes them (slowly), does not
+/// wait for the next sweep (an hour away here): each delivery wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_what_memory_holds_is_posted_without_waiting_for_the_sweep() {
+    let webhook = Webhook::start_slow(false, Duration::from_millis(100)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = receiver_posting_to(&webhook, dir.path(), Duration::from_secs(3600)).await;
+    let names = upload_five(&receiver, dir.path()).await;
+    assert_each_posted_once(&webhook, &receiver, &names).await;
 }
