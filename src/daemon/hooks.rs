@@ -103,8 +103,10 @@ pub(super) fn delivery(hook: &HookSpec, told: &Told<'_>, then: Option<Then>) -> 
 #[derive(Debug, Default)]
 struct Schedule {
     due: std::collections::BTreeSet<(u64, u64)>,
-    /// Those that wait for `ferry retry --failed`, by number, as status shows them.
-    failed: std::collections::BTreeMap<u64, FailedJob>,
+    /// How many wait for `ferry retry --failed`, and the oldest of them (by number) as
+    /// status shows them: at most `STATUS_FAILED_SHOWN`, however many failed.
+    failed: usize,
+    failures: std::collections::BTreeMap<u64, FailedJob>,
     /// The highest delivery number read.
     seen: u64,
 }
@@ -115,7 +117,11 @@ impl Schedule {
         self.seen = self.seen.max(delivery.id);
         match delivery.failed {
             true => {
-                self.failed.insert(delivery.id, failure(delivery));
+                self.failed += 1;
+                self.failures.insert(delivery.id, failure(delivery));
+                if self.failures.len() > super::STATUS_FAILED_SHOWN {
+                    self.failures.pop_last();
+                }
             }
             false => {
                 self.due.insert((delivery.next_attempt_ms, delivery.id));
@@ -127,11 +133,8 @@ impl Schedule {
     fn status(&self, trying: usize) -> HooksStatus {
         HooksStatus {
             pending: (self.due.len() + trying) as u64,
-            failed: self.failed.len() as u64,
-            failures: (self.failed.values())
-                .take(super::STATUS_FAILED_SHOWN)
-                .cloned()
-                .collect(),
+            failed: self.failed as u64,
+            failures: self.failures.values().cloned().collect(),
         }
     }
 
@@ -371,6 +374,18 @@ mod tests {
         schedule.add(&waiting(2, 2_000, false));
         assert_eq!(schedule.take_due(1_999, 8), Vec::<u64>::new());
         assert_eq!(schedule.take_due(2_000, 8), [2]);
+        // However many fail, status keeps the oldest few.
+        for id in 100..200 {
+            schedule.add(&waiting(id, 0, true));
+        }
+        let status = schedule.status(0);
+        assert_eq!(status.failed, 101);
+        let shown: Vec<u64> = status.failures.iter().map(|f| f.job_id).collect();
+        let oldest: Vec<u64> = [3].into_iter().chain(100..).take(shown.len()).collect();
+        assert_eq!(
+            (shown.len(), shown),
+            (crate::daemon::STATUS_FAILED_SHOWN, oldest)
+        );
         // Retried by `ferry retry --failed` (a fresh read): no longer failed.
         let mut fresh = Schedule::default();
         fresh.add(&waiting(3, 50, false));
