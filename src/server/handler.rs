@@ -347,7 +347,7 @@ pub async fn complete(
     app.open_sessions.release(1);
     app.metrics.completed();
     if let (Some(webhook), Some(post)) = (&app.webhook, post) {
-        webhook.deliver(upload_id.clone(), post);
+        webhook.completed(upload_id.clone(), post);
     }
     tracing::info!(
         upload_id,

@@ -1,6 +1,6 @@
 //! The receiver's Prometheus metrics (`ferry serve --metrics`, at `/metrics` beside the API,
-//! without the token): sessions open, bytes received, uploads completed, and refusals by the
-//! protocol's error code. Counters are kept as requests end; the refusal's code travels to the
+//! without the token): sessions open, bytes received, uploads completed, refusals by the
+//! protocol's error code, and the webhook's posts (waiting, delivered, attempts failed). Counters are kept as requests end; the refusal's code travels to the
 //! counting middleware in the response's extensions.
 
 use axum::extract::{Request, State};
@@ -24,6 +24,16 @@ pub(crate) struct ServeMetrics {
     completed: Counter,
     refusals: Family<Vec<(&'static str, &'static str)>, Counter>,
     sessions_open: Gauge,
+    pub(crate) webhook: WebhookMetrics,
+}
+
+/// What the webhook counts (`--webhook`); shared with it (the metrics are handles).
+#[derive(Clone, Default)]
+pub(crate) struct WebhookMetrics {
+    /// Posts kept and not delivered yet: counted again at each sweep, kept in step between.
+    pub waiting: Gauge,
+    pub delivered: Counter,
+    pub attempts_failed: Counter,
 }
 
 impl ServeMetrics {
@@ -49,6 +59,22 @@ impl ServeMetrics {
             "ferry_serve_sessions_open",
             "Upload sessions open now",
             metrics.sessions_open.clone(),
+        );
+        let webhook = &metrics.webhook;
+        registry.register(
+            "ferry_serve_webhook_posts_waiting",
+            "Webhook posts kept and not delivered yet",
+            webhook.waiting.clone(),
+        );
+        registry.register(
+            "ferry_serve_webhook_posts_delivered",
+            "Webhook posts delivered",
+            webhook.delivered.clone(),
+        );
+        registry.register(
+            "ferry_serve_webhook_attempts_failed",
+            "Webhook post attempts the endpoint refused or did not answer",
+            webhook.attempts_failed.clone(),
         );
         metrics
     }

@@ -293,16 +293,19 @@ pub async fn serve(
         count: open.into(),
         max: config.guards.max_open_sessions,
     };
+    let metrics = metrics::ServeMetrics::new();
+    let counted = metrics.webhook.clone();
     let webhook = config
         .webhook
+        .as_ref()
+        .map(|hook| webhook::Webhook::new(hook.clone(), storage.clone(), counted));
+    let webhook_sweep = webhook
         .clone()
-        .map(|hook| webhook::Webhook::new(hook, storage.clone()));
-    let webhook_sweep =
-        (webhook.clone()).map(|webhook| tokio::spawn(webhook.sweep(shutdown.clone())));
+        .map(|w| tokio::spawn(w.sweep(shutdown.clone())));
     let app = Arc::new(AppState {
         storage,
         webhook,
-        metrics: metrics::ServeMetrics::new(),
+        metrics,
         config,
         locks: SessionLocks::default(),
         live: live::LiveSessions::default(),

@@ -411,14 +411,15 @@ impl Storage {
     }
 
     /// The `limit` oldest webhook posts not yet delivered, but those `skip` names, oldest
-    /// first, with their upload ids. Only their names and times are read for the rest, and at
-    /// most `limit` are kept at once. A record that cannot be read is logged and left in place.
+    /// first, with their upload ids; and how many wait in all. Only their names and times are
+    /// read for the rest, and at most `limit` are kept at once. A record that cannot be read
+    /// is logged and left in place.
     pub fn pending_webhooks(
         &self,
         skip: &HashSet<String>,
         limit: usize,
-    ) -> io::Result<Vec<(String, serde_json::Value)>> {
-        let mut oldest = BinaryHeap::new();
+    ) -> io::Result<(Vec<(String, serde_json::Value)>, usize)> {
+        let (mut oldest, mut waiting) = (BinaryHeap::new(), 0);
         for entry in fs::read_dir(self.state.join("webhooks"))? {
             let entry = entry?;
             let name = entry.file_name();
@@ -426,6 +427,7 @@ impl Storage {
             let Some(upload_id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
+            waiting += 1;
             if limit == 0 || skip.contains(upload_id) {
                 continue;
             }
@@ -450,7 +452,7 @@ impl Storage {
                 }
             }
         }
-        Ok(found)
+        Ok((found, waiting))
     }
 
     /// Forgets a delivered webhook post.
@@ -639,13 +641,14 @@ mod tests {
         fs::write(storage.state.join("webhooks/up_9.json.tmp"), b"{").unwrap();
         let held: HashSet<String> = ["up_1".to_string()].into();
         let listed = |limit| {
-            let found = storage.pending_webhooks(&held, limit).unwrap();
+            let (found, waiting) = storage.pending_webhooks(&held, limit).unwrap();
+            assert_eq!(waiting, 5, "counted, held or not");
             found.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
         };
         assert_eq!(listed(2), ["up_3", "up_4"]);
         assert_eq!(listed(10), ["up_3", "up_4", "up_0", "up_2"]);
         assert!(listed(0).is_empty());
-        let first = storage.pending_webhooks(&HashSet::new(), 1).unwrap();
+        let (first, _) = storage.pending_webhooks(&HashSet::new(), 1).unwrap();
         assert_eq!(first, [("up_3".to_string(), serde_json::json!({ "n": 3 }))]);
     }
 

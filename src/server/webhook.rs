@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::WebhookMetrics;
 use super::storage::Storage;
 use crate::config::HookSpec;
 use crate::hooks::Deliverer;
@@ -76,10 +77,11 @@ pub(crate) struct Webhook {
     /// Set when a post was left on disk for want of room; a delivery then wakes the sweep.
     spilled: Arc<AtomicBool>,
     sweep_now: Arc<Notify>,
+    metrics: WebhookMetrics,
 }
 
 impl Webhook {
-    pub(crate) fn new(config: WebhookConfig, storage: Storage) -> Webhook {
+    pub(crate) fn new(config: WebhookConfig, storage: Storage, metrics: WebhookMetrics) -> Webhook {
         Webhook {
             config: Arc::new(config),
             deliverer: Deliverer::new(),
@@ -88,6 +90,7 @@ impl Webhook {
             held: Arc::default(),
             spilled: Arc::default(),
             sweep_now: Arc::default(),
+            metrics,
         }
     }
 
@@ -135,7 +138,10 @@ impl Webhook {
         let (storage, held) = (self.storage.clone(), self.held_ids());
         let listed = tokio::task::spawn_blocking(move || storage.pending_webhooks(&held, room));
         match listed.await {
-            Ok(Ok(kept)) => kept,
+            Ok(Ok((kept, waiting))) => {
+                self.metrics.waiting.set(waiting as i64);
+                kept
+            }
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot list the webhook posts kept");
                 Vec::new()
@@ -145,6 +151,28 @@ impl Webhook {
                 Vec::new()
             }
         }
+    }
+
+    /// Posts `document` in one round of attempts with backoff; whether it was delivered.
+    async fn post(&self, document: &serde_json::Value, upload_id: &str) -> bool {
+        let (config, round) = (&self.config, self.config.round);
+        for attempt in 1..=round.max_attempts {
+            let delivery = self.deliverer.deliver(&config.hook, "uploaded", document);
+            let Err(error) = delivery.await else {
+                return true;
+            };
+            self.metrics.attempts_failed.inc();
+            let error = crate::error::chain(&error);
+            if attempt == round.max_attempts {
+                let rest = humantime::format_duration(config.rest).to_string();
+                tracing::error!(upload_id, %error, attempts = attempt, "webhook not delivered; kept, and posted again by a sweep (every {rest})");
+                return false;
+            }
+            let wait = round.delay(attempt, rand::random(), None);
+            tracing::warn!(upload_id, %error, ?wait, "webhook not delivered; will retry");
+            tokio::time::sleep(wait).await;
+        }
+        false
     }
 
     fn room(&self) -> usize {
@@ -157,6 +185,12 @@ impl Webhook {
             .lock()
             .expect("held lock is never poisoned")
             .clone()
+    }
+
+    /// Delivers the post of an upload just completed (and kept).
+    pub(crate) fn completed(&self, upload_id: String, document: serde_json::Value) {
+        self.metrics.waiting.inc();
+        self.deliver(upload_id, document);
     }
 
     /// Delivers a kept post in the background: one round of attempts, then it is forgotten
@@ -176,10 +210,12 @@ impl Webhook {
         let webhook = self.clone();
         tokio::spawn(async move {
             let delivered = match webhook.slots.acquire().await {
-                Ok(_slot) => post(&webhook.deliverer, &webhook.config, &document, &upload_id).await,
+                Ok(_slot) => webhook.post(&document, &upload_id).await,
                 Err(_) => false,
             };
             if delivered {
+                webhook.metrics.delivered.inc();
+                webhook.metrics.waiting.dec();
                 let (storage, id) = (webhook.storage.clone(), upload_id.clone());
                 let forgotten = tokio::task::spawn_blocking(move || storage.forget_webhook(&id));
                 if let Ok(Err(error)) = forgotten.await {
@@ -193,29 +229,4 @@ impl Webhook {
             }
         });
     }
-}
-
-/// Posts `document` in one round of attempts with backoff; whether it was delivered.
-async fn post(
-    deliverer: &Deliverer,
-    config: &WebhookConfig,
-    document: &serde_json::Value,
-    upload_id: &str,
-) -> bool {
-    let round = config.round;
-    for attempt in 1..=round.max_attempts {
-        let Err(error) = deliverer.deliver(&config.hook, "uploaded", document).await else {
-            return true;
-        };
-        let error = crate::error::chain(&error);
-        if attempt == round.max_attempts {
-            let rest = humantime::format_duration(config.rest).to_string();
-            tracing::error!(upload_id, %error, attempts = attempt, "webhook not delivered; kept, and posted again by a sweep (every {rest})");
-            return false;
-        }
-        let wait = round.delay(attempt, rand::random(), None);
-        tracing::warn!(upload_id, %error, ?wait, "webhook not delivered; will retry");
-        tokio::time::sleep(wait).await;
-    }
-    false
 }

@@ -512,7 +512,7 @@ async fn posted_and_forgotten(
 }
 
 /// A receiver whose webhook posts to `webhook` in rounds of two attempts, holds two posts in
-/// memory, and sweeps the kept ones every `rest`.
+/// memory, and sweeps the kept ones every `rest`; with its metrics.
 async fn receiver_posting_to(webhook: &Webhook, dir: &std::path::Path, rest: Duration) -> Receiver {
     let secret = dir.join("hook.secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -533,6 +533,7 @@ async fn receiver_posting_to(webhook: &Webhook, dir: &std::path::Path, rest: Dur
             held: 2,
             ..ferry::server::WebhookConfig::new(hook)
         });
+        config.metrics = true;
     })
     .await
 }
@@ -581,8 +582,21 @@ async fn the_receivers_webhook_goes_round_again_and_holds_few_posts_in_memory() 
         most <= 2,
         "posts tried at once: {most}, more than memory may hold"
     );
+    let address = receiver.address.to_string();
+    let metrics = crate::metrics::scrape(&address).await;
+    assert_eq!(
+        metrics["ferry_serve_webhook_posts_waiting"], 5.0,
+        "{metrics:?}"
+    );
+    assert!(metrics["ferry_serve_webhook_attempts_failed_total"] >= 20.0);
     webhook.down.store(false, Ordering::SeqCst);
     assert_each_posted_once(&webhook, &receiver, &names).await;
+    let metrics = crate::metrics::scrape(&address).await;
+    assert_eq!(
+        metrics["ferry_serve_webhook_posts_waiting"], 0.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["ferry_serve_webhook_posts_delivered_total"], 5.0);
 }
 
 /// A burst of posts past what memory holds, to an endpoint that takes them (slowly), does not
