@@ -578,13 +578,26 @@ fn render_sizes(out: &mut String, u: &UploadSettings) {
     );
 }
 
-/// A size as users write it: "8 MiB" becomes "8MiB".
+/// A size as users write it: a whole number of its largest binary unit ("256KiB", "8MiB"),
+/// else what bytesize shows, without the space ("1.5MiB").
 fn iec(bytes: u64) -> String {
-    bytesize::ByteSize(bytes)
-        .display()
-        .iec()
-        .to_string()
-        .replace(' ', "")
+    let units = [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    match units
+        .into_iter()
+        .find(|&(_, unit)| bytes >= unit && bytes.is_multiple_of(unit))
+    {
+        Some((name, unit)) => format!("{}{name}", bytes / unit),
+        None => bytesize::ByteSize(bytes)
+            .display()
+            .iec()
+            .to_string()
+            .replace(' ', ""),
+    }
 }
 
 /// An S3 remote as `config check` prints it: where, how, and where its keys come from.

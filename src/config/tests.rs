@@ -591,3 +591,23 @@ fn s3_encryption_and_acl_are_read_shown_and_checked() {
         );
     }
 }
+
+#[test]
+fn sizes_are_shown_as_users_write_them() {
+    let cases = [
+        (256 * 1024, "256KiB"),
+        (5 << 30, "5GiB"),
+        (3 << 40, "3TiB"),
+        (1536 * 1024, "1536KiB"),
+        (1000, "1000B"),
+        (1_572_865, "1.5MiB"),
+    ];
+    for (bytes, shown) in cases {
+        assert_eq!(super::iec(bytes), shown, "{bytes}");
+    }
+    let rendered = builtin(&defaults()).render();
+    assert!(
+        rendered.contains("chunk_size_min = \"256KiB\""),
+        "{rendered}"
+    );
+}
