@@ -196,7 +196,7 @@ impl Webhook {
     /// Delivers a kept post in the background: one round of attempts, then it is forgotten
     /// if delivered, else left to the sweep. With `held` posts in memory already, it is left
     /// to the sweep at once, which the next delivery then wakes (the endpoint takes posts).
-    pub(crate) fn deliver(&self, upload_id: String, document: serde_json::Value) {
+    fn deliver(&self, upload_id: String, document: serde_json::Value) {
         {
             let mut held = self.held.lock().expect("held lock is never poisoned");
             if held.len() >= self.config.held {
