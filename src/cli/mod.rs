@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::UsageError;
 use crate::config::{self, Config, ConfigError, Defaults};
+use crate::control::protocol::ActiveTransfer;
 use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::daemon::Reload;
 use crate::output::{out, outln, outln_best_effort};
@@ -206,45 +207,9 @@ pub fn render_status(status: &StatusReply) -> String {
             "  store: {problem}; uploads wait until it takes writes"
         );
     }
-    for watch in &status.watch_health {
-        match watch.state.as_str() {
-            "watching" => {
-                let _ = writeln!(out, "  watching {}", watch.path.display());
-            }
-            state => {
-                let _ = writeln!(out, "  {state} {}: {}", watch.path.display(), watch.detail);
-            }
-        }
-    }
-    let intake = &status.intake;
-    let unchecked = intake.found.saturating_sub(intake.checked);
-    if intake.scans == 0 || intake.settling > 0 || unchecked > 0 {
-        let scan = if intake.scans == 0 { "scanning, " } else { "" };
-        let _ = writeln!(
-            out,
-            "  {scan}{} files settling, {unchecked} being queued",
-            intake.settling
-        );
-    }
+    render_intake(&mut out, status);
     for transfer in &status.active {
-        let fraction = transfer.bytes_sent as f64 / transfer.size.max(1) as f64;
-        let filled = (fraction * 20.0).round() as usize;
-        let retried = match transfer.part_attempts_failed {
-            0 => String::new(),
-            count => format!(", {count} part attempts retried"),
-        };
-        let _ = writeln!(
-            out,
-            "  #{} {} [{}{}] {:>3.0}% of {}, {} parts, {}/s{retried}",
-            transfer.job_id,
-            transfer.remote_path,
-            "=".repeat(filled.min(20)),
-            " ".repeat(20 - filled.min(20)),
-            fraction * 100.0,
-            ByteSize(transfer.size).display().iec(),
-            ByteSize(transfer.part_size).display().iec(),
-            ByteSize(transfer.throughput_bytes_per_sec).display().iec(),
-        );
+        let _ = writeln!(out, "  {}", describe_transfer(transfer));
     }
     for remote in &status.remotes {
         let _ = writeln!(out, "  {}", describe_remote(remote));
@@ -267,6 +232,49 @@ pub fn render_status(status: &StatusReply) -> String {
         );
     }
     out
+}
+
+/// The watched folders' lines, and what is still settling or being queued.
+fn render_intake(out: &mut String, status: &StatusReply) {
+    use std::fmt::Write as _;
+    for watch in &status.watch_health {
+        let path = watch.path.display();
+        let _ = match watch.state.as_str() {
+            "watching" => writeln!(out, "  watching {path}"),
+            state => writeln!(out, "  {state} {path}: {}", watch.detail),
+        };
+    }
+    let intake = &status.intake;
+    let unchecked = intake.found.saturating_sub(intake.checked);
+    if intake.scans == 0 || intake.settling > 0 || unchecked > 0 {
+        let scan = if intake.scans == 0 { "scanning, " } else { "" };
+        let settling = intake.settling;
+        let _ = writeln!(
+            out,
+            "  {scan}{settling} files settling, {unchecked} being queued"
+        );
+    }
+}
+
+/// One upload's line: a progress bar, its part size, speed and retried part attempts.
+fn describe_transfer(transfer: &ActiveTransfer) -> String {
+    let fraction = transfer.bytes_sent as f64 / transfer.size.max(1) as f64;
+    let filled = ((fraction * 20.0).round() as usize).min(20);
+    let retried = match transfer.part_attempts_failed {
+        0 => String::new(),
+        count => format!(", {count} part attempts retried"),
+    };
+    format!(
+        "#{} {} [{}{}] {:>3.0}% of {}, {} parts, {}/s{retried}",
+        transfer.job_id,
+        transfer.remote_path,
+        "=".repeat(filled),
+        " ".repeat(20 - filled),
+        fraction * 100.0,
+        ByteSize(transfer.size).display().iec(),
+        ByteSize(transfer.part_size).display().iec(),
+        ByteSize(transfer.throughput_bytes_per_sec).display().iec(),
+    )
 }
 
 /// One remote's line: its part size and parallelism, and what they come from.

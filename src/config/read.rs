@@ -98,6 +98,61 @@ const UPLOAD_KEYS: [&str; 6] = [
     "bandwidth",
 ];
 
+/// The keys `[daemon]` may have.
+const DAEMON_KEYS: &[&str] = &[
+    "data_dir",
+    "socket",
+    "transfers",
+    "log_format",
+    "done_retention",
+    "shutdown_grace",
+    "orphan_cleanup",
+    "metrics_listen",
+];
+
+/// The keys a `[[watch]]` may have.
+const WATCH_KEYS: &[&str] = &[
+    "path",
+    "remote",
+    "prefix",
+    "recursive",
+    "include",
+    "ignore",
+    "settle",
+    "after_upload",
+    "metadata",
+    "symlinks",
+    "on_uploaded",
+    "on_failed",
+    "after_upload_waits_for_hook",
+];
+
+/// A watch's remote prefix: relative, and free of `..`.
+fn relative_prefix(prefix: String) -> Result<String, String> {
+    if prefix.starts_with('/') || prefix.split('/').any(|c| c == "..") {
+        Err("must be relative and free of '..'".into())
+    } else {
+        Ok(prefix)
+    }
+}
+
+/// `text` or `json`.
+fn log_format(text: String) -> Result<LogFormat, String> {
+    match text.as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("must be \"text\" or \"json\"".into()),
+    }
+}
+
+/// How often the daemon looks for orphaned uploads, or `off`.
+fn orphan_cleanup(text: String) -> Result<Option<Duration>, String> {
+    match text.as_str() {
+        "off" => Ok(None),
+        _ => duration_up_to(MAX_RETENTION)(text).map(Some),
+    }
+}
+
 /// An address and port to listen on, or `off`.
 fn listen_address(text: String) -> Result<Option<std::net::SocketAddr>, String> {
     match text.as_str() {
@@ -348,31 +403,7 @@ impl<'t> Reader<'t> {
             None => Hooks::default(),
         };
 
-        let mut watches = Vec::new();
-        match root
-            .get("watch")
-            .map(|value| (value.get_ref(), value.span()))
-        {
-            // None is a problem only to run the daemon (`check_paths`): `ferry push --remote`
-            // and `ferry cleanup` need remotes alone.
-            None => {}
-            Some((DeValue::Array(entries), _)) => {
-                for (index, entry) in entries.iter().enumerate() {
-                    let path = format!("watch[{index}]");
-                    if let Some(table) = self.sub_table(&path, entry)
-                        && let Some(watch) =
-                            self.watch(&path, table, entry.span(), (base, &hooks), &remotes)
-                    {
-                        watches.push(watch);
-                    }
-                }
-            }
-            Some((_, span)) => self.problem(
-                "watch",
-                Some(span),
-                "must be an array of tables: write [[watch]]",
-            ),
-        }
+        let watches = self.watches(root, (base, &hooks), &remotes);
         Some(Config {
             daemon: daemon?,
             remotes,
@@ -386,6 +417,40 @@ impl<'t> Reader<'t> {
         })
     }
 
+    /// Every `[[watch]]`; none is a problem only to run the daemon (`check_paths`):
+    /// `ferry push --remote` and `ferry cleanup` need remotes alone.
+    fn watches(
+        &mut self,
+        root: &DeTable<'_>,
+        context: (&Path, &Hooks),
+        remotes: &BTreeMap<String, RemoteConfig>,
+    ) -> Vec<WatchConfig> {
+        let mut watches = Vec::new();
+        match root
+            .get("watch")
+            .map(|value| (value.get_ref(), value.span()))
+        {
+            None => {}
+            Some((DeValue::Array(entries), _)) => {
+                for (index, entry) in entries.iter().enumerate() {
+                    let path = format!("watch[{index}]");
+                    if let Some(table) = self.sub_table(&path, entry)
+                        && let Some(watch) =
+                            self.watch(&path, table, entry.span(), context, remotes)
+                    {
+                        watches.push(watch);
+                    }
+                }
+            }
+            Some((_, span)) => self.problem(
+                "watch",
+                Some(span),
+                "must be an array of tables: write [[watch]]",
+            ),
+        }
+        watches
+    }
+
     fn daemon(
         &mut self,
         table: &DeTable<'_>,
@@ -393,20 +458,7 @@ impl<'t> Reader<'t> {
         base: &Path,
     ) -> Option<DaemonConfig> {
         let path = "daemon";
-        self.unknown_keys(
-            path,
-            table,
-            &[
-                "data_dir",
-                "socket",
-                "transfers",
-                "log_format",
-                "done_retention",
-                "shutdown_grace",
-                "orphan_cleanup",
-                "metrics_listen",
-            ],
-        );
+        self.unknown_keys(path, table, DAEMON_KEYS);
         self.remember_line(path, table, "data_dir");
         self.remember_line(path, table, "socket");
         let data_dir = self
@@ -421,13 +473,7 @@ impl<'t> Reader<'t> {
             .get_as(path, table, "transfers", count_up_to(MAX_TRANSFERS))
             .unwrap_or(DEFAULT_TRANSFERS);
         let log_format = self
-            .get_as(path, table, "log_format", |text: String| {
-                match text.as_str() {
-                    "text" => Ok(LogFormat::Text),
-                    "json" => Ok(LogFormat::Json),
-                    _ => Err("must be \"text\" or \"json\"".into()),
-                }
-            })
+            .get_as(path, table, "log_format", log_format)
             .unwrap_or(LogFormat::Text);
         let done_retention = self
             .get_as(path, table, "done_retention", duration_up_to(MAX_RETENTION))
@@ -441,12 +487,7 @@ impl<'t> Reader<'t> {
             )
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
         let orphan_cleanup = self
-            .get_as(path, table, "orphan_cleanup", |text: String| {
-                match text.as_str() {
-                    "off" => Ok(None),
-                    _ => duration_up_to(MAX_RETENTION)(text).map(Some),
-                }
-            })
+            .get_as(path, table, "orphan_cleanup", orphan_cleanup)
             .unwrap_or(Some(DEFAULT_ORPHAN_CLEANUP));
         let metrics_listen = self
             .get_as(path, table, "metrics_listen", listen_address)
@@ -572,25 +613,7 @@ impl<'t> Reader<'t> {
         (base, hooks): (&Path, &Hooks),
         remotes: &BTreeMap<String, RemoteConfig>,
     ) -> Option<WatchConfig> {
-        self.unknown_keys(
-            path,
-            table,
-            &[
-                "path",
-                "remote",
-                "prefix",
-                "recursive",
-                "include",
-                "ignore",
-                "settle",
-                "after_upload",
-                "metadata",
-                "symlinks",
-                "on_uploaded",
-                "on_failed",
-                "after_upload_waits_for_hook",
-            ],
-        );
+        self.unknown_keys(path, table, WATCH_KEYS);
         self.remember_line(path, table, "path");
         self.remember_line(path, table, "after_upload");
         let root = self
@@ -610,13 +633,7 @@ impl<'t> Reader<'t> {
             remote.clone().unwrap_or_default(),
         )
         .expect("the default globs compile");
-        if let Some(prefix) = self.get_as(path, table, "prefix", |prefix: String| {
-            if prefix.starts_with('/') || prefix.split('/').any(|c| c == "..") {
-                Err("must be relative and free of '..'".into())
-            } else {
-                Ok(prefix)
-            }
-        }) {
+        if let Some(prefix) = self.get_as(path, table, "prefix", relative_prefix) {
             watch.prefix = prefix;
         }
         if let Some(recursive) = self.get::<bool>(path, table, "recursive") {

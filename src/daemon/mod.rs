@@ -29,7 +29,7 @@ use crate::config::{Config, RemoteConfig, WatchConfig};
 use crate::control::protocol::{ActiveTransfer, FailedJob, IntakeStatus, WatchStatus};
 use crate::control::{self, Command, EventKind, RemoteStatus, Reply, StatusReply};
 use crate::queue::jobs::now_ms;
-use crate::queue::{Candidate, JobId, JobQueue, QueueError, Store};
+use crate::queue::{Candidate, JobId, JobQueue, JobState, QueueError, Store};
 use crate::server;
 use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{NativeConfig, Progress, UploadSettings, Uploader};
@@ -670,8 +670,32 @@ impl Daemon {
                 Ok((counts, failed))
             })
             .await?;
-        let active = self
-            .active
+        Ok(StatusReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+            paused: self.paused.load(Ordering::Relaxed),
+            queue,
+            active: self.active_transfers(),
+            watches: self.watched_paths(),
+            failed: failed
+                .into_iter()
+                .map(|job| FailedJob {
+                    job_id: job.id,
+                    path: job.path,
+                    error: job.last_error.unwrap_or_default(),
+                })
+                .collect(),
+            intake: self.intake_status(),
+            store_problem: self.store_problem(),
+            watch_health: self.watch_health(),
+            remotes: self.remote_status(),
+            hooks,
+            store_flushes: self.store.flushes(),
+        })
+    }
+
+    /// The uploads in progress, with how far each has come.
+    fn active_transfers(&self) -> Vec<ActiveTransfer> {
+        self.active
             .lock()
             .expect("active lock is never poisoned")
             .iter()
@@ -690,43 +714,62 @@ impl Daemon {
                     part_attempts_failed: job.progress.failed_attempts(),
                 }
             })
-            .collect();
-        let watches = self
-            .settings
-            .read()
-            .expect("settings lock is never poisoned")
-            .watches
-            .iter()
-            .map(|w| w.path.clone())
-            .collect();
-        Ok(StatusReply {
-            version: env!("CARGO_PKG_VERSION").into(),
-            paused: self.paused.load(Ordering::Relaxed),
-            queue,
-            active,
-            watches,
-            failed: failed
-                .into_iter()
-                .map(|job| FailedJob {
-                    job_id: job.id,
-                    path: job.path,
-                    error: job.last_error.unwrap_or_default(),
-                })
-                .collect(),
-            intake: IntakeStatus {
-                scans: self.watch_stats.scans.load(Ordering::Relaxed),
-                settling: self.watch_stats.settling.load(Ordering::Relaxed),
-                found: self.watch_stats.handed_over.load(Ordering::Relaxed),
-                checked: self.checked.load(Ordering::Relaxed),
-                watch_limited: self.watch_stats.limited.load(Ordering::Relaxed),
-                overflows: self.watch_stats.overflows.load(Ordering::Relaxed),
-            },
-            store_problem: self.store_problem(),
-            watch_health: self.watch_health(),
-            remotes: self.remote_status(),
-            hooks,
-            store_flushes: self.store.flushes(),
-        })
+            .collect()
+    }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        let settings = self.settings.read();
+        let settings = settings.expect("settings lock is never poisoned");
+        settings.watches.iter().map(|w| w.path.clone()).collect()
+    }
+
+    /// What the watchers have found and are settling.
+    fn intake_status(&self) -> IntakeStatus {
+        let stats = &self.watch_stats;
+        IntakeStatus {
+            scans: stats.scans.load(Ordering::Relaxed),
+            settling: stats.settling.load(Ordering::Relaxed),
+            found: stats.handed_over.load(Ordering::Relaxed),
+            checked: self.checked.load(Ordering::Relaxed),
+            watch_limited: stats.limited.load(Ordering::Relaxed),
+            overflows: stats.overflows.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The jobs `ferry jobs` asked for, and the oldest hook deliveries waiting, as many.
+    async fn jobs(
+        &self,
+        state: Option<JobState>,
+        limit: Option<usize>,
+    ) -> Result<Reply, QueueError> {
+        let limit = limit.unwrap_or(1000);
+        let deliveries = self.store.deliveries();
+        let (jobs, waiting) = self
+            .with_queue(move |queue| Ok((queue.list(state, limit)?, deliveries.first(limit)?)))
+            .await?;
+        let hooks = waiting.iter().map(hook_delivery).collect();
+        Ok(Reply::Jobs { jobs, hooks })
+    }
+
+    /// Queues failed jobs again: those named, or all of them (`None`, `ferry retry --failed`),
+    /// which also tries failed hook deliveries again.
+    async fn retry(&self, ids: Option<Vec<JobId>>) -> Result<Reply, QueueError> {
+        let all_failed = ids.is_none();
+        let deliveries = self.store.deliveries();
+        let count = self
+            .with_queue(move |queue| {
+                let jobs = queue.retry_failed(ids.as_deref(), now_ms())?;
+                let hooks = match all_failed {
+                    true => deliveries.retry_failed(now_ms())?,
+                    false => 0,
+                };
+                Ok(jobs + hooks)
+            })
+            .await?;
+        self.hooks_reread.store(true, Ordering::Relaxed);
+        self.hooks_wake.notify_one();
+        self.wake.notify_one();
+        Ok(Reply::Retried { count })
     }
 
     /// Starts each remote's planner from what the last run learned of it.
@@ -861,45 +904,9 @@ impl control::Handler for Handle {
                 .await
                 .map(|status| Reply::Status(Box::new(status)))
                 .map_err(store_error),
-            Command::Jobs { state, limit } => {
-                let limit = limit.unwrap_or(1000);
-                let deliveries = daemon.store.deliveries();
-                let found = daemon
-                    .with_queue(move |queue| {
-                        Ok((queue.list(state, limit)?, deliveries.first(limit)?))
-                    })
-                    .await;
-                found
-                    .map(|(jobs, waiting)| Reply::Jobs {
-                        jobs,
-                        hooks: waiting.iter().map(hook_delivery).collect(),
-                    })
-                    .map_err(store_error)
-            }
-            Command::Retry { .. } | Command::RetryFailed => {
-                let ids = match command {
-                    Command::Retry { ids } => Some(ids),
-                    _ => None,
-                };
-                let all_failed = ids.is_none();
-                let deliveries = daemon.store.deliveries();
-                let count = daemon
-                    .with_queue(move |queue| {
-                        let jobs = queue.retry_failed(ids.as_deref(), now_ms())?;
-                        // `--failed` also tries failed hook deliveries again.
-                        let hooks = match all_failed {
-                            true => deliveries.retry_failed(now_ms())?,
-                            false => 0,
-                        };
-                        Ok(jobs + hooks)
-                    })
-                    .await
-                    .map_err(store_error)?;
-                daemon.hooks_reread.store(true, Ordering::Relaxed);
-                daemon.hooks_wake.notify_one();
-                daemon.wake.notify_one();
-                Ok(Reply::Retried { count })
-            }
+            Command::Jobs { state, limit } => daemon.jobs(state, limit).await.map_err(store_error),
+            Command::Retry { ids } => daemon.retry(Some(ids)).await.map_err(store_error),
+            Command::RetryFailed => daemon.retry(None).await.map_err(store_error),
             Command::Pause => {
                 daemon.paused.store(true, Ordering::Relaxed);
                 Ok(Reply::Done {
