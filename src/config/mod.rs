@@ -607,9 +607,13 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     if let Some(endpoint) = &s3.endpoint {
         let _ = writeln!(out, "endpoint = {:?}", crate::redact::url(endpoint));
     }
+    let from = match &s3.region_source {
+        Some(source) => format!(" # from {source}"),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "region = {:?}\nbucket = {:?}\nprefix = {:?}\nchecksum = \"{}\"",
+        "region = {:?}{from}\nbucket = {:?}\nprefix = {:?}\nchecksum = \"{}\"",
         s3.region, s3.bucket, s3.prefix, s3.checksum
     );
     if let Some(style) = s3.path_style {

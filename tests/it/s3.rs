@@ -750,6 +750,111 @@ async fn a_garage_cluster_takes_every_file_while_a_node_is_down() {
     assert_eq!(daemon.terminate().await, Some(0));
 }
 
+/// A remote that names no region, against Garage, which refuses requests signed for another
+/// region than its own and names its own: the push signs for it from then on, lands, and says
+/// which region to configure. With the region in the profile of the AWS shared config file,
+/// `ferry config check` shows it and where it came from, and the push is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buckets_region_comes_from_the_profile_or_from_the_server() {
+    let garage = Garage::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = regionless_config(&garage, dir.path());
+    let told = format!(
+        "the bucket is in region {:?}, not \"us-east-1\"",
+        garage::REGION
+    );
+    let stderr = push_to_garage(&garage, &config, "learned.bin", None).await;
+    assert!(stderr.contains(&told), "{stderr}");
+
+    let aws_config = dir.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!("[default]\nregion = {}\n", garage::REGION),
+    )
+    .unwrap();
+    let mut check = Command::new(ferry_bin());
+    check.arg("--config").arg(&config).args(["config", "check"]);
+    let output = without_region(&mut check, &config, Some(&aws_config))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let from = format!("# from profile \"default\" of {}", aws_config.display());
+    let shown = format!("region = {:?} {from}", garage::REGION);
+    assert!(
+        stdout.contains(&shown),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = push_to_garage(&garage, &config, "profile.bin", Some(&aws_config)).await;
+    assert!(!stderr.contains("the bucket is in region"), "{stderr}");
+}
+
+/// Beside `dir`'s empty `outbox` and `home`: a configuration of a remote on Garage's node 0
+/// that names no region, and a watch of the outbox.
+fn regionless_config(garage: &Garage, dir: &Path) -> PathBuf {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, garage::SECRET).unwrap();
+    let remote = garage.remote_toml("s3", 0, &secret);
+    let remote = remote.replace(&format!("region = \"{}\"\n", garage::REGION), "");
+    for folder in ["outbox", "home"] {
+        std::fs::create_dir(dir.join(folder)).unwrap();
+    }
+    let watch = format!(
+        "[[watch]]\npath = {:?}\nremote = \"s3\"\n",
+        dir.join("outbox")
+    );
+    let config = dir.join("config.toml");
+    std::fs::write(&config, format!("{remote}\n{watch}")).unwrap();
+    config
+}
+
+/// `command` with no region in its environment, and `aws_config` as the AWS shared config file
+/// (without it, `~/.aws/config` under the `home` beside `config`, which has none).
+fn without_region<'a>(
+    command: &'a mut Command,
+    config: &Path,
+    aws_config: Option<&Path>,
+) -> &'a mut Command {
+    for name in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONFIG_FILE",
+        "AWS_PROFILE",
+    ] {
+        command.env_remove(name);
+    }
+    if let Some(file) = aws_config {
+        command.env("AWS_CONFIG_FILE", file);
+    }
+    command.env("HOME", config.parent().unwrap().join("home"))
+}
+
+/// Pushes a new 6 MiB file `name` (beside `config`) through `config`'s Garage remote, with
+/// `aws_config` as the shared config file; checks it landed whole, and returns the push's
+/// standard error.
+async fn push_to_garage(
+    garage: &Garage,
+    config: &Path,
+    name: &str,
+    aws_config: Option<&Path>,
+) -> String {
+    let dir = config.parent().unwrap();
+    let local = dir.join(name);
+    random_file(&local, 6 * MIB, name.len() as u64);
+    let mut command = push(config, &dir.join("data"), &local);
+    let output = without_region(&mut command, config, aws_config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{name}: {stderr}");
+    let stored = garage.get(0, name).await;
+    assert!(
+        stored == Some(std::fs::read(&local).unwrap()),
+        "{name} differs"
+    );
+    stderr
+}
+
 /// `checksum = "md5"` (servers without flexible checksums): every part and PutObject carries
 /// `Content-MD5`, and a wrong one is refused (s3s-fs checks PutObject's, and its part ETags are
 /// MD5s, which Ferry checks against what it sent).

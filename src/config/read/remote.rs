@@ -9,6 +9,7 @@ use toml::de::DeTable;
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
+use crate::upload::s3::profile::profile_region;
 use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
 
 const NATIVE_KEYS: &[&str] = &[
@@ -36,8 +37,25 @@ const S3_KEYS: &[&str] = &[
     "acl",
     "ca_cert",
 ];
-/// The region of an AWS remote that names none, unless the environment does.
+/// The region of a remote that names none, when neither the environment nor the shared config
+/// file does.
 const DEFAULT_REGION: &str = "us-east-1";
+
+/// The region of a remote that names none, as the AWS CLI finds it: `$AWS_REGION`,
+/// `$AWS_DEFAULT_REGION`, the profile's in the shared config file, else us-east-1; with where
+/// it came from.
+fn default_region(profile: Option<&str>) -> (String, Option<String>) {
+    let env = |name: &str| std::env::var(name).ok();
+    for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+        if let Some(region) = env(name).filter(|region| !region.is_empty()) {
+            return (region, Some(format!("${name}")));
+        }
+    }
+    match profile_region(profile, env) {
+        Some((region, from)) => (region, Some(from)),
+        None => (DEFAULT_REGION.into(), None),
+    }
+}
 
 impl Reader<'_> {
     pub(super) fn remote(
@@ -149,14 +167,19 @@ impl Reader<'_> {
         let bucket = self.get_as(path, table, "bucket", bucket_name);
         let bucket = self.require(path, table, "bucket", bucket, Some(span.clone()));
         let endpoint = self.get::<String>(path, table, "endpoint");
-        let region = self.get::<String>(path, table, "region").or_else(|| {
-            ["AWS_REGION", "AWS_DEFAULT_REGION"]
-                .iter()
-                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-        });
+        let credentials = self.s3_credentials(path, table, base);
+        let profile = match &credentials {
+            Some(CredentialSource::Profile(name)) => Some(name.as_str()),
+            _ => None,
+        };
+        let (region, region_source) = match self.get::<String>(path, table, "region") {
+            Some(region) => (region, None),
+            None => default_region(profile),
+        };
         let config = S3Config {
             endpoint,
-            region: region.unwrap_or_else(|| DEFAULT_REGION.into()),
+            region,
+            region_source,
             bucket: bucket?,
             prefix: self
                 .get_as(path, table, "prefix", key_prefix)
@@ -168,7 +191,7 @@ impl Reader<'_> {
                     text.parse::<Checksum>()
                 })
                 .unwrap_or(Checksum::Crc32c),
-            credentials: self.s3_credentials(path, table, base)?,
+            credentials: credentials?,
             encryption: self.encryption(path, table)?,
             acl: self.get_as(path, table, "acl", canned_acl),
             ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,

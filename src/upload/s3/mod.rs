@@ -18,9 +18,11 @@
 
 pub mod credentials;
 mod encryption;
+pub mod profile;
 mod request;
 mod xml;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -110,6 +112,8 @@ pub struct S3Config {
     /// `None`: AWS, `https://s3.<region>.amazonaws.com`.
     pub endpoint: Option<String>,
     pub region: String,
+    /// Where the region came from when the remote names none (`$AWS_REGION`, a profile).
+    pub region_source: Option<String>,
     pub bucket: String,
     /// Prepended to every key.
     pub prefix: String,
@@ -131,7 +135,7 @@ impl S3Config {
     pub fn endpoint_url(&self) -> Result<Url, String> {
         let text = match &self.endpoint {
             Some(endpoint) => endpoint.clone(),
-            None => format!("https://s3.{}.amazonaws.com", self.region),
+            None => aws_endpoint(&self.region),
         };
         let url = Url::parse(&text).map_err(|error| format!("endpoint {text:?}: {error}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -168,6 +172,11 @@ impl S3Config {
     }
 }
 
+/// AWS's own endpoint for `region`.
+fn aws_endpoint(region: &str) -> String {
+    format!("https://s3.{region}.amazonaws.com")
+}
+
 /// Whether `bucket` can lead a host name: lowercase letters, digits, `-` and `.`, starting and
 /// ending with a letter or digit, 3 to 63 long.
 fn is_host_label(bucket: &str) -> bool {
@@ -182,7 +191,10 @@ fn is_host_label(bucket: &str) -> bool {
 
 /// The S3 client of one remote.
 pub struct S3Backend {
+    /// The bucket as configured; its URL names the remote (`identity`).
     bucket: Bucket,
+    /// The addressing style, when the endpoint is AWS's own, which is per region.
+    aws_style: Option<UrlStyle>,
     prefix: String,
     storage_class: Option<String>,
     checksum: Checksum,
@@ -240,6 +252,7 @@ impl S3Backend {
                 .map_err(setup)?;
         Ok(S3Backend {
             bucket,
+            aws_style: config.endpoint.is_none().then_some(style),
             prefix: config.prefix.clone(),
             storage_class: config.storage_class.clone(),
             checksum: config.checksum,
@@ -254,7 +267,21 @@ impl S3Backend {
     }
 
     fn object(&self, operation: Operation, method: Method, key: &str) -> Call {
-        Call::new(operation, method, self.bucket.object_url(key))
+        Call::new(operation, method, self.located().object_url(key))
+    }
+
+    /// Where requests for the bucket go. AWS's own endpoint is per region: once the server has
+    /// named another region for the bucket (`Requester::region`), they go to that region's.
+    fn located(&self) -> Cow<'_, Bucket> {
+        let region = self.requester.region();
+        let Some(style) = self.aws_style.filter(|_| region != self.bucket.region()) else {
+            return Cow::Borrowed(&self.bucket);
+        };
+        let name = self.bucket.name().to_string();
+        let moved = Url::parse(&aws_endpoint(&region))
+            .ok()
+            .and_then(|endpoint| Bucket::new(endpoint, style, name, region).ok());
+        moved.map_or(Cow::Borrowed(&self.bucket), Cow::Owned)
     }
 
     /// Sends `call` and reads its reply as `T`.
@@ -466,7 +493,7 @@ impl S3Backend {
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
-            let mut call = Call::new(operation, Method::Get, self.bucket.base_url().clone())
+            let mut call = Call::new(operation, Method::Get, self.located().base_url().clone())
                 .query("uploads", "")
                 .query("prefix", self.prefix.clone());
             if let Some((key, upload)) = &markers {
@@ -779,6 +806,7 @@ mod tests {
         S3Config {
             endpoint: endpoint.map(str::to_owned),
             region: "eu-west-1".into(),
+            region_source: None,
             bucket: "photos".into(),
             prefix: "cam/".into(),
             path_style,

@@ -4,10 +4,13 @@
 //!
 //! Clock skew is learned from a refusal (`RequestTimeTooSkewed`, or any 403 whose `Date` is
 //! minutes from ours) and every later signature is dated by the server's clock; expired
-//! temporary keys are fetched again. Both refusals are transient, so the retry that follows
-//! succeeds.
+//! temporary keys are fetched again. A refusal that names the bucket's region (AWS's
+//! `AuthorizationHeaderMalformed` or `PermanentRedirect`, Garage's region check) when requests
+//! were signed for another is learned likewise, as the AWS SDKs do. These refusals are
+//! transient, so the retry that follows succeeds.
 
 use std::collections::BTreeMap;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -81,7 +84,8 @@ impl Call {
 /// Signs and sends requests for one remote.
 pub struct Requester {
     pub client: Client,
-    pub region: String,
+    /// The region requests are signed for: the configured one until the server names another.
+    region: RwLock<String>,
     pub credentials: Credentials,
     /// Shown in messages: the bucket's URL, without credentials.
     pub endpoint: String,
@@ -93,7 +97,7 @@ impl Requester {
     pub fn new(client: Client, region: String, credentials: Credentials, endpoint: String) -> Self {
         Requester {
             client,
-            region,
+            region: RwLock::new(region),
             credentials,
             endpoint,
             skew_ms: AtomicI64::new(0),
@@ -115,6 +119,7 @@ impl Requester {
                 problem,
             })?;
         let skew = jiff::SignedDuration::from_millis(self.skew_ms.load(Ordering::Relaxed));
+        let region = self.region();
         let time = jiff::Timestamp::now()
             .checked_add(skew)
             .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -125,7 +130,7 @@ impl Requester {
             keys.key(),
             keys.secret(),
             keys.token(),
-            &self.region,
+            &region,
             SIGNATURE_LIFETIME_SECONDS,
             call.query
                 .iter()
@@ -154,30 +159,42 @@ impl Requester {
             return Ok(response);
         }
         Err(self
-            .refusal(call.operation, response, call.on_session)
+            .refusal(call.operation, response, call.on_session, &region)
             .await)
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> String {
+        let region = self.region.read().expect("region lock is never poisoned");
+        region.clone()
     }
 
     pub fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
         crate::upload::native::transport_error(operation, &self.endpoint, error)
     }
 
-    /// An error reply, typed; learns the clock skew and drops expired keys on the way.
+    /// An error reply to a request signed for `signed`, typed; learns the clock skew and the
+    /// bucket's region, and drops expired keys, on the way.
     async fn refusal(
         &self,
         operation: Operation,
         response: Response,
         on_session: bool,
+        signed: &str,
     ) -> BackendError {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         let reply = xml::error_in(&text).unwrap_or_else(|| xml::ErrorReply {
-            code: String::new(),
             message: text.chars().take(MAX_ERROR_TEXT).collect(),
+            ..xml::ErrorReply::default()
         });
-        self.learn(status, &reply.code, &headers).await;
-        self.error(operation, status, reply, &headers, on_session)
+        let corrected = self.learn(status, &reply, &headers, signed).await;
+        let mut error = self.error(operation, status, reply, &headers, on_session);
+        if corrected && let BackendError::Status { class, .. } = &mut error {
+            *class = ErrorClass::Transient;
+        }
+        error
     }
 
     /// A refusal as a `BackendError` (also for an `<Error>` in a 200 reply).
@@ -219,7 +236,17 @@ impl Requester {
         }
     }
 
-    async fn learn(&self, status: u16, code: &str, headers: &reqwest::header::HeaderMap) {
+    /// Learns what a refusal of a request signed for `signed` says of our clock, keys and
+    /// region; whether the region was wrong, so that the retry, signed for the bucket's region
+    /// (learned now or by a request refused before), succeeds.
+    async fn learn(
+        &self,
+        status: u16,
+        reply: &xml::ErrorReply,
+        headers: &reqwest::header::HeaderMap,
+        signed: &str,
+    ) -> bool {
+        let code = reply.code.as_str();
         if matches!(code, "ExpiredToken" | "TokenRefreshRequired") {
             self.credentials.expire().await;
         }
@@ -232,7 +259,33 @@ impl Requester {
             tracing::warn!(skew_ms = skew, endpoint = %self.endpoint, "the S3 server's clock differs from ours; signing by its clock");
             self.skew_ms.store(skew, Ordering::Relaxed);
         }
+        let named = headers
+            .get("x-amz-bucket-region")
+            .and_then(|value| value.to_str().ok())
+            .or(reply.region.as_deref());
+        let Some(learned) = bucket_region(status, code, named, signed) else {
+            return false;
+        };
+        let mut region = self.region.write().expect("region lock is never poisoned");
+        if *region != learned {
+            tracing::warn!(endpoint = %self.endpoint, "the bucket is in region {learned:?}, not {signed:?}: signing for {learned:?} from now on (set region = {learned:?} to start so)");
+            *region = learned;
+        }
+        true
     }
+}
+
+/// The bucket's region, when a refusal says the request was signed for another: AWS's
+/// `AuthorizationHeaderMalformed` (and Garage's) with `<Region>`, or a `PermanentRedirect` (301)
+/// with `x-amz-bucket-region`. Only a plausible region name is taken: it goes into URLs.
+fn bucket_region(status: u16, code: &str, named: Option<&str>, signed: &str) -> Option<String> {
+    let wrong_region = matches!(code, "AuthorizationHeaderMalformed" | "PermanentRedirect");
+    let named = named?.trim();
+    let plausible = (1..=64).contains(&named.len())
+        && named
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    ((wrong_region || status == 301) && plausible && named != signed).then(|| named.to_string())
 }
 
 /// The server's clock minus ours, in milliseconds, when a refusal says ours is off: S3's
@@ -374,6 +427,50 @@ mod tests {
                 expected,
                 "{status} {code} {server:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_region_is_learned_only_from_a_refusal_that_names_the_buckets() {
+        let cases = [
+            (
+                400,
+                "AuthorizationHeaderMalformed",
+                Some("eu-west-1"),
+                Some("eu-west-1"),
+            ),
+            (
+                400,
+                "AuthorizationHeaderMalformed",
+                Some("garage"),
+                Some("garage"),
+            ),
+            (
+                301,
+                "PermanentRedirect",
+                Some("ap-south-2"),
+                Some("ap-south-2"),
+            ),
+            (301, "", Some("eu-central-1"), Some("eu-central-1")),
+            // Already signed for it: the refusal is something else.
+            (400, "AuthorizationHeaderMalformed", Some("us-east-1"), None),
+            (400, "AuthorizationHeaderMalformed", None, None),
+            // Other refusals carry the header too, and say nothing of the region.
+            (403, "AccessDenied", Some("eu-west-1"), None),
+            (404, "NoSuchBucket", Some("eu-west-1"), None),
+            // What goes into a URL must look like a region.
+            (
+                400,
+                "AuthorizationHeaderMalformed",
+                Some("evil.example/x"),
+                None,
+            ),
+            (400, "AuthorizationHeaderMalformed", Some("EU-WEST-1"), None),
+            (400, "AuthorizationHeaderMalformed", Some(""), None),
+        ];
+        for (status, code, named, expected) in cases {
+            let learned = bucket_region(status, code, named, "us-east-1");
+            assert_eq!(learned.as_deref(), expected, "{status} {code} {named:?}");
         }
     }
 

@@ -66,6 +66,9 @@ pub struct ErrorReply {
     pub code: String,
     #[serde(default)]
     pub message: String,
+    /// The bucket's region, when the refusal is that requests were signed for another.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// Parses a reply body as `T`.

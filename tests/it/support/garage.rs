@@ -1,6 +1,6 @@
 //! A Garage cluster on loopback: one `garage server` process per node, each with its own
-//! ports and folders and a shared RPC secret, connected, given a layout with replication
-//! factor 3, and a bucket with a key allowed on it. Garage checks signatures, checksums, part
+//! ports and folders and a shared RPC secret, connected, given a layout with every object on
+//! every node (replication factor 3 for 3 nodes), and a bucket with a key allowed on it. Garage checks signatures, checksums, part
 //! numbers and ETags as AWS does. Installed, pinned, by `scripts/test-deps.sh`.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,8 @@ use super::{client, free_port};
 
 pub const KEY_ID: &str = "GK0123456789abcdef01234567";
 pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const REGION: &str = "garage";
+/// The region Garage serves, and checks requests are signed for.
+pub const REGION: &str = "garage";
 
 struct Node {
     config: PathBuf,
@@ -36,7 +37,7 @@ impl Garage {
             .map(|_| format!("{:016x}", rand::random::<u64>()))
             .collect();
         let mut nodes: Vec<Node> = (0..count)
-            .map(|index| node(dir.path(), index, &secret))
+            .map(|index| node(dir.path(), (index, count), &secret))
             .collect();
         for node in &mut nodes {
             node.child = Some(spawn(&node.config));
@@ -186,15 +187,15 @@ fn keys() -> Credentials {
     Credentials::new(KEY_ID, SECRET)
 }
 
-/// Node `index`'s folders and configuration.
-fn node(dir: &Path, index: usize, secret: &str) -> Node {
+/// Node `index`'s folders and configuration; every object is on all `count` nodes.
+fn node(dir: &Path, (index, count): (usize, usize), secret: &str) -> Node {
     let root = dir.join(format!("node{index}"));
     std::fs::create_dir_all(&root).unwrap();
     let (s3_port, rpc_port) = (free_port(), free_port());
     let config = root.join("garage.toml");
     let text = format!(
         "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
-         replication_factor = 3\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+         replication_factor = {count}\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
          rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{secret}\"\n\n\
          [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n\
          root_domain = \".s3.garage.localhost\"\n",

@@ -58,6 +58,7 @@ impl S3Server {
         S3Config {
             endpoint: Some(self.endpoint.clone()),
             region: "us-east-1".into(),
+            region_source: None,
             bucket: BUCKET.into(),
             prefix: prefix.into(),
             path_style: None,
