@@ -79,7 +79,7 @@ pub async fn run(
         .iter()
         .filter(|(name, _)| request.remote.as_ref().is_none_or(|wanted| wanted == *name))
         .filter_map(|(name, remote)| match remote {
-            RemoteConfig::S3(s3) => Some((name, s3)),
+            RemoteConfig::S3(s3) => Some((name, &**s3)),
             _ => None,
         })
         .collect();

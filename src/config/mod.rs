@@ -153,7 +153,7 @@ pub enum RemoteConfig {
     /// The receiver the daemon runs itself (the default configuration), storing here.
     Embedded { storage: PathBuf },
     /// An S3-compatible bucket.
-    S3(crate::upload::S3Config),
+    S3(Box<crate::upload::S3Config>),
 }
 
 /// A program or webhook told of a job's outcome (`on_uploaded`, `on_failed`), with the job's
@@ -604,13 +604,15 @@ fn iec(bytes: u64) -> String {
 fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     use std::fmt::Write;
     let _ = writeln!(out, "kind = \"s3\"");
-    if let Some(endpoint) = &s3.endpoint {
-        let _ = writeln!(out, "endpoint = {:?}", crate::redact::url(endpoint));
-    }
-    let from = match &s3.region_source {
+    let from = |source: &Option<String>| match source {
         Some(source) => format!(" # from {source}"),
         None => String::new(),
     };
+    if let Some(endpoint) = &s3.endpoint {
+        let endpoint = crate::redact::url(endpoint);
+        let _ = writeln!(out, "endpoint = {endpoint:?}{}", from(&s3.endpoint_source));
+    }
+    let from = from(&s3.region_source);
     let _ = writeln!(
         out,
         "region = {:?}{from}\nbucket = {:?}\nprefix = {:?}\nchecksum = \"{}\"",

@@ -855,6 +855,83 @@ async fn push_to_garage(
     stderr
 }
 
+/// A remote that names no endpoint takes it as the AWS CLI does: `$AWS_ENDPOINT_URL_S3`, then
+/// `$AWS_ENDPOINT_URL`, then the profile's `endpoint_url`, none of them with
+/// `$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`; `ferry config check` says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_left_out_comes_from_the_environment_as_the_aws_cli_takes_it() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &server, &server.endpoint);
+    let remote = std::fs::read_to_string(&config).unwrap();
+    let remote = remote.replace(&format!("endpoint = \"{}\"\n", server.endpoint), "");
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    let watch = format!("[[watch]]\npath = {outbox:?}\nremote = \"s3\"\n");
+    std::fs::write(&config, format!("{remote}\n{watch}")).unwrap();
+    let profile = "[default]\nendpoint_url = http://127.0.0.1:9\n";
+    std::fs::write(dir.path().join("aws-config"), profile).unwrap();
+
+    let local = dir.path().join("from-env.bin");
+    random_file(&local, 1000, 49);
+    let mut pushed = push(&config, &dir.path().join("data"), &local);
+    let vars = [("AWS_ENDPOINT_URL_S3", server.endpoint.as_str())];
+    aws_environment(
+        &mut pushed,
+        &[vars[0], ("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+    );
+    let output = pushed.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_stored(&server, "pushed/from-env.bin", &local, "push").await;
+
+    let from_profile = format!("of {}", dir.path().join("aws-config").display());
+    let ignored = [("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")];
+    let cases: [(&[Var], Option<String>); 3] = [
+        (
+            &vars,
+            Some(format!("{:?} # from $AWS_ENDPOINT_URL_S3", server.endpoint)),
+        ),
+        (
+            &[],
+            Some(format!(
+                "\"http://127.0.0.1:9\" # from profile \"default\" {from_profile}"
+            )),
+        ),
+        (&ignored, None),
+    ];
+    for (vars, shown) in cases {
+        let expected = shown.map(|shown| format!("endpoint = {shown}"));
+        assert_eq!(shown_endpoint(&config, vars), expected, "{vars:?}");
+    }
+}
+
+/// An environment variable and its value.
+type Var<'a> = (&'a str, &'a str);
+
+/// `command` with `vars` alone of the AWS endpoint variables, and `aws-config` beside its
+/// `--config` file as the AWS shared config file.
+fn aws_environment(command: &mut Command, vars: &[Var]) {
+    let mut args = command.get_args().skip_while(|arg| *arg != "--config");
+    let config = Path::new(args.nth(1).expect("the command has --config"));
+    let aws_config = config.parent().unwrap().join("aws-config");
+    for name in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"] {
+        command.env_remove(name);
+    }
+    command.env("AWS_CONFIG_FILE", aws_config);
+    command.envs(vars.iter().copied());
+}
+
+/// The `endpoint = ` line of `ferry config check` for `config`, with `vars` set.
+fn shown_endpoint(config: &Path, vars: &[Var]) -> Option<String> {
+    let mut check = Command::new(ferry_bin());
+    check.arg("--config").arg(config).args(["config", "check"]);
+    aws_environment(&mut check, vars);
+    let output = check.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find(|line| line.starts_with("endpoint = "));
+    line.map(str::to_string)
+}
+
 /// `checksum = "md5"` (servers without flexible checksums): every part and PutObject carries
 /// `Content-MD5`, and a wrong one is refused (s3s-fs checks PutObject's, and its part ETags are
 /// MD5s, which Ferry checks against what it sent).

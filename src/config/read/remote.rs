@@ -9,7 +9,7 @@ use toml::de::DeTable;
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
-use crate::upload::s3::profile::profile_region;
+use crate::upload::s3::profile::profile_setting;
 use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
 
 const NATIVE_KEYS: &[&str] = &[
@@ -41,20 +41,37 @@ const S3_KEYS: &[&str] = &[
 /// file does.
 const DEFAULT_REGION: &str = "us-east-1";
 
-/// The region of a remote that names none, as the AWS CLI finds it: `$AWS_REGION`,
-/// `$AWS_DEFAULT_REGION`, the profile's in the shared config file, else us-east-1; with where
-/// it came from.
-fn default_region(profile: Option<&str>) -> (String, Option<String>) {
+/// A setting a remote leaves out, as the AWS CLI finds it: the first of the environment
+/// variables `vars` that is set, else `key` of the profile in the shared config file; with
+/// where it came from.
+fn aws_setting(vars: &[&str], key: &str, profile: Option<&str>) -> Option<(String, String)> {
     let env = |name: &str| std::env::var(name).ok();
-    for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
-        if let Some(region) = env(name).filter(|region| !region.is_empty()) {
-            return (region, Some(format!("${name}")));
-        }
+    let set = |name: &&str| Some((env(name).filter(|v| !v.is_empty())?, format!("${name}")));
+    vars.iter()
+        .find_map(set)
+        .or_else(|| profile_setting(profile, key, env))
+}
+
+/// `value` as the remote gave it, else what `find` finds, with where it came from.
+fn or_found(
+    value: Option<String>,
+    find: impl FnOnce() -> Option<(String, String)>,
+) -> (Option<String>, Option<String>) {
+    match value {
+        Some(value) => (Some(value), None),
+        None => find().map_or((None, None), |(value, from)| (Some(value), Some(from))),
     }
-    match profile_region(profile, env) {
-        Some((region, from)) => (region, Some(from)),
-        None => (DEFAULT_REGION.into(), None),
+}
+
+/// The endpoint of a remote that names none: `$AWS_ENDPOINT_URL_S3`, `$AWS_ENDPOINT_URL`, the
+/// profile's `endpoint_url`, unless `$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is true; else AWS.
+fn default_endpoint(profile: Option<&str>) -> Option<(String, String)> {
+    let ignored = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS");
+    if ignored.is_ok_and(|value| value.eq_ignore_ascii_case("true")) {
+        return None;
     }
+    let vars = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
+    aws_setting(&vars, "endpoint_url", profile)
 }
 
 impl Reader<'_> {
@@ -166,19 +183,20 @@ impl Reader<'_> {
     ) -> Option<RemoteConfig> {
         let bucket = self.get_as(path, table, "bucket", bucket_name);
         let bucket = self.require(path, table, "bucket", bucket, Some(span.clone()));
-        let endpoint = self.get::<String>(path, table, "endpoint");
         let credentials = self.s3_credentials(path, table, base);
         let profile = match &credentials {
             Some(CredentialSource::Profile(name)) => Some(name.as_str()),
             _ => None,
         };
-        let (region, region_source) = match self.get::<String>(path, table, "region") {
-            Some(region) => (region, None),
-            None => default_region(profile),
-        };
+        let endpoint = self.get::<String>(path, table, "endpoint");
+        let (endpoint, endpoint_source) = or_found(endpoint, || default_endpoint(profile));
+        let region = self.get::<String>(path, table, "region");
+        let regions = ["AWS_REGION", "AWS_DEFAULT_REGION"];
+        let (region, region_source) = or_found(region, || aws_setting(&regions, "region", profile));
         let config = S3Config {
             endpoint,
-            region,
+            endpoint_source,
+            region: region.unwrap_or_else(|| DEFAULT_REGION.into()),
             region_source,
             bucket: bucket?,
             prefix: self
@@ -197,15 +215,15 @@ impl Reader<'_> {
             ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,
         };
         if let Err(message) = config.bucket_url() {
-            let key = if table.contains_key("endpoint") {
-                "endpoint"
-            } else {
-                "bucket"
+            let (key, message) = match &config.endpoint_source {
+                Some(source) => ("endpoint", format!("{message} (from {source})")),
+                None if table.contains_key("endpoint") => ("endpoint", message),
+                None => ("bucket", message),
             };
             self.problem(join(path, key), table.get(key).map(Spanned::span), message);
             return None;
         }
-        Some(RemoteConfig::S3(config))
+        Some(RemoteConfig::S3(Box::new(config)))
     }
 
     /// `server_side_encryption` with `sse_kms_key_id`. `None` when they are wrong (a problem is

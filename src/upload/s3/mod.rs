@@ -111,6 +111,8 @@ impl std::fmt::Display for Checksum {
 pub struct S3Config {
     /// `None`: AWS, `https://s3.<region>.amazonaws.com`.
     pub endpoint: Option<String>,
+    /// Where the endpoint came from when the remote names none (`$AWS_ENDPOINT_URL`, a profile).
+    pub endpoint_source: Option<String>,
     pub region: String,
     /// Where the region came from when the remote names none (`$AWS_REGION`, a profile).
     pub region_source: Option<String>,
@@ -805,6 +807,7 @@ mod tests {
     fn config(endpoint: Option<&str>, path_style: Option<bool>) -> S3Config {
         S3Config {
             endpoint: endpoint.map(str::to_owned),
+            endpoint_source: None,
             region: "eu-west-1".into(),
             region_source: None,
             bucket: "photos".into(),

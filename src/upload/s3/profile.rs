@@ -1,13 +1,16 @@
-//! The AWS CLI's shared config file (`$AWS_CONFIG_FILE`, else `~/.aws/config`): the region of
-//! a profile, taken when a remote names none and the environment does not either, as the AWS
-//! CLI and SDKs take it. (Credentials from the shared files are `credentials`' business.)
+//! The AWS CLI's shared config file (`$AWS_CONFIG_FILE`, else `~/.aws/config`): the region and
+//! endpoint of a profile, taken when a remote names none and the environment does not either,
+//! as the AWS CLI and SDKs take them. (Credentials from the shared files are `credentials`'
+//! business.)
 
 use std::path::{Path, PathBuf};
 
-/// The region of `profile` (else `$AWS_PROFILE`, else `default`) in the shared config file,
-/// and where it was found, for `ferry config check`. `env` reads an environment variable.
-pub fn profile_region(
+/// `key` (`region`, `endpoint_url`) of `profile` (else `$AWS_PROFILE`, else `default`) in the
+/// shared config file, and where it was found, for `ferry config check`. `env` reads an
+/// environment variable.
+pub fn profile_setting(
     profile: Option<&str>,
+    key: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Option<(String, String)> {
     let set = |name: &str| env(name).filter(|value| !value.is_empty());
@@ -19,13 +22,13 @@ pub fn profile_region(
         .map(str::to_string)
         .or_else(|| set("AWS_PROFILE"))
         .unwrap_or_else(|| "default".into());
-    let region = region_in(&text, &profile)?;
-    Some((region, format!("profile {profile:?} of {}", path.display())))
+    let value = setting_in(&text, &profile, key)?;
+    Some((value, format!("profile {profile:?} of {}", path.display())))
 }
 
-/// The `region` of `profile` in a config file's text: `[profile NAME]`, or `[default]` (also
-/// written `[profile default]`).
-fn region_in(text: &str, profile: &str) -> Option<String> {
+/// `key` of `profile` in a config file's text: `[profile NAME]`, or `[default]` (also written
+/// `[profile default]`).
+fn setting_in(text: &str, profile: &str, key: &str) -> Option<String> {
     let file = ini::Ini::load_from_str(text).ok()?;
     let named = format!("profile {profile}");
     let sections = match profile {
@@ -34,9 +37,9 @@ fn region_in(text: &str, profile: &str) -> Option<String> {
     };
     sections
         .into_iter()
-        .filter_map(|name| file.section(Some(name))?.get("region"))
+        .filter_map(|name| file.section(Some(name))?.get(key))
         .map(str::trim)
-        .find(|region| !region.is_empty())
+        .find(|value| !value.is_empty())
         .map(str::to_string)
 }
 
@@ -45,22 +48,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_profiles_region_is_read_as_the_aws_cli_reads_it() {
+    fn a_profiles_settings_are_read_as_the_aws_cli_reads_them() {
         let text = "[default]\nregion = eu-west-1\n\n[profile work]\nregion = ap-south-2\n\
-                    output = json\n\n[profile keys-only]\naws_access_key_id = AKIA\n\n\
+                    endpoint_url = http://localhost:9000\noutput = json\n\n\
+                    [profile keys-only]\naws_access_key_id = AKIA\n\n\
                     [work]\nregion = wrong-section\n";
         let cases = [
-            ("default", Some("eu-west-1")),
-            ("work", Some("ap-south-2")),
-            ("keys-only", None),
-            ("absent", None),
+            ("default", "region", Some("eu-west-1")),
+            ("work", "region", Some("ap-south-2")),
+            ("work", "endpoint_url", Some("http://localhost:9000")),
+            ("default", "endpoint_url", None),
+            ("keys-only", "region", None),
+            ("absent", "region", None),
         ];
-        for (profile, expected) in cases {
-            assert_eq!(region_in(text, profile).as_deref(), expected, "{profile}");
+        for (profile, key, expected) in cases {
+            let found = setting_in(text, profile, key);
+            assert_eq!(found.as_deref(), expected, "{profile} {key}");
         }
         let spelled = "[profile default]\nregion = us-west-2\n";
-        assert_eq!(region_in(spelled, "default").as_deref(), Some("us-west-2"));
-        assert_eq!(region_in("[default]\nregion =\n", "default"), None);
+        assert_eq!(
+            setting_in(spelled, "default", "region").as_deref(),
+            Some("us-west-2")
+        );
+        assert_eq!(
+            setting_in("[default]\nregion =\n", "default", "region"),
+            None
+        );
     }
 
     /// An environment of these variables alone.
@@ -81,10 +94,10 @@ mod tests {
         let path = file.display().to_string();
         let config = ("AWS_CONFIG_FILE", path.clone());
         let region = |profile: Option<&str>, vars: Vec<(&'static str, String)>| {
-            profile_region(profile, env_of(vars)).map(|(region, _)| region)
+            profile_setting(profile, "region", env_of(vars)).map(|(region, _)| region)
         };
 
-        let found = profile_region(None, env_of(vec![config.clone()]));
+        let found = profile_setting(None, "region", env_of(vec![config.clone()]));
         let from = format!("profile \"default\" of {path}");
         assert_eq!(found, Some(("eu-north-1".into(), from)));
         let named = ("AWS_PROFILE", "b".to_string());

@@ -57,6 +57,7 @@ impl S3Server {
     pub fn config(&self, prefix: &str) -> S3Config {
         S3Config {
             endpoint: Some(self.endpoint.clone()),
+            endpoint_source: None,
             region: "us-east-1".into(),
             region_source: None,
             bucket: BUCKET.into(),
