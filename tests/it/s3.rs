@@ -789,23 +789,26 @@ async fn the_buckets_region_comes_from_the_profile_or_from_the_server() {
     assert!(!stderr.contains("the bucket is in region"), "{stderr}");
 }
 
-/// Beside `dir`'s empty `outbox` and `home`: a configuration of a remote on Garage's node 0
-/// that names no region, and a watch of the outbox.
+/// In `dir`, beside an empty `outbox` and `home`: a configuration of a remote on Garage's node
+/// 0 that names no region, and a watch of the outbox.
 fn regionless_config(garage: &Garage, dir: &Path) -> PathBuf {
     let secret = dir.join("secret");
     std::fs::write(&secret, garage::SECRET).unwrap();
     let remote = garage.remote_toml("s3", 0, &secret);
     let remote = remote.replace(&format!("region = \"{}\"\n", garage::REGION), "");
-    for folder in ["outbox", "home"] {
-        std::fs::create_dir(dir.join(folder)).unwrap();
-    }
-    let watch = format!(
-        "[[watch]]\npath = {:?}\nremote = \"s3\"\n",
-        dir.join("outbox")
-    );
+    std::fs::create_dir(dir.join("home")).unwrap();
     let config = dir.join("config.toml");
-    std::fs::write(&config, format!("{remote}\n{watch}")).unwrap();
+    with_a_watch(&config, &remote);
     config
+}
+
+/// Writes `remote` (the remote `s3`) to `config` with a watch of a new `outbox` beside it,
+/// which `ferry config check` asks for.
+fn with_a_watch(config: &Path, remote: &str) {
+    let outbox = config.parent().unwrap().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    let watch = format!("[[watch]]\npath = {outbox:?}\nremote = \"s3\"\n");
+    std::fs::write(config, format!("{remote}\n{watch}")).unwrap();
 }
 
 /// `command` with no region in its environment, and `aws_config` as the AWS shared config file
@@ -865,10 +868,7 @@ async fn an_endpoint_left_out_comes_from_the_environment_as_the_aws_cli_takes_it
     let config = config_file(dir.path(), &server, &server.endpoint);
     let remote = std::fs::read_to_string(&config).unwrap();
     let remote = remote.replace(&format!("endpoint = \"{}\"\n", server.endpoint), "");
-    let outbox = dir.path().join("outbox");
-    std::fs::create_dir(&outbox).unwrap();
-    let watch = format!("[[watch]]\npath = {outbox:?}\nremote = \"s3\"\n");
-    std::fs::write(&config, format!("{remote}\n{watch}")).unwrap();
+    with_a_watch(&config, &remote);
     let profile = "[default]\nendpoint_url = http://127.0.0.1:9\n";
     std::fs::write(dir.path().join("aws-config"), profile).unwrap();
 
