@@ -789,6 +789,43 @@ async fn the_buckets_region_comes_from_the_profile_or_from_the_server() {
     assert!(!stderr.contains("the bucket is in region"), "{stderr}");
 }
 
+/// The daemon, with a remote that names no region, against Garage: the first uploads go out
+/// together (a proxy holds each of the first four requests 300 ms), all signed for the wrong
+/// region and all refused; the first refusal teaches the region, and the others, refused for
+/// the region they were signed for, are retried too: all land, none failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_refused_together_for_their_region_all_land() {
+    let garage = Garage::start(1).await;
+    let node = garage.endpoint(0);
+    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
+    let held = Fault::Delay(Duration::from_millis(300));
+    proxy.set_plan(move |_, index| (index < 4).then_some(held));
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, garage::SECRET).unwrap();
+    let remote = garage
+        .remote_toml("main", 0, &secret)
+        .replace(&node, &proxy.url);
+    let remote = remote.replace(&format!("region = \"{}\"\n", garage::REGION), "");
+    let setup = Setup::with_remote(&remote, "", "");
+    let home = secrets.path().display().to_string();
+    let daemon = setup.start_with_env(&[("HOME", &home)]).await;
+    let names = drop_files(&setup.outbox, "together", 8);
+    wait_until("every file done", Duration::from_secs(60), || {
+        let status = setup.status();
+        status["queue"]["done"] == 8 || status["queue"]["failed"] != 0
+    })
+    .await;
+    let status = setup.status();
+    assert_eq!(status["queue"]["done"], 8, "{status}");
+    for name in &names {
+        let stored = garage.get(0, name).await;
+        let local = std::fs::read(setup.outbox.join(name)).unwrap();
+        assert!(stored.as_deref() == Some(&local[..]), "{name} differs");
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
 /// In `dir`, beside an empty `outbox` and `home`: a configuration of a remote on Garage's node
 /// 0 that names no region, and a watch of the outbox.
 fn regionless_config(garage: &Garage, dir: &Path) -> PathBuf {
