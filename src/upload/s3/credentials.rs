@@ -8,9 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqsign_aws_core::{
-    Credential, DefaultCredentialProvider, ProfileCredentialProvider, StaticCredentialProvider,
-};
+use reqsign_aws_core::{Credential, DefaultCredentialProvider, StaticCredentialProvider};
 use reqsign_core::{Context, OsEnv, ProvideCredential, ProvideCredentialChain};
 use tokio::sync::Mutex;
 
@@ -85,6 +83,7 @@ impl Credentials {
             .map_err(|error| format!("cannot build the credential client: {error}"))?;
         let context = Context::new()
             .with_file_read(FileRead)
+            .with_command_execute(reqsign_command_execute_tokio::TokioCommandExecute)
             .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
             .with_env(OsEnv);
         let provider = match source {
@@ -95,8 +94,17 @@ impl Credentials {
                 access_key_id,
                 secret_access_key,
             )),
-            CredentialSource::Profile(name) => ProvideCredentialChain::new()
-                .push(ProfileCredentialProvider::new().with_profile(name.clone())),
+            // As the AWS CLI's --profile: that profile's keys, SSO or credential_process, and
+            // neither the environment's keys nor a machine role.
+            CredentialSource::Profile(name) => ProvideCredentialChain::new().push(
+                DefaultCredentialProvider::builder()
+                    .with_profile(name.clone())
+                    .no_env()
+                    .no_web_identity()
+                    .no_ecs()
+                    .no_imds()
+                    .build(),
+            ),
             CredentialSource::Chain => {
                 ProvideCredentialChain::new().push(DefaultCredentialProvider::new())
             }
