@@ -442,3 +442,42 @@ pub async fn simple(socket: &Path, command: Command) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_in_progress_is_one_line_with_its_bar() {
+        let transfer = |bytes_sent, part_attempts_failed| ActiveTransfer {
+            job_id: 7,
+            path: PathBuf::from("/outbox/a.jpg"),
+            remote_path: "photos/a.jpg".into(),
+            size: 10 << 20,
+            bytes_sent,
+            part_size: 5 << 20,
+            throughput_bytes_per_sec: 1 << 20,
+            part_attempts_failed,
+        };
+        let cases = [
+            (
+                0,
+                0,
+                "#7 photos/a.jpg [                    ]   0% of 10.0 MiB, 5.0 MiB parts, 1.0 MiB/s",
+            ),
+            (
+                5 << 20,
+                2,
+                "#7 photos/a.jpg [==========          ]  50% of 10.0 MiB, 5.0 MiB parts, 1.0 MiB/s, 2 part attempts retried",
+            ),
+            (
+                10 << 20,
+                0,
+                "#7 photos/a.jpg [====================] 100% of 10.0 MiB, 5.0 MiB parts, 1.0 MiB/s",
+            ),
+        ];
+        for (sent, failed, expected) in cases {
+            assert_eq!(describe_transfer(&transfer(sent, failed)), expected);
+        }
+    }
+}
