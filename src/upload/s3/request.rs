@@ -19,7 +19,7 @@ use reqwest::{Client, Response};
 use rusty_s3::Method;
 use url::Url;
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, Keys};
 use super::xml;
 use crate::upload::backend::{BackendError, Operation, Rejection};
 use crate::upload::retry::{ErrorClass, classify_status};
@@ -118,27 +118,8 @@ impl Requester {
                 endpoint: self.endpoint.clone(),
                 problem,
             })?;
-        let skew = jiff::SignedDuration::from_millis(self.skew_ms.load(Ordering::Relaxed));
         let region = self.region();
-        let time = jiff::Timestamp::now()
-            .checked_add(skew)
-            .unwrap_or_else(|_| jiff::Timestamp::now());
-        let url = rusty_s3::signing::sign(
-            &time,
-            call.method,
-            call.url,
-            keys.key(),
-            keys.secret(),
-            keys.token(),
-            &region,
-            SIGNATURE_LIFETIME_SECONDS,
-            call.query
-                .iter()
-                .map(|(name, value)| (*name, value.as_str())),
-            call.headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        );
+        let url = self.sign(&call, &keys, &region);
         let method = reqwest::Method::from_bytes(call.method.to_str().as_bytes())
             .expect("S3 methods are valid HTTP methods");
         let mut request = self.client.request(method, url);
@@ -161,6 +142,31 @@ impl Requester {
         Err(self
             .refusal(call.operation, response, call.on_session, &region)
             .await)
+    }
+
+    /// `call`'s URL signed in its query with `keys` for `region`, dated by the server's clock.
+    fn sign(&self, call: &Call, keys: &Keys, region: &str) -> Url {
+        let skew = jiff::SignedDuration::from_millis(self.skew_ms.load(Ordering::Relaxed));
+        let time = jiff::Timestamp::now()
+            .checked_add(skew)
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let query = call
+            .query
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()));
+        let headers = call.headers.iter();
+        rusty_s3::signing::sign(
+            &time,
+            call.method,
+            call.url.clone(),
+            keys.key(),
+            keys.secret(),
+            keys.token(),
+            region,
+            SIGNATURE_LIFETIME_SECONDS,
+            query,
+            headers.map(|(name, value)| (name.as_str(), value.as_str())),
+        )
     }
 
     /// The region requests are signed for.
