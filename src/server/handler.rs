@@ -435,15 +435,14 @@ fn completed_metadata(record: &SessionRecord, file: &CompletedFile) -> FileMetad
     }
 }
 
-/// Renames the file `record` completed (`source`, with its mtime) into place. The outer error
-/// is the store's; the inner, why the file could not be placed (its temp copy is then gone).
-/// Blocking.
+/// Renames the file `record` completed (`source`, with its mtime) into place; on failure its
+/// temp copy is discarded. Blocking.
 fn place(
     storage: &super::Storage,
     record: &SessionRecord,
     source: &std::path::Path,
     in_place: bool,
-) -> std::io::Result<std::io::Result<()>> {
+) -> std::io::Result<()> {
     let at = (record.workspace_id.as_str(), record.filename.as_str());
     let mtime = record
         .mtime
@@ -453,7 +452,7 @@ fn place(
     if placed.is_err() && !in_place {
         storage.discard_temp(source);
     }
-    Ok(placed)
+    placed
 }
 
 impl AppState {
@@ -558,7 +557,7 @@ impl AppState {
         let (source, in_place) = (assembled.source, assembled.in_place);
         let published = blocking(
             move || {
-                let placed = place(&storage, &record, &source, in_place)?;
+                let placed = place(&storage, &record, &source, in_place);
                 if placed.is_ok() {
                     storage.write_file_metadata(&metadata)?;
                     if let Some(post) = &kept {
