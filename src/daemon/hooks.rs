@@ -164,7 +164,7 @@ impl Schedule {
 fn failure(delivery: &Delivery) -> FailedJob {
     FailedJob {
         job_id: delivery.job_id,
-        path: PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default()),
+        path: delivery.path(),
         error: format!(
             "{} hook: {}",
             delivery.event,
@@ -261,7 +261,7 @@ async fn attempt(daemon: Arc<Daemon>, id: u64, deliverer: Deliverer) -> Option<D
         }
         Err(error) => Err(format!("cannot read the hook: {error}")),
     };
-    let path = PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default());
+    let path = delivery.path();
     match outcome {
         Ok(()) => {
             delivered(&daemon, delivery, path).await;

@@ -347,7 +347,7 @@ fn hook_delivery(delivery: &crate::queue::Delivery) -> control::protocol::HookDe
     control::protocol::HookDelivery {
         job_id: delivery.job_id,
         event: delivery.event.clone(),
-        path: PathBuf::from(delivery.payload["path"].as_str().unwrap_or_default()),
+        path: delivery.path(),
         state: if delivery.failed { "failed" } else { "pending" }.into(),
         attempts: delivery.attempts,
         last_error: delivery.last_error.clone(),

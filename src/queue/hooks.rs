@@ -34,6 +34,13 @@ pub struct Delivery {
     pub failed: bool,
 }
 
+impl Delivery {
+    /// The local path of the file the hook is about, as its document gives it.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.payload["path"].as_str().unwrap_or_default().into()
+    }
+}
+
 /// The deliveries: a view of the one sled database; cheap to clone.
 #[derive(Clone)]
 pub struct Deliveries {
