@@ -604,15 +604,16 @@ fn iec(bytes: u64) -> String {
 fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     use std::fmt::Write;
     let _ = writeln!(out, "kind = \"s3\"");
-    let from = |source: &Option<String>| match source {
+    let comment = |source: &Option<String>| match source {
         Some(source) => format!(" # from {source}"),
         None => String::new(),
     };
     if let Some(endpoint) = &s3.endpoint {
         let endpoint = crate::redact::url(endpoint);
-        let _ = writeln!(out, "endpoint = {endpoint:?}{}", from(&s3.endpoint_source));
+        let from = comment(&s3.endpoint_source);
+        let _ = writeln!(out, "endpoint = {endpoint:?}{from}");
     }
-    let from = from(&s3.region_source);
+    let from = comment(&s3.region_source);
     let _ = writeln!(
         out,
         "region = {:?}{from}\nbucket = {:?}\nprefix = {:?}\nchecksum = \"{}\"",

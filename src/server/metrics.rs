@@ -1,7 +1,8 @@
 //! The receiver's Prometheus metrics (`ferry serve --metrics`, at `/metrics` beside the API,
 //! without the token): sessions open, bytes received, uploads completed, refusals by the
-//! protocol's error code, and the webhook's posts (waiting, delivered, attempts failed). Counters are kept as requests end; the refusal's code travels to the
-//! counting middleware in the response's extensions.
+//! protocol's error code, and the webhook's posts (waiting, delivered, attempts failed).
+//! Counters are kept as requests end; the refusal's code travels to the counting middleware in
+//! the response's extensions.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
