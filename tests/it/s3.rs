@@ -243,7 +243,7 @@ fn body(bytes: Vec<u8>, sums: PartSums) -> PartBody {
 }
 
 /// A fault proxy before `server`.
-async fn proxy_before(server: &S3Server) -> FaultProxy {
+pub(crate) async fn proxy_before(server: &S3Server) -> FaultProxy {
     let address = server
         .endpoint
         .trim_start_matches("http://")

@@ -9,7 +9,9 @@ use toml::de::DeTable;
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
-use crate::upload::s3::profile::profile_setting;
+use crate::upload::s3::credentials::RoleSource;
+use crate::upload::s3::profile::{assumed_role, profile_setting};
+use crate::upload::s3::sts::StsEndpoint;
 use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
 
 const NATIVE_KEYS: &[&str] = &[
@@ -63,15 +65,56 @@ fn or_found(
     }
 }
 
-/// The endpoint of a remote that names none: `$AWS_ENDPOINT_URL_S3`, `$AWS_ENDPOINT_URL`, the
-/// profile's `endpoint_url`, unless `$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is true; else AWS.
-fn default_endpoint(profile: Option<&str>) -> Option<(String, String)> {
+/// The endpoint of `service` (`S3`, `STS`) for a remote that names none:
+/// `$AWS_ENDPOINT_URL_<service>`, `$AWS_ENDPOINT_URL`, the profile's `endpoint_url`, unless
+/// `$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is true; else AWS's own.
+fn default_endpoint(service: &str, profile: Option<&str>) -> Option<(String, String)> {
     let ignored = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS");
     if ignored.is_ok_and(|value| value.eq_ignore_ascii_case("true")) {
         return None;
     }
-    let vars = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
+    let service_var = format!("AWS_ENDPOINT_URL_{service}");
+    let vars = [service_var.as_str(), "AWS_ENDPOINT_URL"];
     aws_setting(&vars, "endpoint_url", profile)
+}
+
+/// `credentials`, or the role its profile assumes, with the STS endpoint the AWS CLI would call.
+fn with_role(
+    credentials: CredentialSource,
+    region: &str,
+) -> Result<CredentialSource, (&'static str, String)> {
+    let (profile, environment_first) = match &credentials {
+        CredentialSource::Profile(name) => (Some(name.as_str()), false),
+        CredentialSource::Chain => (None, true),
+        _ => return Ok(credentials),
+    };
+    let key = if environment_first { "" } else { "profile" };
+    let role = match assumed_role(profile, |name| std::env::var(name).ok()) {
+        Ok(None) => return Ok(credentials),
+        Ok(Some(role)) => role,
+        Err(message) => return Err((key, message)),
+    };
+    let (sts, sts_source) = match default_endpoint("STS", profile) {
+        None => (StsEndpoint::aws(region), None),
+        Some((url, from)) => match url::Url::parse(&url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                let region = region.to_string();
+                (StsEndpoint { url, region }, Some(from))
+            }
+            _ => {
+                return Err((
+                    key,
+                    format!("the STS endpoint {url:?} (from {from}) is not an http(s) URL"),
+                ));
+            }
+        },
+    };
+    Ok(CredentialSource::Role(Box::new(RoleSource {
+        role,
+        sts,
+        sts_source,
+        environment_first,
+    })))
 }
 
 impl Reader<'_> {
@@ -189,14 +232,16 @@ impl Reader<'_> {
             _ => None,
         };
         let endpoint = self.get::<String>(path, table, "endpoint");
-        let (endpoint, endpoint_source) = or_found(endpoint, || default_endpoint(profile));
+        let (endpoint, endpoint_source) = or_found(endpoint, || default_endpoint("S3", profile));
         let region = self.get::<String>(path, table, "region");
         let regions = ["AWS_REGION", "AWS_DEFAULT_REGION"];
         let (region, region_source) = or_found(region, || aws_setting(&regions, "region", profile));
+        let region = region.unwrap_or_else(|| DEFAULT_REGION.into());
+        let credentials = credentials.and_then(|found| self.role(path, table, found, &region));
         let config = S3Config {
             endpoint,
             endpoint_source,
-            region: region.unwrap_or_else(|| DEFAULT_REGION.into()),
+            region,
             region_source,
             bucket: bucket?,
             prefix: self
@@ -224,6 +269,28 @@ impl Reader<'_> {
             return None;
         }
         Some(RemoteConfig::S3(Box::new(config)))
+    }
+
+    /// `credentials`, or the role its profile assumes; `None` when that cannot be resolved (a
+    /// problem is recorded).
+    fn role(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        credentials: CredentialSource,
+        region: &str,
+    ) -> Option<CredentialSource> {
+        match with_role(credentials, region) {
+            Ok(credentials) => Some(credentials),
+            Err((key, message)) => {
+                let at = match key {
+                    "" => path.to_string(),
+                    key => join(path, key),
+                };
+                self.problem(at, table.get(key).map(Spanned::span), message);
+                None
+            }
+        }
     }
 
     /// `server_side_encryption` with `sse_kms_key_id`. `None` when they are wrong (a problem is

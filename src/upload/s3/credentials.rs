@@ -2,16 +2,19 @@
 //! secret in a file (read by `crate::secret`), a named profile of `~/.aws/credentials` and
 //! `~/.aws/config`, or the AWS default chain (environment, profiles, SSO, web identity for
 //! IRSA, ECS task roles, EC2 instance metadata), which `reqsign-aws-core` resolves over our own
-//! reqwest. Temporary keys are cached and fetched again shortly before they expire. No key
-//! ever reaches a message or a log line.
+//! reqwest; a profile that assumes a role gets its keys from STS (`sts`). Temporary keys are
+//! cached and fetched again shortly before they expire. No key ever reaches a message or a log
+//! line.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqsign_aws_core::{Credential, DefaultCredentialProvider, StaticCredentialProvider};
-use reqsign_core::{Context, OsEnv, ProvideCredential, ProvideCredentialChain};
+use reqsign_aws_core::{DefaultCredentialProvider, StaticCredentialProvider};
+use reqsign_core::{Context, OsEnv, ProvideCredential};
 use tokio::sync::Mutex;
 
+use super::profile::AssumeRole;
+use super::sts::{AssumeRoleProvider, EnvironmentFirst, Provider, StsEndpoint, profile_provider};
 use crate::upload::http::CaCert;
 
 /// Temporary keys are replaced this long before they expire.
@@ -32,6 +35,19 @@ pub enum CredentialSource {
     Profile(String),
     /// Neither: the AWS default chain.
     Chain,
+    /// The profile named, or the default chain's profile, assumes a role.
+    Role(Box<RoleSource>),
+}
+
+/// A role to assume, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSource {
+    pub role: AssumeRole,
+    pub sts: StsEndpoint,
+    /// Where the STS endpoint came from, when not AWS's (`$AWS_ENDPOINT_URL_STS`, a profile).
+    pub sts_source: Option<String>,
+    /// In the default chain, the environment's keys come first, as the AWS CLI takes them.
+    pub environment_first: bool,
 }
 
 impl std::fmt::Debug for CredentialSource {
@@ -44,6 +60,7 @@ impl std::fmt::Debug for CredentialSource {
                 .finish(),
             CredentialSource::Profile(name) => f.debug_tuple("Profile").field(name).finish(),
             CredentialSource::Chain => f.write_str("Chain"),
+            CredentialSource::Role(role) => f.debug_tuple("Role").field(role).finish(),
         }
     }
 }
@@ -57,6 +74,18 @@ impl CredentialSource {
             }
             CredentialSource::Profile(name) => format!("profile {name:?}"),
             CredentialSource::Chain => "the AWS default chain".to_string(),
+            CredentialSource::Role(source) => {
+                let first = match source.environment_first {
+                    true => "the environment's keys, else ",
+                    false => "",
+                };
+                let sts = crate::redact::url(&source.sts.url);
+                let from = match &source.sts_source {
+                    Some(from) => format!(", from {from}"),
+                    None => String::new(),
+                };
+                format!("{first}{} (STS at {sts}{from})", source.role.describe())
+            }
         }
     }
 }
@@ -64,10 +93,18 @@ impl CredentialSource {
 /// Keys as the signer takes them.
 pub type Keys = Arc<rusty_s3::Credentials>;
 
+/// Why there are no keys, and whether asking again later may bring them (a credential service
+/// that did not answer, or throttled).
+#[derive(Debug)]
+pub struct NoKeys {
+    pub message: String,
+    pub retryable: bool,
+}
+
 /// Hands out current keys, fetching them when needed.
 pub struct Credentials {
     context: Context,
-    provider: ProvideCredentialChain<Credential>,
+    provider: Provider,
     describe: String,
     cached: Mutex<Option<(Keys, Option<reqsign_core::time::Timestamp>)>>,
 }
@@ -86,39 +123,16 @@ impl Credentials {
             .with_command_execute(reqsign_command_execute_tokio::TokioCommandExecute)
             .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
             .with_env(OsEnv);
-        let provider = match source {
-            CredentialSource::Keys {
-                access_key_id,
-                secret_access_key,
-            } => ProvideCredentialChain::new().push(StaticCredentialProvider::new(
-                access_key_id,
-                secret_access_key,
-            )),
-            // As the AWS CLI's --profile: that profile's keys, SSO or credential_process, and
-            // neither the environment's keys nor a machine role.
-            CredentialSource::Profile(name) => ProvideCredentialChain::new().push(
-                DefaultCredentialProvider::builder()
-                    .with_profile(name.clone())
-                    .no_env()
-                    .no_web_identity()
-                    .no_ecs()
-                    .no_imds()
-                    .build(),
-            ),
-            CredentialSource::Chain => {
-                ProvideCredentialChain::new().push(DefaultCredentialProvider::new())
-            }
-        };
         Ok(Credentials {
+            provider: provider(&context, source),
             context,
-            provider,
             describe: source.describe(),
             cached: Mutex::new(None),
         })
     }
 
     /// Current keys: the cached ones, or fresh ones when there are none or they expire soon.
-    pub async fn get(&self) -> Result<Keys, String> {
+    pub async fn get(&self) -> Result<Keys, NoKeys> {
         let mut cached = self.cached.lock().await;
         let now = reqsign_core::time::Timestamp::now();
         if let Some((keys, expires)) = cached.as_ref()
@@ -130,14 +144,18 @@ impl Credentials {
             .provider
             .provide_credential(&self.context)
             .await
-            .map_err(|error| {
-                format!("cannot load S3 credentials from {}: {error}", self.describe)
+            .map_err(|error| NoKeys {
+                message: format!("cannot load S3 credentials from {}: {error}", self.describe),
+                retryable: error.is_retryable(),
             })?;
         let Some(credential) = found else {
-            return Err(format!(
-                "no S3 credentials found in {} (give access_key_id and secret_access_key_file, a profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
-                self.describe
-            ));
+            return Err(NoKeys {
+                message: format!(
+                    "no S3 credentials found in {} (give access_key_id and secret_access_key_file, a profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                    self.describe
+                ),
+                retryable: false,
+            });
         };
         let keys = Arc::new(match credential.session_token {
             Some(token) => rusty_s3::Credentials::new_with_token(
@@ -156,6 +174,28 @@ impl Credentials {
     /// Forgets the cached keys (the remote said they expired).
     pub async fn expire(&self) {
         *self.cached.lock().await = None;
+    }
+}
+
+/// Where `source`'s keys come from.
+fn provider(context: &Context, source: &CredentialSource) -> Provider {
+    match source {
+        CredentialSource::Keys {
+            access_key_id,
+            secret_access_key,
+        } => Arc::new(StaticCredentialProvider::new(
+            access_key_id,
+            secret_access_key,
+        )),
+        CredentialSource::Profile(name) => Arc::new(profile_provider(name)),
+        CredentialSource::Chain => Arc::new(DefaultCredentialProvider::new()),
+        CredentialSource::Role(source) => {
+            let role = Arc::new(AssumeRoleProvider::new(context, &source.role, &source.sts));
+            match source.environment_first {
+                true => Arc::new(EnvironmentFirst(role)),
+                false => role,
+            }
+        }
     }
 }
 

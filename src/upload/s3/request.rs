@@ -19,7 +19,7 @@ use reqwest::{Client, Response};
 use rusty_s3::Method;
 use url::Url;
 
-use super::credentials::{Credentials, Keys};
+use super::credentials::{Credentials, Keys, NoKeys};
 use super::xml;
 use crate::upload::backend::{BackendError, Operation, Rejection};
 use crate::upload::retry::{ErrorClass, classify_status};
@@ -104,20 +104,32 @@ impl Requester {
         }
     }
 
+    /// The error of a request that got no keys: a credential service that may answer later
+    /// (STS throttled, a metadata service that timed out) is retried like the remote itself.
+    fn without_keys(&self, operation: Operation, no: NoKeys) -> BackendError {
+        let endpoint = self.endpoint.clone();
+        match no.retryable {
+            true => BackendError::Transport {
+                operation,
+                endpoint,
+                detail: no.message,
+                source: None,
+            },
+            false => BackendError::Setup {
+                endpoint,
+                problem: no.message,
+            },
+        }
+    }
+
     /// Signs and sends `call`; a success status is returned as is, anything else as an error.
     pub async fn send(
         &self,
         call: Call,
         body: Option<reqwest::Body>,
     ) -> Result<Response, BackendError> {
-        let keys = self
-            .credentials
-            .get()
-            .await
-            .map_err(|problem| BackendError::Setup {
-                endpoint: self.endpoint.clone(),
-                problem,
-            })?;
+        let keys = self.credentials.get().await;
+        let keys = keys.map_err(|no| self.without_keys(call.operation, no))?;
         let region = self.region();
         let url = self.sign(&call, &keys, &region);
         let method = reqwest::Method::from_bytes(call.method.to_str().as_bytes())

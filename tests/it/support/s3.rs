@@ -174,6 +174,85 @@ impl S3Server {
     }
 }
 
+/// A user of moto's IAM with its keys, and roles it may assume, each also allowed to assume
+/// roles and use S3.
+pub struct IamAccount {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// ARNs of the roles `writer` and `second`.
+    pub roles: Vec<String>,
+}
+
+/// Creates the user and its roles through moto's IAM (boto3, installed with moto), then turns
+/// on moto's checks: from then on every request's signature and permissions are verified.
+const IAM_SEED: &str = r#"
+import boto3, json, sys, urllib.request
+url = sys.argv[1]
+iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                   aws_access_key_id="AKIASEED", aws_secret_access_key="seed")
+allow = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["sts:AssumeRole", "s3:*"], "Resource": "*"}]})
+trust = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+iam.create_user(UserName="uploader")
+key = iam.create_access_key(UserName="uploader")["AccessKey"]
+iam.put_user_policy(UserName="uploader", PolicyName="allow", PolicyDocument=allow)
+roles = []
+for name in ["writer", "second"]:
+    roles.append(iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"])
+    iam.put_role_policy(RoleName=name, PolicyName="allow", PolicyDocument=allow)
+request = urllib.request.Request(url + "/moto-api/reset-auth", data=b"0", method="POST",
+                                 headers={"Content-Type": "text/plain"})
+urllib.request.urlopen(request).read()
+print(json.dumps({"key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "roles": roles}))
+"#;
+
+impl S3Server {
+    /// moto's IAM and STS with an account in them, checking signatures from now on (moto only).
+    pub fn iam_account(&self) -> IamAccount {
+        let output = Command::new("python3")
+            .args(["-c", IAM_SEED, &self.endpoint])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "seeding moto's IAM: {stderr}");
+        let seeded: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let text = |value: &serde_json::Value| value.as_str().unwrap().to_string();
+        IamAccount {
+            access_key_id: text(&seeded["key"]),
+            secret_access_key: text(&seeded["secret"]),
+            roles: seeded["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(text)
+                .collect(),
+        }
+    }
+
+    /// The keys STS handed out for `role_arn` (moto's record of its assumed roles).
+    pub async fn assumed_keys(&self, role_arn: &str) -> Vec<String> {
+        let url = format!("{}/moto-api/data.json", self.endpoint);
+        let data: serde_json::Value = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let assumed = data["sts"]["AssumedRole"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assumed
+            .iter()
+            .filter(|role| role["role_arn"] == role_arn)
+            .map(|role| role["access_key_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill();

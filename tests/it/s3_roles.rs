@@ -1,0 +1,178 @@
+//! Profiles that assume a role, as the AWS CLI's: STS is moto's, with its checks on (it verifies
+//! the signature of every AssumeRole call against the keys of the user or role it names, and
+//! that they may assume the role), and the uploads go to another moto through a proxy that
+//! shows which keys signed them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::s3::{assert_stored, push};
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::random_file;
+use crate::support::s3::{BUCKET, Flavor, IamAccount, S3Server};
+
+/// The shared files: `writer` assumes the first role with the user's keys (in the credentials
+/// file), `chained` the second with `writer`'s, and `forged` the first with a wrong secret.
+fn shared_files(dir: &Path, account: &IamAccount) {
+    let config = format!(
+        "[profile writer]\nrole_arn = {}\nsource_profile = base\n\
+         [profile chained]\nrole_arn = {}\nsource_profile = writer\nrole_session_name = nightly\n\
+         [profile forged]\nrole_arn = {}\nsource_profile = forger\n",
+        account.roles[0], account.roles[1], account.roles[0]
+    );
+    let credentials = format!(
+        "[base]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n\
+         [forger]\naws_access_key_id = {key}\naws_secret_access_key = not-{secret}\n",
+        key = account.access_key_id,
+        secret = account.secret_access_key,
+    );
+    std::fs::write(dir.join("aws-config"), config).unwrap();
+    std::fs::write(dir.join("aws-credentials"), credentials).unwrap();
+}
+
+/// `command` with the shared files of `dir`, STS at `sts`, and no keys of the environment.
+fn with_aws_files<'a>(command: &'a mut Command, dir: &Path, sts: &str) -> &'a mut Command {
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+    ] {
+        command.env_remove(key);
+    }
+    command
+        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
+        .env("AWS_ENDPOINT_URL_STS", sts)
+        .env("HOME", dir)
+}
+
+/// The access key ids that signed the requests the proxy saw since `mark`.
+fn signing_keys(proxy: &FaultProxy, mark: usize) -> Vec<String> {
+    let log = proxy.log();
+    log[mark..]
+        .iter()
+        .map(|seen| {
+            let query = seen.path.split_once('?').map_or("", |(_, query)| query);
+            let credential = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "X-Amz-Credential")
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default();
+            let token = query.contains("X-Amz-Security-Token=");
+            let key = credential.split('/').next().unwrap_or_default();
+            format!("{key}{}", if token { " with token" } else { "" })
+        })
+        .collect()
+}
+
+/// How a push names its profile: as the remote's `profile`, or as `$AWS_PROFILE`.
+enum Named {
+    Remote(&'static str),
+    Environment(&'static str),
+}
+
+/// The servers, and the remote's table, of one test.
+struct Scene {
+    dir: tempfile::TempDir,
+    sts: S3Server,
+    server: S3Server,
+    proxy: FaultProxy,
+    remote: String,
+}
+
+impl Scene {
+    /// `ferry push` of a 7 MiB file `name` (a multipart upload), STS at `sts`.
+    fn push(&self, name: &str, named: Named, sts: &str) -> (std::process::Output, PathBuf) {
+        let dir = self.dir.path();
+        let config = dir.join(format!("{name}.toml"));
+        let (profile, chosen) = match named {
+            Named::Remote(name) => (format!("profile = \"{name}\"\n"), None),
+            Named::Environment(name) => (String::new(), Some(name)),
+        };
+        std::fs::write(&config, format!("{}{profile}", self.remote)).unwrap();
+        let local = dir.join(name);
+        random_file(&local, 7 * 1024 * 1024, 60);
+        let mut command = push(&config, &dir.join("data"), &local);
+        with_aws_files(&mut command, dir, sts);
+        if let Some(profile) = chosen {
+            command.env("AWS_PROFILE", profile);
+        }
+        (command.output().unwrap(), local)
+    }
+
+    /// Pushes `name` as `named`, and checks it landed, signed only with keys STS gave `role`.
+    async fn push_landed(&self, name: &str, named: Named, sts: &str, role: &str) {
+        let mark = self.proxy.mark();
+        let (output, local) = self.push(name, named, sts);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name}: {stderr}");
+        assert_stored(&self.server, &format!("roles/{name}"), &local, name).await;
+        let issued = self.sts.assumed_keys(role).await;
+        let signed = signing_keys(&self.proxy, mark);
+        assert!(signed.len() >= 3, "{name}: a multipart upload: {signed:?}");
+        for key in &signed {
+            let (id, _) = key.split_once(' ').unwrap_or((key, ""));
+            assert!(
+                issued.iter().any(|k| k == id),
+                "{name}: signed by {key}, not one of {issued:?}"
+            );
+            assert!(key.ends_with(" with token"), "{name}: {key}");
+        }
+    }
+}
+
+/// A remote's `profile` that assumes a role, and the default chain's `$AWS_PROFILE` naming one
+/// that assumes a role with another role's keys: the uploads land signed with the keys STS
+/// gave for that role, along with their session token. STS answering 503 once is waited out;
+/// a source profile with a wrong secret fails at once, with STS's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
+    let sts = S3Server::start(Flavor::Moto).await;
+    let account = sts.iam_account();
+    let server = S3Server::start(Flavor::Moto).await;
+    let proxy = crate::s3::proxy_before(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    shared_files(dir.path(), &account);
+    let remote = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"roles/\"\n",
+        proxy.url
+    );
+    let scene = Scene {
+        dir,
+        sts,
+        server,
+        proxy,
+        remote,
+    };
+    let refused_once = Fault::Unavailable {
+        retry_after_secs: 1,
+    };
+    let sts_proxy = crate::s3::proxy_before(&scene.sts).await;
+    sts_proxy.set_plan(move |_, index| (index == 0).then_some(refused_once));
+
+    let (writer, second) = (&account.roles[0], &account.roles[1]);
+    scene
+        .push_landed(
+            "writer.bin",
+            Named::Remote("writer"),
+            &sts_proxy.url,
+            writer,
+        )
+        .await;
+    let asked = sts_proxy.log();
+    assert_eq!(asked.len(), 2, "refused once, then answered: {asked:?}");
+    assert_eq!(asked[0].fault, Some(refused_once));
+    let chained = Named::Environment("chained");
+    scene
+        .push_landed("chained.bin", chained, &scene.sts.endpoint, second)
+        .await;
+
+    let (output, _) = scene.push("forged.bin", Named::Remote("forged"), &scene.sts.endpoint);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("STS refused to assume") && stderr.contains("SignatureDoesNotMatch"),
+        "{stderr}"
+    );
+}
