@@ -15,6 +15,7 @@ use super::*;
 use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{ChunkSize, PartsInFlight, RetryPolicy};
 
+mod aws;
 mod hooks;
 mod remote;
 

@@ -12,11 +12,14 @@ use crate::support::random_file;
 use crate::support::s3::{BUCKET, Flavor, IamAccount, S3Server};
 
 /// The shared files: `writer` assumes the first role with the user's keys (in the credentials
-/// file), `chained` the second with `writer`'s, and `forged` the first with a wrong secret.
-fn shared_files(dir: &Path, account: &IamAccount) {
+/// file), `chained` the second with `writer`'s, its STS named in its `services` section, and
+/// `forged` the first with a wrong secret.
+fn shared_files(dir: &Path, account: &IamAccount, sts: &str) {
     let config = format!(
         "[profile writer]\nrole_arn = {}\nsource_profile = base\n\
          [profile chained]\nrole_arn = {}\nsource_profile = writer\nrole_session_name = nightly\n\
+         services = local\n\
+         [services local]\nsts =\n  endpoint_url = {sts}\n\
          [profile forged]\nrole_arn = {}\nsource_profile = forger\n",
         account.roles[0], account.roles[1], account.roles[0]
     );
@@ -30,21 +33,25 @@ fn shared_files(dir: &Path, account: &IamAccount) {
     std::fs::write(dir.join("aws-credentials"), credentials).unwrap();
 }
 
-/// `command` with the shared files of `dir`, STS at `sts`, and no keys of the environment.
-fn with_aws_files<'a>(command: &'a mut Command, dir: &Path, sts: &str) -> &'a mut Command {
+/// `command` with the shared files of `dir`, STS at `sts` if given, and no keys of the
+/// environment.
+fn with_aws_files<'a>(command: &'a mut Command, dir: &Path, sts: Option<&str>) -> &'a mut Command {
     for key in [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AWS_PROFILE",
         "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_STS",
     ] {
         command.env_remove(key);
+    }
+    if let Some(sts) = sts {
+        command.env("AWS_ENDPOINT_URL_STS", sts);
     }
     command
         .env("AWS_CONFIG_FILE", dir.join("aws-config"))
         .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
-        .env("AWS_ENDPOINT_URL_STS", sts)
         .env("HOME", dir)
 }
 
@@ -83,7 +90,7 @@ struct Scene {
 
 impl Scene {
     /// `ferry push` of a 7 MiB file `name` (a multipart upload), STS at `sts`.
-    fn push(&self, name: &str, named: Named, sts: &str) -> (std::process::Output, PathBuf) {
+    fn push(&self, name: &str, named: Named, sts: Option<&str>) -> (std::process::Output, PathBuf) {
         let dir = self.dir.path();
         let config = dir.join(format!("{name}.toml"));
         let (profile, chosen) = match named {
@@ -102,7 +109,7 @@ impl Scene {
     }
 
     /// Pushes `name` as `named`, and checks it landed, signed only with keys STS gave `role`.
-    async fn push_landed(&self, name: &str, named: Named, sts: &str, role: &str) {
+    async fn push_landed(&self, name: &str, named: Named, sts: Option<&str>, role: &str) {
         let mark = self.proxy.mark();
         let (output, local) = self.push(name, named, sts);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -123,9 +130,10 @@ impl Scene {
 }
 
 /// A remote's `profile` that assumes a role, and the default chain's `$AWS_PROFILE` naming one
-/// that assumes a role with another role's keys: the uploads land signed with the keys STS
-/// gave for that role, along with their session token. STS answering 503 once is waited out;
-/// a source profile with a wrong secret fails at once, with STS's refusal.
+/// that assumes a role with another role's keys (its STS named in its `services` section): the
+/// uploads land signed with the keys STS gave for that role, along with their session token.
+/// STS answering 503 once is waited out; a source profile with a wrong secret fails at once,
+/// with STS's refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
     let sts = S3Server::start(Flavor::Moto).await;
@@ -133,7 +141,7 @@ async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
     let server = S3Server::start(Flavor::Moto).await;
     let proxy = crate::s3::proxy_before(&server).await;
     let dir = tempfile::tempdir().unwrap();
-    shared_files(dir.path(), &account);
+    shared_files(dir.path(), &account, &sts.endpoint);
     let remote = format!(
         "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"roles/\"\n",
         proxy.url
@@ -156,7 +164,7 @@ async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
         .push_landed(
             "writer.bin",
             Named::Remote("writer"),
-            &sts_proxy.url,
+            Some(&sts_proxy.url),
             writer,
         )
         .await;
@@ -165,10 +173,11 @@ async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
     assert_eq!(asked[0].fault, Some(refused_once));
     let chained = Named::Environment("chained");
     scene
-        .push_landed("chained.bin", chained, &scene.sts.endpoint, second)
+        .push_landed("chained.bin", chained, None, second)
         .await;
 
-    let (output, _) = scene.push("forged.bin", Named::Remote("forged"), &scene.sts.endpoint);
+    let sts = Some(scene.sts.endpoint.as_str());
+    let (output, _) = scene.push("forged.bin", Named::Remote("forged"), sts);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::DeTable;
 
+use super::aws::{self, DEFAULT_REGION};
 use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
-use crate::upload::s3::credentials::RoleSource;
-use crate::upload::s3::profile::{assumed_role, profile_setting};
-use crate::upload::s3::sts::StsEndpoint;
+use crate::upload::s3::profile::SharedFiles;
 use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
 
 const NATIVE_KEYS: &[&str] = &[
@@ -39,21 +38,6 @@ const S3_KEYS: &[&str] = &[
     "acl",
     "ca_cert",
 ];
-/// The region of a remote that names none, when neither the environment nor the shared config
-/// file does.
-const DEFAULT_REGION: &str = "us-east-1";
-
-/// A setting a remote leaves out, as the AWS CLI finds it: the first of the environment
-/// variables `vars` that is set, else `key` of the profile in the shared config file; with
-/// where it came from.
-fn aws_setting(vars: &[&str], key: &str, profile: Option<&str>) -> Option<(String, String)> {
-    let env = |name: &str| std::env::var(name).ok();
-    let set = |name: &&str| Some((env(name).filter(|v| !v.is_empty())?, format!("${name}")));
-    vars.iter()
-        .find_map(set)
-        .or_else(|| profile_setting(profile, key, env))
-}
-
 /// `value` as the remote gave it, else what `find` finds, with where it came from.
 fn or_found(
     value: Option<String>,
@@ -63,58 +47,6 @@ fn or_found(
         Some(value) => (Some(value), None),
         None => find().map_or((None, None), |(value, from)| (Some(value), Some(from))),
     }
-}
-
-/// The endpoint of `service` (`S3`, `STS`) for a remote that names none:
-/// `$AWS_ENDPOINT_URL_<service>`, `$AWS_ENDPOINT_URL`, the profile's `endpoint_url`, unless
-/// `$AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is true; else AWS's own.
-fn default_endpoint(service: &str, profile: Option<&str>) -> Option<(String, String)> {
-    let ignored = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS");
-    if ignored.is_ok_and(|value| value.eq_ignore_ascii_case("true")) {
-        return None;
-    }
-    let service_var = format!("AWS_ENDPOINT_URL_{service}");
-    let vars = [service_var.as_str(), "AWS_ENDPOINT_URL"];
-    aws_setting(&vars, "endpoint_url", profile)
-}
-
-/// `credentials`, or the role its profile assumes, with the STS endpoint the AWS CLI would call.
-fn with_role(
-    credentials: CredentialSource,
-    region: &str,
-) -> Result<CredentialSource, (&'static str, String)> {
-    let (profile, environment_first) = match &credentials {
-        CredentialSource::Profile(name) => (Some(name.as_str()), false),
-        CredentialSource::Chain => (None, true),
-        _ => return Ok(credentials),
-    };
-    let key = if environment_first { "" } else { "profile" };
-    let role = match assumed_role(profile, |name| std::env::var(name).ok()) {
-        Ok(None) => return Ok(credentials),
-        Ok(Some(role)) => role,
-        Err(message) => return Err((key, message)),
-    };
-    let (sts, sts_source) = match default_endpoint("STS", profile) {
-        None => (StsEndpoint::aws(region), None),
-        Some((url, from)) => match url::Url::parse(&url) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
-                let region = region.to_string();
-                (StsEndpoint { url, region }, Some(from))
-            }
-            _ => {
-                return Err((
-                    key,
-                    format!("the STS endpoint {url:?} (from {from}) is not an http(s) URL"),
-                ));
-            }
-        },
-    };
-    Ok(CredentialSource::Role(Box::new(RoleSource {
-        role,
-        sts,
-        sts_source,
-        environment_first,
-    })))
 }
 
 impl Reader<'_> {
@@ -231,13 +163,15 @@ impl Reader<'_> {
             Some(CredentialSource::Profile(name)) => Some(name.as_str()),
             _ => None,
         };
+        let files = self.shared_files(path, table, credentials.as_ref())?;
         let endpoint = self.get::<String>(path, table, "endpoint");
-        let (endpoint, endpoint_source) = or_found(endpoint, || default_endpoint("S3", profile));
+        let (endpoint, endpoint_source) =
+            or_found(endpoint, || aws::endpoint(&files, "s3", profile));
         let region = self.get::<String>(path, table, "region");
-        let regions = ["AWS_REGION", "AWS_DEFAULT_REGION"];
-        let (region, region_source) = or_found(region, || aws_setting(&regions, "region", profile));
+        let (region, region_source) = or_found(region, || aws::region(&files, profile));
         let region = region.unwrap_or_else(|| DEFAULT_REGION.into());
-        let credentials = credentials.and_then(|found| self.role(path, table, found, &region));
+        let credentials =
+            credentials.and_then(|found| self.role(path, table, &files, found, &region));
         let config = S3Config {
             endpoint,
             endpoint_source,
@@ -259,16 +193,50 @@ impl Reader<'_> {
             acl: self.get_as(path, table, "acl", canned_acl),
             ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,
         };
-        if let Err(message) = config.bucket_url() {
-            let (key, message) = match &config.endpoint_source {
-                Some(source) => ("endpoint", format!("{message} (from {source})")),
-                None if table.contains_key("endpoint") => ("endpoint", message),
-                None => ("bucket", message),
-            };
-            self.problem(join(path, key), table.get(key).map(Spanned::span), message);
-            return None;
-        }
+        self.bucket_url_problem(path, table, &config)?;
         Some(RemoteConfig::S3(Box::new(config)))
+    }
+
+    /// `None` when the bucket and endpoint make no URL (a problem is recorded on the key that
+    /// is wrong, with where the endpoint came from).
+    fn bucket_url_problem(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        config: &S3Config,
+    ) -> Option<()> {
+        let Err(message) = config.bucket_url() else {
+            return Some(());
+        };
+        let (key, message) = match &config.endpoint_source {
+            Some(source) => ("endpoint", format!("{message} (from {source})")),
+            None if table.contains_key("endpoint") => ("endpoint", message),
+            None => ("bucket", message),
+        };
+        self.problem(join(path, key), table.get(key).map(Spanned::span), message);
+        None
+    }
+
+    /// The AWS shared files, read when the remote leaves out something they may give (its
+    /// endpoint, region or keys); `None` when they do not parse (a problem is recorded).
+    fn shared_files(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        credentials: Option<&CredentialSource>,
+    ) -> Option<SharedFiles> {
+        let keys_given = matches!(credentials, Some(CredentialSource::Keys { .. }));
+        if keys_given && table.contains_key("endpoint") && table.contains_key("region") {
+            return Some(SharedFiles::none());
+        }
+        match SharedFiles::read(|name| std::env::var(name).ok()) {
+            Ok(files) => Some(files),
+            Err(error) => {
+                let message = format!("the AWS shared files are needed and unreadable: {error}");
+                self.problem(path, None, message);
+                None
+            }
+        }
     }
 
     /// `credentials`, or the role its profile assumes; `None` when that cannot be resolved (a
@@ -277,10 +245,11 @@ impl Reader<'_> {
         &mut self,
         path: &str,
         table: &DeTable<'_>,
+        files: &SharedFiles,
         credentials: CredentialSource,
         region: &str,
     ) -> Option<CredentialSource> {
-        match with_role(credentials, region) {
+        match aws::with_role(files, credentials, region) {
             Ok(credentials) => Some(credentials),
             Err((key, message)) => {
                 let at = match key {

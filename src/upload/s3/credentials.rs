@@ -13,7 +13,7 @@ use reqsign_aws_core::{DefaultCredentialProvider, StaticCredentialProvider};
 use reqsign_core::{Context, OsEnv, ProvideCredential};
 use tokio::sync::Mutex;
 
-use super::profile::AssumeRole;
+use super::role::AssumeRole;
 use super::sts::{AssumeRoleProvider, EnvironmentFirst, Provider, StsEndpoint, profile_provider};
 use crate::upload::http::CaCert;
 

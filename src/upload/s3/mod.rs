@@ -20,6 +20,7 @@ pub mod credentials;
 mod encryption;
 pub mod profile;
 mod request;
+pub mod role;
 pub mod sts;
 mod xml;
 

@@ -15,7 +15,7 @@ use reqsign_core::{Context, Error, ProvideCredential, ProvideCredentialDyn, Sign
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::profile::{AssumeRole, RoleSource};
+use super::role::{AssumeRole, RoleSource};
 
 /// Where STS is and the region its calls are signed for.
 #[derive(Debug, Clone, PartialEq, Eq)]
