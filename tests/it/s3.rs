@@ -972,7 +972,8 @@ fn shown_endpoint(config: &Path, vars: &[Var]) -> Option<String> {
 
 /// Keys from a `credential_process` (what aws-vault and the password managers' CLIs print):
 /// s3s-fs checks signatures, so a push lands only signed with the keys the process printed,
-/// through a remote's `profile` and through the default chain's `$AWS_PROFILE` alike.
+/// through a remote's `profile` and through the default chain's `$AWS_PROFILE` alike; the
+/// command's quoted argument is one word, as the AWS CLI splits it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_a_credential_process_sign_the_uploads() {
     let server = S3Server::start(Flavor::S3sFs).await;
@@ -1012,8 +1013,35 @@ async fn keys_from_a_credential_process_sign_the_uploads() {
     }
 }
 
+/// A `credential_process` that fails: its own words reach the user, who would otherwise see
+/// only that no keys were found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_process_that_fails_is_reported_in_its_own_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let aws_config = vault_profile(dir.path());
+    let remote = "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\n\
+                  bucket = \"ferry-test\"\nprofile = \"locked\"\n";
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, remote).unwrap();
+    let local = dir.path().join("file.bin");
+    random_file(&local, 1000, 51);
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    let output = command
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let said = "cannot load S3 credentials from profile \"locked\": credential process failed";
+    assert!(
+        stderr.contains(said) && stderr.contains("the vault is locked"),
+        "{stderr}"
+    );
+}
+
 /// An AWS shared config file in `dir` whose profile `vault` gets the test keys from a
-/// `credential_process`.
+/// `credential_process` with a quoted argument, and whose profile `locked` has one that fails.
 fn vault_profile(dir: &Path) -> PathBuf {
     let script = dir.join("keys.sh");
     let json = format!(
@@ -1022,9 +1050,15 @@ fn vault_profile(dir: &Path) -> PathBuf {
     std::fs::write(&script, format!("#!/bin/sh\necho '{json}'\n")).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let aws_config = dir.join("aws-config");
+    let locked = dir.join("locked.sh");
+    let refusal = "#!/bin/sh\necho 'the vault is locked' >&2\nexit 3\n";
+    std::fs::write(&locked, refusal).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     let profile = format!(
-        "[profile vault]\ncredential_process = {}\n",
-        script.display()
+        "[profile vault]\ncredential_process = /bin/sh -c \"exec {}\"\n\
+         [profile locked]\ncredential_process = {}\n",
+        script.display(),
+        locked.display()
     );
     std::fs::write(&aws_config, profile).unwrap();
     aws_config

@@ -13,8 +13,9 @@ use reqsign_aws_core::{DefaultCredentialProvider, StaticCredentialProvider};
 use reqsign_core::{Context, OsEnv, ProvideCredential};
 use tokio::sync::Mutex;
 
+use super::keys::{EnvironmentFirst, NamedProfile, Provider, role_provider};
 use super::role::AssumeRole;
-use super::sts::{AssumeRoleProvider, EnvironmentFirst, Provider, StsEndpoint, profile_provider};
+use super::sts::StsEndpoint;
 use crate::upload::http::CaCert;
 
 /// Temporary keys are replaced this long before they expire.
@@ -120,7 +121,7 @@ impl Credentials {
             .map_err(|error| format!("cannot build the credential client: {error}"))?;
         let context = Context::new()
             .with_file_read(FileRead)
-            .with_command_execute(reqsign_command_execute_tokio::TokioCommandExecute)
+            .with_command_execute(super::keys::ProcessRunner)
             .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
             .with_env(OsEnv);
         Ok(Credentials {
@@ -145,7 +146,9 @@ impl Credentials {
             .provide_credential(&self.context)
             .await
             .map_err(|error| NoKeys {
-                message: format!("cannot load S3 credentials from {}: {error}", self.describe),
+                message: format!("cannot load S3 credentials from {}: {error}", self.describe)
+                    .trim_end()
+                    .to_string(),
                 retryable: error.is_retryable(),
             })?;
         let Some(credential) = found else {
@@ -187,10 +190,10 @@ fn provider(context: &Context, source: &CredentialSource) -> Provider {
             access_key_id,
             secret_access_key,
         )),
-        CredentialSource::Profile(name) => Arc::new(profile_provider(name)),
+        CredentialSource::Profile(name) => Arc::new(NamedProfile(name.clone())),
         CredentialSource::Chain => Arc::new(DefaultCredentialProvider::new()),
         CredentialSource::Role(source) => {
-            let role = Arc::new(AssumeRoleProvider::new(context, &source.role, &source.sts));
+            let role = role_provider(context, &source.role, &source.sts);
             match source.environment_first {
                 true => Arc::new(EnvironmentFirst(role)),
                 false => role,

@@ -8,6 +8,17 @@ use std::path::PathBuf;
 
 use ini::Ini;
 
+/// Where a profile's keys come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeysIn {
+    /// An SSO session (`sso_session`, or the legacy `sso_start_url`).
+    Sso,
+    /// `aws_access_key_id` with its secret.
+    Keys,
+    /// `credential_process`.
+    Process,
+}
+
 /// Both shared files, parsed (a file that is not there is empty), and the profile used when a
 /// remote names none.
 pub struct SharedFiles {
@@ -76,6 +87,22 @@ impl SharedFiles {
             Some((url, from))
         });
         own.or_else(|| self.setting(profile, "endpoint_url"))
+    }
+
+    /// How `profile` holds its keys, in the AWS CLI's order: an SSO session, keys in the
+    /// credentials file, a `credential_process`, else keys in the config file (or none).
+    pub fn keys_in(&self, profile: &str) -> KeysIn {
+        let credentials = self.credentials.0.section(Some(profile));
+        let sso = ["sso_session", "sso_start_url"];
+        if sso.iter().any(|key| self.get(profile, key).is_some()) {
+            KeysIn::Sso
+        } else if credentials.is_some_and(|section| section.contains_key("aws_access_key_id")) {
+            KeysIn::Keys
+        } else if self.get(profile, "credential_process").is_some() {
+            KeysIn::Process
+        } else {
+            KeysIn::Keys
+        }
     }
 
     /// `key` of `profile`: the credentials file's `[NAME]` first, as the AWS CLI merges them.
@@ -199,6 +226,28 @@ mod tests {
             let (found, source) = files.endpoint(Some(profile), service).unwrap();
             assert_eq!(found, url, "{profile} {service}");
             assert!(source.starts_with(from), "{profile} {service}: {source}");
+        }
+    }
+
+    #[test]
+    fn a_profiles_keys_are_fetched_the_way_it_holds_them() {
+        let config = "[profile sso]\nsso_session = corp\nsso_account_id = 1\n\
+                      [profile legacy-sso]\nsso_start_url = https://x\n\
+                      [profile vault]\ncredential_process = aws-vault export x\n\
+                      [profile both]\ncredential_process = aws-vault export y\n\
+                      [profile in-config]\naws_access_key_id = AKIA\n";
+        let credentials = "[both]\naws_access_key_id = AKIB\naws_secret_access_key = s\n";
+        let files = files_of(config, credentials, None);
+        let cases = [
+            ("sso", KeysIn::Sso),
+            ("legacy-sso", KeysIn::Sso),
+            ("vault", KeysIn::Process),
+            ("both", KeysIn::Keys),
+            ("in-config", KeysIn::Keys),
+            ("absent", KeysIn::Keys),
+        ];
+        for (profile, expected) in cases {
+            assert_eq!(files.keys_in(profile), expected, "{profile}");
         }
     }
 

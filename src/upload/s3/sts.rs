@@ -4,18 +4,13 @@
 //! sends the call to `$AWS_ENDPOINT_URL_STS` (MinIO and Ceph serve STS beside S3), so the call
 //! is built here and signed by reqsign's SigV4.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use reqsign_aws_core::{
-    Credential, DefaultCredentialProvider, ECSCredentialProvider, EnvCredentialProvider,
-    IMDSv2CredentialProvider,
-};
-use reqsign_core::{Context, Error, ProvideCredential, ProvideCredentialDyn, Signer};
+use reqsign_aws_core::Credential;
+use reqsign_core::{Context, Error, ProvideCredential, Signer};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::role::{AssumeRole, RoleSource};
+use super::role::AssumeRole;
 
 /// Where STS is and the region its calls are signed for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,18 +34,6 @@ impl StsEndpoint {
     }
 }
 
-/// The keys of one profile, as the AWS CLI's `--profile` takes them: its keys, its SSO session
-/// or its `credential_process`, never the environment's keys or a machine role.
-pub fn profile_provider(name: &str) -> DefaultCredentialProvider {
-    DefaultCredentialProvider::builder()
-        .with_profile(name.to_string())
-        .no_env()
-        .no_web_identity()
-        .no_ecs()
-        .no_imds()
-        .build()
-}
-
 /// Asks STS for a role's keys; reqsign's signer above it caches them until they expire.
 pub struct AssumeRoleProvider {
     role: AssumeRole,
@@ -67,9 +50,15 @@ impl std::fmt::Debug for AssumeRoleProvider {
 }
 
 impl AssumeRoleProvider {
-    pub fn new(context: &Context, role: &AssumeRole, sts: &StsEndpoint) -> AssumeRoleProvider {
+    /// `role` assumed at `sts` with the keys of `source`.
+    pub fn new(
+        context: &Context,
+        role: &AssumeRole,
+        sts: &StsEndpoint,
+        source: impl ProvideCredential<Credential = Credential>,
+    ) -> AssumeRoleProvider {
         let signer = reqsign_aws_v4::RequestSigner::new("sts", &sts.region);
-        let source = Signer::new(context.clone(), source_provider(context, role, sts), signer);
+        let source = Signer::new(context.clone(), source, signer);
         AssumeRoleProvider {
             role: role.clone(),
             sts: sts.clone(),
@@ -97,41 +86,6 @@ impl AssumeRoleProvider {
             .header("x-amz-content-sha256", hash)
             .body(Bytes::from(body))
             .map_err(|_| Error::config_invalid(format!("bad STS endpoint {}", self.sts.url)))
-    }
-}
-
-/// A provider of keys, whose errors reach the user (reqsign's chain logs and drops them).
-pub type Provider = Arc<dyn ProvideCredentialDyn<Credential = Credential>>;
-
-/// The keys that ask for `role`'s.
-fn source_provider(context: &Context, role: &AssumeRole, sts: &StsEndpoint) -> Provider {
-    match &role.source {
-        RoleSource::Profile(name) => Arc::new(profile_provider(name)),
-        RoleSource::Role(inner) => Arc::new(AssumeRoleProvider::new(context, inner, sts)),
-        RoleSource::Environment => Arc::new(EnvCredentialProvider::new()),
-        RoleSource::Ec2InstanceMetadata => Arc::new(IMDSv2CredentialProvider::new()),
-        RoleSource::EcsContainer => Arc::new(ECSCredentialProvider::new()),
-    }
-}
-
-/// The environment's keys when it has them, else `then`'s: a role in the default chain.
-#[derive(Debug)]
-pub struct EnvironmentFirst(pub Provider);
-
-impl ProvideCredential for EnvironmentFirst {
-    type Credential = Credential;
-
-    async fn provide_credential(
-        &self,
-        context: &Context,
-    ) -> reqsign_core::Result<Option<Credential>> {
-        match EnvCredentialProvider::new()
-            .provide_credential(context)
-            .await?
-        {
-            Some(keys) => Ok(Some(keys)),
-            None => self.0.provide_credential(context).await,
-        }
     }
 }
 
@@ -280,13 +234,14 @@ mod tests {
             session_name: "ferry".into(),
             external_id: Some("ext 1".into()),
             duration_seconds: Some(900),
-            source: RoleSource::Environment,
+            source: crate::upload::s3::role::RoleSource::Environment,
         };
         let sts = StsEndpoint {
             url: "http://127.0.0.1:5000/".into(),
             region: "eu-west-1".into(),
         };
-        let provider = AssumeRoleProvider::new(&Context::new(), &role, &sts);
+        let keys = reqsign_aws_core::EnvCredentialProvider::new();
+        let provider = AssumeRoleProvider::new(&Context::new(), &role, &sts, keys);
         let request = provider.request().unwrap();
         assert_eq!(request.method(), "POST");
         assert_eq!(request.uri().to_string(), "http://127.0.0.1:5000/");
