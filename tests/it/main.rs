@@ -13,7 +13,7 @@ mod ownership;
 mod protocol;
 mod receiver_guards;
 mod s3;
-mod s3_roles;
+mod s3_keys;
 mod service;
 mod support;
 mod upload;

@@ -3,7 +3,6 @@
 //! signatures on s3s-fs (moto accepts any), missing buckets and ListMultipartUploads on moto
 //! (s3s-fs creates buckets on demand and has no listing).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use ferry::upload::{ChunkSize, Progress, S3Backend, UploadJob, UploadSettings};
 use crate::support::daemon::Setup;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::garage::{self, Garage};
-use crate::support::s3::{ACCESS_KEY, BUCKET, Flavor, S3Server, SECRET_KEY};
+use crate::support::s3::{Flavor, S3Server, SECRET_KEY};
 use crate::support::{Engine, MIB, exit_within, ferry_bin, random_file, wait_until};
 
 const BOTH: [Flavor; 2] = [Flavor::Moto, Flavor::S3sFs];
@@ -968,100 +967,6 @@ fn shown_endpoint(config: &Path, vars: &[Var]) -> Option<String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().find(|line| line.starts_with("endpoint = "));
     line.map(str::to_string)
-}
-
-/// Keys from a `credential_process` (what aws-vault and the password managers' CLIs print):
-/// s3s-fs checks signatures, so a push lands only signed with the keys the process printed,
-/// through a remote's `profile` and through the default chain's `$AWS_PROFILE` alike; the
-/// command's quoted argument is one word, as the AWS CLI splits it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_from_a_credential_process_sign_the_uploads() {
-    let server = S3Server::start(Flavor::S3sFs).await;
-    let dir = tempfile::tempdir().unwrap();
-    let aws_config = vault_profile(dir.path());
-    let remote = format!(
-        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"pushed/\"\n",
-        server.endpoint
-    );
-    for (name, named, chosen) in [
-        ("named.bin", "profile = \"vault\"\n", None),
-        ("chained.bin", "", Some("vault")),
-    ] {
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, format!("{remote}{named}")).unwrap();
-        let local = dir.path().join(name);
-        random_file(&local, 1000, 50);
-        let mut command = push(&config, &dir.path().join("data"), &local);
-        command
-            .env("AWS_CONFIG_FILE", &aws_config)
-            .env("HOME", dir.path());
-        for key in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-        ] {
-            command.env_remove(key);
-        }
-        if let Some(profile) = chosen {
-            command.env("AWS_PROFILE", profile);
-        }
-        let output = command.output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{name}: {stderr}");
-        assert_stored(&server, &format!("pushed/{name}"), &local, name).await;
-    }
-}
-
-/// A `credential_process` that fails: its own words reach the user, who would otherwise see
-/// only that no keys were found.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_credential_process_that_fails_is_reported_in_its_own_words() {
-    let dir = tempfile::tempdir().unwrap();
-    let aws_config = vault_profile(dir.path());
-    let remote = "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\n\
-                  bucket = \"ferry-test\"\nprofile = \"locked\"\n";
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, remote).unwrap();
-    let local = dir.path().join("file.bin");
-    random_file(&local, 1000, 51);
-    let mut command = push(&config, &dir.path().join("data"), &local);
-    let output = command
-        .env("AWS_CONFIG_FILE", &aws_config)
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    let said = "cannot load S3 credentials from profile \"locked\": credential process failed";
-    assert!(
-        stderr.contains(said) && stderr.contains("the vault is locked"),
-        "{stderr}"
-    );
-}
-
-/// An AWS shared config file in `dir` whose profile `vault` gets the test keys from a
-/// `credential_process` with a quoted argument, and whose profile `locked` has one that fails.
-fn vault_profile(dir: &Path) -> PathBuf {
-    let script = dir.join("keys.sh");
-    let json = format!(
-        r#"{{"Version": 1, "AccessKeyId": "{ACCESS_KEY}", "SecretAccessKey": "{SECRET_KEY}"}}"#
-    );
-    std::fs::write(&script, format!("#!/bin/sh\necho '{json}'\n")).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let aws_config = dir.join("aws-config");
-    let locked = dir.join("locked.sh");
-    let refusal = "#!/bin/sh\necho 'the vault is locked' >&2\nexit 3\n";
-    std::fs::write(&locked, refusal).unwrap();
-    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let profile = format!(
-        "[profile vault]\ncredential_process = /bin/sh -c \"exec {}\"\n\
-         [profile locked]\ncredential_process = {}\n",
-        script.display(),
-        locked.display()
-    );
-    std::fs::write(&aws_config, profile).unwrap();
-    aws_config
 }
 
 /// `checksum = "md5"` (servers without flexible checksums): every part and PutObject carries

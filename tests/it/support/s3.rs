@@ -27,6 +27,8 @@ pub enum Flavor {
 /// A running S3 server with the test bucket; killed when dropped.
 pub struct S3Server {
     pub endpoint: String,
+    /// The key id and secret s3s-fs takes (moto takes any).
+    keys: (String, String),
     child: Child,
     /// s3s-fs's folder; moto keeps everything in memory.
     _dir: tempfile::TempDir,
@@ -34,14 +36,21 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start(flavor: Flavor) -> S3Server {
+        S3Server::start_with_keys(flavor, ACCESS_KEY, SECRET_KEY).await
+    }
+
+    /// A server whose one key is `key_id` with `secret` (s3s-fs checks it; moto takes any).
+    pub async fn start_with_keys(flavor: Flavor, key_id: &str, secret: &str) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
+        let keys = (key_id.to_string(), secret.to_string());
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(flavor, port, dir.path());
+            let mut child = spawn(flavor, port, dir.path(), &keys);
             let endpoint = format!("http://127.0.0.1:{port}");
             if wait_listening(&mut child, port).await {
                 let server = S3Server {
                     endpoint,
+                    keys,
                     child,
                     _dir: dir,
                 };
@@ -89,13 +98,13 @@ impl S3Server {
         Bucket::new(url, UrlStyle::Path, name.to_string(), "us-east-1").unwrap()
     }
 
-    fn keys() -> Credentials {
-        Credentials::new(ACCESS_KEY, SECRET_KEY)
+    fn keys(&self) -> Credentials {
+        Credentials::new(&self.keys.0, &self.keys.1)
     }
 
     async fn create_bucket(&self, name: &str) {
         let bucket = self.bucket(name);
-        let keys = Self::keys();
+        let keys = self.keys();
         let url = rusty_s3::actions::CreateBucket::new(&bucket, &keys).sign(SIGNED_FOR);
         let request = client().put(url).header("content-length", "0");
         let response = request.send().await.unwrap();
@@ -109,7 +118,7 @@ impl S3Server {
     /// The object's bytes, read through the server; `None` if it is not there.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let bucket = self.bucket(BUCKET);
-        let keys = Self::keys();
+        let keys = self.keys();
         let url = rusty_s3::actions::GetObject::new(&bucket, Some(&keys), key).sign(SIGNED_FOR);
         let response = client().get(url).send().await.unwrap();
         match response.status().as_u16() {
@@ -123,7 +132,7 @@ impl S3Server {
     pub async fn acl(&self, key: &str) -> String {
         use rusty_s3::S3Action as _;
         let bucket = self.bucket(BUCKET);
-        let keys = Self::keys();
+        let keys = self.keys();
         let mut action = rusty_s3::actions::GetObject::new(&bucket, Some(&keys), key);
         action.query_mut().insert("acl", "");
         let response = client().get(action.sign(SIGNED_FOR)).send().await.unwrap();
@@ -138,7 +147,7 @@ impl S3Server {
     /// The object's headers (HEAD), read through the server.
     pub async fn head(&self, key: &str) -> reqwest::header::HeaderMap {
         let bucket = self.bucket(BUCKET);
-        let keys = Self::keys();
+        let keys = self.keys();
         let url = rusty_s3::actions::HeadObject::new(&bucket, Some(&keys), key).sign(SIGNED_FOR);
         let response = client().head(url).send().await.unwrap();
         assert!(
@@ -152,7 +161,7 @@ impl S3Server {
     /// Aborts a multipart upload behind Ferry's back.
     pub async fn abort(&self, key: &str, upload_id: &str) {
         let bucket = self.bucket(BUCKET);
-        let keys = Self::keys();
+        let keys = self.keys();
         let action =
             rusty_s3::actions::AbortMultipartUpload::new(&bucket, Some(&keys), key, upload_id);
         let response = client()
@@ -259,7 +268,7 @@ impl Drop for S3Server {
     }
 }
 
-fn spawn(flavor: Flavor, port: u16, dir: &Path) -> Child {
+fn spawn(flavor: Flavor, port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Child {
     let mut command = match flavor {
         Flavor::Moto => {
             let mut command = Command::new("moto_server");
@@ -270,7 +279,7 @@ fn spawn(flavor: Flavor, port: u16, dir: &Path) -> Child {
             let mut command = Command::new("s3s-fs");
             let port = port.to_string();
             command.args(["--host", "127.0.0.1", "--port", &port]);
-            command.args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY]);
+            command.args(["--access-key", key_id, "--secret-key", secret]);
             command.arg(dir);
             command
         }

@@ -1,15 +1,17 @@
-//! Profiles that assume a role, as the AWS CLI's: STS is moto's, with its checks on (it verifies
-//! the signature of every AssumeRole call against the keys of the user or role it names, and
-//! that they may assume the role), and the uploads go to another moto through a proxy that
-//! shows which keys signed them.
+//! S3 keys from where the AWS CLI finds them, besides a secret file: a `credential_process`
+//! (s3s-fs checks the signatures), a container's credentials endpoint, and profiles that assume
+//! a role. For roles STS is moto's, with its checks on (it verifies the signature of every
+//! AssumeRole call against the keys of the user or role it names, and that they may assume the
+//! role), and the uploads go to another moto through a proxy that shows which keys signed them.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::s3::{assert_stored, push};
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::random_file;
-use crate::support::s3::{BUCKET, Flavor, IamAccount, S3Server};
+use crate::support::s3::{ACCESS_KEY, BUCKET, Flavor, IamAccount, S3Server, SECRET_KEY};
 
 /// The shared files: `writer` assumes the first role with the user's keys (in the credentials
 /// file), `chained` the second with `writer`'s, its STS named in its `services` section, and
@@ -184,4 +186,135 @@ async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
         stderr.contains("STS refused to assume") && stderr.contains("SignatureDoesNotMatch"),
         "{stderr}"
     );
+}
+
+/// Keys from a `credential_process` (what aws-vault and the password managers' CLIs print):
+/// s3s-fs checks signatures, so a push lands only signed with the keys the process printed,
+/// through a remote's `profile` and through the default chain's `$AWS_PROFILE` alike; the
+/// command's quoted argument is one word, as the AWS CLI splits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_credential_process_sign_the_uploads() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let aws_config = vault_profile(dir.path());
+    let remote = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"pushed/\"\n",
+        server.endpoint
+    );
+    for (name, named, chosen) in [
+        ("named.bin", "profile = \"vault\"\n", None),
+        ("chained.bin", "", Some("vault")),
+    ] {
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("{remote}{named}")).unwrap();
+        let local = dir.path().join(name);
+        random_file(&local, 1000, 50);
+        let mut command = push(&config, &dir.path().join("data"), &local);
+        command
+            .env("AWS_CONFIG_FILE", &aws_config)
+            .env("HOME", dir.path());
+        for key in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ] {
+            command.env_remove(key);
+        }
+        if let Some(profile) = chosen {
+            command.env("AWS_PROFILE", profile);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name}: {stderr}");
+        assert_stored(&server, &format!("pushed/{name}"), &local, name).await;
+    }
+}
+
+/// A `credential_process` that fails: its own words reach the user, who would otherwise see
+/// only that no keys were found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_process_that_fails_is_reported_in_its_own_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let aws_config = vault_profile(dir.path());
+    let remote = "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\n\
+                  bucket = \"ferry-test\"\nprofile = \"locked\"\n";
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, remote).unwrap();
+    let local = dir.path().join("file.bin");
+    random_file(&local, 1000, 51);
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    let output = command
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let said = "cannot load S3 credentials from profile \"locked\": credential process failed";
+    assert!(
+        stderr.contains(said) && stderr.contains("the vault is locked"),
+        "{stderr}"
+    );
+}
+
+/// An AWS shared config file in `dir` whose profile `vault` gets the test keys from a
+/// `credential_process` with a quoted argument, and whose profile `locked` has one that fails.
+fn vault_profile(dir: &Path) -> PathBuf {
+    let script = dir.join("keys.sh");
+    let json = format!(
+        r#"{{"Version": 1, "AccessKeyId": "{ACCESS_KEY}", "SecretAccessKey": "{SECRET_KEY}"}}"#
+    );
+    std::fs::write(&script, format!("#!/bin/sh\necho '{json}'\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let aws_config = dir.join("aws-config");
+    let locked = dir.join("locked.sh");
+    let refusal = "#!/bin/sh\necho 'the vault is locked' >&2\nexit 3\n";
+    std::fs::write(&locked, refusal).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let profile = format!(
+        "[profile vault]\ncredential_process = /bin/sh -c \"exec {}\"\n\
+         [profile locked]\ncredential_process = {}\n",
+        script.display(),
+        locked.display()
+    );
+    std::fs::write(&aws_config, profile).unwrap();
+    aws_config
+}
+
+/// The keys of a container's task role, from the endpoint `$AWS_CONTAINER_CREDENTIALS_FULL_URI`
+/// names (ECS on Fargate, EKS Pod Identity): through the default chain, the push lands in an
+/// s3s-fs that takes only those keys. moto serves the endpoint: its EC2 metadata service
+/// answers in the containers' format (its instance role, without the `Code` field of EC2's
+/// own, which reqsign requires there, so EC2 metadata itself cannot be tried against it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
+    let moto = S3Server::start(Flavor::Moto).await;
+    let role = format!(
+        "{}/latest/meta-data/iam/security-credentials/default-role",
+        moto.endpoint
+    );
+    let served: serde_json::Value = reqwest::get(&role).await.unwrap().json().await.unwrap();
+    let (key_id, secret) = (
+        served["AccessKeyId"].as_str().unwrap(),
+        served["SecretAccessKey"].as_str().unwrap(),
+    );
+    let server = S3Server::start_with_keys(Flavor::S3sFs, key_id, secret).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let remote = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n",
+        server.endpoint
+    );
+    std::fs::write(&config, remote).unwrap();
+    let local = dir.path().join("task.bin");
+    random_file(&local, 6 * 1024 * 1024, 61);
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    with_aws_files(&mut command, dir.path(), None)
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &role)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9");
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_stored(&server, "task.bin", &local, "task.bin").await;
 }
