@@ -45,6 +45,8 @@ fn with_aws_files<'a>(command: &'a mut Command, dir: &Path, sts: Option<&str>) -
         "AWS_PROFILE",
         "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_STS",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
     ] {
         command.env_remove(key);
     }
@@ -76,9 +78,11 @@ fn signing_keys(proxy: &FaultProxy, mark: usize) -> Vec<String> {
 }
 
 /// How a push names its profile: as the remote's `profile`, or as `$AWS_PROFILE`.
+/// Or neither, with a web identity in the environment: the role and the token's file.
 enum Named {
     Remote(&'static str),
     Environment(&'static str),
+    WebIdentity(&'static str, PathBuf),
 }
 
 /// The servers, and the remote's table, of one test.
@@ -91,13 +95,33 @@ struct Scene {
 }
 
 impl Scene {
+    /// A moto for the uploads behind a proxy, beside `sts`, and a remote on it (prefix
+    /// `roles/`, no keys).
+    async fn start(sts: S3Server) -> Scene {
+        let server = S3Server::start(Flavor::Moto).await;
+        let proxy = crate::s3::proxy_before(&server).await;
+        let remote = format!(
+            "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"roles/\"\n",
+            proxy.url
+        );
+        let dir = tempfile::tempdir().unwrap();
+        Scene {
+            dir,
+            sts,
+            server,
+            proxy,
+            remote,
+        }
+    }
+
     /// `ferry push` of a 7 MiB file `name` (a multipart upload), STS at `sts`.
     fn push(&self, name: &str, named: Named, sts: Option<&str>) -> (std::process::Output, PathBuf) {
         let dir = self.dir.path();
         let config = dir.join(format!("{name}.toml"));
-        let (profile, chosen) = match named {
-            Named::Remote(name) => (format!("profile = \"{name}\"\n"), None),
-            Named::Environment(name) => (String::new(), Some(name)),
+        let (profile, chosen, web_identity) = match named {
+            Named::Remote(name) => (format!("profile = \"{name}\"\n"), None, None),
+            Named::Environment(name) => (String::new(), Some(name), None),
+            Named::WebIdentity(role, token) => (String::new(), None, Some((role, token))),
         };
         std::fs::write(&config, format!("{}{profile}", self.remote)).unwrap();
         let local = dir.join(name);
@@ -106,6 +130,11 @@ impl Scene {
         with_aws_files(&mut command, dir, sts);
         if let Some(profile) = chosen {
             command.env("AWS_PROFILE", profile);
+        }
+        if let Some((role, token)) = web_identity {
+            command
+                .env("AWS_ROLE_ARN", role)
+                .env("AWS_WEB_IDENTITY_TOKEN_FILE", token);
         }
         (command.output().unwrap(), local)
     }
@@ -140,21 +169,8 @@ impl Scene {
 async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
     let sts = S3Server::start(Flavor::Moto).await;
     let account = sts.iam_account();
-    let server = S3Server::start(Flavor::Moto).await;
-    let proxy = crate::s3::proxy_before(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    shared_files(dir.path(), &account, &sts.endpoint);
-    let remote = format!(
-        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"roles/\"\n",
-        proxy.url
-    );
-    let scene = Scene {
-        dir,
-        sts,
-        server,
-        proxy,
-        remote,
-    };
+    let scene = Scene::start(sts).await;
+    shared_files(scene.dir.path(), &account, &scene.sts.endpoint);
     let refused_once = Fault::Unavailable {
         retry_after_secs: 1,
     };
@@ -280,6 +296,30 @@ fn vault_profile(dir: &Path) -> PathBuf {
     );
     std::fs::write(&aws_config, profile).unwrap();
     aws_config
+}
+
+/// EKS's IRSA through the default chain: `$AWS_ROLE_ARN` with the token in
+/// `$AWS_WEB_IDENTITY_TOKEN_FILE`, STS at `$AWS_ENDPOINT_URL_STS` (a moto, which takes any
+/// token): the push lands signed with the keys STS gave for that role, with their session
+/// token. A token file that is not there fails at once, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_identity_token_gets_the_keys_of_its_role() {
+    let scene = Scene::start(S3Server::start(Flavor::Moto).await).await;
+    let token = scene.dir.path().join("token");
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJl\n";
+    std::fs::write(&token, jwt).unwrap();
+    let role = "arn:aws:iam::123456789012:role/irsa-uploader";
+    let sts_url = Some(scene.sts.endpoint.as_str());
+    let named = Named::WebIdentity(role, token.clone());
+    scene.push_landed("pod.bin", named, sts_url, role).await;
+
+    let absent = token.with_file_name("absent");
+    let named = Named::WebIdentity(role, absent.clone());
+    let (output, _) = scene.push("pod2.bin", named, sts_url);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let said = format!("cannot read the web identity token {}", absent.display());
+    assert!(stderr.contains(&said), "{stderr}");
 }
 
 /// The keys of a container's task role, from the endpoint `$AWS_CONTAINER_CREDENTIALS_FULL_URI`

@@ -42,42 +42,50 @@ pub(super) fn endpoint(
 }
 
 /// `credentials`, or the role its profile assumes, with the STS endpoint the AWS CLI would
-/// call; an error is the remote's key it concerns ("" for the remote) and what is wrong.
-pub(super) fn with_role(
+/// call (for the default chain's web identity too); an error is the remote's key it concerns
+/// ("" for the remote) and what is wrong.
+pub(super) fn resolve_keys(
     files: &SharedFiles,
     credentials: CredentialSource,
     region: &str,
 ) -> Result<CredentialSource, (&'static str, String)> {
     let (profile, environment_first) = match &credentials {
         CredentialSource::Profile(name) => (Some(name.as_str()), false),
-        CredentialSource::Chain => (None, true),
+        CredentialSource::Chain(_) => (None, true),
         _ => return Ok(credentials),
     };
     let key = if environment_first { "" } else { "profile" };
-    let role = match files.assumed_role(profile) {
+    let sts = sts_endpoint(files, profile, region).map_err(|message| (key, message))?;
+    let source = match files.assumed_role(profile) {
+        Ok(None) if environment_first => return Ok(CredentialSource::Chain(Box::new(sts))),
         Ok(None) => return Ok(credentials),
-        Ok(Some(role)) => role,
+        Ok(Some(role)) => RoleSource {
+            role,
+            sts,
+            environment_first,
+        },
         Err(message) => return Err((key, message)),
     };
-    let (sts, sts_source) = match endpoint(files, "sts", profile) {
-        None => (StsEndpoint::aws(region), None),
-        Some((url, from)) => match url::Url::parse(&url) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
-                let region = region.to_string();
-                (StsEndpoint { url, region }, Some(from))
-            }
-            _ => {
-                let message =
-                    format!("the STS endpoint {url:?} (from {from}) is not an http(s) URL");
-                return Err((key, message));
-            }
-        },
-    };
-    let source = RoleSource {
-        role,
-        sts,
-        sts_source,
-        environment_first,
-    };
     Ok(CredentialSource::Role(Box::new(source)))
+}
+
+/// The STS the profile's calls go to: the one configured, else AWS's for `region`.
+fn sts_endpoint(
+    files: &SharedFiles,
+    profile: Option<&str>,
+    region: &str,
+) -> Result<StsEndpoint, String> {
+    let Some((url, from)) = endpoint(files, "sts", profile) else {
+        return Ok(StsEndpoint::aws(region));
+    };
+    match url::Url::parse(&url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(StsEndpoint {
+            url,
+            region: region.to_string(),
+            from: Some(from),
+        }),
+        _ => Err(format!(
+            "the STS endpoint {url:?} (from {from}) is not an http(s) URL"
+        )),
+    }
 }

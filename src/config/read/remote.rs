@@ -11,6 +11,7 @@ use super::{Reader, UPLOAD_KEYS, join};
 use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
 use crate::upload::s3::profile::SharedFiles;
+use crate::upload::s3::sts::StsEndpoint;
 use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
 
 const NATIVE_KEYS: &[&str] = &[
@@ -249,7 +250,7 @@ impl Reader<'_> {
         credentials: CredentialSource,
         region: &str,
     ) -> Option<CredentialSource> {
-        match aws::with_role(files, credentials, region) {
+        match aws::resolve_keys(files, credentials, region) {
             Ok(credentials) => Some(credentials),
             Err((key, message)) => {
                 let at = match key {
@@ -324,7 +325,10 @@ impl Reader<'_> {
         let key_id = self.get::<String>(path, table, "access_key_id");
         let secret_given = table.contains_key("secret_access_key_file");
         match (profile, key_id, secret_given) {
-            (None, None, false) => Some(CredentialSource::Chain),
+            // The chain's STS is found with the region, in `aws::resolve_keys`.
+            (None, None, false) => Some(CredentialSource::Chain(Box::new(StsEndpoint::aws(
+                DEFAULT_REGION,
+            )))),
             (Some(name), None, false) => Some(CredentialSource::Profile(name)),
             (None, Some(access_key_id), true) => {
                 let secret =

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqsign_aws_core::{DefaultCredentialProvider, StaticCredentialProvider};
+use reqsign_aws_core::StaticCredentialProvider;
 use reqsign_core::{Context, OsEnv, ProvideCredential};
 use tokio::sync::Mutex;
 
-use super::keys::{EnvironmentFirst, NamedProfile, Provider, role_provider};
+use super::keys::{EnvironmentFirst, NamedProfile, Provider, default_chain, role_provider};
 use super::role::AssumeRole;
 use super::sts::StsEndpoint;
 use crate::upload::http::CaCert;
@@ -34,8 +34,8 @@ pub enum CredentialSource {
     },
     /// `profile = "name"`: that profile of the shared files, and nothing else.
     Profile(String),
-    /// Neither: the AWS default chain.
-    Chain,
+    /// Neither: the AWS default chain, its web identity (IRSA) asking this STS.
+    Chain(Box<StsEndpoint>),
     /// The profile named, or the default chain's profile, assumes a role.
     Role(Box<RoleSource>),
 }
@@ -45,8 +45,6 @@ pub enum CredentialSource {
 pub struct RoleSource {
     pub role: AssumeRole,
     pub sts: StsEndpoint,
-    /// Where the STS endpoint came from, when not AWS's (`$AWS_ENDPOINT_URL_STS`, a profile).
-    pub sts_source: Option<String>,
     /// In the default chain, the environment's keys come first, as the AWS CLI takes them.
     pub environment_first: bool,
 }
@@ -60,7 +58,7 @@ impl std::fmt::Debug for CredentialSource {
                 .field("secret_access_key", &"<redacted>")
                 .finish(),
             CredentialSource::Profile(name) => f.debug_tuple("Profile").field(name).finish(),
-            CredentialSource::Chain => f.write_str("Chain"),
+            CredentialSource::Chain(sts) => f.debug_tuple("Chain").field(sts).finish(),
             CredentialSource::Role(role) => f.debug_tuple("Role").field(role).finish(),
         }
     }
@@ -74,18 +72,17 @@ impl CredentialSource {
                 format!("access key {access_key_id} (secret from its file)")
             }
             CredentialSource::Profile(name) => format!("profile {name:?}"),
-            CredentialSource::Chain => "the AWS default chain".to_string(),
+            CredentialSource::Chain(sts) => match &sts.from {
+                Some(_) => format!("the AWS default chain ({})", sts.describe()),
+                None => "the AWS default chain".to_string(),
+            },
             CredentialSource::Role(source) => {
                 let first = match source.environment_first {
                     true => "the environment's keys, else ",
                     false => "",
                 };
-                let sts = crate::redact::url(&source.sts.url);
-                let from = match &source.sts_source {
-                    Some(from) => format!(", from {from}"),
-                    None => String::new(),
-                };
-                format!("{first}{} (STS at {sts}{from})", source.role.describe())
+                let (role, sts) = (source.role.describe(), source.sts.describe());
+                format!("{first}{role} ({sts})")
             }
         }
     }
@@ -191,7 +188,7 @@ fn provider(context: &Context, source: &CredentialSource) -> Provider {
             secret_access_key,
         )),
         CredentialSource::Profile(name) => Arc::new(NamedProfile(name.clone())),
-        CredentialSource::Chain => Arc::new(DefaultCredentialProvider::new()),
+        CredentialSource::Chain(sts) => default_chain(sts),
         CredentialSource::Role(source) => {
             let role = role_provider(context, &source.role, &source.sts);
             match source.environment_first {

@@ -7,8 +7,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use reqsign_aws_core::{
-    Credential, ECSCredentialProvider, EnvCredentialProvider, IMDSv2CredentialProvider,
-    ProcessCredentialProvider, ProfileCredentialProvider, SSOCredentialProvider,
+    Credential, DefaultCredentialProvider, ECSCredentialProvider, EnvCredentialProvider,
+    IMDSv2CredentialProvider, ProcessCredentialProvider, ProfileCredentialProvider,
+    SSOCredentialProvider,
 };
 use reqsign_core::{
     CommandExecute, CommandOutput, Context, ProvideCredential, ProvideCredentialDyn,
@@ -16,7 +17,7 @@ use reqsign_core::{
 
 use super::profile::{KeysIn, SharedFiles};
 use super::role::{AssumeRole, RoleSource};
-use super::sts::{AssumeRoleProvider, StsEndpoint};
+use super::sts::{AssumeRoleProvider, StsEndpoint, WebIdentityProvider};
 
 /// A provider of keys.
 pub type Provider = Arc<dyn ProvideCredentialDyn<Credential = Credential>>;
@@ -70,6 +71,42 @@ pub fn role_provider(context: &Context, role: &AssumeRole, sts: &StsEndpoint) ->
         RoleSource::EcsContainer => Arc::new(ECSCredentialProvider::new()),
     };
     Arc::new(AssumeRoleProvider::new(context, role, sts, source))
+}
+
+/// The AWS default chain in the AWS CLI's order: the environment's keys, a web identity
+/// (asking `sts`, so `$AWS_ENDPOINT_URL_STS` is honoured and its refusal said), then reqsign's
+/// chain for the default profile's keys, SSO and process, a container's and an instance's role.
+pub fn default_chain(sts: &StsEndpoint) -> Provider {
+    let rest = DefaultCredentialProvider::builder()
+        .no_env()
+        .no_web_identity()
+        .build();
+    let web_identity: Provider = Arc::new(WebIdentityProvider(sts.clone()));
+    Arc::new(EnvironmentFirst(Arc::new(FirstOf(vec![
+        web_identity,
+        Arc::new(rest),
+    ]))))
+}
+
+/// The first keys found, in order; an error stops the search (each provider here answers
+/// nothing when it is not configured, so its error is what the user needs to see).
+#[derive(Debug)]
+pub struct FirstOf(pub Vec<Provider>);
+
+impl ProvideCredential for FirstOf {
+    type Credential = Credential;
+
+    async fn provide_credential(
+        &self,
+        context: &Context,
+    ) -> reqsign_core::Result<Option<Credential>> {
+        for provider in &self.0 {
+            if let Some(keys) = provider.provide_credential(context).await? {
+                return Ok(Some(keys));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The environment's keys when it has them, else `then`'s: a role in the default chain.

@@ -818,7 +818,7 @@ mod tests {
             path_style,
             storage_class: None,
             checksum: Checksum::Crc32c,
-            credentials: CredentialSource::Chain,
+            credentials: CredentialSource::Chain(Box::new(sts::StsEndpoint::aws("us-east-1"))),
             encryption: None,
             acl: None,
             ca_cert: None,

@@ -18,6 +18,8 @@ pub struct StsEndpoint {
     /// `http(s)://host[:port]`, no path.
     pub url: String,
     pub region: String,
+    /// Where the URL came from, when not AWS's (`$AWS_ENDPOINT_URL_STS`, a profile).
+    pub from: Option<String>,
 }
 
 impl StsEndpoint {
@@ -30,7 +32,42 @@ impl StsEndpoint {
         StsEndpoint {
             url: format!("https://sts.{region}.{domain}"),
             region: region.to_string(),
+            from: None,
         }
+    }
+
+    /// Where STS is, for `config check` and messages.
+    pub fn describe(&self) -> String {
+        let url = crate::redact::url(&self.url);
+        match &self.from {
+            Some(from) => format!("STS at {url}, from {from}"),
+            None => format!("STS at {url}"),
+        }
+    }
+
+    /// A form POST of `form` to this STS, as the AWS SDKs send their calls.
+    fn request(&self, form: String) -> Result<http::Request<Bytes>, Error> {
+        let hash = hex::encode(Sha256::digest(form.as_bytes()));
+        http::Request::post(format!("{}/", self.url.trim_end_matches('/')))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-amz-content-sha256", hash)
+            .body(Bytes::from(form))
+            .map_err(|_| Error::config_invalid(format!("bad STS endpoint {}", self.url)))
+    }
+
+    /// Sends `request` and reads the keys STS gives for `role_arn`.
+    async fn send(
+        &self,
+        context: &Context,
+        request: http::Request<Bytes>,
+        role_arn: &str,
+    ) -> reqsign_core::Result<Credential> {
+        let reply = context.http_send(request).await.map_err(|error| {
+            let message = format!("STS at {} did not answer: {error}", self.url);
+            Error::unexpected(message).set_retryable(true)
+        })?;
+        let text = String::from_utf8_lossy(reply.body());
+        parse_reply(reply.status().as_u16(), &text, role_arn)
     }
 }
 
@@ -66,7 +103,7 @@ impl AssumeRoleProvider {
         }
     }
 
-    /// The unsigned call: a form POST, as the AWS SDKs send it.
+    /// The unsigned call.
     fn request(&self) -> Result<http::Request<Bytes>, Error> {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("Action", "AssumeRole")
@@ -79,13 +116,7 @@ impl AssumeRoleProvider {
         if let Some(id) = &self.role.external_id {
             form.append_pair("ExternalId", id);
         }
-        let body = form.finish();
-        let hash = hex::encode(Sha256::digest(body.as_bytes()));
-        http::Request::post(format!("{}/", self.sts.url.trim_end_matches('/')))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-amz-content-sha256", hash)
-            .body(Bytes::from(body))
-            .map_err(|_| Error::config_invalid(format!("bad STS endpoint {}", self.sts.url)))
+        self.sts.request(form.finish())
     }
 }
 
@@ -101,21 +132,54 @@ impl ProvideCredential for AssumeRoleProvider {
             let message = format!("no keys to assume {} with: {error}", self.role.role_arn);
             Error::new(error.kind(), message).set_retryable(error.is_retryable())
         })?;
-        let reply = context
-            .http_send(http::Request::from_parts(parts, body))
-            .await
-            .map_err(|error| {
-                let message = format!("STS at {} did not answer: {error}", self.sts.url);
-                Error::unexpected(message).set_retryable(true)
-            })?;
-        let text = String::from_utf8_lossy(reply.body());
-        parse_reply(reply.status().as_u16(), &text, &self.role.role_arn).map(Some)
+        let request = http::Request::from_parts(parts, body);
+        let keys = self.sts.send(context, request, &self.role.role_arn).await?;
+        Ok(Some(keys))
+    }
+}
+
+/// Keys of the role a web identity token may assume (EKS's IRSA: `$AWS_ROLE_ARN`, with the
+/// token in `$AWS_WEB_IDENTITY_TOKEN_FILE`, which the kubelet rotates, so it is read at each
+/// call): STS `AssumeRoleWithWebIdentity`, which is not signed. Nothing when either variable is
+/// unset.
+#[derive(Debug)]
+pub struct WebIdentityProvider(pub StsEndpoint);
+
+impl ProvideCredential for WebIdentityProvider {
+    type Credential = Credential;
+
+    async fn provide_credential(
+        &self,
+        context: &Context,
+    ) -> reqsign_core::Result<Option<Credential>> {
+        let set = |name: &str| context.env_var(name).filter(|value| !value.is_empty());
+        let (Some(role_arn), Some(file)) =
+            (set("AWS_ROLE_ARN"), set("AWS_WEB_IDENTITY_TOKEN_FILE"))
+        else {
+            return Ok(None);
+        };
+        let token = context.file_read(&file).await.map_err(|error| {
+            let message = format!("cannot read the web identity token {file}: {error}");
+            Error::config_invalid(message)
+        })?;
+        let session = set("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "ferry".into());
+        let token = String::from_utf8_lossy(&token);
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", "AssumeRoleWithWebIdentity")
+            .append_pair("Version", "2011-06-15")
+            .append_pair("RoleArn", &role_arn)
+            .append_pair("RoleSessionName", &session)
+            .append_pair("WebIdentityToken", token.trim())
+            .finish();
+        let request = self.0.request(form)?;
+        self.0.send(context, request, &role_arn).await.map(Some)
     }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct AssumeRoleResponse {
+    #[serde(alias = "AssumeRoleWithWebIdentityResult")]
     assume_role_result: AssumeRoleResult,
 }
 
@@ -239,6 +303,7 @@ mod tests {
         let sts = StsEndpoint {
             url: "http://127.0.0.1:5000/".into(),
             region: "eu-west-1".into(),
+            from: None,
         };
         let keys = reqsign_aws_core::EnvCredentialProvider::new();
         let provider = AssumeRoleProvider::new(&Context::new(), &role, &sts, keys);
