@@ -301,7 +301,8 @@ fn vault_profile(dir: &Path) -> PathBuf {
 /// EKS's IRSA through the default chain: `$AWS_ROLE_ARN` with the token in
 /// `$AWS_WEB_IDENTITY_TOKEN_FILE`, STS at `$AWS_ENDPOINT_URL_STS` (a moto, which takes any
 /// token): the push lands signed with the keys STS gave for that role, with their session
-/// token. A token file that is not there fails at once, naming it.
+/// token; so does one through a profile with `role_arn` and `web_identity_token_file`. A token
+/// file that is not there fails at once, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_identity_token_gets_the_keys_of_its_role() {
     let scene = Scene::start(S3Server::start(Flavor::Moto).await).await;
@@ -312,6 +313,17 @@ async fn a_web_identity_token_gets_the_keys_of_its_role() {
     let sts_url = Some(scene.sts.endpoint.as_str());
     let named = Named::WebIdentity(role, token.clone());
     scene.push_landed("pod.bin", named, sts_url, role).await;
+
+    // The same from a profile: `role_arn` with `web_identity_token_file`.
+    let ci = "arn:aws:iam::123456789012:role/ci-uploader";
+    let profile = format!(
+        "[profile ci]\nrole_arn = {ci}\nweb_identity_token_file = {}\n",
+        token.display()
+    );
+    std::fs::write(scene.dir.path().join("aws-config"), profile).unwrap();
+    scene
+        .push_landed("ci.bin", Named::Remote("ci"), sts_url, ci)
+        .await;
 
     let absent = token.with_file_name("absent");
     let named = Named::WebIdentity(role, absent.clone());

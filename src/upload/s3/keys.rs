@@ -61,9 +61,13 @@ impl ProvideCredential for NamedProfile {
     }
 }
 
-/// `role` assumed at `sts` with its source's keys (a role of its own, in a chain).
+/// `role` assumed at `sts` with its source's keys (a role of its own, in a chain), or with a
+/// web identity token.
 pub fn role_provider(context: &Context, role: &AssumeRole, sts: &StsEndpoint) -> Provider {
     let source: Provider = match &role.source {
+        RoleSource::WebIdentity(file) => {
+            return Arc::new(WebIdentityProvider::from_profile(sts, role, file));
+        }
         RoleSource::Profile(name) => Arc::new(NamedProfile(name.clone())),
         RoleSource::Role(inner) => role_provider(context, inner, sts),
         RoleSource::Environment => Arc::new(EnvCredentialProvider::new()),
@@ -81,7 +85,7 @@ pub fn default_chain(sts: &StsEndpoint) -> Provider {
         .no_env()
         .no_web_identity()
         .build();
-    let web_identity: Provider = Arc::new(WebIdentityProvider(sts.clone()));
+    let web_identity: Provider = Arc::new(WebIdentityProvider::from_environment(sts));
     Arc::new(EnvironmentFirst(Arc::new(FirstOf(vec![
         web_identity,
         Arc::new(rest),

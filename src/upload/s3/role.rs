@@ -33,6 +33,8 @@ pub enum RoleSource {
     Ec2InstanceMetadata,
     /// `credential_source = EcsContainer`: the ECS task's role.
     EcsContainer,
+    /// `web_identity_token_file`: no keys, the token in this file asks for the role's.
+    WebIdentity(String),
 }
 
 impl AssumeRole {
@@ -44,6 +46,7 @@ impl AssumeRole {
             RoleSource::Environment => "the environment's keys".into(),
             RoleSource::Ec2InstanceMetadata => "the EC2 instance's role".into(),
             RoleSource::EcsContainer => "the ECS task's role".into(),
+            RoleSource::WebIdentity(file) => format!("the web identity token in {file}"),
         };
         format!(
             "role {} of profile {:?}, assumed with {source}",
@@ -113,7 +116,15 @@ impl SharedFiles {
             (Some(_), Some(_)) => {
                 return Err("give source_profile or credential_source, not both".into());
             }
-            (None, None) => return Err("role_arn needs source_profile or credential_source".into()),
+            (None, None) => {
+                return match self.get(profile, "web_identity_token_file") {
+                    Some(file) => Ok(RoleSource::WebIdentity(file.to_string())),
+                    None => Err(
+                        "role_arn needs source_profile, credential_source or web_identity_token_file"
+                            .into(),
+                    ),
+                };
+            }
             (None, Some(source)) => return credential_source(source),
             (Some(source), None) => source,
         };
@@ -168,6 +179,7 @@ mod tests {
             role_session_name = nightly\nexternal_id = x-1\nduration_seconds = 1800\n\
             [profile chained]\nrole_arn = arn:aws:iam::1:role/two\nsource_profile = work\n\
             [profile on-ec2]\nrole_arn = arn:aws:iam::1:role/ec2\ncredential_source = Ec2InstanceMetadata\n\
+            [profile ci]\nrole_arn = arn:aws:iam::1:role/ci\nweb_identity_token_file = /run/token\n\
             [profile own-keys]\nrole_arn = arn:aws:iam::1:role/own\nsource_profile = own-keys\n\
             [profile loop-a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = loop-b\n\
             [profile loop-b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = loop-a\n\
@@ -209,6 +221,7 @@ mod tests {
             ("on-ec2", RoleSource::Ec2InstanceMetadata),
             ("own-keys", RoleSource::Profile("own-keys".into())),
             ("in-credentials", RoleSource::Profile("base".into())),
+            ("ci", RoleSource::WebIdentity("/run/token".into())),
         ];
         for (profile, source) in sources {
             assert_eq!(role(profile).unwrap().unwrap().source, source, "{profile}");
@@ -221,7 +234,7 @@ mod tests {
             ("orphan", "source_profile \"nobody\" is in neither file"),
             (
                 "sourceless",
-                "role_arn needs source_profile or credential_source",
+                "role_arn needs source_profile, credential_source or web_identity_token_file",
             ),
             ("both", "give source_profile or credential_source, not both"),
             ("odd-source", "credential_source \"Laptop\" is not one of"),

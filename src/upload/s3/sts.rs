@@ -138,12 +138,54 @@ impl ProvideCredential for AssumeRoleProvider {
     }
 }
 
-/// Keys of the role a web identity token may assume (EKS's IRSA: `$AWS_ROLE_ARN`, with the
-/// token in `$AWS_WEB_IDENTITY_TOKEN_FILE`, which the kubelet rotates, so it is read at each
-/// call): STS `AssumeRoleWithWebIdentity`, which is not signed. Nothing when either variable is
-/// unset.
+/// Keys of the role a web identity token may assume: STS `AssumeRoleWithWebIdentity`, which is
+/// not signed. The token's file is read at each call (the kubelet rotates EKS's).
 #[derive(Debug)]
-pub struct WebIdentityProvider(pub StsEndpoint);
+pub struct WebIdentityProvider {
+    sts: StsEndpoint,
+    /// The role, from a profile (`role_arn` with `web_identity_token_file`); `None`: from the
+    /// environment (EKS's IRSA: `$AWS_ROLE_ARN`, `$AWS_WEB_IDENTITY_TOKEN_FILE`,
+    /// `$AWS_ROLE_SESSION_NAME`), and nothing when either of the first two is unset.
+    role: Option<(AssumeRole, String)>,
+}
+
+impl WebIdentityProvider {
+    /// The role the environment names.
+    pub fn from_environment(sts: &StsEndpoint) -> WebIdentityProvider {
+        let sts = sts.clone();
+        WebIdentityProvider { sts, role: None }
+    }
+
+    /// `role` of a profile, with the token in `token_file`.
+    pub fn from_profile(sts: &StsEndpoint, role: &AssumeRole, token_file: &str) -> Self {
+        let role = Some((role.clone(), token_file.to_string()));
+        WebIdentityProvider {
+            sts: sts.clone(),
+            role,
+        }
+    }
+
+    /// The role's ARN, session name and duration, and the token's file.
+    fn role(&self, context: &Context) -> Option<(String, String, Option<u32>, String)> {
+        if let Some((role, file)) = &self.role {
+            let name = role.session_name.clone();
+            return Some((
+                role.role_arn.clone(),
+                name,
+                role.duration_seconds,
+                file.clone(),
+            ));
+        }
+        let set = |name: &str| context.env_var(name).filter(|value| !value.is_empty());
+        let session = set("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "ferry".into());
+        Some((
+            set("AWS_ROLE_ARN")?,
+            session,
+            None,
+            set("AWS_WEB_IDENTITY_TOKEN_FILE")?,
+        ))
+    }
+}
 
 impl ProvideCredential for WebIdentityProvider {
     type Credential = Credential;
@@ -152,28 +194,32 @@ impl ProvideCredential for WebIdentityProvider {
         &self,
         context: &Context,
     ) -> reqsign_core::Result<Option<Credential>> {
-        let set = |name: &str| context.env_var(name).filter(|value| !value.is_empty());
-        let (Some(role_arn), Some(file)) =
-            (set("AWS_ROLE_ARN"), set("AWS_WEB_IDENTITY_TOKEN_FILE"))
-        else {
+        let Some((role_arn, session, duration, file)) = self.role(context) else {
             return Ok(None);
         };
         let token = context.file_read(&file).await.map_err(|error| {
             let message = format!("cannot read the web identity token {file}: {error}");
             Error::config_invalid(message)
         })?;
-        let session = set("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "ferry".into());
         let token = String::from_utf8_lossy(&token);
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("Action", "AssumeRoleWithWebIdentity")
-            .append_pair("Version", "2011-06-15")
-            .append_pair("RoleArn", &role_arn)
-            .append_pair("RoleSessionName", &session)
-            .append_pair("WebIdentityToken", token.trim())
-            .finish();
-        let request = self.0.request(form)?;
-        self.0.send(context, request, &role_arn).await.map(Some)
+        let form = web_identity_form(&role_arn, &session, duration, token.trim());
+        let request = self.sts.request(form)?;
+        self.sts.send(context, request, &role_arn).await.map(Some)
     }
+}
+
+/// The form of an `AssumeRoleWithWebIdentity` call.
+fn web_identity_form(role_arn: &str, session: &str, duration: Option<u32>, token: &str) -> String {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("Action", "AssumeRoleWithWebIdentity")
+        .append_pair("Version", "2011-06-15")
+        .append_pair("RoleArn", role_arn)
+        .append_pair("RoleSessionName", session)
+        .append_pair("WebIdentityToken", token);
+    if let Some(seconds) = duration {
+        form.append_pair("DurationSeconds", &seconds.to_string());
+    }
+    form.finish()
 }
 
 #[derive(Deserialize)]
