@@ -411,6 +411,38 @@ impl S3Backend {
     }
 
     /// The object at `key` if the session `nonce` wrote it (a HEAD).
+    /// The body of CompleteMultipartUpload: the parts, with their CRC32C when the upload was
+    /// created with that checksum.
+    fn manifest(&self, parts: &[CompletedPart]) -> String {
+        let entries: Vec<xml::ManifestEntry<'_>> = parts
+            .iter()
+            .map(|part| xml::ManifestEntry {
+                number: part.number,
+                etag: &part.etag,
+                crc32c: part
+                    .crc32c
+                    .filter(|_| self.checksum == Checksum::Crc32c)
+                    .map(encode_crc32c),
+            })
+            .collect();
+        xml::complete_body(&entries)
+    }
+
+    /// The reply of a complete that was answered 200: its body may still be an `<Error>`, and
+    /// then the complete failed after all.
+    async fn complete_reply(&self, response: reqwest::Response) -> Result<(), BackendError> {
+        let operation = Operation::Complete;
+        let headers = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .map_err(|error| self.requester.transport(operation, error))?;
+        match xml::error_in(&text) {
+            Some(reply) => Err(self.requester.error(operation, 200, reply, &headers, true)),
+            None => Ok(()),
+        }
+    }
+
     async fn written_by(
         &self,
         key: &str,
@@ -732,17 +764,6 @@ impl Backend for S3Backend {
             ));
         };
         let key = self.key(session.remote_path);
-        let entries: Vec<xml::ManifestEntry<'_>> = parts
-            .iter()
-            .map(|part| xml::ManifestEntry {
-                number: part.number,
-                etag: &part.etag,
-                crc32c: part
-                    .crc32c
-                    .filter(|_| self.checksum == Checksum::Crc32c)
-                    .map(encode_crc32c),
-            })
-            .collect();
         let mut call = self
             .object(operation, Method::Post, &key)
             .query("uploadId", upload_id)
@@ -750,19 +771,9 @@ impl Backend for S3Backend {
             .on_session();
         call.timeout =
             Some(REQUEST_TIMEOUT + Duration::from_secs(size / COMPLETE_BYTES_PER_SECOND));
-        let body = xml::complete_body(&entries);
+        let body = self.manifest(parts);
         match self.requester.send(call, Some(body.into())).await {
-            Ok(response) => {
-                let headers = response.headers().clone();
-                let text = response
-                    .text()
-                    .await
-                    .map_err(|error| self.requester.transport(operation, error))?;
-                // A 200 whose body is an <Error>: the complete failed after all.
-                if let Some(reply) = xml::error_in(&text) {
-                    return Err(self.requester.error(operation, 200, reply, &headers, true));
-                }
-            }
+            Ok(response) => self.complete_reply(response).await?,
             // Completed by an earlier attempt whose reply was lost: S3 answers NoSuchUpload,
             // some servers (s3s-fs) AccessDenied. The object says whether this session wrote it.
             Err(error) if error.class() != super::retry::ErrorClass::Transient => {
