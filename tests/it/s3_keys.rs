@@ -370,3 +370,39 @@ async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
     assert!(output.status.success(), "{stderr}");
     assert_stored(&server, "task.bin", &local, "task.bin").await;
 }
+
+/// A remote's `profile` that neither shared file has is refused by `ferry config check`, naming
+/// both files, rather than failing each upload with "no S3 credentials found".
+#[test]
+fn a_profile_in_neither_shared_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("aws-config"),
+        "[profile backup]\nregion = eu-west-1\n",
+    )
+    .unwrap();
+    let watched = dir.path().join("outbox");
+    std::fs::create_dir(&watched).unwrap();
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"{BUCKET}\"\n\
+         profile = \"bakup\"\n\n[[watch]]\npath = \"{}\"\nremote = \"s3\"\n",
+        watched.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut command = Command::new(crate::support::ferry_bin());
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"]);
+    let output = with_aws_files(&mut command, dir.path(), None)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let said = format!(
+        "remotes.s3.profile: profile \"bakup\" is in neither {}",
+        dir.path().join("aws-config").display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+}

@@ -55,6 +55,9 @@ pub(super) fn resolve_keys(
         _ => return Ok(credentials),
     };
     let key = if environment_first { "" } else { "profile" };
+    if let Some(name) = profile.filter(|name| !files.has(name)) {
+        return Err((key, files.absent(name)));
+    }
     let sts = sts_endpoint(files, profile, region).map_err(|message| (key, message))?;
     let source = match files.assumed_role(profile) {
         Ok(None) if environment_first => return Ok(CredentialSource::Chain(Box::new(sts))),

@@ -115,8 +115,17 @@ impl SharedFiles {
             .or_else(|| config_setting(&self.config.0, profile, key))
     }
 
+    /// Says that neither file has `profile`.
+    pub fn absent(&self, profile: &str) -> String {
+        format!(
+            "profile {profile:?} is in neither {} nor {}",
+            self.config.1.display(),
+            self.credentials.1.display()
+        )
+    }
+
     /// Whether either file has `profile`.
-    pub(super) fn has(&self, profile: &str) -> bool {
+    pub fn has(&self, profile: &str) -> bool {
         let named = format!("profile {profile}");
         self.credentials.0.section(Some(profile)).is_some()
             || self.config.0.section(Some(named.as_str())).is_some()
