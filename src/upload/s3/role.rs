@@ -1,7 +1,7 @@
 //! Profiles that assume a role, as the AWS CLI reads them from the shared files: `role_arn`
 //! with `source_profile` (a profile of keys, SSO or a `credential_process`, or one that assumes
-//! a role of its own) or `credential_source`, and `role_session_name`, `external_id`,
-//! `duration_seconds`. `sts` asks STS for the keys.
+//! a role of its own), `credential_source` or `web_identity_token_file`, and
+//! `role_session_name`, `external_id`, `duration_seconds`. `sts` asks STS for the keys.
 
 use super::profile::SharedFiles;
 
