@@ -134,7 +134,7 @@ impl Credentials {
         let mut cached = self.cached.lock().await;
         let now = reqsign_core::time::Timestamp::now();
         if let Some((keys, expires)) = cached.as_ref()
-            && expires.is_none_or(|at| at > now + REFRESH_BEFORE_EXPIRY)
+            && still_good(*expires, now)
         {
             return Ok(keys.clone());
         }
@@ -199,6 +199,16 @@ fn provider(context: &Context, source: &CredentialSource) -> Provider {
     }
 }
 
+/// Whether keys that expire at `expires` (never, if `None`) may still be used at `now`: not in
+/// the last `REFRESH_BEFORE_EXPIRY` of their life, so a request signed now does not arrive
+/// with keys that have lapsed.
+fn still_good(
+    expires: Option<reqsign_core::time::Timestamp>,
+    now: reqsign_core::time::Timestamp,
+) -> bool {
+    expires.is_none_or(|at| at > now + REFRESH_BEFORE_EXPIRY)
+}
+
 /// The shared files and web identity tokens are read on a blocking thread.
 #[derive(Debug)]
 struct FileRead;
@@ -208,5 +218,28 @@ impl reqsign_core::FileRead for FileRead {
         tokio::fs::read(path).await.map_err(|error| {
             reqsign_core::Error::unexpected(format!("cannot read {path}")).with_source(error)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqsign_core::time::Timestamp;
+
+    #[test]
+    fn keys_are_replaced_five_minutes_before_they_expire() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |seconds: i64| Some(Timestamp::from_second(1_800_000_000 + seconds).unwrap());
+        let cases = [
+            (None, true),
+            (at(3_600), true),
+            (at(301), true),
+            (at(300), false),
+            (at(60), false),
+            (at(-1), false),
+        ];
+        for (expires, good) in cases {
+            assert_eq!(still_good(expires, now), good, "{expires:?}");
+        }
     }
 }
