@@ -13,7 +13,7 @@ use reqsign_aws_core::StaticCredentialProvider;
 use reqsign_core::{Context, OsEnv, ProvideCredential};
 use tokio::sync::Mutex;
 
-use super::keys::{EnvironmentFirst, NamedProfile, Provider, default_chain, role_provider};
+use super::keys::{NamedProfile, Provider, default_chain, environment_first, role_provider};
 use super::role::AssumeRole;
 use super::sts::StsEndpoint;
 use crate::upload::http::CaCert;
@@ -192,7 +192,7 @@ fn provider(context: &Context, source: &CredentialSource) -> Provider {
         CredentialSource::Role(source) => {
             let role = role_provider(context, &source.role, &source.sts);
             match source.environment_first {
-                true => Arc::new(EnvironmentFirst(role)),
+                true => environment_first(role),
                 false => role,
             }
         }

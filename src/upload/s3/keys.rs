@@ -85,11 +85,15 @@ pub fn default_chain(sts: &StsEndpoint) -> Provider {
         .no_env()
         .no_web_identity()
         .build();
+    let environment: Provider = Arc::new(EnvCredentialProvider::new());
     let web_identity: Provider = Arc::new(WebIdentityProvider::from_environment(sts));
-    Arc::new(EnvironmentFirst(Arc::new(FirstOf(vec![
-        web_identity,
-        Arc::new(rest),
-    ]))))
+    Arc::new(FirstOf(vec![environment, web_identity, Arc::new(rest)]))
+}
+
+/// The environment's keys when it has them, else `then`'s: a role in the default chain.
+pub fn environment_first(then: Provider) -> Provider {
+    let environment: Provider = Arc::new(EnvCredentialProvider::new());
+    Arc::new(FirstOf(vec![environment, then]))
 }
 
 /// The first keys found, in order; an error stops the search (each provider here answers
@@ -110,25 +114,6 @@ impl ProvideCredential for FirstOf {
             }
         }
         Ok(None)
-    }
-}
-
-/// The environment's keys when it has them, else `then`'s: a role in the default chain.
-#[derive(Debug)]
-pub struct EnvironmentFirst(pub Provider);
-
-impl ProvideCredential for EnvironmentFirst {
-    type Credential = Credential;
-
-    async fn provide_credential(
-        &self,
-        context: &Context,
-    ) -> reqsign_core::Result<Option<Credential>> {
-        let environment = EnvCredentialProvider::new();
-        match environment.provide_credential(context).await? {
-            Some(keys) => Ok(Some(keys)),
-            None => self.0.provide_credential(context).await,
-        }
     }
 }
 
