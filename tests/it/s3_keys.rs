@@ -274,6 +274,71 @@ async fn a_credential_process_that_fails_is_reported_in_its_own_words() {
     );
 }
 
+/// Keys that expire soon are renewed, and while they are still good a renewal that fails
+/// leaves them in use: a `credential_process` gives keys for three minutes once, then fails
+/// (a credential service down for a moment). A push of three parts asks for keys at every
+/// request: it lands, the process was asked again, and the failure was logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_still_good_stay_in_use_when_their_renewal_fails() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (aws_config, runs) = expiring_once_profile(dir.path());
+    let config = dir.path().join("config.toml");
+    let remote = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprofile = \"once\"\n",
+        server.endpoint
+    );
+    std::fs::write(&config, remote).unwrap();
+    let local = dir.path().join("three-parts.bin");
+    random_file(&local, 12 << 20, 52);
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    let output = command
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_stored(&server, "three-parts.bin", &local, "three parts").await;
+    let asked = std::fs::read_to_string(&runs).unwrap().lines().count();
+    assert!(
+        asked >= 2,
+        "the process was asked {asked} time(s): {stderr}"
+    );
+    assert!(
+        stderr.contains("the vault is locked") && stderr.contains("stay in use"),
+        "{stderr}"
+    );
+}
+
+/// An AWS shared config file in `dir` whose profile `once` runs a `credential_process` that
+/// gives the test keys, expiring in three minutes, the first time and fails after; and the
+/// file where each run leaves a line.
+fn expiring_once_profile(dir: &Path) -> (PathBuf, PathBuf) {
+    let (script, runs) = (dir.join("once.sh"), dir.join("runs"));
+    let json = format!(
+        r#"{{"Version": 1, "AccessKeyId": "{ACCESS_KEY}", "SecretAccessKey": "{SECRET_KEY}", "Expiration": "%s"}}"#
+    );
+    let body = format!(
+        "#!/bin/sh
+echo run >> {runs}
+if [ $(wc -l < {runs}) -gt 1 ]; then
+           echo 'the vault is locked' >&2; exit 3
+fi
+         printf '{json}\\n' \"$(date -u -d '+3 min' +%Y-%m-%dT%H:%M:%SZ)\"\n",
+        runs = runs.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let aws_config = dir.join("aws-config");
+    let profile = format!(
+        "[profile once]\ncredential_process = {}\n",
+        script.display()
+    );
+    std::fs::write(&aws_config, profile).unwrap();
+    (aws_config, runs)
+}
+
 /// An AWS shared config file in `dir` whose profile `vault` gets the test keys from a
 /// `credential_process` with a quoted argument, and whose profile `locked` has one that fails.
 fn vault_profile(dir: &Path) -> PathBuf {

@@ -3,13 +3,15 @@
 //! `~/.aws/config`, or the AWS default chain (environment, profiles, SSO, web identity for
 //! IRSA, ECS task roles, EC2 instance metadata), which `reqsign-aws-core` resolves over our own
 //! reqwest; a profile that assumes a role gets its keys from STS (`sts`). Temporary keys are
-//! cached and fetched again shortly before they expire. No key ever reaches a message or a log
-//! line.
+//! cached and renewed shortly before they expire; while they are still good, a renewal that
+//! fails leaves them in use, as the AWS SDKs do, so a credential service that is down for a
+//! moment fails no upload. No key ever reaches a message or a log line.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqsign_aws_core::StaticCredentialProvider;
+use reqsign_core::time::Timestamp;
 use reqsign_core::{Context, OsEnv, ProvideCredential};
 use tokio::sync::Mutex;
 
@@ -18,8 +20,12 @@ use super::role::AssumeRole;
 use super::sts::StsEndpoint;
 use crate::upload::http::CaCert;
 
-/// Temporary keys are replaced this long before they expire.
-const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// Temporary keys are renewed from this long before they expire.
+const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// Keys are not used in the last minute of their life: a request signed then may arrive after.
+const LAST_USE_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
+/// After a renewal failed, the current keys are used this long before it is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(15);
 /// Time allowed to the metadata services (ECS, EC2) and STS: a machine without them should
 /// learn that quickly.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,7 +110,25 @@ pub struct Credentials {
     context: Context,
     provider: Provider,
     describe: String,
-    cached: Mutex<Option<(Keys, Option<reqsign_core::time::Timestamp>)>>,
+    cached: Mutex<Option<Cached>>,
+}
+
+/// Keys in use, until when, and when renewing them last failed.
+struct Cached {
+    keys: Keys,
+    expires: Option<Timestamp>,
+    renewal_failed: Option<Timestamp>,
+}
+
+/// What to do with the cached keys at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// Use them.
+    Keep,
+    /// Fetch new ones; if that fails, use these.
+    Try,
+    /// Fetch new ones; these are no longer to be used.
+    Must,
 }
 
 impl Credentials {
@@ -132,12 +156,31 @@ impl Credentials {
     /// Current keys: the cached ones, or fresh ones when there are none or they expire soon.
     pub async fn get(&self) -> Result<Keys, NoKeys> {
         let mut cached = self.cached.lock().await;
-        let now = reqsign_core::time::Timestamp::now();
-        if let Some((keys, expires)) = cached.as_ref()
-            && still_good(*expires, now)
-        {
-            return Ok(keys.clone());
+        let now = Timestamp::now();
+        let due = cached.as_ref().map_or(Renewal::Must, |current| {
+            renewal(current.expires, current.renewal_failed, now)
+        });
+        if let (Renewal::Keep, Some(current)) = (due, cached.as_ref()) {
+            return Ok(current.keys.clone());
         }
+        match self.fetch().await {
+            Ok(fresh) => Ok(cached.insert(fresh).keys.clone()),
+            Err(no_keys) => match (due, cached.as_mut()) {
+                (Renewal::Try, Some(current)) => {
+                    tracing::warn!(
+                        "{}; the current S3 keys stay in use until they expire",
+                        no_keys.message
+                    );
+                    current.renewal_failed = Some(now);
+                    Ok(current.keys.clone())
+                }
+                _ => Err(no_keys),
+            },
+        }
+    }
+
+    /// New keys from the provider.
+    async fn fetch(&self) -> Result<Cached, NoKeys> {
         let found = self
             .provider
             .provide_credential(&self.context)
@@ -167,8 +210,11 @@ impl Credentials {
                 rusty_s3::Credentials::new(credential.access_key_id, credential.secret_access_key)
             }
         });
-        *cached = Some((keys.clone(), credential.expires_in));
-        Ok(keys)
+        Ok(Cached {
+            keys,
+            expires: credential.expires_in,
+            renewal_failed: None,
+        })
     }
 
     /// Forgets the cached keys (the remote said they expired).
@@ -199,14 +245,23 @@ fn provider(context: &Context, source: &CredentialSource) -> Provider {
     }
 }
 
-/// Whether keys that expire at `expires` (never, if `None`) may still be used at `now`: not in
-/// the last `REFRESH_BEFORE_EXPIRY` of their life, so a request signed now does not arrive
-/// with keys that have lapsed.
-fn still_good(
-    expires: Option<reqsign_core::time::Timestamp>,
-    now: reqsign_core::time::Timestamp,
-) -> bool {
-    expires.is_none_or(|at| at > now + REFRESH_BEFORE_EXPIRY)
+/// What to do at `now` with keys that expire at `expires` (never, if `None`), whose renewal
+/// last failed at `failed`: keep them until `RENEW_BEFORE_EXPIRY` before they expire, then try
+/// to renew them (at most every `RENEW_RETRY` while that fails), and stop using them
+/// `LAST_USE_BEFORE_EXPIRY` before they expire, so a request signed now does not arrive with
+/// keys that have lapsed.
+fn renewal(expires: Option<Timestamp>, failed: Option<Timestamp>, now: Timestamp) -> Renewal {
+    let Some(expires) = expires else {
+        return Renewal::Keep;
+    };
+    let failed_lately = failed.is_some_and(|at| now < at + RENEW_RETRY);
+    if expires <= now + LAST_USE_BEFORE_EXPIRY {
+        Renewal::Must
+    } else if expires > now + RENEW_BEFORE_EXPIRY || failed_lately {
+        Renewal::Keep
+    } else {
+        Renewal::Try
+    }
 }
 
 /// The shared files and web identity tokens are read on a blocking thread.
@@ -224,22 +279,28 @@ impl reqsign_core::FileRead for FileRead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqsign_core::time::Timestamp;
-
     #[test]
-    fn keys_are_replaced_five_minutes_before_they_expire() {
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let at = |seconds: i64| Some(Timestamp::from_second(1_800_000_000 + seconds).unwrap());
+    fn keys_are_renewed_from_five_minutes_before_they_expire_and_dropped_at_one() {
+        let second = |at: i64| Timestamp::from_second(1_800_000_000 + at).unwrap();
+        let now = second(0);
+        use Renewal::{Keep, Must, Try};
         let cases = [
-            (None, true),
-            (at(3_600), true),
-            (at(301), true),
-            (at(300), false),
-            (at(60), false),
-            (at(-1), false),
+            (None, None, Keep),
+            (None, Some(second(-1)), Keep),
+            (Some(second(3_600)), None, Keep),
+            (Some(second(301)), None, Keep),
+            (Some(second(300)), None, Try),
+            (Some(second(61)), None, Try),
+            (Some(second(60)), None, Must),
+            (Some(second(-1)), None, Must),
+            // A renewal failed: the keys are kept, then renewal is tried again.
+            (Some(second(200)), Some(second(-14)), Keep),
+            (Some(second(200)), Some(second(-15)), Try),
+            // Lapsing keys are not kept because a renewal failed a moment ago.
+            (Some(second(30)), Some(second(-1)), Must),
         ];
-        for (expires, good) in cases {
-            assert_eq!(still_good(expires, now), good, "{expires:?}");
+        for (expires, failed, due) in cases {
+            assert_eq!(renewal(expires, failed, now), due, "{expires:?} {failed:?}");
         }
     }
 }
