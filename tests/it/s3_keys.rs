@@ -404,6 +404,7 @@ async fn a_web_identity_token_gets_the_keys_of_its_role() {
 /// s3s-fs that takes only those keys. moto serves the endpoint: its EC2 metadata service
 /// answers in the containers' format (its instance role, without the `Code` field of EC2's
 /// own, which reqsign requires there, so EC2 metadata itself cannot be tried against it).
+/// The endpoint answering 503 once is waited out, not taken for "no keys found".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
     let moto = S3Server::start(Flavor::Moto).await;
@@ -417,6 +418,12 @@ async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
         served["SecretAccessKey"].as_str().unwrap(),
     );
     let server = S3Server::start_with_keys(Flavor::S3sFs, key_id, secret).await;
+    let endpoint_proxy = crate::s3::proxy_before(&moto).await;
+    let refused_once = Fault::Unavailable {
+        retry_after_secs: 1,
+    };
+    endpoint_proxy.set_plan(move |_, index| (index == 0).then_some(refused_once));
+    let through_proxy = role.replace(&moto.endpoint, &endpoint_proxy.url);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let remote = format!(
@@ -428,12 +435,14 @@ async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
     random_file(&local, 6 * 1024 * 1024, 61);
     let mut command = push(&config, &dir.path().join("data"), &local);
     with_aws_files(&mut command, dir.path(), None)
-        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &role)
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &through_proxy)
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9");
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_stored(&server, "task.bin", &local, "task.bin").await;
+    let asked = endpoint_proxy.log();
+    assert_eq!(asked.len(), 2, "refused once, then answered: {asked:?}");
 }
 
 /// A remote's `profile` that neither shared file has is refused by `ferry config check`, naming

@@ -78,16 +78,32 @@ pub fn role_provider(context: &Context, role: &AssumeRole, sts: &StsEndpoint) ->
 }
 
 /// The AWS default chain in the AWS CLI's order: the environment's keys, a web identity
-/// (asking `sts`, so `$AWS_ENDPOINT_URL_STS` is honoured and its refusal said), then reqsign's
-/// chain for the default profile's keys, SSO and process, a container's and an instance's role.
+/// (asking `sts`, so `$AWS_ENDPOINT_URL_STS` is honoured and its refusal said), reqsign's chain
+/// for the default profile's keys, SSO and process, a container's role (its endpoint set in the
+/// environment, so its failure is said, and retried when it may answer later), then the
+/// instance's role (whose absence, on a machine that is no EC2 instance, is no error).
 pub fn default_chain(sts: &StsEndpoint) -> Provider {
-    let rest = DefaultCredentialProvider::builder()
+    let shared_files = DefaultCredentialProvider::builder()
         .no_env()
         .no_web_identity()
+        .no_ecs()
+        .no_imds()
         .build();
-    let environment: Provider = Arc::new(EnvCredentialProvider::new());
-    let web_identity: Provider = Arc::new(WebIdentityProvider::from_environment(sts));
-    Arc::new(FirstOf(vec![environment, web_identity, Arc::new(rest)]))
+    let instance = DefaultCredentialProvider::builder()
+        .no_env()
+        .no_profile()
+        .no_sso()
+        .no_web_identity()
+        .no_process()
+        .no_ecs()
+        .build();
+    Arc::new(FirstOf(vec![
+        Arc::new(EnvCredentialProvider::new()),
+        Arc::new(WebIdentityProvider::from_environment(sts)),
+        Arc::new(shared_files),
+        Arc::new(ECSCredentialProvider::new()),
+        Arc::new(instance),
+    ]))
 }
 
 /// The environment's keys when it has them, else `then`'s: a role in the default chain.
