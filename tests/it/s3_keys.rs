@@ -6,12 +6,34 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::s3::{assert_stored, push};
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::random_file;
 use crate::support::s3::{ACCESS_KEY, BUCKET, Flavor, IamAccount, S3Server, SECRET_KEY};
+
+/// `dir/config.toml` with one S3 remote `s3` on `endpoint` that names no keys, and `more`
+/// (its own further keys, then any other tables).
+fn keyless_remote(dir: &Path, endpoint: &str, more: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    let remote = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n{more}"
+    );
+    std::fs::write(&config, remote).unwrap();
+    config
+}
+
+/// `ferry push` of `local` with the configuration `config`, the shared config file
+/// `aws_config` and a home beside them (so no other shared file is read).
+fn push_with_profiles(config: &Path, local: &Path, aws_config: &Path) -> Output {
+    let dir = config.parent().unwrap();
+    push(config, &dir.join("data"), local)
+        .env("AWS_CONFIG_FILE", aws_config)
+        .env("HOME", dir)
+        .output()
+        .unwrap()
+}
 
 /// The shared files: `writer` assumes the first role with the user's keys (in the credentials
 /// file), `chained` the second with `writer`'s, its STS named in its `services` section, and
@@ -213,16 +235,12 @@ async fn keys_from_a_credential_process_sign_the_uploads() {
     let server = S3Server::start(Flavor::S3sFs).await;
     let dir = tempfile::tempdir().unwrap();
     let aws_config = vault_profile(dir.path());
-    let remote = format!(
-        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"pushed/\"\n",
-        server.endpoint
-    );
     for (name, named, chosen) in [
         ("named.bin", "profile = \"vault\"\n", None),
         ("chained.bin", "", Some("vault")),
     ] {
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, format!("{remote}{named}")).unwrap();
+        let more = format!("prefix = \"pushed/\"\n{named}");
+        let config = keyless_remote(dir.path(), &server.endpoint, &more);
         let local = dir.path().join(name);
         random_file(&local, 1000, 50);
         let mut command = push(&config, &dir.path().join("data"), &local);
@@ -253,18 +271,11 @@ async fn keys_from_a_credential_process_sign_the_uploads() {
 async fn a_credential_process_that_fails_is_reported_in_its_own_words() {
     let dir = tempfile::tempdir().unwrap();
     let aws_config = vault_profile(dir.path());
-    let remote = "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\n\
-                  bucket = \"ferry-test\"\nprofile = \"locked\"\n";
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, remote).unwrap();
+    let locked = "profile = \"locked\"\n";
+    let config = keyless_remote(dir.path(), "http://127.0.0.1:9", locked);
     let local = dir.path().join("file.bin");
     random_file(&local, 1000, 51);
-    let mut command = push(&config, &dir.path().join("data"), &local);
-    let output = command
-        .env("AWS_CONFIG_FILE", &aws_config)
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
+    let output = push_with_profiles(&config, &local, &aws_config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     let said = "cannot load S3 credentials from profile \"locked\": credential process failed";
@@ -283,20 +294,10 @@ async fn keys_still_good_stay_in_use_when_their_renewal_fails() {
     let server = S3Server::start(Flavor::S3sFs).await;
     let dir = tempfile::tempdir().unwrap();
     let (aws_config, runs) = expiring_once_profile(dir.path());
-    let config = dir.path().join("config.toml");
-    let remote = format!(
-        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprofile = \"once\"\n",
-        server.endpoint
-    );
-    std::fs::write(&config, remote).unwrap();
+    let config = keyless_remote(dir.path(), &server.endpoint, "profile = \"once\"\n");
     let local = dir.path().join("three-parts.bin");
     random_file(&local, 12 << 20, 52);
-    let mut command = push(&config, &dir.path().join("data"), &local);
-    let output = command
-        .env("AWS_CONFIG_FILE", &aws_config)
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
+    let output = push_with_profiles(&config, &local, &aws_config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_stored(&server, "three-parts.bin", &local, "three parts").await;
@@ -425,12 +426,7 @@ async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
     endpoint_proxy.set_plan(move |_, index| (index == 0).then_some(refused_once));
     let through_proxy = role.replace(&moto.endpoint, &endpoint_proxy.url);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    let remote = format!(
-        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n",
-        server.endpoint
-    );
-    std::fs::write(&config, remote).unwrap();
+    let config = keyless_remote(dir.path(), &server.endpoint, "");
     let local = dir.path().join("task.bin");
     random_file(&local, 6 * 1024 * 1024, 61);
     let mut command = push(&config, &dir.path().join("data"), &local);
@@ -457,13 +453,11 @@ fn a_profile_in_neither_shared_file_is_refused() {
     .unwrap();
     let watched = dir.path().join("outbox");
     std::fs::create_dir(&watched).unwrap();
-    let config = dir.path().join("config.toml");
-    let text = format!(
-        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"{BUCKET}\"\n\
-         profile = \"bakup\"\n\n[[watch]]\npath = \"{}\"\nremote = \"s3\"\n",
+    let more = format!(
+        "profile = \"bakup\"\n\n[[watch]]\npath = \"{}\"\nremote = \"s3\"\n",
         watched.display()
     );
-    std::fs::write(&config, text).unwrap();
+    let config = keyless_remote(dir.path(), "http://127.0.0.1:9", &more);
     let mut command = Command::new(crate::support::ferry_bin());
     command
         .arg("--config")
