@@ -7,8 +7,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use crate::s3::{assert_stored, push};
+use crate::s3::{assert_stored, proxy_before, push};
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::random_file;
 use crate::support::s3::{ACCESS_KEY, BUCKET, Flavor, IamAccount, S3Server, SECRET_KEY};
@@ -285,37 +286,64 @@ async fn a_credential_process_that_fails_is_reported_in_its_own_words() {
     );
 }
 
-/// Keys that expire soon are renewed, and while they are still good a renewal that fails
-/// leaves them in use: a `credential_process` gives keys for three minutes once, then fails
-/// (a credential service down for a moment). A push of three parts asks for keys at every
-/// request: it lands, the process was asked again, and the failure was logged.
+/// Keys that expire within five minutes are renewed in the background; a renewal that fails
+/// leaves them in use, said in the log. The complete is held a second (so the push outlives
+/// the renewal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_still_good_stay_in_use_when_their_renewal_fails() {
-    let server = S3Server::start(Flavor::S3sFs).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (aws_config, runs) = expiring_once_profile(dir.path());
-    let config = keyless_remote(dir.path(), &server.endpoint, "profile = \"once\"\n");
-    let local = dir.path().join("three-parts.bin");
-    random_file(&local, 12 << 20, 52);
-    let output = push_with_profiles(&config, &local, &aws_config);
+    let refused = "echo 'the vault is locked' >&2; exit 3";
+    let (output, runs, _) = push_renewing(refused, "fails").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert_stored(&server, "three-parts.bin", &local, "three parts").await;
-    let asked = std::fs::read_to_string(&runs).unwrap().lines().count();
-    assert!(
-        asked >= 2,
-        "the process was asked {asked} time(s): {stderr}"
-    );
+    assert_eq!(runs, 2, "the process was asked {runs} time(s): {stderr}");
     assert!(
         stderr.contains("the vault is locked") && stderr.contains("stay in use"),
         "{stderr}"
     );
 }
 
+/// A renewal that takes long (a vault waiting for its user's touch) holds no request up: the
+/// push goes on with the current keys while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_waits_for_a_slow_renewal() {
+    let (output, runs, took) = push_renewing("exec sleep 30", "waits").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(runs, 2, "the process was asked {runs} time(s): {stderr}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the push took {took:?}, waiting for the renewal: {stderr}"
+    );
+}
+
+/// Pushes a three-part file to s3s-fs, through a proxy that holds the complete a second, with
+/// keys from a `credential_process` that gives keys expiring in three minutes the first time
+/// and runs `later` after; asserts it landed. Returns the push, how often the process was
+/// asked, and how long the push took.
+async fn push_renewing(later: &str, name: &str) -> (Output, usize, Duration) {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let proxy = proxy_before(&server).await;
+    proxy.set_plan(|head, _| {
+        let completes = head.method == "POST" && head.path.contains("uploadId=");
+        completes.then_some(Fault::Delay(Duration::from_secs(1)))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (aws_config, runs) = expiring_once_profile(dir.path(), later);
+    let config = keyless_remote(dir.path(), &proxy.url, "profile = \"once\"\n");
+    let local = dir.path().join(format!("{name}.bin"));
+    random_file(&local, 12 << 20, 52);
+    let started = Instant::now();
+    let output = push_with_profiles(&config, &local, &aws_config);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_stored(&server, &format!("{name}.bin"), &local, name).await;
+    let asked = std::fs::read_to_string(&runs).unwrap().lines().count();
+    (output, asked, took)
+}
+
 /// An AWS shared config file in `dir` whose profile `once` runs a `credential_process` that
-/// gives the test keys, expiring in three minutes, the first time and fails after; and the
-/// file where each run leaves a line.
-fn expiring_once_profile(dir: &Path) -> (PathBuf, PathBuf) {
+/// gives the test keys, expiring in three minutes, the first time and runs the shell commands
+/// `later` after; and the file where each run leaves a line.
+fn expiring_once_profile(dir: &Path, later: &str) -> (PathBuf, PathBuf) {
     let (script, runs) = (dir.join("once.sh"), dir.join("runs"));
     let json = format!(
         r#"{{"Version": 1, "AccessKeyId": "{ACCESS_KEY}", "SecretAccessKey": "{SECRET_KEY}", "Expiration": "%s"}}"#
@@ -324,7 +352,7 @@ fn expiring_once_profile(dir: &Path) -> (PathBuf, PathBuf) {
         "#!/bin/sh
 echo run >> {runs}
 if [ $(wc -l < {runs}) -gt 1 ]; then
-           echo 'the vault is locked' >&2; exit 3
+           {later}
 fi
          printf '{json}\\n' \"$(date -u -d '+3 min' +%Y-%m-%dT%H:%M:%SZ)\"\n",
         runs = runs.display()

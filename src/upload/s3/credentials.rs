@@ -3,11 +3,13 @@
 //! `~/.aws/config`, or the AWS default chain (environment, profiles, SSO, web identity for
 //! IRSA, ECS task roles, EC2 instance metadata), which `reqsign-aws-core` resolves over our own
 //! reqwest; a profile that assumes a role gets its keys from STS (`sts`). Temporary keys are
-//! cached and renewed shortly before they expire; while they are still good, a renewal that
-//! fails leaves them in use, as the AWS SDKs do, so a credential service that is down for a
-//! moment fails no upload. No key ever reaches a message or a log line.
+//! cached and renewed in the background shortly before they expire, so no request waits for
+//! the renewal; while they are still good, a renewal that fails leaves them in use, as the AWS
+//! SDKs do, so a credential service that is down for a moment fails no upload. No key ever
+//! reaches a message or a log line.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqsign_aws_core::StaticCredentialProvider;
@@ -107,10 +109,17 @@ pub struct NoKeys {
 
 /// Hands out current keys, fetching them when needed.
 pub struct Credentials {
+    shared: Arc<Shared>,
+}
+
+/// What `Credentials` and its background renewal share.
+struct Shared {
     context: Context,
     provider: Provider,
     describe: String,
     cached: Mutex<Option<Cached>>,
+    /// A renewal runs in the background: requests go on with the current keys meanwhile.
+    renewing: AtomicBool,
 }
 
 /// Keys in use, until when, and when renewing them last failed.
@@ -125,9 +134,9 @@ struct Cached {
 enum Renewal {
     /// Use them.
     Keep,
-    /// Fetch new ones; if that fails, use these.
+    /// Use them, and fetch new ones in the background; if that fails, these stay in use.
     Try,
-    /// Fetch new ones; these are no longer to be used.
+    /// Fetch new ones first; these are no longer to be used.
     Must,
 }
 
@@ -145,40 +154,71 @@ impl Credentials {
             .with_command_execute(super::keys::ProcessRunner)
             .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
             .with_env(OsEnv);
-        Ok(Credentials {
+        let shared = Shared {
             provider: provider(&context, source),
             context,
             describe: source.describe(),
             cached: Mutex::new(None),
+            renewing: AtomicBool::new(false),
+        };
+        Ok(Credentials {
+            shared: Arc::new(shared),
         })
     }
 
-    /// Current keys: the cached ones, or fresh ones when there are none or they expire soon.
+    /// Current keys: the cached ones, or fresh ones when there are none or they are about to
+    /// lapse. Keys that expire soon are renewed in the background, so that no request waits
+    /// for a credential service (or a `credential_process` waiting for its user).
     pub async fn get(&self) -> Result<Keys, NoKeys> {
-        let mut cached = self.cached.lock().await;
-        let now = Timestamp::now();
+        let mut cached = self.shared.cached.lock().await;
         let due = cached.as_ref().map_or(Renewal::Must, |current| {
-            renewal(current.expires, current.renewal_failed, now)
+            renewal(current.expires, current.renewal_failed, Timestamp::now())
         });
-        if let (Renewal::Keep, Some(current)) = (due, cached.as_ref()) {
-            return Ok(current.keys.clone());
+        match (due, cached.as_ref()) {
+            (Renewal::Keep, Some(current)) => return Ok(current.keys.clone()),
+            (Renewal::Try, Some(current)) => {
+                self.renew_in_background();
+                return Ok(current.keys.clone());
+            }
+            _ => {}
         }
-        match self.fetch().await {
-            Ok(fresh) => Ok(cached.insert(fresh).keys.clone()),
-            Err(no_keys) => match (due, cached.as_mut()) {
-                (Renewal::Try, Some(current)) => {
+        let fresh = self.shared.fetch().await?;
+        Ok(cached.insert(fresh).keys.clone())
+    }
+
+    /// Starts fetching new keys unless that is under way; they replace the current ones when
+    /// they come, and a failure leaves the current ones in use until they lapse.
+    fn renew_in_background(&self) {
+        if self.shared.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let fresh = shared.fetch().await;
+            let mut cached = shared.cached.lock().await;
+            match (fresh, cached.as_mut()) {
+                (Ok(fresh), _) => *cached = Some(fresh),
+                (Err(no_keys), Some(current)) => {
                     tracing::warn!(
                         "{}; the current S3 keys stay in use until they expire",
                         no_keys.message
                     );
-                    current.renewal_failed = Some(now);
-                    Ok(current.keys.clone())
+                    current.renewal_failed = Some(Timestamp::now());
                 }
-                _ => Err(no_keys),
-            },
-        }
+                // Forgotten meanwhile: the next request fetches keys itself, and says why not.
+                (Err(_), None) => {}
+            }
+            shared.renewing.store(false, Ordering::Release);
+        });
     }
 
+    /// Forgets the cached keys (the remote said they expired).
+    pub async fn expire(&self) {
+        *self.shared.cached.lock().await = None;
+    }
+}
+
+impl Shared {
     /// New keys from the provider.
     async fn fetch(&self) -> Result<Cached, NoKeys> {
         let found = self
@@ -215,11 +255,6 @@ impl Credentials {
             expires: credential.expires_in,
             renewal_failed: None,
         })
-    }
-
-    /// Forgets the cached keys (the remote said they expired).
-    pub async fn expire(&self) {
-        *self.cached.lock().await = None;
     }
 }
 
