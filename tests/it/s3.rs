@@ -304,11 +304,14 @@ async fn remotes_without_a_watch_serve_push_but_not_the_daemon() {
     assert_eq!(run, Some(2), "ferry run refuses it");
 }
 
-/// `ferry push --remote s3` of `file`, trusting no CA bundle the environment may name.
+/// `ferry push --remote s3` of `file`, trusting no CA bundle the environment may name and asking
+/// for EC2 instance metadata on loopback only.
 pub(crate) fn push(config: &Path, data: &Path, file: &Path) -> Command {
     let mut command = Command::new(ferry_bin());
     command
         .env_remove("AWS_CA_BUNDLE")
+        // A chain that finds no keys asks no EC2 metadata service off this machine.
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
         .arg("--config")
         .arg(config)
         .args(["push", "--remote", "s3", "--chunk-size", "5MiB", "--json"])

@@ -1,12 +1,14 @@
 //! S3 keys from where the AWS CLI finds them, besides a secret file: a `credential_process`
-//! (s3s-fs checks the signatures), a container's credentials endpoint, and profiles that assume
-//! a role. For roles STS is moto's, with its checks on (it verifies the signature of every
-//! AssumeRole call against the keys of the user or role it names, and that they may assume the
-//! role), and the uploads go to another moto through a proxy that shows which keys signed them.
+//! (s3s-fs checks the signatures), a container's credentials endpoint, an EC2 instance's
+//! metadata service, and profiles that assume a role. For roles STS is moto's, with its checks
+//! on (it verifies the signature of every AssumeRole call against the keys of the user or role
+//! it names, and that they may assume the role), and the uploads go to another moto through a
+//! proxy that shows which keys signed them.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::s3::{assert_stored, proxy_before, push};
@@ -428,45 +430,111 @@ async fn a_web_identity_token_gets_the_keys_of_its_role() {
     assert!(stderr.contains(&said), "{stderr}");
 }
 
-/// The keys of a container's task role, from the endpoint `$AWS_CONTAINER_CREDENTIALS_FULL_URI`
-/// names (ECS on Fargate, EKS Pod Identity): through the default chain, the push lands in an
-/// s3s-fs that takes only those keys. moto serves the endpoint: its EC2 metadata service
-/// answers in the containers' format (its instance role, without the `Code` field of EC2's
-/// own, which reqsign requires there, so EC2 metadata itself cannot be tried against it).
-/// The endpoint answering 503 once is waited out, not taken for "no keys found".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
+/// Where moto's EC2 metadata service gives its instance role's keys.
+const ROLE_KEYS: &str = "/latest/meta-data/iam/security-credentials/default-role";
+
+/// A moto, whose EC2 metadata service gives its instance role's keys; an s3s-fs that takes
+/// only those keys; and a proxy before the moto.
+async fn instance_role_servers() -> (S3Server, S3Server, FaultProxy) {
     let moto = S3Server::start(Flavor::Moto).await;
-    let role = format!(
-        "{}/latest/meta-data/iam/security-credentials/default-role",
-        moto.endpoint
-    );
+    let role = format!("{}{ROLE_KEYS}", moto.endpoint);
     let served: serde_json::Value = reqwest::get(&role).await.unwrap().json().await.unwrap();
     let (key_id, secret) = (
         served["AccessKeyId"].as_str().unwrap(),
         served["SecretAccessKey"].as_str().unwrap(),
     );
     let server = S3Server::start_with_keys(Flavor::S3sFs, key_id, secret).await;
-    let endpoint_proxy = crate::s3::proxy_before(&moto).await;
+    let proxy = crate::s3::proxy_before(&moto).await;
+    (moto, server, proxy)
+}
+
+/// The keys of a container's task role, from the endpoint `$AWS_CONTAINER_CREDENTIALS_FULL_URI`
+/// names (ECS on Fargate, EKS Pod Identity): through the default chain, the push lands in an
+/// s3s-fs that takes only those keys. moto serves the endpoint: the keys reply of its EC2
+/// metadata service is in the containers' format too. The endpoint answering 503 once is waited out, not taken for "no keys found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_containers_credentials_endpoint_sign_the_uploads() {
+    let (_moto, server, endpoint_proxy) = instance_role_servers().await;
     let refused_once = Fault::Unavailable {
         retry_after_secs: 1,
     };
     endpoint_proxy.set_plan(move |_, index| (index == 0).then_some(refused_once));
-    let through_proxy = role.replace(&moto.endpoint, &endpoint_proxy.url);
+    let through_proxy = format!("{}{ROLE_KEYS}", endpoint_proxy.url);
     let dir = tempfile::tempdir().unwrap();
     let config = keyless_remote(dir.path(), &server.endpoint, "");
     let local = dir.path().join("task.bin");
     random_file(&local, 6 * 1024 * 1024, 61);
     let mut command = push(&config, &dir.path().join("data"), &local);
     with_aws_files(&mut command, dir.path(), None)
-        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &through_proxy)
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9");
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &through_proxy);
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_stored(&server, "task.bin", &local, "task.bin").await;
     let asked = endpoint_proxy.log();
     assert_eq!(asked.len(), 2, "refused once, then answered: {asked:?}");
+}
+
+/// The keys of an EC2 instance's role, from its metadata service (moto's, at
+/// `$AWS_EC2_METADATA_SERVICE_ENDPOINT`): through the default chain, the push lands in an s3s-fs
+/// that takes only those keys; a session token is asked for first and sent with each metadata
+/// request (IMDSv2), and the service answering 503 once is waited out (the whole exchange
+/// again, as the AWS CLI does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_instance_metadata_service_sign_the_uploads() {
+    let (_moto, server, metadata) = instance_role_servers().await;
+    let refused_once = Fault::Unavailable {
+        retry_after_secs: 1,
+    };
+    let refused = AtomicBool::new(false);
+    metadata.set_plan(move |head, _| {
+        let keys = head.path == ROLE_KEYS;
+        (keys && !refused.swap(true, Ordering::Relaxed)).then_some(refused_once)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyless_remote(dir.path(), &server.endpoint, "");
+    let local = dir.path().join("instance.bin");
+    random_file(&local, 6 * 1024 * 1024, 62);
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    with_aws_files(&mut command, dir.path(), None)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &metadata.url);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_stored(&server, "instance.bin", &local, "instance.bin").await;
+    let asked: Vec<String> = metadata
+        .log()
+        .iter()
+        .map(|seen| format!("{} {}", seen.method, seen.path))
+        .collect();
+    let keys = format!("GET {ROLE_KEYS}");
+    let exchange = [
+        "PUT /latest/api/token",
+        "GET /latest/meta-data/iam/security-credentials/",
+        &keys,
+    ];
+    let expected = [exchange, exchange].concat();
+    assert_eq!(asked, expected, "a token first, the 503 waited out");
+}
+
+/// Where no instance metadata service answers (a machine that is no EC2 instance) and nothing
+/// else has keys, the push says no keys were found, at once.
+#[test]
+fn no_instance_metadata_service_means_no_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyless_remote(dir.path(), "http://127.0.0.1:9", "");
+    let local = dir.path().join("nowhere.bin");
+    random_file(&local, 1024, 63);
+    let started = Instant::now();
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    let output = with_aws_files(&mut command, dir.path(), None)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let said = "no S3 credentials found in the AWS default chain";
+    assert!(stderr.contains(said), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
 }
 
 /// A remote's `profile` that neither shared file has is refused by `ferry config check`, naming

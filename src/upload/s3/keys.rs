@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use reqsign_aws_core::{
     Credential, DefaultCredentialProvider, ECSCredentialProvider, EnvCredentialProvider,
-    IMDSv2CredentialProvider, ProcessCredentialProvider, ProfileCredentialProvider,
-    SSOCredentialProvider,
+    ProcessCredentialProvider, ProfileCredentialProvider, SSOCredentialProvider,
 };
 use reqsign_core::{
     CommandExecute, CommandOutput, Context, ProvideCredential, ProvideCredentialDyn,
 };
 
+use super::imds::InstanceMetadata;
 use super::profile::{KeysIn, SharedFiles};
 use super::role::{AssumeRole, RoleSource};
 use super::sts::{AssumeRoleProvider, StsEndpoint, WebIdentityProvider};
@@ -71,7 +71,7 @@ pub fn role_provider(context: &Context, role: &AssumeRole, sts: &StsEndpoint) ->
         RoleSource::Profile(name) => Arc::new(NamedProfile(name.clone())),
         RoleSource::Role(inner) => role_provider(context, inner, sts),
         RoleSource::Environment => Arc::new(EnvCredentialProvider::new()),
-        RoleSource::Ec2InstanceMetadata => Arc::new(IMDSv2CredentialProvider::new()),
+        RoleSource::Ec2InstanceMetadata => Arc::new(InstanceMetadata),
         RoleSource::EcsContainer => Arc::new(ECSCredentialProvider::new()),
     };
     Arc::new(AssumeRoleProvider::new(context, role, sts, source))
@@ -81,7 +81,7 @@ pub fn role_provider(context: &Context, role: &AssumeRole, sts: &StsEndpoint) ->
 /// (asking `sts`, so `$AWS_ENDPOINT_URL_STS` is honoured and its refusal said), reqsign's chain
 /// for the default profile's keys, SSO and process, a container's role (its endpoint set in the
 /// environment, so its failure is said, and retried when it may answer later), then the
-/// instance's role (whose absence, on a machine that is no EC2 instance, is no error).
+/// instance's role (`imds`: whose absence, on a machine that is no EC2 instance, is no error).
 pub fn default_chain(sts: &StsEndpoint) -> Provider {
     let shared_files = DefaultCredentialProvider::builder()
         .no_env()
@@ -89,20 +89,12 @@ pub fn default_chain(sts: &StsEndpoint) -> Provider {
         .no_ecs()
         .no_imds()
         .build();
-    let instance = DefaultCredentialProvider::builder()
-        .no_env()
-        .no_profile()
-        .no_sso()
-        .no_web_identity()
-        .no_process()
-        .no_ecs()
-        .build();
     Arc::new(FirstOf(vec![
         Arc::new(EnvCredentialProvider::new()),
         Arc::new(WebIdentityProvider::from_environment(sts)),
         Arc::new(shared_files),
         Arc::new(ECSCredentialProvider::new()),
-        Arc::new(instance),
+        Arc::new(InstanceMetadata),
     ]))
 }
 

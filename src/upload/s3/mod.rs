@@ -18,6 +18,7 @@
 
 pub mod credentials;
 mod encryption;
+mod imds;
 mod keys;
 pub mod profile;
 mod request;
