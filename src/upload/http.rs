@@ -4,7 +4,8 @@
 //! Trust: the system's CA certificates (as `rustls-platform-verifier` finds them, so
 //! `SSL_CERT_FILE` and `SSL_CERT_DIR` work) plus a remote's own `ca_cert` bundle, for MinIO,
 //! Ceph or a receiver behind a private CA (rclone's `--ca-cert`, the AWS CLI's
-//! `AWS_CA_BUNDLE`). A machine without CA certificates (a minimal container without
+//! `AWS_CA_BUNDLE`), read once per client at its first TLS handshake, so a client that speaks
+//! only plain HTTP never spends the milliseconds they take. A machine without CA certificates (a minimal container without
 //! `ca-certificates`) can still use plain-HTTP remotes and remotes with a `ca_cert`: each TLS
 //! handshake then fails with a message saying what is missing, instead of the client failing
 //! to build at all. A server certificate that is not trusted is not retried (`untrusted`): it
@@ -15,7 +16,7 @@
 //! MinIO), which is always reached directly, as Go's HTTP client does: no proxy can reach it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -120,9 +121,38 @@ fn is_loopback(url: &str) -> bool {
 /// The TLS settings behind `client_builder`: ring, TLS 1.2 and 1.3, and the verifier.
 fn client_config(ca_cert: Option<&CaCert>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let extra = ca_cert.map(|ca| ca.certs.clone()).unwrap_or_default();
-    let verifier: Arc<dyn ServerCertVerifier> =
-        match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone()) {
+    let verifier = Arc::new(AtFirstUse {
+        extra: ca_cert.map(|ca| ca.certs.clone()).unwrap_or_default(),
+        provider: provider.clone(),
+        built: OnceLock::new(),
+    });
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth()
+}
+
+/// The verifier of the system's CA certificates and `extra`, built at the first TLS
+/// handshake: finding and parsing the system's certificates costs milliseconds that a client
+/// speaking only plain HTTP (to a local MinIO, or a credential client a secret file makes
+/// unneeded) need not spend.
+#[derive(Debug)]
+struct AtFirstUse {
+    extra: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+    built: OnceLock<Arc<dyn ServerCertVerifier>>,
+}
+
+impl AtFirstUse {
+    fn verifier(&self) -> &dyn ServerCertVerifier {
+        self.built.get_or_init(|| self.build()).as_ref()
+    }
+
+    fn build(&self) -> Arc<dyn ServerCertVerifier> {
+        let (extra, provider) = (self.extra.clone(), self.provider.clone());
+        match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider) {
             Ok(verifier) => Arc::new(verifier),
             Err(error) => {
                 tracing::debug!(%error, "no CA certificates: every TLS handshake will fail");
@@ -130,16 +160,51 @@ fn client_config(ca_cert: Option<&CaCert>) -> rustls::ClientConfig {
                     problem: "the system has no CA certificates (install the ca-certificates \
                               package), and none were given with ca_cert or --ca-cert"
                         .into(),
-                    provider: provider.clone(),
+                    provider: self.provider.clone(),
                 })
             }
-        };
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth()
+        }
+    }
+}
+
+impl ServerCertVerifier for AtFirstUse {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verifier = self.verifier();
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.verifier().root_hint_subjects()
+    }
 }
 
 /// The verifier when nothing is trusted: every server certificate is refused, saying why.
