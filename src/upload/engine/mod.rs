@@ -151,22 +151,47 @@ pub struct Uploader {
 
 /// Where a session stands after opening or resuming it.
 enum Opened {
-    /// Ready to send: parts already acknowledged carry an etag.
-    Ready {
-        record: UploadRecord,
-        parts: Vec<PartRecord>,
-        recorded: bool,
-    },
-    /// A new file that goes whole in one request (`Backend::put_file`).
-    Whole {
-        record: UploadRecord,
-        request: CreateRequest,
-    },
+    /// Ready to send: parts already acknowledged carry an etag; or a new file that goes whole
+    /// in one request (`Backend::put_file`).
+    Ready(Box<Ready>),
     /// The remote completed it before a crash let us record that.
     AlreadyComplete {
         parts: Vec<PartRecord>,
         file: RemoteFile,
     },
+}
+
+/// A session ready for its parts: its record, the parts acknowledged before, whether the
+/// record is in the store yet, and the request when the file goes whole in one.
+struct Ready {
+    record: UploadRecord,
+    parts: Vec<PartRecord>,
+    recorded: bool,
+    whole: Option<CreateRequest>,
+}
+
+impl Opened {
+    /// A session to send the parts of, `parts` those it holds already.
+    fn parts(record: UploadRecord, parts: Vec<PartRecord>, recorded: bool) -> Opened {
+        let whole = None;
+        Opened::Ready(Box::new(Ready {
+            record,
+            parts,
+            recorded,
+            whole,
+        }))
+    }
+
+    /// A new file sent whole by `request`.
+    fn whole(record: UploadRecord, request: CreateRequest) -> Opened {
+        let (parts, recorded, whole) = (Vec::new(), false, Some(request));
+        Opened::Ready(Box::new(Ready {
+            record,
+            parts,
+            recorded,
+            whole,
+        }))
+    }
 }
 
 impl Uploader {
@@ -306,61 +331,67 @@ impl Uploader {
         let (file, recorded) =
             open_local(job, self.backend.up_front(), move || sessions.load(&lookup)).await?;
         let file = Arc::new(file);
-        let size = file.fingerprint().size;
-        progress.start(size);
+        progress.start(file.fingerprint().size);
         // The file is hashed while the parts go out (the digest is needed only at complete),
         // from when the parts' size is known, so that the same pass sums them.
         let hash_cancel = CancellationToken::new();
         let _stop_hashing = hash_cancel.clone().drop_guard();
-        let opened = self.open_session(job, key, &file, recorded).await?;
-        let (record, parts, recorded, whole) = match opened {
-            Opened::Ready {
-                record,
-                parts,
-                recorded,
-            } => (record, parts, recorded, None),
-            Opened::Whole { record, request } => (record, Vec::new(), false, Some(request)),
+        let ready = match self.open_session(job, key, &file, recorded).await? {
+            Opened::Ready(ready) => *ready,
             Opened::AlreadyComplete {
                 parts,
                 file: remote,
             } => {
-                let hashing = file.sha256(hash_cancel, None);
-                let digest = self.digest(hashing, &file).await?;
+                let digest = self.digest(file.sha256(hash_cancel, None), &file).await?;
                 let tally = self.already_complete(job, key, &file, (&parts, &remote), &digest);
                 let tally = tally.await?;
                 return Ok(report(job, &file, digest, tally, (started, progress)));
             }
         };
+        let (digest, tally) = self.send(key, &file, ready, progress, hash_cancel).await?;
+        Ok(report(job, &file, digest, tally, (started, progress)))
+    }
+
+    /// Sends the parts of `ready` not yet acknowledged, hashing the file meanwhile, and
+    /// finishes the session. Returns the file's digest and what was sent.
+    async fn send(
+        &self,
+        key: &str,
+        file: &Arc<LocalFile>,
+        ready: Ready,
+        progress: &Arc<Progress>,
+        hash_cancel: CancellationToken,
+    ) -> Result<(String, Tally), Attempt> {
+        let Ready {
+            record,
+            parts,
+            recorded,
+            whole,
+        } = ready;
+        let size = file.fingerprint().size;
         let (mut layout, acknowledged) = Layout::new(parts, size, record.limits);
         let recorded = self
-            .record_if_needed(key, &record, &mut layout, recorded, &file)
+            .record_if_needed(key, &record, &mut layout, recorded, file)
             .await?;
         let ahead = self.sums_ahead(&layout, whole.is_some(), size);
         let hashing = file.sha256(hash_cancel, ahead.clone());
-        let context = self.context(key, &record, &file, progress, (recorded, whole, ahead));
+        let context = self.context(key, &record, file, progress, (recorded, whole, ahead));
         let parts_resumed = acknowledged.len() as u32;
         let resumed_bytes: u64 = acknowledged.values().map(|p| p.size).sum();
         progress.add_resumed(resumed_bytes);
         let held = &context.acknowledged;
         held.store(resumed_bytes, std::sync::atomic::Ordering::Relaxed);
-
-        let sent = parts::send_all(
-            &context,
-            layout,
-            acknowledged,
-            self.settings.in_flight_bytes(),
-        )
-        .await;
-        let manifest = match sent {
+        let in_flight = self.settings.in_flight_bytes();
+        let manifest = match parts::send_all(&context, layout, acknowledged, in_flight).await {
             Err(Attempt::Replan(reason)) => return Err(self.start_over(&context, &reason).await),
             other => other?,
         };
-        tracing::debug!(path = %job.local_path.display(), elapsed = ?started.elapsed(), parts = manifest.len(), "all parts acknowledged");
+        tracing::debug!(path = %file.path().display(), parts = manifest.len(), "all parts acknowledged");
         let (digest, manifest) = self.finish(&context, &record, manifest, hashing).await?;
         let bytes_sent = manifest.values().map(|part| part.size).sum::<u64>() - resumed_bytes;
         let sizes = PartSizes::of(manifest.values());
         let tally = Tally(manifest.len() as u32, parts_resumed, bytes_sent, sizes);
-        Ok(report(job, &file, digest, tally, (started, progress)))
+        Ok((digest, tally))
     }
 
     /// A session the remote completed before (its reply was lost): forgets it, and checks it
@@ -468,24 +499,13 @@ impl Uploader {
         digest: &str,
         size: u64,
     ) -> Result<(RemoteFile, BTreeMap<u32, PartRecord>), Attempt> {
-        let path = context.file.path();
         let mut repairs = 0;
         loop {
-            let completed = completed_parts(&manifest);
-            let error = match self
-                .with_retry(path, || {
-                    self.backend
-                        .complete(context.session(), &completed, digest, size)
-                })
-                .await
-            {
+            let error = match self.complete_once(context, &manifest, digest, size).await {
                 Ok(remote) => return Ok((remote, manifest)),
-                Err(Attempt::Fatal(error)) => error,
+                Err(Attempt::Fatal(error)) if refused_manifest(&error) => error,
                 Err(other) => return Err(other),
             };
-            if !refused_manifest(&error) {
-                return Err(Attempt::Fatal(error));
-            }
             let reason = format!(
                 "the remote refused the manifest: {}",
                 crate::error::chain(&*error)
@@ -496,28 +516,60 @@ impl Uploader {
                 return Err(self.start_over(context, &reason).await);
             }
             repairs += 1;
-            let held = match self
-                .with_retry(path, || self.backend.query(context.session()))
-                .await?
-            {
-                SessionStatus::Open { held } => held,
-                _ => return Err(self.start_over(context, &reason).await),
-            };
-            let parts = reconcile(manifest.into_values().collect(), &held);
-            let stale: Vec<u32> = parts
-                .iter()
-                .filter(|p| !p.is_acknowledged())
-                .map(|p| p.number)
-                .collect();
-            if stale.is_empty() {
-                return Err(self.start_over(context, &reason).await);
-            }
-            tracing::info!(path = %path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
-            let (layout, acknowledged) = Layout::new(parts, size, record.limits);
-            let in_flight_bytes = self.settings.in_flight_bytes();
-            manifest = parts::send_all(context, layout, acknowledged, in_flight_bytes).await?;
-            self.ensure_unchanged(context).await?;
+            manifest = self
+                .resend_stale(context, record, manifest, &reason)
+                .await?;
         }
+    }
+
+    /// One completion of the session with `manifest`, retried as any request.
+    async fn complete_once(
+        &self,
+        context: &SessionContext,
+        manifest: &BTreeMap<u32, PartRecord>,
+        digest: &str,
+        size: u64,
+    ) -> Result<RemoteFile, Attempt> {
+        let completed = completed_parts(manifest);
+        let session = context.session();
+        self.with_retry(context.file.path(), || {
+            self.backend.complete(session, &completed, digest, size)
+        })
+        .await
+    }
+
+    /// Sends again the parts of `manifest` that the remote holds in another version. Starts
+    /// over, for `reason`, when it holds none such or the session is no longer open.
+    async fn resend_stale(
+        &self,
+        context: &Arc<SessionContext>,
+        record: &UploadRecord,
+        manifest: BTreeMap<u32, PartRecord>,
+        reason: &str,
+    ) -> Result<BTreeMap<u32, PartRecord>, Attempt> {
+        let path = context.file.path();
+        let status = self
+            .with_retry(path, || self.backend.query(context.session()))
+            .await?;
+        let SessionStatus::Open { held } = status else {
+            return Err(self.start_over(context, reason).await);
+        };
+        let parts = reconcile(manifest.into_values().collect(), &held);
+        let stale: Vec<u32> = parts
+            .iter()
+            .filter(|p| !p.is_acknowledged())
+            .map(|p| p.number)
+            .collect();
+        if stale.is_empty() {
+            return Err(self.start_over(context, reason).await);
+        }
+        tracing::info!(path = %path.display(), ?stale, "the remote holds other versions of some parts; sending them again");
+        let size = context.file.fingerprint().size;
+        let (layout, acknowledged) = Layout::new(parts, size, record.limits);
+        let in_flight_bytes = self.settings.in_flight_bytes();
+        let manifest = parts::send_all(context, layout, acknowledged, in_flight_bytes).await?;
+        self.ensure_unchanged(context).await?;
+        Ok(manifest)
     }
 
     /// Starts over (aborting the session) when the file changed since it was opened.
@@ -548,7 +600,7 @@ impl Uploader {
         if let Some(limits) = self.whole_in_one(file.fingerprint().size) {
             let request = create_request(job, file);
             let record = self.record(job, file, String::new(), limits, None);
-            return Ok(Opened::Whole { record, request });
+            return Ok(Opened::whole(record, request));
         }
         self.create_session(job, file).await
     }
@@ -605,11 +657,7 @@ impl Uploader {
                     held,
                     "resuming the earlier session"
                 );
-                Ok(Some(Opened::Ready {
-                    record,
-                    parts,
-                    recorded: true,
-                }))
+                Ok(Some(Opened::parts(record, parts, true)))
             }
             SessionStatus::Completed { file } => Ok(Some(Opened::AlreadyComplete { parts, file })),
             SessionStatus::Gone => {
@@ -630,11 +678,7 @@ impl Uploader {
         // A request without a body: its time is the link's fixed time (a retry blurs it).
         self.planner.observe_request(started.elapsed());
         let record = self.record(job, file, created.id, created.limits, created.expires_at);
-        Ok(Opened::Ready {
-            record,
-            parts: Vec::new(),
-            recorded: false,
-        })
+        Ok(Opened::parts(record, Vec::new(), false))
     }
 
     /// The record of a new session.
