@@ -66,6 +66,26 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// Scrapes until `condition` holds of the samples, for at most `timeout`; the samples that
+/// met it. For counters a client moves only after the server it talks to has counted.
+pub async fn scrape_until(
+    address: &str,
+    what: &str,
+    timeout: std::time::Duration,
+    condition: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let samples = scrape(address).await;
+        if condition(&samples) {
+            return samples;
+        }
+        let now = std::time::Instant::now();
+        assert!(now < deadline, "timed out waiting for {what}: {samples:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn scrape(address: &str) -> BTreeMap<String, f64> {
     let response = client()
         .get(format!("http://{address}/metrics"))
