@@ -231,8 +231,9 @@ async fn a_profile_that_assumes_a_role_uploads_with_the_roles_keys() {
 
 /// Keys from a `credential_process` (what aws-vault and the password managers' CLIs print):
 /// s3s-fs checks signatures, so a push lands only signed with the keys the process printed,
-/// through a remote's `profile` and through the default chain's `$AWS_PROFILE` alike; the
-/// command's quoted argument is one word, as the AWS CLI splits it.
+/// through a remote's `profile`, the default chain's `$AWS_PROFILE` and a profile of the
+/// credentials file alike; the command's quoted argument is one word, as the AWS CLI splits it,
+/// and keeps its run of spaces (the process prints keys for exactly that argument).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_a_credential_process_sign_the_uploads() {
     let server = S3Server::start(Flavor::S3sFs).await;
@@ -241,6 +242,7 @@ async fn keys_from_a_credential_process_sign_the_uploads() {
     for (name, named, chosen) in [
         ("named.bin", "profile = \"vault\"\n", None),
         ("chained.bin", "", Some("vault")),
+        ("filed.bin", "profile = \"filed\"\n", None),
     ] {
         let more = format!("prefix = \"pushed/\"\n{named}");
         let config = keyless_remote(dir.path(), &server.endpoint, &more);
@@ -249,6 +251,10 @@ async fn keys_from_a_credential_process_sign_the_uploads() {
         let mut command = push(&config, &dir.path().join("data"), &local);
         command
             .env("AWS_CONFIG_FILE", &aws_config)
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("aws-credentials"),
+            )
             .env("HOME", dir.path());
         for key in [
             "AWS_ACCESS_KEY_ID",
@@ -371,26 +377,30 @@ fi
 }
 
 /// An AWS shared config file in `dir` whose profile `vault` gets the test keys from a
-/// `credential_process` with a quoted argument, and whose profile `locked` has one that fails.
+/// `credential_process` with a quoted argument, and whose profile `locked` has one that fails;
+/// and a credentials file (`aws-credentials`) whose profile `filed` is `vault`'s twin.
 fn vault_profile(dir: &Path) -> PathBuf {
     let script = dir.join("keys.sh");
     let json = format!(
         r#"{{"Version": 1, "AccessKeyId": "{ACCESS_KEY}", "SecretAccessKey": "{SECRET_KEY}"}}"#
     );
-    std::fs::write(&script, format!("#!/bin/sh\necho '{json}'\n")).unwrap();
+    let check = "[ \"$1\" = 'two  spaces' ] || { echo \"an argument of [$1]\" >&2; exit 4; }";
+    std::fs::write(&script, format!("#!/bin/sh\n{check}\necho '{json}'\n")).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let aws_config = dir.join("aws-config");
     let locked = dir.join("locked.sh");
     let refusal = "#!/bin/sh\necho 'the vault is locked' >&2\nexit 3\n";
     std::fs::write(&locked, refusal).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let process = format!("/bin/sh -c \"exec {} 'two  spaces'\"", script.display());
     let profile = format!(
-        "[profile vault]\ncredential_process = /bin/sh -c \"exec {}\"\n\
+        "[profile vault]\ncredential_process = {process}\n\
          [profile locked]\ncredential_process = {}\n",
-        script.display(),
         locked.display()
     );
     std::fs::write(&aws_config, profile).unwrap();
+    let filed = format!("[filed]\ncredential_process = {process}\n");
+    std::fs::write(dir.join("aws-credentials"), filed).unwrap();
     aws_config
 }
 

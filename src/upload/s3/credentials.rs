@@ -151,7 +151,6 @@ impl Credentials {
             .map_err(|error| format!("cannot build the credential client: {error}"))?;
         let context = Context::new()
             .with_file_read(FileRead)
-            .with_command_execute(super::keys::ProcessRunner)
             .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
             .with_env(OsEnv);
         let shared = Shared {
@@ -268,7 +267,7 @@ fn provider(context: &Context, source: &CredentialSource) -> Provider {
             access_key_id,
             secret_access_key,
         )),
-        CredentialSource::Profile(name) => Arc::new(NamedProfile(name.clone())),
+        CredentialSource::Profile(name) => Arc::new(NamedProfile(Some(name.clone()))),
         CredentialSource::Chain(sts) => default_chain(sts),
         CredentialSource::Role(source) => {
             let role = role_provider(context, &source.role, &source.sts);

@@ -20,6 +20,7 @@ pub mod credentials;
 mod encryption;
 mod imds;
 mod keys;
+mod process;
 pub mod profile;
 mod request;
 pub mod role;

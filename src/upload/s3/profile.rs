@@ -2,21 +2,21 @@
 //! `$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`), read once per remote that needs
 //! them: the region and endpoint of a profile, taken when a remote names none and the
 //! environment does not either, and (in `role`) the role a profile assumes, as the AWS CLI and
-//! SDKs read them. (Keys from the shared files are `credentials`' business, through reqsign.)
+//! SDKs read them, and how a profile holds its keys (`keys_in`), which `keys` then fetches.
 
 use std::path::PathBuf;
 
 use ini::Ini;
 
 /// Where a profile's keys come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeysIn {
     /// An SSO session (`sso_session`, or the legacy `sso_start_url`).
     Sso,
     /// `aws_access_key_id` with its secret.
     Keys,
-    /// `credential_process`.
-    Process,
+    /// `credential_process`: the command line.
+    Process(String),
 }
 
 /// Both shared files, parsed (a file that is not there is empty), and the profile used when a
@@ -98,8 +98,8 @@ impl SharedFiles {
             KeysIn::Sso
         } else if credentials.is_some_and(|section| section.contains_key("aws_access_key_id")) {
             KeysIn::Keys
-        } else if self.get(profile, "credential_process").is_some() {
-            KeysIn::Process
+        } else if let Some(command) = self.get(profile, "credential_process") {
+            KeysIn::Process(command.to_string())
         } else {
             KeysIn::Keys
         }
@@ -250,7 +250,7 @@ mod tests {
         let cases = [
             ("sso", KeysIn::Sso),
             ("legacy-sso", KeysIn::Sso),
-            ("vault", KeysIn::Process),
+            ("vault", KeysIn::Process("aws-vault export x".into())),
             ("both", KeysIn::Keys),
             ("in-config", KeysIn::Keys),
             ("absent", KeysIn::Keys),
