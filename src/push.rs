@@ -95,40 +95,13 @@ pub fn default_remote_path(file: &Path) -> Option<String> {
 
 /// Uploads every file in turn; one failure does not stop the others.
 pub async fn run(options: PushOptions) -> Result<(), PushError> {
-    std::fs::create_dir_all(&options.data_dir).map_err(|source| PushError::DataDir {
-        path: options.data_dir.clone(),
-        source,
-    })?;
-    let store_dir = options.data_dir.join("push-sessions");
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-        .await
-        .expect("opening the store does not panic")?;
-    let limiter = options
-        .bwlimit
-        .clone()
-        .map(|limit| Arc::new(Limiter::new(limit)));
-    let uploader = Uploader::new(options.backend.clone(), store.sessions(), options.settings)
-        .with_limiter(limiter);
-
+    let uploader = open_uploader(&options).await?;
     let mut summary = Summary {
         files: Vec::new(),
         failed: Vec::new(),
     };
     for file in &options.files {
-        let remote_path = options
-            .name
-            .clone()
-            .or_else(|| default_remote_path(file))
-            .unwrap_or_default();
-        let job = UploadJob {
-            local_path: std::path::absolute(file).unwrap_or_else(|_| file.clone()),
-            remote_path,
-            mime_type: None,
-            metadata: Default::default(),
-            reach: crate::upload::Reach::AsGiven,
-            expected: None,
-        };
-        match upload_with_progress(&uploader, &job).await {
+        match upload_with_progress(&uploader, &job_for(&options, file)).await {
             Ok(report) => {
                 errln(&describe(&report));
                 summary.files.push(file_summary(file, report));
@@ -155,6 +128,40 @@ pub async fn run(options: PushOptions) -> Result<(), PushError> {
             failed: summary.failed.len(),
             total: options.files.len(),
         })
+    }
+}
+
+/// The uploader of a push: its session store in the data directory (made if missing, on a
+/// blocking thread) and the bandwidth limit.
+async fn open_uploader(options: &PushOptions) -> Result<Uploader, PushError> {
+    let data_dir = options.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&data_dir).map_err(|source| PushError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        Ok::<_, PushError>(Store::open(&data_dir.join("push-sessions"))?)
+    })
+    .await
+    .expect("opening the store does not panic")?;
+    let limiter = options
+        .bwlimit
+        .clone()
+        .map(|limit| Arc::new(Limiter::new(limit)));
+    let uploader = Uploader::new(options.backend.clone(), store.sessions(), options.settings);
+    Ok(uploader.with_limiter(limiter))
+}
+
+/// The job for `file`: to `--name`, else its file name.
+fn job_for(options: &PushOptions, file: &Path) -> UploadJob {
+    let remote_path = options.name.clone().or_else(|| default_remote_path(file));
+    UploadJob {
+        local_path: std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf()),
+        remote_path: remote_path.unwrap_or_default(),
+        mime_type: None,
+        metadata: Default::default(),
+        reach: crate::upload::Reach::AsGiven,
+        expected: None,
     }
 }
 
