@@ -5,11 +5,12 @@
 //! `SSL_CERT_FILE` and `SSL_CERT_DIR` work) plus a remote's own `ca_cert` bundle, for MinIO,
 //! Ceph or a receiver behind a private CA (rclone's `--ca-cert`, the AWS CLI's
 //! `AWS_CA_BUNDLE`), read once per client at its first TLS handshake, so a client that speaks
-//! only plain HTTP never spends the milliseconds they take. A machine without CA certificates (a minimal container without
-//! `ca-certificates`) can still use plain-HTTP remotes and remotes with a `ca_cert`: each TLS
-//! handshake then fails with a message saying what is missing, instead of the client failing
-//! to build at all. A server certificate that is not trusted is not retried (`untrusted`): it
-//! will not become trusted by waiting, and the message says how to fix it.
+//! only plain HTTP never spends the milliseconds they take. A machine without CA certificates
+//! (a minimal container without `ca-certificates`) can still use plain-HTTP remotes and
+//! remotes with a `ca_cert`: each TLS handshake then fails with a message saying what is
+//! missing, instead of the client failing to build at all. A server certificate that is not
+//! trusted is not retried (`untrusted`): it will not become trusted by waiting, and the
+//! message says how to fix it.
 //!
 //! Proxies: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, as reqwest reads them,
 //! except for a remote on a loopback address or `localhost` (the embedded receiver, a local
@@ -134,38 +135,44 @@ fn client_config(ca_cert: Option<&CaCert>) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// The verifier of the system's CA certificates and `extra`, built at the first TLS
-/// handshake: finding and parsing the system's certificates costs milliseconds that a client
+/// Why every server certificate is refused on a machine without CA certificates.
+const NO_CA_CERTIFICATES: &str = "the system has no CA certificates (install the \
+                                  ca-certificates package), and none were given with ca_cert \
+                                  or --ca-cert";
+
+/// The verifier of the system's CA certificates and `extra`, built at the first certificate
+/// it checks: finding and parsing the system's certificates costs milliseconds that a client
 /// speaking only plain HTTP (to a local MinIO, or a credential client a secret file makes
-/// unneeded) need not spend.
+/// unneeded) need not spend. Without any CA certificates, every server certificate is refused
+/// saying why. Signatures are checked with the provider's algorithms, as the platform
+/// verifier checks them.
 #[derive(Debug)]
 struct AtFirstUse {
     extra: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
-    built: OnceLock<Arc<dyn ServerCertVerifier>>,
+    /// `None` when there are no CA certificates at all.
+    built: OnceLock<Option<rustls_platform_verifier::Verifier>>,
 }
 
 impl AtFirstUse {
-    fn verifier(&self) -> &dyn ServerCertVerifier {
-        self.built.get_or_init(|| self.build()).as_ref()
-    }
-
-    fn build(&self) -> Arc<dyn ServerCertVerifier> {
-        let (extra, provider) = (self.extra.clone(), self.provider.clone());
-        match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider) {
-            Ok(verifier) => Arc::new(verifier),
-            Err(error) => {
-                tracing::debug!(%error, "no CA certificates: every TLS handshake will fail");
-                Arc::new(NoTrustedRoots {
-                    problem: "the system has no CA certificates (install the ca-certificates \
-                              package), and none were given with ca_cert or --ca-cert"
-                        .into(),
-                    provider: self.provider.clone(),
-                })
+    fn verifier(&self) -> Option<&rustls_platform_verifier::Verifier> {
+        let build = || {
+            let (extra, provider) = (self.extra.clone(), self.provider.clone());
+            match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider) {
+                Ok(verifier) => Some(verifier),
+                Err(error) => {
+                    tracing::debug!(%error, "no CA certificates: every TLS handshake will fail");
+                    None
+                }
             }
-        }
+        };
+        self.built.get_or_init(build).as_ref()
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Problem(&'static str);
 
 impl ServerCertVerifier for AtFirstUse {
     fn verify_server_cert(
@@ -176,61 +183,13 @@ impl ServerCertVerifier for AtFirstUse {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verifier = self.verifier();
+        let Some(verifier) = self.verifier() else {
+            let problem = rustls::OtherError(Arc::new(Problem(NO_CA_CERTIFICATES)));
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                problem,
+            )));
+        };
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verifier().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verifier().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.verifier().supported_verify_schemes()
-    }
-
-    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
-        self.verifier().root_hint_subjects()
-    }
-}
-
-/// The verifier when nothing is trusted: every server certificate is refused, saying why.
-#[derive(Debug)]
-struct NoTrustedRoots {
-    problem: String,
-    provider: Arc<CryptoProvider>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Problem(String);
-
-impl ServerCertVerifier for NoTrustedRoots {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let problem = Arc::new(Problem(self.problem.clone()));
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(problem),
-        )))
     }
 
     fn verify_tls12_signature(
