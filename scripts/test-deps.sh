@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `cargo test` needs beside the toolchain, pinned, skipping what is already there:
-#   - systemd-analyze (the service tests) and python3, from Debian;
+#   - systemd-analyze (the service tests), python3 and faketime (a push from a clock hours
+#     off), from Debian;
 #   - moto's S3 server, from PyPI (the S3 tests);
 #   - s3s-fs, an S3 server over a folder with real SigV4, from crates.io (the S3 tests);
 #   - Garage, a replicated S3 store, from crates.io (the cluster test; about 8 minutes to build
@@ -18,6 +19,7 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v faketime >/dev/null || missing+=(faketime)
 if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -528,6 +528,68 @@ async fn wrong_credentials_and_a_missing_bucket_fail_fast_with_a_clear_message()
     );
 }
 
+/// A machine whose clock is two hours off, either way, still uploads single and multipart
+/// objects: the first refusal's `Date` corrects the date of every later signature (s3s-fs
+/// checks the dates; moto does not). Refused for its date, a request of s3s-fs's is answered
+/// `AccessDenied: Request has expired` when the clock is behind, `RequestTimeTooSkewed` when
+/// it is ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_hours_off_is_corrected_from_the_servers_date() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &server, &server.endpoint);
+    for (offset, hours, seed) in [("-2h", 2, 61), ("+2h", -2, 63)] {
+        let small = dir.path().join(format!("small{offset}.txt"));
+        let large = dir.path().join(format!("large{offset}.bin"));
+        random_file(&small, 100, seed);
+        random_file(&large, 6 * MIB, seed + 1);
+        let data = dir.path().join(format!("data{offset}"));
+        let mut push = push(&config, &data, &small);
+        let output = with_clock(offset, push.arg(&large)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "clock {offset}: {stderr}");
+        let learned = learned_skew_ms(&stderr).expect("the skew is said");
+        let expected: i64 = hours * 3_600_000;
+        assert!(
+            (learned - expected).abs() < 300_000,
+            "clock {offset}: learned {learned} ms, expected about {expected}"
+        );
+        for local in [&small, &large] {
+            let name = local.file_name().unwrap().to_str().unwrap();
+            assert_stored(&server, &format!("pushed/{name}"), local, name).await;
+        }
+    }
+}
+
+/// `command` run by `faketime` with the wall clock `offset` from the machine's ("-2h"); the
+/// monotonic clock, which timers use, left alone.
+fn with_clock(offset: &str, command: &Command) -> Command {
+    let mut faked = Command::new("faketime");
+    faked
+        .args(["-f", offset])
+        .arg(command.get_program())
+        .args(command.get_args())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => faked.env(name, value),
+            None => faked.env_remove(name),
+        };
+    }
+    faked
+}
+
+/// The server's clock minus ours that a push's log says it learned.
+fn learned_skew_ms(log: &str) -> Option<i64> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("signing by its clock"))?;
+    let value = line.split("skew_ms=").nth(1)?.split_whitespace().next()?;
+    value.parse().ok()
+}
+
 /// A push of `local` fails at once (no retries) with `code` in a message that names `named`.
 fn refused_fast(config: &Path, dir: &Path, local: &Path, code: &str, named: &str) {
     let started = Instant::now();

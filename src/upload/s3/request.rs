@@ -3,11 +3,11 @@
 //! sent on our reqwest, and a refusal turned into a typed `BackendError`.
 //!
 //! Clock skew is learned from a refusal (`RequestTimeTooSkewed`, or any 403 whose `Date` is
-//! minutes from ours) and every later signature is dated by the server's clock; expired
-//! temporary keys are fetched again. A refusal that names the bucket's region (AWS's
-//! `AuthorizationHeaderMalformed` or `PermanentRedirect`, Garage's region check) when requests
-//! were signed for another is learned likewise, as the AWS SDKs do. These refusals are
-//! transient, so the retry that follows succeeds.
+//! a minute or more from the date the request was signed with) and every later signature is
+//! dated by the server's clock; expired temporary keys are fetched again. A refusal that
+//! names the bucket's region (AWS's `AuthorizationHeaderMalformed` or `PermanentRedirect`,
+//! Garage's region check) when requests were signed for another is learned likewise, as the
+//! AWS SDKs do. These refusals are transient, so the retry that follows succeeds.
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -81,6 +81,12 @@ impl Call {
     }
 }
 
+/// What a request was signed with: the region, and the correction to our clock then.
+struct Signing {
+    region: String,
+    skew_ms: i64,
+}
+
 /// Signs and sends requests for one remote.
 pub struct Requester {
     pub client: Client,
@@ -130,8 +136,11 @@ impl Requester {
     ) -> Result<Response, BackendError> {
         let keys = self.credentials.get().await;
         let keys = keys.map_err(|no| self.without_keys(call.operation, no))?;
-        let region = self.region();
-        let url = self.sign(&call, &keys, &region);
+        let signing = Signing {
+            region: self.region(),
+            skew_ms: self.skew_ms.load(Ordering::Relaxed),
+        };
+        let url = self.sign(&call, &keys, &signing);
         let method = reqwest::Method::from_bytes(call.method.to_str().as_bytes())
             .expect("S3 methods are valid HTTP methods");
         let mut request = self.client.request(method, url);
@@ -152,13 +161,14 @@ impl Requester {
             return Ok(response);
         }
         Err(self
-            .refusal(call.operation, response, call.on_session, &region)
+            .refusal(call.operation, response, call.on_session, &signing)
             .await)
     }
 
-    /// `call`'s URL signed in its query with `keys` for `region`, dated by the server's clock.
-    fn sign(&self, call: &Call, keys: &Keys, region: &str) -> Url {
-        let skew = jiff::SignedDuration::from_millis(self.skew_ms.load(Ordering::Relaxed));
+    /// `call`'s URL signed in its query with `keys` as `signing` says, dated by the server's
+    /// clock as far as it is known.
+    fn sign(&self, call: &Call, keys: &Keys, signing: &Signing) -> Url {
+        let skew = jiff::SignedDuration::from_millis(signing.skew_ms);
         let time = jiff::Timestamp::now()
             .checked_add(skew)
             .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -174,7 +184,7 @@ impl Requester {
             keys.key(),
             keys.secret(),
             keys.token(),
-            region,
+            &signing.region,
             SIGNATURE_LIFETIME_SECONDS,
             query,
             headers.map(|(name, value)| (name.as_str(), value.as_str())),
@@ -191,14 +201,14 @@ impl Requester {
         crate::upload::native::transport_error(operation, &self.endpoint, error)
     }
 
-    /// An error reply to a request signed for `signed`, typed; learns the clock skew and the
-    /// bucket's region, and drops expired keys, on the way.
+    /// An error reply to a request signed as `signed` says, typed; learns the clock skew and
+    /// the bucket's region, and drops expired keys, on the way.
     async fn refusal(
         &self,
         operation: Operation,
         response: Response,
         on_session: bool,
-        signed: &str,
+        signed: &Signing,
     ) -> BackendError {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -254,41 +264,55 @@ impl Requester {
         }
     }
 
-    /// Learns what a refusal of a request signed for `signed` says of our clock, keys and
-    /// region; whether the region was wrong, so that the retry, signed for the bucket's region
-    /// (learned now or by a request refused before), succeeds.
+    /// Learns what a refusal of a request signed as `signed` says of our clock, keys and
+    /// region; whether the clock or the region it was signed with was wrong, so that the retry,
+    /// signed by the server's clock and for the bucket's region, succeeds.
     async fn learn(
         &self,
         status: u16,
         reply: &xml::ErrorReply,
         headers: &reqwest::header::HeaderMap,
-        signed: &str,
+        signed: &Signing,
     ) -> bool {
         let code = reply.code.as_str();
         if matches!(code, "ExpiredToken" | "TokenRefreshRequired") {
             self.credentials.expire().await;
         }
+        let clock = self.learn_skew(status, code, headers, signed.skew_ms);
+        let named = headers
+            .get("x-amz-bucket-region")
+            .and_then(|value| value.to_str().ok())
+            .or(reply.region.as_deref());
+        let Some(learned) = bucket_region(status, code, named, &signed.region) else {
+            return clock;
+        };
+        let mut region = self.region.write().expect("region lock is never poisoned");
+        if *region != learned {
+            tracing::warn!(endpoint = %self.endpoint, "the bucket is in region {learned:?}, not {:?}: signing for {learned:?} from now on (set region = {learned:?} to start so)", signed.region);
+            *region = learned;
+        }
+        true
+    }
+
+    /// Learns the server's clock from a refusal's `Date`; whether the request was refused
+    /// for a date `signed_skew_ms` had wrong (a retry dated by the learned clock gets past).
+    fn learn_skew(
+        &self,
+        status: u16,
+        code: &str,
+        headers: &reqwest::header::HeaderMap,
+        signed_skew_ms: i64,
+    ) -> bool {
         let server = headers
             .get(DATE)
             .and_then(|value| value.to_str().ok())
             .and_then(httpdate);
         let now = jiff::Timestamp::now().as_millisecond();
-        if let Some(skew) = skew(status, code, server, now) {
-            tracing::warn!(skew_ms = skew, endpoint = %self.endpoint, "the S3 server's clock differs from ours; signing by its clock");
-            self.skew_ms.store(skew, Ordering::Relaxed);
-        }
-        let named = headers
-            .get("x-amz-bucket-region")
-            .and_then(|value| value.to_str().ok())
-            .or(reply.region.as_deref());
-        let Some(learned) = bucket_region(status, code, named, signed) else {
+        let Some(skew) = skew(status, code, server, now, signed_skew_ms) else {
             return false;
         };
-        let mut region = self.region.write().expect("region lock is never poisoned");
-        if *region != learned {
-            tracing::warn!(endpoint = %self.endpoint, "the bucket is in region {learned:?}, not {signed:?}: signing for {learned:?} from now on (set region = {learned:?} to start so)");
-            *region = learned;
-        }
+        tracing::warn!(skew_ms = skew, endpoint = %self.endpoint, "the S3 server's clock differs from ours; signing by its clock");
+        self.skew_ms.store(skew, Ordering::Relaxed);
         true
     }
 }
@@ -306,13 +330,23 @@ fn bucket_region(status: u16, code: &str, named: Option<&str>, signed: &str) -> 
     ((wrong_region || status == 301) && plausible && named != signed).then(|| named.to_string())
 }
 
-/// The server's clock minus ours, in milliseconds, when a refusal says ours is off: S3's
-/// `RequestTimeTooSkewed`, or any 403 whose `Date` is a minute or more from `now` (a
-/// signature dated too far off is refused under several codes).
-fn skew(status: u16, code: &str, server_ms: Option<i64>, now_ms: i64) -> Option<i64> {
+/// The server's clock minus ours, in milliseconds, when a refusal says the request's date
+/// (our clock corrected by `signed_skew_ms`) was off: S3's `RequestTimeTooSkewed`, or any 403
+/// whose `Date` is a minute or more from that date (a signature dated too far off is refused
+/// under several codes: s3s's "AccessDenied: Request has expired", others'
+/// `SignatureDoesNotMatch`). A 403 to a request already dated by the server's clock is not
+/// about the date.
+fn skew(
+    status: u16,
+    code: &str,
+    server_ms: Option<i64>,
+    now_ms: i64,
+    signed_skew_ms: i64,
+) -> Option<i64> {
     let skew = server_ms? - now_ms;
     let told = code == "RequestTimeTooSkewed";
-    (told || (status == 403 && skew.abs() >= SKEW_THRESHOLD_MS)).then_some(skew)
+    let misdated = (skew - signed_skew_ms).abs() >= SKEW_THRESHOLD_MS;
+    (told || (status == 403 && misdated)).then_some(skew)
 }
 
 /// An HTTP date (`Tue, 15 Nov 1994 08:12:31 GMT`) in milliseconds since the epoch.
@@ -421,29 +455,58 @@ mod tests {
     #[test]
     fn a_clock_is_corrected_only_when_a_refusal_says_it_is_off() {
         let (now, minute) = (1_000_000_000, 60_000);
+        // (status, code, the server's Date, the correction the request was signed with,
+        // the server's clock minus ours learned).
         let cases = [
             (
                 403,
                 "RequestTimeTooSkewed",
                 Some(now + 20 * minute),
+                0,
                 Some(20 * minute),
             ),
-            (403, "RequestTimeTooSkewed", Some(now + 10), Some(10)),
+            (403, "RequestTimeTooSkewed", Some(now + 10), 0, Some(10)),
             (
                 403,
                 "AccessDenied",
                 Some(now - 16 * minute),
+                0,
                 Some(-16 * minute),
             ),
-            (403, "AccessDenied", Some(now + 5_000), None),
-            (404, "NoSuchKey", Some(now + 20 * minute), None),
-            (403, "RequestTimeTooSkewed", None, None),
+            (403, "AccessDenied", Some(now + 5_000), 0, None),
+            // Signed with the correction a refusal just taught: the 403 is for something else.
+            (
+                403,
+                "AccessDenied",
+                Some(now - 16 * minute),
+                -16 * minute,
+                None,
+            ),
+            (
+                403,
+                "SignatureDoesNotMatch",
+                Some(now + 120 * minute),
+                120 * minute - 5_000,
+                None,
+            ),
+            // Signed before the correction was learned: refused for its date.
+            (
+                403,
+                "AccessDenied",
+                Some(now + 120 * minute),
+                0,
+                Some(120 * minute),
+            ),
+            // The server's clock jumped since the correction.
+            (403, "AccessDenied", Some(now), 30 * minute, Some(0)),
+            (404, "NoSuchKey", Some(now + 20 * minute), 0, None),
+            (403, "RequestTimeTooSkewed", None, 0, None),
         ];
-        for (status, code, server, expected) in cases {
+        for (status, code, server, signed, expected) in cases {
             assert_eq!(
-                skew(status, code, server, now),
+                skew(status, code, server, now, signed),
                 expected,
-                "{status} {code} {server:?}"
+                "{status} {code} {server:?} {signed}"
             );
         }
     }
