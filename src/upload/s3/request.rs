@@ -331,11 +331,11 @@ fn bucket_region(status: u16, code: &str, named: Option<&str>, signed: &str) -> 
 }
 
 /// The server's clock minus ours, in milliseconds, when a refusal says the request's date
-/// (our clock corrected by `signed_skew_ms`) was off: S3's `RequestTimeTooSkewed`, or any 403
-/// whose `Date` is a minute or more from that date (a signature dated too far off is refused
-/// under several codes: s3s's "AccessDenied: Request has expired", others'
-/// `SignatureDoesNotMatch`). A 403 to a request already dated by the server's clock is not
-/// about the date.
+/// (our clock corrected by `signed_skew_ms`) was off: S3's `RequestTimeTooSkewed`, or a
+/// refusal a misdated signature gets whose `Date` is a minute or more from that date: any 403
+/// (s3s's "AccessDenied: Request has expired", others' `SignatureDoesNotMatch`) or Garage's
+/// "400 InvalidRequest: Date is too old". Such a refusal of a request already dated by the
+/// server's clock is not about the date.
 fn skew(
     status: u16,
     code: &str,
@@ -345,8 +345,9 @@ fn skew(
 ) -> Option<i64> {
     let skew = server_ms? - now_ms;
     let told = code == "RequestTimeTooSkewed";
+    let for_a_date = status == 403 || (status == 400 && code == "InvalidRequest");
     let misdated = (skew - signed_skew_ms).abs() >= SKEW_THRESHOLD_MS;
-    (told || (status == 403 && misdated)).then_some(skew)
+    (told || (for_a_date && misdated)).then_some(skew)
 }
 
 /// An HTTP date (`Tue, 15 Nov 1994 08:12:31 GMT`) in milliseconds since the epoch.
@@ -499,6 +500,22 @@ mod tests {
             ),
             // The server's clock jumped since the correction.
             (403, "AccessDenied", Some(now), 30 * minute, Some(0)),
+            // Garage's refusal of a date older than the signature's lifetime.
+            (
+                400,
+                "InvalidRequest",
+                Some(now + 120 * minute),
+                0,
+                Some(120 * minute),
+            ),
+            (
+                400,
+                "InvalidRequest",
+                Some(now + 120 * minute),
+                120 * minute,
+                None,
+            ),
+            (400, "InvalidPart", Some(now + 120 * minute), 0, None),
             (404, "NoSuchKey", Some(now + 20 * minute), 0, None),
             (403, "RequestTimeTooSkewed", None, 0, None),
         ];
