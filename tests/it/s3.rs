@@ -3,9 +3,10 @@
 //! signatures on s3s-fs (moto accepts any), missing buckets and ListMultipartUploads on moto
 //! (s3s-fs creates buckets on demand and has no listing).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::upload::backend::{Backend, CreateRequest, PartBody, PartSpec, PartSums, SessionRef};
@@ -13,10 +14,12 @@ use ferry::upload::s3::{Checksum, Encryption};
 use ferry::upload::{ChunkSize, Progress, S3Backend, UploadJob, UploadSettings};
 
 use crate::support::daemon::Setup;
-use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::fault_proxy::{Fault, FaultProxy, RequestHead, Seen};
 use crate::support::garage::{self, Garage};
 use crate::support::s3::{Flavor, S3Server, SECRET_KEY};
-use crate::support::{Engine, MIB, exit_within, ferry_bin, random_file, wait_until};
+use crate::support::{
+    Engine, MIB, exit_within, fast_retry_settings, ferry_bin, random_file, wait_until,
+};
 
 const BOTH: [Flavor; 2] = [Flavor::Moto, Flavor::S3sFs];
 
@@ -493,6 +496,77 @@ async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
         assert!(started.elapsed() < Duration::from_secs(30));
         assert_stored(&server, "lost/lost.bin", &local, &format!("{flavor:?}")).await;
     }
+}
+
+/// S3's transient refusals, each of the first attempt of a request, are retried until the
+/// objects land whole: 503 SlowDown of a PutObject and of a part, 500 InternalError of the
+/// CreateMultipartUpload, 400 RequestTimeout of a part, and a 200 from the
+/// CompleteMultipartUpload whose body is an `<Error>` (taken as a success, it would leave no
+/// object: the proxy answered it in the server's place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_refusals_are_retried_until_the_objects_land() {
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let proxy = proxy_before(&server).await;
+    let refused = Mutex::new(BTreeSet::new());
+    proxy.set_plan(move |head, _| {
+        let (kind, fault) = first_refusal(head)?;
+        refused.lock().unwrap().insert(kind).then_some(fault)
+    });
+    let mut config = server.config("refused/");
+    config.endpoint = Some(proxy.url.clone());
+    let settings = UploadSettings {
+        chunk_size: ChunkSize::Fixed(5 * MIB),
+        ..fast_retry_settings()
+    };
+    let engine = Engine::with_backend(Arc::new(S3Backend::new(&config).unwrap()), settings);
+    let dir = tempfile::tempdir().unwrap();
+    let (small, large) = (dir.path().join("small.bin"), dir.path().join("large.bin"));
+    random_file(&small, 100 * 1024, 71);
+    random_file(&large, 12 * MIB, 72);
+    engine.upload(&small, "small.bin").await.unwrap();
+    let report = engine.upload(&large, "large.bin").await.unwrap();
+    assert_eq!((report.parts, report.part_attempts_failed), (3, 2));
+
+    let log = proxy.log();
+    let faulted = log.iter().filter(|seen| seen.fault.is_some()).count();
+    assert_eq!(faulted, 5, "every planned refusal was made: {log:#?}");
+    for seen in log.iter().filter(|seen| seen.fault.is_some()) {
+        let again = log.iter().filter(|other| same_request(other, seen)).count();
+        assert!(again >= 2, "{} {} was sent again", seen.method, seen.path);
+    }
+    for (local, name) in [(&small, "small.bin"), (&large, "large.bin")] {
+        assert_stored(&server, &format!("refused/{name}"), local, name).await;
+    }
+}
+
+/// The refusal planned for the first request of each kind, and its kind.
+fn first_refusal(head: &RequestHead) -> Option<(&'static str, Fault)> {
+    let query = head.path.split_once('?').map_or("", |(_, query)| query);
+    let has = |name: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    };
+    let s3 = |status, code| Fault::S3Error { status, code };
+    match (head.method.as_str(), head.part_number) {
+        ("PUT", None) => Some(("put", s3(503, "SlowDown"))),
+        ("PUT", Some(1)) => Some(("part 1", s3(400, "RequestTimeout"))),
+        ("PUT", Some(2)) => Some(("part 2", s3(503, "SlowDown"))),
+        ("POST", _) if has("uploads") => Some(("create", s3(500, "InternalError"))),
+        ("POST", _) if has("uploadId") => Some(("complete", s3(200, "InternalError"))),
+        _ => None,
+    }
+}
+
+/// Whether two requests the proxy saw are the same call (method, object, part; not the
+/// signature).
+fn same_request(one: &Seen, other: &Seen) -> bool {
+    let path = |seen: &Seen| {
+        seen.path
+            .split_once('?')
+            .map_or(seen.path.clone(), |(path, _)| path.to_string())
+    };
+    one.method == other.method && path(one) == path(other) && one.part_number == other.part_number
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

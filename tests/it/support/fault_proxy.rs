@@ -24,6 +24,9 @@ pub enum Fault {
     Stall(Duration),
     /// Answer `503` with `Retry-After: N` (seconds) without forwarding.
     Unavailable { retry_after_secs: u64 },
+    /// Answer `status` with an S3 `<Error>` of `code` without forwarding (`status` 200: the
+    /// error in a success reply, as S3's CompleteMultipartUpload can send it).
+    S3Error { status: u16, code: &'static str },
     /// Wait this long, then forward normally.
     Delay(Duration),
     /// Forward everything, but flip the bits of the body's middle byte.
@@ -182,9 +185,9 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let (index, fault) = shared.admit(&head);
     let finish = |shared: &Shared| shared.finish(index);
 
-    if let Some(Fault::Unavailable { retry_after_secs }) = fault {
+    if let Some((reply_head, body)) = fault.and_then(canned_reply) {
         let body_left = head.content_length.saturating_sub(early_body.len() as u64);
-        answer_unavailable(client, body_left, retry_after_secs).await;
+        answer(client, body_left, &reply_head, &body).await;
         finish(&shared);
         return;
     }
@@ -245,13 +248,32 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     finish(&shared);
 }
 
-/// Answers `503` with `Retry-After` without forwarding, after draining the body (so the
-/// client sees the reply, not a reset).
-async fn answer_unavailable(mut client: TcpStream, body_left: u64, retry_after_secs: u64) {
+/// The reply (status line after `HTTP/1.1 ` with headers, and body) a fault answers with in
+/// place of the receiver, if it does.
+fn canned_reply(fault: Fault) -> Option<(String, String)> {
+    match fault {
+        Fault::Unavailable { retry_after_secs } => Some((
+            format!(
+                "503 Service Unavailable\r\nretry-after: {retry_after_secs}\r\ncontent-type: application/json"
+            ),
+            r#"{"error":{"code":"unavailable","message":"injected by the test proxy"}}"#.into(),
+        )),
+        Fault::S3Error { status, code } => Some((
+            format!("{status} {code}\r\ncontent-type: application/xml"),
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// Answers with `head` (the status line after `HTTP/1.1 `, and headers) and `body` without
+/// forwarding, after draining the request's body (so the client sees the reply, not a reset).
+async fn answer(mut client: TcpStream, body_left: u64, head: &str, body: &str) {
     let _ = discard(&mut client, body_left).await;
-    let body = r#"{"error":{"code":"unavailable","message":"injected by the test proxy"}}"#;
     let reply = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after_secs}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = client.write_all(reply.as_bytes()).await;
