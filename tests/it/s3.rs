@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -537,6 +538,79 @@ async fn transient_refusals_are_retried_until_the_objects_land() {
     for (local, name) in [(&small, "small.bin"), (&large, "large.bin")] {
         assert_stored(&server, &format!("refused/{name}"), local, name).await;
     }
+}
+
+/// A part replaced behind Ferry's back while its complete is on the way (Garage compares the
+/// parts' ETags there): the complete is refused `InvalidPart`; Ferry lists the parts, sends
+/// again the one the server holds in another version, completes, and the object is the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_replaced_before_the_complete_is_sent_again() {
+    let garage = Garage::start(1).await;
+    let node = garage.endpoint(0);
+    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
+    let first = std::sync::atomic::AtomicBool::new(true);
+    proxy.set_plan(move |head, _| {
+        let first =
+            head.method == "POST" && upload_id(&head.path).is_some() && first.swap(false, SeqCst);
+        first.then_some(Fault::Delay(Duration::from_secs(2)))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, garage::SECRET).unwrap();
+    let config = dir.path().join("config.toml");
+    let remote = garage
+        .remote_toml("s3", 0, &secret)
+        .replace(&node, &proxy.url);
+    std::fs::write(&config, remote).unwrap();
+    let local = dir.path().join("replaced.bin");
+    random_file(&local, 12 * MIB, 81);
+    let push = push(&config, &dir.path().join("data"), &local)
+        .spawn()
+        .unwrap();
+
+    // While the complete is held, another writer replaces part 1.
+    let completes = || completes_seen(&proxy);
+    wait_until("the complete is sent", Duration::from_secs(30), || {
+        !completes().is_empty()
+    })
+    .await;
+    let id = completes()[0].clone();
+    garage
+        .upload_part(0, ("replaced.bin", &id), 1, vec![7; 5 * MIB as usize])
+        .await;
+    let output = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("stale=[1]"), "part 1 found stale: {stderr}");
+
+    let log = proxy.log();
+    let part_1 = log
+        .iter()
+        .filter(|seen| seen.part_number == Some(1))
+        .count();
+    assert_eq!(part_1, 2, "part 1, and part 1 again");
+    assert_eq!(completes().len(), 2);
+    let stored = garage.get(0, "replaced.bin").await;
+    assert!(
+        stored == Some(std::fs::read(&local).unwrap()),
+        "the object is the file"
+    );
+}
+
+/// The upload ids of the completes the proxy saw, in order.
+fn completes_seen(proxy: &FaultProxy) -> Vec<String> {
+    let log = proxy.log();
+    let completes = log.iter().filter(|seen| seen.method == "POST");
+    completes.filter_map(|seen| upload_id(&seen.path)).collect()
+}
+
+/// The `uploadId` in a request's query.
+fn upload_id(path: &str) -> Option<String> {
+    let query = path.split_once('?')?.1;
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("uploadId="))?;
+    Some(value.to_string())
 }
 
 /// The refusal planned for the first request of each kind, and its kind.
