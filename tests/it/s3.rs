@@ -759,6 +759,30 @@ fn learned_skew_ms(log: &str) -> Option<i64> {
     value.parse().ok()
 }
 
+/// A bucket that is there but not ours (Garage: our key is not allowed on it) stops the file
+/// at once, with the server's words and the bucket named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_is_not_ours_fails_fast_with_a_clear_message() {
+    let garage = Garage::start(1).await;
+    garage.create_bucket("someone-elses");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, garage::SECRET).unwrap();
+    let remote = garage.remote_toml("s3", 0, &secret);
+    let remote = remote.replace("bucket = \"ferry-test\"", "bucket = \"someone-elses\"");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, remote).unwrap();
+    let local = dir.path().join("theirs.bin");
+    random_file(&local, 6 * MIB, 91);
+    refused_fast(
+        &config,
+        dir.path(),
+        &local,
+        "403 AccessDenied",
+        "someone-elses",
+    );
+}
+
 /// A push of `local` fails at once (no retries) with `code` in a message that names `named`.
 fn refused_fast(config: &Path, dir: &Path, local: &Path, code: &str, named: &str) {
     let started = Instant::now();

@@ -159,6 +159,11 @@ impl Garage {
         }
     }
 
+    /// Creates bucket `name`, which the test's key is not allowed to use.
+    pub fn create_bucket(&self, name: &str) {
+        self.admin(&["bucket", "create", name]);
+    }
+
     /// Sends `body` through node `index` as part `number` of the multipart upload `upload_id`
     /// of `key`, as another writer could: the part it replaces keeps its number, not its ETag.
     pub async fn upload_part(
