@@ -45,8 +45,24 @@ fn push_with(
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "push failed: {log}");
+    assert!(output.status.success(), "push failed: {}", shortened(&log));
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A failed push's log as a report shows it: the largest part retried first, then the end.
+fn shortened(log: &str) -> String {
+    let size = |line: &str| {
+        line.split(" size=")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    };
+    let largest = log.lines().filter_map(size).max();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("the largest part retried: {largest:?} bytes; the log ends:\n{tail}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,21 +152,22 @@ async fn a_restarted_daemon_reports_and_uses_what_it_learned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_through_a_link_that_drops_connections_finishes_with_small_parts() {
     let receiver = Receiver::start().await;
-    // 10 MB/s, 5 ms each way, a connection reset every 2 MB on average.
+    // 10 MB/s, 50 ms each way, a connection reset every 4 MB on average. The fixed time of a
+    // request (100 ms, worth 1 MB) is what the sizes follow; with 5 ms each way, the time a
+    // loaded machine adds to a request outweighed it and parts grew past 4 MiB at times.
     let flaky = Profile {
-        reset_mean: Some(2_000_000),
+        reset_mean: Some(4_000_000),
         seed: 11,
-        ..Profile::link(Some(10_000_000), Duration::from_millis(5))
+        ..Profile::link(Some(10_000_000), Duration::from_millis(50))
     };
     let link = Netem::start(receiver.address, flaky).await;
     let dir = tempfile::tempdir().unwrap();
     let token = token_file(dir.path());
     let file = dir.path().join("flaky.bin");
     random_file(&file, 24 * MIB, 4);
-    // An attempt at a part of about 1 MiB dies here with a probability of about 0.4 (13-15
-    // failed attempts for 22-25 parts in the runs measured), so the default 10 attempts run
-    // out for some part in roughly one run in a few hundred (it did once, in CI). The retry
-    // budget is not what this test is about: it gets one this link cannot use up.
+    // About half the attempts at a part of 3 MB die here, so the default 10 attempts would
+    // run out for some part in a few runs in a hundred: the retry budget is not what this test
+    // is about, so it gets one this link cannot use up.
     let budget = ["--retry-attempts", "40", "--retry-max", "2s"];
     let summary = push_with(
         &file,
@@ -168,6 +185,9 @@ async fn a_push_through_a_link_that_drops_connections_finishes_with_small_parts(
         "the push counts the attempts the resets broke: {summary}"
     );
     let sizes = &summary["files"][0]["part_sizes"];
-    assert!(sizes["max"].as_u64().unwrap() <= 4 * MIB, "{sizes}");
+    // Parts near the cheapest loss (sqrt(2 · 1 MB · 4 MB) ≈ 2.8 MB; 3.1 to 3.7 MB seen), where
+    // the same controller not counting the resets grew them to 7.1 and 8 MiB in two runs of
+    // three.
+    assert!(sizes["max"].as_u64().unwrap() <= 5 * MIB, "{sizes}");
     crate::support::assert_same_content(&file, &receiver.file("flaky.bin"));
 }

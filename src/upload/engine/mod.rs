@@ -953,11 +953,11 @@ enum Step {
 /// The one retry loop, for every request: calls `call` (with the attempt's number) until it
 /// succeeds, the policy gives up, or a failure that retrying cannot cure; `next_step` decides.
 /// `call` fails outright (`Err`) for what is not the remote's doing, a local read say. Returns
-/// the value and the attempts it took. `part` names the part in logs.
+/// the value and the attempts it took. `part` (number and size) names the part in logs.
 async fn retrying<T, F, Fut>(
     retry: &RetryPolicy,
     path: &Path,
-    part: Option<u32>,
+    part: Option<(u32, u64)>,
     mut call: F,
 ) -> Result<(T, u32), Attempt>
 where
@@ -973,7 +973,8 @@ where
         };
         match next_step(retry, attempts, path, error) {
             Step::Retry(error) => {
-                tracing::warn!(path = %path.display(), part, attempts, %error, "retrying");
+                let (part, size) = (part.map(|p| p.0), part.map(|p| p.1));
+                tracing::warn!(path = %path.display(), part, size, attempts, %error, "retrying");
                 retry.wait(attempts, error.retry_after()).await;
             }
             Step::Stop(attempt) => return Err(attempt),

@@ -250,7 +250,8 @@ async fn send_part(
     _permit: OwnedSemaphorePermit,
 ) -> PartResult {
     let path = context.file.path().to_path_buf();
-    let (stored, _) = retrying(&context.retry, &path, Some(part.number), |attempt| {
+    let named = Some((part.number, part.size));
+    let (stored, _) = retrying(&context.retry, &path, named, |attempt| {
         observed(&context, &part, &path, attempt)
     })
     .await?;
