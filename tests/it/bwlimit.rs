@@ -11,8 +11,10 @@ use crate::support::{Receiver, ferry_bin, random_file, token_file};
 const MIB: u64 = 1024 * 1024;
 const ARRIVAL: Duration = Duration::from_secs(30);
 
-/// 50 MiB at `--bwlimit 5M` (rclone's unit: MiB/s) takes 10 s, within 10%, though the parts
-/// go out in parallel and the link itself is loopback.
+/// 50 MiB at `--bwlimit 5M` (rclone's unit: MiB/s) takes 10 s, though the parts go out in
+/// parallel and the link itself is loopback: not under 9 s (the limit is kept), and not over
+/// 12 s (the limiter does not hold back much more than it should). Alone it takes 10.03 s;
+/// CI, its two cores busy with the other tests, once took 11.0 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_limited_to_5_mib_per_second_takes_10_seconds_for_50_mib() {
     let receiver = Receiver::start().await;
@@ -36,7 +38,7 @@ async fn a_push_limited_to_5_mib_per_second_takes_10_seconds_for_50_mib() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "push failed: {log}");
     assert!(
-        (Duration::from_secs(9)..=Duration::from_secs(11)).contains(&elapsed),
+        (Duration::from_secs(9)..=Duration::from_secs(12)).contains(&elapsed),
         "50 MiB at 5 MiB/s took {elapsed:?}"
     );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
