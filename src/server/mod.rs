@@ -299,6 +299,9 @@ pub async fn serve(
         .webhook
         .as_ref()
         .map(|hook| webhook::Webhook::new(hook.clone(), storage.clone(), counted));
+    if let Some(webhook) = &webhook {
+        webhook.count_kept().await;
+    }
     let webhook_sweep = webhook
         .clone()
         .map(|w| tokio::spawn(w.sweep(shutdown.clone())));

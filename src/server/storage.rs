@@ -455,11 +455,13 @@ impl Storage {
         Ok((found, waiting))
     }
 
-    /// Forgets a delivered webhook post.
-    pub fn forget_webhook(&self, upload_id: &str) -> io::Result<()> {
+    /// Forgets a delivered webhook post; whether it was still kept (a post delivered twice,
+    /// by a sweep that read it just before, is forgotten once).
+    pub fn forget_webhook(&self, upload_id: &str) -> io::Result<bool> {
         match fs::remove_file(self.webhook_path(upload_id)) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-            _ => Ok(()),
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
         }
     }
 

@@ -138,10 +138,7 @@ impl Webhook {
         let (storage, held) = (self.storage.clone(), self.held_ids());
         let listed = tokio::task::spawn_blocking(move || storage.pending_webhooks(&held, room));
         match listed.await {
-            Ok(Ok((kept, waiting))) => {
-                self.metrics.waiting.set(waiting as i64);
-                kept
-            }
+            Ok(Ok((kept, _))) => kept,
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot list the webhook posts kept");
                 Vec::new()
@@ -187,6 +184,36 @@ impl Webhook {
             .clone()
     }
 
+    /// Counts the posts kept on disk, for the `waiting` gauge: called before any upload can
+    /// complete, which then counts its own (`completed`), as forgetting a delivered one does.
+    pub(crate) async fn count_kept(&self) {
+        let storage = self.storage.clone();
+        let listed =
+            tokio::task::spawn_blocking(move || storage.pending_webhooks(&HashSet::new(), 0));
+        match listed.await {
+            Ok(Ok((_, waiting))) => {
+                self.metrics.waiting.set(waiting as i64);
+            }
+            Ok(Err(error)) => tracing::error!(%error, "cannot count the webhook posts kept"),
+            Err(error) => tracing::error!(%error, "counting the webhook posts kept failed"),
+        }
+    }
+
+    /// Forgets a delivered post, and counts it gone if it was still kept.
+    async fn forget(&self, upload_id: &str) {
+        let (storage, id) = (self.storage.clone(), upload_id.to_string());
+        match tokio::task::spawn_blocking(move || storage.forget_webhook(&id)).await {
+            Ok(Ok(true)) => {
+                self.metrics.waiting.dec();
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(upload_id, %error, "cannot forget a delivered webhook post")
+            }
+            Err(error) => tracing::warn!(upload_id, %error, "forgetting a webhook post failed"),
+        }
+    }
+
     /// Delivers the post of an upload just completed (and kept).
     pub(crate) fn completed(&self, upload_id: String, document: serde_json::Value) {
         self.metrics.waiting.inc();
@@ -215,12 +242,7 @@ impl Webhook {
             };
             if delivered {
                 webhook.metrics.delivered.inc();
-                webhook.metrics.waiting.dec();
-                let (storage, id) = (webhook.storage.clone(), upload_id.clone());
-                let forgotten = tokio::task::spawn_blocking(move || storage.forget_webhook(&id));
-                if let Ok(Err(error)) = forgotten.await {
-                    tracing::warn!(upload_id, %error, "cannot forget a delivered webhook post");
-                }
+                webhook.forget(&upload_id).await;
             }
             let mut held = webhook.held.lock().expect("held lock is never poisoned");
             held.remove(&upload_id);

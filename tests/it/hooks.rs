@@ -453,7 +453,8 @@ async fn the_receiver_posts_each_completed_upload_and_counts_it_in_its_metrics()
 }
 
 /// `ferry serve --webhook`: a post the endpoint refused is kept in the storage folder, so a
-/// receiver killed with SIGKILL posts it when it starts again, once, and then forgets it.
+/// receiver killed with SIGKILL posts it when it starts again, once, and then forgets it. The
+/// restarted receiver counts it as waiting from the start, and not at all once delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receivers_webhook_post_survives_a_kill_9() {
     use crate::support::{ServeProcess, ferry_bin, token_file};
@@ -463,7 +464,13 @@ async fn the_receivers_webhook_post_survives_a_kill_9() {
     let secret = dir.path().join("hook.secret");
     std::fs::write(&secret, SECRET).unwrap();
     let secret = secret.to_str().unwrap();
-    let flags = ["--webhook", &webhook.url, "--webhook-secret-file", secret];
+    let flags = [
+        "--webhook",
+        &webhook.url,
+        "--webhook-secret-file",
+        secret,
+        "--metrics",
+    ];
     let serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
     let file = dir.path().join("kept.bin");
     std::fs::write(&file, vec![7u8; 5000]).unwrap();
@@ -483,11 +490,21 @@ async fn the_receivers_webhook_post_survives_a_kill_9() {
     .await;
     drop(serve); // SIGKILL
 
+    let serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
+    let address = serve.address.to_string();
+    let waiting = "ferry_serve_webhook_posts_waiting";
+    let metrics = crate::metrics::scrape(&address).await;
+    assert_eq!(metrics[waiting], 1.0, "counted from the start: {metrics:?}");
     webhook.down.store(false, Ordering::SeqCst);
-    let _serve = ServeProcess::spawn_with(&storage, "127.0.0.1:0", &token, &flags);
     let posted = posted_and_forgotten(&webhook, &storage, 1).await;
     assert_eq!(posted[0]["remote_path"], "kept.bin");
     assert_eq!(posted[0]["sha256"], sha256_hex(&[7u8; 5000]));
+    // Counted gone just after it is forgotten; never below none.
+    let metrics = crate::metrics::scrape_until(&address, waiting, ARRIVAL, |metrics| {
+        metrics[waiting] <= 0.0
+    })
+    .await;
+    assert_eq!(metrics[waiting], 0.0, "{metrics:?}");
 }
 
 /// Waits until the receiver over `storage` has posted the `count` posts it kept and forgotten
