@@ -471,7 +471,7 @@ async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
         // The first CompleteMultipartUpload reaches the server; its reply does not come back.
         let dropped = std::sync::atomic::AtomicBool::new(false);
         proxy.set_plan(move |head, _| {
-            let completing = head.method == "POST" && head.path.contains("uploadId=");
+            let completing = head.method == "POST" && upload_id(&head.path).is_some();
             let first = completing && !dropped.swap(true, std::sync::atomic::Ordering::SeqCst);
             first.then_some(Fault::DropReply)
         });
@@ -491,7 +491,7 @@ async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
         let completes = proxy
             .log()
             .iter()
-            .filter(|seen| seen.method == "POST" && seen.path.contains("uploadId="))
+            .filter(|seen| seen.method == "POST" && upload_id(&seen.path).is_some())
             .count();
         assert_eq!(completes, 2, "{flavor:?}: the complete was sent again");
         assert!(started.elapsed() < Duration::from_secs(30));
@@ -627,7 +627,9 @@ fn first_refusal(head: &RequestHead) -> Option<(&'static str, Fault)> {
         ("PUT", Some(1)) => Some(("part 1", s3(400, "RequestTimeout"))),
         ("PUT", Some(2)) => Some(("part 2", s3(503, "SlowDown"))),
         ("POST", _) if has("uploads") => Some(("create", s3(500, "InternalError"))),
-        ("POST", _) if has("uploadId") => Some(("complete", s3(200, "InternalError"))),
+        ("POST", _) if upload_id(&head.path).is_some() => {
+            Some(("complete", s3(200, "InternalError")))
+        }
         _ => None,
     }
 }
