@@ -277,34 +277,14 @@ pub async fn serve(
             limits.min_part_size, limits.max_part_size
         )));
     }
-    let storage_dir = config.storage.clone();
-    let (storage, open) = tokio::task::spawn_blocking(move || {
-        let storage = Storage::open(&storage_dir)?;
-        let open = storage.count_open()?;
-        Ok::<_, std::io::Error>((storage, open))
-    })
-    .await
-    .expect("opening storage does not panic")
-    .map_err(|source| ServerError::Storage {
-        path: config.storage.clone(),
-        source,
-    })?;
+    let (storage, open) = open_storage(&config.storage).await?;
     let open_sessions = OpenSessions {
         count: open.into(),
         max: config.guards.max_open_sessions,
     };
     let metrics = metrics::ServeMetrics::new();
-    let counted = metrics.webhook.clone();
-    let webhook = config
-        .webhook
-        .as_ref()
-        .map(|hook| webhook::Webhook::new(hook.clone(), storage.clone(), counted));
-    if let Some(webhook) = &webhook {
-        webhook.count_kept().await;
-    }
-    let webhook_sweep = webhook
-        .clone()
-        .map(|w| tokio::spawn(w.sweep(shutdown.clone())));
+    let (webhook, webhook_sweep) =
+        start_webhook(config.webhook.as_ref(), &storage, &metrics, &shutdown).await;
     let app = Arc::new(AppState {
         storage,
         webhook,
@@ -323,6 +303,43 @@ pub async fn serve(
         let _ = webhook_sweep.await;
     }
     Ok(())
+}
+
+/// The storage folder at `path`, opened on a blocking thread, and its sessions open.
+async fn open_storage(path: &std::path::Path) -> Result<(Storage, usize), ServerError> {
+    let dir = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let storage = Storage::open(&dir)?;
+        let open = storage.count_open()?;
+        Ok::<_, std::io::Error>((storage, open))
+    })
+    .await
+    .expect("opening storage does not panic")
+    .map_err(|source| ServerError::Storage {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The webhook `config` asks for, with the posts it kept counted (before any upload can
+/// complete) and its sweep started until `shutdown`.
+async fn start_webhook(
+    config: Option<&WebhookConfig>,
+    storage: &Storage,
+    metrics: &metrics::ServeMetrics,
+    shutdown: &CancellationToken,
+) -> (
+    Option<webhook::Webhook>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let Some(config) = config else {
+        return (None, None);
+    };
+    let counted = metrics.webhook.clone();
+    let webhook = webhook::Webhook::new(config.clone(), storage.clone(), counted);
+    webhook.count_kept().await;
+    let sweep = tokio::spawn(webhook.clone().sweep(shutdown.clone()));
+    (Some(webhook), Some(sweep))
 }
 
 fn router(app: Arc<AppState>) -> Router {
