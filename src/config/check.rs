@@ -27,21 +27,35 @@ pub fn check_paths(config: &Config) -> Vec<Problem> {
         return Vec::new();
     }
     let mut problems = Vec::new();
-    let at = |key: String, message: String| Problem {
+    if config.watches.is_empty() {
+        let message = "at least one [[watch]] is required to run the daemon (`ferry push --remote` and `ferry cleanup` need none)";
+        problems.push(problem(config, "watch".into(), message.into()));
+    }
+    let roots: Vec<PathBuf> = config.watches.iter().map(|w| resolve(&w.path)).collect();
+    problems.extend(daemon_problems(config, &roots));
+    for index in 0..config.watches.len() {
+        problems.extend(watch_problems(config, &roots, index));
+    }
+    problems
+}
+
+/// A problem with `key` of `config`, at the line that sets it.
+fn problem(config: &Config, key: String, message: String) -> Problem {
+    Problem {
         line: config.lines.get(&key).copied(),
         key,
         message,
-    };
-    if config.watches.is_empty() {
-        let message = "at least one [[watch]] is required to run the daemon (`ferry push --remote` and `ferry cleanup` need none)";
-        problems.push(at("watch".into(), message.into()));
     }
+}
+
+/// What is wrong with the daemon's data folder and socket, given the watches' folders
+/// (resolved, as `roots`).
+fn daemon_problems(config: &Config, roots: &[PathBuf]) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let data_dir = resolve(&config.daemon.data_dir);
     if config.daemon.data_dir.exists() && !config.daemon.data_dir.is_dir() {
-        problems.push(at(
-            "daemon.data_dir".into(),
-            format!("{} is not a folder", data_dir.display()),
-        ));
+        let message = format!("{} is not a folder", data_dir.display());
+        problems.push(problem(config, "daemon.data_dir".into(), message));
     }
     let socket_length = config.daemon.socket.as_os_str().len();
     if socket_length > MAX_SOCKET_PATH {
@@ -49,40 +63,42 @@ pub fn check_paths(config: &Config) -> Vec<Problem> {
             "{} is {socket_length} bytes long; a socket path may have at most {MAX_SOCKET_PATH}",
             config.daemon.socket.display()
         );
-        problems.push(at("daemon.socket".into(), message));
+        problems.push(problem(config, "daemon.socket".into(), message));
     }
-    let roots: Vec<PathBuf> = config.watches.iter().map(|w| resolve(&w.path)).collect();
-    if let Some(owner) = covering(config, &roots, &data_dir) {
+    if let Some(owner) = covering(config, roots, &data_dir) {
         let message = format!(
             "contains the daemon's data folder {}: its own files would be uploaded; move one out of the other",
             data_dir.display()
         );
-        problems.push(at(format!("watch[{owner}].path"), message));
+        problems.push(problem(config, format!("watch[{owner}].path"), message));
     }
-    for (index, watch) in config.watches.iter().enumerate() {
-        let key = |name: &str| format!("watch[{index}].{name}");
-        if let Some(message) = root_problem(&watch.path, &roots[index]) {
-            problems.push(at(key("path"), message));
+    problems
+}
+
+/// What is wrong with watch `index`: its folder, where it moves files, and its overlap with
+/// the watches before it (the watches' folders resolved, as `roots`).
+fn watch_problems(config: &Config, roots: &[PathBuf], index: usize) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let watch = &config.watches[index];
+    let key = |name: &str| format!("watch[{index}].{name}");
+    if let Some(message) = root_problem(&watch.path, &roots[index]) {
+        problems.push(problem(config, key("path"), message));
+    }
+    if let AfterUpload::MoveTo(folder) = &watch.after_upload {
+        let folder = resolve(folder);
+        if let Some(owner) = covering(config, roots, &folder) {
+            let message = format!(
+                "move_to {} is inside watch[{owner}] ({}): every moved file would be uploaded again, forever",
+                folder.display(),
+                roots[owner].display()
+            );
+            problems.push(problem(config, key("after_upload"), message));
         }
-        if let AfterUpload::MoveTo(folder) = &watch.after_upload {
-            let folder = resolve(folder);
-            if let Some(owner) = covering(config, &roots, &folder) {
-                let message = format!(
-                    "move_to {} is inside watch[{owner}] ({}): every moved file would be uploaded again, forever",
-                    folder.display(),
-                    roots[owner].display()
-                );
-                problems.push(at(key("after_upload"), message));
-            }
-        }
-        for (other, other_root) in roots.iter().enumerate().take(index) {
-            if let Some(message) = overlap(&config.watches[other], other_root, watch, &roots[index])
-            {
-                problems.push(at(
-                    key("path"),
-                    format!("{message} watch[{other}] ({})", other_root.display()),
-                ));
-            }
+    }
+    for (other, other_root) in roots.iter().enumerate().take(index) {
+        if let Some(message) = overlap(&config.watches[other], other_root, watch, &roots[index]) {
+            let message = format!("{message} watch[{other}] ({})", other_root.display());
+            problems.push(problem(config, key("path"), message));
         }
     }
     problems
