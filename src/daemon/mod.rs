@@ -195,11 +195,34 @@ pub async fn run(
         probe: Probe(daemon.clone()),
     });
 
+    until_stopped(&daemon, &config, &shutdown, &mut reloads, &tracker).await;
+    tracing::info!("stopping: no new files are taken");
+    tasks.stop(&daemon, config.daemon.shutdown_grace).await;
+    // Flushes, and records what the store holds for the damage check at the next open.
+    tokio::task::spawn_blocking(move || store.checkpoint())
+        .await
+        .expect("a checkpoint does not panic")?;
+    services.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Until `shutdown`: applies each reload (what the uploaders learned carried over to the new
+/// ones), prunes the store and looks for orphaned uploads, each on its interval.
+async fn until_stopped(
+    daemon: &Arc<Daemon>,
+    config: &Config,
+    shutdown: &CancellationToken,
+    reloads: &mut mpsc::Receiver<Reload>,
+    tracker: &TaskTracker,
+) {
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut cleanup = tokio::time::interval(CLEANUP_EVERY);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return,
             Some(Reload { config, applied }) = reloads.recv() => {
                 // What the old uploaders learned is kept for the new ones to start from.
                 daemon.keep_learned().await;
@@ -216,18 +239,6 @@ pub async fn run(
             }
         }
     }
-
-    tracing::info!("stopping: no new files are taken");
-    tasks.stop(&daemon, config.daemon.shutdown_grace).await;
-    // Flushes, and records what the store holds for the damage check at the next open.
-    tokio::task::spawn_blocking(move || store.checkpoint())
-        .await
-        .expect("a checkpoint does not panic")?;
-    services.cancel();
-    tracker.close();
-    tracker.wait().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Creates the data folder (private: the store lists file names, remote paths and session
