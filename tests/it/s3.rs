@@ -555,13 +555,9 @@ async fn a_part_replaced_before_the_complete_is_sent_again() {
         first.then_some(Fault::Delay(Duration::from_secs(2)))
     });
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, garage::SECRET).unwrap();
     let config = dir.path().join("config.toml");
-    let remote = garage
-        .remote_toml("s3", 0, &secret)
-        .replace(&node, &proxy.url);
-    std::fs::write(&config, remote).unwrap();
+    let remote = garage.remote_toml_in("s3", 0, dir.path());
+    std::fs::write(&config, remote.replace(&node, &proxy.url)).unwrap();
     let local = dir.path().join("replaced.bin");
     random_file(&local, 12 * MIB, 81);
     let push = push(&config, &dir.path().join("data"), &local)
@@ -698,10 +694,8 @@ async fn a_clock_hours_off_is_corrected_from_the_servers_date() {
 
     let garage = Garage::start(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, garage::SECRET).unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, garage.remote_toml("s3", 0, &secret)).unwrap();
+    std::fs::write(&config, garage.remote_toml_in("s3", 0, dir.path())).unwrap();
     for local in push_from_clock(&config, "-2h", 2) {
         let name = local.file_name().unwrap().to_str().unwrap();
         let stored = garage.get(0, name).await;
@@ -768,9 +762,7 @@ async fn a_bucket_that_is_not_ours_fails_fast_with_a_clear_message() {
     let garage = Garage::start(1).await;
     garage.create_bucket("someone-elses");
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, garage::SECRET).unwrap();
-    let remote = garage.remote_toml("s3", 0, &secret);
+    let remote = garage.remote_toml_in("s3", 0, dir.path());
     let remote = remote.replace("bucket = \"ferry-test\"", "bucket = \"someone-elses\"");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, remote).unwrap();
@@ -976,9 +968,7 @@ fn drop_files(folder: &Path, prefix: &str, count: usize) -> Vec<String> {
 async fn a_garage_cluster_takes_every_file_while_a_node_is_down() {
     let mut garage = Garage::start(3).await;
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, garage::SECRET).unwrap();
-    let setup = Setup::with_remote(&garage.remote_toml("main", 0, &secret), "", "");
+    let setup = Setup::with_remote(&garage.remote_toml_in("main", 0, secrets.path()), "", "");
     let daemon = setup.start().await;
 
     garage.kill(2);
@@ -1061,10 +1051,8 @@ async fn uploads_refused_together_for_their_region_all_land() {
     let held = Fault::Delay(Duration::from_millis(300));
     proxy.set_plan(move |_, index| (index < 4).then_some(held));
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, garage::SECRET).unwrap();
     let remote = garage
-        .remote_toml("main", 0, &secret)
+        .remote_toml_in("main", 0, secrets.path())
         .replace(&node, &proxy.url);
     let remote = remote.replace(&format!("region = \"{}\"\n", garage::REGION), "");
     let setup = Setup::with_remote(&remote, "", "");
@@ -1089,9 +1077,7 @@ async fn uploads_refused_together_for_their_region_all_land() {
 /// In `dir`, beside an empty `outbox` and `home`: a configuration of a remote on Garage's node
 /// 0 that names no region, and a watch of the outbox.
 fn regionless_config(garage: &Garage, dir: &Path) -> PathBuf {
-    let secret = dir.join("secret");
-    std::fs::write(&secret, garage::SECRET).unwrap();
-    let remote = garage.remote_toml("s3", 0, &secret);
+    let remote = garage.remote_toml_in("s3", 0, dir);
     let remote = remote.replace(&format!("region = \"{}\"\n", garage::REGION), "");
     std::fs::create_dir(dir.join("home")).unwrap();
     let config = dir.join("config.toml");

@@ -146,6 +146,13 @@ impl Garage {
         )
     }
 
+    /// `remote_toml`, its secret written to `secret` in `dir`.
+    pub fn remote_toml_in(&self, name: &str, index: usize, dir: &Path) -> String {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        self.remote_toml(name, index, &secret)
+    }
+
     /// The object's bytes, read through node `index`.
     pub async fn get(&self, index: usize, key: &str) -> Option<Vec<u8>> {
         let bucket = self.bucket(index);
