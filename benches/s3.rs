@@ -29,6 +29,8 @@ mod garage;
 #[path = "support/netem.rs"]
 #[allow(dead_code)] // shared: not every user of the emulator uses all of it
 mod netem;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/proc.rs"]
 mod proc;
 
@@ -148,11 +150,7 @@ struct Server {
 impl Server {
     fn start(root: PathBuf) -> Server {
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = ports::free_port();
         let child = Command::new("s3s-fs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", KEY_ID, "--secret-key", SECRET])
@@ -427,7 +425,7 @@ fn large_file(server: &Server, env: &Env, file: &Path, size: u64, rounds: usize)
 /// Part 2: the same file into Garage, every tool at its defaults, each upload into a fresh
 /// node: where the server's complete is cheap, the parts decide.
 fn garage_file(env: &Env, work: &Path, file: &Path, size: u64, rounds: usize) -> Vec<Row> {
-    let port = garage::free_port();
+    let port = ports::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     env.add_remote("garage", &endpoint);
     let mut runs = Runs::default();

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ports::free_port;
+
 /// Garage's key format: `GK` and 24 hex digits; the secret is 64 hex digits.
 pub const KEY_ID: &str = "GK0123456789abcdef01234567";
 pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -93,11 +95,6 @@ impl Drop for Garage {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.root);
     }
-}
-
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn wait_port(port: u16) {

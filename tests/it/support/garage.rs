@@ -42,7 +42,7 @@ impl Garage {
         for node in &mut nodes {
             node.child = Some(spawn(&node.config));
         }
-        let garage = Garage { nodes, _dir: dir };
+        let mut garage = Garage { nodes, _dir: dir };
         for index in 0..count {
             garage.wait_rpc(index).await;
         }
@@ -95,13 +95,19 @@ impl Garage {
         self.admin(&[&allow[..], &["--key", KEY_ID]].concat());
     }
 
-    async fn wait_rpc(&self, index: usize) {
+    /// Waits until node `index` listens for RPC, and fails if it exited instead (a port it
+    /// could not bind, say).
+    async fn wait_rpc(&mut self, index: usize) {
         let port = self.nodes[index].rpc_port;
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
+            let child = self.nodes[index].child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("garage node {index} exited ({status}) before listening on {port}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "garage node {index} did not start"

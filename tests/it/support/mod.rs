@@ -3,6 +3,7 @@
 //! and content checks.
 
 pub use files::random_file;
+pub use ports::free_port;
 
 pub mod api;
 pub mod daemon;
@@ -13,6 +14,8 @@ pub mod garage;
 #[path = "../../../benches/support/netem.rs"]
 #[allow(dead_code)] // shared with the benches: not every user uses all of it
 pub mod netem;
+#[path = "../../../benches/support/ports.rs"]
+mod ports;
 #[path = "../../../benches/support/proc.rs"]
 pub mod proc;
 pub mod s3;
@@ -46,12 +49,6 @@ pub fn ferry_bin() -> &'static str {
 pub fn client() -> reqwest::Client {
     ferry::upload::native::install_crypto_provider();
     reqwest::Client::new()
-}
-
-/// A loopback port free a moment ago, for a server that cannot be given port 0.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// Polls `condition` until it holds or `timeout` passes; panics naming `what` on timeout.
