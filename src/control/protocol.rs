@@ -47,7 +47,8 @@ pub enum Command {
         bandwidth: Option<String>,
     },
     /// The job events after id `since`, waiting up to `wait_ms` for the first one (a long
-    /// poll, as Syncthing's event API: `ferry events` asks again from the last id it saw).
+    /// poll, as Syncthing's event API: `ferry events` asks again from the last id it saw). A
+    /// long poll is answered 20 ms after the first new event, with every event come by then.
     Events {
         #[serde(default)]
         since: u64,
