@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::live::{Live, Placement};
+use super::live::{HashProgress, Live, Placement};
 use super::part::{self, Reservation, Sink};
 use super::storage::{self, Completion, Location, PartFile, Received, SessionRecord};
 use super::validate::{self, ManifestProblem, StoredPart};
@@ -698,12 +698,8 @@ impl AppState {
         chosen: &[PartFile],
         total_size: u64,
     ) -> Result<Option<String>, ApiError> {
-        let mut end = 0;
-        for part in chosen {
-            if part.location != (Location::InPlace { offset: end }) {
-                return Ok(None);
-            }
-            end += part.size;
+        if !all_in_place(chosen) {
+            return Ok(None);
         }
         let data = self.storage.data_path(upload_id);
         let length = tokio::fs::metadata(&data)
@@ -714,36 +710,7 @@ impl AppState {
             return Ok(None);
         }
         let live = self.live_state(upload_id, total_size).await?;
-        // Wait for the background hash step in progress (one part) to end. The wakeup is
-        // armed before the check, so an end between the two is not missed.
-        let idle = live
-            .lock()
-            .expect("live state is never poisoned")
-            .hasher_idle();
-        let progress = loop {
-            let ended = idle.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            {
-                let state = live.lock().expect("live state is never poisoned");
-                if !state.is_hashing() {
-                    break state.hash_progress();
-                }
-            }
-            ended.await;
-        };
-        // Keep the background hash only if it covered a prefix of exactly these parts.
-        let hashed = progress.etags.len();
-        let usable = hashed <= chosen.len()
-            && chosen
-                .iter()
-                .zip(&progress.etags)
-                .all(|(part, etag)| part.etag == *etag);
-        let (mut hasher, from) = if usable {
-            (progress.hasher, progress.offset)
-        } else {
-            (sha2::Sha256::default(), 0)
-        };
+        let (mut hasher, from) = hash_so_far(idle_hash_progress(&live).await, chosen);
         let (storage, id) = (self.storage.clone(), upload_id.to_string());
         let digest = blocking(
             move || {
@@ -766,6 +733,52 @@ impl AppState {
                 format!("this token may not use workspace '{workspace_id}'"),
             ))
         }
+    }
+}
+
+/// Whether every part lies in the data file at its final offset, one after another.
+fn all_in_place(chosen: &[PartFile]) -> bool {
+    let mut end = 0;
+    chosen.iter().all(|part| {
+        let at = part.location == (Location::InPlace { offset: end });
+        end += part.size;
+        at
+    })
+}
+
+/// The background hash's progress once the step in progress (one part) has ended. The wakeup
+/// is armed before the check, so an end between the two is not missed.
+async fn idle_hash_progress(live: &std::sync::Mutex<Live>) -> HashProgress {
+    let idle = live
+        .lock()
+        .expect("live state is never poisoned")
+        .hasher_idle();
+    loop {
+        let ended = idle.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        {
+            let state = live.lock().expect("live state is never poisoned");
+            if !state.is_hashing() {
+                return state.hash_progress();
+            }
+        }
+        ended.await;
+    }
+}
+
+/// The hasher to finish the file's SHA-256 with and the offset it has reached: the background
+/// hash's, if it covered a prefix of exactly these parts; otherwise a new one from 0.
+fn hash_so_far(progress: HashProgress, chosen: &[PartFile]) -> (sha2::Sha256, u64) {
+    let hashed = progress.etags.len();
+    let usable = hashed <= chosen.len()
+        && chosen
+            .iter()
+            .zip(&progress.etags)
+            .all(|(part, etag)| part.etag == *etag);
+    match usable {
+        true => (progress.hasher, progress.offset),
+        false => (sha2::Sha256::default(), 0),
     }
 }
 
@@ -837,4 +850,63 @@ fn part_info(part: &PartFile) -> PartInfo {
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(number: u32, size: u64, location: Location) -> PartFile {
+        PartFile {
+            part_number: number,
+            etag: format!("e{number}"),
+            crc32c: 0,
+            size,
+            location,
+        }
+    }
+
+    /// The data file is the file only when the parts follow one another in it from 0.
+    #[test]
+    fn parts_are_in_place_only_end_to_end_from_the_start() {
+        let at = |offset| Location::InPlace { offset };
+        let cases = [
+            (vec![], true),
+            (vec![part(1, 4, at(0)), part(2, 3, at(4))], true),
+            (vec![part(1, 4, at(0)), part(2, 3, at(5))], false),
+            (vec![part(1, 4, at(1))], false),
+            (
+                vec![part(1, 4, at(0)), part(2, 3, Location::Loose("p2".into()))],
+                false,
+            ),
+        ];
+        for (parts, expected) in cases {
+            assert_eq!(all_in_place(&parts), expected, "{parts:?}");
+        }
+    }
+
+    /// The background hash is carried on only when it covered a prefix of exactly the chosen
+    /// parts (the same etags, in order); otherwise the file is hashed from 0.
+    #[test]
+    fn the_background_hash_is_kept_only_over_a_prefix_of_the_chosen_parts() {
+        let at = |offset| Location::InPlace { offset };
+        let chosen = [part(1, 4, at(0)), part(2, 3, at(4))];
+        let hashed = |etags: &[&str], offset| HashProgress {
+            hasher: sha2::Sha256::default(),
+            offset,
+            next_part: etags.len() as u32 + 1,
+            etags: etags.iter().map(|etag| etag.to_string()).collect(),
+        };
+        let cases = [
+            (hashed(&[], 0), 0),
+            (hashed(&["e1"], 4), 4),
+            (hashed(&["e1", "e2"], 7), 7),
+            (hashed(&["e1", "x2"], 7), 0),
+            (hashed(&["e1", "e2", "e3"], 9), 0),
+        ];
+        for (progress, from) in cases {
+            let etags = progress.etags.clone();
+            assert_eq!(hash_so_far(progress, &chosen).1, from, "{etags:?}");
+        }
+    }
 }
