@@ -211,52 +211,8 @@ impl Service {
     /// what it did, for the user.
     pub fn install(&self) -> Result<String, ServiceError> {
         let mut report = String::new();
-        let existing = self.installed();
-        let changed = existing != Some(true);
-        if changed {
-            if let Some(parent) = self.path.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| ServiceError::Write {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
-            if self.manager == Manager::Launchd && existing.is_some() {
-                // A loaded agent keeps its old definition until it is booted out.
-                if self.usable {
-                    for command in self.stop_commands() {
-                        run_quietly(&command);
-                    }
-                }
-            }
-            std::fs::write(&self.path, &self.contents).map_err(|source| ServiceError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
-            let _ = writeln!(report, "wrote {}", self.path.display());
-        } else {
-            let _ = writeln!(report, "{} is up to date", self.path.display());
-        }
-        let mut commands = Vec::new();
-        if self.scope == Scope::System
-            && self.manager == Manager::Systemd
-            && !user_exists(SYSTEM_USER)
-        {
-            commands.push(
-                [
-                    "useradd",
-                    "--system",
-                    "--user-group",
-                    "--home-dir",
-                    "/var/lib/ferry",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    SYSTEM_USER,
-                ]
-                .map(String::from)
-                .to_vec(),
-            );
-        }
+        let changed = self.write_unit(&mut report)?;
+        let mut commands: Vec<Vec<String>> = self.create_user_command().into_iter().collect();
         if let Some(config) = self.config.as_ref().filter(|config| !config.exists()) {
             let _ = writeln!(
                 report,
@@ -269,6 +225,52 @@ impl Service {
         }
         self.run_or_print(&commands, &mut report)?;
         Ok(report)
+    }
+
+    /// Writes the unit file unless it is up to date, saying which in `report`; returns whether
+    /// it wrote it. A loaded launchd agent is booted out first: it keeps its old definition
+    /// until then.
+    fn write_unit(&self, report: &mut String) -> Result<bool, ServiceError> {
+        let existing = self.installed();
+        if existing == Some(true) {
+            let _ = writeln!(report, "{} is up to date", self.path.display());
+            return Ok(false);
+        }
+        let write_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ServiceError::Write { path, source }
+        };
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).map_err(write_error(parent))?;
+        }
+        if self.manager == Manager::Launchd && existing.is_some() && self.usable {
+            for command in self.stop_commands() {
+                run_quietly(&command);
+            }
+        }
+        std::fs::write(&self.path, &self.contents).map_err(write_error(&self.path))?;
+        let _ = writeln!(report, "wrote {}", self.path.display());
+        Ok(true)
+    }
+
+    /// The command that creates the system user a system-wide systemd unit runs as, when it
+    /// does not exist yet.
+    fn create_user_command(&self) -> Option<Vec<String>> {
+        let needed = self.scope == Scope::System
+            && self.manager == Manager::Systemd
+            && !user_exists(SYSTEM_USER);
+        let command = [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--home-dir",
+            "/var/lib/ferry",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            SYSTEM_USER,
+        ];
+        needed.then(|| command.map(String::from).to_vec())
     }
 
     /// Stops and disables the service and removes its file (or prints how to stop it).
