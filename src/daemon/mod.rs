@@ -271,30 +271,12 @@ fn build(
     store: Store,
     (embedded, receiver): remotes::Embedded,
 ) -> Result<(Arc<Daemon>, mpsc::Receiver<Vec<Candidate>>), DaemonError> {
-    let mut watches = config.watches.clone();
-    if config.source.is_none() {
-        for watch in &watches {
-            std::fs::create_dir_all(&watch.path).map_err(|source| DaemonError::DataDir {
-                path: watch.path.clone(),
-                source,
-            })?;
-        }
-    }
-    watch::resolve_roots(&mut watches)?;
+    let watches = watched_folders(config)?;
     let limiters = remotes::Limiters::default();
     let uploaders = remotes::build_uploaders(config, &store, embedded.as_ref(), &limiters)?;
     limiters.apply(config);
     let (intake, intake_receiver) = mpsc::channel(INTAKE_BATCHES);
-    // The daemon's own files: the store, the socket, the embedded receiver's storage (the
-    // default outbox sits beside them in the data directory, so not all of it).
-    let own_paths = [
-        Some(config.daemon.data_dir.join("store")),
-        Some(config.daemon.socket.clone()),
-        receiver.as_ref().map(|(_, storage)| storage.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let own_paths = own_paths(config, receiver.as_ref());
     let daemon = Arc::new(Daemon {
         store,
         settings: RwLock::new(Settings {
@@ -325,6 +307,35 @@ fn build(
         hooks_status: Default::default(),
     });
     Ok((daemon, intake_receiver))
+}
+
+/// The configured watches with their roots resolved; the built-in default's outbox is
+/// created first.
+fn watched_folders(config: &Config) -> Result<Vec<WatchConfig>, DaemonError> {
+    let mut watches = config.watches.clone();
+    if config.source.is_none() {
+        for watch in &watches {
+            std::fs::create_dir_all(&watch.path).map_err(|source| DaemonError::DataDir {
+                path: watch.path.clone(),
+                source,
+            })?;
+        }
+    }
+    watch::resolve_roots(&mut watches)?;
+    Ok(watches)
+}
+
+/// The daemon's own files, never uploaded: the store, the socket, the embedded receiver's
+/// storage (the default outbox sits beside them in the data directory, so not all of it).
+fn own_paths(config: &Config, receiver: Option<&(String, PathBuf)>) -> Vec<PathBuf> {
+    [
+        Some(config.daemon.data_dir.join("store")),
+        Some(config.daemon.socket.clone()),
+        receiver.map(|(_, storage)| storage.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Binds the control socket, and `/metrics` when configured, and serves them until `services`
