@@ -519,21 +519,13 @@ fn hook_deliveries(
     let Some(watch) = watch else {
         return Vec::new();
     };
-    let started_ms = daemon
-        .active
-        .lock()
-        .expect("active lock is never poisoned")
-        .get(&job.id)
-        .map_or(now_ms(), |active| {
-            now_ms().saturating_sub(active.started.elapsed().as_millis() as u64)
-        });
     let mut told = Told {
         job,
         event: EventKind::Failed,
         size: None,
         sha256: None,
         metadata: &watch.metadata,
-        started_ms,
+        started_ms: started_ms(daemon, job.id),
         error: None,
     };
     let (hook, then) = match outcome {
@@ -546,15 +538,7 @@ fn hook_deliveries(
         } => {
             (told.event, told.size, told.sha256) =
                 (EventKind::Uploaded, Some(*size), Some(sha256.as_str()));
-            let waits = watch.after_upload_waits_for_hook && *after != AfterUpload::Keep;
-            let then = waits.then(|| Then {
-                move_to: match after {
-                    AfterUpload::MoveTo(folder) => Some(folder.clone()),
-                    _ => None,
-                },
-                root: root.clone(),
-                fingerprint: *fingerprint,
-            });
+            let then = waiting_after_upload(watch, after, root, *fingerprint);
             (&watch.hooks.on_uploaded, then)
         }
         Outcome::Failed(reason) => {
@@ -567,6 +551,33 @@ fn hook_deliveries(
         Some(hook) => vec![hooks::delivery(hook, &told, then)],
         None => Vec::new(),
     }
+}
+
+/// When job `id` started (now, if it is not running), in milliseconds since the epoch.
+fn started_ms(daemon: &Daemon, id: crate::queue::JobId) -> u64 {
+    let active = daemon.active.lock().expect("active lock is never poisoned");
+    active.get(&id).map_or(now_ms(), |active| {
+        now_ms().saturating_sub(active.started.elapsed().as_millis() as u64)
+    })
+}
+
+/// The `after_upload` to apply once `on_uploaded` is delivered, when the watch makes it wait
+/// for the hook (and it does something).
+fn waiting_after_upload(
+    watch: &WatchConfig,
+    after: &AfterUpload,
+    root: &Path,
+    fingerprint: Fingerprint,
+) -> Option<Then> {
+    let waits = watch.after_upload_waits_for_hook && *after != AfterUpload::Keep;
+    waits.then(|| Then {
+        move_to: match after {
+            AfterUpload::MoveTo(folder) => Some(folder.clone()),
+            _ => None,
+        },
+        root: root.to_path_buf(),
+        fingerprint,
+    })
 }
 
 /// Reports the outcome to the scheduler (or, once it has stopped, records it here) and waits
