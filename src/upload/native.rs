@@ -286,32 +286,8 @@ impl Backend for NativeBackend {
             .json(&body);
         let response = self.send(operation, call, false).await?;
         let reply: InitResponse = self.json(operation, response).await?;
-        if !is_url_safe_id(&reply.upload_id) {
-            return Err(self.invalid(operation, "upload_id is not URL-safe text".into()));
-        }
-        if reply.max_parts == 0
-            || reply.min_part_size > reply.max_part_size
-            || reply.max_part_size == 0
-        {
-            return Err(self.invalid(
-                operation,
-                format!(
-                    "part limits are impossible: min {} max {} parts {}",
-                    reply.min_part_size, reply.max_part_size, reply.max_parts
-                ),
-            ));
-        }
-        let capacity = reply
-            .max_part_size
-            .saturating_mul(u64::from(reply.max_parts));
-        if capacity < request.size {
-            return Err(self.invalid(
-                operation,
-                format!(
-                    "{} parts of at most {} bytes cannot hold {} bytes",
-                    reply.max_parts, reply.max_part_size, request.size
-                ),
-            ));
+        if let Some(problem) = init_problem(&reply, request.size) {
+            return Err(self.invalid(operation, problem));
         }
         Ok(RemoteSession {
             id: reply.upload_id,
@@ -453,9 +429,74 @@ impl Backend for NativeBackend {
     }
 }
 
+/// What is wrong with a session opened for a file of `size` bytes, if anything: an id that
+/// cannot go in a URL path, or part limits that are impossible or cannot hold the file.
+fn init_problem(reply: &InitResponse, size: u64) -> Option<String> {
+    if !is_url_safe_id(&reply.upload_id) {
+        return Some("upload_id is not URL-safe text".into());
+    }
+    let (min, max, parts) = (reply.min_part_size, reply.max_part_size, reply.max_parts);
+    if parts == 0 || min > max || max == 0 {
+        return Some(format!(
+            "part limits are impossible: min {min} max {max} parts {parts}"
+        ));
+    }
+    if max.saturating_mul(u64::from(parts)) < size {
+        return Some(format!(
+            "{parts} parts of at most {max} bytes cannot hold {size} bytes"
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session whose id or part limits the engine cannot work with is refused, naming why.
+    #[test]
+    fn impossible_sessions_are_refused_with_the_reason() {
+        let reply = |id: &str, min, max, parts| InitResponse {
+            upload_id: id.into(),
+            expires_at: String::new(),
+            min_part_size: min,
+            max_part_size: max,
+            max_parts: parts,
+        };
+        let cases = [
+            (reply("u1", 1, 10, 10), 100, None),
+            (
+                reply("u1", 1, 10, 10),
+                101,
+                Some("10 parts of at most 10 bytes cannot hold 101 bytes"),
+            ),
+            (
+                reply("../x", 1, 10, 10),
+                1,
+                Some("upload_id is not URL-safe text"),
+            ),
+            (
+                reply("u1", 1, 10, 0),
+                0,
+                Some("part limits are impossible: min 1 max 10 parts 0"),
+            ),
+            (
+                reply("u1", 11, 10, 5),
+                0,
+                Some("part limits are impossible: min 11 max 10 parts 5"),
+            ),
+            (
+                reply("u1", 0, 0, 5),
+                0,
+                Some("part limits are impossible: min 0 max 0 parts 5"),
+            ),
+            (reply("u1", 1, u64::MAX, u32::MAX), u64::MAX, None),
+        ];
+        for (reply, size, expected) in cases {
+            let problem = init_problem(&reply, size);
+            assert_eq!(problem.as_deref(), expected, "{} {size}", reply.upload_id);
+        }
+    }
 
     #[test]
     fn modification_times_go_out_as_rfc3339_in_utc() {
