@@ -367,11 +367,22 @@ async fn run_job(
             return;
         }
     };
-    let failed_attempts = attempts.failed_attempts();
     daemon
         .metrics
-        .part_attempts_failed(&job.remote, failed_attempts);
-    let outcome = match result {
+        .part_attempts_failed(&job.remote, attempts.failed_attempts());
+    let outcome = outcome_of(&daemon, &job, result, after, retry);
+    finish(&daemon, &reports, job, outcome, watch.as_ref()).await;
+}
+
+/// The outcome of `job`'s upload, counted in the metrics (and a success logged).
+fn outcome_of(
+    daemon: &Daemon,
+    job: &JobRecord,
+    result: Result<crate::upload::UploadReport, UploadError>,
+    after: AfterUpload,
+    retry: RetryPolicy,
+) -> Outcome {
+    match result {
         Ok(report) => {
             daemon.metrics.uploaded(&job.remote, report.size);
             tracing::info!(remote_path = %report.remote_path, size = report.size, duration = ?report.duration, parts_resumed = report.parts_resumed, "uploaded");
@@ -384,12 +395,11 @@ async fn run_job(
             }
         }
         Err(error) => {
-            let outcome = failed(error, &job, retry);
+            let outcome = failed(error, job, retry);
             daemon.metrics.failed(&job.remote, outcome.error_class());
             outcome
         }
-    };
-    finish(&daemon, &reports, job, outcome, watch.as_ref()).await;
+    }
 }
 
 /// Why `job` cannot be sent to any remote, if it cannot.
