@@ -329,18 +329,7 @@ pub async fn complete(
     let assembly_started = std::time::Instant::now();
     let assembled = app.assemble(&upload_id, chosen, record.total_size).await?;
     let expected = request.sha256.as_ref().or(record.sha256.as_ref());
-    if let Some(expected) = expected.filter(|expected| **expected != assembled.digest) {
-        if !assembled.in_place {
-            app.storage.discard_temp(&assembled.source);
-        }
-        return Err(ApiError::new(
-            ErrorCode::Sha256Mismatch,
-            format!(
-                "the assembled file has sha256 {}, not {expected}; the session stays open",
-                assembled.digest
-            ),
-        ));
-    }
+    app.check_digest(&assembled, expected)?;
     let in_place = assembled.in_place;
     let (file, post) = app.publish(record, request.parts, assembled).await?;
     app.live.remove(&upload_id);
@@ -456,6 +445,28 @@ fn place(
 }
 
 impl AppState {
+    /// Refuses an assembled file whose SHA-256 is not the one `expected` (discarding it when it
+    /// is a copy); the session stays open.
+    fn check_digest(
+        &self,
+        assembled: &Assembled,
+        expected: Option<&String>,
+    ) -> Result<(), ApiError> {
+        let Some(expected) = expected.filter(|expected| **expected != assembled.digest) else {
+            return Ok(());
+        };
+        if !assembled.in_place {
+            self.storage.discard_temp(&assembled.source);
+        }
+        Err(ApiError::new(
+            ErrorCode::Sha256Mismatch,
+            format!(
+                "the assembled file has sha256 {}, not {expected}; the session stays open",
+                assembled.digest
+            ),
+        ))
+    }
+
     /// The stored parts `request`'s manifest names, checked against what is stored (numbers
     /// ascending, etags, sizes adding up, none but the last under the minimum).
     async fn chosen_parts(
