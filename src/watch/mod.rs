@@ -198,59 +198,69 @@ struct WatchThread {
 }
 
 impl WatchThread {
+    /// Handles messages, rescans and settled files until told to stop or the daemon goes.
     fn run(&mut self, receiver: Receiver<Message>) {
         loop {
-            if self.overflowed.swap(false, Ordering::Relaxed) {
-                tracing::warn!("file events overflowed their buffer; rescanning");
-                self.stats.overflows.fetch_add(1, Ordering::Relaxed);
-                self.rescan_requested.store(true, Ordering::Relaxed);
-            }
-            if self.last_root_check.elapsed() >= ROOT_CHECK {
-                self.check_roots();
-            }
-            let rescan_due = self.needs_rescans() && self.last_scan.elapsed() >= LIMITED_RESCAN;
-            if self.rescan_requested.swap(false, Ordering::Relaxed) || rescan_due {
-                self.rescan();
-            }
+            self.housekeeping();
             let now = Instant::now();
             let wait = self
                 .settler
                 .next_due()
                 .map_or(IDLE_TICK, |due| due.saturating_duration_since(now))
                 .min(IDLE_TICK);
-            match receiver.recv_timeout(wait) {
+            let go_on = match receiver.recv_timeout(wait) {
+                // Drain what else arrived before settling anything.
                 Ok(message) => {
-                    if !self.handle(message) {
-                        return;
-                    }
-                    // Drain what else arrived before settling anything.
-                    while let Ok(message) = receiver.try_recv() {
-                        if !self.handle(message) {
-                            return;
-                        }
-                    }
+                    self.handle(message)
+                        && std::iter::from_fn(|| receiver.try_recv().ok())
+                            .all(|message| self.handle(message))
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => false,
+            };
+            if !go_on || !self.hand_over_settled() {
+                return;
             }
-            let watches = &self.watches;
-            let settled = self.settler.poll(Instant::now(), |path| {
-                let index = watch_of(watches, path);
-                let symlinks = index.map_or(Symlinks::Skip, |index| watches[index].symlinks);
-                stat_file(path, symlinks)
-            });
-            for chunk in settled.chunks(BATCH) {
-                let batch: Vec<Candidate> = chunk.iter().map(|s| self.candidate(s)).collect();
-                let count = batch.len() as u64;
-                if !batch.is_empty() && self.sink.blocking_send(batch).is_err() {
-                    return; // the daemon is shutting down
-                }
-                self.stats.handed_over.fetch_add(count, Ordering::Relaxed);
-            }
-            self.stats
-                .settling
-                .store(self.settler.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// A rescan after an overflow, when asked for or due; the roots' check when due.
+    fn housekeeping(&mut self) {
+        if self.overflowed.swap(false, Ordering::Relaxed) {
+            tracing::warn!("file events overflowed their buffer; rescanning");
+            self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+            self.rescan_requested.store(true, Ordering::Relaxed);
+        }
+        if self.last_root_check.elapsed() >= ROOT_CHECK {
+            self.check_roots();
+        }
+        let rescan_due = self.needs_rescans() && self.last_scan.elapsed() >= LIMITED_RESCAN;
+        if self.rescan_requested.swap(false, Ordering::Relaxed) || rescan_due {
+            self.rescan();
+        }
+    }
+
+    /// Hands the files that have settled to the daemon, in batches; false once the daemon has
+    /// gone (it is shutting down).
+    fn hand_over_settled(&mut self) -> bool {
+        let watches = &self.watches;
+        let settled = self.settler.poll(Instant::now(), |path| {
+            let index = watch_of(watches, path);
+            let symlinks = index.map_or(Symlinks::Skip, |index| watches[index].symlinks);
+            stat_file(path, symlinks)
+        });
+        for chunk in settled.chunks(BATCH) {
+            let batch: Vec<Candidate> = chunk.iter().map(|s| self.candidate(s)).collect();
+            let count = batch.len() as u64;
+            if !batch.is_empty() && self.sink.blocking_send(batch).is_err() {
+                return false;
+            }
+            self.stats.handed_over.fetch_add(count, Ordering::Relaxed);
+        }
+        self.stats
+            .settling
+            .store(self.settler.len() as u64, Ordering::Relaxed);
+        true
     }
 
     /// Handles one message; false means stop.
