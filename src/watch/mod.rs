@@ -265,24 +265,25 @@ impl WatchThread {
 
     /// Handles one message; false means stop.
     fn handle(&mut self, message: Message) -> bool {
-        let event = match message {
+        match message {
             Message::Stop => return false,
-            Message::Rescan => {
+            Message::Rescan => self.rescan_requested.store(true, Ordering::Relaxed),
+            Message::Fs(Ok(event)) if event.need_rescan() => {
+                tracing::warn!("the kernel dropped file events; rescanning");
                 self.rescan_requested.store(true, Ordering::Relaxed);
-                return true;
             }
-            Message::Fs(Ok(event)) => event,
+            Message::Fs(Ok(event)) => self.apply(event),
             Message::Fs(Err(error)) => {
                 tracing::warn!(%error, "file watch error; rescanning");
                 self.rescan_requested.store(true, Ordering::Relaxed);
-                return true;
             }
-        };
-        if event.need_rescan() {
-            tracing::warn!("the kernel dropped file events; rescanning");
-            self.rescan_requested.store(true, Ordering::Relaxed);
-            return true;
         }
+        true
+    }
+
+    /// A file event: a file closed after writing starts (or restarts) settling; one renamed
+    /// away or removed is forgotten; a path created or changed is considered.
+    fn apply(&mut self, event: notify::Event) {
         let now = Instant::now();
         match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
@@ -312,7 +313,6 @@ impl WatchThread {
             }
             _ => {}
         }
-        true
     }
 
     /// A path changed: wait for a file to settle; scan a folder that appeared.
@@ -466,11 +466,7 @@ impl WatchThread {
     /// Offers every file under `dir` to the settler, aged by its mtime. Returns the folders
     /// that could not be listed.
     fn scan(&mut self, index: usize, dir: &Path) -> Vec<PathBuf> {
-        let now = Instant::now();
-        let wall_now = SystemTime::now();
-        let recursive = self.watches[index].recursive;
-        let window = self.watches[index].settle;
-        let symlinks = self.watches[index].symlinks;
+        let now = (Instant::now(), SystemTime::now());
         // Folders already walked, by device and inode: with links followed, a loop ends here.
         let mut visited = std::collections::HashSet::new();
         let mut unlisted = Vec::new();
@@ -482,39 +478,53 @@ impl WatchThread {
                     continue;
                 }
             }
-            let entries = match std::fs::read_dir(&folder) {
-                Ok(entries) => entries,
+            match std::fs::read_dir(&folder) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        self.offer(index, entry.path(), now, &mut stack);
+                    }
+                }
                 Err(error) => {
                     // Logged once per change, with the watch's health.
                     tracing::debug!(path = %folder.display(), %error, "cannot list folder");
                     unlisted.push(folder);
-                    continue;
-                }
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if self.own_paths.iter().any(|own| path.starts_with(own)) {
-                    continue;
-                }
-                let Ok(metadata) = stat(&path, symlinks) else {
-                    continue;
-                };
-                if metadata.is_dir() {
-                    if recursive && self.watch_of(&path) == Some(index) {
-                        stack.push(path);
-                    }
-                } else if metadata.is_file() && self.in_scope(index, &path) {
-                    let age = metadata
-                        .modified()
-                        .ok()
-                        .and_then(|modified| wall_now.duration_since(modified).ok())
-                        .unwrap_or_default();
-                    self.settler
-                        .found(&path, index, window, now, age, Fingerprint::of(&metadata));
                 }
             }
         }
         unlisted
+    }
+
+    /// One entry found by a scan of watch `index` at `now` (monotonic and wall): a file in
+    /// scope goes to the settler, aged by its mtime; a folder of the same watch is walked
+    /// next, when the watch is recursive.
+    fn offer(
+        &mut self,
+        index: usize,
+        path: PathBuf,
+        (now, wall_now): (Instant, SystemTime),
+        stack: &mut Vec<PathBuf>,
+    ) {
+        let watch = &self.watches[index];
+        let (recursive, window, symlinks) = (watch.recursive, watch.settle, watch.symlinks);
+        if self.own_paths.iter().any(|own| path.starts_with(own)) {
+            return;
+        }
+        let Ok(metadata) = stat(&path, symlinks) else {
+            return;
+        };
+        if metadata.is_dir() {
+            if recursive && self.watch_of(&path) == Some(index) {
+                stack.push(path);
+            }
+        } else if metadata.is_file() && self.in_scope(index, &path) {
+            let age = metadata
+                .modified()
+                .ok()
+                .and_then(|modified| wall_now.duration_since(modified).ok())
+                .unwrap_or_default();
+            self.settler
+                .found(&path, index, window, now, age, Fingerprint::of(&metadata));
+        }
     }
 
     fn candidate(&self, settled: &settle::Settled) -> Candidate {
