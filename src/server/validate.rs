@@ -133,35 +133,7 @@ pub fn manifest<'a>(
             "manifest lists no parts; even an empty file is one empty part".into(),
         ));
     }
-    let mut chosen = Vec::with_capacity(manifest.len());
-    let mut previous = 0u32;
-    for entry in manifest {
-        if entry.part_number <= previous {
-            return Err(ManifestProblem::Mismatch(format!(
-                "part {} is out of order: part numbers must be strictly ascending",
-                entry.part_number
-            )));
-        }
-        previous = entry.part_number;
-        let found = stored
-            .binary_search_by_key(&entry.part_number, |part| part.part_number)
-            .map(|index| &stored[index]);
-        match found {
-            Ok(part) if part.etag == entry.etag.trim_matches('"') => chosen.push(part),
-            Ok(_) => {
-                return Err(ManifestProblem::Mismatch(format!(
-                    "part {} was stored with another etag",
-                    entry.part_number
-                )));
-            }
-            Err(_) => {
-                return Err(ManifestProblem::Mismatch(format!(
-                    "part {} was never stored",
-                    entry.part_number
-                )));
-            }
-        }
-    }
+    let chosen = listed_parts(manifest, stored)?;
     let last = chosen.len() - 1;
     if let Some(small) = chosen[..last].iter().find(|part| part.size < min_part_size) {
         return Err(ManifestProblem::PartTooSmall(format!(
@@ -173,6 +145,40 @@ pub fn manifest<'a>(
     if sum != total_size {
         return Err(ManifestProblem::Mismatch(format!(
             "the parts sum to {sum} bytes but the session's total_size is {total_size}"
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The stored part each manifest entry names, in the manifest's order: the numbers strictly
+/// ascending, each stored with exactly the entry's etag.
+fn listed_parts<'a>(
+    manifest: &[ManifestPart],
+    stored: &'a [StoredPart],
+) -> Result<Vec<&'a StoredPart>, ManifestProblem> {
+    let mut previous = 0u32;
+    let mut chosen = Vec::with_capacity(manifest.len());
+    for entry in manifest {
+        let number = entry.part_number;
+        if number <= previous {
+            return Err(ManifestProblem::Mismatch(format!(
+                "part {number} is out of order: part numbers must be strictly ascending"
+            )));
+        }
+        previous = number;
+        let found = stored
+            .binary_search_by_key(&number, |part| part.part_number)
+            .map(|index| &stored[index]);
+        let problem = match found {
+            Ok(part) if part.etag == entry.etag.trim_matches('"') => {
+                chosen.push(part);
+                continue;
+            }
+            Ok(_) => "was stored with another etag",
+            Err(_) => "was never stored",
+        };
+        return Err(ManifestProblem::Mismatch(format!(
+            "part {number} {problem}"
         )));
     }
     Ok(chosen)
