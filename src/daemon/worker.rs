@@ -104,19 +104,8 @@ pub(super) async fn schedule(
         for job in claimed {
             start_job(&daemon, &workers, job, &reports, &abandon);
         }
-        // With no slot free (all busy, paused, or the store failing), a due job waits for a
-        // report or a wake-up: waking at its due time would only find the slots still taken,
-        // again and again.
-        let due = next_due
-            .filter(|_| free > 0)
-            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
-        let flush = unflushed
-            .deadline()
-            .map(|at| at.saturating_duration_since(Instant::now()));
-        let sleep = [due, flush]
-            .into_iter()
-            .flatten()
-            .fold(IDLE_RECHECK, Duration::min);
+        let now = (now_ms(), Instant::now());
+        let sleep = idle_for(next_due.filter(|_| free > 0), unflushed.deadline(), now);
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = daemon.wake.notified() => {}
@@ -130,6 +119,23 @@ pub(super) async fn schedule(
         batch.push(report);
     }
     Trip::closing().run(&daemon, &mut unflushed, batch).await;
+}
+
+/// How long the scheduler may wait for a report or a wake-up at `now` (wall milliseconds,
+/// monotonic): until the next job is due (`None` when none is, or none could start: with no
+/// slot free, waking at its due time would only find the slots still taken, again and
+/// again), until the unflushed outcomes must be flushed, and never more than `IDLE_RECHECK`.
+fn idle_for(
+    next_due_ms: Option<u64>,
+    flush_at: Option<Instant>,
+    (now_ms, now): (u64, Instant),
+) -> Duration {
+    let due = next_due_ms.map(|due| Duration::from_millis(due.saturating_sub(now_ms)));
+    let flush = flush_at.map(|at| at.saturating_duration_since(now));
+    [due, flush]
+        .into_iter()
+        .flatten()
+        .fold(IDLE_RECHECK, Duration::min)
 }
 
 /// Uploads running: the active jobs but the `reported` ones, whose workers only wait for their
@@ -690,6 +696,31 @@ pub(super) fn after_upload(
                 }
                 other => other,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scheduler sleeps until the sooner of the next due job and the flush, at most
+    /// `IDLE_RECHECK`, and not at all for what is already due.
+    #[test]
+    fn the_scheduler_sleeps_until_the_next_thing_to_do() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let cases = [
+            (None, None, IDLE_RECHECK),
+            (Some(10_500), None, ms(500)),
+            (Some(9_000), None, Duration::ZERO),
+            (None, Some(now + ms(3)), ms(3)),
+            (Some(10_500), Some(now + ms(3)), ms(3)),
+            (Some(10_002), Some(now + ms(3)), ms(2)),
+            (Some(10_000 + 3_600_000), None, IDLE_RECHECK),
+        ];
+        for (due, flush, expected) in cases {
+            assert_eq!(idle_for(due, flush, (10_000, now)), expected, "{due:?}");
         }
     }
 }
