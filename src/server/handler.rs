@@ -444,6 +444,28 @@ fn place(
     placed
 }
 
+/// Places the assembled file (`place`); once it is placed, records its metadata, the
+/// webhook's `post`, the session as completed, and drops the parts. The outer error is the
+/// store's, the inner the placing's. Blocking.
+fn place_and_record(
+    storage: &super::Storage,
+    record: &SessionRecord,
+    assembled: &Assembled,
+    metadata: &FileMetadata,
+    post: Option<&serde_json::Value>,
+) -> std::io::Result<std::io::Result<()>> {
+    let placed = place(storage, record, &assembled.source, assembled.in_place);
+    if placed.is_ok() {
+        storage.write_file_metadata(metadata)?;
+        if let Some(post) = post {
+            storage.record_webhook(&record.upload_id, post)?;
+        }
+        storage.write_session(record)?;
+        storage.discard_parts(&record.upload_id)?;
+    }
+    Ok(placed)
+}
+
 impl AppState {
     /// Refuses an assembled file whose SHA-256 is not the one `expected` (discarding it when it
     /// is a copy); the session stays open.
@@ -549,7 +571,7 @@ impl AppState {
             workspace_id: record.workspace_id.clone(),
             path: record.filename.clone(),
             size: record.total_size,
-            sha256: assembled.digest,
+            sha256: assembled.digest.clone(),
             completed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         let metadata = completed_metadata(&record, &file);
@@ -565,20 +587,8 @@ impl AppState {
             .map(|_| Webhook::document(&record.upload_id, &file));
         let kept = post.clone();
         let storage = self.storage.clone();
-        let (source, in_place) = (assembled.source, assembled.in_place);
         let published = blocking(
-            move || {
-                let placed = place(&storage, &record, &source, in_place);
-                if placed.is_ok() {
-                    storage.write_file_metadata(&metadata)?;
-                    if let Some(post) = &kept {
-                        storage.record_webhook(&record.upload_id, post)?;
-                    }
-                    storage.write_session(&record)?;
-                    storage.discard_parts(&record.upload_id)?;
-                }
-                Ok(placed)
-            },
+            move || place_and_record(&storage, &record, &assembled, &metadata, kept.as_ref()),
             "publish the file",
         )
         .await?;
