@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::UsageError;
 use crate::config::{self, Config, ConfigError, Defaults};
-use crate::control::protocol::ActiveTransfer;
+use crate::control::protocol::{ActiveTransfer, HookDelivery};
 use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::daemon::Reload;
 use crate::output::{out, outln, outln_best_effort};
-use crate::queue::{JobId, JobState};
+use crate::queue::{JobId, JobRecord, JobState};
 use crate::service::notify;
 use crate::upload::bwlimit::Bandwidth;
 use signals::{Asked, Signals};
@@ -330,22 +330,8 @@ pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<
         "{:>8}  {:<7}  {:>8}  PATH",
         "ID", "STATE", "ATTEMPTS"
     ))?;
-    for job in jobs {
-        let state = serde_json::to_value(job.state)?
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
-        let error = job
-            .last_error
-            .map(|e| format!("  ({e})"))
-            .unwrap_or_default();
-        outln(&format!(
-            "{:>8}  {:<7}  {:>8}  {}{error}",
-            job.id,
-            state,
-            job.attempts,
-            job.path.display()
-        ))?;
+    for job in &jobs {
+        outln(&job_line(job))?;
     }
     if !hooks.is_empty() {
         outln(&format!(
@@ -353,21 +339,43 @@ pub async fn jobs(socket: &Path, state: Option<JobState>, json: bool) -> Result<
             "JOB", "HOOK", "STATE", "ATTEMPTS"
         ))?;
     }
-    for hook in hooks {
-        let error = hook
-            .last_error
-            .map(|e| format!("  ({e})"))
-            .unwrap_or_default();
-        outln(&format!(
-            "{:>8}  {:<8}  {:<7}  {:>8}  {}{error}",
-            hook.job_id,
-            hook.event,
-            hook.state,
-            hook.attempts,
-            hook.path.display()
-        ))?;
+    for hook in &hooks {
+        outln(&hook_line(hook))?;
     }
     Ok(())
+}
+
+/// A job as a row of `ferry jobs`: id, state, attempts, path, and its last error.
+fn job_line(job: &JobRecord) -> String {
+    let state = serde_json::to_value(job.state)
+        .ok()
+        .and_then(|state| state.as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{:>8}  {:<7}  {:>8}  {}{}",
+        job.id,
+        state,
+        job.attempts,
+        job.path.display(),
+        last_error(job.last_error.as_deref())
+    )
+}
+
+/// A hook delivery as a row of `ferry jobs`: job, hook, state, attempts, path, last error.
+fn hook_line(hook: &HookDelivery) -> String {
+    format!(
+        "{:>8}  {:<8}  {:<7}  {:>8}  {}{}",
+        hook.job_id,
+        hook.event,
+        hook.state,
+        hook.attempts,
+        hook.path.display(),
+        last_error(hook.last_error.as_deref())
+    )
+}
+
+fn last_error(error: Option<&str>) -> String {
+    error.map(|e| format!("  ({e})")).unwrap_or_default()
 }
 
 /// `ferry retry`.
