@@ -15,15 +15,34 @@
 //! Proxies: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, as reqwest reads them,
 //! except for a remote on a loopback address or `localhost` (the embedded receiver, a local
 //! MinIO), which is always reached directly, as Go's HTTP client does: no proxy can reach it.
+//!
+//! Replies: a header's text (`header_text`) and `Retry-After` (`retry_after`), read the same
+//! way by both backends.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::{AsHeaderName, HeaderMap, RETRY_AFTER};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+/// The text of header `name` in a reply, if it is there and is text.
+pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// The wait a reply's `Retry-After` asks for, in seconds (the form servers send with 429 and
+/// 503).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    header_text(headers, RETRY_AFTER)
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
 
 /// The CA certificates of a remote's `ca_cert` file, trusted beside the system's.
 #[derive(Clone, PartialEq, Eq)]
@@ -260,6 +279,27 @@ fn describe(problem: &CertificateError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Retry-After` in seconds is the wait asked for; anything else asks for none.
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let cases: [(Option<&[u8]>, Option<u64>); 5] = [
+            (Some(b"5"), Some(5)),
+            (Some(b" 7 "), Some(7)),
+            (Some(b"soon"), None),
+            (Some(b"\xff"), None),
+            (None, None),
+        ];
+        for (value, expected) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
+                headers.insert(RETRY_AFTER, value);
+            }
+            let wait = retry_after(&headers);
+            assert_eq!(wait, expected.map(Duration::from_secs), "{value:?}");
+        }
+    }
 
     #[test]
     fn a_ca_cert_file_must_hold_certificates_that_can_be_trust_anchors() {

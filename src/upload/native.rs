@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -127,12 +127,7 @@ impl NativeBackend {
         on_session: bool,
     ) -> BackendError {
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::http::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => (body.error.code, body.error.message),
@@ -349,10 +344,7 @@ impl Backend for NativeBackend {
             .header(PART_OFFSET_HEADER, part.offset)
             .body(reqwest::Body::wrap_stream(body.stream));
         let response = self.send(operation, call, true).await?;
-        let header_etag = response
-            .headers()
-            .get(ETAG)
-            .and_then(|value| value.to_str().ok())
+        let header_etag = super::http::header_text(response.headers(), ETAG)
             .map(|text| text.trim_matches('"').to_string());
         let info: PartInfo = self.json(operation, response).await?;
         if info.part_number != part.number || info.size != part.size {

@@ -45,6 +45,7 @@ use super::backend::{
     PartReceipt, PartSpec, RemoteFile, RemotePart, RemoteSession, SessionRef, SessionStatus,
     UpFront,
 };
+use super::http::header_text;
 
 /// S3's part limits: 5 MiB (but the last) to 5 GiB, at most 10,000 parts.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -387,9 +388,7 @@ impl S3Backend {
         headers: &HeaderMap,
         md5: Option<[u8; 16]>,
     ) -> Result<PartReceipt, BackendError> {
-        let etag = headers
-            .get(ETAG)
-            .and_then(|value| value.to_str().ok())
+        let etag = header_text(headers, ETAG)
             .map(|text| text.trim().trim_matches('"').to_string())
             .filter(|etag| !etag.is_empty())
             .ok_or_else(|| self.invalid(operation, "no ETag".into()))?;
@@ -405,10 +404,7 @@ impl S3Backend {
                 problem: format!("ETag {etag} is not the MD5 of the bytes sent"),
             });
         }
-        let crc32c = headers
-            .get("x-amz-checksum-crc32c")
-            .and_then(|value| value.to_str().ok())
-            .and_then(decode_crc32c);
+        let crc32c = header_text(headers, "x-amz-checksum-crc32c").and_then(decode_crc32c);
         Ok(PartReceipt { etag, crc32c })
     }
 
@@ -458,15 +454,11 @@ impl S3Backend {
             Err(error) => return Err(error),
         };
         let headers = response.headers();
-        let session = headers
-            .get(SESSION_META)
-            .and_then(|value| value.to_str().ok());
+        let session = header_text(headers, SESSION_META);
         if session != Some(nonce) {
             return Ok(None);
         }
-        let size = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
+        let size = header_text(headers, CONTENT_LENGTH)
             .and_then(|text| text.parse::<u64>().ok())
             .ok_or_else(|| self.invalid(Operation::Query, "HEAD without a size".into()))?;
         Ok(Some(RemoteFile {

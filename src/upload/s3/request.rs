@@ -14,7 +14,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{DATE, RETRY_AFTER};
+use reqwest::header::DATE;
 use reqwest::{Client, Response};
 use rusty_s3::Method;
 use url::Url;
@@ -22,6 +22,7 @@ use url::Url;
 use super::credentials::{Credentials, Keys, NoKeys};
 use super::xml;
 use crate::upload::backend::{BackendError, Operation, Rejection};
+use crate::upload::http::header_text;
 use crate::upload::retry::{ErrorClass, classify_status};
 
 /// Lifetime of a signature; a request is checked when it arrives, so this only needs to cover
@@ -234,11 +235,7 @@ impl Requester {
         headers: &reqwest::header::HeaderMap,
         on_session: bool,
     ) -> BackendError {
-        let retry_after = headers
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::upload::http::retry_after(headers);
         let (class, rejection) = meaning(status, &reply.code, on_session);
         let message = match reply.code.as_str() {
             "InvalidAccessKeyId" | "SignatureDoesNotMatch" if reply.message.is_empty() => {
@@ -279,10 +276,7 @@ impl Requester {
             self.credentials.expire().await;
         }
         let clock = self.learn_skew(status, code, headers, signed.skew_ms);
-        let named = headers
-            .get("x-amz-bucket-region")
-            .and_then(|value| value.to_str().ok())
-            .or(reply.region.as_deref());
+        let named = header_text(headers, "x-amz-bucket-region").or(reply.region.as_deref());
         let Some(learned) = bucket_region(status, code, named, &signed.region) else {
             return clock;
         };
@@ -303,10 +297,7 @@ impl Requester {
         headers: &reqwest::header::HeaderMap,
         signed_skew_ms: i64,
     ) -> bool {
-        let server = headers
-            .get(DATE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(httpdate);
+        let server = header_text(headers, DATE).and_then(httpdate);
         let now = jiff::Timestamp::now().as_millisecond();
         let Some(skew) = skew(status, code, server, now, signed_skew_ms) else {
             return false;
