@@ -36,12 +36,24 @@ pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str>
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// The wait a reply's `Retry-After` asks for, in seconds (the form servers send with 429 and
-/// 503).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    header_text(headers, RETRY_AFTER)
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+/// The wait a reply's `Retry-After` asks for at `now_ms` (milliseconds since the epoch): in
+/// seconds, as servers send it with 429 and 503, or until an HTTP date, as a proxy in front
+/// may send it (none once the date has passed).
+pub fn retry_after(headers: &HeaderMap, now_ms: i64) -> Option<Duration> {
+    let text = header_text(headers, RETRY_AFTER)?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let until = httpdate(text)?;
+    Some(Duration::from_millis(
+        until.saturating_sub(now_ms).max(0) as u64
+    ))
+}
+
+/// An HTTP date (`Tue, 15 Nov 1994 08:12:31 GMT`) in milliseconds since the epoch.
+pub fn httpdate(text: &str) -> Option<i64> {
+    let parsed = jiff::fmt::rfc2822::parse(text).ok()?;
+    Some(parsed.timestamp().as_millisecond())
 }
 
 /// The CA certificates of a remote's `ca_cert` file, trusted beside the system's.
@@ -280,12 +292,17 @@ fn describe(problem: &CertificateError) -> String {
 mod tests {
     use super::*;
 
-    /// `Retry-After` in seconds is the wait asked for; anything else asks for none.
+    /// `Retry-After` in seconds, or until an HTTP date, is the wait asked for (none for a
+    /// date gone by); anything else asks for none.
     #[test]
-    fn retry_after_is_read_in_seconds() {
-        let cases: [(Option<&[u8]>, Option<u64>); 5] = [
-            (Some(b"5"), Some(5)),
-            (Some(b" 7 "), Some(7)),
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let now_ms = 784_887_151_000; // Tue, 15 Nov 1994 08:12:31 GMT
+        let cases: [(Option<&[u8]>, Option<u64>); 8] = [
+            (Some(b"5"), Some(5_000)),
+            (Some(b" 7 "), Some(7_000)),
+            (Some(b"Tue, 15 Nov 1994 08:12:41 GMT"), Some(10_000)),
+            (Some(b"Tue, 15 Nov 1994 08:12:31 GMT"), Some(0)),
+            (Some(b"Tue, 15 Nov 1994 08:00:00 GMT"), Some(0)),
             (Some(b"soon"), None),
             (Some(b"\xff"), None),
             (None, None),
@@ -296,9 +313,18 @@ mod tests {
                 let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
                 headers.insert(RETRY_AFTER, value);
             }
-            let wait = retry_after(&headers);
-            assert_eq!(wait, expected.map(Duration::from_secs), "{value:?}");
+            let wait = retry_after(&headers, now_ms);
+            assert_eq!(wait, expected.map(Duration::from_millis), "{value:?}");
         }
+    }
+
+    #[test]
+    fn http_dates_are_read() {
+        assert_eq!(
+            httpdate("Tue, 15 Nov 1994 08:12:31 GMT"),
+            Some(784_887_151_000)
+        );
+        assert_eq!(httpdate("yesterday"), None);
     }
 
     #[test]

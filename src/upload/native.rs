@@ -127,7 +127,8 @@ impl NativeBackend {
         on_session: bool,
     ) -> BackendError {
         let status = response.status();
-        let retry_after = super::http::retry_after(response.headers());
+        let retry_after =
+            super::http::retry_after(response.headers(), jiff::Timestamp::now().as_millisecond());
         let text = response.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => (body.error.code, body.error.message),
