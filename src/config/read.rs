@@ -345,6 +345,20 @@ impl<'t> Reader<'t> {
         value
     }
 
+    /// The top-level table `name`, or `empty` when it is left out (or is not a table, which
+    /// is a problem).
+    fn section<'a, 'i>(
+        &mut self,
+        root: &'a DeTable<'i>,
+        name: &str,
+        empty: &'a DeTable<'i>,
+    ) -> &'a DeTable<'i> {
+        match root.get(name) {
+            Some(value) => self.sub_table(name, value).unwrap_or(empty),
+            None => empty,
+        }
+    }
+
     fn sub_table<'a, 'i>(
         &mut self,
         path: &str,
@@ -380,16 +394,9 @@ impl<'t> Reader<'t> {
         self.unknown_keys("", root, &["daemon", "remotes", "upload", "hooks", "watch"]);
 
         let empty = DeTable::new();
-        let daemon_table = match root.get("daemon") {
-            Some(value) => self.sub_table("daemon", value).unwrap_or(&empty),
-            None => &empty,
-        };
+        let daemon_table = self.section(root, "daemon", &empty);
         let daemon = self.daemon(daemon_table, defaults, base);
-
-        let upload_table = match root.get("upload") {
-            Some(value) => self.sub_table("upload", value).unwrap_or(&empty),
-            None => &empty,
-        };
+        let upload_table = self.section(root, "upload", &empty);
         let upload = self.upload(upload_table);
         let bandwidth = self
             .get_as("upload", upload_table, "bandwidth", bandwidth)
@@ -397,10 +404,9 @@ impl<'t> Reader<'t> {
 
         let (remotes, remote_upload, remote_bandwidth) = self.remotes(root, base, upload);
         let hooks = match root.get("hooks") {
-            Some(value) => match self.sub_table("hooks", value) {
-                Some(table) => self.hook_defaults(table, base),
-                None => Hooks::default(),
-            },
+            Some(value) => self
+                .sub_table("hooks", value)
+                .map_or_else(Hooks::default, |table| self.hook_defaults(table, base)),
             None => Hooks::default(),
         };
 
