@@ -640,13 +640,30 @@ impl<'t> Reader<'t> {
             remote.clone().unwrap_or_default(),
         )
         .expect("the default globs compile");
+        self.watch_options(path, table, base, &mut watch);
+        watch.hooks = self.hooks(path, table, base, hooks);
+        let waits = self.get::<bool>(path, table, "after_upload_waits_for_hook");
+        watch.after_upload_waits_for_hook = waits.unwrap_or(false);
+        root?;
+        remote?;
+        Some(watch)
+    }
+
+    /// A watch's settings that have defaults: each one given replaces its default in `watch`.
+    fn watch_options(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        base: &Path,
+        watch: &mut WatchConfig,
+    ) {
         if let Some(prefix) = self.get_as(path, table, "prefix", relative_prefix) {
             watch.prefix = prefix;
         }
         if let Some(recursive) = self.get::<bool>(path, table, "recursive") {
             watch.recursive = recursive;
         }
-        self.watch_globs(path, table, &mut watch);
+        self.watch_globs(path, table, watch);
         if let Some(settle) = self.get_as(path, table, "settle", duration_up_to(MAX_SETTLE)) {
             watch.settle = settle;
         }
@@ -659,12 +676,6 @@ impl<'t> Reader<'t> {
         if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
             watch.metadata = metadata;
         }
-        watch.hooks = self.hooks(path, table, base, hooks);
-        let waits = self.get::<bool>(path, table, "after_upload_waits_for_hook");
-        watch.after_upload_waits_for_hook = waits.unwrap_or(false);
-        root?;
-        remote?;
-        Some(watch)
     }
 
     /// A watch's `include` and `ignore` globs (the default ignores always apply).
