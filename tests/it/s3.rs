@@ -15,7 +15,7 @@ use ferry::upload::s3::{Checksum, Encryption};
 use ferry::upload::{ChunkSize, Progress, S3Backend, UploadJob, UploadSettings};
 
 use crate::support::daemon::Setup;
-use crate::support::fault_proxy::{Fault, FaultProxy, RequestHead, Seen};
+use crate::support::fault_proxy::{Fault, FaultProxy, RequestHead, Seen, query_param};
 use crate::support::garage::{self, Garage};
 use crate::support::s3::{Flavor, S3Server, SECRET_KEY};
 use crate::support::{
@@ -602,21 +602,12 @@ fn completes_seen(proxy: &FaultProxy) -> Vec<String> {
 
 /// The `uploadId` in a request's query.
 fn upload_id(path: &str) -> Option<String> {
-    let query = path.split_once('?')?.1;
-    let value = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("uploadId="))?;
-    Some(value.to_string())
+    query_param(path, "uploadId")
 }
 
 /// The refusal planned for the first request of each kind, and its kind.
 fn first_refusal(head: &RequestHead) -> Option<(&'static str, Fault)> {
-    let query = head.path.split_once('?').map_or("", |(_, query)| query);
-    let has = |name: &str| {
-        query
-            .split('&')
-            .any(|pair| pair.split('=').next() == Some(name))
-    };
+    let has = |name: &str| query_param(&head.path, name).is_some();
     let s3 = |status, code| Fault::S3Error { status, code };
     match (head.method.as_str(), head.part_number) {
         ("PUT", None) => Some(("put", s3(503, "SlowDown"))),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::s3::{assert_stored, proxy_before, push};
-use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::fault_proxy::{Fault, FaultProxy, query_param};
 use crate::support::random_file;
 use crate::support::s3::{ACCESS_KEY, BUCKET, Flavor, IamAccount, S3Server, SECRET_KEY};
 
@@ -90,12 +90,8 @@ fn signing_keys(proxy: &FaultProxy, mark: usize) -> Vec<String> {
     log[mark..]
         .iter()
         .map(|seen| {
-            let query = seen.path.split_once('?').map_or("", |(_, query)| query);
-            let credential = url::form_urlencoded::parse(query.as_bytes())
-                .find(|(name, _)| name == "X-Amz-Credential")
-                .map(|(_, value)| value.into_owned())
-                .unwrap_or_default();
-            let token = query.contains("X-Amz-Security-Token=");
+            let credential = query_param(&seen.path, "X-Amz-Credential").unwrap_or_default();
+            let token = query_param(&seen.path, "X-Amz-Security-Token").is_some();
             let key = credential.split('/').next().unwrap_or_default();
             format!("{key}{}", if token { " with token" } else { "" })
         })
@@ -330,7 +326,7 @@ async fn push_renewing(later: &str, name: &str) -> (Output, usize, Duration) {
     let server = S3Server::start(Flavor::S3sFs).await;
     let proxy = proxy_before(&server).await;
     proxy.set_plan(|head, _| {
-        let completes = head.method == "POST" && head.path.contains("uploadId=");
+        let completes = head.method == "POST" && query_param(&head.path, "uploadId").is_some();
         completes.then_some(Fault::Delay(Duration::from_secs(1)))
     });
     let dir = tempfile::tempdir().unwrap();

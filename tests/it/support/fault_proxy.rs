@@ -248,6 +248,15 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     finish(&shared);
 }
 
+/// The value of parameter `name` in a request path's query, decoded (`""` for a bare
+/// `?uploads`); `None` when the query has no such parameter.
+pub fn query_param(path: &str, name: &str) -> Option<String> {
+    let query = path.split_once('?')?.1;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
 /// The reply (status line after `HTTP/1.1 ` with headers, and body) a fault answers with in
 /// place of the receiver, if it does.
 fn canned_reply(fault: Fault) -> Option<(String, String)> {
@@ -335,13 +344,8 @@ async fn read_head(client: &mut TcpStream) -> Option<(RequestHead, Vec<u8>, Vec<
     }
     rewritten.push_str("connection: close\r\n\r\n");
     // S3 names the part in the query.
-    let query = path.split_once('?').map_or("", |(_, query)| query);
-    part_number = part_number.or_else(|| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("partNumber="))
-            .and_then(|number| number.parse().ok())
-    });
+    part_number =
+        part_number.or_else(|| query_param(&path, "partNumber").and_then(|n| n.parse().ok()));
     let head = RequestHead {
         method,
         path,
