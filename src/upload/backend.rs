@@ -54,6 +54,12 @@ impl UpFront {
     pub fn any(&self) -> bool {
         self.crc32c || self.md5
     }
+
+    /// Whether `sums` has every checksum wanted (sums made before the remote asked for more
+    /// do not).
+    pub fn met_by(&self, sums: &PartSums) -> bool {
+        (!self.crc32c || sums.crc32c.is_some()) && (!self.md5 || sums.md5.is_some())
+    }
 }
 
 /// The checksums computed up front.
@@ -232,6 +238,14 @@ pub enum BackendError {
         endpoint: String,
         problem: String,
     },
+    /// The remote stored the bytes without checking the checksum sent with them (a server
+    /// without flexible checksums): sending them again with one it checks makes them safe.
+    #[error("{operation} to {endpoint} was not checked: {problem}")]
+    Unchecked {
+        operation: Operation,
+        endpoint: String,
+        problem: String,
+    },
     /// The remote answered success with a reply that breaks the protocol.
     #[error("{operation}: {endpoint} sent an invalid reply: {problem}")]
     InvalidReply {
@@ -257,7 +271,8 @@ impl BackendError {
         match self {
             BackendError::Transport { .. }
             | BackendError::Stalled { .. }
-            | BackendError::Damaged { .. } => ErrorClass::Transient,
+            | BackendError::Damaged { .. }
+            | BackendError::Unchecked { .. } => ErrorClass::Transient,
             BackendError::Status { class, .. } => *class,
             // A reply that breaks the protocol will break it again.
             BackendError::InvalidReply { .. } | BackendError::Setup { .. } => ErrorClass::Permanent,
@@ -355,5 +370,27 @@ pub trait Backend: Send + Sync {
             endpoint: self.endpoint().to_string(),
             problem: "this remote takes files only in sessions".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_meet_what_is_wanted_only_when_they_have_every_checksum() {
+        let wanted = |crc32c, md5| UpFront { crc32c, md5 };
+        let sums = |crc32c: Option<u32>, md5: Option<[u8; 16]>| PartSums { crc32c, md5 };
+        let table = [
+            (wanted(true, false), sums(Some(1), None), true),
+            (wanted(false, true), sums(None, Some([2; 16])), true),
+            // Made for CRC32C before the remote turned to MD5.
+            (wanted(false, true), sums(Some(1), None), false),
+            (wanted(true, true), sums(Some(1), None), false),
+            (wanted(false, false), sums(None, None), true),
+        ];
+        for (wanted, sums, met) in table {
+            assert_eq!(wanted.met_by(&sums), met, "{wanted:?} {sums:?}");
+        }
     }
 }

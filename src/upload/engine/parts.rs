@@ -394,6 +394,7 @@ async fn up_front(
     }
     if let Some(ahead) = &context.ahead
         && let Some(sums) = ahead.take(spec).await
+        && wanted.met_by(&sums)
     {
         return Ok(sums);
     }

@@ -16,6 +16,7 @@
 //! is checked against its MD5 where it is one, and the object's size and session after
 //! complete.
 
+mod checksum;
 pub mod credentials;
 mod encryption;
 mod imds;
@@ -36,6 +37,8 @@ use reqwest::header::{CONTENT_LENGTH, ETAG, HeaderMap};
 use rusty_s3::{Bucket, Method, UrlStyle};
 use url::Url;
 
+pub use checksum::Checksum;
+use checksum::{ChecksumChoice, Noted, carried, decode_crc32c, encode_crc32c};
 pub use credentials::CredentialSource;
 pub use encryption::Encryption;
 use request::{Call, Requester};
@@ -76,41 +79,6 @@ pub const CANNED_ACLS: [&str; 7] = [
     "bucket-owner-read",
     "bucket-owner-full-control",
 ];
-
-/// How parts are checked by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checksum {
-    /// `x-amz-checksum-crc32c` on every part and object (flexible checksums).
-    Crc32c,
-    /// `Content-MD5`: for servers without flexible checksums (older Ceph RGW, some clones).
-    Md5,
-    None,
-}
-
-impl std::str::FromStr for Checksum {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Checksum, String> {
-        match text {
-            "crc32c" => Ok(Checksum::Crc32c),
-            "md5" => Ok(Checksum::Md5),
-            "none" => Ok(Checksum::None),
-            other => Err(format!(
-                "unknown checksum {other:?}; use \"crc32c\", \"md5\" or \"none\""
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Checksum {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Checksum::Crc32c => "crc32c",
-            Checksum::Md5 => "md5",
-            Checksum::None => "none",
-        })
-    }
-}
 
 /// Where and as whom to upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +173,7 @@ pub struct S3Backend {
     aws_style: Option<UrlStyle>,
     prefix: String,
     storage_class: Option<String>,
-    checksum: Checksum,
+    checksum: ChecksumChoice,
     encryption: Option<Encryption>,
     acl: Option<String>,
     requester: Requester,
@@ -263,7 +231,7 @@ impl S3Backend {
             aws_style: config.endpoint.is_none().then_some(style),
             prefix: config.prefix.clone(),
             storage_class: config.storage_class.clone(),
-            checksum: config.checksum,
+            checksum: ChecksumChoice::new(config.checksum),
             encryption: config.encryption.clone(),
             acl: config.acl.clone(),
             requester: Requester::new(client, config.region.clone(), credentials, shown.clone()),
@@ -355,17 +323,16 @@ impl S3Backend {
         Ok(call)
     }
 
-    /// The checksum headers of a part or a whole file.
-    fn sum_headers(&self, mut call: Call, body: &PartBody) -> Call {
-        if let Some(crc) = body
-            .sums
-            .crc32c
-            .filter(|_| self.checksum == Checksum::Crc32c)
-        {
-            call = call.header("x-amz-checksum-crc32c", encode_crc32c(crc));
-        }
-        if let Some(md5) = body.sums.md5.filter(|_| self.checksum == Checksum::Md5) {
-            call = call.header("content-md5", BASE64.encode(md5));
+    /// The checksum headers of a part or a whole file, carrying `sent`.
+    fn sum_headers(&self, mut call: Call, body: &PartBody, sent: Checksum) -> Call {
+        match (sent, body.sums.crc32c, body.sums.md5) {
+            (Checksum::Crc32c, Some(crc), _) => {
+                // Named as the AWS SDKs name it; moto names the CRC32C back only then.
+                call = call.header("x-amz-sdk-checksum-algorithm", "CRC32C");
+                call = call.header("x-amz-checksum-crc32c", encode_crc32c(crc));
+            }
+            (Checksum::Md5, _, Some(md5)) => call = call.header("content-md5", BASE64.encode(md5)),
+            _ => {}
         }
         call.header("content-length", body.len.to_string())
     }
@@ -373,18 +340,20 @@ impl S3Backend {
     /// Sends a part or a whole file with its checksums; its receipt.
     async fn send_body(&self, call: Call, body: PartBody) -> Result<PartReceipt, BackendError> {
         let operation = call.operation;
-        let call = self.sum_headers(call, &body);
+        let sent = carried(self.checksum.current(), body.sums);
+        let call = self.sum_headers(call, &body, sent);
         let md5 = body.sums.md5;
         let stream = reqwest::Body::wrap_stream(body.stream);
         let response = self.requester.send(call, Some(stream)).await?;
-        self.receipt(operation, response.headers(), md5)
+        self.receipt((operation, sent), response.headers(), md5)
     }
 
     /// The receipt of a stored part or file: its ETag, checked against the MD5 sent where the
-    /// ETag is one, and the CRC32C the server reports.
+    /// ETag is one, and the CRC32C the server reports. A whole file whose CRC32C the server
+    /// did not check is refused, to be sent again with its MD5 (`checksum.rs`).
     fn receipt(
         &self,
-        operation: Operation,
+        (operation, sent): (Operation, Checksum),
         headers: &HeaderMap,
         md5: Option<[u8; 16]>,
     ) -> Result<PartReceipt, BackendError> {
@@ -393,19 +362,45 @@ impl S3Backend {
             .filter(|etag| !etag.is_empty())
             .ok_or_else(|| self.invalid(operation, "no ETag".into()))?;
         let etag_is_md5 = self.encryption.as_ref().is_none_or(Encryption::etag_is_md5);
+        let damaged = |problem| BackendError::Damaged {
+            operation,
+            endpoint: self.requester.endpoint.clone(),
+            problem,
+        };
         if let Some(md5) = md5
             && etag_is_md5
             && is_md5_hex(&etag)
             && etag != hex::encode(md5)
         {
-            return Err(BackendError::Damaged {
-                operation,
-                endpoint: self.requester.endpoint.clone(),
-                problem: format!("ETag {etag} is not the MD5 of the bytes sent"),
-            });
+            return Err(damaged(format!(
+                "ETag {etag} is not the MD5 of the bytes sent"
+            )));
         }
         let crc32c = header_text(headers, "x-amz-checksum-crc32c").and_then(decode_crc32c);
+        let noted = self.checksum.note(sent, operation, crc32c.is_some());
+        if let Noted::CrcIgnored { first } = noted {
+            return Err(self.crc_ignored(operation, first));
+        }
         Ok(PartReceipt { etag, crc32c })
+    }
+
+    /// The server stored a body without checking its CRC32C: said loudly the first time, and
+    /// the body is sent again with its MD5.
+    fn crc_ignored(&self, operation: Operation, first: bool) -> BackendError {
+        let endpoint = self.requester.endpoint.clone();
+        if first {
+            tracing::warn!(
+                %endpoint,
+                "the server does not check CRC32C checksums (it did not name the one sent back): \
+                 sending Content-MD5 to it instead; set checksum = \"md5\" on this remote to \
+                 start with it"
+            );
+        }
+        BackendError::Unchecked {
+            operation,
+            endpoint,
+            problem: "the server ignored x-amz-checksum-crc32c".into(),
+        }
     }
 
     /// The object at `key` if the session `nonce` wrote it (a HEAD).
@@ -419,7 +414,7 @@ impl S3Backend {
                 etag: &part.etag,
                 crc32c: part
                     .crc32c
-                    .filter(|_| self.checksum == Checksum::Crc32c)
+                    .filter(|_| self.checksum.current() == Checksum::Crc32c)
                     .map(encode_crc32c),
             })
             .collect();
@@ -588,15 +583,6 @@ pub fn split_session(id: &str) -> Option<(&str, &str)> {
         .filter(|(nonce, upload)| !nonce.is_empty() && !upload.is_empty())
 }
 
-fn encode_crc32c(crc: u32) -> String {
-    BASE64.encode(crc.to_be_bytes())
-}
-
-fn decode_crc32c(text: &str) -> Option<u32> {
-    let bytes = BASE64.decode(text.trim()).ok()?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
 fn is_md5_hex(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -657,8 +643,8 @@ impl Backend for S3Backend {
 
     fn up_front(&self) -> UpFront {
         UpFront {
-            crc32c: self.checksum == Checksum::Crc32c,
-            md5: self.checksum == Checksum::Md5,
+            crc32c: self.checksum.current() == Checksum::Crc32c,
+            md5: self.checksum.current() == Checksum::Md5,
         }
     }
 
@@ -680,7 +666,7 @@ impl Backend for S3Backend {
             .object(operation, Method::Post, &key)
             .query("uploads", "")
             .header(SESSION_META, nonce.clone());
-        if self.checksum == Checksum::Crc32c {
+        if self.checksum.current() == Checksum::Crc32c {
             call = call.header("x-amz-checksum-algorithm", "CRC32C");
         }
         let call = self.object_headers(call, request)?;
@@ -936,16 +922,9 @@ mod tests {
     }
 
     #[test]
-    fn session_ids_and_checksums_round_trip() {
+    fn session_ids_split_at_the_first_colon() {
         assert_eq!(split_session("00ff:abc:def"), Some(("00ff", "abc:def")));
         assert_eq!(split_session("nocolon"), None);
         assert_eq!(split_session(":x"), None);
-        assert_eq!(
-            decode_crc32c(&encode_crc32c(0xdead_beef)),
-            Some(0xdead_beef)
-        );
-        assert_eq!(decode_crc32c("AAAA"), None);
-        assert!("checksum".parse::<Checksum>().is_err());
-        assert_eq!("md5".parse::<Checksum>(), Ok(Checksum::Md5));
     }
 }
