@@ -5,7 +5,9 @@
 #   - moto's S3 server, from PyPI (the S3 tests);
 #   - s3s-fs, an S3 server over a folder with real SigV4, from crates.io (the S3 tests);
 #   - Garage, a replicated S3 store, from crates.io (the cluster test; about 8 minutes to build
-#     on 2 cores, once).
+#     on 2 cores, once);
+#   - Ceph's monitor, OSD and RADOS gateway, from Debian 12 (Ceph 16.2: the old S3 server
+#     without flexible checksums, for the Content-MD5 tests; about 70 MB to download).
 # Run by .ci/run and by a developer once: `scripts/test-deps.sh && cargo test`.
 set -euo pipefail
 
@@ -20,6 +22,10 @@ missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v faketime >/dev/null || missing+=(faketime)
+# Debian 12 (bookworm) ships Ceph 16.2, which has no flexible checksums: what the tests want.
+for ceph in ceph-mon ceph-osd radosgw; do
+  command -v "$ceph" >/dev/null || missing+=("$ceph")
+done
 if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

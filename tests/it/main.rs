@@ -3,6 +3,7 @@
 
 mod adaptive;
 mod bwlimit;
+mod ceph;
 mod crash;
 mod daemon;
 mod hardening;

@@ -223,7 +223,7 @@ fn decode_rfc2047(value: &str) -> String {
 }
 
 /// A request for the object `remote_path` of `size` bytes, without metadata.
-fn request(remote_path: &str, size: u64) -> CreateRequest {
+pub(crate) fn request(remote_path: &str, size: u64) -> CreateRequest {
     CreateRequest {
         remote_path: remote_path.into(),
         size,
@@ -235,7 +235,7 @@ fn request(remote_path: &str, size: u64) -> CreateRequest {
 }
 
 /// `bytes` as a body, with the checksums given for it.
-fn body(bytes: Vec<u8>, sums: PartSums) -> PartBody {
+pub(crate) fn body(bytes: Vec<u8>, sums: PartSums) -> PartBody {
     let len = bytes.len() as u64;
     let stream = futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]);
     PartBody {

@@ -6,6 +6,7 @@ pub use files::random_file;
 pub use ports::free_port;
 
 pub mod api;
+pub mod ceph;
 pub mod daemon;
 pub mod fault_proxy;
 #[path = "../../../benches/support/files.rs"]

@@ -1,6 +1,7 @@
 //! Real S3 servers for the tests, each started by the test on a loopback port: moto (every
-//! multipart call, no signature or checksum checks) and s3s-fs (real SigV4 over a folder). Both
-//! are installed, pinned, by `scripts/test-deps.sh`. Objects are read back through the server
+//! multipart call, no signature or checksum checks), s3s-fs (real SigV4 over a folder) and
+//! Ceph's RADOS gateway (an old server without flexible checksums, `ceph.rs`). All are
+//! installed by `scripts/test-deps.sh`. Objects are read back through the server
 //! with requests signed by `rusty-s3` and sent here, not by the backend under test.
 
 use std::path::Path;
@@ -22,15 +23,18 @@ const SIGNED_FOR: Duration = Duration::from_secs(600);
 pub enum Flavor {
     Moto,
     S3sFs,
+    /// Ceph 16.2's RADOS gateway before a monitor and an OSD (`ceph.rs`).
+    CephRgw,
 }
 
 /// A running S3 server with the test bucket; killed when dropped.
 pub struct S3Server {
     pub endpoint: String,
-    /// The key id and secret s3s-fs takes (moto takes any).
+    /// The key id and secret s3s-fs and Ceph take (moto takes any).
     keys: (String, String),
-    child: Child,
-    /// s3s-fs's folder; moto keeps everything in memory.
+    /// The server's processes, the one serving S3 last.
+    children: Vec<Child>,
+    /// s3s-fs's folder, Ceph's; moto keeps everything in memory.
     _dir: tempfile::TempDir,
 }
 
@@ -45,19 +49,24 @@ impl S3Server {
         let keys = (key_id.to_string(), secret.to_string());
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(flavor, port, dir.path(), &keys);
+            let (path, owned_keys) = (dir.path().to_path_buf(), keys.clone());
+            let spawned = move || spawn(flavor, port, &path, &owned_keys);
+            let mut children = tokio::task::spawn_blocking(spawned).await.unwrap();
             let endpoint = format!("http://127.0.0.1:{port}");
-            if wait_listening(&mut child, port).await {
+            if wait_listening(children.last_mut().unwrap(), port).await {
                 let server = S3Server {
                     endpoint,
                     keys,
-                    child,
+                    children,
                     _dir: dir,
                 };
                 server.create_bucket(BUCKET).await;
+                if flavor == Flavor::CephRgw {
+                    server.warm_up().await;
+                }
                 return server;
             }
-            let _ = child.kill();
+            kill_all(&mut children);
         }
         panic!("{flavor:?} did not start on a free port (installed? see scripts/test-deps.sh)");
     }
@@ -112,6 +121,26 @@ impl S3Server {
             response.status().is_success(),
             "creating bucket {name}: {}",
             response.status()
+        );
+    }
+
+    /// Writes and deletes an object, so that Ceph makes the bucket's data pool now: the first
+    /// write into a new pool waits seconds for it, longer than a test's stall timeout.
+    async fn warm_up(&self) {
+        let (bucket, keys) = (self.bucket(BUCKET), self.keys());
+        let key = "warm-up";
+        let put = rusty_s3::actions::PutObject::new(&bucket, Some(&keys), key).sign(SIGNED_FOR);
+        let response = client().put(put).body("warm").send().await.unwrap();
+        assert!(response.status().is_success(), "warm-up PUT: {response:?}");
+        let delete = rusty_s3::actions::DeleteObject::new(&bucket, Some(&keys), key);
+        let response = client()
+            .delete(delete.sign(SIGNED_FOR))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "warm-up DELETE: {response:?}"
         );
     }
 
@@ -178,8 +207,7 @@ impl S3Server {
 
     /// Kills the server (it is gone when this returns).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_all(&mut self.children);
     }
 }
 
@@ -268,8 +296,11 @@ impl Drop for S3Server {
     }
 }
 
-fn spawn(flavor: Flavor, port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Child {
+/// The server's processes, the one serving S3 last. Blocking.
+fn spawn(flavor: Flavor, port: u16, dir: &Path, keys: &(String, String)) -> Vec<Child> {
+    let (key_id, secret) = keys;
     let mut command = match flavor {
+        Flavor::CephRgw => return super::ceph::spawn(port, dir, keys),
         Flavor::Moto => {
             let mut command = Command::new("moto_server");
             command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
@@ -284,14 +315,23 @@ fn spawn(flavor: Flavor, port: u16, dir: &Path, (key_id, secret): &(String, Stri
             command
         }
     };
-    command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|error| {
             panic!("cannot start {flavor:?}: {error} (install it with scripts/test-deps.sh)")
-        })
+        });
+    vec![child]
+}
+
+/// Kills the processes, the last started first, and waits for them to be gone.
+fn kill_all(children: &mut Vec<Child>) {
+    for mut child in children.drain(..).rev() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Waits until the server accepts connections; false if it exited first.
