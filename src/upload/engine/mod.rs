@@ -631,10 +631,7 @@ impl Uploader {
             id: &record.upload_id,
             remote_path: &record.remote_path,
         };
-        if record.fingerprint != file.fingerprint()
-            || record.remote != self.backend.identity()
-            || record.remote_path != job.remote_path
-        {
+        if !self.still_this_files(&record, job, file) {
             // The file changed since that session began: its parts are of other content.
             tracing::info!(path = %job.local_path.display(), "the file changed since its earlier session; starting over");
             if let Err(error) = self.backend.abort(session).await {
@@ -646,25 +643,20 @@ impl Uploader {
             .with_retry(&job.local_path, || self.backend.query(session))
             .await?;
         match status {
-            SessionStatus::Open { held: remote } => {
-                let recorded = parts.iter().filter(|p| p.is_acknowledged()).count();
-                let parts = reconcile(parts, &remote);
-                let held = parts.iter().filter(|p| p.is_acknowledged()).count();
-                tracing::info!(
-                    path = %job.local_path.display(),
-                    upload_id = %record.upload_id,
-                    recorded,
-                    held,
-                    "resuming the earlier session"
-                );
-                Ok(Some(Opened::parts(record, parts, true)))
-            }
+            SessionStatus::Open { held } => Ok(Some(resumed(job, record, parts, &held))),
             SessionStatus::Completed { file } => Ok(Some(Opened::AlreadyComplete { parts, file })),
             SessionStatus::Gone => {
                 tracing::info!(path = %job.local_path.display(), "the earlier session is gone");
                 Ok(None)
             }
         }
+    }
+
+    /// Whether the recorded session is of this version of the file, to this remote and path.
+    fn still_this_files(&self, record: &UploadRecord, job: &UploadJob, file: &LocalFile) -> bool {
+        record.fingerprint == file.fingerprint()
+            && record.remote == self.backend.identity()
+            && record.remote_path == job.remote_path
     }
 
     /// Opens a new session on the remote. It is recorded by `send_parts`, once it is known to
@@ -1009,6 +1001,22 @@ fn next_step(retry: &RetryPolicy, attempts: u32, path: &Path, error: BackendErro
             .into(),
         ),
     }
+}
+
+/// The recorded session, open on the remote, with its parts reconciled with those the remote
+/// `held`.
+fn resumed(job: &UploadJob, record: UploadRecord, parts: Vec<PartRecord>, held: &Held) -> Opened {
+    let recorded = parts.iter().filter(|p| p.is_acknowledged()).count();
+    let parts = reconcile(parts, held);
+    let now_held = parts.iter().filter(|p| p.is_acknowledged()).count();
+    tracing::info!(
+        path = %job.local_path.display(),
+        upload_id = %record.upload_id,
+        recorded,
+        held = now_held,
+        "resuming the earlier session"
+    );
+    Opened::parts(record, parts, true)
 }
 
 /// Keeps each recorded acknowledgement only if the remote still holds that very part; the
