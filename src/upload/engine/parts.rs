@@ -16,7 +16,8 @@ use super::{Attempt, READER_REPORT_TIMEOUT, blocking, retrying, store_error};
 use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
 use crate::upload::UploadError;
 use crate::upload::backend::{
-    Backend, BackendError, CreateRequest, Operation, PartReceipt, PartSpec, PartSums, SessionRef,
+    Backend, BackendError, CreateRequest, Operation, PartBody, PartReceipt, PartSpec, PartSums,
+    SessionRef,
 };
 use crate::upload::bwlimit::Limiter;
 use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
@@ -350,18 +351,7 @@ async fn put_once(
         context.limiter.clone(),
     );
     body.sums = sums;
-    let request = match &context.whole {
-        Some(create) => context.backend.put_file(create, body),
-        None => context.backend.put_part(context.session(), spec, body),
-    };
-    let outcome = tokio::select! {
-        result = request => result,
-        _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
-            operation: context.operation(spec),
-            endpoint: context.backend.endpoint().to_string(),
-            after: context.stall_timeout,
-        }),
-    };
+    let outcome = send_watched(context, spec, body, &watch).await;
     let streamed = watch.streamed();
     let local_crc = match tokio::time::timeout(READER_REPORT_TIMEOUT, reader).await {
         Ok(Ok(Ok(crc))) => Some(crc),
@@ -376,6 +366,28 @@ async fn put_once(
         context.progress.attempt_failed(streamed);
     }
     Ok((judged, streamed))
+}
+
+/// Sends the part (or the whole file), failing it as `Stalled` when `watch` sees no progress
+/// for the stall timeout.
+async fn send_watched(
+    context: &SessionContext,
+    spec: PartSpec,
+    body: PartBody,
+    watch: &AttemptWatch,
+) -> Result<PartReceipt, BackendError> {
+    let request = match &context.whole {
+        Some(create) => context.backend.put_file(create, body),
+        None => context.backend.put_part(context.session(), spec, body),
+    };
+    tokio::select! {
+        result = request => result,
+        _ = watch.stalled(context.stall_timeout) => Err(BackendError::Stalled {
+            operation: context.operation(spec),
+            endpoint: context.backend.endpoint().to_string(),
+            after: context.stall_timeout,
+        }),
+    }
 }
 
 /// The checksums the remote wants before the body: those of a preloaded file, those the hashing
