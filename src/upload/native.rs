@@ -348,29 +348,7 @@ impl Backend for NativeBackend {
         let header_etag = super::http::header_text(response.headers(), ETAG)
             .map(|text| text.trim_matches('"').to_string());
         let info: PartInfo = self.json(operation, response).await?;
-        if info.part_number != part.number || info.size != part.size {
-            return Err(self.invalid(
-                operation,
-                format!(
-                    "acknowledged part {} of {} bytes, but part {} of {} bytes was sent",
-                    info.part_number, info.size, part.number, part.size
-                ),
-            ));
-        }
-        if info.etag.is_empty() || header_etag.is_some_and(|etag| etag != info.etag) {
-            return Err(self.invalid(operation, "missing or inconsistent etag".into()));
-        }
-        let crc32c = decode_crc32c(&info.crc32c);
-        if crc32c.is_none() {
-            return Err(self.invalid(
-                operation,
-                format!("crc32c {:?} is not base64 of 4 bytes", info.crc32c),
-            ));
-        }
-        Ok(PartReceipt {
-            etag: info.etag,
-            crc32c,
-        })
+        part_receipt(part, info, header_etag).map_err(|problem| self.invalid(operation, problem))
     }
 
     async fn complete(
@@ -440,6 +418,31 @@ fn init_problem(reply: &InitResponse, size: u64) -> Option<String> {
         ));
     }
     None
+}
+
+/// The receipt of part `sent`, from the receiver's acknowledgement and its ETag header; what is
+/// wrong with them when they are not of that part.
+fn part_receipt(
+    sent: PartSpec,
+    info: PartInfo,
+    header_etag: Option<String>,
+) -> Result<PartReceipt, String> {
+    if info.part_number != sent.number || info.size != sent.size {
+        return Err(format!(
+            "acknowledged part {} of {} bytes, but part {} of {} bytes was sent",
+            info.part_number, info.size, sent.number, sent.size
+        ));
+    }
+    if info.etag.is_empty() || header_etag.is_some_and(|etag| etag != info.etag) {
+        return Err("missing or inconsistent etag".into());
+    }
+    let Some(crc32c) = decode_crc32c(&info.crc32c) else {
+        return Err(format!("crc32c {:?} is not base64 of 4 bytes", info.crc32c));
+    };
+    Ok(PartReceipt {
+        etag: info.etag,
+        crc32c: Some(crc32c),
+    })
 }
 
 #[cfg(test)]
@@ -517,6 +520,59 @@ mod tests {
         ];
         for (code, expected) in cases {
             assert_eq!(rejection(code), expected, "{code}");
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_of_another_part_or_without_a_usable_etag_or_crc_is_refused() {
+        let sent = PartSpec {
+            number: 2,
+            offset: 10,
+            size: 5,
+        };
+        let info = |part_number, size, etag: &str, crc32c: &str| PartInfo {
+            part_number,
+            size,
+            etag: etag.into(),
+            crc32c: crc32c.into(),
+        };
+        let crc = "AAAAAQ==";
+        let table = [
+            (info(2, 5, "e", crc), None, Ok(())),
+            (info(2, 5, "e", crc), Some("e"), Ok(())),
+            (
+                info(3, 5, "e", crc),
+                None,
+                Err("acknowledged part 3 of 5 bytes"),
+            ),
+            (
+                info(2, 4, "e", crc),
+                None,
+                Err("acknowledged part 2 of 4 bytes"),
+            ),
+            (
+                info(2, 5, "", crc),
+                None,
+                Err("missing or inconsistent etag"),
+            ),
+            (
+                info(2, 5, "e", crc),
+                Some("f"),
+                Err("missing or inconsistent etag"),
+            ),
+            (
+                info(2, 5, "e", "AAAA"),
+                None,
+                Err("is not base64 of 4 bytes"),
+            ),
+        ];
+        for (info, header, expected) in table {
+            let what = format!("{info:?} {header:?}");
+            match (part_receipt(sent, info, header.map(String::from)), expected) {
+                (Ok(receipt), Ok(())) => assert_eq!(receipt.crc32c, Some(1), "{what}"),
+                (Err(problem), Err(start)) => assert!(problem.contains(start), "{what}: {problem}"),
+                (got, _) => panic!("{what}: {got:?}"),
+            }
         }
     }
 }
