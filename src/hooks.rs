@@ -159,17 +159,7 @@ async fn run_program(
 ) -> Result<(), HookError> {
     let argv = fill_placeholders(argv, document);
     let program = argv[0].clone();
-    let mut child = tokio::process::Command::new(&program)
-        .args(&argv[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| HookError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+    let mut child = spawn_program(&argv)?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let body = serde_json::to_vec(document).expect("documents serialise");
     let finished = tokio::time::timeout(timeout, async move {
@@ -189,16 +179,38 @@ async fn run_program(
     if output.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(HookError::Exited {
+        program,
+        status: output.status,
+        stderr: stderr_tail(&output.stderr),
+    })
+}
+
+/// The program `argv` names, started with its standard input and error piped; killed if
+/// dropped.
+fn spawn_program(argv: &[String]) -> Result<tokio::process::Child, HookError> {
+    tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| HookError::Spawn {
+            program: argv[0].clone(),
+            source,
+        })
+}
+
+/// The last `STDERR_KEPT` bytes of a program's standard error (from a character's start),
+/// trimmed.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
     let start = stderr.len().saturating_sub(STDERR_KEPT);
     let start = (start..stderr.len())
         .find(|at| stderr.is_char_boundary(*at))
         .unwrap_or(0);
-    Err(HookError::Exited {
-        program,
-        status: output.status,
-        stderr: stderr[start..].trim().to_string(),
-    })
+    stderr[start..].trim().to_string()
 }
 
 /// POSTs the document, signed when there is a secret; success is a 2xx answer.
@@ -301,5 +313,18 @@ mod tests {
             signed,
             "t=1700000000,v1=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163"
         );
+    }
+
+    #[test]
+    fn the_tail_of_standard_error_is_kept_whole_characters_trimmed() {
+        assert_eq!(stderr_tail(b"  oops\n"), "oops");
+        let long = format!("{}{}", "x".repeat(1000), "end\n");
+        let tail = stderr_tail(long.as_bytes());
+        assert_eq!(tail.len(), STDERR_KEPT - 1);
+        assert!(tail.ends_with("end"));
+        // A cut inside a two-byte character moves to the next character's start.
+        let wide = format!("{}{}", "\u{e9}".repeat(300), "!");
+        let tail = stderr_tail(wide.as_bytes());
+        assert!(tail.ends_with('!') && tail.starts_with('\u{e9}'), "{tail}");
     }
 }
