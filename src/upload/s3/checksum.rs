@@ -2,11 +2,12 @@
 //! seen to ignore CRC32C.
 //!
 //! A server without flexible checksums (Ceph RGW 16.2, older clones) takes
-//! `x-amz-checksum-crc32c` without a word and stores whatever bytes arrived. Every server that
-//! checks the header says so in its reply to a whole-file PUT by naming the CRC32C back (AWS,
-//! MinIO, Garage, s3s-fs, moto); replies to parts are no sign, as some checking servers leave it
-//! out there. So a whole-file PUT answered without it turns the remote over to `Content-MD5`,
-//! which every S3 checks, for the rest of the process, and that body is sent again.
+//! `x-amz-checksum-crc32c` without a word and stores whatever bytes arrived. A server that
+//! checks the header names the CRC32C back in its reply to a whole-file PUT (AWS documents it;
+//! Garage, s3s-fs and moto do it in the tests). Replies to parts are no sign: s3s-fs checks a
+//! part's CRC32C but leaves it out of the reply. So a whole-file PUT answered without it turns
+//! the remote over to `Content-MD5`, which every S3 checks, for the rest of the process, and
+//! that body is sent again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -323,29 +323,15 @@ impl S3Backend {
         Ok(call)
     }
 
-    /// The checksum headers of a part or a whole file, carrying `sent`.
-    fn sum_headers(&self, mut call: Call, body: &PartBody, sent: Checksum) -> Call {
-        match (sent, body.sums.crc32c, body.sums.md5) {
-            (Checksum::Crc32c, Some(crc), _) => {
-                // Named as the AWS SDKs name it; moto names the CRC32C back only then.
-                call = call.header("x-amz-sdk-checksum-algorithm", "CRC32C");
-                call = call.header("x-amz-checksum-crc32c", encode_crc32c(crc));
-            }
-            (Checksum::Md5, _, Some(md5)) => call = call.header("content-md5", BASE64.encode(md5)),
-            _ => {}
-        }
-        call.header("content-length", body.len.to_string())
-    }
-
     /// Sends a part or a whole file with its checksums; its receipt.
     async fn send_body(&self, call: Call, body: PartBody) -> Result<PartReceipt, BackendError> {
         let operation = call.operation;
         let sent = carried(self.checksum.current(), body.sums);
-        let call = self.sum_headers(call, &body, sent);
+        let call = sum_headers(call, &body, sent);
         let md5 = body.sums.md5;
         let stream = reqwest::Body::wrap_stream(body.stream);
         let response = self.requester.send(call, Some(stream)).await?;
-        self.receipt((operation, sent), response.headers(), md5)
+        self.receipt(operation, sent, response.headers(), md5)
     }
 
     /// The receipt of a stored part or file: its ETag, checked against the MD5 sent where the
@@ -353,7 +339,8 @@ impl S3Backend {
     /// did not check is refused, to be sent again with its MD5 (`checksum.rs`).
     fn receipt(
         &self,
-        (operation, sent): (Operation, Checksum),
+        operation: Operation,
+        sent: Checksum,
         headers: &HeaderMap,
         md5: Option<[u8; 16]>,
     ) -> Result<PartReceipt, BackendError> {
@@ -362,19 +349,16 @@ impl S3Backend {
             .filter(|etag| !etag.is_empty())
             .ok_or_else(|| self.invalid(operation, "no ETag".into()))?;
         let etag_is_md5 = self.encryption.as_ref().is_none_or(Encryption::etag_is_md5);
-        let damaged = |problem| BackendError::Damaged {
-            operation,
-            endpoint: self.requester.endpoint.clone(),
-            problem,
-        };
         if let Some(md5) = md5
             && etag_is_md5
             && is_md5_hex(&etag)
             && etag != hex::encode(md5)
         {
-            return Err(damaged(format!(
-                "ETag {etag} is not the MD5 of the bytes sent"
-            )));
+            return Err(BackendError::Damaged {
+                operation,
+                endpoint: self.requester.endpoint.clone(),
+                problem: format!("ETag {etag} is not the MD5 of the bytes sent"),
+            });
         }
         let crc32c = header_text(headers, "x-amz-checksum-crc32c").and_then(decode_crc32c);
         let noted = self.checksum.note(sent, operation, crc32c.is_some());
@@ -575,6 +559,20 @@ impl S3Backend {
     pub fn key_of(&self, remote_path: &str) -> String {
         self.key(remote_path)
     }
+}
+
+/// The checksum headers of a part or a whole file, carrying `sent`.
+fn sum_headers(mut call: Call, body: &PartBody, sent: Checksum) -> Call {
+    match (sent, body.sums.crc32c, body.sums.md5) {
+        (Checksum::Crc32c, Some(crc), _) => {
+            // Named as the AWS SDKs name it; moto names the CRC32C back only then.
+            call = call.header("x-amz-sdk-checksum-algorithm", "CRC32C");
+            call = call.header("x-amz-checksum-crc32c", encode_crc32c(crc));
+        }
+        (Checksum::Md5, _, Some(md5)) => call = call.header("content-md5", BASE64.encode(md5)),
+        _ => {}
+    }
+    call.header("content-length", body.len.to_string())
 }
 
 /// A recorded session id: the nonce in the object's metadata, and the server's UploadId.
