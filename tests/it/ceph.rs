@@ -33,8 +33,11 @@ fn damage_once(proxy: &FaultProxy, damaged: impl Fn(&RequestHead) -> bool + Send
     proxy.set_plan(move |head, _| {
         let what = format!("{} {:?}", head.path.split('?').next()?, head.part_number);
         let mut done = done.lock().unwrap();
-        let first = damaged(head) && !done.contains(&what);
-        first.then(|| done.push(what)).map(|_| Fault::Corrupt)
+        if !damaged(head) || done.contains(&what) {
+            return None;
+        }
+        done.push(what);
+        Some(Fault::Corrupt)
     });
 }
 
