@@ -97,30 +97,7 @@ impl Service {
         }
         let dirs = directories::BaseDirs::new().ok_or(ServiceError::NoHome)?;
         let manager = Manager::of_this_platform();
-        let (path, contents) = match (manager, scope) {
-            (Manager::Systemd, Scope::User) => (
-                dirs.config_dir().join("systemd/user").join(UNIT_NAME),
-                render_unit(USER_UNIT, &exe, config.as_deref()),
-            ),
-            (Manager::Systemd, Scope::System) => (
-                Path::new("/etc/systemd/system").join(UNIT_NAME),
-                render_unit(SYSTEM_UNIT, &exe, config.as_deref()),
-            ),
-            (Manager::Launchd, Scope::User) => (
-                dirs.home_dir()
-                    .join("Library/LaunchAgents")
-                    .join(format!("{LAUNCHD_LABEL}.plist")),
-                render_plist(
-                    &exe,
-                    config.as_deref(),
-                    &dirs.home_dir().join("Library/Logs"),
-                ),
-            ),
-            (Manager::Launchd, Scope::System) => (
-                Path::new("/Library/LaunchDaemons").join(format!("{LAUNCHD_LABEL}.plist")),
-                render_plist(&exe, config.as_deref(), Path::new("/Library/Logs")),
-            ),
-        };
+        let (path, contents) = unit_file(manager, scope, &dirs, &exe, config.as_deref());
         let mut service = Service {
             scope,
             manager,
@@ -503,6 +480,36 @@ fn user_exists(name: &str) -> bool {
     let name = std::ffi::CString::new(name).expect("user names have no NUL");
     // SAFETY: getpwnam reads a NUL-terminated string; the result is only tested for null.
     !unsafe { libc::getpwnam(name.as_ptr()) }.is_null()
+}
+
+/// Where the unit (or property list) for `manager` and `scope` goes, and what it says.
+fn unit_file(
+    manager: Manager,
+    scope: Scope,
+    dirs: &directories::BaseDirs,
+    exe: &Path,
+    config: Option<&Path>,
+) -> (PathBuf, String) {
+    match (manager, scope) {
+        (Manager::Systemd, Scope::User) => (
+            dirs.config_dir().join("systemd/user").join(UNIT_NAME),
+            render_unit(USER_UNIT, exe, config),
+        ),
+        (Manager::Systemd, Scope::System) => (
+            Path::new("/etc/systemd/system").join(UNIT_NAME),
+            render_unit(SYSTEM_UNIT, exe, config),
+        ),
+        (Manager::Launchd, Scope::User) => (
+            dirs.home_dir()
+                .join("Library/LaunchAgents")
+                .join(format!("{LAUNCHD_LABEL}.plist")),
+            render_plist(exe, config, &dirs.home_dir().join("Library/Logs")),
+        ),
+        (Manager::Launchd, Scope::System) => (
+            Path::new("/Library/LaunchDaemons").join(format!("{LAUNCHD_LABEL}.plist")),
+            render_plist(exe, config, Path::new("/Library/Logs")),
+        ),
+    }
 }
 
 #[cfg(test)]
