@@ -90,27 +90,8 @@ async fn check_room(app: &AppState, total_size: u64) -> Result<(), ApiError> {
 pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> {
     let request: InitRequest = parse_json(body).await?;
     check_init(&app, &request)?;
-    let limits = app.config.limits;
     check_room(&app, request.total_size).await?;
-    let now = SystemTime::now();
-    let record = SessionRecord {
-        version: SessionRecord::new_version(),
-        upload_id: format!("up_{:032x}", rand::random::<u128>()),
-        filename: request.filename,
-        workspace_id: request.workspace_id,
-        total_size: request.total_size,
-        mime_type: request.mime_type,
-        metadata: request.metadata,
-        sha256: request.sha256,
-        mtime: request.mtime,
-        min_part_size: limits.min_part_size,
-        max_part_size: limits.max_part_size,
-        max_parts: limits.max_parts,
-        created_at_unix: storage::unix_seconds(now),
-        expires_at_unix: storage::unix_seconds(now + app.config.session_ttl),
-        state: SessionState::Open,
-        completion: None,
-    };
+    let record = new_session(&app, request, SystemTime::now());
     if !app.open_sessions.take() {
         return Err(ApiError::too_many_sessions(
             app.config.guards.max_open_sessions,
@@ -134,6 +115,30 @@ pub async fn init(State(app): Shared, body: Body) -> Result<Response, ApiError> 
     }
     created?;
     Ok((StatusCode::CREATED, Json(reply)).into_response())
+}
+
+/// The record of a new open session for `request`, made at `now`, with this receiver's limits
+/// and lifetime.
+fn new_session(app: &AppState, request: InitRequest, now: SystemTime) -> SessionRecord {
+    let limits = app.config.limits;
+    SessionRecord {
+        version: SessionRecord::new_version(),
+        upload_id: format!("up_{:032x}", rand::random::<u128>()),
+        filename: request.filename,
+        workspace_id: request.workspace_id,
+        total_size: request.total_size,
+        mime_type: request.mime_type,
+        metadata: request.metadata,
+        sha256: request.sha256,
+        mtime: request.mtime,
+        min_part_size: limits.min_part_size,
+        max_part_size: limits.max_part_size,
+        max_parts: limits.max_parts,
+        created_at_unix: storage::unix_seconds(now),
+        expires_at_unix: storage::unix_seconds(now + app.config.session_ttl),
+        state: SessionState::Open,
+        completion: None,
+    }
 }
 
 pub async fn query(
