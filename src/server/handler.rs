@@ -200,16 +200,9 @@ async fn receive_part(
         app.config.guards.body_idle_timeout,
     )
     .await?;
-    if let Some(expected) = head.crc32c.filter(|expected| *expected != crc) {
+    if let Err(error) = head.check_crc(crc) {
         discard(&received);
-        return Err(ApiError::new(
-            ErrorCode::ChecksumMismatch,
-            format!(
-                "part {part_number}: body has CRC32C {} but the header said {}",
-                encode_crc32c(crc),
-                encode_crc32c(expected)
-            ),
-        ));
+        return Err(error);
     }
     let etag = storage::new_etag(crc);
     app.commit_part(&upload_id, &head, reservation, &received, &etag)
@@ -224,9 +217,13 @@ async fn receive_part(
         etag: etag.clone(),
         crc32c: encode_crc32c(crc),
     };
-    let etag_header = HeaderValue::from_str(&format!("\"{etag}\""))
-        .expect("an etag of hex digits is a valid header value");
-    Ok(([(header::ETAG, etag_header)], Json(info)).into_response())
+    Ok(([(header::ETAG, etag_header(&etag))], Json(info)).into_response())
+}
+
+/// The `ETag` header of a part's etag (hex digits), quoted.
+fn etag_header(etag: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{etag}\""))
+        .expect("an etag of hex digits is a valid header value")
 }
 
 /// Removes a part received into a file of its own, when it is refused after all.
@@ -282,6 +279,22 @@ impl PartHead {
             crc32c,
             offset,
         })
+    }
+
+    /// Refuses a part whose body's CRC32C, `crc`, is not the one its header said.
+    fn check_crc(&self, crc: u32) -> Result<(), ApiError> {
+        let Some(expected) = self.crc32c.filter(|expected| *expected != crc) else {
+            return Ok(());
+        };
+        Err(ApiError::new(
+            ErrorCode::ChecksumMismatch,
+            format!(
+                "part {}: body has CRC32C {} but the header said {}",
+                self.part_number,
+                encode_crc32c(crc),
+                encode_crc32c(expected)
+            ),
+        ))
     }
 
     /// Refuses, before any of the body is read, a part the open session cannot take.
