@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::queue::Store;
-use ferry::server::{Limits, ServeConfig};
+use ferry::server::ServeConfig;
 use ferry::upload::planner::{Observation, Outcome, PartPlanner, PlanContext};
 use ferry::upload::{
     ChunkSize, NativeBackend, NativeConfig, PartsInFlight, Progress, Reach, UploadJob,
@@ -271,16 +271,7 @@ impl PartPlanner for Nextcloud {
 async fn receiver(storage: &Path) -> (std::net::SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let config = ServeConfig {
-        storage: storage.to_path_buf(),
-        token: TOKEN.into(),
-        workspaces: Vec::new(),
-        limits: Limits::default(),
-        session_ttl: ferry::server::DEFAULT_SESSION_TTL,
-        guards: ferry::server::Guards::default(),
-        webhook: None,
-        metrics: false,
-    };
+    let config = ServeConfig::new(storage.to_path_buf(), TOKEN.into());
     let shutdown = CancellationToken::new();
     tokio::spawn(ferry::server::serve(listener, config, shutdown.clone()));
     (address, shutdown)

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry::control::{self, Command as ControlCommand, Reply};
 use ferry::queue::{Candidate, Fingerprint, Finish, Store};
-use ferry::server::{Limits, ServeConfig};
+use ferry::server::ServeConfig;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -79,16 +79,7 @@ async fn receiver(dir: &Path) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let config = ServeConfig {
-        storage: storage_dir(dir),
-        token: TOKEN.into(),
-        workspaces: Vec::new(),
-        limits: Limits::default(),
-        session_ttl: ferry::server::DEFAULT_SESSION_TTL,
-        guards: ferry::server::Guards::default(),
-        webhook: None,
-        metrics: false,
-    };
+    let config = ServeConfig::new(storage_dir(dir), TOKEN.into());
     tokio::spawn(ferry::server::serve(listener, config, shutdown.clone()));
     (url, shutdown)
 }

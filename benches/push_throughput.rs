@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::protocol::{InitRequest, InitResponse};
-use ferry::server::{Limits, ServeConfig};
+use ferry::server::ServeConfig;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -55,16 +55,7 @@ fn main() {
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let config = ServeConfig {
-        storage: storage.clone(),
-        token: TOKEN.into(),
-        workspaces: Vec::new(),
-        limits: Limits::default(),
-        session_ttl: ferry::server::DEFAULT_SESSION_TTL,
-        guards: ferry::server::Guards::default(),
-        webhook: None,
-        metrics: false,
-    };
+    let config = ServeConfig::new(storage.clone(), TOKEN.into());
     let server = runtime.spawn(ferry::server::serve(listener, config, shutdown.clone()));
 
     let mut ferry_runs = Vec::new();

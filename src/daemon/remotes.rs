@@ -25,14 +25,7 @@ pub(super) async fn start_embedded_receiver(
     services: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Embedded, DaemonError> {
-    let Some((name, storage)) = config
-        .remotes
-        .iter()
-        .find_map(|(name, remote)| match remote {
-            RemoteConfig::Embedded { storage } => Some((name.clone(), storage.clone())),
-            RemoteConfig::Native { .. } | RemoteConfig::S3(_) => None,
-        })
-    else {
+    let Some((name, storage)) = embedded_storage(config) else {
         return Ok((None, None));
     };
     let (token, _) = server::resolve_token(&storage, None, None)?;
@@ -43,16 +36,7 @@ pub(super) async fn start_embedded_receiver(
         "http://{}",
         listener.local_addr().map_err(DaemonError::Receiver)?
     );
-    let serve_config = ServeConfig {
-        storage: storage.clone(),
-        token: token.clone(),
-        workspaces: Vec::new(),
-        limits: server::Limits::default(),
-        session_ttl: server::DEFAULT_SESSION_TTL,
-        guards: server::Guards::default(),
-        webhook: None,
-        metrics: false,
-    };
+    let serve_config = ServeConfig::new(storage.clone(), token.clone());
     let shutdown = services.clone();
     tracker.spawn(async move {
         if let Err(error) = server::serve(listener, serve_config, shutdown).await {
@@ -66,6 +50,17 @@ pub(super) async fn start_embedded_receiver(
         ca_cert: None,
     };
     Ok((Some((name, native)), Some((url, storage))))
+}
+
+/// The embedded receiver's remote name and storage folder, if the configuration has one.
+fn embedded_storage(config: &Config) -> Option<(String, PathBuf)> {
+    config
+        .remotes
+        .iter()
+        .find_map(|(name, remote)| match remote {
+            RemoteConfig::Embedded { storage } => Some((name.clone(), storage.clone())),
+            RemoteConfig::Native { .. } | RemoteConfig::S3(_) => None,
+        })
 }
 
 /// The bandwidth limits in force: one shared by every remote without a limit of its own, and

@@ -113,6 +113,23 @@ pub struct ServeConfig {
     pub metrics: bool,
 }
 
+impl ServeConfig {
+    /// A receiver on `storage` taking `token`, every other setting at its default: any
+    /// workspace, the default limits, guards and session lifetime, no webhook, no metrics.
+    pub fn new(storage: PathBuf, token: String) -> ServeConfig {
+        ServeConfig {
+            storage,
+            token,
+            workspaces: Vec::new(),
+            limits: Limits::default(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            guards: Guards::default(),
+            webhook: None,
+            metrics: false,
+        }
+    }
+}
+
 /// Default session lifetime: a day, as the protocol's example shows.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry::queue::Store;
-use ferry::server::{Limits, ServeConfig};
+use ferry::server::ServeConfig;
 use ferry::upload::{
     Backend, NativeBackend, NativeConfig, Progress, UploadError, UploadJob, UploadReport,
     UploadSettings, Uploader,
@@ -95,16 +95,7 @@ impl Receiver {
         address: SocketAddr,
         adjust: impl FnOnce(&mut ServeConfig),
     ) -> Receiver {
-        let mut config = ServeConfig {
-            storage: storage.to_path_buf(),
-            token: TOKEN.into(),
-            workspaces: Vec::new(),
-            limits: Limits::default(),
-            session_ttl: ferry::server::DEFAULT_SESSION_TTL,
-            guards: ferry::server::Guards::default(),
-            webhook: None,
-            metrics: false,
-        };
+        let mut config = ServeConfig::new(storage.to_path_buf(), TOKEN.into());
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
