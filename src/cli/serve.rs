@@ -59,7 +59,21 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
     }
     // The one line scripts and tests read to learn the port.
     crate::output::outln_best_effort(&format!("ferry serve listening on http://{address}"));
-    let config = ServeConfig {
+    let config = serve_config(request, token, webhook);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        while signals.next().await != Asked::Stop {}
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    server::serve(listener, config, shutdown).await?;
+    Ok(())
+}
+
+/// The receiver's settings from the command line, with `token` and the `webhook` checked.
+fn serve_config(request: ServeRequest, token: String, webhook: Option<HookSpec>) -> ServeConfig {
+    ServeConfig {
         storage: request.storage,
         token,
         workspaces: request.workspaces,
@@ -72,16 +86,7 @@ pub async fn serve(request: ServeRequest) -> Result<()> {
         },
         webhook: webhook.map(server::WebhookConfig::new),
         metrics: request.metrics,
-    };
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        while signals.next().await != Asked::Stop {}
-        tracing::info!("shutting down");
-        stop.cancel();
-    });
-    server::serve(listener, config, shutdown).await?;
-    Ok(())
+    }
 }
 
 /// `--webhook` and `--webhook-secret-file` as a hook: an http or https URL, and a readable
