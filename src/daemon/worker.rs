@@ -608,17 +608,7 @@ async fn finish(
 ) {
     let hooks = hook_deliveries(daemon, &job, &outcome, watch);
     let waits = hooks.iter().any(|delivery| delivery.then.is_some());
-    let then = match &outcome {
-        Outcome::Done {
-            after,
-            root,
-            fingerprint,
-            ..
-        } if !waits && *after != AfterUpload::Keep => {
-            Some((after.clone(), job.path.clone(), root.clone(), *fingerprint))
-        }
-        _ => None,
-    };
+    let then = after_upload_now(&outcome, &job, waits);
     let (recorded, heard) = oneshot::channel();
     let report = Report {
         job,
@@ -633,9 +623,38 @@ async fn finish(
             .await;
     }
     let durable = heard.await.unwrap_or(false);
-    let Some((after, path, root, fingerprint)) = then.filter(|_| durable) else {
-        return;
-    };
+    if let Some(then) = then.filter(|_| durable) {
+        apply_after_upload(then).await;
+    }
+}
+
+/// What `after_upload` does to a file, where it is, under which watched folder, and the
+/// version of it that was uploaded.
+type AfterUploadOf = (
+    AfterUpload,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Fingerprint,
+);
+
+/// The `after_upload` to apply as soon as the outcome is durable: a success's, unless it
+/// keeps the file or a hook decides when (`waits`).
+fn after_upload_now(outcome: &Outcome, job: &JobRecord, waits: bool) -> Option<AfterUploadOf> {
+    match outcome {
+        Outcome::Done {
+            after,
+            root,
+            fingerprint,
+            ..
+        } if !waits && *after != AfterUpload::Keep => {
+            Some((after.clone(), job.path.clone(), root.clone(), *fingerprint))
+        }
+        _ => None,
+    }
+}
+
+/// Applies `after_upload` on a blocking thread; a failure is logged with the file's path.
+async fn apply_after_upload((after, path, root, fingerprint): AfterUploadOf) {
     let applied = tokio::task::spawn_blocking(move || {
         after_upload(&after, &path, &root, fingerprint).map_err(|e| (path, e))
     })
