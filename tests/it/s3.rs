@@ -23,6 +23,9 @@ use crate::support::{
 };
 
 const BOTH: [Flavor; 2] = [Flavor::Moto, Flavor::S3sFs];
+/// The servers whose way with an upload that is gone or done the tests check: Ceph's gateway
+/// answers both as AWS does (`NoSuchUpload`, and the object's metadata on a HEAD).
+const WITH_CEPH: [Flavor; 3] = [Flavor::Moto, Flavor::S3sFs, Flavor::CephRgw];
 
 /// The engine on `server`, with parts of S3's minimum size so that part counts are known.
 fn engine(server: &S3Server, prefix: &str) -> Engine {
@@ -412,6 +415,13 @@ async fn a_push_killed_mid_way_resumes_without_resending_listed_parts_in_s3s_fs(
     resumes_after_a_kill(Flavor::S3sFs).await;
 }
 
+/// Ceph's gateway lists the parts with their ETags as AWS does; its parts' CRC32C goes
+/// unchecked (it has no flexible checksums) but every byte is read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_killed_mid_way_resumes_without_resending_listed_parts_in_ceph() {
+    resumes_after_a_kill(Flavor::CephRgw).await;
+}
+
 /// The key and UploadId the killed push recorded, from its session store (the remote as it
 /// saw it: through `endpoint`).
 fn recorded_upload(data: &Path, server: &S3Server, endpoint: &str) -> (String, String) {
@@ -428,11 +438,11 @@ fn recorded_upload(data: &Path, server: &S3Server, endpoint: &str) -> (String, S
     )
 }
 
-/// moto answers ListParts with NoSuchUpload; s3s-fs lists an aborted upload as empty (and
-/// refuses its parts with AccessDenied): both start over.
+/// moto and Ceph answer ListParts with NoSuchUpload; s3s-fs lists an aborted upload as empty
+/// (and refuses its parts with AccessDenied): all start over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_aborted_behind_our_back_starts_over() {
-    for flavor in BOTH {
+    for flavor in WITH_CEPH {
         let server = S3Server::start(flavor).await;
         let proxy = proxy_before(&server).await;
         proxy.set_throttle(4 * MIB);
@@ -465,7 +475,7 @@ async fn an_upload_aborted_behind_our_back_starts_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
-    for flavor in BOTH {
+    for flavor in WITH_CEPH {
         let server = S3Server::start(flavor).await;
         let proxy = proxy_before(&server).await;
         // The first CompleteMultipartUpload reaches the server; its reply does not come back.

@@ -369,6 +369,8 @@ pub fn meaning(status: u16, code: &str, on_session: bool) -> (ErrorClass, Option
         // Corrected before the retry (`Requester::learn`).
         "RequestTimeTooSkewed" | "ExpiredToken" | "TokenRefreshRequired" => (Transient, None),
         "NoSuchUpload" => (SessionGone, None),
+        // Ceph RGW 16.2 answers so a ListParts of an upload it no longer knows.
+        "NoSuchKey" if on_session => (SessionGone, None),
         // Some servers (s3s-fs) answer so for an upload they no longer know; the keys that
         // created the upload cannot otherwise lose the right to add to it.
         "AccessDenied" if on_session => (SessionGone, None),
@@ -399,6 +401,8 @@ mod tests {
             (403, "RequestTimeTooSkewed", false, Transient, None),
             (400, "BadDigest", true, Transient, None),
             (404, "NoSuchUpload", true, SessionGone, None),
+            (404, "NoSuchKey", true, SessionGone, None),
+            (404, "NoSuchKey", false, Permanent, None),
             (404, "NoSuchBucket", true, Permanent, None),
             (404, "", true, SessionGone, None),
             (404, "", false, Permanent, None),
