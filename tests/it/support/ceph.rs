@@ -6,6 +6,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+use super::s3::Processes;
 use std::time::{Duration, Instant};
 
 use super::free_port;
@@ -14,8 +16,8 @@ use super::free_port;
 const UP_WITHIN: Duration = Duration::from_secs(60);
 
 /// Starts the monitor and the OSD in `dir`, gives the gateway the user `keys`, and starts the
-/// gateway on `port`: the processes, the gateway last. Blocking.
-pub fn spawn(port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Vec<Child> {
+/// gateway on `port`: the processes, the gateway last. Blocking; a failure kills those started.
+pub fn spawn(port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Processes {
     for folder in ["mon", "osd", "run"] {
         std::fs::create_dir_all(dir.join(folder)).unwrap();
     }
@@ -24,8 +26,16 @@ pub fn spawn(port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Vec<
     let mon_address = format!("v1:127.0.0.1:{}", free_port());
     std::fs::write(&conf, config(dir, &fsid, &mon_address, port)).unwrap();
     let monmap = dir.join("monmap").display().to_string();
-    run("monmaptool", &["--create", "--addv", "a", &mon_address])
-        .args(["--fsid", &fsid, &monmap])
+    Command::new("monmaptool")
+        .args([
+            "--create",
+            "--addv",
+            "a",
+            &mon_address,
+            "--fsid",
+            &fsid,
+            &monmap,
+        ])
         .done();
     ceph(
         "ceph-mon",
@@ -33,7 +43,8 @@ pub fn spawn(port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Vec<
         &["--mkfs", "-i", "a", "--monmap", &monmap],
     )
     .done();
-    let mut children = vec![daemon("ceph-mon", &conf, &["-i", "a"])];
+    let mut processes = Processes::default();
+    processes.push(daemon("ceph-mon", &conf, &["-i", "a"]));
     // The OSD's own id, the same to the monitor and in its store, or it is refused at boot.
     let osd_uuid = uuid();
     ceph(
@@ -54,7 +65,7 @@ pub fn spawn(port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Vec<
         &["osd", "crush", "add", "osd.0", "1", "root=default"],
     )
     .done();
-    children.push(daemon("ceph-osd", &conf, &["-i", "0"]));
+    processes.push(daemon("ceph-osd", &conf, &["-i", "0"]));
     wait_osd_up(&conf, dir);
     let user = [
         "user",
@@ -67,8 +78,8 @@ pub fn spawn(port: u16, dir: &Path, (key_id, secret): &(String, String)) -> Vec<
     ceph("radosgw-admin", &conf, &user)
         .args(["--access-key", key_id, "--secret", secret])
         .done();
-    children.push(daemon("radosgw", &conf, &["-n", "client.rgw"]));
-    children
+    processes.push(daemon("radosgw", &conf, &["-n", "client.rgw"]));
+    processes
 }
 
 /// The cluster's configuration: no cephx (loopback only), one copy of everything, the OSD's
@@ -114,12 +125,6 @@ rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
 fn ceph(program: &str, conf: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command.arg("-c").arg(conf).args(args);
-    command
-}
-
-fn run(program: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(program);
-    command.args(args);
     command
 }
 

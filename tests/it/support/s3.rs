@@ -32,8 +32,8 @@ pub struct S3Server {
     pub endpoint: String,
     /// The key id and secret s3s-fs and Ceph take (moto takes any).
     keys: (String, String),
-    /// The server's processes, the one serving S3 last.
-    children: Vec<Child>,
+    /// The server's processes, killed when it is dropped.
+    _processes: Processes,
     /// s3s-fs's folder, Ceph's; moto keeps everything in memory.
     _dir: tempfile::TempDir,
 }
@@ -51,13 +51,13 @@ impl S3Server {
             let port = free_port();
             let (path, owned_keys) = (dir.path().to_path_buf(), keys.clone());
             let spawned = move || spawn(flavor, port, &path, &owned_keys);
-            let mut children = tokio::task::spawn_blocking(spawned).await.unwrap();
+            let mut processes = tokio::task::spawn_blocking(spawned).await.unwrap();
             let endpoint = format!("http://127.0.0.1:{port}");
-            if wait_listening(children.last_mut().unwrap(), port).await {
+            if wait_listening(processes.serving(), port).await {
                 let server = S3Server {
                     endpoint,
                     keys,
-                    children,
+                    _processes: processes,
                     _dir: dir,
                 };
                 server.create_bucket(BUCKET).await;
@@ -66,7 +66,7 @@ impl S3Server {
                 }
                 return server;
             }
-            kill_all(&mut children);
+            processes.kill();
         }
         panic!("{flavor:?} did not start on a free port (installed? see scripts/test-deps.sh)");
     }
@@ -204,11 +204,6 @@ impl S3Server {
             response.status()
         );
     }
-
-    /// Kills the server (it is gone when this returns).
-    pub fn kill(&mut self) {
-        kill_all(&mut self.children);
-    }
 }
 
 /// A user of moto's IAM with its keys, and roles it may assume, each also allowed to assume
@@ -290,14 +285,8 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The server's processes, the one serving S3 last. Blocking.
-fn spawn(flavor: Flavor, port: u16, dir: &Path, keys: &(String, String)) -> Vec<Child> {
+fn spawn(flavor: Flavor, port: u16, dir: &Path, keys: &(String, String)) -> Processes {
     let (key_id, secret) = keys;
     let mut command = match flavor {
         Flavor::CephRgw => return super::ceph::spawn(port, dir, keys),
@@ -323,14 +312,38 @@ fn spawn(flavor: Flavor, port: u16, dir: &Path, keys: &(String, String)) -> Vec<
         .unwrap_or_else(|error| {
             panic!("cannot start {flavor:?}: {error} (install it with scripts/test-deps.sh)")
         });
-    vec![child]
+    let mut processes = Processes::default();
+    processes.push(child);
+    processes
 }
 
-/// Kills the processes, the last started first, and waits for them to be gone.
-fn kill_all(children: &mut Vec<Child>) {
-    for mut child in children.drain(..).rev() {
-        let _ = child.kill();
-        let _ = child.wait();
+/// A server's processes, the one serving S3 last; killed when dropped, so that a server that
+/// fails to start half-way leaves none running.
+#[derive(Default)]
+pub struct Processes(Vec<Child>);
+
+impl Processes {
+    pub fn push(&mut self, child: Child) {
+        self.0.push(child);
+    }
+
+    /// The process serving S3: the last started.
+    fn serving(&mut self) -> &mut Child {
+        self.0.last_mut().expect("a server has a process")
+    }
+
+    /// Kills the processes, the last started first, and waits for them to be gone.
+    fn kill(&mut self) {
+        for mut child in self.0.drain(..).rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
