@@ -50,8 +50,8 @@ fn puts_of(proxy: &FaultProxy, name: &str, part: Option<u32>) -> usize {
 }
 
 /// `checksum = "md5"`: every size around the 5 MiB part minimum arrives whole although the
-/// first attempt of each whole-file PUT and of every second part was damaged, because the
-/// gateway refuses a body whose `Content-MD5` does not match and Ferry sends it again.
+/// first attempt of each whole-file PUT and of every part but the first was damaged, because
+/// the gateway refuses a body whose `Content-MD5` does not match and Ferry sends it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_gateway_refuses_a_damaged_body_by_its_content_md5() {
     let server = S3Server::start(Flavor::CephRgw).await;
