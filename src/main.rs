@@ -325,12 +325,8 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
     let socket = || ferry::cli::socket_path(cli.socket.clone(), cli.config.as_deref());
     match cli.command {
         Command::Run => {
-            ferry::cli::private_umask();
-            let mut config = daemon_config.expect("loaded before logging started");
-            if let Some(socket) = cli.socket.clone() {
-                config.daemon.socket = socket;
-            }
-            ferry::cli::run(cli.config.clone(), config).await
+            let config = daemon_config.expect("loaded before logging started");
+            run(cli.config.clone(), cli.socket.clone(), config).await
         }
         Command::Status { json, watch } => ferry::cli::status(&socket()?, json, watch).await,
         Command::Jobs { state, json } => ferry::cli::jobs(&socket()?, state, json).await,
@@ -361,19 +357,38 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
         }
         Command::Push(args) => ferry::cli::push::push(push_request(args, cli.config)).await,
         Command::Service { command } => service(command, cli.config.as_deref()),
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "ferry", &mut script);
-            Ok(std::io::stdout().write_all(&script)?)
-        }
-        Command::Manpage => {
-            let command = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(command)
-                .render(&mut std::io::stdout())
-                .context("cannot write the man page")
-        }
+        Command::Completions { shell } => completions(shell),
+        Command::Manpage => manpage(),
     }
+}
+
+/// `ferry run`: the daemon on `config`, its socket `socket` when given.
+async fn run(
+    path: Option<std::path::PathBuf>,
+    socket: Option<std::path::PathBuf>,
+    mut config: ferry::config::Config,
+) -> Result<()> {
+    ferry::cli::private_umask();
+    if let Some(socket) = socket {
+        config.daemon.socket = socket;
+    }
+    ferry::cli::run(path, config).await
+}
+
+/// `ferry completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "ferry", &mut script);
+    Ok(std::io::stdout().write_all(&script)?)
+}
+
+/// `ferry manpage`: the man page (roff) on stdout.
+fn manpage() -> Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command)
+        .render(&mut std::io::stdout())
+        .context("cannot write the man page")
 }
 
 fn service(command: ServiceCommand, config: Option<&std::path::Path>) -> Result<()> {
