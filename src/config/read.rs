@@ -466,16 +466,7 @@ impl<'t> Reader<'t> {
     ) -> Option<DaemonConfig> {
         let path = "daemon";
         self.unknown_keys(path, table, DAEMON_KEYS);
-        self.remember_line(path, table, "data_dir");
-        self.remember_line(path, table, "socket");
-        let data_dir = self
-            .get::<PathBuf>(path, table, "data_dir")
-            .map(|dir| base.join(dir))
-            .unwrap_or_else(|| defaults.data_dir.clone());
-        let socket = self
-            .get::<PathBuf>(path, table, "socket")
-            .map(|socket| base.join(socket))
-            .unwrap_or_else(|| defaults.socket(&data_dir));
+        let (data_dir, socket) = self.daemon_paths(table, defaults, base);
         let transfers = self
             .get_as(path, table, "transfers", count_up_to(MAX_TRANSFERS))
             .unwrap_or(DEFAULT_TRANSFERS);
@@ -509,6 +500,28 @@ impl<'t> Reader<'t> {
             orphan_cleanup,
             metrics_listen,
         })
+    }
+
+    /// `[daemon]`'s `data_dir` and `socket`, relative to `base`; the defaults' when not given
+    /// (the socket in the runtime folder, else in the data folder).
+    fn daemon_paths(
+        &mut self,
+        table: &DeTable<'_>,
+        defaults: &Defaults,
+        base: &Path,
+    ) -> (PathBuf, PathBuf) {
+        let path = "daemon";
+        self.remember_line(path, table, "data_dir");
+        self.remember_line(path, table, "socket");
+        let data_dir = self
+            .get::<PathBuf>(path, table, "data_dir")
+            .map(|dir| base.join(dir))
+            .unwrap_or_else(|| defaults.data_dir.clone());
+        let socket = self
+            .get::<PathBuf>(path, table, "socket")
+            .map(|socket| base.join(socket))
+            .unwrap_or_else(|| defaults.socket(&data_dir));
+        (data_dir, socket)
     }
 
     /// Every `[remotes.NAME]`, the upload settings of those that set their own (from
