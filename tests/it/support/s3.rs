@@ -32,6 +32,9 @@ pub struct S3Server {
     pub endpoint: String,
     /// The key id and secret s3s-fs and Ceph take (moto takes any).
     keys: (String, String),
+    /// The checksum its remotes are configured with: Content-MD5 for Ceph's gateway, which
+    /// does not check CRC32C (as docs/s3.md advises), CRC32C (the default) for the others.
+    checksum: Checksum,
     /// The server's processes, killed when it is dropped.
     _processes: Processes,
     /// s3s-fs's folder, Ceph's; moto keeps everything in memory.
@@ -57,6 +60,10 @@ impl S3Server {
                 let server = S3Server {
                     endpoint,
                     keys,
+                    checksum: match flavor {
+                        Flavor::CephRgw => Checksum::Md5,
+                        Flavor::Moto | Flavor::S3sFs => Checksum::Crc32c,
+                    },
                     _processes: processes,
                     _dir: dir,
                 };
@@ -82,7 +89,7 @@ impl S3Server {
             prefix: prefix.into(),
             path_style: None,
             storage_class: None,
-            checksum: Checksum::Crc32c,
+            checksum: self.checksum,
             credentials: CredentialSource::Keys {
                 access_key_id: ACCESS_KEY.into(),
                 secret_access_key: SECRET_KEY.into(),
@@ -95,8 +102,12 @@ impl S3Server {
 
     /// The `[remotes.NAME]` table of a configuration file for this server.
     pub fn remote_toml(&self, name: &str, prefix: &str, secret_file: &Path) -> String {
+        let checksum = match self.checksum {
+            Checksum::Crc32c => String::new(),
+            other => format!("checksum = \"{other}\"\n"),
+        };
         format!(
-            "[remotes.{name}]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\n",
+            "[remotes.{name}]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\n{checksum}",
             self.endpoint,
             secret_file.display()
         )
