@@ -478,6 +478,51 @@ async fn an_upload_aborted_behind_our_back_starts_over() {
     }
 }
 
+/// An upload aborted between its last part and its CompleteMultipartUpload (by a lifecycle
+/// rule, or a `ferry cleanup` elsewhere) starts over and lands whole. The test aborts it while
+/// the proxy holds the first Complete back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_aborted_just_before_its_complete_starts_over() {
+    for flavor in WITH_CEPH {
+        let server = S3Server::start(flavor).await;
+        let proxy = proxy_before(&server).await;
+        let held = std::sync::atomic::AtomicBool::new(false);
+        proxy.set_plan(move |head, _| {
+            let completing = head.method == "POST" && upload_id(&head.path).is_some();
+            let first = completing && !held.swap(true, std::sync::atomic::Ordering::SeqCst);
+            first.then_some(Fault::Delay(Duration::from_secs(2)))
+        });
+        let mut config = server.config("late/");
+        config.endpoint = Some(proxy.url.clone());
+        let backend = Arc::new(S3Backend::new(&config).unwrap());
+        let engine = Engine::with_backend(backend, UploadSettings::default());
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("late.bin");
+        random_file(&local, 12 * MIB, 24);
+        let upload = tokio::spawn(async move { engine.upload(&local, "late.bin").await });
+        let completes = || completes_seen(&proxy);
+        wait_until("the first complete", Duration::from_secs(30), || {
+            !completes().is_empty()
+        })
+        .await;
+        server.abort("late/late.bin", &completes()[0]).await;
+
+        let started = Instant::now();
+        let report = upload.await.unwrap().unwrap();
+        assert!(
+            report.parts > 1,
+            "{flavor:?}: sent in parts again: {report:?}"
+        );
+        let log = proxy.log();
+        let posts = log.iter().filter(|seen| seen.method == "POST");
+        let creates = posts.filter(|seen| upload_id(&seen.path).is_none()).count();
+        assert_eq!(creates, 2, "{flavor:?}: started over once: {log:#?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{flavor:?}");
+        let local = dir.path().join("late.bin");
+        assert_stored(&server, "late/late.bin", &local, &format!("{flavor:?}")).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
     for flavor in WITH_CEPH {

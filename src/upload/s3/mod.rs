@@ -447,6 +447,35 @@ impl S3Backend {
         }))
     }
 
+    /// After a Complete that failed `500`: whether the upload is still there. Some servers
+    /// answer so the Complete of an upload that was aborted (moto with an HTML page, Ceph RGW
+    /// 16.2 `InternalError`), which retrying would never cure. A ListParts (of one part) that
+    /// finds the upload gone gives the failure its meaning: done if the object is this
+    /// upload's (an earlier Complete finished it), else the upload is gone. Otherwise the
+    /// failure stands, to be retried.
+    async fn complete_failed(
+        &self,
+        key: &str,
+        (nonce, upload_id): (&str, &str),
+        remote_path: &str,
+        failure: BackendError,
+    ) -> Result<RemoteFile, BackendError> {
+        let probe = self
+            .object(Operation::Query, Method::Get, key)
+            .query("uploadId", upload_id)
+            .query("max-parts", "1")
+            .on_session();
+        match self.reply::<xml::PartsPage>(probe).await {
+            Err(gone) if gone.class() == super::retry::ErrorClass::SessionGone => {
+                match self.written_by(key, nonce, remote_path).await? {
+                    Some(file) => Ok(file),
+                    None => Err(gone),
+                }
+            }
+            _ => Err(failure),
+        }
+    }
+
     /// Every page of ListParts.
     async fn list_parts(
         &self,
@@ -759,6 +788,12 @@ impl Backend for S3Backend {
                     return Ok(file);
                 }
                 return Err(error);
+            }
+            Err(error @ BackendError::Status { status: 500, .. }) => {
+                let ids = (nonce, upload_id);
+                return self
+                    .complete_failed(&key, ids, session.remote_path, error)
+                    .await;
             }
             Err(error) => return Err(error),
         }
