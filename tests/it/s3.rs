@@ -181,10 +181,16 @@ async fn server_side_encryption_is_asked_for_on_single_and_multipart_objects() {
 }
 
 /// `acl` is sent as `x-amz-acl` on PutObject and CreateMultipartUpload, and the object gets
-/// that ACL (moto keeps and reports it).
+/// that ACL (moto and Ceph's gateway keep and report it; s3s-fs has no ACLs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canned_acl_is_given_to_single_and_multipart_objects() {
-    let server = S3Server::start(Flavor::Moto).await;
+    for flavor in [Flavor::Moto, Flavor::CephRgw] {
+        a_canned_acl_is_given_in(flavor).await;
+    }
+}
+
+async fn a_canned_acl_is_given_in(flavor: Flavor) {
+    let server = S3Server::start(flavor).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = server.config("acl/");
     config.acl = Some("public-read".into());
@@ -199,7 +205,10 @@ async fn a_canned_acl_is_given_to_single_and_multipart_objects() {
         random_file(&local, size, 11);
         engine.upload_cleanly(&local, name).await;
         let acl = server.acl(&format!("acl/{name}")).await;
-        assert!(acl.contains(everyone), "{name}: everyone may read: {acl}");
+        assert!(
+            acl.contains(everyone),
+            "{flavor:?} {name}: everyone may read: {acl}"
+        );
     }
     // Without `acl`, the bucket's default: private.
     let private = Engine::with_backend(
@@ -210,7 +219,10 @@ async fn a_canned_acl_is_given_to_single_and_multipart_objects() {
     random_file(&local, 1000, 12);
     private.upload_cleanly(&local, "private.bin").await;
     let acl = server.acl("acl/private.bin").await;
-    assert!(!acl.contains(everyone), "private by default: {acl}");
+    assert!(
+        !acl.contains(everyone),
+        "{flavor:?}: private by default: {acl}"
+    );
 }
 
 /// A header value as RFC 2047 `=?UTF-8?B?…?=` or as is.
@@ -917,12 +929,10 @@ fn cleanup(setup: &Setup, args: &[&str]) -> Vec<serde_json::Value> {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// On moto (s3s-fs has no ListMultipartUploads): the daemon's own pass at start, `ferry cleanup`
-/// through a running daemon (whose live upload is left alone), and `ferry cleanup` with no
-/// daemon running, dry run first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone() {
-    let server = S3Server::start(Flavor::Moto).await;
+/// The daemon's own pass at start, `ferry cleanup` through a running daemon (whose live upload
+/// is left alone), and `ferry cleanup` with no daemon running, dry run first.
+async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone(flavor: Flavor) {
+    let server = S3Server::start(flavor).await;
     let direct = S3Backend::new(&server.config("")).unwrap();
     let first = orphan(&direct, "old/first.bin").await;
 
@@ -997,6 +1007,17 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone() {
     let aborted = cleanup(&setup, &["--older-than", "0s"]);
     assert_eq!(aborted[0]["outcome"], "aborted");
     assert!(open_ids(&direct).await.is_empty());
+}
+
+// s3s-fs has no ListMultipartUploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone_in_moto() {
+    cleanup_aborts_orphans_and_leaves_a_live_session_alone(Flavor::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone_in_ceph() {
+    cleanup_aborts_orphans_and_leaves_a_live_session_alone(Flavor::CephRgw).await;
 }
 
 /// Writes `count` files of mixed sizes named `{prefix}-{i}.bin` into `folder`.
