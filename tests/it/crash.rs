@@ -36,7 +36,18 @@ async fn every_file_arrives_intact_through_repeated_kill_9() {
 /// The same against an S3 server (s3s-fs: real SigV4, objects read back through it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_reaches_an_s3_bucket_intact_through_repeated_kill_9() {
-    let server = S3Server::start(Flavor::S3sFs).await;
+    kill_loop_into(Flavor::S3sFs).await;
+}
+
+/// The same against Ceph's gateway: sessions resumed from its ListParts after each kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_reaches_a_ceph_bucket_intact_through_repeated_kill_9() {
+    kill_loop_into(Flavor::CephRgw).await;
+}
+
+/// The kill loop with an S3 remote on a `flavor` server; every object read back through it.
+async fn kill_loop_into(flavor: Flavor) {
+    let server = S3Server::start(flavor).await;
     let secrets = tempfile::tempdir().unwrap();
     let secret = secrets.path().join("secret");
     std::fs::write(&secret, s3::SECRET_KEY).unwrap();
@@ -49,7 +60,7 @@ async fn every_file_reaches_an_s3_bucket_intact_through_repeated_kill_9() {
         let local = std::fs::read(setup.outbox.join(&name)).unwrap();
         assert!(
             stored.as_deref() == Some(&local[..]),
-            "{name} differs in the bucket"
+            "{flavor:?}: {name} differs in the bucket"
         );
     }
 }
