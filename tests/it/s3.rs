@@ -37,6 +37,27 @@ fn engine(server: &S3Server, prefix: &str) -> Engine {
     Engine::with_backend(Arc::new(backend), settings)
 }
 
+/// The engine on `server` through `proxy`.
+fn engine_through(
+    server: &S3Server,
+    proxy: &FaultProxy,
+    prefix: &str,
+    settings: UploadSettings,
+) -> Engine {
+    let mut config = server.config(prefix);
+    config.endpoint = Some(proxy.url.clone());
+    Engine::with_backend(Arc::new(S3Backend::new(&config).unwrap()), settings)
+}
+
+/// Has `proxy` meet the first CompleteMultipartUpload with `fault`.
+fn fault_first_complete(proxy: &FaultProxy, fault: Fault) {
+    let met = std::sync::atomic::AtomicBool::new(false);
+    proxy.set_plan(move |head, _| {
+        let first = is_complete(&head.method, &head.path) && !met.swap(true, SeqCst);
+        first.then_some(fault)
+    });
+}
+
 /// Sizes around S3's 5 MiB part minimum and a 200 MiB file, each read back byte-identical; a
 /// file of at most one part goes in one PutObject, a larger one in parts.
 async fn edge_sizes(flavor: Flavor) {
@@ -498,16 +519,8 @@ async fn an_upload_aborted_just_before_its_complete_starts_over() {
     for flavor in WITH_CEPH {
         let server = S3Server::start(flavor).await;
         let proxy = proxy_before(&server).await;
-        let held = std::sync::atomic::AtomicBool::new(false);
-        proxy.set_plan(move |head, _| {
-            let completing = head.method == "POST" && upload_id(&head.path).is_some();
-            let first = completing && !held.swap(true, std::sync::atomic::Ordering::SeqCst);
-            first.then_some(Fault::Delay(Duration::from_secs(2)))
-        });
-        let mut config = server.config("late/");
-        config.endpoint = Some(proxy.url.clone());
-        let backend = Arc::new(S3Backend::new(&config).unwrap());
-        let engine = Engine::with_backend(backend, UploadSettings::default());
+        fault_first_complete(&proxy, Fault::Delay(Duration::from_secs(2)));
+        let engine = engine_through(&server, &proxy, "late/", UploadSettings::default());
         let dir = tempfile::tempdir().unwrap();
         let local = dir.path().join("late.bin");
         random_file(&local, 12 * MIB, 24);
@@ -541,18 +554,8 @@ async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
         let server = S3Server::start(flavor).await;
         let proxy = proxy_before(&server).await;
         // The first CompleteMultipartUpload reaches the server; its reply does not come back.
-        let dropped = std::sync::atomic::AtomicBool::new(false);
-        proxy.set_plan(move |head, _| {
-            let completing = head.method == "POST" && upload_id(&head.path).is_some();
-            let first = completing && !dropped.swap(true, std::sync::atomic::Ordering::SeqCst);
-            first.then_some(Fault::DropReply)
-        });
-        let mut config = server.config("lost/");
-        config.endpoint = Some(proxy.url.clone());
-        let engine = Engine::with_backend(
-            Arc::new(S3Backend::new(&config).unwrap()),
-            UploadSettings::default(),
-        );
+        fault_first_complete(&proxy, Fault::DropReply);
+        let engine = engine_through(&server, &proxy, "lost/", UploadSettings::default());
         let dir = tempfile::tempdir().unwrap();
         let local = dir.path().join("lost.bin");
         random_file(&local, 12 * MIB, 23);
@@ -560,11 +563,7 @@ async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
         let report = engine.upload(&local, "lost.bin").await.unwrap();
         assert_eq!(report.parts, 3);
         // The complete whose reply was lost, then the one that found the upload done.
-        let completes = proxy
-            .log()
-            .iter()
-            .filter(|seen| seen.method == "POST" && upload_id(&seen.path).is_some())
-            .count();
+        let completes = completes_seen(&proxy).len();
         assert_eq!(completes, 2, "{flavor:?}: the complete was sent again");
         assert!(started.elapsed() < Duration::from_secs(30));
         assert_stored(&server, "lost/lost.bin", &local, &format!("{flavor:?}")).await;
@@ -585,13 +584,11 @@ async fn transient_refusals_are_retried_until_the_objects_land() {
         let (kind, fault) = first_refusal(head)?;
         refused.lock().unwrap().insert(kind).then_some(fault)
     });
-    let mut config = server.config("refused/");
-    config.endpoint = Some(proxy.url.clone());
     let settings = UploadSettings {
         chunk_size: ChunkSize::Fixed(5 * MIB),
         ..fast_retry_settings()
     };
-    let engine = Engine::with_backend(Arc::new(S3Backend::new(&config).unwrap()), settings);
+    let engine = engine_through(&server, &proxy, "refused/", settings);
     let dir = tempfile::tempdir().unwrap();
     let (small, large) = (dir.path().join("small.bin"), dir.path().join("large.bin"));
     random_file(&small, 100 * 1024, 71);
@@ -620,12 +617,7 @@ async fn a_part_replaced_before_the_complete_is_sent_again() {
     let garage = Garage::start(1).await;
     let node = garage.endpoint(0);
     let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
-    let first = std::sync::atomic::AtomicBool::new(true);
-    proxy.set_plan(move |head, _| {
-        let first =
-            head.method == "POST" && upload_id(&head.path).is_some() && first.swap(false, SeqCst);
-        first.then_some(Fault::Delay(Duration::from_secs(2)))
-    });
+    fault_first_complete(&proxy, Fault::Delay(Duration::from_secs(2)));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let remote = garage.remote_toml_in("s3", 0, dir.path());
@@ -668,8 +660,15 @@ async fn a_part_replaced_before_the_complete_is_sent_again() {
 /// The upload ids of the completes the proxy saw, in order.
 fn completes_seen(proxy: &FaultProxy) -> Vec<String> {
     let log = proxy.log();
-    let completes = log.iter().filter(|seen| seen.method == "POST");
+    let completes = log
+        .iter()
+        .filter(|seen| is_complete(&seen.method, &seen.path));
     completes.filter_map(|seen| upload_id(&seen.path)).collect()
+}
+
+/// Whether a request is a CompleteMultipartUpload (a POST on an upload).
+fn is_complete(method: &str, path: &str) -> bool {
+    method == "POST" && upload_id(path).is_some()
 }
 
 /// The `uploadId` in a request's query.
@@ -939,10 +938,8 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone(flavor: Flavor) 
     let proxy = proxy_before(&server).await;
     proxy.set_throttle(2 * MIB);
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, SECRET_KEY).unwrap();
     let remote = server
-        .remote_toml("main", "", &secret)
+        .remote_toml_in("main", "", secrets.path())
         .replace(&server.endpoint, &proxy.url);
     let setup = Setup::with_remote(&remote, "", "");
     let text = std::fs::read_to_string(&setup.config).unwrap();
@@ -1338,9 +1335,7 @@ async fn outcomes_reported_together_share_a_flush() {
     const FILES: u64 = 80;
     let server = S3Server::start(Flavor::S3sFs).await;
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, SECRET_KEY).unwrap();
-    let setup = Setup::with_remote(&server.remote_toml("main", "", &secret), "", "");
+    let setup = Setup::with_remote(&server.remote_toml_in("main", "", secrets.path()), "", "");
     let _daemon = setup.start().await;
     let flushes = |status: serde_json::Value| status["store_flushes"].as_u64().unwrap();
     let before = flushes(setup.status());
