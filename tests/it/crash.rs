@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 
 use crate::support::daemon::{Daemon, Setup};
-use crate::support::s3::{self, Flavor, S3Server};
+use crate::support::s3::{Flavor, S3Server};
 use crate::support::*;
 
 const FILES: usize = 200;
@@ -49,9 +49,7 @@ async fn every_file_reaches_a_ceph_bucket_intact_through_repeated_kill_9() {
 async fn kill_loop_into(flavor: Flavor) {
     let server = S3Server::start(flavor).await;
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, s3::SECRET_KEY).unwrap();
-    let remote = server.remote_toml("main", "crash/", &secret);
+    let remote = server.remote_toml_in("main", "crash/", secrets.path());
     let setup = Setup::with_remote(&remote, "settle = \"200ms\"", "");
     kill_loop(&setup).await;
     for index in 0..FILES {

@@ -113,6 +113,13 @@ impl S3Server {
         )
     }
 
+    /// `remote_toml`, its secret written to `secret` in `dir`.
+    pub fn remote_toml_in(&self, name: &str, prefix: &str, dir: &Path) -> String {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, &self.keys.1).unwrap();
+        self.remote_toml(name, prefix, &secret)
+    }
+
     fn bucket(&self, name: &str) -> Bucket {
         let url = self.endpoint.parse().unwrap();
         Bucket::new(url, UrlStyle::Path, name.to_string(), "us-east-1").unwrap()
