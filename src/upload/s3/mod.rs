@@ -460,11 +460,7 @@ impl S3Backend {
         remote_path: &str,
         failure: BackendError,
     ) -> Result<RemoteFile, BackendError> {
-        let probe = self
-            .object(Operation::Query, Method::Get, key)
-            .query("uploadId", upload_id)
-            .query("max-parts", "1")
-            .on_session();
+        let probe = self.parts_page(key, upload_id, 1);
         match self.reply::<xml::PartsPage>(probe).await {
             Err(gone) if gone.class() == super::retry::ErrorClass::SessionGone => {
                 match self.written_by(key, nonce, remote_path).await? {
@@ -474,6 +470,14 @@ impl S3Backend {
             }
             _ => Err(failure),
         }
+    }
+
+    /// A ListParts of the upload of `key`, of at most `max_parts` parts.
+    fn parts_page(&self, key: &str, upload_id: &str, max_parts: u32) -> Call {
+        self.object(Operation::Query, Method::Get, key)
+            .query("uploadId", upload_id)
+            .query("max-parts", max_parts.to_string())
+            .on_session()
     }
 
     /// Every page of ListParts.
@@ -503,11 +507,7 @@ impl S3Backend {
         let mut parts = Vec::new();
         let mut marker: Option<u32> = None;
         loop {
-            let mut call = self
-                .object(operation, Method::Get, key)
-                .query("uploadId", upload_id)
-                .query("max-parts", "1000")
-                .on_session();
+            let mut call = self.parts_page(key, upload_id, 1000);
             if let Some(marker) = marker {
                 call = call.query("part-number-marker", marker.to_string());
             }
