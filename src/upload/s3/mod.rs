@@ -447,12 +447,13 @@ impl S3Backend {
         }))
     }
 
-    /// After a Complete that failed `500`: whether the upload is still there. Some servers
-    /// answer so the Complete of an upload that was aborted (moto with an HTML page, Ceph RGW
-    /// 16.2 `InternalError`), which retrying would never cure. A ListParts (of one part) that
-    /// finds the upload gone gives the failure its meaning: done if the object is this
-    /// upload's (an earlier Complete finished it), else the upload is gone. Otherwise the
-    /// failure stands, to be retried.
+    /// What a Complete that failed means. A refusal: S3 answers `NoSuchUpload` (s3s-fs
+    /// `AccessDenied`) to the Complete of an upload that an earlier Complete, whose reply was
+    /// lost, finished. A `500`: some servers answer so the Complete of an upload that was
+    /// aborted (moto with an HTML page, Ceph RGW 16.2 `InternalError`), for as long as it is
+    /// asked, so a ListParts of one part asks whether the upload is still there. Either way,
+    /// when it is gone the object says whether this session wrote it: done if so, else the
+    /// upload is gone. Otherwise the failure stands, to be retried.
     async fn complete_failed(
         &self,
         key: &str,
@@ -460,15 +461,20 @@ impl S3Backend {
         remote_path: &str,
         failure: BackendError,
     ) -> Result<RemoteFile, BackendError> {
-        let probe = self.parts_page(key, upload_id, 1);
-        match self.reply::<xml::PartsPage>(probe).await {
-            Err(gone) if gone.class() == super::retry::ErrorClass::SessionGone => {
-                match self.written_by(key, nonce, remote_path).await? {
-                    Some(file) => Ok(file),
-                    None => Err(gone),
+        let gone = match failure {
+            refusal if refusal.class() != super::retry::ErrorClass::Transient => refusal,
+            BackendError::Status { status: 500, .. } => {
+                let probe = self.parts_page(key, upload_id, 1);
+                match self.reply::<xml::PartsPage>(probe).await {
+                    Err(gone) if gone.class() == super::retry::ErrorClass::SessionGone => gone,
+                    _ => return Err(failure),
                 }
             }
-            _ => Err(failure),
+            failure => return Err(failure),
+        };
+        match self.written_by(key, nonce, remote_path).await? {
+            Some(file) => Ok(file),
+            None => Err(gone),
         }
     }
 
@@ -781,21 +787,12 @@ impl Backend for S3Backend {
         let body = self.manifest(parts);
         match self.requester.send(call, Some(body.into())).await {
             Ok(response) => self.complete_reply(response).await?,
-            // Completed by an earlier attempt whose reply was lost: S3 answers NoSuchUpload,
-            // some servers (s3s-fs) AccessDenied. The object says whether this session wrote it.
-            Err(error) if error.class() != super::retry::ErrorClass::Transient => {
-                if let Some(file) = self.written_by(&key, nonce, session.remote_path).await? {
-                    return Ok(file);
-                }
-                return Err(error);
-            }
-            Err(error @ BackendError::Status { status: 500, .. }) => {
+            Err(failure) => {
                 let ids = (nonce, upload_id);
                 return self
-                    .complete_failed(&key, ids, session.remote_path, error)
+                    .complete_failed(&key, ids, session.remote_path, failure)
                     .await;
             }
-            Err(error) => return Err(error),
         }
         self.written_by(&key, nonce, session.remote_path)
             .await?
