@@ -548,6 +548,54 @@ async fn an_upload_aborted_just_before_its_complete_starts_over() {
     }
 }
 
+/// A file rewritten while its parts are on their way is not completed from mixed content: the
+/// first upload is aborted (no open upload is left to cost money) and the new content lands in
+/// a second one. On the servers that list uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_mid_upload_lands_as_its_new_content_and_leaves_no_open_upload() {
+    for flavor in [Flavor::Moto, Flavor::CephRgw] {
+        let server = S3Server::start(flavor).await;
+        let proxy = proxy_before(&server).await;
+        proxy.set_throttle(4 * MIB);
+        let settings = UploadSettings {
+            chunk_size: ChunkSize::Fixed(5 * MIB),
+            ..fast_retry_settings()
+        };
+        let engine = engine_through(&server, &proxy, "changed/", settings);
+        let dir = tempfile::tempdir().unwrap();
+        let (local, new) = (dir.path().join("changed.bin"), dir.path().join("new.bin"));
+        random_file(&local, 30 * MIB, 25);
+        random_file(&new, 30 * MIB, 26);
+        let upload = tokio::spawn({
+            let local = local.clone();
+            async move { engine.upload(&local, "changed.bin").await }
+        });
+        wait_until("2 parts sent", Duration::from_secs(30), || {
+            let log = proxy.log();
+            let sent = log.iter().filter(|seen| seen.part_number.is_some());
+            sent.filter(|seen| seen.finished.is_some()).count() >= 2
+        })
+        .await;
+        // Rewritten in place: the same inode, new content and mtime.
+        std::fs::write(&local, std::fs::read(&new).unwrap()).unwrap();
+        proxy.set_throttle(0);
+
+        let report = upload.await.unwrap().unwrap();
+        assert_eq!(report.size, 30 * MIB, "{flavor:?}");
+        assert_stored(&server, "changed/changed.bin", &new, &format!("{flavor:?}")).await;
+        let log = proxy.log();
+        let creates: Vec<_> = log
+            .iter()
+            .filter(|seen| seen.method == "POST" && upload_id(&seen.path).is_none())
+            .collect();
+        assert_eq!(creates.len(), 2, "{flavor:?}: started over once: {log:#?}");
+        let aborted = log.iter().filter(|seen| seen.method == "DELETE").count();
+        assert_eq!(aborted, 1, "{flavor:?}: the first upload aborted: {log:#?}");
+        let direct = S3Backend::new(&server.config("")).unwrap();
+        assert_eq!(open_ids(&direct).await, Vec::<String>::new(), "{flavor:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_whose_reply_was_lost_is_recognised_as_done() {
     for flavor in WITH_CEPH {
