@@ -59,6 +59,12 @@ pub enum Outcome {
 pub enum CleanupError {
     #[error("no S3 remote named {0:?} in the configuration")]
     NoSuchRemote(String),
+    #[error(
+        "remote {0:?} is a native remote: it has no uploads to list, and its receiver discards \
+         a session neither completed nor aborted when the session expires (`ferry serve \
+         --session-ttl`, 24h by default)"
+    )]
+    Native(String),
     #[error("cannot read the local sessions")]
     Store(#[source] QueueError),
     #[error("cannot list the uploads of remote {remote}")]
@@ -84,7 +90,10 @@ pub async fn run(
         })
         .collect();
     if let (Some(wanted), true) = (&request.remote, chosen.is_empty()) {
-        return Err(CleanupError::NoSuchRemote(wanted.clone()));
+        return Err(match remotes.get(wanted) {
+            Some(_) => CleanupError::Native(wanted.clone()),
+            None => CleanupError::NoSuchRemote(wanted.clone()),
+        });
     }
     let mut found = Vec::new();
     for (name, config) in chosen {

@@ -1065,6 +1065,28 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone_in_ceph() {
     cleanup_aborts_orphans_and_leaves_a_live_session_alone(Flavor::CephRgw).await;
 }
 
+/// A native remote has no uploads to list: `ferry cleanup --remote` on one says how its
+/// sessions end instead, and a name that is no remote is named as such.
+#[test]
+fn cleanup_of_a_native_remote_says_how_its_sessions_end() {
+    let setup = Setup::new("http://127.0.0.1:9", "", "");
+    let refused = |remote: &str| {
+        let output = setup.ferry(&["cleanup", "--remote", remote]);
+        assert!(!output.status.success(), "{remote}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let native = refused("main");
+    assert!(
+        native.contains("remote \"main\" is a native remote") && native.contains("--session-ttl"),
+        "{native}"
+    );
+    let unknown = refused("nowhere");
+    assert!(
+        unknown.contains("no S3 remote named \"nowhere\""),
+        "{unknown}"
+    );
+}
+
 /// Writes `count` files of mixed sizes named `{prefix}-{i}.bin` into `folder`.
 fn drop_files(folder: &Path, prefix: &str, count: usize) -> Vec<String> {
     let sizes = [1024, 300 * 1024, 5 * MIB - 1, 5 * MIB + 1, 12 * MIB];
