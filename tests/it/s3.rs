@@ -162,43 +162,103 @@ async fn metadata_content_type_and_mtime_are_stored_for_single_and_multipart_obj
 }
 
 /// `server_side_encryption` (with `sse_kms_key_id`) is asked for on PutObject and on
-/// CreateMultipartUpload, and the object is stored so (moto keeps and reports it; s3s-fs
-/// ignores it), with `checksum = "md5"` as well. (That a KMS ETag, not an MD5 on AWS, is not
-/// held against the bytes is `Encryption::etag_is_md5`'s unit test: moto's are MD5s.)
+/// CreateMultipartUpload, and the object is stored so, with `checksum = "md5"` as well. moto
+/// keeps and reports both kinds; Ceph's gateway encrypts under its KMS key, whose ETags are
+/// not the MD5 of the bytes (`Encryption::etag_is_md5`). s3s-fs ignores the headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_encryption_is_asked_for_on_single_and_multipart_objects() {
-    let server = S3Server::start(Flavor::Moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kms = Encryption::Kms {
+    let kms = |key_id: &str| Encryption::Kms {
         dsse: false,
-        key_id: Some("alias/ferry".into()),
+        key_id: Some(key_id.into()),
     };
-    for (encryption, key_id) in [(Encryption::Aes256, None), (kms, Some("alias/ferry"))] {
-        let mut config = server.config("sse/");
-        config.checksum = Checksum::Md5;
-        let algorithm = encryption.algorithm();
-        config.encryption = Some(encryption.clone());
-        let backend = S3Backend::new(&config).unwrap();
-        let settings = UploadSettings {
-            chunk_size: ChunkSize::Fixed(5 * MIB),
-            ..UploadSettings::default()
-        };
-        let engine = Engine::with_backend(Arc::new(backend), settings);
-        for (name, size) in [("small.bin", 1000), ("large.bin", 6 * MIB)] {
-            let local = dir.path().join(name);
-            random_file(&local, size, 10);
-            let remote = format!("{algorithm}/{name}");
-            engine.upload_cleanly(&local, &remote).await;
-            let headers = server.head(&format!("sse/{remote}")).await;
-            let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_string());
-            let what = format!("{algorithm} {name}");
-            let stored = header("x-amz-server-side-encryption");
-            assert_eq!(stored.as_deref(), Some(algorithm), "{what}");
-            let key = header("x-amz-server-side-encryption-aws-kms-key-id");
-            assert_eq!(key.as_deref(), key_id, "{what}");
-            assert_stored(&server, &format!("sse/{remote}"), &local, &what).await;
+    let asked = [
+        (Flavor::Moto, vec![Encryption::Aes256, kms("alias/ferry")]),
+        (Flavor::CephRgw, vec![kms(crate::support::ceph::KMS_KEY_ID)]),
+    ];
+    for (flavor, encryptions) in asked {
+        let server = S3Server::start(flavor).await;
+        for encryption in encryptions {
+            stored_encrypted(&server, flavor, encryption).await;
         }
     }
+}
+
+/// A small and a multipart file uploaded with `encryption` land whole and say so on HEAD.
+async fn stored_encrypted(server: &S3Server, flavor: Flavor, encryption: Encryption) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = server.config("sse/");
+    config.checksum = Checksum::Md5;
+    config.encryption = Some(encryption.clone());
+    let settings = UploadSettings {
+        chunk_size: ChunkSize::Fixed(5 * MIB),
+        ..UploadSettings::default()
+    };
+    let engine = Engine::with_backend(Arc::new(S3Backend::new(&config).unwrap()), settings);
+    let (algorithm, key_id) = match &encryption {
+        Encryption::Kms { key_id, .. } => (encryption.algorithm(), key_id.as_deref()),
+        Encryption::Aes256 => (encryption.algorithm(), None),
+    };
+    for (name, size) in [("small.bin", 1000), ("large.bin", 6 * MIB)] {
+        let local = dir.path().join(name);
+        random_file(&local, size, 10);
+        let remote = format!("{algorithm}/{name}");
+        engine.upload_cleanly(&local, &remote).await;
+        let headers = server.head(&format!("sse/{remote}")).await;
+        let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        let what = format!("{flavor:?} {algorithm} {name}");
+        let stored = header("x-amz-server-side-encryption");
+        assert_eq!(stored.as_deref(), Some(algorithm), "{what}");
+        let key = header("x-amz-server-side-encryption-aws-kms-key-id");
+        assert_eq!(key.as_deref(), key_id, "{what}");
+        assert_stored(server, &format!("sse/{remote}"), &local, &what).await;
+    }
+}
+
+/// Ceph's gateway 16.2 takes `server_side_encryption = "AES256"` (SSE-S3, which it does not
+/// support) and stores the bytes unencrypted, saying nothing. Ferry reads that from the reply
+/// and fails the file at once: a multipart upload is aborted before its first part, a small
+/// file is said to be stored unencrypted, and nothing more is sent to that server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_the_server_does_not_confirm_fails_the_file_at_once() {
+    let server = S3Server::start(Flavor::CephRgw).await;
+    let proxy = proxy_before(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &server, &proxy.url);
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, toml + "server_side_encryption = \"AES256\"\n").unwrap();
+    let files = ["large.bin", "small.txt", "later.txt"].map(|name| dir.path().join(name));
+    for (seed, (file, size)) in files.iter().zip([6 * MIB, 100, 100]).enumerate() {
+        random_file(file, size, 71 + seed as u64);
+    }
+    let asked = "did not confirm the server-side encryption asked for (AES256)";
+    refused_fast(
+        &config,
+        dir.path(),
+        &files[0],
+        asked,
+        "the upload is aborted",
+    );
+    let log = proxy.log();
+    assert!(
+        !log.iter().any(|seen| seen.part_number.is_some()),
+        "{log:#?}"
+    );
+    let aborts = log.iter().filter(|seen| seen.method == "DELETE").count();
+    assert_eq!(aborts, 1, "the upload aborted: {log:#?}");
+    let direct = S3Backend::new(&server.config("")).unwrap();
+    assert_eq!(open_ids(&direct).await, Vec::<String>::new());
+
+    let stderr = failed_fast(&config, dir.path(), &[&files[1], &files[2]]);
+    let stored = format!("pushed/small.txt: the server {asked}");
+    assert!(stderr.contains(&stored), "{stderr}");
+    assert!(
+        stderr.contains("the object stays as the server stored it"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pushed/later.txt not sent"), "{stderr}");
+    let log = proxy.log();
+    let puts: Vec<_> = log.iter().filter(|seen| seen.method == "PUT").collect();
+    assert_eq!(puts.len(), 1, "only small.txt was sent: {puts:#?}");
 }
 
 /// `acl` is sent as `x-amz-acl` on PutObject and CreateMultipartUpload, and the object gets
@@ -539,9 +599,7 @@ async fn an_upload_aborted_just_before_its_complete_starts_over() {
             "{flavor:?}: sent in parts again: {report:?}"
         );
         let log = proxy.log();
-        let posts = log.iter().filter(|seen| seen.method == "POST");
-        let creates = posts.filter(|seen| upload_id(&seen.path).is_none()).count();
-        assert_eq!(creates, 2, "{flavor:?}: started over once: {log:#?}");
+        assert_eq!(creates(&log), 2, "{flavor:?}: started over once: {log:#?}");
         assert!(started.elapsed() < Duration::from_secs(30), "{flavor:?}");
         let local = dir.path().join("late.bin");
         assert_stored(&server, "late/late.bin", &local, &format!("{flavor:?}")).await;
@@ -584,11 +642,7 @@ async fn a_file_changed_mid_upload_lands_as_its_new_content_and_leaves_no_open_u
         assert_eq!(report.size, 30 * MIB, "{flavor:?}");
         assert_stored(&server, "changed/changed.bin", &new, &format!("{flavor:?}")).await;
         let log = proxy.log();
-        let creates: Vec<_> = log
-            .iter()
-            .filter(|seen| seen.method == "POST" && upload_id(&seen.path).is_none())
-            .collect();
-        assert_eq!(creates.len(), 2, "{flavor:?}: started over once: {log:#?}");
+        assert_eq!(creates(&log), 2, "{flavor:?}: started over once: {log:#?}");
         let aborted = log.iter().filter(|seen| seen.method == "DELETE").count();
         assert_eq!(aborted, 1, "{flavor:?}: the first upload aborted: {log:#?}");
         let direct = S3Backend::new(&server.config("")).unwrap();
@@ -712,6 +766,12 @@ fn completes_seen(proxy: &FaultProxy) -> Vec<String> {
         .iter()
         .filter(|seen| is_complete(&seen.method, &seen.path));
     completes.filter_map(|seen| upload_id(&seen.path)).collect()
+}
+
+/// How many CreateMultipartUploads (POSTs not on an upload) `log` holds.
+fn creates(log: &[Seen]) -> usize {
+    let posts = log.iter().filter(|seen| seen.method == "POST");
+    posts.filter(|seen| upload_id(&seen.path).is_none()).count()
 }
 
 /// Whether a request is a CompleteMultipartUpload (a POST on an upload).
@@ -889,17 +949,27 @@ async fn a_bucket_that_is_not_ours_fails_fast_with_a_clear_message() {
 
 /// A push of `local` fails at once (no retries) with `code` in a message that names `named`.
 fn refused_fast(config: &Path, dir: &Path, local: &Path, code: &str, named: &str) {
-    let started = Instant::now();
-    let output = push(config, &dir.join("data"), local).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = failed_fast(config, dir, &[local]);
     assert!(stderr.contains(code), "{stderr}");
     assert!(
         stderr.contains(named),
         "the message names {named}: {stderr}"
     );
+}
+
+/// The error output of a push of `files` (data in `dir`/data) that fails within 10 s: with no
+/// retries.
+fn failed_fast(config: &Path, dir: &Path, files: &[&Path]) -> String {
+    let started = Instant::now();
+    let output = push(config, &dir.join("data"), files[0])
+        .args(&files[1..])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(10), "no retries: {elapsed:?}");
+    stderr
 }
 
 /// The backend alone: a file whose bytes do not match the CRC32C sent is refused by a server

@@ -57,6 +57,24 @@ impl Encryption {
         headers
     }
 
+    /// What is wrong when a reply's `x-amz-server-side-encryption` (`named`) does not confirm
+    /// this encryption, as AWS, MinIO and Ceph's gateway confirm what they apply: a server
+    /// that does not support it may store the bytes unencrypted and say nothing. Only the
+    /// algorithm is compared: AWS names a KMS key by its ARN whatever alias was asked for.
+    pub fn unconfirmed(&self, named: Option<&str>) -> Option<String> {
+        let asked = self.algorithm();
+        match named {
+            Some(named) if named == asked => None,
+            Some(named) => Some(format!(
+                "the server applied server-side encryption {named:?}, not the {asked:?} asked for"
+            )),
+            None => Some(format!(
+                "the server did not confirm the server-side encryption asked for ({asked}): it \
+                 may not support it (Ceph RGW 16 ignores AES256, s3s-fs ignores both)"
+            )),
+        }
+    }
+
     /// Whether the ETag of a part or object so encrypted is the MD5 of its bytes: under SSE-S3
     /// it is, under KMS it is not (AWS says so), so it cannot be checked against them.
     pub fn etag_is_md5(&self) -> bool {
@@ -108,5 +126,39 @@ mod tests {
         );
         assert!(Encryption::Aes256.etag_is_md5());
         assert!(!kms(true, None).etag_is_md5());
+    }
+
+    #[test]
+    fn only_a_reply_naming_the_algorithm_asked_for_confirms_it() {
+        let kms = Encryption::Kms {
+            dsse: false,
+            key_id: Some("alias/ferry".into()),
+        };
+        let cases: [(&Encryption, Option<&str>, Option<&str>); 6] = [
+            (&Encryption::Aes256, Some("AES256"), None),
+            (&Encryption::Aes256, None, Some("did not confirm")),
+            (
+                &Encryption::Aes256,
+                Some("aws:kms"),
+                Some("\"aws:kms\", not the \"AES256\""),
+            ),
+            (&kms, Some("aws:kms"), None),
+            (
+                &kms,
+                Some("aws:kms:dsse"),
+                Some("not the \"aws:kms\" asked for"),
+            ),
+            (&kms, None, Some("(aws:kms)")),
+        ];
+        for (asked, named, problem) in cases {
+            let found = asked.unconfirmed(named);
+            match problem {
+                None => assert_eq!(found, None, "{asked:?} {named:?}"),
+                Some(part) => assert!(
+                    found.as_deref().is_some_and(|found| found.contains(part)),
+                    "{asked:?} {named:?}: {found:?}"
+                ),
+            }
+        }
     }
 }

@@ -29,6 +29,7 @@ pub mod sts;
 mod xml;
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -175,6 +176,9 @@ pub struct S3Backend {
     storage_class: Option<String>,
     checksum: ChecksumChoice,
     encryption: Option<Encryption>,
+    /// Set once the server has stored something without the encryption asked for: it is sent
+    /// nothing more.
+    unencrypted: AtomicBool,
     acl: Option<String>,
     requester: Requester,
 }
@@ -233,6 +237,7 @@ impl S3Backend {
             storage_class: config.storage_class.clone(),
             checksum: ChecksumChoice::new(config.checksum),
             encryption: config.encryption.clone(),
+            unencrypted: AtomicBool::new(false),
             acl: config.acl.clone(),
             requester: Requester::new(client, config.region.clone(), credentials, shown.clone()),
         })
@@ -264,6 +269,15 @@ impl S3Backend {
     async fn reply<T: serde::de::DeserializeOwned>(&self, call: Call) -> Result<T, BackendError> {
         let operation = call.operation;
         let response = self.requester.send(call, None).await?;
+        self.read_reply(operation, response).await
+    }
+
+    /// Reads the reply to `operation` as `T`.
+    async fn read_reply<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: Operation,
+        response: reqwest::Response,
+    ) -> Result<T, BackendError> {
         let text = response
             .text()
             .await
@@ -323,15 +337,63 @@ impl S3Backend {
         Ok(call)
     }
 
-    /// Sends a part or a whole file with its checksums; its receipt.
-    async fn send_body(&self, call: Call, body: PartBody) -> Result<PartReceipt, BackendError> {
+    /// Sends a part or a whole file with its checksums; its receipt, and the reply's headers.
+    async fn send_body(
+        &self,
+        call: Call,
+        body: PartBody,
+    ) -> Result<(PartReceipt, HeaderMap), BackendError> {
         let operation = call.operation;
         let sent = carried(self.checksum.current(), body.sums);
         let call = sum_headers(call, &body, sent);
         let md5 = body.sums.md5;
         let stream = reqwest::Body::wrap_stream(body.stream);
         let response = self.requester.send(call, Some(stream)).await?;
-        self.receipt(operation, sent, response.headers(), md5)
+        let receipt = self.receipt(operation, sent, response.headers(), md5)?;
+        Ok((receipt, response.headers().clone()))
+    }
+
+    /// Refuses `key` when the server has already stored something without the encryption
+    /// asked for: nothing more is sent to it.
+    fn refuse_if_unencrypted(&self, key: &str) -> Result<(), BackendError> {
+        let Some(asked) = self.encryption.as_ref() else {
+            return Ok(());
+        };
+        if !self.unencrypted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Err(BackendError::Setup {
+            endpoint: self.requester.endpoint.clone(),
+            problem: format!(
+                "{key} not sent: the server stored an earlier upload without the server-side \
+                 encryption asked for ({})",
+                asked.algorithm()
+            ),
+        })
+    }
+
+    /// Checks that the reply to the PutObject (`stored`) or CreateMultipartUpload of `key`
+    /// confirms the encryption asked for; when it does not, no more is sent to the server.
+    fn confirm_encryption(
+        &self,
+        key: &str,
+        headers: &HeaderMap,
+        stored: bool,
+    ) -> Result<(), BackendError> {
+        let named = header_text(headers, "x-amz-server-side-encryption");
+        let asked = self.encryption.as_ref();
+        let Some(problem) = asked.and_then(|asked| asked.unconfirmed(named)) else {
+            return Ok(());
+        };
+        self.unencrypted.store(true, Ordering::Relaxed);
+        let after = match stored {
+            true => "the object stays as the server stored it",
+            false => "the upload is aborted, nothing was stored",
+        };
+        Err(BackendError::Setup {
+            endpoint: self.requester.endpoint.clone(),
+            problem: format!("{key}: {problem}; {after}"),
+        })
     }
 
     /// The receipt of a stored part or file: its ETag, checked against the MD5 sent where the
@@ -703,9 +765,21 @@ impl Backend for S3Backend {
             call = call.header("x-amz-checksum-algorithm", "CRC32C");
         }
         let call = self.object_headers(call, request)?;
-        let initiated: xml::Initiated = self.reply(call).await?;
+        self.refuse_if_unencrypted(&key)?;
+        let response = self.requester.send(call, None).await?;
+        let confirmed = self.confirm_encryption(&key, response.headers(), false);
+        let initiated: xml::Initiated = self.read_reply(operation, response).await?;
         if initiated.upload_id.is_empty() || initiated.upload_id.len() > 1024 {
             return Err(self.invalid(operation, "no usable UploadId".into()));
+        }
+        if let Err(error) = confirmed {
+            let upload = OpenUpload {
+                key,
+                upload_id: initiated.upload_id,
+                initiated: String::new(),
+            };
+            let _ = self.abort_upload(&upload).await;
+            return Err(error);
         }
         Ok(RemoteSession {
             id: format!("{nonce}:{}", initiated.upload_id),
@@ -759,7 +833,7 @@ impl Backend for S3Backend {
             .query("uploadId", upload_id)
             .on_session()
             .streamed();
-        self.send_body(call, body).await
+        Ok(self.send_body(call, body).await?.0)
     }
 
     async fn complete(
@@ -820,7 +894,10 @@ impl Backend for S3Backend {
         let key = self.key(&request.remote_path);
         let call = self.object(operation, Method::Put, &key).streamed();
         let call = self.object_headers(call, request)?;
-        self.send_body(call, body).await
+        self.refuse_if_unencrypted(&key)?;
+        let (receipt, headers) = self.send_body(call, body).await?;
+        self.confirm_encryption(&key, &headers, true)?;
+        Ok(receipt)
     }
 }
 

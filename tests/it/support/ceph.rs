@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+/// The one key of the gateway's KMS (its `testing` backend keeps keys in its configuration), so
+/// that it stores objects under SSE-KMS (`aws:kms`) over plain HTTP.
+pub const KMS_KEY_ID: &str = "testkey-1";
+
 /// How long the monitor and the OSD get to come up.
 const UP_WITHIN: Duration = Duration::from_secs(60);
 
@@ -117,6 +121,9 @@ pid file = {dir}/run/$name.pid
 log file = {dir}/$name.log
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw crypt require ssl = false
+rgw crypt s3 kms backend = testing
+rgw crypt s3 kms encryption keys = {KMS_KEY_ID}=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
 "
     )
 }
