@@ -175,6 +175,26 @@ impl S3Server {
         }
     }
 
+    /// The keys under `prefix`, as the server lists them (ListObjectsV2, one page: a GET of
+    /// the bucket, signed as the GetObject of the empty key).
+    pub async fn list(&self, prefix: &str) -> Vec<String> {
+        use rusty_s3::S3Action as _;
+        let bucket = self.bucket(BUCKET);
+        let keys = self.keys();
+        let mut action = rusty_s3::actions::GetObject::new(&bucket, Some(&keys), "");
+        action.query_mut().insert("list-type", "2");
+        action.query_mut().insert("prefix", prefix);
+        let response = client().get(action.sign(SIGNED_FOR)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "list {prefix}: {response:?}"
+        );
+        let text = response.text().await.unwrap();
+        let keys = text.split("<Key>").skip(1);
+        keys.map(|rest| xml_text(rest.split("</Key>").next().unwrap()))
+            .collect()
+    }
+
     /// The object's ACL document (GET ?acl), read through the server.
     pub async fn acl(&self, key: &str) -> String {
         use rusty_s3::S3Action as _;
@@ -381,4 +401,34 @@ async fn wait_listening(child: &mut Child, port: u16) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the S3 server on port {port} did not come up in 30 s");
+}
+
+/// The text of an XML element: its five entities and character references undone.
+fn xml_text(escaped: &str) -> String {
+    let mut text = String::new();
+    let mut rest = escaped;
+    while let Some(at) = rest.find('&') {
+        text.push_str(&rest[..at]);
+        let end = at + rest[at..].find(';').expect("an entity ends with ;");
+        let character = match &rest[at + 1..end] {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            reference => {
+                let number = reference
+                    .strip_prefix('#')
+                    .expect("an entity or a reference");
+                let code = match number.strip_prefix('x') {
+                    Some(hex) => u32::from_str_radix(hex, 16).unwrap(),
+                    None => number.parse().unwrap(),
+                };
+                char::from_u32(code).unwrap()
+            }
+        };
+        text.push(character);
+        rest = &rest[end + 1..];
+    }
+    text + rest
 }
