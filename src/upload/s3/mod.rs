@@ -337,12 +337,14 @@ impl S3Backend {
         Ok(call)
     }
 
-    /// Sends a part or a whole file with its checksums; its receipt, and the reply's headers.
+    /// Sends a part or a whole file with its checksums; its receipt. A whole file (its `key`
+    /// in `stored`) is refused when the reply does not confirm the encryption asked for.
     async fn send_body(
         &self,
         call: Call,
         body: PartBody,
-    ) -> Result<(PartReceipt, HeaderMap), BackendError> {
+        stored: Option<&str>,
+    ) -> Result<PartReceipt, BackendError> {
         let operation = call.operation;
         let sent = carried(self.checksum.current(), body.sums);
         let call = sum_headers(call, &body, sent);
@@ -350,7 +352,10 @@ impl S3Backend {
         let stream = reqwest::Body::wrap_stream(body.stream);
         let response = self.requester.send(call, Some(stream)).await?;
         let receipt = self.receipt(operation, sent, response.headers(), md5)?;
-        Ok((receipt, response.headers().clone()))
+        if let Some(key) = stored {
+            self.confirm_encryption(key, response.headers(), true)?;
+        }
+        Ok(receipt)
     }
 
     /// Refuses `key` when the server has already stored something without the encryption
@@ -833,7 +838,7 @@ impl Backend for S3Backend {
             .query("uploadId", upload_id)
             .on_session()
             .streamed();
-        Ok(self.send_body(call, body).await?.0)
+        self.send_body(call, body, None).await
     }
 
     async fn complete(
@@ -895,9 +900,7 @@ impl Backend for S3Backend {
         let call = self.object(operation, Method::Put, &key).streamed();
         let call = self.object_headers(call, request)?;
         self.refuse_if_unencrypted(&key)?;
-        let (receipt, headers) = self.send_body(call, body).await?;
-        self.confirm_encryption(&key, &headers, true)?;
-        Ok(receipt)
+        self.send_body(call, body, Some(&key)).await
     }
 }
 
