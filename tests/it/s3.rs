@@ -200,8 +200,8 @@ async fn awkward_names_are_stored_under_exactly_those_keys() {
 
 /// `server_side_encryption` (with `sse_kms_key_id`) is asked for on PutObject and on
 /// CreateMultipartUpload, and the object is stored so, with `checksum = "md5"` as well. moto
-/// keeps and reports both kinds; Ceph's gateway encrypts under its KMS key, whose ETags are
-/// not the MD5 of the bytes (`Encryption::etag_is_md5`). s3s-fs ignores the headers.
+/// keeps and reports both kinds; Ceph's gateway encrypts under its KMS key (its ETags stay the
+/// MD5s of the bytes, unlike AWS's under KMS: `Encryption::etag_is_md5`). s3s-fs ignores them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_encryption_is_asked_for_on_single_and_multipart_objects() {
     let kms = |key_id: &str| Encryption::Kms {
@@ -231,9 +231,10 @@ async fn stored_encrypted(server: &S3Server, flavor: Flavor, encryption: Encrypt
         ..UploadSettings::default()
     };
     let engine = Engine::with_backend(Arc::new(S3Backend::new(&config).unwrap()), settings);
-    let (algorithm, key_id) = match &encryption {
-        Encryption::Kms { key_id, .. } => (encryption.algorithm(), key_id.as_deref()),
-        Encryption::Aes256 => (encryption.algorithm(), None),
+    let algorithm = encryption.algorithm();
+    let key_id = match &encryption {
+        Encryption::Kms { key_id, .. } => key_id.as_deref(),
+        Encryption::Aes256 => None,
     };
     for (name, size) in [("small.bin", 1000), ("large.bin", 6 * MIB)] {
         let local = dir.path().join(name);

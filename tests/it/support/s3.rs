@@ -190,8 +190,11 @@ impl S3Server {
             "list {prefix}: {response:?}"
         );
         let text = response.text().await.unwrap();
-        let keys = text.split("<Key>").skip(1);
-        keys.map(|rest| xml_text(rest.split("</Key>").next().unwrap()))
+        let listed: Listing = quick_xml::de::from_str(&text).unwrap();
+        listed
+            .contents
+            .into_iter()
+            .map(|object| object.key)
             .collect()
     }
 
@@ -403,32 +406,15 @@ async fn wait_listening(child: &mut Child, port: u16) -> bool {
     panic!("the S3 server on port {port} did not come up in 30 s");
 }
 
-/// The text of an XML element: its five entities and character references undone.
-fn xml_text(escaped: &str) -> String {
-    let mut text = String::new();
-    let mut rest = escaped;
-    while let Some(at) = rest.find('&') {
-        text.push_str(&rest[..at]);
-        let end = at + rest[at..].find(';').expect("an entity ends with ;");
-        let character = match &rest[at + 1..end] {
-            "amp" => '&',
-            "lt" => '<',
-            "gt" => '>',
-            "quot" => '"',
-            "apos" => '\'',
-            reference => {
-                let number = reference
-                    .strip_prefix('#')
-                    .expect("an entity or a reference");
-                let code = match number.strip_prefix('x') {
-                    Some(hex) => u32::from_str_radix(hex, 16).unwrap(),
-                    None => number.parse().unwrap(),
-                };
-                char::from_u32(code).unwrap()
-            }
-        };
-        text.push(character);
-        rest = &rest[end + 1..];
-    }
-    text + rest
+/// A ListObjectsV2 reply, as far as `S3Server::list` reads it.
+#[derive(serde::Deserialize)]
+struct Listing {
+    #[serde(rename = "Contents", default)]
+    contents: Vec<Listed>,
+}
+
+#[derive(serde::Deserialize)]
+struct Listed {
+    #[serde(rename = "Key")]
+    key: String,
 }
