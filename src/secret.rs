@@ -34,6 +34,20 @@ pub fn read_file(path: &Path) -> Result<String, SecretError> {
     Ok(secret.to_string())
 }
 
+/// Reads a secret file's bytes as they are (a binary key, say); an empty file is refused.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let bytes = std::fs::read(path).map_err(|source| SecretError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match bytes.is_empty() {
+        true => Err(SecretError::EmptyFile {
+            path: path.to_path_buf(),
+        }),
+        false => Ok(bytes),
+    }
+}
+
 /// Reads a secret from the environment variable `name`, trimmed; unset and blank are alike.
 pub fn read_env(name: &str) -> Result<String, SecretError> {
     match std::env::var(name) {

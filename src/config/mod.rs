@@ -625,16 +625,7 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     if let Some(class) = &s3.storage_class {
         let _ = writeln!(out, "storage_class = {class:?}");
     }
-    if let Some(encryption) = &s3.encryption {
-        let _ = writeln!(out, "server_side_encryption = {:?}", encryption.algorithm());
-    }
-    if let Some(crate::upload::s3::Encryption::Kms {
-        key_id: Some(key_id),
-        ..
-    }) = &s3.encryption
-    {
-        let _ = writeln!(out, "sse_kms_key_id = {key_id:?}");
-    }
+    render_encryption(out, s3.encryption.as_ref());
     if let Some(acl) = &s3.acl {
         let _ = writeln!(out, "acl = {acl:?}");
     }
@@ -643,6 +634,32 @@ fn render_s3(out: &mut String, s3: &crate::upload::S3Config) {
     }
     let _ = writeln!(out, "# credentials: {}", s3.credentials.describe());
     render_ca_cert(out, s3.ca_cert.as_ref());
+}
+
+/// The encryption asked for; a customer key by its MD5, as S3 names it.
+fn render_encryption(out: &mut String, encryption: Option<&crate::upload::s3::Encryption>) {
+    use crate::upload::s3::Encryption;
+    use std::fmt::Write;
+    match encryption {
+        None => {}
+        Some(Encryption::Customer(key)) => {
+            let md5 = key.md5();
+            let _ = writeln!(
+                out,
+                "# server-side encryption: SSE-C, the key whose MD5 is {md5}"
+            );
+        }
+        Some(encryption) => {
+            let _ = writeln!(out, "server_side_encryption = {:?}", encryption.algorithm());
+        }
+    }
+    if let Some(Encryption::Kms {
+        key_id: Some(key_id),
+        ..
+    }) = encryption
+    {
+        let _ = writeln!(out, "sse_kms_key_id = {key_id:?}");
+    }
 }
 
 /// `ca_cert`, with how many certificates it holds.

@@ -585,6 +585,60 @@ fn s3_encryption_and_acl_are_read_shown_and_checked() {
 }
 
 #[test]
+fn an_sse_c_key_file_is_read_beside_the_config_shown_by_its_md5_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ssec.key"), [7u8; 32]).unwrap();
+    std::fs::write(dir.path().join("short.key"), [7u8; 16]).unwrap();
+    let watch = "[[watch]]\npath = \"/a\"\nremote = \"main\"\n";
+    let remote = "[remotes.main]\nkind = \"s3\"\nbucket = \"photos\"\n";
+    let key = "sse_customer_key_file = \"ssec.key\"\n";
+    let config = parse_in(dir.path(), &format!("{remote}{key}{watch}")).unwrap();
+    let RemoteConfig::S3(s3) = &config.remotes["main"] else {
+        panic!("an s3 remote: {:?}", config.remotes);
+    };
+    let expected = crate::upload::s3::CustomerKey::from_file(&[7u8; 32]).unwrap();
+    let md5 = expected.md5().to_string();
+    let customer = crate::upload::s3::Encryption::Customer(expected);
+    assert_eq!(s3.encryption, Some(customer));
+    for endpoint in [
+        "https://minio.lan",
+        "http://127.0.0.1:9000",
+        "http://localhost:9000",
+    ] {
+        let text = format!("{remote}{key}endpoint = \"{endpoint}\"\n{watch}");
+        assert!(parse_in(dir.path(), &text).is_ok(), "{endpoint}");
+    }
+    let rendered = config.render();
+    let shown = format!("# server-side encryption: SSE-C, the key whose MD5 is {md5}");
+    assert!(rendered.contains(&shown), "{rendered}");
+    assert!(!rendered.contains("server_side_encryption ="), "{rendered}");
+
+    let cases = [
+        (
+            "sse_customer_key_file = \"short.key\"",
+            "holds 16 bytes, not a 256-bit key",
+        ),
+        ("sse_customer_key_file = \"missing.key\"", "cannot read"),
+        (
+            "sse_customer_key_file = \"ssec.key\"\nserver_side_encryption = \"AES256\"",
+            "give server_side_encryption or sse_customer_key_file, not both",
+        ),
+        (
+            "sse_customer_key_file = \"ssec.key\"\nendpoint = \"http://minio.lan:9000\"",
+            "needs an https endpoint: the key goes with every request, and over \
+             http://minio.lan:9000/ it would travel in clear",
+        ),
+    ];
+    for (keys, message) in cases {
+        let found = problems(parse_in(dir.path(), &format!("{remote}{keys}\n{watch}")));
+        assert!(
+            found.iter().any(|p| p.message.contains(message)),
+            "{message:?} not in {found:#?}"
+        );
+    }
+}
+
+#[test]
 fn sizes_are_shown_as_users_write_them() {
     let cases = [
         (256 * 1024, "256KiB"),

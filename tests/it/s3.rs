@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::upload::backend::{Backend, CreateRequest, PartBody, PartSpec, PartSums, SessionRef};
-use ferry::upload::s3::{Checksum, Encryption};
+use ferry::upload::s3::{Checksum, CustomerKey, Encryption};
 use ferry::upload::{ChunkSize, Progress, S3Backend, UploadJob, UploadSettings};
 
 use crate::support::daemon::Setup;
@@ -234,7 +234,7 @@ async fn stored_encrypted(server: &S3Server, flavor: Flavor, encryption: Encrypt
     let algorithm = encryption.algorithm();
     let key_id = match &encryption {
         Encryption::Kms { key_id, .. } => key_id.as_deref(),
-        Encryption::Aes256 => None,
+        Encryption::Aes256 | Encryption::Customer(_) => None,
     };
     for (name, size) in [("small.bin", 1000), ("large.bin", 6 * MIB)] {
         let local = dir.path().join(name);
@@ -297,6 +297,131 @@ async fn encryption_the_server_does_not_confirm_fails_the_file_at_once() {
     let log = proxy.log();
     let puts: Vec<_> = log.iter().filter(|seen| seen.method == "PUT").collect();
     assert_eq!(puts.len(), 1, "only small.txt was sent: {puts:#?}");
+}
+
+/// `sse_customer_key_file` (SSE-C): the key goes with the PutObject, the CreateMultipartUpload,
+/// every UploadPart, the Complete and the HEAD after it, and Garage and Ceph's gateway store
+/// the objects under it: read with the key they are the files; without it, or with another
+/// key, they are refused. Garage's ETags under SSE-C are random, not MD5s, and Ferry does not
+/// take them for damage (`Encryption::etag_is_md5`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_sent_with_a_customer_key_are_readable_only_with_that_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyed, ours) = customer_key_in(dir.path());
+    let other = Encryption::Customer(CustomerKey::from_file(&[1; 32]).unwrap());
+    let locals = [("small.bin", 1000), ("large.bin", 12 * MIB)].map(|(name, size)| {
+        let local = dir.path().join(name);
+        random_file(&local, size, 90 + size);
+        local
+    });
+
+    // With Content-MD5 too, which Ferry checks ETags against where they are MD5s.
+    let garage = Garage::start(1).await;
+    let read = async |key: &str, headers: &[(&'static str, String)]| {
+        garage.get_with(0, key, headers).await
+    };
+    for checksum in ["crc32c", "md5"] {
+        let remote = garage.remote_toml_in("s3", 0, dir.path()) + &keyed;
+        let remote = format!("{remote}prefix = \"{checksum}/\"\nchecksum = \"{checksum}\"\n");
+        push_keyed(dir.path(), checksum, &remote, &locals);
+        let what = format!("garage {checksum}");
+        readable_only_with(
+            &read,
+            &format!("{checksum}/"),
+            &locals,
+            [&ours, &other],
+            &what,
+        )
+        .await;
+    }
+
+    let server = S3Server::start(Flavor::CephRgw).await;
+    let remote = server.remote_toml_in("s3", "", dir.path()) + &keyed;
+    let read =
+        async |key: &str, headers: &[(&'static str, String)]| server.get_with(key, headers).await;
+    push_keyed(dir.path(), "ceph", &remote, &locals);
+    readable_only_with(&read, "", &locals, [&ours, &other], "ceph").await;
+}
+
+/// A server that ignores SSE-C (moto, s3s-fs) stores the bytes unencrypted and says nothing:
+/// Ferry reads that from the reply and fails the file at once, naming the customer key; the
+/// multipart upload is aborted before its first part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_key_the_server_ignores_fails_the_file_at_once() {
+    for flavor in BOTH {
+        let server = S3Server::start(flavor).await;
+        let proxy = proxy_before(&server).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_file(dir.path(), &server, &proxy.url);
+        let key_file = dir.path().join("ssec.key");
+        std::fs::write(&key_file, [5u8; 32]).unwrap();
+        let keyed = format!("sse_customer_key_file = \"{}\"\n", key_file.display());
+        let toml = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, toml + &keyed).unwrap();
+        let [large, small] = ["large.bin", "small.txt"].map(|name| dir.path().join(name));
+        random_file(&large, 6 * MIB, 75);
+        random_file(&small, 100, 76);
+        let asked = "did not confirm the customer-key encryption asked for (SSE-C)";
+        refused_fast(&config, dir.path(), &large, asked, "the upload is aborted");
+        let log = proxy.log();
+        let parts = log.iter().filter(|seen| seen.part_number.is_some()).count();
+        let aborts = log.iter().filter(|seen| seen.method == "DELETE").count();
+        assert_eq!((parts, aborts), (0, 1), "{flavor:?}: {log:#?}");
+        let stays = "the object stays as the server stored it";
+        refused_fast(&config, dir.path(), &small, asked, stays);
+    }
+}
+
+/// A random customer key written to `dir` (base64, as `openssl rand -base64 32` writes it):
+/// the line of a remote that names it, and the encryption it is.
+fn customer_key_in(dir: &Path) -> (String, Encryption) {
+    let key_file = dir.join("ssec.key");
+    let key: [u8; 32] = rand::random();
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+    std::fs::write(&key_file, format!("{encoded}\n")).unwrap();
+    let line = format!("sse_customer_key_file = \"{}\"\n", key_file.display());
+    (
+        line,
+        Encryption::Customer(CustomerKey::from_file(&key).unwrap()),
+    )
+}
+
+/// `ferry push` of `locals` to `remote`, which must succeed.
+fn push_keyed(dir: &Path, name: &str, remote: &str, locals: &[PathBuf]) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, remote).unwrap();
+    let data = dir.join(format!("data-{name}"));
+    let output = push(&config, &data, &locals[0])
+        .args(&locals[1..])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{name}: {stderr}");
+}
+
+/// Each of `locals`, read back under `prefix` with `read`, is the file with `ours`, and is
+/// refused without a key or with `other`.
+async fn readable_only_with(
+    read: &impl AsyncFn(&str, &[(&'static str, String)]) -> (u16, Vec<u8>),
+    prefix: &str,
+    locals: &[PathBuf],
+    [ours, other]: [&Encryption; 2],
+    what: &str,
+) {
+    for local in locals {
+        let name = local.file_name().unwrap().to_str().unwrap();
+        let key = &format!("{prefix}{name}");
+        let (status, body) = read(key, &ours.key_headers()).await;
+        assert_eq!(status, 200, "{what} {key} with the key");
+        assert!(
+            body == std::fs::read(local).unwrap(),
+            "{what} {key} is the file"
+        );
+        let (status, _) = read(key, &[]).await;
+        assert_eq!(status, 400, "{what} {key} without the key");
+        let (status, _) = read(key, &other.key_headers()).await;
+        assert!(status >= 400, "{what} {key} with another key: {status}");
+    }
 }
 
 /// `acl` is sent as `x-amz-acl` on PutObject and CreateMultipartUpload, and the object gets
@@ -506,17 +631,24 @@ fn summary(output: &std::process::Output) -> serde_json::Value {
 async fn resumes_after_a_kill(flavor: Flavor) {
     let server = S3Server::start(flavor).await;
     let proxy = proxy_before(&server).await;
-    proxy.set_throttle(4 * MIB);
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &server, &proxy.url);
-    let (data, local) = (dir.path().join("data"), dir.path().join("resume.bin"));
-    let size = 60 * MIB;
-    random_file(&local, size, 21);
-    killed_push(&config, &data, &local, 3, &proxy).await;
+    let local = resumed_after_a_kill(&config, &proxy).await;
+    assert_stored(&server, "pushed/resume.bin", &local, &format!("{flavor:?}")).await;
+}
+
+/// `resume.bin` (60 MiB, beside `config`) pushed through `proxy` and SIGKILLed after 3 parts,
+/// then pushed again: only the parts ListParts did not confirm are sent.
+async fn resumed_after_a_kill(config: &Path, proxy: &FaultProxy) -> PathBuf {
+    proxy.set_throttle(4 * MIB);
+    let dir = config.parent().unwrap();
+    let (data, local) = (dir.join("data"), dir.join("resume.bin"));
+    random_file(&local, 60 * MIB, 21);
+    killed_push(config, &data, &local, 3, proxy).await;
 
     let mark = proxy.mark();
     proxy.set_throttle(0);
-    let output = push(&config, &data, &local).output().unwrap();
+    let output = push(config, &data, &local).output().unwrap();
     let summary = summary(&output);
     let file = &summary["files"][0];
     let (parts, resumed) = (
@@ -538,7 +670,39 @@ async fn resumes_after_a_kill(flavor: Flavor) {
         parts - resumed,
         "only missing parts were sent: {sent:?}"
     );
-    assert_stored(&server, "pushed/resume.bin", &local, &format!("{flavor:?}")).await;
+    local
+}
+
+/// With a customer key (SSE-C), on Garage: every request for the object's bytes or its parts'
+/// checksums carries the key (AWS wants it on the ListParts of an upload made with a checksum
+/// algorithm; Garage lists no CRC32C without it), and the object reads back whole with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_with_a_customer_key_killed_mid_way_resumes_without_resending_listed_parts() {
+    let garage = Garage::start(1).await;
+    let node = garage.endpoint(0);
+    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (keyed, ours) = customer_key_in(dir.path());
+    let remote = garage.remote_toml_in("s3", 0, dir.path()) + &keyed;
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, remote.replace(&node, &proxy.url)).unwrap();
+    let local = resumed_after_a_kill(&config, &proxy).await;
+    let log = proxy.log();
+    let keyed = |seen: &&Seen| {
+        let signed = query_param(&seen.path, "X-Amz-SignedHeaders").unwrap_or_default();
+        signed.contains("x-amz-server-side-encryption-customer-key")
+    };
+    let kinds = ["GET", "PUT", "POST", "HEAD"];
+    let for_bytes: Vec<&Seen> = log.iter().filter(|s| kinds.contains(&&*s.method)).collect();
+    let lists = for_bytes.iter().filter(|s| s.method == "GET").count();
+    let unkeyed: Vec<&&Seen> = for_bytes.iter().filter(|s| !keyed(s)).collect();
+    assert!(lists >= 1 && unkeyed.is_empty(), "{unkeyed:#?}");
+    let (status, body) = garage.get_with(0, "resume.bin", &ours.key_headers()).await;
+    assert_eq!(status, 200);
+    assert!(
+        body == std::fs::read(&local).unwrap(),
+        "the object is the file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

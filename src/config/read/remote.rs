@@ -12,7 +12,9 @@ use crate::config::{RemoteConfig, Secret};
 use crate::upload::http::CaCert;
 use crate::upload::s3::profile::SharedFiles;
 use crate::upload::s3::sts::StsEndpoint;
-use crate::upload::s3::{CANNED_ACLS, Checksum, CredentialSource, Encryption, S3Config};
+use crate::upload::s3::{
+    CANNED_ACLS, Checksum, CredentialSource, CustomerKey, Encryption, S3Config,
+};
 
 const NATIVE_KEYS: &[&str] = &[
     "kind",
@@ -36,6 +38,7 @@ const S3_KEYS: &[&str] = &[
     "secret_access_key_file",
     "server_side_encryption",
     "sse_kms_key_id",
+    "sse_customer_key_file",
     "acl",
     "ca_cert",
 ];
@@ -185,17 +188,47 @@ impl Reader<'_> {
             path_style: self.get::<bool>(path, table, "path_style"),
             storage_class: self.get::<String>(path, table, "storage_class"),
             checksum: self
-                .get_as(path, table, "checksum", |text: String| {
-                    text.parse::<Checksum>()
-                })
+                .get_as(path, table, "checksum", |text: String| text.parse())
                 .unwrap_or(Checksum::Crc32c),
             credentials: credentials?,
-            encryption: self.encryption(path, table)?,
+            encryption: self.encryption(path, table, base)?,
             acl: self.get_as(path, table, "acl", canned_acl),
             ca_cert: self.ca_cert(path, table, base, Some("AWS_CA_BUNDLE"))?,
         };
         self.bucket_url_problem(path, table, &config)?;
+        self.key_in_clear_problem(path, table, &config)?;
         Some(RemoteConfig::S3(Box::new(config)))
+    }
+
+    /// `None` when an SSE-C key would travel in clear: over plain HTTP beyond this machine (AWS
+    /// and Ceph's gateway refuse it too); a problem is recorded.
+    fn key_in_clear_problem(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        config: &S3Config,
+    ) -> Option<()> {
+        let Some(Encryption::Customer(_)) = config.encryption else {
+            return Some(());
+        };
+        let endpoint = config.endpoint_url().ok()?;
+        let loopback = match endpoint.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        if endpoint.scheme() == "https" || loopback {
+            return Some(());
+        }
+        let key = "sse_customer_key_file";
+        let message = format!(
+            "{key} needs an https endpoint: the key goes with every request, and over {} it \
+             would travel in clear",
+            crate::redact::url(endpoint.as_str())
+        );
+        self.problem(join(path, key), table.get(key).map(Spanned::span), message);
+        None
     }
 
     /// `None` when the bucket and endpoint make no URL (a problem is recorded on the key that
@@ -263,9 +296,18 @@ impl Reader<'_> {
         }
     }
 
-    /// `server_side_encryption` with `sse_kms_key_id`. `None` when they are wrong (a problem is
-    /// recorded), `Some(None)` when encryption is the bucket's default.
-    fn encryption(&mut self, path: &str, table: &DeTable<'_>) -> Option<Option<Encryption>> {
+    /// `server_side_encryption` with `sse_kms_key_id`, or `sse_customer_key_file`. `None` when
+    /// they are wrong (a problem is recorded), `Some(None)` when encryption is the bucket's
+    /// default.
+    fn encryption(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        base: &Path,
+    ) -> Option<Option<Encryption>> {
+        if table.contains_key("sse_customer_key_file") {
+            return self.customer_key(path, table, base).map(Some);
+        }
         let key_id = self.get::<String>(path, table, "sse_kms_key_id");
         if !table.contains_key("server_side_encryption") {
             if key_id.is_some() {
@@ -283,6 +325,27 @@ impl Reader<'_> {
             |algorithm: String| Encryption::parse(&algorithm, key_id),
         )
         .map(Some)
+    }
+
+    /// `sse_customer_key_file`: SSE-C under the key in that file, read now. `None` when it
+    /// cannot be used or other encryption is asked for too (a problem is recorded).
+    fn customer_key(&mut self, path: &str, table: &DeTable<'_>, base: &Path) -> Option<Encryption> {
+        if let Some(other) = ["server_side_encryption", "sse_kms_key_id"]
+            .into_iter()
+            .find(|key| table.contains_key(*key))
+        {
+            let span = table.get(other).map(Spanned::span);
+            let message = format!("give {other} or sse_customer_key_file, not both");
+            self.problem(join(path, other), span, message);
+            return None;
+        }
+        self.get_as(path, table, "sse_customer_key_file", |file: PathBuf| {
+            let file = base.join(file);
+            let content = crate::secret::read_bytes(&file).map_err(|e| crate::error::chain(&e))?;
+            let key = CustomerKey::from_file(&content);
+            key.map_err(|problem| format!("{} {problem}", file.display()))
+        })
+        .map(Encryption::Customer)
     }
 
     /// `ca_cert`: CA certificates to trust beside the system's, read now. Without the key, the

@@ -41,7 +41,7 @@ use url::Url;
 pub use checksum::Checksum;
 use checksum::{ChecksumChoice, Noted, carried, decode_crc32c, encode_crc32c};
 pub use credentials::CredentialSource;
-pub use encryption::Encryption;
+pub use encryption::{CustomerKey, Encryption};
 use request::{Call, Requester};
 
 use super::backend::{
@@ -251,6 +251,17 @@ impl S3Backend {
         Call::new(operation, method, self.located().object_url(key))
     }
 
+    /// `call` with the key SSE-C needs on every request for the object's bytes or checksums:
+    /// UploadPart, HEAD, and CompleteMultipartUpload and ListParts (AWS wants it on those of
+    /// an upload made with a checksum algorithm; Garage lists no CRC32C without it). Unchanged
+    /// under any other encryption.
+    fn keyed(&self, mut call: Call) -> Call {
+        for (name, value) in self.encryption.iter().flat_map(Encryption::key_headers) {
+            call = call.header(name, value);
+        }
+        call
+    }
+
     /// Where requests for the bucket go. AWS's own endpoint is per region: once the server has
     /// named another region for the bucket (`Requester::region`), they go to that region's.
     fn located(&self) -> Cow<'_, Bucket> {
@@ -370,9 +381,9 @@ impl S3Backend {
         Err(BackendError::Setup {
             endpoint: self.requester.endpoint.clone(),
             problem: format!(
-                "{key} not sent: the server stored an earlier upload without the server-side \
-                 encryption asked for ({})",
-                asked.algorithm()
+                "{key} not sent: the server did not confirm the server-side encryption asked \
+                 for ({}) on an earlier upload",
+                asked.name()
             ),
         })
     }
@@ -385,9 +396,8 @@ impl S3Backend {
         headers: &HeaderMap,
         stored: bool,
     ) -> Result<(), BackendError> {
-        let named = header_text(headers, "x-amz-server-side-encryption");
         let asked = self.encryption.as_ref();
-        let Some(problem) = asked.and_then(|asked| asked.unconfirmed(named)) else {
+        let Some(problem) = asked.and_then(|asked| asked.unconfirmed(headers)) else {
             return Ok(());
         };
         self.unencrypted.store(true, Ordering::Relaxed);
@@ -493,7 +503,7 @@ impl S3Backend {
         nonce: &str,
         remote_path: &str,
     ) -> Result<Option<RemoteFile>, BackendError> {
-        let call = self.object(Operation::Query, Method::Head, key);
+        let call = self.keyed(self.object(Operation::Query, Method::Head, key));
         let response = match self.requester.send(call, None).await {
             Ok(response) => response,
             Err(BackendError::Status { status: 404, .. }) => return Ok(None),
@@ -547,13 +557,13 @@ impl S3Backend {
 
     /// A ListParts of the upload of `key`, of at most `max_parts` parts.
     fn parts_page(&self, key: &str, upload_id: &str, max_parts: u32) -> Call {
-        self.object(Operation::Query, Method::Get, key)
+        self.keyed(self.object(Operation::Query, Method::Get, key))
             .query("uploadId", upload_id)
             .query("max-parts", max_parts.to_string())
             .on_session()
     }
 
-    /// Every page of ListParts.
+    /// The parts of a session's upload, from every page of ListParts.
     async fn list_parts(
         &self,
         key: &str,
@@ -571,6 +581,7 @@ impl S3Backend {
             .collect())
     }
 
+    /// Every page of ListParts.
     async fn listed_parts(
         &self,
         key: &str,
@@ -833,7 +844,7 @@ impl Backend for S3Backend {
         };
         let key = self.key(session.remote_path);
         let call = self
-            .object(operation, Method::Put, &key)
+            .keyed(self.object(operation, Method::Put, &key))
             .query("partNumber", part.number.to_string())
             .query("uploadId", upload_id)
             .on_session()
@@ -857,7 +868,7 @@ impl Backend for S3Backend {
         };
         let key = self.key(session.remote_path);
         let mut call = self
-            .object(operation, Method::Post, &key)
+            .keyed(self.object(operation, Method::Post, &key))
             .query("uploadId", upload_id)
             .header("content-type", "application/xml")
             .on_session();

@@ -172,6 +172,17 @@ impl Garage {
         }
     }
 
+    /// The object read through node `index` with `headers` (SSE-C's key): the status and the
+    /// body.
+    pub async fn get_with(
+        &self,
+        index: usize,
+        key: &str,
+        headers: &[(&'static str, String)],
+    ) -> (u16, Vec<u8>) {
+        super::s3::get_with(&self.bucket(index), &keys(), key, headers).await
+    }
+
     /// Creates bucket `name`, which the test's key is not allowed to use.
     pub fn create_bucket(&self, name: &str) {
         self.admin(&["bucket", "create", name]);

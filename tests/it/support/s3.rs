@@ -175,6 +175,11 @@ impl S3Server {
         }
     }
 
+    /// The object read with `headers` (SSE-C's key): the status and the body.
+    pub async fn get_with(&self, key: &str, headers: &[(&'static str, String)]) -> (u16, Vec<u8>) {
+        get_with(&self.bucket(BUCKET), &self.keys(), key, headers).await
+    }
+
     /// The keys under `prefix`, as the server lists them (ListObjectsV2, one page: a GET of
     /// the bucket, signed as the GetObject of the empty key).
     pub async fn list(&self, prefix: &str) -> Vec<String> {
@@ -327,6 +332,27 @@ impl S3Server {
 }
 
 /// The server's processes, the one serving S3 last. Blocking.
+/// A GET of `key` in `bucket` with `headers`, signed and sent (as SSE-C's key must be): the
+/// status and the body.
+pub async fn get_with(
+    bucket: &Bucket,
+    keys: &Credentials,
+    key: &str,
+    headers: &[(&'static str, String)],
+) -> (u16, Vec<u8>) {
+    let mut action = rusty_s3::actions::GetObject::new(bucket, Some(keys), key);
+    for (name, value) in headers {
+        action.headers_mut().insert(*name, value.clone());
+    }
+    let mut request = client().get(action.sign(SIGNED_FOR));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
 fn spawn(flavor: Flavor, port: u16, dir: &Path, keys: &(String, String)) -> Processes {
     let (key_id, secret) = keys;
     let mut command = match flavor {
