@@ -386,6 +386,43 @@ fn customer_key_in(dir: &Path) -> (String, Encryption) {
     )
 }
 
+/// A session made under one customer key cannot take parts under another (Garage refuses them
+/// `400 InvalidRequest`, and the file used to fail at every push for good): after the key is
+/// changed, a push starts a new upload under the new key. The old one is left to `ferry
+/// cleanup` as an orphan (Garage drops it itself once the new object is complete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_customer_key_starts_the_upload_afresh() {
+    let garage = Garage::start(1).await;
+    let node = garage.endpoint(0);
+    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (keyed, old) = customer_key_in(dir.path());
+    let remote = garage.remote_toml_in("s3", 0, dir.path()) + &keyed;
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, remote.replace(&node, &proxy.url)).unwrap();
+    proxy.set_throttle(4 * MIB);
+    let (data, local) = (dir.path().join("data"), dir.path().join("rekeyed.bin"));
+    random_file(&local, 30 * MIB, 24);
+    killed_push(&config, &data, &local, 3, &proxy).await;
+    proxy.set_throttle(0);
+
+    let (_, new) = customer_key_in(dir.path());
+    let mark = proxy.mark();
+    let output = push(&config, &data, &local).output().unwrap();
+    let summary = summary(&output);
+    assert_eq!(summary["files"][0]["parts_resumed"], 0, "{summary}");
+    assert_eq!(creates(&proxy.log()[mark..]), 1, "a new upload");
+
+    let (status, body) = garage.get_with(0, "rekeyed.bin", &new.key_headers()).await;
+    assert_eq!(status, 200);
+    assert!(
+        body == std::fs::read(&local).unwrap(),
+        "the object is the file"
+    );
+    let (status, _) = garage.get_with(0, "rekeyed.bin", &old.key_headers()).await;
+    assert!(status >= 400, "not readable with the old key: {status}");
+}
+
 /// `ferry push` of `locals` to `remote`, which must succeed.
 fn push_keyed(dir: &Path, name: &str, remote: &str, locals: &[PathBuf]) {
     let config = dir.join(format!("{name}.toml"));

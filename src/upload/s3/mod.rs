@@ -748,8 +748,15 @@ impl Backend for S3Backend {
         &self.requester.endpoint
     }
 
+    /// The bucket and prefix, and an SSE-C key's MD5: an upload made under one customer key
+    /// takes no part under another, so after the key changes sessions start afresh (the old
+    /// upload left to `ferry cleanup`).
     fn identity(&self) -> String {
-        format!("s3 {} {}", self.bucket.base_url(), self.prefix)
+        let identity = format!("s3 {} {}", self.bucket.base_url(), self.prefix);
+        match &self.encryption {
+            Some(Encryption::Customer(key)) => format!("{identity} sse-c {}", key.md5()),
+            _ => identity,
+        }
     }
 
     fn up_front(&self) -> UpFront {
