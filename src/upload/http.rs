@@ -17,7 +17,8 @@
 //! MinIO), which is always reached directly, as Go's HTTP client does: no proxy can reach it.
 //!
 //! Replies: a header's text (`header_text`) and `Retry-After` (`retry_after`), read the same
-//! way by both backends.
+//! way by both backends, and a body read to at most `MAX_REPLY_BYTES` (`body`), so a broken or
+//! hostile server cannot make Ferry hold an endless one.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -30,6 +31,44 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+/// The most of a reply's body that is read: far above any reply Ferry needs (a page of 1,000
+/// listed parts is about 300 KiB).
+pub const MAX_REPLY_BYTES: usize = 8 << 20;
+
+/// Why a reply's body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the reply's body was cut off")]
+    Transport(#[source] reqwest::Error),
+    #[error("the reply's body is over {} MiB", MAX_REPLY_BYTES >> 20)]
+    TooLarge,
+}
+
+/// A reply's body, chunk by chunk as it arrives, refused once it is over `MAX_REPLY_BYTES`
+/// (or says it will be), before more of it is held.
+pub async fn body(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_REPLY_BYTES as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error reply's body as text, for its message: empty when it cannot be read or is too large.
+pub async fn error_text(response: reqwest::Response) -> String {
+    let body = body(response).await.unwrap_or_default();
+    String::from_utf8_lossy(&body).into_owned()
+}
 
 /// The text of header `name` in a reply, if it is there and is text.
 pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {

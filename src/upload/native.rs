@@ -15,6 +15,7 @@ use super::backend::{
     PartReceipt, PartSpec, Rejection, RemoteFile, RemotePart, RemoteSession, SessionRef,
     SessionStatus,
 };
+use super::http::BodyError;
 use super::retry::classify_status;
 use crate::protocol::{
     CompleteRequest, CompleteResponse, ErrorBody, ErrorCode, InitRequest, InitResponse,
@@ -129,7 +130,7 @@ impl NativeBackend {
         let status = response.status();
         let retry_after =
             super::http::retry_after(response.headers(), jiff::Timestamp::now().as_millisecond());
-        let text = response.text().await.unwrap_or_default();
+        let text = super::http::error_text(response).await;
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => (body.error.code, body.error.message),
             Err(_) => (
@@ -154,10 +155,9 @@ impl NativeBackend {
         operation: Operation,
         response: Response,
     ) -> Result<T, BackendError> {
-        let bytes = response
-            .bytes()
+        let bytes = super::http::body(response)
             .await
-            .map_err(|error| self.transport(operation, error))?;
+            .map_err(|error| body_error(operation, &self.endpoint, error))?;
         serde_json::from_slice(&bytes).map_err(|error| self.invalid(operation, error.to_string()))
     }
 
@@ -190,6 +190,19 @@ fn rejection(code: &str) -> Option<Rejection> {
 
 /// A request that got no answer, for every reqwest backend: the URL, which may carry
 /// credentials or a signature, is dropped from the error.
+/// A reply's body that could not be read: cut off on the way (as a transport error), or over
+/// the limit (the server breaks the protocol).
+pub(crate) fn body_error(operation: Operation, endpoint: &str, error: BodyError) -> BackendError {
+    match error {
+        BodyError::Transport(error) => transport_error(operation, endpoint, error),
+        BodyError::TooLarge => BackendError::InvalidReply {
+            operation,
+            endpoint: endpoint.to_string(),
+            problem: error.to_string(),
+        },
+    }
+}
+
 pub(crate) fn transport_error(
     operation: Operation,
     endpoint: &str,

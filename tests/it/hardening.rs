@@ -1,6 +1,7 @@
 //! What hostile or unlucky folders and configurations do to the daemon (issue #9): only what
 //! the user put in a watched folder leaves the machine, nothing blocks a worker, and what would
-//! loop, overflow or fail at run time is refused by `ferry config check`.
+//! loop, overflow or fail at run time is refused by `ferry config check`. And what a hostile
+//! remote's replies do: no more than a few MiB of one is ever held.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -561,4 +562,108 @@ async fn a_store_damaged_while_stopped_is_reported_not_silently_reset() {
     let said = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{said}");
     assert!(said.contains("another ferry process is using it"), "{said}");
+}
+
+/// A remote that answers with a body that never ends (an S3 remote and a native one): each
+/// reply is read chunk by chunk and refused once it is over 8 MiB, so the push fails at once,
+/// saying why, and never holds more than that (peak RSS about 29 MiB). Read whole, such a
+/// reply grew until the 60 s request timeout: past 3.7 GB in 11 s on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_answers_an_endless_body_is_refused_in_bounded_memory() {
+    let server = endless_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("six.bin");
+    random_file(&local, 6 * MIB, 3);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "secret\n").unwrap();
+    let config = dir.path().join("config.toml");
+    let remote = format!(
+        "[remotes.s3]\nkind = \"s3\"\nendpoint = \"{server}\"\nregion = \"us-east-1\"\nbucket = \"hostile\"\naccess_key_id = \"AK\"\nsecret_access_key_file = \"{}\"\n",
+        secret.display()
+    );
+    std::fs::write(&config, remote).unwrap();
+    let token = token_file(dir.path());
+    let s3 = [
+        "--config",
+        path(&config),
+        "push",
+        "--remote",
+        "s3",
+        "--chunk-size",
+        "5MiB",
+    ];
+    let native = ["push", "--url", &server, "--token-file", path(&token)];
+    for (kind, args) in [("s3", &s3[..]), ("native", &native[..])] {
+        let started = Instant::now();
+        let (code, peak_kib, stderr) = measured_push(args, &dir.path().join(kind), &local);
+        assert_eq!(code, Some(1), "{kind}: {stderr}");
+        let said = "sent an invalid reply: the reply's body is over 8 MiB";
+        assert!(stderr.contains(said), "{kind}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{kind}: no retries"
+        );
+        assert!(peak_kib < 64 * 1024, "{kind}: peak RSS {peak_kib} KiB");
+    }
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `ferry <args>` pushing `local` with its data in `data`: its exit code, its peak resident
+/// memory in KiB, and what it printed to stderr.
+fn measured_push(args: &[&str], data: &Path, local: &Path) -> (Option<i32>, i64, String) {
+    std::fs::create_dir_all(data).unwrap();
+    let stderr = data.join("stderr");
+    let mut push = std::process::Command::new(ferry_bin());
+    push.args(args).arg("--data-dir").arg(data).arg(local);
+    push.stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let (code, peak_kib) = run_measured(push);
+    (code, peak_kib, std::fs::read_to_string(&stderr).unwrap())
+}
+
+/// Runs `command` to its end: its exit code and its peak resident memory, in KiB.
+fn run_measured(mut command: std::process::Command) -> (Option<i32>, i64) {
+    // Waited for below with wait4, which std's `Child` cannot do.
+    let pid = command.spawn().unwrap().id() as libc::pid_t;
+    let (mut status, mut usage) = (0, std::mem::MaybeUninit::<libc::rusage>::zeroed());
+    // SAFETY: `pid` is our child, not yet waited for; wait4 fills `status` and `usage`.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
+    assert_eq!(waited, pid);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    // SAFETY: wait4 succeeded, so it filled `usage`.
+    (code, unsafe { usage.assume_init() }.ru_maxrss)
+}
+
+/// An HTTP server on loopback that answers every request `200` with a body that never ends.
+async fn endless_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(answer_endlessly(stream));
+        }
+    });
+    url
+}
+
+/// Reads a request's head, then writes 64 KiB chunks until the client goes.
+async fn answer_endlessly(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut head, mut buffer) = (Vec::new(), [0u8; 4096]);
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => head.extend_from_slice(&buffer[..read]),
+        }
+    }
+    let start =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+    let mut sent = stream.write_all(start.as_bytes()).await;
+    while sent.is_ok() {
+        sent = stream.write_all(chunk.as_bytes()).await;
+    }
 }

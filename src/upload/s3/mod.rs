@@ -289,10 +289,7 @@ impl S3Backend {
         operation: Operation,
         response: reqwest::Response,
     ) -> Result<T, BackendError> {
-        let text = response
-            .text()
-            .await
-            .map_err(|error| self.requester.transport(operation, error))?;
+        let text = self.requester.text(operation, response).await?;
         xml::parse(&text).map_err(|problem| self.invalid(operation, problem))
     }
 
@@ -487,10 +484,7 @@ impl S3Backend {
     async fn complete_reply(&self, response: reqwest::Response) -> Result<(), BackendError> {
         let operation = Operation::Complete;
         let headers = response.headers().clone();
-        let text = response
-            .text()
-            .await
-            .map_err(|error| self.requester.transport(operation, error))?;
+        let text = self.requester.text(operation, response).await?;
         match xml::error_in(&text) {
             Some(reply) => Err(self.requester.error(operation, 200, reply, &headers, true)),
             None => Ok(()),

@@ -202,6 +202,18 @@ impl Requester {
         crate::upload::native::transport_error(operation, &self.endpoint, error)
     }
 
+    /// The body of the reply to `operation`, as text (see `http::body` for its limit).
+    pub async fn text(
+        &self,
+        operation: Operation,
+        response: Response,
+    ) -> Result<String, BackendError> {
+        let body = crate::upload::http::body(response).await;
+        let body =
+            body.map_err(|e| crate::upload::native::body_error(operation, &self.endpoint, e))?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// An error reply to a request signed as `signed` says, typed; learns the clock skew and
     /// the bucket's region, and drops expired keys, on the way.
     async fn refusal(
@@ -213,7 +225,7 @@ impl Requester {
     ) -> BackendError {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
+        let text = crate::upload::http::error_text(response).await;
         let reply = xml::error_in(&text).unwrap_or_else(|| xml::ErrorReply {
             message: text.chars().take(MAX_ERROR_TEXT).collect(),
             ..xml::ErrorReply::default()
