@@ -880,10 +880,17 @@ async fn a_file_changed_mid_upload_lands_as_its_new_content_and_leaves_no_open_u
         let report = upload.await.unwrap().unwrap();
         assert_eq!(report.size, 30 * MIB, "{flavor:?}");
         assert_stored(&server, "changed/changed.bin", &new, &format!("{flavor:?}")).await;
+        // Started over, more than once if the rewrite (not atomic) was still going on when the
+        // next upload began; every upload but the last aborted.
         let log = proxy.log();
-        assert_eq!(creates(&log), 2, "{flavor:?}: started over once: {log:#?}");
+        let creates = creates(&log);
+        assert!(creates >= 2, "{flavor:?}: started over: {log:#?}");
         let aborted = log.iter().filter(|seen| seen.method == "DELETE").count();
-        assert_eq!(aborted, 1, "{flavor:?}: the first upload aborted: {log:#?}");
+        assert_eq!(
+            aborted,
+            creates - 1,
+            "{flavor:?}: the others aborted: {log:#?}"
+        );
         let direct = S3Backend::new(&server.config("")).unwrap();
         assert_eq!(open_ids(&direct).await, Vec::<String>::new(), "{flavor:?}");
     }
