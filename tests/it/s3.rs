@@ -386,20 +386,27 @@ fn customer_key_in(dir: &Path) -> (String, Encryption) {
     )
 }
 
+/// A one-node Garage behind a proxy, and `config.toml` in `dir` with a remote `s3` on it through
+/// the proxy under a new customer key, the encryption that is.
+async fn keyed_garage(dir: &Path) -> (Garage, FaultProxy, PathBuf, Encryption) {
+    let garage = Garage::start(1).await;
+    let node = garage.endpoint(0);
+    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
+    let (keyed, key) = customer_key_in(dir);
+    let remote = garage.remote_toml_in("s3", 0, dir) + &keyed;
+    let config = dir.join("config.toml");
+    std::fs::write(&config, remote.replace(&node, &proxy.url)).unwrap();
+    (garage, proxy, config, key)
+}
+
 /// A session made under one customer key cannot take parts under another (Garage refuses them
 /// `400 InvalidRequest`, and the file used to fail at every push for good): after the key is
 /// changed, a push starts a new upload under the new key. The old one is left to `ferry
 /// cleanup` as an orphan (Garage drops it itself once the new object is complete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_customer_key_starts_the_upload_afresh() {
-    let garage = Garage::start(1).await;
-    let node = garage.endpoint(0);
-    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
-    let (keyed, old) = customer_key_in(dir.path());
-    let remote = garage.remote_toml_in("s3", 0, dir.path()) + &keyed;
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, remote.replace(&node, &proxy.url)).unwrap();
+    let (garage, proxy, config, old) = keyed_garage(dir.path()).await;
     proxy.set_throttle(4 * MIB);
     let (data, local) = (dir.path().join("data"), dir.path().join("rekeyed.bin"));
     random_file(&local, 30 * MIB, 24);
@@ -715,14 +722,8 @@ async fn resumed_after_a_kill(config: &Path, proxy: &FaultProxy) -> PathBuf {
 /// algorithm; Garage lists no CRC32C without it), and the object reads back whole with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_with_a_customer_key_killed_mid_way_resumes_without_resending_listed_parts() {
-    let garage = Garage::start(1).await;
-    let node = garage.endpoint(0);
-    let proxy = FaultProxy::start(node.trim_start_matches("http://").parse().unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
-    let (keyed, ours) = customer_key_in(dir.path());
-    let remote = garage.remote_toml_in("s3", 0, dir.path()) + &keyed;
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, remote.replace(&node, &proxy.url)).unwrap();
+    let (garage, proxy, config, ours) = keyed_garage(dir.path()).await;
     let local = resumed_after_a_kill(&config, &proxy).await;
     let log = proxy.log();
     let keyed = |seen: &&Seen| {
