@@ -188,8 +188,6 @@ fn rejection(code: &str) -> Option<Rejection> {
     }
 }
 
-/// A request that got no answer, for every reqwest backend: the URL, which may carry
-/// credentials or a signature, is dropped from the error.
 /// A reply's body that could not be read: cut off on the way (as a transport error), or over
 /// the limit (the server breaks the protocol).
 pub(crate) fn body_error(operation: Operation, endpoint: &str, error: BodyError) -> BackendError {
@@ -203,6 +201,8 @@ pub(crate) fn body_error(operation: Operation, endpoint: &str, error: BodyError)
     }
 }
 
+/// A request that got no answer, for every reqwest backend: the URL, which may carry
+/// credentials or a signature, is dropped from the error.
 pub(crate) fn transport_error(
     operation: Operation,
     endpoint: &str,
