@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::{Setup, wait_for_copy};
+use crate::support::endless;
 use crate::support::*;
 
 const ARRIVAL: Duration = Duration::from_secs(20);
@@ -570,7 +571,7 @@ async fn a_store_damaged_while_stopped_is_reported_not_silently_reset() {
 /// reply grew until the 60 s request timeout: past 3.7 GB in 11 s on loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_that_answers_an_endless_body_is_refused_in_bounded_memory() {
-    let server = endless_server().await;
+    let server = endless::server().await;
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("six.bin");
     random_file(&local, 6 * MIB, 3);
@@ -604,15 +605,11 @@ async fn a_remote_that_answers_an_endless_body_is_refused_in_bounded_memory() {
             "{kind}: no retries"
         );
         assert!(
-            peak_kib <= PEAK_LIMIT_KIB,
+            peak_kib <= endless::PEAK_LIMIT_KIB,
             "{kind}: peak RSS {peak_kib} KiB"
         );
     }
 }
-
-/// The most a push may hold while refusing an endless reply: its own 30 MiB or so, the 8 MiB it
-/// reads of the reply, and room to spare.
-const PEAK_LIMIT_KIB: u64 = 64 * 1024;
 
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -627,72 +624,6 @@ async fn measured_push(args: &[&str], data: &Path, local: &Path) -> (Option<i32>
     push.args(args).arg("--data-dir").arg(data).arg(local);
     push.stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap());
-    let (code, peak_kib) = run_measured(push).await;
+    let (code, peak_kib) = endless::run_measured(push).await;
     (code, peak_kib, std::fs::read_to_string(&stderr).unwrap())
-}
-
-/// Runs `command` (ferry) to its end, or kills it once it holds over `PEAK_LIMIT_KIB`: its exit
-/// code and the most resident memory it was seen to hold, in KiB: its `VmHWM`, read every 2 ms
-/// while it runs. (The child's own `ru_maxrss` would count the test process it was spawned
-/// from, which `cargo test` shares among tests.)
-async fn run_measured(mut command: std::process::Command) -> (Option<i32>, u64) {
-    let mut child = command.spawn().unwrap();
-    let status = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0;
-    loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            return (exit.code(), peak_kib);
-        }
-        let text = std::fs::read_to_string(&status).unwrap_or_default();
-        peak_kib = peak_kib.max(ferrys_peak_kib(&text).unwrap_or(0));
-        if peak_kib > PEAK_LIMIT_KIB {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (None, peak_kib);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// `VmHWM` in a `/proc/PID/status`, once the process is ferry (not yet, just before its exec).
-fn ferrys_peak_kib(status: &str) -> Option<u64> {
-    let field = |name: &str| {
-        let line = status.lines().find(|line| line.starts_with(name))?;
-        Some(line[name.len()..].trim().to_string())
-    };
-    if field("Name:")? != "ferry" {
-        return None;
-    }
-    field("VmHWM:")?.trim_end_matches(" kB").parse().ok()
-}
-
-/// An HTTP server on loopback that answers every request `200` with a body that never ends.
-async fn endless_server() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer_endlessly(stream));
-        }
-    });
-    url
-}
-
-/// Reads a request's head, then writes 64 KiB chunks until the client goes.
-async fn answer_endlessly(mut stream: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut head, mut buffer) = (Vec::new(), [0u8; 4096]);
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => head.extend_from_slice(&buffer[..read]),
-        }
-    }
-    let start =
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
-    let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
-    let mut sent = stream.write_all(start.as_bytes()).await;
-    while sent.is_ok() {
-        sent = stream.write_all(chunk.as_bytes()).await;
-    }
 }

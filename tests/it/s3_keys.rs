@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::s3::{assert_stored, proxy_before, push};
 use crate::support::fault_proxy::{Fault, FaultProxy, query_param};
-use crate::support::random_file;
 use crate::support::s3::{ACCESS_KEY, BUCKET, Flavor, IamAccount, S3Server, SECRET_KEY};
+use crate::support::{endless, random_file};
 
 /// `dir/config.toml` with one S3 remote `s3` on `endpoint` that names no keys, and `more`
 /// (its own further keys, then any other tables).
@@ -541,6 +541,34 @@ fn no_instance_metadata_service_means_no_keys() {
     let said = "no S3 credentials found in the AWS default chain";
     assert!(stderr.contains(said), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+}
+
+/// A metadata service that answers with a body that never ends (broken, or hostile) is read to
+/// 8 MiB at most, as a remote is: the push finds no keys at once and holds no more than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_service_answering_an_endless_body_is_refused_in_bounded_memory() {
+    let metadata = endless::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyless_remote(dir.path(), "http://127.0.0.1:9", "");
+    let local = dir.path().join("endless.bin");
+    random_file(&local, 1024, 64);
+    let stderr = dir.path().join("stderr");
+    let mut command = push(&config, &dir.path().join("data"), &local);
+    with_aws_files(&mut command, dir.path(), None)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &metadata)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let started = Instant::now();
+    let (code, peak_kib) = endless::run_measured(command).await;
+    let stderr = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    let said = "no S3 credentials found in the AWS default chain";
+    assert!(stderr.contains(said), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    assert!(
+        peak_kib <= endless::PEAK_LIMIT_KIB,
+        "peak RSS {peak_kib} KiB"
+    );
 }
 
 /// A remote's `profile` that neither shared file has is refused by `ferry config check`, naming

@@ -151,7 +151,7 @@ impl Credentials {
             .map_err(|error| format!("cannot build the credential client: {error}"))?;
         let context = Context::new()
             .with_file_read(FileRead)
-            .with_http_send(reqsign_http_send_reqwest::ReqwestHttpSend::new(client))
+            .with_http_send(HttpSend(client))
             .with_env(OsEnv);
         let shared = Shared {
             provider: provider(&context, source),
@@ -307,6 +307,32 @@ impl reqsign_core::FileRead for FileRead {
         tokio::fs::read(path).await.map_err(|error| {
             reqsign_core::Error::unexpected(format!("cannot read {path}")).with_source(error)
         })
+    }
+}
+
+/// The credential services (STS, ECS, SSO, EC2 metadata) are asked on our reqwest, and their
+/// replies read as the remotes' are: to `http::MAX_REPLY_BYTES` at most, so a broken or
+/// hostile service cannot make the daemon hold an endless body.
+#[derive(Debug)]
+struct HttpSend(reqwest::Client);
+
+impl reqsign_core::HttpSend for HttpSend {
+    async fn http_send(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> reqsign_core::Result<http::Response<bytes::Bytes>> {
+        let failed = |what: &str| reqsign_core::Error::unexpected(what.to_string());
+        let request = reqwest::Request::try_from(request)
+            .map_err(|error| failed("cannot make the request").with_source(error))?;
+        let response = self.0.execute(request).await;
+        let response = response.map_err(|error| failed("no answer").with_source(error))?;
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = crate::upload::http::body(response).await;
+        let body = body.map_err(|error| failed("cannot read the reply").with_source(error))?;
+        let mut reply = http::Response::new(bytes::Bytes::from(body));
+        *reply.status_mut() = status;
+        *reply.headers_mut() = headers;
+        Ok(reply)
     }
 }
 

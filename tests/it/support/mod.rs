@@ -8,6 +8,7 @@ pub use ports::free_port;
 pub mod api;
 pub mod ceph;
 pub mod daemon;
+pub mod endless;
 pub mod fault_proxy;
 #[path = "../../../benches/support/files.rs"]
 mod files;
