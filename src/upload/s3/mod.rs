@@ -301,7 +301,7 @@ impl S3Backend {
         }
     }
 
-    /// The headers of a new object: its type, metadata, storage class, checksum algorithm.
+    /// The headers of a new object: its type, metadata, storage class, encryption and ACL.
     fn object_headers(
         &self,
         mut call: Call,
@@ -317,6 +317,26 @@ impl S3Backend {
         if let Some(mime) = &request.mime_type {
             call = call.header("content-type", mime.clone());
         }
+        call = self.metadata_headers(call, request)?;
+        if let Some(class) = &self.storage_class {
+            call = call.header("x-amz-storage-class", class.clone());
+        }
+        for (name, value) in self.encryption.iter().flat_map(Encryption::headers) {
+            call = call.header(name, value);
+        }
+        if let Some(acl) = &self.acl {
+            call = call.header("x-amz-acl", acl.clone());
+        }
+        Ok(call)
+    }
+
+    /// The watch's metadata as `x-amz-meta-*`, and the file's modification time as rclone keeps
+    /// it unless the metadata names one.
+    fn metadata_headers(
+        &self,
+        mut call: Call,
+        request: &CreateRequest,
+    ) -> Result<Call, BackendError> {
         for (name, value) in &request.metadata {
             let name = meta_name(name).ok_or_else(|| BackendError::Setup {
                 endpoint: self.requester.endpoint.clone(),
@@ -332,15 +352,6 @@ impl S3Backend {
             .any(|k| k.eq_ignore_ascii_case("mtime"));
         if let Some(mtime_ns) = request.mtime_ns.filter(|_| !mtime_given) {
             call = call.header(MTIME_META, mtime_value(mtime_ns));
-        }
-        if let Some(class) = &self.storage_class {
-            call = call.header("x-amz-storage-class", class.clone());
-        }
-        for (name, value) in self.encryption.iter().flat_map(Encryption::headers) {
-            call = call.header(name, value);
-        }
-        if let Some(acl) = &self.acl {
-            call = call.header("x-amz-acl", acl.clone());
         }
         Ok(call)
     }
