@@ -874,8 +874,14 @@ async fn a_file_changed_mid_upload_lands_as_its_new_content_and_leaves_no_open_u
             sent.filter(|seen| seen.finished.is_some()).count() >= 2
         })
         .await;
-        // Rewritten in place: the same inode, new content and mtime.
-        std::fs::write(&local, std::fs::read(&new).unwrap()).unwrap();
+        // Rewritten in place: the same inode and size (no truncation, which an upload could
+        // catch as an empty file), new content and mtime. The mtime is set once more after the
+        // write, so an upload that began while the write went on sees a change at its end.
+        let mut file = std::fs::File::options().write(true).open(&local).unwrap();
+        std::io::Write::write_all(&mut file, &std::fs::read(&new).unwrap()).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(1);
+        file.set_modified(later).unwrap();
+        drop(file);
         proxy.set_throttle(0);
 
         let report = upload.await.unwrap().unwrap();
