@@ -255,11 +255,8 @@ impl S3Backend {
     /// UploadPart, HEAD, and CompleteMultipartUpload and ListParts (AWS wants it on those of
     /// an upload made with a checksum algorithm; Garage lists no CRC32C without it). Unchanged
     /// under any other encryption.
-    fn keyed(&self, mut call: Call) -> Call {
-        for (name, value) in self.encryption.iter().flat_map(Encryption::key_headers) {
-            call = call.header(name, value);
-        }
-        call
+    fn keyed(&self, call: Call) -> Call {
+        call.headers(self.encryption.iter().flat_map(Encryption::key_headers))
     }
 
     /// Where requests for the bucket go. AWS's own endpoint is per region: once the server has
@@ -321,9 +318,7 @@ impl S3Backend {
         if let Some(class) = &self.storage_class {
             call = call.header("x-amz-storage-class", class.clone());
         }
-        for (name, value) in self.encryption.iter().flat_map(Encryption::headers) {
-            call = call.header(name, value);
-        }
+        call = call.headers(self.encryption.iter().flat_map(Encryption::headers));
         if let Some(acl) = &self.acl {
             call = call.header("x-amz-acl", acl.clone());
         }

@@ -71,6 +71,13 @@ impl Call {
         self
     }
 
+    pub fn headers(mut self, headers: impl IntoIterator<Item = (&'static str, String)>) -> Call {
+        for (name, value) in headers {
+            self.headers.insert(name.into(), value);
+        }
+        self
+    }
+
     pub fn on_session(mut self) -> Call {
         self.on_session = true;
         self
