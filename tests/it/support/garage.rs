@@ -161,15 +161,8 @@ impl Garage {
 
     /// The object's bytes, read through node `index`.
     pub async fn get(&self, index: usize, key: &str) -> Option<Vec<u8>> {
-        let bucket = self.bucket(index);
-        let url = rusty_s3::actions::GetObject::new(&bucket, Some(&keys()), key)
-            .sign(Duration::from_secs(600));
-        let response = client().get(url).send().await.unwrap();
-        match response.status().as_u16() {
-            404 => None,
-            200 => Some(response.bytes().await.unwrap().to_vec()),
-            other => panic!("GET {key} through node {index}: {other}"),
-        }
+        let got = self.get_with(index, key, &[]).await;
+        super::s3::found(got, &format!("{key} through node {index}"))
     }
 
     /// The object read through node `index` with `headers` (SSE-C's key): the status and the

@@ -164,15 +164,7 @@ impl S3Server {
 
     /// The object's bytes, read through the server; `None` if it is not there.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let bucket = self.bucket(BUCKET);
-        let keys = self.keys();
-        let url = rusty_s3::actions::GetObject::new(&bucket, Some(&keys), key).sign(SIGNED_FOR);
-        let response = client().get(url).send().await.unwrap();
-        match response.status().as_u16() {
-            404 => None,
-            200 => Some(response.bytes().await.unwrap().to_vec()),
-            other => panic!("GET {key}: {other}"),
-        }
+        found(self.get_with(key, &[]).await, key)
     }
 
     /// The object read with `headers` (SSE-C's key): the status and the body.
@@ -332,6 +324,16 @@ impl S3Server {
 }
 
 /// The server's processes, the one serving S3 last. Blocking.
+/// The body of a GET's reply (`got`, from `get_with`) of `what`: `None` for a 404; any status
+/// but those two fails the test.
+pub fn found((status, body): (u16, Vec<u8>), what: &str) -> Option<Vec<u8>> {
+    match status {
+        404 => None,
+        200 => Some(body),
+        other => panic!("GET {what}: {other}"),
+    }
+}
+
 /// A GET of `key` in `bucket` with `headers`, signed and sent (as SSE-C's key must be): the
 /// status and the body.
 pub async fn get_with(
