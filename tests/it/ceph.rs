@@ -1,7 +1,7 @@
 //! The S3 backend against an old server: Ceph 16.2's RADOS gateway, which has no flexible
 //! checksums (it stores a body whatever its `x-amz-checksum-crc32c` says) and checks
-//! `Content-MD5`. Bodies are damaged on the way by the fault proxy; every object is read back
-//! through the gateway.
+//! `Content-MD5`; and s3s-fs, which checks neither for a part. Bodies are damaged on the way
+//! by the fault proxy; every object is read back through the server.
 
 use std::sync::{Arc, Mutex};
 
@@ -110,4 +110,34 @@ async fn a_server_that_ignores_crc32c_is_sent_content_md5_instead() {
     // Damaged with its CRC32C ignored, then whole with its MD5.
     assert_eq!(puts_of(&proxy, "whole.bin", None), 2);
     assert_eq!(puts_of(&proxy, "parts.bin", Some(2)), 2);
+}
+
+/// The default `checksum = "crc32c"` to servers that do not check a part's CRC32C, a file in
+/// parts first: neither Ceph's gateway nor s3s-fs names the algorithm back at
+/// CreateMultipartUpload, so that upload is aborted and opened again without it, and the
+/// parts carry their MD5. The damaged part is refused (by the gateway, `BadDigest`; from
+/// s3s-fs, by its ETag, not the MD5 sent) and sent again. Before, both stored it damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_keep_crc32c_for_an_upload_gets_its_parts_md5() {
+    for flavor in [Flavor::S3sFs, Flavor::CephRgw] {
+        let server = S3Server::start(flavor).await;
+        let proxy = proxy_before(&server).await;
+        damage_once(&proxy, |head| {
+            head.method == "PUT" && head.part_number == Some(2)
+        });
+        let (engine, _) = engine(&server, &proxy, Checksum::Crc32c);
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("parts.bin");
+        random_file(&local, 12 * MIB, 18);
+        let report = engine.upload(&local, "parts.bin").await.unwrap();
+        assert_eq!(report.parts, 3, "{flavor:?}");
+        assert_stored(&server, "old/parts.bin", &local, &format!("{flavor:?}")).await;
+        let log = proxy.log();
+        let calls = log.iter().filter(|seen| seen.part_number.is_none());
+        let methods: Vec<&str> = calls.map(|seen| seen.method.as_str()).collect();
+        let reopened = ["POST", "DELETE", "POST"];
+        assert_eq!(methods[..3], reopened, "{flavor:?}: {log:#?}");
+        let part_2 = puts_of(&proxy, "parts.bin", Some(2));
+        assert_eq!(part_2, 2, "{flavor:?}: the damaged part sent again");
+    }
 }

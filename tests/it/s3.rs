@@ -839,7 +839,11 @@ async fn an_upload_aborted_just_before_its_complete_starts_over() {
             "{flavor:?}: sent in parts again: {report:?}"
         );
         let log = proxy.log();
-        assert_eq!(creates(&log), 2, "{flavor:?}: started over once: {log:#?}");
+        // s3s-fs does not name the CRC32C algorithm back: its first upload is opened again
+        // without it (`checksum.rs`).
+        let reopened = usize::from(flavor == Flavor::S3sFs);
+        let started_over = creates(&log) - reopened;
+        assert_eq!(started_over, 2, "{flavor:?}: started over once: {log:#?}");
         assert!(started.elapsed() < Duration::from_secs(30), "{flavor:?}");
         let local = dir.path().join("late.bin");
         assert_stored(&server, "late/late.bin", &local, &format!("{flavor:?}")).await;

@@ -1,13 +1,15 @@
 //! Which checksum the server checks each body against: the configured one, until a server is
 //! seen to ignore CRC32C.
 //!
-//! A server without flexible checksums (Ceph RGW 16.2, older clones) takes
+//! A server without flexible checksums (Ceph RGW 16.2, s3s-fs for parts, older clones) takes
 //! `x-amz-checksum-crc32c` without a word and stores whatever bytes arrived. A server that
-//! checks the header names the CRC32C back in its reply to a whole-file PUT (AWS documents it;
-//! Garage, s3s-fs and moto do it in the tests). Replies to parts are no sign: s3s-fs checks a
-//! part's CRC32C but leaves it out of the reply. So a whole-file PUT answered without it turns
-//! the remote over to `Content-MD5`, which every S3 checks, for the rest of the process, and
-//! that body is sent again.
+//! checks it says so: it names the CRC32C back in its reply to a whole-file PUT, and the
+//! algorithm back in its reply to a CreateMultipartUpload that asked for it (AWS documents
+//! both; Garage and MinIO do both, s3s-fs only the first; moto names both back without
+//! checking). So such a reply without it turns the remote over to `Content-MD5`, which
+//! every S3 checks or answers with an ETag that is the MD5, for the rest of the process: the
+//! body is sent again, the upload opened again. Replies to parts are no sign of their own:
+//! a server that kept the algorithm at create checks each part.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -75,10 +77,10 @@ impl ChecksumChoice {
         }
     }
 
-    /// Takes note of a reply to a body sent with `sent`. When it shows the server ignored the
-    /// CRC32C, bodies carry MD5 from then on.
-    pub(super) fn note(&self, sent: Checksum, operation: Operation, echoed: bool) -> Noted {
-        if !crc_ignored(sent, operation, echoed) {
+    /// Takes note of the reply to `operation`, sent with `sent`. When it shows the server
+    /// ignores CRC32C, bodies carry MD5 from then on.
+    pub(super) fn note(&self, sent: Checksum, operation: Operation, named: bool) -> Noted {
+        if !crc_ignored(sent, operation, named) {
             return Noted::Checked;
         }
         let first = !self.crc_ignored.swap(true, Ordering::Relaxed);
@@ -105,10 +107,12 @@ pub(super) fn carried(current: Checksum, sums: PartSums) -> Checksum {
     }
 }
 
-/// Whether the reply to `operation`, a body sent with `sent`, shows that the server did not
-/// check its CRC32C: a whole-file PUT answered without `x-amz-checksum-crc32c`.
-fn crc_ignored(sent: Checksum, operation: Operation, echoed: bool) -> bool {
-    sent == Checksum::Crc32c && operation == Operation::PutFile && !echoed
+/// Whether the reply to `operation`, sent with `sent`, shows that the server does not check
+/// CRC32C: a whole-file PUT answered without `x-amz-checksum-crc32c`, or a
+/// CreateMultipartUpload without `x-amz-checksum-algorithm` (`named`: the reply names it).
+fn crc_ignored(sent: Checksum, operation: Operation, named: bool) -> bool {
+    let telling = matches!(operation, Operation::PutFile | Operation::Create);
+    sent == Checksum::Crc32c && telling && !named
 }
 
 pub(super) fn encode_crc32c(crc: u32) -> String {
@@ -125,22 +129,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_whole_file_put_without_its_crc_named_back_shows_it_was_ignored() {
+    fn a_whole_file_put_or_a_create_not_naming_crc32c_back_shows_it_is_ignored() {
         use Checksum as C;
-        use Operation::{PutFile, PutPart};
+        use Operation::{Complete, Create, PutFile, PutPart};
         let table = [
             (C::Crc32c, PutFile, false, true),
             (C::Crc32c, PutFile, true, false),
-            // Some checking servers (s3s-fs) do not name a part's CRC32C back.
+            // Ceph RGW 16.2 and s3s-fs open the upload without naming the algorithm back.
+            (C::Crc32c, Create, false, true),
+            (C::Crc32c, Create, true, false),
+            // A part of an upload whose algorithm was named back is checked, named or not.
             (C::Crc32c, PutPart(1), false, false),
+            (C::Crc32c, Complete, false, false),
             (C::Md5, PutFile, false, false),
+            (C::Md5, Create, false, false),
             (C::None, PutFile, false, false),
+            (C::None, Create, false, false),
         ];
-        for (sent, operation, echoed, ignored) in table {
+        for (sent, operation, named, ignored) in table {
             assert_eq!(
-                crc_ignored(sent, operation, echoed),
+                crc_ignored(sent, operation, named),
                 ignored,
-                "{sent} {operation} echoed={echoed}"
+                "{sent} {operation} named={named}"
             );
         }
     }

@@ -66,6 +66,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const COMPLETE_BYTES_PER_SECOND: u64 = 20 * 1024 * 1024;
 /// The metadata entry naming the session that wrote an object.
 const SESSION_META: &str = "x-amz-meta-ferry-session";
+/// The checksum algorithm a multipart upload asks for, and its reply names when kept.
+const CHECKSUM_ALGORITHM: &str = "x-amz-checksum-algorithm";
 /// The file's modification time, kept where rclone keeps it (and reads it back: `rclone lsl`,
 /// `check` and `sync` see the file's own time, not the upload's).
 const MTIME_META: &str = "x-amz-meta-mtime";
@@ -448,26 +450,85 @@ impl S3Backend {
         Ok(PartReceipt { etag, crc32c })
     }
 
-    /// The server stored a body without checking its CRC32C: said loudly the first time, and
-    /// the body is sent again with its MD5.
+    /// The server stored a body without checking its CRC32C, or opened an upload without
+    /// keeping them: said loudly the first time; the body is sent again with its MD5, the
+    /// upload opened again without CRC32C.
     fn crc_ignored(&self, operation: Operation, first: bool) -> BackendError {
         let endpoint = self.requester.endpoint.clone();
+        let sign = match operation {
+            Operation::Create => "x-amz-checksum-algorithm not named back at CreateMultipartUpload",
+            _ => "x-amz-checksum-crc32c not named back",
+        };
         if first {
             tracing::warn!(
                 %endpoint,
-                "the server does not check CRC32C checksums (it did not name the one sent back): \
-                 sending Content-MD5 to it instead; set checksum = \"md5\" on this remote to \
-                 start with it"
+                "the server does not check CRC32C checksums ({sign}): sending Content-MD5 to \
+                 it instead; set checksum = \"md5\" on this remote to start with it"
             );
         }
         BackendError::Unchecked {
             operation,
             endpoint,
-            problem: "the server ignored x-amz-checksum-crc32c".into(),
+            problem: format!("the server ignores CRC32C checksums ({sign})"),
         }
     }
 
-    /// The object at `key` if the session `nonce` wrote it (a HEAD).
+    /// CreateMultipartUpload of `key`, asking for CRC32C checksums while the remote uses
+    /// them. An upload whose reply does not confirm the encryption, or the checksum, asked
+    /// for is aborted.
+    async fn create_upload(
+        &self,
+        request: &CreateRequest,
+        key: &str,
+    ) -> Result<RemoteSession, BackendError> {
+        let operation = Operation::Create;
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let mut call = self
+            .object(operation, Method::Post, key)
+            .query("uploads", "")
+            .header(SESSION_META, nonce.clone());
+        let sent = self.checksum.current();
+        if sent == Checksum::Crc32c {
+            call = call.header(CHECKSUM_ALGORITHM, "CRC32C");
+        }
+        let call = self.object_headers(call, request)?;
+        self.refuse_if_unencrypted(key)?;
+        let response = self.requester.send(call, None).await?;
+        let confirmed = self
+            .confirm_encryption(key, response.headers(), false)
+            .and_then(|()| self.confirm_checksum(sent, response.headers()));
+        let initiated: xml::Initiated = self.read_reply(operation, response).await?;
+        if initiated.upload_id.is_empty() || initiated.upload_id.len() > 1024 {
+            return Err(self.invalid(operation, "no usable UploadId".into()));
+        }
+        if let Err(error) = confirmed {
+            let upload = OpenUpload {
+                key: key.to_string(),
+                upload_id: initiated.upload_id,
+                initiated: String::new(),
+            };
+            let _ = self.abort_upload(&upload).await;
+            return Err(error);
+        }
+        Ok(RemoteSession {
+            id: format!("{nonce}:{}", initiated.upload_id),
+            limits: s3_limits(),
+            expires_at: None,
+        })
+    }
+
+    /// Checks that the reply to a CreateMultipartUpload asked for CRC32C checksums (`sent`)
+    /// names the algorithm back. A server that does not keep them (Ceph RGW 16.2, s3s-fs)
+    /// leaves it out and stores parts whatever their CRC32C says, so the remote turns to MD5.
+    fn confirm_checksum(&self, sent: Checksum, headers: &HeaderMap) -> Result<(), BackendError> {
+        let named = header_text(headers, CHECKSUM_ALGORITHM)
+            .is_some_and(|algorithm| algorithm.trim().eq_ignore_ascii_case("CRC32C"));
+        match self.checksum.note(sent, Operation::Create, named) {
+            Noted::Checked => Ok(()),
+            Noted::CrcIgnored { first } => Err(self.crc_ignored(Operation::Create, first)),
+        }
+    }
+
     /// The body of CompleteMultipartUpload: the parts, with their CRC32C when the upload was
     /// created with that checksum.
     fn manifest(&self, parts: &[CompletedPart]) -> String {
@@ -497,6 +558,7 @@ impl S3Backend {
         }
     }
 
+    /// The object at `key` if the session `nonce` wrote it (a HEAD).
     async fn written_by(
         &self,
         key: &str,
@@ -771,7 +833,6 @@ impl Backend for S3Backend {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<RemoteSession, BackendError> {
-        let operation = Operation::Create;
         if request.size > MAX_OBJECT_SIZE {
             return Err(BackendError::Setup {
                 endpoint: self.requester.endpoint.clone(),
@@ -779,36 +840,12 @@ impl Backend for S3Backend {
             });
         }
         let key = self.key(&request.remote_path);
-        let nonce = format!("{:016x}", rand::random::<u64>());
-        let mut call = self
-            .object(operation, Method::Post, &key)
-            .query("uploads", "")
-            .header(SESSION_META, nonce.clone());
-        if self.checksum.current() == Checksum::Crc32c {
-            call = call.header("x-amz-checksum-algorithm", "CRC32C");
+        match self.create_upload(request, &key).await {
+            // The server ignored the CRC32C asked for: that upload is aborted, and this one
+            // is opened without it, its parts to carry their MD5.
+            Err(BackendError::Unchecked { .. }) => self.create_upload(request, &key).await,
+            other => other,
         }
-        let call = self.object_headers(call, request)?;
-        self.refuse_if_unencrypted(&key)?;
-        let response = self.requester.send(call, None).await?;
-        let confirmed = self.confirm_encryption(&key, response.headers(), false);
-        let initiated: xml::Initiated = self.read_reply(operation, response).await?;
-        if initiated.upload_id.is_empty() || initiated.upload_id.len() > 1024 {
-            return Err(self.invalid(operation, "no usable UploadId".into()));
-        }
-        if let Err(error) = confirmed {
-            let upload = OpenUpload {
-                key,
-                upload_id: initiated.upload_id,
-                initiated: String::new(),
-            };
-            let _ = self.abort_upload(&upload).await;
-            return Err(error);
-        }
-        Ok(RemoteSession {
-            id: format!("{nonce}:{}", initiated.upload_id),
-            limits: s3_limits(),
-            expires_at: None,
-        })
     }
 
     async fn query(&self, session: SessionRef<'_>) -> Result<SessionStatus, BackendError> {

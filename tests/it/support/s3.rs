@@ -34,6 +34,7 @@ pub struct S3Server {
     keys: (String, String),
     /// The checksum its remotes are configured with: Content-MD5 for Ceph's gateway, which
     /// does not check CRC32C (as docs/s3.md advises), CRC32C (the default) for the others.
+    /// s3s-fs's turn to MD5 at their first multipart upload, as it checks no part's CRC32C.
     checksum: Checksum,
     /// The server's processes, killed when it is dropped.
     _processes: Processes,
