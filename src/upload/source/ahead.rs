@@ -6,8 +6,10 @@
 //!
 //! A part waits for the pass only when the pass is close behind it (`WAIT_BEHIND_BYTES`);
 //! further back, or stopped (the file changed, the attempt ended), the part reads its own, as
-//! before. Each part's sums are handed out once: a retry reads the file again, so a part the
-//! file changed under is not sent again and again with sums of what it was.
+//! before, and the pass then skips that part's range (an MD5 costs more than the SHA-256 the
+//! pass is there for, and is made once). Each part's sums are handed out once: a retry reads
+//! the file again, so a part the file changed under is not sent again and again with sums of
+//! what it was.
 
 use std::sync::Mutex;
 
@@ -27,9 +29,20 @@ pub struct SumsAhead {
     part_size: u64,
     file_size: u64,
     wanted: UpFront,
-    /// By part index, in order; `None` once handed out.
-    sums: Mutex<Vec<Option<PartSums>>>,
+    /// By part index.
+    slots: Mutex<Vec<Slot>>,
     pass: watch::Sender<PassState>,
+}
+
+/// Where one part's sums stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Not summed yet.
+    Waiting,
+    /// Summed by the pass, for the part to take.
+    Ready(PartSums),
+    /// Handed out, or read by the part itself: the pass has nothing (more) to do for it.
+    Done,
 }
 
 /// Where the pass stands: every part ending at or before `offset` has its sums published.
@@ -46,14 +59,14 @@ impl SumsAhead {
             part_size,
             file_size,
             wanted,
-            sums: Mutex::new(Vec::new()),
+            slots: Mutex::new(vec![Slot::Waiting; file_size.div_ceil(part_size) as usize]),
             pass: watch::Sender::new(PassState::default()),
         })
     }
 
     /// The sums of `part` from the pass, waiting while the pass is close behind it; `None`
     /// when the part is not one of the uniform parts, was handed out already, or the pass
-    /// is far behind or stopped: the part then reads its own.
+    /// is far behind or stopped: the part then reads its own, and the pass skips it.
     pub async fn take(&self, part: PartSpec) -> Option<PartSums> {
         let index = self.index_of(part)?;
         let end = part.offset + part.size;
@@ -64,14 +77,17 @@ impl SumsAhead {
                 pass.stopped || pass.offset >= end || behind > WAIT_BEHIND_BYTES
             })
             .await
-            .ok()?
-            .offset
-            >= end;
-        if !reached {
-            return None;
+            .is_ok_and(|pass| pass.offset >= end);
+        let mut slots = self.slots();
+        let slot = std::mem::replace(&mut slots[index], Slot::Done);
+        match (reached, slot) {
+            (true, Slot::Ready(sums)) => Some(sums),
+            _ => None,
         }
-        let mut sums = self.sums.lock().expect("no code panics holding the sums");
-        sums.get_mut(index).and_then(Option::take)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().expect("no code panics holding the sums")
     }
 
     /// The index of `part` among the uniform parts, if it is one.
@@ -90,6 +106,7 @@ impl SumsAhead {
             offset: 0,
             crc32c: 0,
             md5: md5::Md5::new(),
+            summed: 0,
         }
     }
 
@@ -98,9 +115,16 @@ impl SumsAhead {
         self.pass.send_modify(|pass| pass.stopped = true);
     }
 
-    fn publish(&self, sums: PartSums) {
-        let mut published = self.sums.lock().expect("no code panics holding the sums");
-        published.push(Some(sums));
+    /// Whether part `index` still wants the pass's sums.
+    fn wanted(&self, index: usize) -> bool {
+        self.slots()[index] == Slot::Waiting
+    }
+
+    fn publish(&self, index: usize, sums: PartSums) {
+        let mut slots = self.slots();
+        if slots[index] == Slot::Waiting {
+            slots[index] = Slot::Ready(sums);
+        }
     }
 }
 
@@ -110,44 +134,65 @@ pub struct Pass<'a> {
     offset: u64,
     crc32c: u32,
     md5: md5::Md5,
+    /// Bytes summed: those of the parts that did not read their own.
+    summed: u64,
 }
 
 impl Pass<'_> {
-    /// The next bytes of the file; bytes past the size the parts cover are ignored.
+    /// The next bytes of the file; bytes past the size the parts cover are ignored, and so
+    /// are those of a part that read its own sums.
     pub fn update(&mut self, mut bytes: &[u8]) {
         let (size, file_size) = (self.ahead.part_size, self.ahead.file_size);
         while !bytes.is_empty() && self.offset < file_size {
-            let part_end = (self.offset / size + 1).saturating_mul(size).min(file_size);
+            let index = (self.offset / size) as usize;
+            let part_end = (index as u64 + 1).saturating_mul(size).min(file_size);
             let take = (part_end - self.offset).min(bytes.len() as u64) as usize;
             let (now, rest) = bytes.split_at(take);
-            if self.ahead.wanted.crc32c {
-                self.crc32c = crc32c::crc32c_append(self.crc32c, now);
-            }
-            if self.ahead.wanted.md5 {
-                self.md5.update(now);
+            if self.ahead.wanted(index) {
+                self.sum(now);
             }
             self.offset += take as u64;
             bytes = rest;
             if self.offset == part_end {
-                self.finish_part();
+                self.finish_part(index);
             }
         }
         let offset = self.offset;
         self.ahead.pass.send_modify(|pass| pass.offset = offset);
     }
 
-    fn finish_part(&mut self) {
+    fn sum(&mut self, bytes: &[u8]) {
+        if self.ahead.wanted.crc32c {
+            self.crc32c = crc32c::crc32c_append(self.crc32c, bytes);
+        }
+        if self.ahead.wanted.md5 {
+            self.md5.update(bytes);
+        }
+        self.summed += bytes.len() as u64;
+    }
+
+    /// Publishes part `index`'s sums, unless the part read its own meanwhile.
+    fn finish_part(&mut self, index: usize) {
         let wanted = self.ahead.wanted;
         let md5 = std::mem::take(&mut self.md5);
-        self.ahead.publish(PartSums {
-            crc32c: wanted.crc32c.then_some(std::mem::take(&mut self.crc32c)),
-            md5: wanted.md5.then(|| md5.finalize().into()),
-        });
+        let crc32c = std::mem::take(&mut self.crc32c);
+        self.ahead.publish(
+            index,
+            PartSums {
+                crc32c: wanted.crc32c.then_some(crc32c),
+                md5: wanted.md5.then(|| md5.finalize().into()),
+            },
+        );
     }
 }
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
+        tracing::trace!(
+            summed = self.summed,
+            upto = self.offset,
+            "the hashing pass ends"
+        );
         self.ahead.stop();
     }
 }
@@ -232,5 +277,27 @@ mod tests {
         // The pass stops (the file shrank): a part it never reached is not waited for.
         drop(pass);
         assert_eq!(ahead.take(spec(4, 3000, 1000)).await, None);
+    }
+
+    #[tokio::test]
+    async fn the_pass_skips_the_parts_that_read_their_own_sums() {
+        let part = WAIT_BEHIND_BYTES / 2;
+        let ahead = SumsAhead::new(part, 6 * part, BOTH).unwrap();
+        let mut pass = ahead.pass();
+        let chunk = vec![5u8; 1 << 20];
+        // Part 5 is far beyond the pass, and so is part 6 once the pass is in part 2: each
+        // reads its own at once.
+        assert_eq!(ahead.take(spec(5, 4 * part, part)).await, None);
+        while pass.offset < part + part / 2 {
+            pass.update(&chunk);
+        }
+        assert_eq!(ahead.take(spec(6, 5 * part, part)).await, None);
+        while pass.offset < 6 * part {
+            pass.update(&chunk);
+        }
+        assert_eq!(pass.summed, 4 * part, "parts 1 to 4 only");
+        let expected = sums_of(&vec![5u8; part as usize]);
+        assert_eq!(ahead.take(spec(4, 3 * part, part)).await, Some(expected));
+        assert_eq!(ahead.take(spec(5, 4 * part, part)).await, None);
     }
 }
