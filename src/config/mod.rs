@@ -403,28 +403,18 @@ impl Config {
             "[daemon]\ndata_dir = {:?}\nsocket = {:?}\ntransfers = {}",
             d.data_dir, d.socket, d.transfers
         );
+        let log_format = match d.log_format {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        };
+        let duration = |value| humantime::format_duration(value).to_string();
         let _ = writeln!(
             out,
-            "log_format = {:?}",
-            if d.log_format == LogFormat::Json {
-                "json"
-            } else {
-                "text"
-            }
+            "log_format = {log_format:?}\ndone_retention = {:?}\nshutdown_grace = {:?}",
+            duration(d.done_retention),
+            duration(d.shutdown_grace)
         );
-        let _ = writeln!(
-            out,
-            "done_retention = {:?}",
-            humantime::format_duration(d.done_retention).to_string()
-        );
-        let _ = writeln!(
-            out,
-            "shutdown_grace = {:?}",
-            humantime::format_duration(d.shutdown_grace).to_string()
-        );
-        let cleanup = d.orphan_cleanup.map_or("off".to_string(), |age| {
-            humantime::format_duration(age).to_string()
-        });
+        let cleanup = d.orphan_cleanup.map_or("off".to_string(), duration);
         let _ = writeln!(out, "orphan_cleanup = {cleanup:?}");
         let metrics = d
             .metrics_listen
@@ -488,48 +478,58 @@ impl Config {
 
     /// Each `[[watch]]`.
     fn render_watches(&self, out: &mut String) {
-        use std::fmt::Write;
         for watch in &self.watches {
-            let _ = writeln!(
-                out,
-                "[[watch]]\npath = {:?}\nremote = {:?}\nprefix = {:?}\nrecursive = {}",
-                watch.path, watch.remote, watch.prefix, watch.recursive
-            );
-            let _ = writeln!(
-                out,
-                "include = {:?}\nignore = {:?}\nsettle = {:?}",
-                watch.include,
-                watch.ignore,
-                humantime::format_duration(watch.settle).to_string()
-            );
-            let after = match &watch.after_upload {
-                AfterUpload::Keep => "\"keep\"".to_string(),
-                AfterUpload::Delete => "\"delete\"".to_string(),
-                AfterUpload::MoveTo(path) => format!("{{ move_to = {path:?} }}"),
-            };
-            let _ = writeln!(out, "after_upload = {after}");
-            let symlinks = match watch.symlinks {
-                Symlinks::Skip => "skip",
-                Symlinks::Follow => "follow",
-            };
-            let _ = writeln!(out, "symlinks = {symlinks:?}");
-            let metadata: Vec<String> = watch
-                .metadata
-                .iter()
-                .map(|(k, v)| format!("{k:?} = {v:?}"))
-                .collect();
-            let _ = writeln!(out, "metadata = {{ {} }}", metadata.join(", "));
-            for (key, hook) in [
-                ("on_uploaded", &watch.hooks.on_uploaded),
-                ("on_failed", &watch.hooks.on_failed),
-            ] {
-                if let Some(hook) = hook {
-                    let _ = writeln!(out, "{key} = {}", render_hook(hook));
-                }
-            }
-            let waits = watch.after_upload_waits_for_hook;
-            let _ = writeln!(out, "after_upload_waits_for_hook = {waits}\n");
+            render_watch(watch, out);
         }
+    }
+}
+
+/// One `[[watch]]` table.
+fn render_watch(watch: &WatchConfig, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "[[watch]]\npath = {:?}\nremote = {:?}\nprefix = {:?}\nrecursive = {}",
+        watch.path, watch.remote, watch.prefix, watch.recursive
+    );
+    let _ = writeln!(
+        out,
+        "include = {:?}\nignore = {:?}\nsettle = {:?}",
+        watch.include,
+        watch.ignore,
+        humantime::format_duration(watch.settle).to_string()
+    );
+    let _ = writeln!(out, "after_upload = {}", render_after(&watch.after_upload));
+    let symlinks = match watch.symlinks {
+        Symlinks::Skip => "skip",
+        Symlinks::Follow => "follow",
+    };
+    let _ = writeln!(out, "symlinks = {symlinks:?}");
+    let metadata: Vec<String> = watch
+        .metadata
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}"))
+        .collect();
+    let _ = writeln!(out, "metadata = {{ {} }}", metadata.join(", "));
+    let hooks = [
+        ("on_uploaded", &watch.hooks.on_uploaded),
+        ("on_failed", &watch.hooks.on_failed),
+    ];
+    for (key, hook) in hooks {
+        if let Some(hook) = hook {
+            let _ = writeln!(out, "{key} = {}", render_hook(hook));
+        }
+    }
+    let waits = watch.after_upload_waits_for_hook;
+    let _ = writeln!(out, "after_upload_waits_for_hook = {waits}\n");
+}
+
+/// `after_upload`'s value as the configuration writes it.
+fn render_after(after: &AfterUpload) -> String {
+    match after {
+        AfterUpload::Keep => "\"keep\"".to_string(),
+        AfterUpload::Delete => "\"delete\"".to_string(),
+        AfterUpload::MoveTo(path) => format!("{{ move_to = {path:?} }}"),
     }
 }
 
