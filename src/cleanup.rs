@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RemoteConfig;
 use crate::queue::{QueueError, Sessions};
 use crate::upload::retry::ErrorClass;
-use crate::upload::s3::{OpenUpload, S3Backend, split_session};
+use crate::upload::s3::{OpenUpload, S3Backend, SessionId};
 use crate::upload::{Backend, BackendError};
 
 /// Aborts of one upload before giving up on parts that keep landing.
@@ -128,8 +128,8 @@ async fn owned_uploads(
         .map_err(CleanupError::Store)?;
     Ok(records
         .iter()
-        .filter_map(|record| split_session(&record.upload_id))
-        .map(|(_, upload_id)| upload_id.to_string())
+        .filter_map(|record| SessionId::parse(&record.upload_id))
+        .map(|id| id.upload_id.to_string())
         .collect())
 }
 

@@ -347,8 +347,10 @@ pub trait Backend: Send + Sync {
 
     async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError>;
 
-    /// Checksums `put_part` and `put_file` want computed before the body is sent.
-    fn up_front(&self) -> UpFront {
+    /// Checksums `put_part` (to `session`) and `put_file` (no session) want computed before
+    /// the body is sent. A session keeps those it was opened with, whatever the remote turned
+    /// to since.
+    fn up_front(&self, _session: Option<SessionRef<'_>>) -> UpFront {
         UpFront::default()
     }
 

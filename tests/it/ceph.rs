@@ -9,7 +9,9 @@ use ferry::upload::backend::{Backend, PartSums};
 use ferry::upload::s3::{Checksum, S3Backend};
 use ferry::upload::{ChunkSize, UploadSettings};
 
-use crate::s3::{assert_stored, body, proxy_before, request};
+use crate::s3::{
+    assert_stored, body, config_file, creates, killed_push, proxy_before, push, request, summary,
+};
 use crate::support::fault_proxy::{Fault, FaultProxy, RequestHead};
 use crate::support::s3::{Flavor, S3Server};
 use crate::support::{Engine, MIB, fast_retry_settings, random_file};
@@ -139,5 +141,47 @@ async fn a_server_that_does_not_keep_crc32c_for_an_upload_gets_its_parts_md5() {
         assert_eq!(methods[..3], reopened, "{flavor:?}: {log:#?}");
         let part_2 = puts_of(&proxy, "parts.bin", Some(2));
         assert_eq!(part_2, 2, "{flavor:?}: the damaged part sent again");
+    }
+}
+
+/// A push SIGKILLed mid-way to a server that ignores CRC32C, on the default checksum: its
+/// upload was opened again without CRC32C, and the session id it recorded says so. The push
+/// that resumes it has seen no reply of the server's yet, and sends the parts left with their
+/// MD5 from the first. The first attempt of the last part is damaged; it is refused (Ceph:
+/// `BadDigest`; s3s-fs: its ETag) and sent again. Before, the resumed parts carried the CRC32C
+/// the server ignores, and the damaged one was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_resumed_after_a_kill_sends_md5_to_a_server_that_ignores_crc32c() {
+    for flavor in [Flavor::S3sFs, Flavor::CephRgw] {
+        let server = S3Server::start(flavor).await;
+        let proxy = proxy_before(&server).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_file(dir.path(), &server, &proxy.url);
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("checksum = \"md5\"\n", "")).unwrap();
+        let (data, local) = (dir.path().join("data"), dir.path().join("resumed.bin"));
+        random_file(&local, 40 * MIB, 23);
+        proxy.set_throttle(4 * MIB);
+        killed_push(&config, &data, &local, 2, &proxy).await;
+
+        proxy.set_throttle(0);
+        let mark = proxy.mark();
+        damage_once(&proxy, |head| {
+            head.method == "PUT" && head.part_number == Some(8)
+        });
+        let summary = summary(&push(&config, &data, &local).output().unwrap());
+        let file = &summary["files"][0];
+        assert!(file["parts_resumed"].as_u64().unwrap() >= 2, "{summary}");
+        assert_stored(
+            &server,
+            "pushed/resumed.bin",
+            &local,
+            &format!("{flavor:?}"),
+        )
+        .await;
+        let resumed = &proxy.log()[mark..];
+        assert_eq!(creates(resumed), 0, "{flavor:?}: resumed, not opened again");
+        let part_8 = resumed.iter().filter(|seen| seen.part_number == Some(8));
+        assert_eq!(part_8.count(), 2, "{flavor:?}: the damaged part sent again");
     }
 }

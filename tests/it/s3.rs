@@ -637,7 +637,13 @@ pub(crate) fn push(config: &Path, data: &Path, file: &Path) -> Command {
 
 /// Starts a push through a throttled proxy and SIGKILLs it once it has durably recorded
 /// `recorded` parts; returns the proxy (drained of the dead push's requests).
-async fn killed_push(config: &Path, data: &Path, file: &Path, recorded: usize, proxy: &FaultProxy) {
+pub(crate) async fn killed_push(
+    config: &Path,
+    data: &Path,
+    file: &Path,
+    recorded: usize,
+    proxy: &FaultProxy,
+) {
     let mut first = push(config, data, file)
         .stdout(Stdio::null())
         .env("RUST_LOG", "ferry=debug")
@@ -666,7 +672,7 @@ async fn killed_push(config: &Path, data: &Path, file: &Path, recorded: usize, p
     .await;
 }
 
-fn summary(output: &std::process::Output) -> serde_json::Value {
+pub(crate) fn summary(output: &std::process::Output) -> serde_json::Value {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");
     serde_json::from_slice(&output.stdout).unwrap()
@@ -753,8 +759,8 @@ async fn a_push_killed_mid_way_resumes_without_resending_listed_parts_in_s3s_fs(
     resumes_after_a_kill(Flavor::S3sFs).await;
 }
 
-/// Ceph's gateway lists the parts with their ETags as AWS does; its parts' CRC32C goes
-/// unchecked (it has no flexible checksums) but every byte is read back.
+/// Ceph's gateway lists the parts with their ETags as AWS does; its remotes here send
+/// `Content-MD5`, which it checks (it has no flexible checksums), and every byte is read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_killed_mid_way_resumes_without_resending_listed_parts_in_ceph() {
     resumes_after_a_kill(Flavor::CephRgw).await;
@@ -769,7 +775,9 @@ fn recorded_upload(data: &Path, server: &S3Server, endpoint: &str) -> (String, S
     let identity = S3Backend::new(&config).unwrap().identity();
     let records = store.sessions().of_remote(&identity).unwrap();
     let record = records.first().expect("a recorded session").clone();
-    let (_, upload_id) = ferry::upload::s3::split_session(&record.upload_id).unwrap();
+    let upload_id = ferry::upload::s3::SessionId::parse(&record.upload_id)
+        .unwrap()
+        .upload_id;
     (
         format!("pushed/{}", record.remote_path),
         upload_id.to_string(),
@@ -1026,7 +1034,7 @@ fn completes_seen(proxy: &FaultProxy) -> Vec<String> {
 }
 
 /// How many CreateMultipartUploads (POSTs not on an upload) `log` holds.
-fn creates(log: &[Seen]) -> usize {
+pub(crate) fn creates(log: &[Seen]) -> usize {
     let posts = log.iter().filter(|seen| seen.method == "POST");
     posts.filter(|seen| upload_id(&seen.path).is_none()).count()
 }
@@ -1267,7 +1275,9 @@ async fn orphan(backend: &S3Backend, key: &str) -> String {
         size: 5 * MIB,
     };
     backend.put_part(reference, part, body).await.unwrap();
-    let (_, upload_id) = ferry::upload::s3::split_session(&session.id).unwrap();
+    let upload_id = ferry::upload::s3::SessionId::parse(&session.id)
+        .unwrap()
+        .upload_id;
     upload_id.to_string()
 }
 

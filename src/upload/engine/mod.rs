@@ -328,8 +328,10 @@ impl Uploader {
     ) -> Result<UploadReport, Attempt> {
         let started = Instant::now();
         let (sessions, lookup) = (self.sessions.clone(), key.to_string());
-        let (file, recorded) =
-            open_local(job, self.backend.up_front(), move || sessions.load(&lookup)).await?;
+        let (file, recorded) = open_local(job, self.backend.up_front(None), move || {
+            sessions.load(&lookup)
+        })
+        .await?;
         let file = Arc::new(file);
         progress.start(file.fingerprint().size);
         // The file is hashed while the parts go out (the digest is needed only at complete),
@@ -373,7 +375,7 @@ impl Uploader {
         let recorded = self
             .record_if_needed(key, &record, &mut layout, recorded, file)
             .await?;
-        let ahead = self.sums_ahead(&layout, whole.is_some(), size);
+        let ahead = self.sums_ahead(&layout, (&record, whole.is_some()), size);
         let hashing = file.sha256(hash_cancel, ahead.clone());
         let context = self.context(key, &record, file, progress, (recorded, whole, ahead));
         let parts_resumed = acknowledged.len() as u32;
@@ -416,14 +418,23 @@ impl Uploader {
     }
 
     /// The parts' up-front sums, made by the pass that hashes the file, when the remote wants
-    /// them and the parts are uniform (or the file goes whole): see `source::SumsAhead`.
-    fn sums_ahead(&self, layout: &Layout, whole: bool, size: u64) -> Option<Arc<SumsAhead>> {
-        let part_size = if whole {
-            Some(size)
-        } else {
-            layout.uniform_size()
+    /// them for the `record`ed session's parts and they are uniform (or the file goes
+    /// `whole`, without a session): see `source::SumsAhead`.
+    fn sums_ahead(
+        &self,
+        layout: &Layout,
+        (record, whole): (&UploadRecord, bool),
+        size: u64,
+    ) -> Option<Arc<SumsAhead>> {
+        let session = SessionRef {
+            id: &record.upload_id,
+            remote_path: &record.remote_path,
         };
-        let ahead = SumsAhead::new(part_size?, size, self.backend.up_front())?;
+        let (part_size, session) = match whole {
+            true => (Some(size), None),
+            false => (layout.uniform_size(), Some(session)),
+        };
+        let ahead = SumsAhead::new(part_size?, size, self.backend.up_front(session))?;
         Some(Arc::new(ahead))
     }
 

@@ -397,7 +397,8 @@ async fn up_front(
     spec: PartSpec,
     path: &std::path::Path,
 ) -> Result<PartSums, Attempt> {
-    let wanted = context.backend.up_front();
+    let session = context.whole.is_none().then(|| context.session());
+    let wanted = context.backend.up_front(session);
     if !wanted.any() {
         return Ok(PartSums::default());
     }

@@ -9,7 +9,9 @@
 //! checking). So such a reply without it turns the remote over to `Content-MD5`, which
 //! every S3 checks or answers with an ETag that is the MD5, for the rest of the process: the
 //! body is sent again, the upload opened again. Replies to parts are no sign of their own:
-//! a server that kept the algorithm at create checks each part.
+//! a server that kept the algorithm at create checks each part. An upload's parts carry the
+//! checksum it was opened with, which its recorded id keeps (`session.rs`), not the remote's
+//! choice of the moment.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

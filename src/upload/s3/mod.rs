@@ -8,7 +8,8 @@
 //! resumes: `query` lists what the server holds (ListParts, paginated). A server answers
 //! `NoSuchUpload` both for an aborted upload and for one that completed (its reply lost); the
 //! two are told apart by a HEAD of the object, whose `x-amz-meta-ferry-session` names the
-//! session that wrote it. The session id Ferry records is that nonce and the UploadId.
+//! session that wrote it. The session id Ferry records is that nonce, the checksum the upload
+//! was opened with and the UploadId (`session.rs`).
 //!
 //! Integrity: each part carries its CRC32C (`x-amz-checksum-crc32c`, listed again at
 //! complete) or its MD5 (`Content-MD5`, for servers without flexible checksums), computed from
@@ -25,6 +26,7 @@ mod process;
 pub mod profile;
 mod request;
 pub mod role;
+mod session;
 pub mod sts;
 mod xml;
 
@@ -43,6 +45,7 @@ use checksum::{ChecksumChoice, Noted, carried, decode_crc32c, encode_crc32c};
 pub use credentials::CredentialSource;
 pub use encryption::{CustomerKey, Encryption};
 use request::{Call, Requester};
+pub use session::SessionId;
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
@@ -292,6 +295,24 @@ impl S3Backend {
         xml::parse(&text).map_err(|problem| self.invalid(operation, problem))
     }
 
+    /// The recorded id of `session`, split; an id that is not an S3 one is refused.
+    fn session_id<'a>(
+        &self,
+        operation: Operation,
+        session: SessionRef<'a>,
+    ) -> Result<SessionId<'a>, BackendError> {
+        SessionId::parse(session.id).ok_or_else(|| {
+            let problem = format!("session id {:?} is not an S3 one", session.id);
+            self.invalid(operation, problem)
+        })
+    }
+
+    /// The checksum the parts of session `id` carry: the one its upload was opened with, or
+    /// (an id recorded before that was kept) the remote's now.
+    fn checksum_of(&self, id: &SessionId<'_>) -> Checksum {
+        id.checksum.unwrap_or_else(|| self.checksum.current())
+    }
+
     fn invalid(&self, operation: Operation, problem: String) -> BackendError {
         BackendError::InvalidReply {
             operation,
@@ -353,16 +374,17 @@ impl S3Backend {
         Ok(call)
     }
 
-    /// Sends a part or a whole file with its checksums; its receipt. A whole file (its `key`
+    /// Sends a part or a whole file with its `checksum`; its receipt. A whole file (its `key`
     /// in `stored`) is refused when the reply does not confirm the encryption asked for.
     async fn send_body(
         &self,
         call: Call,
         body: PartBody,
+        checksum: Checksum,
         stored: Option<&str>,
     ) -> Result<PartReceipt, BackendError> {
         let operation = call.operation;
-        let sent = carried(self.checksum.current(), body.sums);
+        let sent = carried(checksum, body.sums);
         let call = sum_headers(call, &body, sent);
         let md5 = body.sums.md5;
         let stream = reqwest::Body::wrap_stream(body.stream);
@@ -511,7 +533,7 @@ impl S3Backend {
             return Err(error);
         }
         Ok(RemoteSession {
-            id: format!("{nonce}:{}", initiated.upload_id),
+            id: SessionId::format(&nonce, sent, &initiated.upload_id),
             limits: s3_limits(),
             expires_at: None,
         })
@@ -531,7 +553,7 @@ impl S3Backend {
 
     /// The body of CompleteMultipartUpload: the parts, with their CRC32C when the upload was
     /// created with that checksum.
-    fn manifest(&self, parts: &[CompletedPart]) -> String {
+    fn manifest(&self, parts: &[CompletedPart], checksum: Checksum) -> String {
         let entries: Vec<xml::ManifestEntry<'_>> = parts
             .iter()
             .map(|part| xml::ManifestEntry {
@@ -539,7 +561,7 @@ impl S3Backend {
                 etag: &part.etag,
                 crc32c: part
                     .crc32c
-                    .filter(|_| self.checksum.current() == Checksum::Crc32c)
+                    .filter(|_| checksum == Checksum::Crc32c)
                     .map(encode_crc32c),
             })
             .collect();
@@ -750,12 +772,6 @@ fn sum_headers(mut call: Call, body: &PartBody, sent: Checksum) -> Call {
     call.header("content-length", body.len.to_string())
 }
 
-/// A recorded session id: the nonce in the object's metadata, and the server's UploadId.
-pub fn split_session(id: &str) -> Option<(&str, &str)> {
-    id.split_once(':')
-        .filter(|(nonce, upload)| !nonce.is_empty() && !upload.is_empty())
-}
-
 fn is_md5_hex(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -821,10 +837,15 @@ impl Backend for S3Backend {
         }
     }
 
-    fn up_front(&self) -> UpFront {
+    /// The sums the session's parts carry (`session.rs`), or a whole file's.
+    fn up_front(&self, session: Option<SessionRef<'_>>) -> UpFront {
+        let checksum = match session.and_then(|session| SessionId::parse(session.id)) {
+            Some(id) => self.checksum_of(&id),
+            None => self.checksum.current(),
+        };
         UpFront {
-            crc32c: self.checksum.current() == Checksum::Crc32c,
-            md5: self.checksum.current() == Checksum::Md5,
+            crc32c: checksum == Checksum::Crc32c,
+            md5: checksum == Checksum::Md5,
         }
     }
 
@@ -849,7 +870,10 @@ impl Backend for S3Backend {
     }
 
     async fn query(&self, session: SessionRef<'_>) -> Result<SessionStatus, BackendError> {
-        let Some((nonce, upload_id)) = split_session(session.id) else {
+        let Some(SessionId {
+            nonce, upload_id, ..
+        }) = SessionId::parse(session.id)
+        else {
             return Ok(SessionStatus::Gone);
         };
         let key = self.key(session.remote_path);
@@ -880,20 +904,16 @@ impl Backend for S3Backend {
         body: PartBody,
     ) -> Result<PartReceipt, BackendError> {
         let operation = Operation::PutPart(part.number);
-        let Some((_, upload_id)) = split_session(session.id) else {
-            return Err(self.invalid(
-                operation,
-                format!("session id {:?} is not an S3 one", session.id),
-            ));
-        };
+        let id = self.session_id(operation, session)?;
         let key = self.key(session.remote_path);
         let call = self
             .keyed(self.object(operation, Method::Put, &key))
             .query("partNumber", part.number.to_string())
-            .query("uploadId", upload_id)
+            .query("uploadId", id.upload_id)
             .on_session()
             .streamed();
-        self.send_body(call, body, None).await
+        self.send_body(call, body, self.checksum_of(&id), None)
+            .await
     }
 
     async fn complete(
@@ -904,12 +924,8 @@ impl Backend for S3Backend {
         size: u64,
     ) -> Result<RemoteFile, BackendError> {
         let operation = Operation::Complete;
-        let Some((nonce, upload_id)) = split_session(session.id) else {
-            return Err(self.invalid(
-                operation,
-                format!("session id {:?} is not an S3 one", session.id),
-            ));
-        };
+        let id = self.session_id(operation, session)?;
+        let (nonce, upload_id) = (id.nonce, id.upload_id);
         let key = self.key(session.remote_path);
         let mut call = self
             .keyed(self.object(operation, Method::Post, &key))
@@ -918,7 +934,7 @@ impl Backend for S3Backend {
             .on_session();
         call.timeout =
             Some(REQUEST_TIMEOUT + Duration::from_secs(size / COMPLETE_BYTES_PER_SECOND));
-        let body = self.manifest(parts);
+        let body = self.manifest(parts, self.checksum_of(&id));
         match self.requester.send(call, Some(body.into())).await {
             Ok(response) => self.complete_reply(response).await?,
             Err(failure) => {
@@ -934,12 +950,12 @@ impl Backend for S3Backend {
     }
 
     async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError> {
-        let Some((_, upload_id)) = split_session(session.id) else {
+        let Some(id) = SessionId::parse(session.id) else {
             return Ok(());
         };
         let upload = OpenUpload {
             key: self.key(session.remote_path),
-            upload_id: upload_id.to_string(),
+            upload_id: id.upload_id.to_string(),
             initiated: String::new(),
         };
         self.abort_upload(&upload).await
@@ -955,7 +971,8 @@ impl Backend for S3Backend {
         let call = self.object(operation, Method::Put, &key).streamed();
         let call = self.object_headers(call, request)?;
         self.refuse_if_unencrypted(&key)?;
-        self.send_body(call, body, Some(&key)).await
+        let checksum = self.checksum.current();
+        self.send_body(call, body, checksum, Some(&key)).await
     }
 }
 
@@ -1084,12 +1101,5 @@ mod tests {
         for (mtime_ns, expected) in cases {
             assert_eq!(mtime_value(mtime_ns), expected, "{mtime_ns}");
         }
-    }
-
-    #[test]
-    fn session_ids_split_at_the_first_colon() {
-        assert_eq!(split_session("00ff:abc:def"), Some(("00ff", "abc:def")));
-        assert_eq!(split_session("nocolon"), None);
-        assert_eq!(split_session(":x"), None);
     }
 }
