@@ -513,6 +513,58 @@ async fn a_canned_acl_is_given_in(flavor: Flavor) {
     );
 }
 
+/// `storage_class` is asked for on PutObject and CreateMultipartUpload. moto keeps it, and its
+/// HEAD names it: nothing is said. Garage takes any class and stores every object in its one
+/// class: Ferry says so once, from the first object's HEAD, and the uploads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_class_is_asked_for_and_one_the_server_ignores_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small, large) = (dir.path().join("small.bin"), dir.path().join("large.bin"));
+    random_file(&small, 1000, 41);
+    random_file(&large, 12 * MIB, 42);
+    let pushed = |config: &Path, data: &str| {
+        let output = push(config, &dir.path().join(data), &small)
+            .arg(&large)
+            .output()
+            .unwrap();
+        summary(&output);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let class = "storage_class = \"STANDARD_IA\"\n";
+    let said = "the server ignores storage_class = \"STANDARD_IA\"";
+
+    let moto = S3Server::start(Flavor::Moto).await;
+    let moto_dir = tempfile::tempdir().unwrap();
+    let config = config_file(moto_dir.path(), &moto, &moto.endpoint);
+    let remote = std::fs::read_to_string(&config).unwrap() + class;
+    std::fs::write(&config, remote).unwrap();
+    let log = pushed(&config, "moto-data");
+    assert!(!log.contains(said), "{log}");
+    for name in ["small.bin", "large.bin"] {
+        let headers = moto.head(&format!("pushed/{name}")).await;
+        let stored = headers
+            .get("x-amz-storage-class")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(stored, Some("STANDARD_IA"), "moto {name}");
+    }
+
+    let garage = Garage::start(1).await;
+    let garage_dir = tempfile::tempdir().unwrap();
+    let config = garage_dir.path().join("config.toml");
+    let remote = garage.remote_toml_in("s3", 0, garage_dir.path()) + class;
+    std::fs::write(&config, remote).unwrap();
+    let log = pushed(&config, "garage-data");
+    assert_eq!(log.matches(said).count(), 1, "said once: {log}");
+    for (name, local) in [("small.bin", &small), ("large.bin", &large)] {
+        let stored = garage.get(0, name).await;
+        let expected = std::fs::read(local).unwrap();
+        assert!(
+            stored == Some(expected),
+            "garage {name}: the object is the file"
+        );
+    }
+}
+
 /// A header value as RFC 2047 `=?UTF-8?B?…?=` or as is.
 fn decode_rfc2047(value: &str) -> String {
     use base64::Engine as _;

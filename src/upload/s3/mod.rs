@@ -27,6 +27,7 @@ pub mod profile;
 mod request;
 pub mod role;
 mod session;
+mod storage_class;
 pub mod sts;
 mod xml;
 
@@ -46,6 +47,7 @@ pub use credentials::CredentialSource;
 pub use encryption::{CustomerKey, Encryption};
 use request::{Call, Requester};
 pub use session::SessionId;
+use storage_class::ClassCheck;
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
@@ -178,7 +180,8 @@ pub struct S3Backend {
     /// The addressing style, when the endpoint is AWS's own, which is per region.
     aws_style: Option<UrlStyle>,
     prefix: String,
-    storage_class: Option<String>,
+    /// The storage class asked for, and whether the server was seen to keep it.
+    storage_class: ClassCheck,
     checksum: ChecksumChoice,
     encryption: Option<Encryption>,
     /// Set once the server has stored something without the encryption asked for: it is sent
@@ -239,7 +242,7 @@ impl S3Backend {
             bucket,
             aws_style: config.endpoint.is_none().then_some(style),
             prefix: config.prefix.clone(),
-            storage_class: config.storage_class.clone(),
+            storage_class: ClassCheck::new(config.storage_class.clone()),
             checksum: ChecksumChoice::new(config.checksum),
             encryption: config.encryption.clone(),
             unencrypted: AtomicBool::new(false),
@@ -338,8 +341,8 @@ impl S3Backend {
             call = call.header("content-type", mime.clone());
         }
         call = self.metadata_headers(call, request)?;
-        if let Some(class) = &self.storage_class {
-            call = call.header("x-amz-storage-class", class.clone());
+        if let Some(class) = self.storage_class.asked() {
+            call = call.header("x-amz-storage-class", class.to_string());
         }
         call = call.headers(self.encryption.iter().flat_map(Encryption::headers));
         if let Some(acl) = &self.acl {
@@ -551,6 +554,35 @@ impl S3Backend {
         }
     }
 
+    /// A HEAD of the object just stored at `key`, for the class the server gave it. A HEAD
+    /// that fails ends the check: it is not worth a failing request per object.
+    async fn check_class(&self, key: &str) {
+        let call = self.keyed(self.object(Operation::Query, Method::Head, key));
+        match self.requester.send(call, None).await {
+            Ok(response) => self.note_class(key, response.headers()),
+            Err(error) => {
+                self.storage_class.forgo();
+                tracing::debug!(%error, key, "no HEAD to check the storage class by");
+            }
+        }
+    }
+
+    /// Says, once, that the server stored `key` (its HEAD reply's `headers`) without the
+    /// storage class asked for (`storage_class.rs`).
+    fn note_class(&self, key: &str, headers: &HeaderMap) {
+        let named = header_text(headers, "x-amz-storage-class");
+        if let Some(asked) = self.storage_class.note(named) {
+            let stored = named.map_or("in its default class (its HEAD names none)".into(), |n| {
+                format!("as {n}")
+            });
+            tracing::warn!(
+                endpoint = %self.requester.endpoint,
+                "the server ignores storage_class = {asked:?}: it stored {key} {stored}; \
+                 uploads go on"
+            );
+        }
+    }
+
     /// The body of CompleteMultipartUpload: the parts, with their CRC32C when the upload was
     /// created with that checksum.
     fn manifest(&self, parts: &[CompletedPart], checksum: Checksum) -> String {
@@ -598,6 +630,7 @@ impl S3Backend {
         if session != Some(nonce) {
             return Ok(None);
         }
+        self.note_class(key, headers);
         let size = header_text(headers, CONTENT_LENGTH)
             .and_then(|text| text.parse::<u64>().ok())
             .ok_or_else(|| self.invalid(Operation::Query, "HEAD without a size".into()))?;
@@ -972,7 +1005,11 @@ impl Backend for S3Backend {
         let call = self.object_headers(call, request)?;
         self.refuse_if_unencrypted(&key)?;
         let checksum = self.checksum.current();
-        self.send_body(call, body, checksum, Some(&key)).await
+        let receipt = self.send_body(call, body, checksum, Some(&key)).await?;
+        if self.storage_class.wanted() {
+            self.check_class(&key).await;
+        }
+        Ok(receipt)
     }
 }
 
