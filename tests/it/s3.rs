@@ -513,11 +513,12 @@ async fn a_canned_acl_is_given_in(flavor: Flavor) {
     );
 }
 
-/// `storage_class` is asked for on PutObject and CreateMultipartUpload. moto keeps it, and its
-/// HEAD names it: nothing is said. Garage takes any class and stores every object in its one
-/// class: Ferry says so once, from the first object's HEAD, and the uploads go on.
+/// `storage_class` and `acl` are asked for on PutObject and CreateMultipartUpload. moto keeps
+/// both: its HEAD names the class, its grants give everyone read, and nothing is said. Garage
+/// takes any class and stores every object in its one class, and has no ACLs: Ferry says each
+/// once, from the first object stored, and the uploads go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storage_class_is_asked_for_and_one_the_server_ignores_is_said_once() {
+async fn a_storage_class_and_an_acl_the_server_ignores_are_said_once() {
     let dir = tempfile::tempdir().unwrap();
     let (small, large) = (dir.path().join("small.bin"), dir.path().join("large.bin"));
     random_file(&small, 1000, 41);
@@ -530,8 +531,9 @@ async fn a_storage_class_is_asked_for_and_one_the_server_ignores_is_said_once() 
         summary(&output);
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let class = "storage_class = \"STANDARD_IA\"\n";
+    let class = "storage_class = \"STANDARD_IA\"\nacl = \"public-read\"\n";
     let said = "the server ignores storage_class = \"STANDARD_IA\"";
+    let said_acl = "the server ignores acl = \"public-read\"";
 
     let moto = S3Server::start(Flavor::Moto).await;
     let moto_dir = tempfile::tempdir().unwrap();
@@ -539,13 +541,15 @@ async fn a_storage_class_is_asked_for_and_one_the_server_ignores_is_said_once() 
     let remote = std::fs::read_to_string(&config).unwrap() + class;
     std::fs::write(&config, remote).unwrap();
     let log = pushed(&config, "moto-data");
-    assert!(!log.contains(said), "{log}");
+    assert!(!log.contains(said) && !log.contains(said_acl), "{log}");
     for name in ["small.bin", "large.bin"] {
         let headers = moto.head(&format!("pushed/{name}")).await;
         let stored = headers
             .get("x-amz-storage-class")
             .map(|v| v.to_str().unwrap());
         assert_eq!(stored, Some("STANDARD_IA"), "moto {name}");
+        let acl = moto.acl(&format!("pushed/{name}")).await;
+        assert!(acl.contains("global/AllUsers"), "moto {name}: {acl}");
     }
 
     let garage = Garage::start(1).await;
@@ -555,6 +559,7 @@ async fn a_storage_class_is_asked_for_and_one_the_server_ignores_is_said_once() 
     std::fs::write(&config, remote).unwrap();
     let log = pushed(&config, "garage-data");
     assert_eq!(log.matches(said).count(), 1, "said once: {log}");
+    assert_eq!(log.matches(said_acl).count(), 1, "said once: {log}");
     for (name, local) in [("small.bin", &small), ("large.bin", &large)] {
         let stored = garage.get(0, name).await;
         let expected = std::fs::read(local).unwrap();

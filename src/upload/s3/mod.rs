@@ -21,13 +21,13 @@ mod checksum;
 pub mod credentials;
 mod encryption;
 mod imds;
+mod kept;
 mod keys;
 mod process;
 pub mod profile;
 mod request;
 pub mod role;
 mod session;
-mod storage_class;
 pub mod sts;
 mod xml;
 
@@ -45,9 +45,9 @@ pub use checksum::Checksum;
 use checksum::{ChecksumChoice, Noted, carried, decode_crc32c, encode_crc32c};
 pub use credentials::CredentialSource;
 pub use encryption::{CustomerKey, Encryption};
+use kept::Asked;
 use request::{Call, Requester};
 pub use session::SessionId;
-use storage_class::ClassCheck;
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
@@ -180,14 +180,15 @@ pub struct S3Backend {
     /// The addressing style, when the endpoint is AWS's own, which is per region.
     aws_style: Option<UrlStyle>,
     prefix: String,
-    /// The storage class asked for, and whether the server was seen to keep it.
-    storage_class: ClassCheck,
+    /// The storage class and the canned ACL asked for, and whether the server was seen to
+    /// keep them (`kept.rs`).
+    storage_class: Asked,
     checksum: ChecksumChoice,
     encryption: Option<Encryption>,
     /// Set once the server has stored something without the encryption asked for: it is sent
     /// nothing more.
     unencrypted: AtomicBool,
-    acl: Option<String>,
+    acl: Asked,
     requester: Requester,
 }
 
@@ -242,11 +243,11 @@ impl S3Backend {
             bucket,
             aws_style: config.endpoint.is_none().then_some(style),
             prefix: config.prefix.clone(),
-            storage_class: ClassCheck::new(config.storage_class.clone()),
+            storage_class: Asked::new(config.storage_class.clone(), true),
             checksum: ChecksumChoice::new(config.checksum),
             encryption: config.encryption.clone(),
             unencrypted: AtomicBool::new(false),
-            acl: config.acl.clone(),
+            acl: Asked::new(config.acl.clone(), acl_checkable(config.acl.as_deref())),
             requester: Requester::new(client, config.region.clone(), credentials, shown.clone()),
         })
     }
@@ -341,12 +342,12 @@ impl S3Backend {
             call = call.header("content-type", mime.clone());
         }
         call = self.metadata_headers(call, request)?;
-        if let Some(class) = self.storage_class.asked() {
+        if let Some(class) = self.storage_class.value() {
             call = call.header("x-amz-storage-class", class.to_string());
         }
         call = call.headers(self.encryption.iter().flat_map(Encryption::headers));
-        if let Some(acl) = &self.acl {
-            call = call.header("x-amz-acl", acl.clone());
+        if let Some(acl) = self.acl.value() {
+            call = call.header("x-amz-acl", acl.to_string());
         }
         Ok(call)
     }
@@ -554,6 +555,17 @@ impl S3Backend {
         }
     }
 
+    /// On the first objects stored, whether the server kept the storage class (by a HEAD of
+    /// the object at `key` when `head`: a complete's own HEAD has told) and the ACL asked for.
+    async fn check_kept(&self, key: &str, head: bool) {
+        if head && self.storage_class.wanted() {
+            self.check_class(key).await;
+        }
+        if self.acl.wanted() {
+            self.check_acl(key).await;
+        }
+    }
+
     /// A HEAD of the object just stored at `key`, for the class the server gave it. A HEAD
     /// that fails ends the check: it is not worth a failing request per object.
     async fn check_class(&self, key: &str) {
@@ -568,10 +580,13 @@ impl S3Backend {
     }
 
     /// Says, once, that the server stored `key` (its HEAD reply's `headers`) without the
-    /// storage class asked for (`storage_class.rs`).
+    /// storage class asked for (`kept.rs`).
     fn note_class(&self, key: &str, headers: &HeaderMap) {
         let named = header_text(headers, "x-amz-storage-class");
-        if let Some(asked) = self.storage_class.note(named) {
+        if let Some(asked) = self
+            .storage_class
+            .note(|asked| kept::class_ignored(asked, named))
+        {
             let stored = named.map_or("in its default class (its HEAD names none)".into(), |n| {
                 format!("as {n}")
             });
@@ -581,6 +596,37 @@ impl S3Backend {
                  uploads go on"
             );
         }
+    }
+
+    /// The grants of the object just stored at `key` (GetObjectAcl), for the ACL the server
+    /// gave it; a server without ACLs does not implement the call. Any other failure (a key
+    /// without `s3:GetObjectAcl`) ends the check.
+    async fn check_acl(&self, key: &str) {
+        let call = self
+            .object(Operation::Query, Method::Get, key)
+            .query("acl", "");
+        let grants = match self.reply::<xml::AccessControlPolicy>(call).await {
+            Ok(policy) => Some(policy.grants()),
+            Err(BackendError::Status { status: 501, .. }) => None,
+            Err(error) => {
+                self.acl.forgo();
+                return tracing::debug!(%error, key, "no grants to check the ACL by");
+            }
+        };
+        let Some(acl) = self
+            .acl
+            .note(|acl| kept::acl_ignored(acl, grants.as_deref()))
+        else {
+            return;
+        };
+        let why = match grants {
+            None => "it has no ACLs (GetObjectAcl: 501 Not Implemented)".to_string(),
+            Some(_) => format!("{key} was stored without the grants it gives"),
+        };
+        tracing::warn!(
+            endpoint = %self.requester.endpoint,
+            "the server ignores acl = {acl:?}: {why}; uploads go on"
+        );
     }
 
     /// The body of CompleteMultipartUpload: the parts, with their CRC32C when the upload was
@@ -843,6 +889,11 @@ fn mtime_value(mtime_ns: i64) -> String {
     }
 }
 
+/// Whether an object stored with the canned ACL `acl` can show it kept (`kept.rs`).
+fn acl_checkable(acl: Option<&str>) -> bool {
+    acl.is_some_and(|acl| !kept::group_grants(acl).is_empty())
+}
+
 fn s3_limits() -> PartLimits {
     PartLimits {
         min_part_size: MIN_PART_SIZE,
@@ -977,9 +1028,11 @@ impl Backend for S3Backend {
                     .await;
             }
         }
-        self.written_by(&key, nonce, session.remote_path)
-            .await?
-            .ok_or_else(|| self.invalid(operation, format!("{key} is not there after complete")))
+        let written = self.written_by(&key, nonce, session.remote_path).await?;
+        let missing = || self.invalid(operation, format!("{key} is not there after complete"));
+        let file = written.ok_or_else(missing)?;
+        self.check_kept(&key, false).await;
+        Ok(file)
     }
 
     async fn abort(&self, session: SessionRef<'_>) -> Result<(), BackendError> {
@@ -1006,9 +1059,7 @@ impl Backend for S3Backend {
         self.refuse_if_unencrypted(&key)?;
         let checksum = self.checksum.current();
         let receipt = self.send_body(call, body, checksum, Some(&key)).await?;
-        if self.storage_class.wanted() {
-            self.check_class(&key).await;
-        }
+        self.check_kept(&key, true).await;
         Ok(receipt)
     }
 }

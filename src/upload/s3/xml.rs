@@ -58,6 +58,45 @@ pub struct ListedUpload {
     pub initiated: String,
 }
 
+/// `AccessControlPolicy`: an object's grants (GetObjectAcl).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccessControlPolicy {
+    #[serde(default)]
+    pub access_control_list: GrantList,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct GrantList {
+    #[serde(default, rename = "Grant")]
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Grant {
+    pub grantee: Grantee,
+    #[serde(default)]
+    pub permission: String,
+}
+
+/// A grantee: a group has a URI, an account an ID (not read).
+#[derive(Debug, Deserialize)]
+pub struct Grantee {
+    #[serde(rename = "URI", default)]
+    pub uri: String,
+}
+
+impl AccessControlPolicy {
+    /// Each grant as (group URI, empty for an account; permission).
+    pub fn grants(self) -> Vec<(String, String)> {
+        let grants = self.access_control_list.grants.into_iter();
+        grants
+            .map(|grant| (grant.grantee.uri, grant.permission))
+            .collect()
+    }
+}
+
 /// `<Error>`: S3's refusal, also the body of a 200 from CompleteMultipartUpload that failed.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -145,6 +184,31 @@ mod tests {
         let empty: PartsPage =
             parse("<ListPartsResult><IsTruncated>false</IsTruncated></ListPartsResult>").unwrap();
         assert!(empty.parts.is_empty());
+    }
+
+    #[test]
+    fn an_objects_grants_parse_with_groups_and_accounts() {
+        let policy = r#"<?xml version="1.0" encoding="UTF-8"?>
+<AccessControlPolicy xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Owner><ID>o1</ID><DisplayName>me</DisplayName></Owner>
+  <AccessControlList>
+    <Grant><Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="CanonicalUser">
+      <ID>o1</ID><DisplayName>me</DisplayName></Grantee><Permission>FULL_CONTROL</Permission></Grant>
+    <Grant><Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="Group">
+      <URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee><Permission>READ</Permission></Grant>
+  </AccessControlList>
+</AccessControlPolicy>"#;
+        let grants = parse::<AccessControlPolicy>(policy).unwrap().grants();
+        let all_users = "http://acs.amazonaws.com/groups/global/AllUsers";
+        assert_eq!(
+            grants,
+            [
+                (String::new(), "FULL_CONTROL".to_string()),
+                (all_users.to_string(), "READ".to_string())
+            ]
+        );
+        let none = parse::<AccessControlPolicy>("<AccessControlPolicy/>").unwrap();
+        assert!(none.grants().is_empty());
     }
 
     #[test]
