@@ -180,12 +180,7 @@ pub async fn run(
     daemon.restore_learned().await;
 
     let socket = serve_control_and_metrics(&config, &daemon, &services, &tracker).await?;
-    // Arming watches (one per folder, recursively) and the first scan block: off the runtime.
-    let starting = daemon.clone();
-    let roots = daemon.watches();
-    tokio::task::spawn_blocking(move || starting.restart_watcher(&roots))
-        .await
-        .expect("starting the watcher does not panic")?;
+    start_watching(&daemon).await?;
     let tasks = Tasks::start(&daemon, intake_receiver);
 
     started(&Started {
@@ -206,6 +201,17 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Arms the watches (one per folder, recursively) and makes the first scan: both block, so
+/// off the runtime.
+async fn start_watching(daemon: &Arc<Daemon>) -> Result<(), DaemonError> {
+    let starting = daemon.clone();
+    let roots = daemon.watches();
+    tokio::task::spawn_blocking(move || starting.restart_watcher(&roots))
+        .await
+        .expect("starting the watcher does not panic")?;
     Ok(())
 }
 
@@ -829,6 +835,21 @@ impl Daemon {
             .collect()
     }
 
+    /// Pauses (no new uploads start; those in progress finish) or resumes.
+    fn pause(&self, paused: bool) -> Reply {
+        self.paused.store(paused, Ordering::Relaxed);
+        let message = match paused {
+            true => "paused: uploads in progress finish, no new ones start",
+            false => {
+                self.wake.notify_one();
+                "resumed"
+            }
+        };
+        Reply::Done {
+            message: message.into(),
+        }
+    }
+
     /// `ferry bwlimit`: sets every bandwidth limit to `bandwidth` until the next reload or
     /// restart, or (without one) tells the limits in force.
     fn bwlimit(&self, bandwidth: Option<String>) -> Result<Reply, (String, String)> {
@@ -929,24 +950,12 @@ impl control::Handler for Handle {
             Command::Jobs { state, limit } => daemon.jobs(state, limit).await.map_err(store_error),
             Command::Retry { ids } => daemon.retry(Some(ids)).await.map_err(store_error),
             Command::RetryFailed => daemon.retry(None).await.map_err(store_error),
-            Command::Pause => {
-                daemon.paused.store(true, Ordering::Relaxed);
-                Ok(Reply::Done {
-                    message: "paused: uploads in progress finish, no new ones start".into(),
-                })
-            }
-            Command::Resume => {
-                daemon.paused.store(false, Ordering::Relaxed);
-                daemon.wake.notify_one();
-                Ok(Reply::Done {
-                    message: "resumed".into(),
-                })
-            }
+            Command::Pause => Ok(daemon.pause(true)),
+            Command::Resume => Ok(daemon.pause(false)),
             Command::Rescan => {
                 daemon.request_rescan();
-                Ok(Reply::Done {
-                    message: "rescanning the watched folders".into(),
-                })
+                let message = "rescanning the watched folders".into();
+                Ok(Reply::Done { message })
             }
             Command::BwLimit { bandwidth } => daemon.bwlimit(bandwidth),
             Command::Events { since, wait_ms } => {

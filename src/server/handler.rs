@@ -334,14 +334,8 @@ pub async fn complete(
     }
     let _guard = app.lock_session(&upload_id).await?;
     let record = app.open_record(&upload_id).await?;
-    match (&record.state, &record.completion) {
-        (SessionState::Completed, Some(done)) if same_manifest(&done.manifest, &request) => {
-            return Ok(Json(CompleteResponse {
-                file: done.file.clone(),
-            }));
-        }
-        (SessionState::Open, _) => {}
-        (state, _) => return Err(ApiError::upload_not_open(state_name(*state))),
+    if let Some(file) = completed_before(&record, &request)? {
+        return Ok(Json(CompleteResponse { file }));
     }
     let chosen = app.chosen_parts(&upload_id, &record, &request).await?;
     let assembly_started = std::time::Instant::now();
@@ -860,6 +854,21 @@ fn ensure_open(record: &SessionRecord) -> Result<(), ApiError> {
     match record.state {
         SessionState::Open => Ok(()),
         state => Err(ApiError::upload_not_open(state_name(state))),
+    }
+}
+
+/// The file a session completed with the same manifest before (a complete sent again, its
+/// reply lost); `None` for an open session; refused for one completed otherwise or aborted.
+fn completed_before(
+    record: &SessionRecord,
+    request: &CompleteRequest,
+) -> Result<Option<CompletedFile>, ApiError> {
+    match (&record.state, &record.completion) {
+        (SessionState::Completed, Some(done)) if same_manifest(&done.manifest, request) => {
+            Ok(Some(done.file.clone()))
+        }
+        (SessionState::Open, _) => Ok(None),
+        (state, _) => Err(ApiError::upload_not_open(state_name(*state))),
     }
 }
 

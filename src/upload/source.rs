@@ -158,24 +158,7 @@ impl LocalFile {
     ) -> (PartBody, oneshot::Receiver<io::Result<u32>>) {
         let (chunk_sender, chunk_receiver) = mpsc::channel::<io::Result<Bytes>>(CHUNKS_AHEAD);
         let (crc_sender, crc_receiver) = oneshot::channel();
-        if let Some(preloaded) = self.preloaded_part(part) {
-            // Room for one chunk: the send cannot wait. An empty file sends none, as streamed.
-            if !preloaded.content.is_empty() {
-                let _ = chunk_sender.try_send(Ok(preloaded.content.clone()));
-            }
-            let _ = crc_sender.send(Ok(preloaded.crc32c));
-        } else {
-            let source = self.clone();
-            tokio::task::spawn_blocking(move || {
-                let outcome = source.read_range(part, &chunk_sender);
-                if let Err(error) = &outcome {
-                    // The stream gets a copy; the original, with its kind, goes to the engine.
-                    let _ = chunk_sender
-                        .blocking_send(Err(io::Error::new(error.kind(), error.to_string())));
-                }
-                let _ = crc_sender.send(outcome);
-            });
-        }
+        self.feed(part, chunk_sender, crc_sender);
         let feed = Feed {
             receiver: chunk_receiver,
             pending: Bytes::new(),
@@ -193,6 +176,33 @@ impl LocalFile {
             sums: PartSums::default(),
         };
         (body, crc_receiver)
+    }
+
+    /// Fills `chunks` with the bytes of `part`, preloaded or read on a blocking thread, and
+    /// sends their CRC32C (or the read error) to `crc` at the end.
+    fn feed(
+        self: &Arc<Self>,
+        part: PartSpec,
+        chunks: mpsc::Sender<io::Result<Bytes>>,
+        crc: oneshot::Sender<io::Result<u32>>,
+    ) {
+        if let Some(preloaded) = self.preloaded_part(part) {
+            // Room for one chunk: the send cannot wait. An empty file sends none, as streamed.
+            if !preloaded.content.is_empty() {
+                let _ = chunks.try_send(Ok(preloaded.content.clone()));
+            }
+            let _ = crc.send(Ok(preloaded.crc32c));
+            return;
+        }
+        let source = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = source.read_range(part, &chunks);
+            if let Err(error) = &outcome {
+                // The stream gets a copy; the original, with its kind, goes to the engine.
+                let _ = chunks.blocking_send(Err(io::Error::new(error.kind(), error.to_string())));
+            }
+            let _ = crc.send(outcome);
+        });
     }
 
     /// Reads `part` chunk by chunk into `sender`, returning the CRC32C of the range. Stops early
