@@ -277,7 +277,8 @@ fn describe_transfer(transfer: &ActiveTransfer) -> String {
     )
 }
 
-/// One remote's line: its part size and parallelism, and what they come from.
+/// One remote's line: its part size and parallelism, and what they come from; under it, what
+/// the remote was seen to ignore.
 fn describe_remote(remote: &RemoteStatus) -> String {
     let kind = match remote.kind.is_empty() {
         true => String::new(),
@@ -310,6 +311,9 @@ fn describe_remote(remote: &RemoteStatus) -> String {
             line += &format!("; bandwidth limit {limit} (now off)");
         }
         _ => {}
+    }
+    for notice in &remote.notices {
+        line += &format!("\n    {notice}");
     }
     line
 }

@@ -240,6 +240,10 @@ pub struct RemoteStatus {
     /// That limit's rate now, in bytes per second; absent while unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_now: Option<u64>,
+    /// What the remote was seen to do otherwise than configured (a checksum, storage class
+    /// or ACL it ignores), since the daemon started or reloaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 /// One watch and how it is doing.

@@ -911,6 +911,7 @@ impl Daemon {
                         .limiter()
                         .map(|limiter| limiter.bandwidth().to_string()),
                     bandwidth_now: uploader.limiter().and_then(|limiter| limiter.rate_now()),
+                    notices: uploader.notices(),
                 })
             })
             .collect()

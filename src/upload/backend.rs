@@ -354,6 +354,12 @@ pub trait Backend: Send + Sync {
         UpFront::default()
     }
 
+    /// What the remote was seen to do otherwise than its configuration asks (a checksum, a
+    /// storage class or an ACL it ignores), as `ferry status` shows it.
+    fn notices(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// For a remote that takes a whole file in one request (S3's PutObject): the limits its
     /// sessions have. The engine sends a file whose first part would be the whole file with
     /// `put_file`: no session to open, record or complete.

@@ -1494,6 +1494,44 @@ fn drop_files(folder: &Path, prefix: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// What a remote was seen to ignore shows under it in `ferry status` (and `--json`) for as long
+/// as the daemon runs: on Garage, a storage class and an ACL; on s3s-fs, CRC32C (a file in
+/// parts, whose CreateMultipartUpload reply does not name the algorithm back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_status_shows_what_a_remote_ignores() {
+    let garage = Garage::start(1).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let asked = "storage_class = \"STANDARD_IA\"\nacl = \"public-read\"\n";
+    let remote = garage.remote_toml_in("main", 0, secrets.path()) + asked;
+    let class = "the server ignores storage_class = \"STANDARD_IA\"";
+    let acl = "the server ignores acl = \"public-read\"";
+    notices_after_one_file(&remote, 1024, &[class, acl]).await;
+
+    let server = S3Server::start(Flavor::S3sFs).await;
+    let remote = server.remote_toml_in("main", "", secrets.path());
+    let crc = "the server ignores CRC32C checksums: bodies carry their Content-MD5";
+    notices_after_one_file(&remote, 6 * MIB, &[crc]).await;
+}
+
+/// Runs the daemon on `remote`, drops a file of `size` bytes, and checks `ferry status` then
+/// shows `expected` under the remote, and nothing before.
+async fn notices_after_one_file(remote: &str, size: u64, expected: &[&str]) {
+    let setup = Setup::with_remote(remote, "", "");
+    let daemon = setup.start().await;
+    let notices = |status: serde_json::Value| status["remotes"][0]["notices"].clone();
+    assert!(notices(setup.status()).is_null(), "none before a file");
+    random_file(&setup.outbox.join("one.bin"), size, 61);
+    let done = || setup.status()["queue"]["done"] == 1;
+    wait_until("the file uploaded", Duration::from_secs(60), done).await;
+    assert_eq!(notices(setup.status()), serde_json::json!(expected));
+    let output = setup.ferry(&["status"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    for notice in expected {
+        assert!(text.contains(&format!("\n    {notice}\n")), "{text}");
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
 /// The daemon against a 3-node Garage cluster with replication factor 3: files dropped while
 /// one node is down, and more once it is back, all land byte-identical (read back through
 /// another node than the one written to), and none fails.

@@ -234,6 +234,11 @@ impl Uploader {
         self
     }
 
+    /// What the remote was seen to do otherwise than configured (`Backend::notices`).
+    pub fn notices(&self) -> Vec<String> {
+        self.backend.notices()
+    }
+
     /// The planner's current choices and estimates, and the parts in flight now; `None` for a
     /// planner that does not estimate.
     pub fn estimates(&self) -> Option<(Estimates, usize)> {

@@ -79,6 +79,11 @@ impl ChecksumChoice {
         }
     }
 
+    /// Whether the server was seen to ignore CRC32C (the remote now sends MD5).
+    pub(super) fn crc_ignored(&self) -> bool {
+        self.crc_ignored.load(Ordering::Relaxed)
+    }
+
     /// Takes note of the reply to `operation`, sent with `sent`. When it shows the server
     /// ignores CRC32C, bodies carry MD5 from then on.
     pub(super) fn note(&self, sent: Checksum, operation: Operation, named: bool) -> Noted {

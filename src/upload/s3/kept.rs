@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(super) struct Asked {
     value: Option<String>,
     checked: AtomicBool,
+    ignored: AtomicBool,
 }
 
 impl Asked {
@@ -30,6 +31,7 @@ impl Asked {
         Asked {
             value,
             checked: AtomicBool::new(!checkable),
+            ignored: AtomicBool::new(false),
         }
     }
 
@@ -52,10 +54,17 @@ impl Asked {
     /// the first object checked and the server ignored it.
     pub(super) fn note(&self, ignored: impl FnOnce(&str) -> bool) -> Option<&str> {
         let asked = self.value.as_deref()?;
-        if self.checked.swap(true, Ordering::Relaxed) {
+        if self.checked.swap(true, Ordering::Relaxed) || !ignored(asked) {
             return None;
         }
-        ignored(asked).then_some(asked)
+        self.ignored.store(true, Ordering::Relaxed);
+        Some(asked)
+    }
+
+    /// The value asked for, once an object showed the server ignores it.
+    pub(super) fn ignored(&self) -> Option<&str> {
+        self.value()
+            .filter(|_| self.ignored.load(Ordering::Relaxed))
     }
 }
 
@@ -173,13 +182,16 @@ mod tests {
     fn only_the_first_object_is_checked_and_said() {
         let check = Asked::new(Some("STANDARD_IA".into()), true);
         assert!(check.wanted());
+        assert_eq!(check.ignored(), None);
         assert_eq!(check.note(|_| true), Some("STANDARD_IA"));
+        assert_eq!(check.ignored(), Some("STANDARD_IA"));
         assert!(!check.wanted());
         assert_eq!(check.note(|_| true), None, "said once");
 
         let kept = Asked::new(Some("STANDARD_IA".into()), true);
         assert_eq!(kept.note(|_| false), None);
         assert!(!kept.wanted(), "checked once");
+        assert_eq!(kept.ignored(), None);
 
         let forgone = Asked::new(Some("GLACIER".into()), true);
         forgone.forgo();

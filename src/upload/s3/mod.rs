@@ -937,6 +937,23 @@ impl Backend for S3Backend {
         Some(s3_limits())
     }
 
+    fn notices(&self) -> Vec<String> {
+        let checksum = self.checksum.crc_ignored().then(|| {
+            "the server ignores CRC32C checksums: bodies carry their Content-MD5".to_string()
+        });
+        let class = self.storage_class.ignored();
+        let class = class.map(|class| format!("the server ignores storage_class = {class:?}"));
+        let acl = self.acl.ignored();
+        let acl = acl.map(|acl| format!("the server ignores acl = {acl:?}"));
+        let unencrypted = self.unencrypted.load(Ordering::Relaxed).then(|| {
+            "the server did not confirm the encryption asked for: nothing more is sent".into()
+        });
+        [checksum, class, acl, unencrypted]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<RemoteSession, BackendError> {
         if request.size > MAX_OBJECT_SIZE {
             return Err(BackendError::Setup {
