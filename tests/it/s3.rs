@@ -1496,12 +1496,13 @@ fn drop_files(folder: &Path, prefix: &str, count: usize) -> Vec<String> {
 
 /// What a remote was seen to ignore shows under it in `ferry status` (and `--json`) for as long
 /// as the daemon runs: on Garage, a storage class and an ACL; on s3s-fs, CRC32C (a file in
-/// parts, whose CreateMultipartUpload reply does not name the algorithm back).
+/// parts, whose CreateMultipartUpload reply does not name the algorithm back). The part size
+/// shown is S3's least (5 MiB) where the remote asks for less.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_status_shows_what_a_remote_ignores() {
     let garage = Garage::start(1).await;
     let secrets = tempfile::tempdir().unwrap();
-    let asked = "storage_class = \"STANDARD_IA\"\nacl = \"public-read\"\n";
+    let asked = "storage_class = \"STANDARD_IA\"\nacl = \"public-read\"\nchunk_size = \"1MiB\"\n";
     let remote = garage.remote_toml_in("main", 0, secrets.path()) + asked;
     let class = "the server ignores storage_class = \"STANDARD_IA\"";
     let acl = "the server ignores acl = \"public-read\"";
@@ -1523,7 +1524,12 @@ async fn notices_after_one_file(remote: &str, size: u64, expected: &[&str]) {
     random_file(&setup.outbox.join("one.bin"), size, 61);
     let done = || setup.status()["queue"]["done"] == 1;
     wait_until("the file uploaded", Duration::from_secs(60), done).await;
-    assert_eq!(notices(setup.status()), serde_json::json!(expected));
+    let status = setup.status();
+    assert_eq!(notices(status.clone()), serde_json::json!(expected));
+    assert!(
+        status["remotes"][0]["part_size"].as_u64() >= Some(5 * MIB),
+        "{status}"
+    );
     let output = setup.ferry(&["status"]);
     let text = String::from_utf8_lossy(&output.stdout);
     for notice in expected {

@@ -240,9 +240,15 @@ impl Uploader {
     }
 
     /// The planner's current choices and estimates, and the parts in flight now; `None` for a
-    /// planner that does not estimate.
+    /// planner that does not estimate. The part size is the one sessions get: within the
+    /// remote's limits where they are known before a session (S3's 5 MiB to 5 GiB).
     pub fn estimates(&self) -> Option<(Estimates, usize)> {
-        self.planner.estimates()
+        let (mut estimates, in_flight) = self.planner.estimates()?;
+        if let Some(limits) = self.backend.single_request() {
+            let (least, most) = (limits.min_part_size, limits.max_part_size);
+            estimates.part_size = estimates.part_size.clamp(least, most.max(least));
+        }
+        Some((estimates, in_flight))
     }
 
     /// Starts the planner from what an earlier run learned about this remote, once (the first
