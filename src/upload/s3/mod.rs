@@ -180,14 +180,14 @@ pub struct S3Backend {
     /// The addressing style, when the endpoint is AWS's own, which is per region.
     aws_style: Option<UrlStyle>,
     prefix: String,
-    /// The storage class and the canned ACL asked for, and whether the server was seen to
-    /// keep them (`kept.rs`).
+    /// The storage class asked for, and whether the server was seen to keep it (`kept.rs`).
     storage_class: Asked,
     checksum: ChecksumChoice,
     encryption: Option<Encryption>,
     /// Set once the server has stored something without the encryption asked for: it is sent
     /// nothing more.
     unencrypted: AtomicBool,
+    /// The canned ACL asked for, and whether the server was seen to keep it.
     acl: Asked,
     requester: Requester,
 }
