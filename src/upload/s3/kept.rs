@@ -83,9 +83,14 @@ pub(super) type Grant = (String, String);
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
 const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
 
+/// Whether an object stored with the canned ACL `acl` can show it kept: it grants a group.
+pub(super) fn acl_checkable(acl: Option<&str>) -> bool {
+    acl.is_some_and(|acl| !group_grants(acl).is_empty())
+}
+
 /// The group grants the canned ACL `acl` gives (group URI, permission); empty for the ACLs
 /// that grant owners only.
-pub(super) fn group_grants(acl: &str) -> &'static [(&'static str, &'static str)] {
+fn group_grants(acl: &str) -> &'static [(&'static str, &'static str)] {
     match acl {
         "public-read" => &[(ALL_USERS, "READ")],
         "public-read-write" => &[(ALL_USERS, "READ"), (ALL_USERS, "WRITE")],
@@ -175,7 +180,8 @@ mod tests {
                 "{acl} {grants:?}"
             );
         }
-        assert!(group_grants("private").is_empty());
+        assert!(!acl_checkable(Some("private")) && !acl_checkable(None));
+        assert!(acl_checkable(Some("authenticated-read")));
     }
 
     #[test]

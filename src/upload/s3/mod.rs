@@ -247,7 +247,10 @@ impl S3Backend {
             checksum: ChecksumChoice::new(config.checksum),
             encryption: config.encryption.clone(),
             unencrypted: AtomicBool::new(false),
-            acl: Asked::new(config.acl.clone(), acl_checkable(config.acl.as_deref())),
+            acl: Asked::new(
+                config.acl.clone(),
+                kept::acl_checkable(config.acl.as_deref()),
+            ),
             requester: Requester::new(client, config.region.clone(), credentials, shown.clone()),
         })
     }
@@ -887,11 +890,6 @@ fn mtime_value(mtime_ns: i64) -> String {
         "" => format!("{sign}{seconds}"),
         digits => format!("{sign}{seconds}.{digits}"),
     }
-}
-
-/// Whether an object stored with the canned ACL `acl` can show it kept (`kept.rs`).
-fn acl_checkable(acl: Option<&str>) -> bool {
-    acl.is_some_and(|acl| !kept::group_grants(acl).is_empty())
 }
 
 fn s3_limits() -> PartLimits {
