@@ -79,8 +79,8 @@ impl ChecksumChoice {
         }
     }
 
-    /// Whether the server was seen to ignore CRC32C (the remote now sends MD5).
-    pub(super) fn crc_ignored(&self) -> bool {
+    /// Whether the remote turned to MD5, the server seen to ignore CRC32C.
+    pub(super) fn turned(&self) -> bool {
         self.crc_ignored.load(Ordering::Relaxed)
     }
 

@@ -936,7 +936,7 @@ impl Backend for S3Backend {
     }
 
     fn notices(&self) -> Vec<String> {
-        let checksum = self.checksum.crc_ignored().then(|| {
+        let checksum = self.checksum.turned().then(|| {
             "the server ignores CRC32C checksums: bodies carry their Content-MD5".to_string()
         });
         let class = self.storage_class.ignored();
