@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use ferry::UsageError;
+use ferry::cli::check::Connect;
 use ferry::cli::push::{PushRequest, Target};
 use ferry::cli::serve::ServeRequest;
 use ferry::config::LogFormat;
@@ -142,7 +143,18 @@ struct ServiceArgs {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration and print what it means.
-    Check,
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Also open and abort an upload at each remote: shows that it answers and takes the
+    /// credentials, and that the bucket or workspace is there and may be written to.
+    #[arg(long)]
+    connect: bool,
+    /// With --connect, only this remote.
+    #[arg(long, requires = "connect")]
+    remote: Option<String>,
 }
 
 #[derive(Args)]
@@ -349,8 +361,15 @@ async fn dispatch(cli: Cli, daemon_config: Option<ferry::config::Config>) -> Res
             ferry::cli::cleanup::cleanup(config, socket, request, args.json).await
         }
         Command::Config {
-            command: ConfigCommand::Check,
-        } => ferry::cli::config_check(cli.config.as_deref()),
+            command: ConfigCommand::Check(args),
+        } => {
+            let connect = match (args.connect, args.remote) {
+                (false, _) => Connect::None,
+                (true, None) => Connect::Every,
+                (true, Some(name)) => Connect::Only(name),
+            };
+            ferry::cli::check::config_check(cli.config.as_deref(), connect).await
+        }
         Command::Serve(args) => {
             ferry::cli::private_umask();
             ferry::cli::serve::serve(serve_request(args)).await

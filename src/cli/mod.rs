@@ -2,6 +2,7 @@
 //! daemon, the client commands that talk to it over the control socket, `serve` and `push`
 //! (their checks, tokens and defaults), and the one signal handler (`signals`).
 
+pub mod check;
 pub mod cleanup;
 pub mod push;
 pub mod serve;
@@ -16,7 +17,7 @@ use bytesize::ByteSize;
 use tokio_util::sync::CancellationToken;
 
 use crate::UsageError;
-use crate::config::{self, Config, ConfigError, Defaults};
+use crate::config::{self, Config, ConfigError, Defaults, RemoteConfig};
 use crate::control::protocol::{ActiveTransfer, HookDelivery};
 use crate::control::{self, Command, RemoteStatus, Reply, StatusReply};
 use crate::daemon::Reload;
@@ -72,11 +73,18 @@ pub fn private_umask() {
     }
 }
 
-/// `ferry config check`: validates and prints the effective configuration.
-pub fn config_check(flag: Option<&Path>) -> Result<()> {
-    let config = load_runnable_config(flag)?;
-    out(&config.render())?;
-    Ok(())
+/// The configured remote `name` (`--remote NAME`), with the name borrowed from `config`; a
+/// name it does not have is a usage error listing those it has.
+pub fn remote_named<'a>(config: &'a Config, name: &str) -> Result<(&'a str, &'a RemoteConfig)> {
+    if let Some((name, remote)) = config.remotes.get_key_value(name) {
+        return Ok((name, remote));
+    }
+    let known: Vec<&str> = config.remotes.keys().map(String::as_str).collect();
+    Err(UsageError(format!(
+        "--remote {name}: no such remote in the configuration (it has: {})",
+        known.join(", ")
+    ))
+    .into())
 }
 
 /// `ferry run`: the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads. Under

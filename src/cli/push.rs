@@ -138,14 +138,7 @@ fn configured(
     flags: UploadSettings,
 ) -> Result<(Arc<dyn Backend>, UploadSettings)> {
     let config = crate::cli::load_config(config)?;
-    let Some(remote) = config.remotes.get(name) else {
-        let known: Vec<&str> = config.remotes.keys().map(String::as_str).collect();
-        return Err(UsageError(format!(
-            "--remote {name}: no such remote in the configuration (it has: {})",
-            known.join(", ")
-        ))
-        .into());
-    };
+    let (_, remote) = crate::cli::remote_named(&config, name)?;
     let backend = crate::remotes::backend(name, remote, None)?.ok_or_else(|| {
         UsageError(format!(
             "--remote {name} is the daemon's embedded receiver; push to a running `ferry serve` with --url"

@@ -4,6 +4,7 @@
 mod adaptive;
 mod bwlimit;
 mod ceph;
+mod connect;
 mod crash;
 mod daemon;
 mod hardening;

@@ -1,0 +1,83 @@
+//! `ferry config check`: validates the configuration and prints what it means; with
+//! `--connect`, also opens and aborts an upload at each remote (or the one `--remote` names),
+//! so wrong keys, a missing bucket or an untrusted certificate show before the daemon runs.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::config::{Config, RemoteConfig};
+use crate::output::{out, outln};
+use crate::remotes::Probe;
+
+/// Which remotes to connect to (`--connect`, `--remote NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connect {
+    None,
+    /// Every remote (the embedded receiver, which runs only with the daemon, is said so).
+    Every,
+    Only(String),
+}
+
+/// Prints the effective configuration; with `connect`, then a comment line for each remote
+/// reached (and what it was seen to ignore). Fails naming every remote that could not be used.
+pub async fn config_check(flag: Option<&Path>, connect: Connect) -> Result<()> {
+    let config = super::load_runnable_config(flag)?;
+    out(&config.render())?;
+    let names = match &connect {
+        Connect::None => return Ok(()),
+        Connect::Every => config.remotes.keys().map(String::as_str).collect(),
+        Connect::Only(name) => vec![super::remote_named(&config, name)?.0],
+    };
+    let mut failed = Vec::new();
+    for name in names {
+        match connect_to(&config, name).await {
+            Ok(Some(line)) => outln(&line)?,
+            Ok(None) => {}
+            Err(error) => failed.push(format!("remotes.{name}: {error}")),
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} remote(s) cannot take uploads:\n  {}",
+        failed.len(),
+        failed.join("\n  ")
+    )
+}
+
+/// Opens and aborts an upload at the remote `name`; the lines saying so, or the error chain.
+/// `None` for the embedded receiver, which is the daemon's own and runs only with it.
+async fn connect_to(config: &Config, name: &str) -> Result<Option<String>, String> {
+    let remote = &config.remotes[name];
+    if matches!(remote, RemoteConfig::Embedded { .. }) {
+        return Ok(Some(format!(
+            "# remotes.{name}: the daemon's embedded receiver, started with it: nothing to connect to"
+        )));
+    }
+    let chain = |error: crate::upload::BackendError| crate::error::chain(&error);
+    let backend = crate::remotes::backend(name, remote, None).map_err(chain)?;
+    let Some(backend) = backend else {
+        return Ok(None);
+    };
+    let path = format!(".ferry-check-{:016x}", rand::random::<u64>());
+    let probe = crate::remotes::probe(backend.as_ref(), &path)
+        .await
+        .map_err(chain)?;
+    Ok(Some(reached(name, backend.endpoint(), &probe)))
+}
+
+/// `# remotes.NAME: ...` saying where an upload was opened and aborted, and a line for each
+/// thing the remote ignores.
+fn reached(name: &str, endpoint: &str, probe: &Probe) -> String {
+    let mut text = format!(
+        "# remotes.{name}: opened and aborted an upload of {:?} at {endpoint} in {} ms",
+        probe.remote_path,
+        probe.elapsed.as_millis()
+    );
+    for notice in &probe.notices {
+        text.push_str(&format!("\n#   {notice}"));
+    }
+    text
+}
