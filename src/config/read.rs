@@ -386,10 +386,7 @@ impl<'t> Reader<'t> {
             }
         };
         let root = root.get_ref();
-        // Relative paths are relative to the file's folder, made absolute so that nothing
-        // downstream depends on the working directory (`ferry.toml` has the folder "").
-        let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-        let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let base = folder_of(file);
         let base = base.as_path();
         self.unknown_keys("", root, &["daemon", "remotes", "upload", "hooks", "watch"]);
 
@@ -403,13 +400,7 @@ impl<'t> Reader<'t> {
             .unwrap_or_default();
 
         let (remotes, remote_upload, remote_bandwidth) = self.remotes(root, base, upload);
-        let hooks = match root.get("hooks") {
-            Some(value) => self
-                .sub_table("hooks", value)
-                .map_or_else(Hooks::default, |table| self.hook_defaults(table, base)),
-            None => Hooks::default(),
-        };
-
+        let hooks = self.hooks_section(root, base);
         let watches = self.watches(root, (base, &hooks), &remotes);
         Some(Config {
             daemon: daemon?,
@@ -422,6 +413,15 @@ impl<'t> Reader<'t> {
             source: None,
             lines: std::mem::take(&mut self.lines),
         })
+    }
+
+    /// `[hooks]`, every watch's defaults; none when it is left out.
+    fn hooks_section(&mut self, root: &DeTable<'_>, base: &Path) -> Hooks {
+        let Some(value) = root.get("hooks") else {
+            return Hooks::default();
+        };
+        self.sub_table("hooks", value)
+            .map_or_else(Hooks::default, |table| self.hook_defaults(table, base))
     }
 
     /// Every `[[watch]]`; none is a problem only to run the daemon (`check_paths`):
@@ -757,4 +757,12 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
+}
+
+/// The folder of the configuration `file`, which relative paths are relative to: made
+/// absolute, so that nothing downstream depends on the working directory (`ferry.toml` has
+/// the folder "").
+fn folder_of(file: &Path) -> std::path::PathBuf {
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    absolute.parent().unwrap_or(Path::new("/")).to_path_buf()
 }

@@ -102,14 +102,18 @@ pub async fn serve<H: Handler>(
     let _ = std::fs::remove_file(&path);
 }
 
-async fn exchange<H: Handler>(mut stream: UnixStream, own_uid: u32, handler: Arc<H>) {
-    let refuse = |code: &str, message: String| Response {
+/// A refusal with `code`.
+fn refuse(code: &str, message: String) -> Response {
+    Response {
         version: PROTOCOL_VERSION,
         outcome: Outcome::Error {
             code: code.into(),
             message,
         },
-    };
+    }
+}
+
+async fn exchange<H: Handler>(mut stream: UnixStream, own_uid: u32, handler: Arc<H>) {
     // Root may: it could read the store anyway, and `sudo ferry status` is how one looks at a
     // system service running as its own user.
     let peer_uid = stream.peer_cred().map(|cred| cred.uid());

@@ -196,15 +196,7 @@ pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
         let due = known.take_due(now_ms(), AT_ONCE);
         publish(&daemon, known.status(due.len()));
         if !due.is_empty() {
-            let mut tries = tokio::task::JoinSet::new();
-            for id in due {
-                tries.spawn(attempt(daemon.clone(), id, deliverer.clone()));
-            }
-            while let Some(tried) = tries.join_next().await {
-                if let Ok(Some(again)) = tried {
-                    known.add(&again);
-                }
-            }
+            deliver(&daemon, known, due, &deliverer).await;
             continue;
         }
         let sleep = known
@@ -215,6 +207,19 @@ pub(super) async fn run(daemon: Arc<Daemon>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = daemon.hooks_wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Attempts the deliveries `due` at once; those to try again go back in `known`.
+async fn deliver(daemon: &Arc<Daemon>, known: &mut Schedule, due: Vec<u64>, deliverer: &Deliverer) {
+    let mut tries = tokio::task::JoinSet::new();
+    for id in due {
+        tries.spawn(attempt(daemon.clone(), id, deliverer.clone()));
+    }
+    while let Some(tried) = tries.join_next().await {
+        if let Ok(Some(again)) = tried {
+            known.add(&again);
         }
     }
 }

@@ -146,13 +146,36 @@ impl S3Config {
         }
     }
 
-    /// The bucket's URL (what messages show).
-    pub fn bucket_url(&self) -> Result<Url, String> {
+    /// The bucket, at its endpoint in its style.
+    fn located_bucket(&self) -> Result<Bucket, String> {
         let endpoint = self.endpoint_url()?;
         let style = self.url_style(&endpoint);
         Bucket::new(endpoint, style, self.bucket.clone(), self.region.clone())
-            .map(|bucket| bucket.base_url().clone())
             .map_err(|error| format!("bucket {:?}: {error}", self.bucket))
+    }
+
+    /// The bucket's URL (what messages show).
+    pub fn bucket_url(&self) -> Result<Url, String> {
+        self.located_bucket()
+            .map(|bucket| bucket.base_url().clone())
+    }
+
+    /// The addressing style, when the endpoint is AWS's own (`S3Backend::located`).
+    fn aws_style(&self) -> Option<UrlStyle> {
+        let endpoint = self.endpoint_url().ok()?;
+        self.endpoint.is_none().then(|| self.url_style(&endpoint))
+    }
+
+    /// The HTTP client of the remote: its CA certificates beside the system's, and no proxy
+    /// to a loopback endpoint.
+    fn http_client(&self) -> Result<reqwest::Client, String> {
+        let endpoint = self.endpoint_url()?;
+        super::http::client_builder(self.ca_cert.as_ref(), Some(endpoint.as_str()))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -220,28 +243,14 @@ impl S3Backend {
             endpoint: shown.clone(),
             problem,
         };
-        let endpoint = config.endpoint_url().map_err(setup)?;
-        let style = config.url_style(&endpoint);
-        let address = endpoint.to_string();
-        let bucket = Bucket::new(
-            endpoint,
-            style,
-            config.bucket.clone(),
-            config.region.clone(),
-        )
-        .map_err(|error| setup(format!("bucket {:?}: {error}", config.bucket)))?;
-        let client = super::http::client_builder(config.ca_cert.as_ref(), Some(&address))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| setup(error.to_string()))?;
+        let bucket = config.located_bucket().map_err(setup)?;
+        let client = config.http_client().map_err(setup)?;
         let credentials =
             credentials::Credentials::new(&config.credentials, config.ca_cert.as_ref())
                 .map_err(setup)?;
         Ok(S3Backend {
             bucket,
-            aws_style: config.endpoint.is_none().then_some(style),
+            aws_style: config.aws_style(),
             prefix: config.prefix.clone(),
             storage_class: Asked::new(config.storage_class.clone(), true),
             checksum: ChecksumChoice::new(config.checksum),
