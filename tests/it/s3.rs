@@ -780,6 +780,35 @@ async fn resumed_after_a_kill(config: &Path, proxy: &FaultProxy) -> PathBuf {
     local
 }
 
+/// ListParts read page by page: the proxy asks moto for 2 parts a page where Ferry asks for
+/// 1,000 (moto checks no signature; s3s-fs and Garage do, and 1,001 real parts would be 5 GB).
+/// A push killed after 3 parts resumes from every page and sends none of the listed parts
+/// again; the object is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_reads_every_page_of_list_parts() {
+    let server = S3Server::start(Flavor::Moto).await;
+    let proxy = proxy_before(&server).await;
+    let (from, to) = ("max-parts=1000", "max-parts=2");
+    proxy.set_plan(move |head, _| {
+        let listing = head.method == "GET" && head.path.contains(from);
+        listing.then_some(Fault::Rewrite { from, to })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &server, &proxy.url);
+    let local = resumed_after_a_kill(&config, &proxy).await;
+    assert_stored(&server, "pushed/resume.bin", &local, "resumed from pages").await;
+    let log = proxy.log();
+    let pages: Vec<&Seen> = log.iter().filter(|seen| seen.fault.is_some()).collect();
+    let later = pages
+        .iter()
+        .filter(|seen| query_param(&seen.path, "part-number-marker").is_some())
+        .count();
+    assert!(
+        pages.len() >= 2 && later >= 1,
+        "ListParts read past its first page: {pages:#?}"
+    );
+}
+
 /// With a customer key (SSE-C), on Garage: every request for the object's bytes or its parts'
 /// checksums carries the key (AWS wants it on the ListParts of an upload made with a checksum
 /// algorithm; Garage lists no CRC32C without it), and the object reads back whole with it.
@@ -1359,6 +1388,58 @@ async fn wait_open(
 async fn open_ids(backend: &S3Backend) -> Vec<String> {
     let uploads = backend.open_uploads().await.unwrap();
     uploads.into_iter().map(|upload| upload.upload_id).collect()
+}
+
+/// ListMultipartUploads read page by page: Garage lists at most 1,000 uploads a page and ends
+/// it with a key alone; `ferry cleanup` finds each of 1,003 orphans once (dry run), then
+/// aborts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_reads_every_page_of_open_uploads_in_garage() {
+    let secrets = tempfile::tempdir().unwrap();
+    let garage = Garage::start(1).await;
+    let remote = garage.remote_toml_in("main", 0, secrets.path());
+    cleans_every_page(&garage.config(0), &remote).await;
+}
+
+/// The same in Ceph's gateway, which ends a page with a key and an upload id, as AWS does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_reads_every_page_of_open_uploads_in_ceph() {
+    let secrets = tempfile::tempdir().unwrap();
+    let ceph = S3Server::start(Flavor::CephRgw).await;
+    let remote = ceph.remote_toml_in("main", "", secrets.path());
+    cleans_every_page(&ceph.config(""), &remote).await;
+}
+
+/// Opens 1,003 uploads at `config`'s remote, then has `ferry cleanup` list and abort them
+/// through `remote` (its TOML table).
+async fn cleans_every_page(config: &ferry::upload::S3Config, remote: &str) {
+    let direct = Arc::new(S3Backend::new(config).unwrap());
+    let mut opening = tokio::task::JoinSet::new();
+    for n in 0..1003 {
+        let direct = direct.clone();
+        opening.spawn(async move { direct.create(&request(&format!("left/{n}"), 6 * MIB)).await });
+        while opening.len() >= 16 {
+            opening.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(opened) = opening.join_next().await {
+        opened.unwrap().unwrap();
+    }
+    let setup = Setup::with_remote(remote, "", "");
+    let listed = cleanup(&setup, &["--older-than", "0s", "--dry-run"]);
+    let keys: BTreeSet<&str> = listed.iter().map(|o| o["key"].as_str().unwrap()).collect();
+    assert_eq!((listed.len(), keys.len()), (1003, 1003), "each orphan once");
+    let aborted = cleanup(&setup, &["--older-than", "0s"]);
+    let outcomes: BTreeSet<&str> = aborted
+        .iter()
+        .map(|o| o["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (aborted.len(), outcomes),
+        (1003, BTreeSet::from(["aborted"]))
+    );
+    let left = cleanup(&setup, &["--older-than", "0s", "--dry-run"]);
+    assert!(left.is_empty(), "{} left", left.len());
 }
 
 fn cleanup(setup: &Setup, args: &[&str]) -> Vec<serde_json::Value> {

@@ -786,18 +786,21 @@ impl S3Backend {
     }
 
     /// The multipart uploads open under the remote's prefix (ListMultipartUploads, every page).
+    /// A page ends at a key, and at an upload of that key where the server says (AWS, Ceph);
+    /// Garage names the key alone, and the next page starts after it.
     pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, BackendError> {
         let operation = Operation::List;
         let mut found = Vec::new();
-        let mut markers: Option<(String, String)> = None;
+        let mut markers: Option<(String, Option<String>)> = None;
         loop {
             let mut call = Call::new(operation, Method::Get, self.located().base_url().clone())
                 .query("uploads", "")
                 .query("prefix", self.prefix.clone());
             if let Some((key, upload)) = &markers {
-                call = call
-                    .query("key-marker", key.clone())
-                    .query("upload-id-marker", upload.clone());
+                call = call.query("key-marker", key.clone());
+                if let Some(upload) = upload {
+                    call = call.query("upload-id-marker", upload.clone());
+                }
             }
             let page: xml::UploadsPage = self.reply(call).await?;
             found.extend(page.uploads.into_iter().map(|upload| OpenUpload {
@@ -805,7 +808,9 @@ impl S3Backend {
                 upload_id: upload.upload_id,
                 initiated: upload.initiated,
             }));
-            let next = page.next_key_marker.zip(page.next_upload_id_marker);
+            let given = |marker: Option<String>| marker.filter(|text| !text.is_empty());
+            let upload_marker = given(page.next_upload_id_marker);
+            let next = given(page.next_key_marker).map(|key| (key, upload_marker));
             match (page.is_truncated, next) {
                 (true, Some(next)) if Some(&next) != markers.as_ref() => markers = Some(next),
                 (true, _) => {

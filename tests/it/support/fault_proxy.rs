@@ -1,8 +1,8 @@
 //! A small HTTP/1.1 fault proxy for loopback tests. It sits between a client and a real
 //! receiver, forwards requests, and injects faults chosen per request: cut the connection in the
 //! middle of a body, stall it, answer `503` with `Retry-After` without forwarding, or hold a
-//! request back for a while, or flip a byte of the body. It can also throttle request bodies to
-//! slow an upload down.
+//! request back for a while, flip a byte of the body, or change the request's query. It can also
+//! throttle request bodies to slow an upload down.
 //!
 //! Each connection carries one request: the proxy adds `Connection: close` to what it forwards,
 //! so the receiver's reply tells the client not to reuse the connection. Every request is logged
@@ -34,6 +34,12 @@ pub enum Fault {
     /// Forward the request whole and let the receiver answer, then close the client's
     /// connection without relaying the reply: the request took effect, its reply was lost.
     DropReply,
+    /// Forward the request with `from` replaced by `to` in its target (path and query), as a
+    /// server that reads the query otherwise would (moto, which checks no signature).
+    Rewrite {
+        from: &'static str,
+        to: &'static str,
+    },
 }
 
 /// One request the proxy saw.
@@ -201,6 +207,10 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     };
     let (upstream_read, mut upstream_write) = upstream.into_split();
     let (mut client_read, client_write) = client.into_split();
+    let raw_head = match fault {
+        Some(Fault::Rewrite { from, to }) => rewrite_target(&raw_head, from, to),
+        _ => raw_head,
+    };
     if upstream_write.write_all(&raw_head).await.is_err() {
         finish(&shared);
         return;
@@ -246,6 +256,13 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         let _ = reply.await;
     }
     finish(&shared);
+}
+
+/// `raw_head` with `from` replaced by `to` in its request line alone.
+fn rewrite_target(raw_head: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(raw_head);
+    let (request_line, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
+    format!("{}\r\n{rest}", request_line.replace(from, to)).into_bytes()
 }
 
 /// The value of parameter `name` in a request path's query, decoded (`""` for a bare
