@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RemoteConfig;
@@ -21,6 +22,9 @@ use crate::upload::{Backend, BackendError};
 
 /// Aborts of one upload before giving up on parts that keep landing.
 const ABORT_ROUNDS: usize = 3;
+/// Uploads examined (and aborted) at once: a bucket left with thousands of orphans is cleaned
+/// in minutes, not hours, at a distant server's latency.
+const AT_ONCE: usize = 8;
 
 /// What to clean.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,14 +108,15 @@ pub async fn run(
         let backend = S3Backend::new(config).map_err(failed)?;
         let owned = owned_uploads(sessions, &backend.identity()).await?;
         let uploads = backend.open_uploads().await.map_err(failed)?;
-        for upload in uploads
+        let unowned = uploads
             .into_iter()
-            .filter(|u| !owned.contains(&u.upload_id))
-        {
-            if let Some(orphan) = examine(&backend, name, upload, request).await {
-                found.push(orphan);
-            }
-        }
+            .filter(|u| !owned.contains(&u.upload_id));
+        let examined: Vec<Option<Orphan>> = futures_util::stream::iter(unowned)
+            .map(|upload| examine(&backend, name, upload, request))
+            .buffered(AT_ONCE)
+            .collect()
+            .await;
+        found.extend(examined.into_iter().flatten());
     }
     Ok(found)
 }
