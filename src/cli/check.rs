@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::config::{Config, RemoteConfig};
+use crate::config::Config;
 use crate::output::{out, outln};
 use crate::remotes::Probe;
 
@@ -32,8 +32,7 @@ pub async fn config_check(flag: Option<&Path>, connect: Connect) -> Result<()> {
     let mut failed = Vec::new();
     for name in names {
         match connect_to(&config, name).await {
-            Ok(Some(line)) => outln(&line)?,
-            Ok(None) => {}
+            Ok(lines) => outln(&lines)?,
             Err(error) => failed.push(format!("remotes.{name}: {error}")),
         }
     }
@@ -48,24 +47,20 @@ pub async fn config_check(flag: Option<&Path>, connect: Connect) -> Result<()> {
 }
 
 /// Opens and aborts an upload at the remote `name`; the lines saying so, or the error chain.
-/// `None` for the embedded receiver, which is the daemon's own and runs only with it.
-async fn connect_to(config: &Config, name: &str) -> Result<Option<String>, String> {
-    let remote = &config.remotes[name];
-    if matches!(remote, RemoteConfig::Embedded { .. }) {
-        return Ok(Some(format!(
-            "# remotes.{name}: the daemon's embedded receiver, started with it: nothing to connect to"
-        )));
-    }
+/// The embedded receiver is the daemon's own and runs only with it: nothing to connect to.
+async fn connect_to(config: &Config, name: &str) -> Result<String, String> {
     let chain = |error: crate::upload::BackendError| crate::error::chain(&error);
-    let backend = crate::remotes::backend(name, remote, None).map_err(chain)?;
+    let backend = crate::remotes::backend(name, &config.remotes[name], None).map_err(chain)?;
     let Some(backend) = backend else {
-        return Ok(None);
+        return Ok(format!(
+            "# remotes.{name}: the daemon's embedded receiver, started with it: nothing to connect to"
+        ));
     };
     let path = format!(".ferry-check-{:016x}", rand::random::<u64>());
     let probe = crate::remotes::probe(backend.as_ref(), &path)
         .await
         .map_err(chain)?;
-    Ok(Some(reached(name, backend.endpoint(), &probe)))
+    Ok(reached(name, backend.endpoint(), &probe))
 }
 
 /// `# remotes.NAME: ...` saying where an upload was opened and aborted, and a line for each

@@ -74,6 +74,27 @@ async fn config_check_connect_opens_and_aborts_an_upload_at_each_remote_and_name
     );
 }
 
+/// The built-in default's one remote is the daemon's embedded receiver: nothing to connect to,
+/// which is said, and no failure.
+#[test]
+fn config_check_connect_says_the_embedded_receiver_has_nothing_to_connect_to() {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(ferry_bin())
+        .args(["config", "check", "--connect"])
+        .env("HOME", home.path())
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("FERRY_CONFIG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let said = "# remotes.embedded: the daemon's embedded receiver, started with it: nothing to \
+                connect to";
+    assert!(stdout.contains(said), "{stdout}");
+}
+
 /// The configuration of the five remotes (moto reached through `moto_url`) and a watch.
 fn write_config(
     dir: &Path,
