@@ -146,30 +146,27 @@ impl S3Config {
         }
     }
 
-    /// The bucket, at its endpoint in its style.
-    fn located_bucket(&self) -> Result<Bucket, String> {
-        let endpoint = self.endpoint_url()?;
-        let style = self.url_style(&endpoint);
-        Bucket::new(endpoint, style, self.bucket.clone(), self.region.clone())
-            .map_err(|error| format!("bucket {:?}: {error}", self.bucket))
+    /// The bucket at `endpoint` (`endpoint_url`), in its style.
+    fn located_bucket(&self, endpoint: &Url) -> Result<Bucket, String> {
+        let style = self.url_style(endpoint);
+        Bucket::new(
+            endpoint.clone(),
+            style,
+            self.bucket.clone(),
+            self.region.clone(),
+        )
+        .map_err(|error| format!("bucket {:?}: {error}", self.bucket))
     }
 
     /// The bucket's URL (what messages show).
     pub fn bucket_url(&self) -> Result<Url, String> {
-        self.located_bucket()
+        self.located_bucket(&self.endpoint_url()?)
             .map(|bucket| bucket.base_url().clone())
     }
 
-    /// The addressing style, when the endpoint is AWS's own (`S3Backend::located`).
-    fn aws_style(&self) -> Option<UrlStyle> {
-        let endpoint = self.endpoint_url().ok()?;
-        self.endpoint.is_none().then(|| self.url_style(&endpoint))
-    }
-
-    /// The HTTP client of the remote: its CA certificates beside the system's, and no proxy
-    /// to a loopback endpoint.
-    fn http_client(&self) -> Result<reqwest::Client, String> {
-        let endpoint = self.endpoint_url()?;
+    /// The HTTP client of the remote at `endpoint`: its CA certificates beside the system's,
+    /// and no proxy to a loopback endpoint.
+    fn http_client(&self, endpoint: &Url) -> Result<reqwest::Client, String> {
         super::http::client_builder(self.ca_cert.as_ref(), Some(endpoint.as_str()))
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -243,14 +240,18 @@ impl S3Backend {
             endpoint: shown.clone(),
             problem,
         };
-        let bucket = config.located_bucket().map_err(setup)?;
-        let client = config.http_client().map_err(setup)?;
+        let endpoint = config.endpoint_url().map_err(setup)?;
+        let bucket = config.located_bucket(&endpoint).map_err(setup)?;
+        let client = config.http_client(&endpoint).map_err(setup)?;
         let credentials =
             credentials::Credentials::new(&config.credentials, config.ca_cert.as_ref())
                 .map_err(setup)?;
         Ok(S3Backend {
             bucket,
-            aws_style: config.aws_style(),
+            aws_style: config
+                .endpoint
+                .is_none()
+                .then(|| config.url_style(&endpoint)),
             prefix: config.prefix.clone(),
             storage_class: Asked::new(config.storage_class.clone(), true),
             checksum: ChecksumChoice::new(config.checksum),
