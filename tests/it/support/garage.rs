@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::upload::s3::{Checksum, CredentialSource, S3Config};
+use ferry::upload::s3::S3Config;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::s3::BUCKET;
@@ -184,24 +184,7 @@ impl Garage {
 
     /// A remote on node `index`'s bucket, for a backend built by the test itself.
     pub fn config(&self, index: usize) -> S3Config {
-        S3Config {
-            endpoint: Some(self.endpoint(index)),
-            endpoint_source: None,
-            region: REGION.into(),
-            region_source: None,
-            bucket: BUCKET.into(),
-            prefix: String::new(),
-            path_style: None,
-            storage_class: None,
-            checksum: Checksum::Crc32c,
-            credentials: CredentialSource::Keys {
-                access_key_id: KEY_ID.into(),
-                secret_access_key: SECRET.into(),
-            },
-            encryption: None,
-            acl: None,
-            ca_cert: None,
-        }
+        super::s3::bucket_config(&self.endpoint(index), REGION, (KEY_ID, SECRET))
     }
 
     /// Sends `body` through node `index` as part `number` of the multipart upload `upload_id`

@@ -18,6 +18,29 @@ pub const SECRET_KEY: &str = "ferry-test-secret-key";
 pub const BUCKET: &str = "ferry-test";
 const SIGNED_FOR: Duration = Duration::from_secs(600);
 
+/// A remote on the test bucket at `endpoint` in `region`, with the key id and secret `keys`,
+/// everything else at its default (no prefix, CRC32C).
+pub fn bucket_config(endpoint: &str, region: &str, keys: (&str, &str)) -> S3Config {
+    S3Config {
+        endpoint: Some(endpoint.to_string()),
+        endpoint_source: None,
+        region: region.into(),
+        region_source: None,
+        bucket: BUCKET.into(),
+        prefix: String::new(),
+        path_style: None,
+        storage_class: None,
+        checksum: Checksum::Crc32c,
+        credentials: CredentialSource::Keys {
+            access_key_id: keys.0.into(),
+            secret_access_key: keys.1.into(),
+        },
+        encryption: None,
+        acl: None,
+        ca_cert: None,
+    }
+}
+
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -79,26 +102,12 @@ impl S3Server {
         panic!("{flavor:?} did not start on a free port (installed? see scripts/test-deps.sh)");
     }
 
-    /// A remote on this server's test bucket, keys from a secret held in `secret_dir`.
+    /// A remote on this server's test bucket, under `prefix`.
     pub fn config(&self, prefix: &str) -> S3Config {
-        S3Config {
-            endpoint: Some(self.endpoint.clone()),
-            endpoint_source: None,
-            region: "us-east-1".into(),
-            region_source: None,
-            bucket: BUCKET.into(),
-            prefix: prefix.into(),
-            path_style: None,
-            storage_class: None,
-            checksum: self.checksum,
-            credentials: CredentialSource::Keys {
-                access_key_id: ACCESS_KEY.into(),
-                secret_access_key: SECRET_KEY.into(),
-            },
-            encryption: None,
-            acl: None,
-            ca_cert: None,
-        }
+        let mut config = bucket_config(&self.endpoint, "us-east-1", (ACCESS_KEY, SECRET_KEY));
+        config.prefix = prefix.into();
+        config.checksum = self.checksum;
+        config
     }
 
     /// The `[remotes.NAME]` table of a configuration file for this server.
