@@ -6,9 +6,12 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::output::{out, outln};
 use crate::remotes::Probe;
+
+/// Said of a file without a `[[watch]]` when its remotes are checked.
+const NO_WATCH: &str = "# no [[watch]]: `ferry run` refuses this file; `ferry push --remote` and `ferry cleanup` use its remotes";
 
 /// Which remotes to connect to (`--connect`, `--remote NAME`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +24,17 @@ pub enum Connect {
 
 /// Prints the effective configuration; with `connect`, then a comment line for each remote
 /// reached (and what it was seen to ignore). Fails naming every remote that could not be used.
+/// A file of remotes alone, which `ferry run` refuses, is connection-checked as `ferry push
+/// --remote` and `ferry cleanup` use it, with a line saying the daemon would not run it.
 pub async fn config_check(flag: Option<&Path>, connect: Connect) -> Result<()> {
-    let config = super::load_runnable_config(flag)?;
+    let config = match connect {
+        Connect::None => super::load_runnable_config(flag)?,
+        _ => super::load_checked_config(flag, config::path_problems)?,
+    };
     out(&config.render())?;
+    if connect != Connect::None && config::no_watch(&config).is_some() {
+        outln(NO_WATCH)?;
+    }
     let names = match &connect {
         Connect::None => return Ok(()),
         Connect::Every => config.remotes.keys().map(String::as_str).collect(),

@@ -49,8 +49,16 @@ pub fn load_config(flag: Option<&Path>) -> Result<Config> {
 /// `load_config`, then the checks against the file system (`config::check_paths`) that a
 /// configuration must pass to be run: for `ferry run`, `ferry config check` and a reload.
 pub fn load_runnable_config(flag: Option<&Path>) -> Result<Config> {
+    load_checked_config(flag, config::check_paths)
+}
+
+/// `load_config`, then `check`; the problems it finds are usage errors.
+pub fn load_checked_config(
+    flag: Option<&Path>,
+    check: fn(&Config) -> Vec<config::Problem>,
+) -> Result<Config> {
     let config = load_config(flag)?;
-    let problems = config::check_paths(&config);
+    let problems = check(&config);
     if problems.is_empty() {
         return Ok(config);
     }

@@ -20,17 +20,30 @@ const MAX_SOCKET_PATH: usize = 107;
 #[cfg(not(target_os = "linux"))]
 const MAX_SOCKET_PATH: usize = 103;
 
-/// Every problem the file system shows with `config`; none for the built-in default, whose
-/// folders the daemon creates and which overlap by design (the outbox beside the store).
+/// Every problem the file system shows with `config`, the missing watch included; none for
+/// the built-in default, whose folders the daemon creates and which overlap by design (the
+/// outbox beside the store).
 pub fn check_paths(config: &Config) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = no_watch(config).into_iter().collect();
+    problems.extend(path_problems(config));
+    problems
+}
+
+/// The problem of a file without a `[[watch]]`, which only the daemon has: `ferry push
+/// --remote`, `ferry cleanup` and `ferry config check --connect` use a file of remotes alone.
+pub fn no_watch(config: &Config) -> Option<Problem> {
+    let message = "at least one [[watch]] is required to run the daemon (`ferry push --remote` and `ferry cleanup` need none)";
+    (config.source.is_some() && config.watches.is_empty())
+        .then(|| problem(config, "watch".into(), message.into()))
+}
+
+/// What is wrong with the folders and the socket `config` names (`check_paths` without the
+/// missing watch): a file of remotes alone must pass these too.
+pub fn path_problems(config: &Config) -> Vec<Problem> {
     if config.source.is_none() {
         return Vec::new();
     }
     let mut problems = Vec::new();
-    if config.watches.is_empty() {
-        let message = "at least one [[watch]] is required to run the daemon (`ferry push --remote` and `ferry cleanup` need none)";
-        problems.push(problem(config, "watch".into(), message.into()));
-    }
     let roots: Vec<PathBuf> = config.watches.iter().map(|w| resolve(&w.path)).collect();
     problems.extend(daemon_problems(config, &roots));
     for index in 0..config.watches.len() {

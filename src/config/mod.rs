@@ -17,7 +17,7 @@ use globset::GlobSet;
 
 use crate::upload::bwlimit::Bandwidth;
 use crate::upload::{ChunkSize, PartsInFlight, UploadSettings};
-pub use check::check_paths;
+pub use check::{check_paths, no_watch, path_problems};
 use read::Reader;
 
 /// Globs ignored in every watch, besides the watch's own: temp, partial and editor files.

@@ -644,7 +644,8 @@ pub(crate) fn config_file(dir: &Path, server: &S3Server, endpoint: &str) -> Path
 }
 
 /// A configuration of remotes without a watch serves `ferry push --remote`; the daemon, which
-/// would watch nothing, refuses it, and `ferry config check` says why.
+/// would watch nothing, refuses it, and `ferry config check` says why. `--connect` still
+/// checks its remotes, saying the daemon would not run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remotes_without_a_watch_serve_push_but_not_the_daemon() {
     let server = S3Server::start(Flavor::S3sFs).await;
@@ -671,6 +672,17 @@ async fn remotes_without_a_watch_serve_push_but_not_the_daemon() {
     );
     let run = exit_within(ferry("run"), Duration::from_secs(10));
     assert_eq!(run, Some(2), "ferry run refuses it");
+    let connected = ferry("config check --connect").output().unwrap();
+    let stdout = String::from_utf8_lossy(&connected.stdout);
+    assert!(connected.status.success(), "{stdout}\n{connected:?}");
+    assert!(
+        stdout.contains("# remotes.s3: opened and aborted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("# no [[watch]]: `ferry run` refuses"),
+        "{stdout}"
+    );
 }
 
 /// `ferry push --remote s3` of `file`, trusting no CA bundle the environment may name and asking
