@@ -59,6 +59,23 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// What a cleanup found: the orphans, and the remotes it could not examine. One remote that
+/// cannot be listed (unreachable, no ListMultipartUploads, no permission to list) does not keep
+/// the others from being cleaned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub orphans: Vec<Orphan>,
+    #[serde(default)]
+    pub unlisted: Vec<Unlisted>,
+}
+
+/// A remote whose uploads could not be listed, and why (the error chain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlisted {
+    pub remote: String,
+    pub error: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error("no S3 remote named {0:?} in the configuration")]
@@ -80,11 +97,12 @@ pub enum CleanupError {
 }
 
 /// Finds the orphans of the S3 remotes `request` names and aborts them (unless a dry run).
+/// A remote that cannot be examined is reported and the next one cleaned all the same.
 pub async fn run(
     remotes: &BTreeMap<String, RemoteConfig>,
     sessions: &Sessions,
     request: &Request,
-) -> Result<Vec<Orphan>, CleanupError> {
+) -> Result<Report, CleanupError> {
     let chosen: Vec<(&String, &crate::upload::S3Config)> = remotes
         .iter()
         .filter(|(name, _)| request.remote.as_ref().is_none_or(|wanted| wanted == *name))
@@ -99,26 +117,43 @@ pub async fn run(
             None => CleanupError::NoSuchRemote(wanted.clone()),
         });
     }
-    let mut found = Vec::new();
+    let mut report = Report::default();
     for (name, config) in chosen {
-        let failed = |source| CleanupError::Remote {
-            remote: name.clone(),
-            source,
-        };
-        let backend = S3Backend::new(config).map_err(failed)?;
-        let owned = owned_uploads(sessions, &backend.identity()).await?;
-        let uploads = backend.open_uploads().await.map_err(failed)?;
-        let unowned = uploads
-            .into_iter()
-            .filter(|u| !owned.contains(&u.upload_id));
-        let examined: Vec<Option<Orphan>> = futures_util::stream::iter(unowned)
-            .map(|upload| examine(&backend, name, upload, request))
-            .buffered(AT_ONCE)
-            .collect()
-            .await;
-        found.extend(examined.into_iter().flatten());
+        match clean_remote(name, config, sessions, request).await {
+            Ok(orphans) => report.orphans.extend(orphans),
+            Err(error) => report.unlisted.push(Unlisted {
+                remote: name.clone(),
+                error: crate::error::chain(&error),
+            }),
+        }
     }
-    Ok(found)
+    Ok(report)
+}
+
+/// The orphans of the remote `name`, aborted unless a dry run. Nothing is aborted unless the
+/// local sessions were read: they say which uploads are live.
+async fn clean_remote(
+    name: &str,
+    config: &crate::upload::S3Config,
+    sessions: &Sessions,
+    request: &Request,
+) -> Result<Vec<Orphan>, CleanupError> {
+    let failed = |source| CleanupError::Remote {
+        remote: name.to_string(),
+        source,
+    };
+    let backend = S3Backend::new(config).map_err(failed)?;
+    let owned = owned_uploads(sessions, &backend.identity()).await?;
+    let uploads = backend.open_uploads().await.map_err(failed)?;
+    let unowned = uploads
+        .into_iter()
+        .filter(|u| !owned.contains(&u.upload_id));
+    let examined: Vec<Option<Orphan>> = futures_util::stream::iter(unowned)
+        .map(|upload| examine(&backend, name, upload, request))
+        .buffered(AT_ONCE)
+        .collect()
+        .await;
+    Ok(examined.into_iter().flatten().collect())
 }
 
 /// The UploadIds the local sessions of a remote own.

@@ -91,6 +91,9 @@ pub enum Reply {
     },
     Cleaned {
         orphans: Vec<crate::cleanup::Orphan>,
+        /// The remotes that could not be examined (none from a daemon that predates this).
+        #[serde(default)]
+        unlisted: Vec<crate::cleanup::Unlisted>,
     },
     /// Events in id order; `oldest` is the oldest id the daemon still holds, so a consumer
     /// whose `since` is older than `oldest - 1` knows it missed some.

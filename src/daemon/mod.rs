@@ -602,9 +602,12 @@ impl Daemon {
             dry_run: false,
         };
         match self.cleanup(&request).await {
-            Ok(orphans) => {
-                for orphan in orphans {
+            Ok(report) => {
+                for orphan in report.orphans {
                     tracing::info!(remote = %orphan.remote, key = %orphan.key, upload_id = %orphan.upload_id, outcome = ?orphan.outcome, "orphaned upload");
+                }
+                for unlisted in report.unlisted {
+                    tracing::warn!(remote = %unlisted.remote, error = %unlisted.error, "orphan cleanup skipped a remote");
                 }
             }
             Err(error) => {
@@ -618,7 +621,7 @@ impl Daemon {
     async fn cleanup(
         &self,
         request: &cleanup::Request,
-    ) -> Result<Vec<cleanup::Orphan>, cleanup::CleanupError> {
+    ) -> Result<cleanup::Report, cleanup::CleanupError> {
         let remotes = self.settings().remotes.clone();
         cleanup::run(&remotes, &self.store.sessions(), request).await
     }
@@ -967,7 +970,10 @@ impl control::Handler for Handle {
             Command::Cleanup(request) => daemon
                 .cleanup(&request)
                 .await
-                .map(|orphans| Reply::Cleaned { orphans })
+                .map(|report| Reply::Cleaned {
+                    orphans: report.orphans,
+                    unlisted: report.unlisted,
+                })
                 .map_err(|error| ("cleanup".to_string(), crate::error::chain(&error))),
         }
     }

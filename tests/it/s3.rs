@@ -1455,12 +1455,69 @@ async fn cleans_every_page(config: &ferry::upload::S3Config, remote: &str) {
 }
 
 fn cleanup(setup: &Setup, args: &[&str]) -> Vec<serde_json::Value> {
+    let (orphans, stderr, code) = cleanup_exit(setup, args);
+    assert_eq!(code, Some(0), "{stderr}");
+    orphans
+}
+
+/// `ferry cleanup --json ARGS`: the orphans it printed, its stderr and its exit code.
+fn cleanup_exit(setup: &Setup, args: &[&str]) -> (Vec<serde_json::Value>, String, Option<i32>) {
     let mut all = vec!["cleanup", "--json"];
     all.extend_from_slice(args);
     let output = setup.ferry(&all);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    serde_json::from_slice(&output.stdout).unwrap()
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let orphans = serde_json::from_slice(&output.stdout).expect(&stderr);
+    (orphans, stderr, output.status.code())
+}
+
+/// Has the daemon of `setup` look for orphans as it starts, and count any upload as idle.
+fn clean_orphans_at_start(setup: &Setup) {
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replacen(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\norphan_cleanup = \"0s\"",
+        1,
+    );
+    std::fs::write(&setup.config, text).unwrap();
+}
+
+/// A remote that cannot be listed (s3s-fs has no ListMultipartUploads; its name sorts first)
+/// keeps no other from being cleaned: the daemon's pass at start, `ferry cleanup` through the
+/// daemon and `ferry cleanup` alone each abort moto's orphan; the command names the remote it
+/// skipped and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_goes_on_past_a_remote_it_cannot_list() {
+    let moto = S3Server::start(Flavor::Moto).await;
+    let fs = S3Server::start(Flavor::S3sFs).await;
+    let direct = S3Backend::new(&moto.config("")).unwrap();
+    let first = orphan(&direct, "old/first.bin").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let remotes = [
+        fs.remote_toml_in("a-nolist", "", secrets.path()),
+        moto.remote_toml_in("main", "", secrets.path()),
+    ];
+    let setup = Setup::with_remote(&remotes.join("\n"), "", "");
+    clean_orphans_at_start(&setup);
+
+    let daemon = setup.start().await;
+    let gone = wait_open(&direct, |open| !open.iter().any(|u| u.upload_id == first)).await;
+    assert!(gone.is_some(), "the daemon's pass went on to moto");
+    aborts_past_the_unlisted(&setup, &direct).await;
+    assert_eq!(daemon.terminate().await, Some(0));
+    aborts_past_the_unlisted(&setup, &direct).await;
+}
+
+/// Opens an orphan in `direct`'s bucket; `ferry cleanup` aborts it and names `a-nolist`.
+async fn aborts_past_the_unlisted(setup: &Setup, direct: &S3Backend) {
+    let upload_id = orphan(direct, "old/next.bin").await;
+    let (orphans, stderr, code) = cleanup_exit(setup, &["--older-than", "0s"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0]["upload_id"], upload_id.as_str());
+    assert_eq!(orphans[0]["outcome"], "aborted");
+    let said = "cannot list the uploads of remote a-nolist: listing of open uploads refused by";
+    assert!(stderr.contains(said) && stderr.contains("501"), "{stderr}");
+    assert!(open_ids(direct).await.is_empty());
 }
 
 /// The daemon's own pass at start, `ferry cleanup` through a running daemon (whose live upload
@@ -1477,13 +1534,7 @@ async fn cleanup_aborts_orphans_and_leaves_a_live_session_alone(flavor: Flavor) 
         .remote_toml_in("main", "", secrets.path())
         .replace(&server.endpoint, &proxy.url);
     let setup = Setup::with_remote(&remote, "", "");
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let text = text.replacen(
-        "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\norphan_cleanup = \"0s\"",
-        1,
-    );
-    std::fs::write(&setup.config, text).unwrap();
+    clean_orphans_at_start(&setup);
 
     let daemon = setup.start().await;
     let aborted = wait_open(&direct, |open| !open.iter().any(|u| u.upload_id == first)).await;
