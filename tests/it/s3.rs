@@ -1301,13 +1301,17 @@ async fn a_bucket_that_is_not_ours_fails_fast_with_a_clear_message() {
     std::fs::write(&config, remote).unwrap();
     let local = dir.path().join("theirs.bin");
     random_file(&local, 6 * MIB, 91);
-    refused_fast(
-        &config,
-        dir.path(),
-        &local,
+    let small = dir.path().join("small.bin");
+    random_file(&small, 1000, 92);
+    let stderr = failed_fast(&config, dir.path(), &[&local, &small]);
+    for said in [
         "403 AccessDenied",
         "someone-elses",
-    );
+        "(CreateMultipartUpload needs s3:PutObject on the key)",
+        "(PutObject needs s3:PutObject on the key)",
+    ] {
+        assert!(stderr.contains(said), "{said}: {stderr}");
+    }
 }
 
 /// A push of `local` fails at once (no retries) with `code` in a message that names `named`.

@@ -23,6 +23,7 @@ mod encryption;
 mod imds;
 mod kept;
 mod keys;
+mod permission;
 mod process;
 pub mod profile;
 mod request;

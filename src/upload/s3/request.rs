@@ -168,9 +168,7 @@ impl Requester {
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(self
-            .refusal(call.operation, response, call.on_session, &signing)
-            .await)
+        Err(self.refusal(&call, response, &signing).await)
     }
 
     /// `call`'s URL signed in its query with `keys` as `signing` says, dated by the server's
@@ -221,15 +219,10 @@ impl Requester {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// An error reply to a request signed as `signed` says, typed; learns the clock skew and
-    /// the bucket's region, and drops expired keys, on the way.
-    async fn refusal(
-        &self,
-        operation: Operation,
-        response: Response,
-        on_session: bool,
-        signed: &Signing,
-    ) -> BackendError {
+    /// An error reply to `call`, signed as `signed`, typed; learns the clock skew and the
+    /// bucket's region, and drops expired keys, on the way. An AccessDenied names the call and
+    /// the IAM actions that allow it.
+    async fn refusal(&self, call: &Call, response: Response, signed: &Signing) -> BackendError {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = crate::upload::http::error_text(response).await;
@@ -238,9 +231,15 @@ impl Requester {
             ..xml::ErrorReply::default()
         });
         let corrected = self.learn(status, &reply, &headers, signed).await;
-        let mut error = self.error(operation, status, reply, &headers, on_session);
-        if corrected && let BackendError::Status { class, .. } = &mut error {
-            *class = ErrorClass::Transient;
+        let denied = reply.code == "AccessDenied";
+        let mut error = self.error(call.operation, status, reply, &headers, call.on_session);
+        if let BackendError::Status { class, message, .. } = &mut error {
+            if corrected {
+                *class = ErrorClass::Transient;
+            }
+            if denied {
+                message.push_str(&format!(" ({})", super::permission::hint(call)));
+            }
         }
         error
     }
