@@ -6,9 +6,10 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, RemoteConfig};
 use crate::output::{out, outln};
 use crate::remotes::Probe;
+use crate::upload::S3Backend;
 
 /// Said of a file without a `[[watch]]` when its remotes are checked.
 const NO_WATCH: &str = "# no [[watch]]: `ferry run` refuses this file; `ferry push --remote` and `ferry cleanup` use its remotes";
@@ -68,10 +69,30 @@ async fn connect_to(config: &Config, name: &str) -> Result<String, String> {
         ));
     };
     let path = format!(".ferry-check-{:016x}", rand::random::<u64>());
-    let probe = crate::remotes::probe(backend.as_ref(), &path)
+    let mut probe = crate::remotes::probe(backend.as_ref(), &path)
         .await
         .map_err(chain)?;
+    probe
+        .notices
+        .extend(unlistable(&config.remotes[name]).await);
     Ok(reached(name, backend.endpoint(), &probe))
+}
+
+/// Why orphan cleanup (`ferry cleanup`, `[daemon] orphan_cleanup`) could not list the open
+/// uploads of an S3 remote that takes uploads: a key without `s3:ListBucketMultipartUploads`, a
+/// server without the call.
+async fn unlistable(remote: &RemoteConfig) -> Option<String> {
+    let RemoteConfig::S3(s3) = remote else {
+        return None;
+    };
+    let error = match S3Backend::new(s3) {
+        Ok(backend) => backend.may_list_uploads().await.err()?,
+        Err(error) => error,
+    };
+    let error = crate::error::chain(&error);
+    Some(format!(
+        "orphan cleanup cannot list the open uploads: {error}"
+    ))
 }
 
 /// `# remotes.NAME: ...` saying where an upload was opened and aborted, and a line for each

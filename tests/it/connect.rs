@@ -14,7 +14,8 @@ use crate::support::{ServeProcess, ferry_bin, token_file};
 /// Five remotes: moto behind a recording proxy, s3s-fs (which ignores CRC32C), s3s-fs with a
 /// wrong secret, moto without the bucket, and a native receiver. The good ones are each
 /// reached by one upload opened and aborted, the bad ones named with the server's refusal,
-/// within seconds; none keeps an open upload or session; `--remote` picks one.
+/// within seconds; none keeps an open upload or session; `--remote` picks one. A remote whose
+/// uploads orphan cleanup could not list (s3s-fs has no ListMultipartUploads) is said so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_connect_opens_and_aborts_an_upload_at_each_remote_and_names_what_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,6 +39,15 @@ async fn config_check_connect_opens_and_aborts_an_upload_at_each_remote_and_name
         stdout.contains("#   the server ignores CRC32C checksums"),
         "s3s-fs's notice: {stdout}"
     );
+    let unlisted = "#   orphan cleanup cannot list the open uploads: listing of open uploads \
+                    refused by";
+    let notices: Vec<&str> = stdout.lines().filter(|l| l.starts_with(unlisted)).collect();
+    assert_eq!(
+        notices.len(),
+        1,
+        "s3s-fs alone has no ListMultipartUploads: {stdout}"
+    );
+    assert!(notices[0].contains("501 NotImplemented"), "{stdout}");
     assert!(
         stderr.contains("2 remote(s) cannot take uploads"),
         "{stderr}"

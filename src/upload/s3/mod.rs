@@ -795,9 +795,7 @@ impl S3Backend {
         let mut found = Vec::new();
         let mut markers: Option<(String, Option<String>)> = None;
         loop {
-            let mut call = Call::new(operation, Method::Get, self.located().base_url().clone())
-                .query("uploads", "")
-                .query("prefix", self.prefix.clone());
+            let mut call = self.uploads_call();
             if let Some((key, upload)) = &markers {
                 call = call.query("key-marker", key.clone());
                 if let Some(upload) = upload {
@@ -824,6 +822,24 @@ impl S3Backend {
                 (false, _) => return Ok(found),
             }
         }
+    }
+
+    /// Whether the keys may list the uploads under the prefix, as orphan cleanup does: one
+    /// ListMultipartUploads of at most one upload.
+    pub async fn may_list_uploads(&self) -> Result<(), BackendError> {
+        let call = self.uploads_call().query("max-uploads", "1");
+        self.reply::<xml::UploadsPage>(call).await.map(|_| ())
+    }
+
+    /// ListMultipartUploads under the prefix, from the first page.
+    fn uploads_call(&self) -> Call {
+        Call::new(
+            Operation::List,
+            Method::Get,
+            self.located().base_url().clone(),
+        )
+        .query("uploads", "")
+        .query("prefix", self.prefix.clone())
     }
 
     /// What an upload holds (not a session of ours): its parts, their bytes, and when the
