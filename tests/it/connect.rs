@@ -31,23 +31,7 @@ async fn config_check_connect_opens_and_aborts_an_upload_at_each_remote_and_name
     let (stdout, stderr) = texts(&output);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(started.elapsed() < Duration::from_secs(20), "fails fast");
-    for name in ["moto", "fs", "native"] {
-        let said = format!("# remotes.{name}: opened and aborted an upload of \".ferry-check-");
-        assert!(stdout.contains(&said), "{name} reached: {stdout}");
-    }
-    assert!(
-        stdout.contains("#   the server ignores CRC32C checksums"),
-        "s3s-fs's notice: {stdout}"
-    );
-    let unlisted = "#   orphan cleanup cannot list the open uploads: listing of open uploads \
-                    refused by";
-    let notices: Vec<&str> = stdout.lines().filter(|l| l.starts_with(unlisted)).collect();
-    assert_eq!(
-        notices.len(),
-        1,
-        "s3s-fs alone has no ListMultipartUploads: {stdout}"
-    );
-    assert!(notices[0].contains("501 NotImplemented"), "{stdout}");
+    reached_with_notices(&stdout);
     assert!(
         stderr.contains("2 remote(s) cannot take uploads"),
         "{stderr}"
@@ -103,6 +87,24 @@ fn config_check_connect_says_the_embedded_receiver_has_nothing_to_connect_to() {
     let said = "# remotes.embedded: the daemon's embedded receiver, started with it: nothing to \
                 connect to";
     assert!(stdout.contains(said), "{stdout}");
+}
+
+/// Each good remote is said to be reached, with what s3s-fs was seen to ignore and lack: it
+/// alone checks no CRC32C and has no ListMultipartUploads.
+fn reached_with_notices(stdout: &str) {
+    for name in ["moto", "fs", "native"] {
+        let said = format!("# remotes.{name}: opened and aborted an upload of \".ferry-check-");
+        assert!(stdout.contains(&said), "{name} reached: {stdout}");
+    }
+    assert!(
+        stdout.contains("#   the server ignores CRC32C checksums"),
+        "s3s-fs's notice: {stdout}"
+    );
+    let unlisted = "#   orphan cleanup cannot list the open uploads: listing of open uploads \
+                    refused by";
+    let notices: Vec<&str> = stdout.lines().filter(|l| l.starts_with(unlisted)).collect();
+    assert_eq!(notices.len(), 1, "{stdout}");
+    assert!(notices[0].contains("501 NotImplemented"), "{stdout}");
 }
 
 /// The configuration of the five remotes (moto reached through `moto_url`) and a watch.
