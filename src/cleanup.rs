@@ -62,10 +62,9 @@ pub enum Outcome {
 /// What a cleanup found: the orphans, and the remotes it could not examine. One remote that
 /// cannot be listed (unreachable, no ListMultipartUploads, no permission to list) does not keep
 /// the others from being cleaned.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub orphans: Vec<Orphan>,
-    #[serde(default)]
     pub unlisted: Vec<Unlisted>,
 }
 
