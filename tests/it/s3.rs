@@ -1427,7 +1427,8 @@ async fn cleanup_reads_every_page_of_open_uploads_in_ceph() {
 }
 
 /// Opens 1,003 uploads at `config`'s remote, then has `ferry cleanup` list and abort them
-/// through `remote` (its TOML table).
+/// through `remote` (its TOML table). The one-upload listing of `config check --connect` is
+/// taken as well.
 async fn cleans_every_page(config: &ferry::upload::S3Config, remote: &str) {
     let direct = Arc::new(S3Backend::new(config).unwrap());
     let mut opening = tokio::task::JoinSet::new();
@@ -1441,6 +1442,8 @@ async fn cleans_every_page(config: &ferry::upload::S3Config, remote: &str) {
     while let Some(opened) = opening.join_next().await {
         opened.unwrap().unwrap();
     }
+    // What `config check --connect` asks: one page of one upload, taken.
+    direct.may_list_uploads().await.unwrap();
     let setup = Setup::with_remote(remote, "", "");
     let listed = cleanup(&setup, &["--older-than", "0s", "--dry-run"]);
     let keys: BTreeSet<&str> = listed.iter().map(|o| o["key"].as_str().unwrap()).collect();
