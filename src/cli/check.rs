@@ -3,13 +3,14 @@
 //! so wrong keys, a missing bucket or an untrusted certificate show before the daemon runs.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
 
 use crate::config::{self, Config, RemoteConfig};
 use crate::output::{out, outln};
 use crate::remotes::Probe;
-use crate::upload::S3Backend;
+use crate::upload::{Backend, S3Backend};
 
 /// Said of a file without a `[[watch]]` when its remotes are checked.
 const NO_WATCH: &str = "# no [[watch]]: `ferry run` refuses this file; `ferry push --remote` and `ferry cleanup` use its remotes";
@@ -60,9 +61,18 @@ pub async fn config_check(flag: Option<&Path>, connect: Connect) -> Result<()> {
 
 /// Opens and aborts an upload at the remote `name`; the lines saying so, or the error chain.
 /// The embedded receiver is the daemon's own and runs only with it: nothing to connect to.
+/// An S3 remote's one backend (its keys asked for once) also tries the listing of cleanup.
 async fn connect_to(config: &Config, name: &str) -> Result<String, String> {
     let chain = |error: crate::upload::BackendError| crate::error::chain(&error);
-    let backend = crate::remotes::backend(name, &config.remotes[name], None).map_err(chain)?;
+    let remote = &config.remotes[name];
+    let s3 = match remote {
+        RemoteConfig::S3(s3) => Some(Arc::new(S3Backend::new(s3).map_err(chain)?)),
+        _ => None,
+    };
+    let backend = match &s3 {
+        Some(s3) => Some(s3.clone() as Arc<dyn Backend>),
+        None => crate::remotes::backend(name, remote, None).map_err(chain)?,
+    };
     let Some(backend) = backend else {
         return Ok(format!(
             "# remotes.{name}: the daemon's embedded receiver, started with it: nothing to connect to"
@@ -72,23 +82,17 @@ async fn connect_to(config: &Config, name: &str) -> Result<String, String> {
     let mut probe = crate::remotes::probe(backend.as_ref(), &path)
         .await
         .map_err(chain)?;
-    probe
-        .notices
-        .extend(unlistable(&config.remotes[name]).await);
+    if let Some(s3) = &s3 {
+        probe.notices.extend(unlistable(s3).await);
+    }
     Ok(reached(name, backend.endpoint(), &probe))
 }
 
 /// Why orphan cleanup (`ferry cleanup`, `[daemon] orphan_cleanup`) could not list the open
 /// uploads of an S3 remote that takes uploads: a key without `s3:ListBucketMultipartUploads`, a
 /// server without the call.
-async fn unlistable(remote: &RemoteConfig) -> Option<String> {
-    let RemoteConfig::S3(s3) = remote else {
-        return None;
-    };
-    let error = match S3Backend::new(s3) {
-        Ok(backend) => backend.may_list_uploads().await.err()?,
-        Err(error) => error,
-    };
+async fn unlistable(backend: &S3Backend) -> Option<String> {
+    let error = backend.may_list_uploads().await.err()?;
     let error = crate::error::chain(&error);
     Some(format!(
         "orphan cleanup cannot list the open uploads: {error}"
