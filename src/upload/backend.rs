@@ -197,13 +197,51 @@ impl std::fmt::Display for Operation {
     }
 }
 
+/// A request, for messages: what it does, and the remote protocol's own name for it where
+/// the protocol has one its users know (S3's `CreateMultipartUpload`, `UploadPart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub operation: Operation,
+    pub name: Option<Name>,
+}
+
+/// A protocol's name for a request: a thin reference (`&"UploadPart"`), so that a
+/// `BackendError` stays small enough to return by value.
+pub type Name = &'static &'static str;
+
+impl Request {
+    pub fn named(operation: Operation, name: Name) -> Request {
+        let name = Some(name);
+        Request { operation, name }
+    }
+}
+
+impl From<Operation> for Request {
+    fn from(operation: Operation) -> Request {
+        Request {
+            operation,
+            name: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.name, self.operation) {
+            (Some(name), Operation::PutPart(number)) => write!(f, "{name} (part {number})"),
+            (Some(name), _) => write!(f, "{name}"),
+            (None, operation) => write!(f, "{operation}"),
+        }
+    }
+}
+
 /// A failed remote request. Messages name the request and, for refusals, the remote's code.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The request did not get an answer: refused, reset, timed out mid-way.
     #[error("{operation} to {endpoint} failed: {detail}")]
     Transport {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         detail: String,
         #[source]
@@ -212,18 +250,19 @@ pub enum BackendError {
     /// No progress on a streaming request within the stall timeout.
     #[error("{operation} to {endpoint} stalled: no progress for {after:?}")]
     Stalled {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         after: Duration,
     },
     /// The remote answered with an error status.
     #[error("{operation} refused by {endpoint}: {status} {code}: {message}")]
     Status {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         status: u16,
-        /// The remote's own word for it, shown as is.
-        code: String,
+        /// The remote's own word for it, shown as is (boxed: an error is returned by value,
+        /// and kept small).
+        code: Box<str>,
         message: String,
         retry_after: Option<Duration>,
         class: ErrorClass,
@@ -234,7 +273,7 @@ pub enum BackendError {
     /// they were damaged on the way, and sending the part again may cure it.
     #[error("{operation} to {endpoint}: the part arrived damaged: {problem}")]
     Damaged {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         problem: String,
     },
@@ -242,21 +281,21 @@ pub enum BackendError {
     /// without flexible checksums): sending them again with one it checks makes them safe.
     #[error("{operation} to {endpoint} was not checked: {problem}")]
     Unchecked {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         problem: String,
     },
     /// The remote answered success with a reply that breaks the protocol.
     #[error("{operation}: {endpoint} sent an invalid reply: {problem}")]
     InvalidReply {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         problem: String,
     },
     /// The server's TLS certificate is not trusted: waiting will not change that.
     #[error("{operation} to {endpoint} failed: the server's certificate is refused: {problem}")]
     Untrusted {
-        operation: Operation,
+        operation: Request,
         endpoint: String,
         problem: String,
     },
@@ -358,6 +397,12 @@ pub trait Backend: Send + Sync {
     /// storage class or an ACL it ignores), as `ferry status` shows it.
     fn notices(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// `operation` as this remote's protocol names it, for the messages of failures the engine
+    /// finds itself (a part that stalls or arrives damaged).
+    fn request(&self, operation: Operation) -> Request {
+        operation.into()
     }
 
     /// For a remote that takes a whole file in one request (S3's PutObject): the limits its

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
-    PartReceipt, PartSpec, Rejection, RemoteFile, RemotePart, RemoteSession, SessionRef,
+    PartReceipt, PartSpec, Rejection, RemoteFile, RemotePart, RemoteSession, Request, SessionRef,
     SessionStatus,
 };
 use super::http::BodyError;
@@ -118,7 +118,7 @@ impl NativeBackend {
     }
 
     fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
-        transport_error(operation, &self.endpoint, error)
+        transport_error(operation.into(), &self.endpoint, error)
     }
 
     async fn status_error(
@@ -139,11 +139,11 @@ impl NativeBackend {
             ),
         };
         BackendError::Status {
-            operation,
+            operation: operation.into(),
             endpoint: self.endpoint.clone(),
             status: status.as_u16(),
             rejection: rejection(&code),
-            code,
+            code: code.into(),
             message,
             retry_after,
             class: classify_status(status.as_u16(), on_session),
@@ -157,13 +157,13 @@ impl NativeBackend {
     ) -> Result<T, BackendError> {
         let bytes = super::http::body(response)
             .await
-            .map_err(|error| body_error(operation, &self.endpoint, error))?;
+            .map_err(|error| body_error(operation.into(), &self.endpoint, error))?;
         serde_json::from_slice(&bytes).map_err(|error| self.invalid(operation, error.to_string()))
     }
 
     fn invalid(&self, operation: Operation, problem: String) -> BackendError {
         BackendError::InvalidReply {
-            operation,
+            operation: operation.into(),
             endpoint: self.endpoint.clone(),
             problem,
         }
@@ -190,7 +190,7 @@ fn rejection(code: &str) -> Option<Rejection> {
 
 /// A reply's body that could not be read: cut off on the way (as a transport error), or over
 /// the limit (the server breaks the protocol).
-pub(crate) fn body_error(operation: Operation, endpoint: &str, error: BodyError) -> BackendError {
+pub(crate) fn body_error(operation: Request, endpoint: &str, error: BodyError) -> BackendError {
     match error {
         BodyError::Transport(error) => transport_error(operation, endpoint, error),
         BodyError::TooLarge => BackendError::InvalidReply {
@@ -204,7 +204,7 @@ pub(crate) fn body_error(operation: Operation, endpoint: &str, error: BodyError)
 /// A request that got no answer, for every reqwest backend: the URL, which may carry
 /// credentials or a signature, is dropped from the error.
 pub(crate) fn transport_error(
-    operation: Operation,
+    operation: Request,
     endpoint: &str,
     error: reqwest::Error,
 ) -> BackendError {

@@ -100,7 +100,7 @@ fn reached_with_notices(stdout: &str) {
         stdout.contains("#   the server ignores CRC32C checksums"),
         "s3s-fs's notice: {stdout}"
     );
-    let unlisted = "#   orphan cleanup cannot list the open uploads: listing of open uploads \
+    let unlisted = "#   orphan cleanup cannot list the open uploads: ListMultipartUploads \
                     refused by";
     let notices: Vec<&str> = stdout.lines().filter(|l| l.starts_with(unlisted)).collect();
     assert_eq!(notices.len(), 1, "{stdout}");

@@ -17,7 +17,7 @@ use crate::queue::{PartLimits, PartRecord, RECORD_VERSION, Sessions};
 use crate::upload::UploadError;
 use crate::upload::backend::{
     Backend, BackendError, CreateRequest, Operation, PartBody, PartReceipt, PartSpec, PartSums,
-    SessionRef,
+    Request, SessionRef,
 };
 use crate::upload::bwlimit::Limiter;
 use crate::upload::planner::{Observation, Outcome, PartPlanner, PlanContext, fit};
@@ -55,11 +55,12 @@ pub(super) struct SessionContext {
 
 impl SessionContext {
     /// The request that sends `part`, for messages: a part, or the whole file.
-    fn operation(&self, part: PartSpec) -> Operation {
-        match self.whole {
+    fn operation(&self, part: PartSpec) -> Request {
+        let operation = match self.whole {
             Some(_) => Operation::PutFile,
             None => Operation::PutPart(part.number),
-        }
+        };
+        self.backend.request(operation)
     }
 
     pub fn session(&self) -> SessionRef<'_> {

@@ -52,8 +52,8 @@ pub use session::SessionId;
 
 use super::backend::{
     Backend, BackendError, CompletedPart, CreateRequest, Held, Operation, PartBody, PartLimits,
-    PartReceipt, PartSpec, RemoteFile, RemotePart, RemoteSession, SessionRef, SessionStatus,
-    UpFront,
+    PartReceipt, PartSpec, RemoteFile, RemotePart, RemoteSession, Request, SessionRef,
+    SessionStatus, UpFront,
 };
 use super::http::header_text;
 
@@ -298,19 +298,19 @@ impl S3Backend {
 
     /// Sends `call` and reads its reply as `T`.
     async fn reply<T: serde::de::DeserializeOwned>(&self, call: Call) -> Result<T, BackendError> {
-        let operation = call.operation;
+        let request = call.named();
         let response = self.requester.send(call, None).await?;
-        self.read_reply(operation, response).await
+        self.read_reply(request, response).await
     }
 
-    /// Reads the reply to `operation` as `T`.
+    /// Reads the reply to `request` as `T`.
     async fn read_reply<T: serde::de::DeserializeOwned>(
         &self,
-        operation: Operation,
+        request: Request,
         response: reqwest::Response,
     ) -> Result<T, BackendError> {
-        let text = self.requester.text(operation, response).await?;
-        xml::parse(&text).map_err(|problem| self.invalid(operation, problem))
+        let text = self.requester.text(request, response).await?;
+        xml::parse(&text).map_err(|problem| self.invalid(request, problem))
     }
 
     /// The recorded id of `session`, split; an id that is not an S3 one is refused.
@@ -321,7 +321,7 @@ impl S3Backend {
     ) -> Result<SessionId<'a>, BackendError> {
         SessionId::parse(session.id).ok_or_else(|| {
             let problem = format!("session id {:?} is not an S3 one", session.id);
-            self.invalid(operation, problem)
+            self.invalid(permission::request(operation), problem)
         })
     }
 
@@ -331,7 +331,7 @@ impl S3Backend {
         id.checksum.unwrap_or_else(|| self.checksum.current())
     }
 
-    fn invalid(&self, operation: Operation, problem: String) -> BackendError {
+    fn invalid(&self, operation: Request, problem: String) -> BackendError {
         BackendError::InvalidReply {
             operation,
             endpoint: self.requester.endpoint.clone(),
@@ -401,13 +401,13 @@ impl S3Backend {
         checksum: Checksum,
         stored: Option<&str>,
     ) -> Result<PartReceipt, BackendError> {
-        let operation = call.operation;
+        let request = call.named();
         let sent = carried(checksum, body.sums);
         let call = sum_headers(call, &body, sent);
         let md5 = body.sums.md5;
         let stream = reqwest::Body::wrap_stream(body.stream);
         let response = self.requester.send(call, Some(stream)).await?;
-        let receipt = self.receipt(operation, sent, response.headers(), md5)?;
+        let receipt = self.receipt(request, sent, response.headers(), md5)?;
         if let Some(key) = stored {
             self.confirm_encryption(key, response.headers(), true)?;
         }
@@ -461,7 +461,7 @@ impl S3Backend {
     /// did not check is refused, to be sent again with its MD5 (`checksum.rs`).
     fn receipt(
         &self,
-        operation: Operation,
+        operation: Request,
         sent: Checksum,
         headers: &HeaderMap,
         md5: Option<[u8; 16]>,
@@ -483,7 +483,9 @@ impl S3Backend {
             });
         }
         let crc32c = header_text(headers, "x-amz-checksum-crc32c").and_then(decode_crc32c);
-        let noted = self.checksum.note(sent, operation, crc32c.is_some());
+        let noted = self
+            .checksum
+            .note(sent, operation.operation, crc32c.is_some());
         if let Noted::CrcIgnored { first } = noted {
             return Err(self.crc_ignored(operation, first));
         }
@@ -493,9 +495,9 @@ impl S3Backend {
     /// The server stored a body without checking its CRC32C, or opened an upload without
     /// keeping them: said loudly the first time; the body is sent again with its MD5, the
     /// upload opened again without CRC32C.
-    fn crc_ignored(&self, operation: Operation, first: bool) -> BackendError {
+    fn crc_ignored(&self, operation: Request, first: bool) -> BackendError {
         let endpoint = self.requester.endpoint.clone();
-        let sign = match operation {
+        let sign = match operation.operation {
             Operation::Create => "x-amz-checksum-algorithm not named back at CreateMultipartUpload",
             _ => "x-amz-checksum-crc32c not named back",
         };
@@ -537,9 +539,10 @@ impl S3Backend {
         let confirmed = self
             .confirm_encryption(key, response.headers(), false)
             .and_then(|()| self.confirm_checksum(sent, response.headers()));
-        let initiated: xml::Initiated = self.read_reply(operation, response).await?;
+        let request = permission::request(operation);
+        let initiated: xml::Initiated = self.read_reply(request, response).await?;
         if initiated.upload_id.is_empty() || initiated.upload_id.len() > 1024 {
-            return Err(self.invalid(operation, "no usable UploadId".into()));
+            return Err(self.invalid(request, "no usable UploadId".into()));
         }
         if let Err(error) = confirmed {
             let upload = OpenUpload {
@@ -565,7 +568,9 @@ impl S3Backend {
             .is_some_and(|algorithm| algorithm.trim().eq_ignore_ascii_case("CRC32C"));
         match self.checksum.note(sent, Operation::Create, named) {
             Noted::Checked => Ok(()),
-            Noted::CrcIgnored { first } => Err(self.crc_ignored(Operation::Create, first)),
+            Noted::CrcIgnored { first } => {
+                Err(self.crc_ignored(permission::request(Operation::Create), first))
+            }
         }
     }
 
@@ -663,7 +668,7 @@ impl S3Backend {
     /// The reply of a complete that was answered 200: its body may still be an `<Error>`, and
     /// then the complete failed after all.
     async fn complete_reply(&self, response: reqwest::Response) -> Result<(), BackendError> {
-        let operation = Operation::Complete;
+        let operation = permission::request(Operation::Complete);
         let headers = response.headers().clone();
         let text = self.requester.text(operation, response).await?;
         match xml::error_in(&text) {
@@ -693,7 +698,10 @@ impl S3Backend {
         self.note_class(key, headers);
         let size = header_text(headers, CONTENT_LENGTH)
             .and_then(|text| text.parse::<u64>().ok())
-            .ok_or_else(|| self.invalid(Operation::Query, "HEAD without a size".into()))?;
+            .ok_or_else(|| {
+                let request = Request::named(Operation::Query, &"HeadObject");
+                self.invalid(request, "HEAD without a size".into())
+            })?;
         Ok(Some(RemoteFile {
             path: remote_path.to_string(),
             size,
@@ -764,7 +772,7 @@ impl S3Backend {
         key: &str,
         upload_id: &str,
     ) -> Result<Vec<xml::ListedPart>, BackendError> {
-        let operation = Operation::Query;
+        let request = Request::named(Operation::Query, &"ListParts");
         let mut parts = Vec::new();
         let mut marker: Option<u32> = None;
         loop {
@@ -778,7 +786,7 @@ impl S3Backend {
                 (true, Some(next)) if Some(next) != marker && next > 0 => marker = Some(next),
                 (true, _) => {
                     return Err(self.invalid(
-                        operation,
+                        request,
                         "ListParts is truncated without a usable marker".into(),
                     ));
                 }
@@ -791,7 +799,7 @@ impl S3Backend {
     /// A page ends at a key, and at an upload of that key where the server says (AWS, Ceph);
     /// Garage names the key alone, and the next page starts after it.
     pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, BackendError> {
-        let operation = Operation::List;
+        let request = permission::request(Operation::List);
         let mut found = Vec::new();
         let mut markers: Option<(String, Option<String>)> = None;
         loop {
@@ -815,7 +823,7 @@ impl S3Backend {
                 (true, Some(next)) if Some(&next) != markers.as_ref() => markers = Some(next),
                 (true, _) => {
                     return Err(self.invalid(
-                        operation,
+                        request,
                         "ListMultipartUploads is truncated without usable markers".into(),
                     ));
                 }
@@ -967,6 +975,10 @@ impl Backend for S3Backend {
         Some(s3_limits())
     }
 
+    fn request(&self, operation: Operation) -> Request {
+        permission::request(operation)
+    }
+
     fn notices(&self) -> Vec<String> {
         let checksum = self.checksum.turned().then(|| {
             "the server ignores CRC32C checksums: bodies carry their Content-MD5".to_string()
@@ -1076,7 +1088,8 @@ impl Backend for S3Backend {
             }
         }
         let written = self.written_by(&key, nonce, session.remote_path).await?;
-        let missing = || self.invalid(operation, format!("{key} is not there after complete"));
+        let request = permission::request(operation);
+        let missing = || self.invalid(request, format!("{key} is not there after complete"));
         let file = written.ok_or_else(missing)?;
         self.check_kept(&key, false).await;
         Ok(file)

@@ -5,29 +5,45 @@
 use rusty_s3::Method;
 
 use super::request::Call;
+use crate::upload::backend::{Name, Operation, Request};
+
+/// `operation` by the S3 API's name for the call that does it; a query is one of several
+/// calls (HeadObject, GetObject, ListParts), which its `Call` tells apart.
+pub fn request(operation: Operation) -> Request {
+    let name = match operation {
+        Operation::Create => &"CreateMultipartUpload",
+        Operation::PutPart(_) => &"UploadPart",
+        Operation::Complete => &"CompleteMultipartUpload",
+        Operation::Abort => &"AbortMultipartUpload",
+        Operation::List => &"ListMultipartUploads",
+        Operation::PutFile => &"PutObject",
+        Operation::Query => return operation.into(),
+    };
+    Request::named(operation, name)
+}
 
 /// The S3 API's name for `call`, told by its method and query (as the API reference names it).
-pub fn call_name(call: &Call) -> &'static str {
+pub fn call_name(call: &Call) -> Name {
     let has = |name: &str| call.query.contains_key(name);
     match call.method {
-        Method::Post if has("uploads") => "CreateMultipartUpload",
-        Method::Post => "CompleteMultipartUpload",
-        Method::Put if has("partNumber") => "UploadPart",
-        Method::Put => "PutObject",
-        Method::Delete if has("uploadId") => "AbortMultipartUpload",
-        Method::Delete => "DeleteObject",
-        Method::Get if has("uploadId") => "ListParts",
-        Method::Get if has("uploads") => "ListMultipartUploads",
-        Method::Get if has("acl") => "GetObjectAcl",
-        Method::Get => "GetObject",
-        Method::Head => "HeadObject",
+        Method::Post if has("uploads") => &"CreateMultipartUpload",
+        Method::Post => &"CompleteMultipartUpload",
+        Method::Put if has("partNumber") => &"UploadPart",
+        Method::Put => &"PutObject",
+        Method::Delete if has("uploadId") => &"AbortMultipartUpload",
+        Method::Delete => &"DeleteObject",
+        Method::Get if has("uploadId") => &"ListParts",
+        Method::Get if has("uploads") => &"ListMultipartUploads",
+        Method::Get if has("acl") => &"GetObjectAcl",
+        Method::Get => &"GetObject",
+        Method::Head => &"HeadObject",
     }
 }
 
 /// The IAM actions a policy must allow for `call` (where a canned ACL rides along, the one to
 /// set it as well).
 pub fn actions(call: &Call) -> String {
-    let action = match call_name(call) {
+    let action = match *call_name(call) {
         "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload" | "PutObject" => {
             "s3:PutObject"
         }
@@ -44,13 +60,13 @@ pub fn actions(call: &Call) -> String {
     }
 }
 
-/// The words added to an AccessDenied refusal of `call`.
+/// The words added to an AccessDenied refusal of `call` (whose message names the call).
 pub fn hint(call: &Call) -> String {
-    let scope = match call_name(call) {
+    let scope = match *call_name(call) {
         "ListMultipartUploads" => "the bucket",
         _ => "the key",
     };
-    format!("{} needs {} on {scope}", call_name(call), actions(call))
+    format!("needs {} on {scope}", actions(call))
 }
 
 #[cfg(test)]
@@ -115,7 +131,7 @@ mod tests {
             ),
         ];
         for (call, expected) in cases {
-            assert_eq!(hint(&call), expected);
+            assert_eq!(format!("{} {}", call_name(&call), hint(&call)), expected);
         }
     }
 }

@@ -21,7 +21,7 @@ use url::Url;
 
 use super::credentials::{Credentials, Keys, NoKeys};
 use super::xml;
-use crate::upload::backend::{BackendError, Operation, Rejection};
+use crate::upload::backend::{BackendError, Operation, Rejection, Request};
 use crate::upload::http::{header_text, httpdate};
 use crate::upload::retry::{ErrorClass, classify_status};
 
@@ -59,6 +59,11 @@ impl Call {
             on_session: false,
             timeout: Some(super::REQUEST_TIMEOUT),
         }
+    }
+
+    /// The request for messages, by the S3 API's name for it.
+    pub fn named(&self) -> Request {
+        Request::named(self.operation, super::permission::call_name(self))
     }
 
     pub fn query(mut self, name: &'static str, value: impl Into<String>) -> Call {
@@ -120,7 +125,7 @@ impl Requester {
 
     /// The error of a request that got no keys: a credential service that may answer later
     /// (STS throttled, a metadata service that timed out) is retried like the remote itself.
-    fn without_keys(&self, operation: Operation, no: NoKeys) -> BackendError {
+    fn without_keys(&self, operation: Request, no: NoKeys) -> BackendError {
         let endpoint = self.endpoint.clone();
         match no.retryable {
             true => BackendError::Transport {
@@ -143,7 +148,7 @@ impl Requester {
         body: Option<reqwest::Body>,
     ) -> Result<Response, BackendError> {
         let keys = self.credentials.get().await;
-        let keys = keys.map_err(|no| self.without_keys(call.operation, no))?;
+        let keys = keys.map_err(|no| self.without_keys(call.named(), no))?;
         let signing = Signing {
             region: self.region(),
             skew_ms: self.skew_ms.load(Ordering::Relaxed),
@@ -164,7 +169,7 @@ impl Requester {
         let response = request
             .send()
             .await
-            .map_err(|error| self.transport(call.operation, error))?;
+            .map_err(|error| self.transport(call.named(), error))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -203,14 +208,14 @@ impl Requester {
         region.clone()
     }
 
-    pub fn transport(&self, operation: Operation, error: reqwest::Error) -> BackendError {
+    pub fn transport(&self, operation: Request, error: reqwest::Error) -> BackendError {
         crate::upload::native::transport_error(operation, &self.endpoint, error)
     }
 
     /// The body of the reply to `operation`, as text (see `http::body` for its limit).
     pub async fn text(
         &self,
-        operation: Operation,
+        operation: Request,
         response: Response,
     ) -> Result<String, BackendError> {
         let body = crate::upload::http::body(response).await;
@@ -232,7 +237,7 @@ impl Requester {
         });
         let corrected = self.learn(status, &reply, &headers, signed).await;
         let denied = reply.code == "AccessDenied";
-        let mut error = self.error(call.operation, status, reply, &headers, call.on_session);
+        let mut error = self.error(call.named(), status, reply, &headers, call.on_session);
         if let BackendError::Status { class, message, .. } = &mut error {
             if corrected {
                 *class = ErrorClass::Transient;
@@ -247,7 +252,7 @@ impl Requester {
     /// A refusal as a `BackendError` (also for an `<Error>` in a 200 reply).
     pub fn error(
         &self,
-        operation: Operation,
+        operation: Request,
         status: u16,
         reply: xml::ErrorReply,
         headers: &reqwest::header::HeaderMap,
@@ -272,7 +277,7 @@ impl Requester {
             operation,
             endpoint: self.endpoint.clone(),
             status,
-            code,
+            code: code.into(),
             message,
             retry_after,
             class,
