@@ -45,11 +45,20 @@ pub enum HookError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("webhook {url} answered {status}")]
+    #[error("webhook {url} answered {status}{}", colon_before(redirect))]
     Refused {
         url: String,
         status: reqwest::StatusCode,
+        /// Where a redirect points (not followed: a POST would arrive as a GET, without the
+        /// document).
+        redirect: Option<String>,
     },
+}
+
+/// `text` after a colon, or nothing.
+fn colon_before(text: &Option<String>) -> String {
+    text.as_ref()
+        .map_or(String::new(), |text| format!(": {text}"))
 }
 
 /// The values a program's argv may name: `{path}`, `{remote}`, `{remote_path}`, `{size}`,
@@ -249,7 +258,11 @@ async fn post(
         })?;
     match response.status() {
         status if status.is_success() => Ok(()),
-        status => Err(HookError::Refused { url: shown, status }),
+        status => Err(HookError::Refused {
+            url: shown,
+            status,
+            redirect: crate::upload::http::redirect(status.as_u16(), response.headers()),
+        }),
     }
 }
 

@@ -16,6 +16,12 @@
 //! except for a remote on a loopback address or `localhost` (the embedded receiver, a local
 //! MinIO), which is always reached directly, as Go's HTTP client does: no proxy can reach it.
 //!
+//! Redirects are not followed (`redirect`). Following one turns a POST into a GET (a 301 or
+//! 302: a webhook "delivered" to a page that never saw the document, an S3
+//! CreateMultipartUpload answered as a GetObject), cannot send a streamed part again, and
+//! takes a signature made for one host to another. A redirect is a failure that names the
+//! address to configure instead.
+//!
 //! Replies: a header's text (`header_text`) and `Retry-After` (`retry_after`), read the same
 //! way by both backends, and a body read to at most `MAX_REPLY_BYTES` (`body`), so a broken or
 //! hostile server cannot make Ferry hold an endless one.
@@ -24,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use reqwest::header::{AsHeaderName, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AsHeaderName, HeaderMap, LOCATION, RETRY_AFTER};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -73,6 +79,20 @@ pub async fn error_text(response: reqwest::Response) -> String {
 /// The text of header `name` in a reply, if it is there and is text.
 pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// What a redirect reply (`status`, `headers`) says, for its message: where it points,
+/// without the query (which may repeat our signature). `None` for any other reply.
+pub fn redirect(status: u16, headers: &HeaderMap) -> Option<String> {
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    let location = header_text(headers, LOCATION).unwrap_or("nowhere");
+    let place = location.split(['?', '#']).next().unwrap_or_default();
+    Some(format!(
+        "redirected to {}; redirects are not followed: configure that address",
+        crate::redact::url(place)
+    ))
 }
 
 /// The wait a reply's `Retry-After` asks for at `now_ms` (milliseconds since the epoch): in
@@ -166,7 +186,9 @@ impl CaCert {
 /// A reqwest client builder that trusts the system's CA certificates and `ca_cert`'s, for
 /// requests to `endpoint` (or to many places, when `None`).
 pub fn client_builder(ca_cert: Option<&CaCert>, endpoint: Option<&str>) -> reqwest::ClientBuilder {
-    let builder = reqwest::Client::builder().tls_backend_preconfigured(client_config(ca_cert));
+    let builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(ca_cert))
+        .redirect(reqwest::redirect::Policy::none());
     match endpoint.is_some_and(is_loopback) {
         true => builder.no_proxy(),
         false => builder,

@@ -130,10 +130,12 @@ impl NativeBackend {
         let status = response.status();
         let retry_after =
             super::http::retry_after(response.headers(), jiff::Timestamp::now().as_millisecond());
+        let redirect = super::http::redirect(status.as_u16(), response.headers());
         let text = super::http::error_text(response).await;
-        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => (body.error.code, body.error.message),
-            Err(_) => (
+        let (code, message) = match (serde_json::from_str::<ErrorBody>(&text), redirect) {
+            (Ok(body), _) => (body.error.code, body.error.message),
+            (Err(_), Some(redirect)) => ("redirect".to_string(), redirect),
+            (Err(_), None) => (
                 "unknown".to_string(),
                 text.chars().take(MAX_ERROR_TEXT).collect::<String>(),
             ),

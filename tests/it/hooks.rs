@@ -2,7 +2,7 @@
 //! documented document and a valid signature (checked here with our own HMAC, not Ferry's);
 //! a webhook that is down gets every delivery once it is back, even across a kill -9; a
 //! permanent failure is told; an `after_upload` that waits for its hook keeps the file until
-//! the hook succeeded.
+//! the hook succeeded; a webhook whose address redirects is not "delivered" as a GET.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,13 +13,15 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::support::daemon::{Daemon, Setup};
+use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::{Receiver, wait_until};
 
 const ARRIVAL: Duration = Duration::from_secs(30);
 const SECRET: &str = "hook-secret-for-tests";
 
 /// A webhook endpoint on loopback: it checks each delivery's signature and keeps its document;
-/// while `down` it answers 503 and keeps nothing. Each answer takes `slow`.
+/// while `down` it answers 503 and keeps nothing. Each answer takes `slow`. A GET of it is
+/// answered 200 and counted, as a web page's would be.
 struct Webhook {
     url: String,
     state: Arc<Endpoint>,
@@ -29,6 +31,7 @@ struct Webhook {
 struct Endpoint {
     received: Mutex<Vec<Value>>,
     refused: AtomicUsize,
+    gets: AtomicUsize,
     down: AtomicBool,
     /// How long an answer takes.
     slow: Duration,
@@ -57,7 +60,7 @@ impl Webhook {
             ..Endpoint::default()
         });
         let router = axum::Router::new()
-            .route("/hook", axum::routing::post(take))
+            .route("/hook", axum::routing::post(take).get(looked_at))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -68,6 +71,13 @@ impl Webhook {
     fn documents(&self) -> Vec<Value> {
         self.received.lock().unwrap().clone()
     }
+}
+
+async fn looked_at(
+    axum::extract::State(endpoint): axum::extract::State<Arc<Endpoint>>,
+) -> &'static str {
+    endpoint.gets.fetch_add(1, Ordering::SeqCst);
+    "a page"
 }
 
 async fn take(
@@ -628,4 +638,36 @@ async fn a_burst_past_what_memory_holds_is_posted_without_waiting_for_the_sweep(
     let receiver = receiver_posting_to(&webhook, dir.path(), Duration::from_secs(3600)).await;
     let names = upload_five(&receiver, dir.path()).await;
     assert_each_posted_once(&webhook, &receiver, &names).await;
+}
+
+/// A webhook whose address redirects (301, as an http-to-https front does) is not followed:
+/// followed, the POST would arrive as a GET without the document, and a page that answers a
+/// GET with 200 would count it delivered. The delivery fails, naming where it points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_redirects_is_not_delivered_as_a_get() {
+    let receiver = Receiver::start().await;
+    let webhook = Webhook::start(false).await;
+    let address = webhook.url.trim_start_matches("http://");
+    let address = address.split('/').next().unwrap().parse().unwrap();
+    let front = FaultProxy::start(address).await;
+    front.set_plan(|_, _| Some(Fault::Redirect { status: 301 }));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/hook", front.url);
+    let hook = format!("on_uploaded = {}", webhook_hook(dir.path(), &url));
+    let setup = Setup::new(&receiver.url, &hook, "");
+    let daemon = setup.start().await;
+    std::fs::write(setup.outbox.join("a.txt"), b"told nowhere").unwrap();
+    let said = format!(
+        "answered 301 Moved Permanently: redirected to {}",
+        webhook.url
+    );
+    wait_until("the redirect named", ARRIVAL, || daemon.logged(&said)).await;
+    assert_eq!(webhook.gets.load(Ordering::SeqCst), 0, "no GET followed");
+    assert!(webhook.documents().is_empty());
+    let hooks = &setup.status()["hooks"];
+    assert_eq!(
+        hooks["pending"].as_u64(),
+        Some(1),
+        "still to deliver: {hooks}"
+    );
 }

@@ -8,8 +8,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::s3::{assert_stored, config_file, push};
-use crate::support::fault_proxy::FaultProxy;
+use ferry::upload::S3Backend;
+
+use crate::s3::{assert_stored, config_file, proxy_before, push};
+use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::s3::{Flavor, S3Server};
 use crate::support::tls::TlsFront;
 use crate::support::{MIB, Receiver, assert_same_content, ferry_bin, random_file, token_file};
@@ -174,4 +176,66 @@ async fn a_proxy_carries_uploads_to_remotes_elsewhere_but_never_to_one_on_loopba
         "nothing to loopback went through the proxy"
     );
     assert_same_content(&near, &receiver.file("near.bin"));
+}
+
+/// An address that redirects (a front sending http to https, a host that moved) fails the
+/// file at once, naming where it points, and nothing reaches the server behind it. Followed,
+/// a 301 turns S3's CreateMultipartUpload into a GetObject, and a 307 or 308 opens an upload
+/// (S3's or a receiver's session) whose streamed parts then cannot follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_redirects_fails_at_once_naming_where_it_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let [large, small] = ["large.bin", "small.bin"].map(|name| dir.path().join(name));
+    random_file(&large, 6 * MIB, 95);
+    random_file(&small, 100, 96);
+    let moto = S3Server::start(Flavor::Moto).await;
+    let front = proxy_before(&moto).await;
+    let config = config_file(dir.path(), &moto, &front.url);
+    let direct = S3Backend::new(&moto.config("")).unwrap();
+    for status in [301, 307, 308] {
+        front.set_plan(move |_, _| Some(Fault::Redirect { status }));
+        let started = Instant::now();
+        let mut command = push(&config, &dir.path().join("data"), &large);
+        let output = command.arg(&small).output().unwrap();
+        let pointed = format!("redirected to {}/ferry-test/pushed/", moto.endpoint);
+        let said = ["CreateMultipartUpload refused by", "PutObject refused by"];
+        refused_at_once(&output, started, &[said[0], said[1], &pointed]);
+        let uploads = direct.open_uploads().await.unwrap();
+        assert!(
+            uploads.is_empty(),
+            "{status}: none opened at moto: {uploads:?}"
+        );
+        assert!(moto.list("").await.is_empty(), "{status}: nothing stored");
+    }
+
+    let receiver = Receiver::start().await;
+    let front = FaultProxy::start(receiver.address).await;
+    front.set_plan(|_, _| Some(Fault::Redirect { status: 308 }));
+    let started = Instant::now();
+    let output = Command::new(ferry_bin())
+        .args(["push", "--url", &front.url, "--token-file"])
+        .arg(token_file(dir.path()))
+        .arg("--data-dir")
+        .arg(dir.path().join("native"))
+        .arg(&large)
+        .output()
+        .unwrap();
+    let pointed = format!("308 redirect: redirected to {}/v1/", receiver.url);
+    refused_at_once(&output, started, &["init refused by", &pointed]);
+    let held: Vec<_> = walkdir(&receiver.storage);
+    assert!(held.is_empty(), "no session at the receiver: {held:?}");
+}
+
+/// The files under `dir`, at any depth.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| match entry.path().is_dir() {
+            true => walkdir(&entry.path()),
+            false => vec![entry.path()],
+        })
+        .collect()
 }

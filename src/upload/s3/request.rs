@@ -231,10 +231,16 @@ impl Requester {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = crate::upload::http::error_text(response).await;
-        let reply = xml::error_in(&text).unwrap_or_else(|| xml::ErrorReply {
+        let mut reply = xml::error_in(&text).unwrap_or_else(|| xml::ErrorReply {
             message: text.chars().take(MAX_ERROR_TEXT).collect(),
             ..xml::ErrorReply::default()
         });
+        if let Some(redirect) = crate::upload::http::redirect(status, &headers) {
+            reply.message = match reply.code.is_empty() {
+                true => redirect,
+                false => format!("{} ({redirect})", reply.message),
+            };
+        }
         let corrected = self.learn(status, &reply, &headers, signed).await;
         let denied = reply.code == "AccessDenied";
         let mut error = self.error(call.named(), status, reply, &headers, call.on_session);
@@ -367,6 +373,11 @@ fn skew(
 
 fn status_word(status: u16) -> &'static str {
     match status {
+        301 => "MovedPermanently",
+        302 => "Found",
+        303 => "SeeOther",
+        307 => "TemporaryRedirect",
+        308 => "PermanentRedirect",
         400 => "BadRequest",
         403 => "Forbidden",
         404 => "NotFound",

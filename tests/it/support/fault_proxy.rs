@@ -40,6 +40,10 @@ pub enum Fault {
         from: &'static str,
         to: &'static str,
     },
+    /// Answer `status` (301, 307, 308...) with a `Location` at the upstream, the same path and
+    /// query, without forwarding: a front that sends clients elsewhere (http to https, a moved
+    /// host).
+    Redirect { status: u16 },
 }
 
 /// One request the proxy saw.
@@ -191,7 +195,17 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let (index, fault) = shared.admit(&head);
     let finish = |shared: &Shared| shared.finish(index);
 
-    if let Some((reply_head, body)) = fault.and_then(canned_reply) {
+    let canned = match fault {
+        Some(Fault::Redirect { status }) => Some((
+            format!(
+                "{status} Redirect\r\nlocation: http://{}{}",
+                shared.upstream, head.path
+            ),
+            String::new(),
+        )),
+        _ => fault.and_then(canned_reply),
+    };
+    if let Some((reply_head, body)) = canned {
         let body_left = head.content_length.saturating_sub(early_body.len() as u64);
         answer(client, body_left, &reply_head, &body).await;
         finish(&shared);
