@@ -59,12 +59,13 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// What a cleanup found: the orphans, and the remotes it could not examine. One remote that
-/// cannot be listed (unreachable, no ListMultipartUploads, no permission to list) does not keep
-/// the others from being cleaned.
+/// What a cleanup found: the orphans, the remotes whose uploads it listed, and those it could
+/// not examine. One remote that cannot be listed (unreachable, no ListMultipartUploads, no
+/// permission to list) does not keep the others from being cleaned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub orphans: Vec<Orphan>,
+    pub listed: Vec<String>,
     pub unlisted: Vec<Unlisted>,
 }
 
@@ -119,7 +120,10 @@ pub async fn run(
     let mut report = Report::default();
     for (name, config) in chosen {
         match clean_remote(name, config, sessions, request).await {
-            Ok(orphans) => report.orphans.extend(orphans),
+            Ok(orphans) => {
+                report.orphans.extend(orphans);
+                report.listed.push(name.clone());
+            }
             Err(error) => report.unlisted.push(Unlisted {
                 remote: name.clone(),
                 error: crate::error::chain(&error),

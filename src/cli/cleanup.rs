@@ -21,7 +21,11 @@ pub async fn cleanup(
     let config = super::load_config(config_flag)?;
     let socket = super::socket_path(socket, config_flag)?;
     let report = match control::call(&socket, Command::Cleanup(request.clone())).await {
-        Ok(Reply::Cleaned { orphans, unlisted }) => Report { orphans, unlisted },
+        Ok(Reply::Cleaned { orphans, unlisted }) => Report {
+            orphans,
+            unlisted,
+            ..Report::default()
+        },
         Ok(other) => anyhow::bail!("the daemon answered cleanup with {other:?}"),
         Err(ControlError::NotRunning { .. }) => without_daemon(&config, &request).await?,
         Err(error) => return Err(error.into()),

@@ -41,6 +41,9 @@ pub(super) struct Metrics {
     overflows: Counter,
     hooks: Family<Labels, Gauge>,
     store_flushes: Counter,
+    orphans_aborted: Family<Labels, Counter>,
+    cleanup_listed: Family<Labels, Gauge>,
+    cleanup_failures: Family<Labels, Counter>,
 }
 
 /// How an upload that did not succeed ended, for `ferry_upload_errors_total{class}`.
@@ -114,10 +117,22 @@ const HOOKS: Described = (
     "ferry_hook_deliveries",
     "Hook deliveries not made yet, by state (pending: to be tried; failed: waiting for `ferry retry --failed`)",
 );
-
 const STORE_FLUSHES: Described = (
     "ferry_store_flushes",
     "Flushes of the job store (each a sync on a disk); outcomes reported together share one",
+);
+
+const ORPHANS_ABORTED: Described = (
+    "ferry_orphan_uploads_aborted",
+    "Multipart uploads no session owned that orphan cleanup aborted, by remote (the daemon's pass, and `ferry cleanup` through the daemon)",
+);
+const CLEANUP_LISTED: Described = (
+    "ferry_orphan_cleanup_last_success_timestamp_seconds",
+    "When orphan cleanup last listed each S3 remote's open uploads (Unix time); absent until it could, so alert on its age",
+);
+const CLEANUP_FAILURES: Described = (
+    "ferry_orphan_cleanup_failures",
+    "Orphan cleanup passes that could not list a remote's open uploads, by remote (its orphans keep costing)",
 );
 
 fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Described, metric: &M) {
@@ -149,7 +164,35 @@ impl Metrics {
         register(registry, OVERFLOWS, &metrics.overflows);
         register(registry, HOOKS, &metrics.hooks);
         register(registry, STORE_FLUSHES, &metrics.store_flushes);
+        register(registry, ORPHANS_ABORTED, &metrics.orphans_aborted);
+        register(registry, CLEANUP_LISTED, &metrics.cleanup_listed);
+        register(registry, CLEANUP_FAILURES, &metrics.cleanup_failures);
         metrics
+    }
+
+    /// An orphan cleanup (`report`) ended at `now_seconds` (Unix time).
+    pub(super) fn cleaned(&self, report: &crate::cleanup::Report, now_seconds: i64) {
+        let labels = |remote: &str| vec![("remote", remote.to_string())];
+        for remote in &report.listed {
+            self.cleanup_listed
+                .get_or_create(&labels(remote))
+                .set(now_seconds);
+        }
+        for unlisted in &report.unlisted {
+            let failures = self
+                .cleanup_failures
+                .get_or_create(&labels(&unlisted.remote));
+            failures.inc();
+        }
+        let aborted = report
+            .orphans
+            .iter()
+            .filter(|orphan| orphan.outcome == crate::cleanup::Outcome::Aborted);
+        for orphan in aborted {
+            self.orphans_aborted
+                .get_or_create(&labels(&orphan.remote))
+                .inc();
+        }
     }
 
     /// A file of `size` bytes uploaded to `remote`.

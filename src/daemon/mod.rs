@@ -623,7 +623,10 @@ impl Daemon {
         request: &cleanup::Request,
     ) -> Result<cleanup::Report, cleanup::CleanupError> {
         let remotes = self.settings().remotes.clone();
-        cleanup::run(&remotes, &self.store.sessions(), request).await
+        let report = cleanup::run(&remotes, &self.store.sessions(), request).await?;
+        let now_seconds = (crate::queue::jobs::now_ms() / 1000) as i64;
+        self.metrics.cleaned(&report, now_seconds);
+        Ok(report)
     }
 
     /// Periodic upkeep: prunes finished jobs past `retention`, then checkpoints the store

@@ -105,7 +105,7 @@ pub async fn scrape(address: &str) -> BTreeMap<String, f64> {
 }
 
 /// Makes the daemon of `setup` serve `/metrics`; the address it will listen on.
-fn serve_metrics(setup: &Setup) -> String {
+pub fn serve_metrics(setup: &Setup) -> String {
     let address = format!("127.0.0.1:{}", free_port());
     let config = std::fs::read_to_string(&setup.config).unwrap();
     let config = config.replace(

@@ -1496,7 +1496,7 @@ fn clean_orphans_at_start(setup: &Setup) {
 /// A remote that cannot be listed (s3s-fs has no ListMultipartUploads; its name sorts first)
 /// keeps no other from being cleaned: the daemon's pass at start, `ferry cleanup` through the
 /// daemon and `ferry cleanup` alone each abort moto's orphan; the command names the remote it
-/// skipped and exits 1.
+/// skipped and exits 1, and the daemon's metrics count the aborts and the failed listings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_goes_on_past_a_remote_it_cannot_list() {
     let moto = S3Server::start(Flavor::Moto).await;
@@ -1510,13 +1510,38 @@ async fn cleanup_goes_on_past_a_remote_it_cannot_list() {
     ];
     let setup = Setup::with_remote(&remotes.join("\n"), "", "");
     clean_orphans_at_start(&setup);
+    let metrics = crate::metrics::serve_metrics(&setup);
 
     let daemon = setup.start().await;
     let gone = wait_open(&direct, |open| !open.iter().any(|u| u.upload_id == first)).await;
     assert!(gone.is_some(), "the daemon's pass went on to moto");
+    cleanup_metrics_say(&metrics, 1).await;
     aborts_past_the_unlisted(&setup, &direct).await;
+    cleanup_metrics_say(&metrics, 2).await;
     assert_eq!(daemon.terminate().await, Some(0));
     aborts_past_the_unlisted(&setup, &direct).await;
+}
+
+/// The daemon's metrics after `passes` cleanups, each of which aborted one orphan at `main`
+/// and could not list `a-nolist`: moto listed lately, s3s-fs never.
+async fn cleanup_metrics_say(address: &str, passes: u64) {
+    let series = |name: &str, remote: &str| format!("ferry_orphan_{name}{{remote=\"{remote}\"}}");
+    let failures = series("cleanup_failures_total", "a-nolist");
+    let counted =
+        |s: &std::collections::BTreeMap<String, f64>| s.get(&failures) == Some(&(passes as f64));
+    let wait = Duration::from_secs(30);
+    let samples = crate::metrics::scrape_until(address, &failures, wait, counted).await;
+    let aborted = samples.get(&series("uploads_aborted_total", "main"));
+    assert_eq!(aborted, Some(&(passes as f64)), "{samples:?}");
+    let listed = series("cleanup_last_success_timestamp_seconds", "main");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let age = now.unwrap().as_secs_f64() - samples[&listed];
+    assert!(
+        (0.0..60.0).contains(&age),
+        "listed {age} s ago: {samples:?}"
+    );
+    let never = series("cleanup_last_success_timestamp_seconds", "a-nolist");
+    assert!(!samples.contains_key(&never), "{samples:?}");
 }
 
 /// Opens an orphan in `direct`'s bucket; `ferry cleanup` aborts it and names `a-nolist`.
