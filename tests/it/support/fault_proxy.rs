@@ -195,16 +195,7 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let (index, fault) = shared.admit(&head);
     let finish = |shared: &Shared| shared.finish(index);
 
-    let canned = match fault {
-        Some(Fault::Redirect { status }) => Some((
-            format!(
-                "{status} Redirect\r\nlocation: http://{}{}",
-                shared.upstream, head.path
-            ),
-            String::new(),
-        )),
-        _ => fault.and_then(canned_reply),
-    };
+    let canned = fault.and_then(|fault| canned_reply(fault, &head.path, shared.upstream));
     if let Some((reply_head, body)) = canned {
         let body_left = head.content_length.saturating_sub(early_body.len() as u64);
         answer(client, body_left, &reply_head, &body).await;
@@ -288,10 +279,14 @@ pub fn query_param(path: &str, name: &str) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-/// The reply (status line after `HTTP/1.1 ` with headers, and body) a fault answers with in
-/// place of the receiver, if it does.
-fn canned_reply(fault: Fault) -> Option<(String, String)> {
+/// The reply (status line after `HTTP/1.1 ` with headers, and body) a fault answers a request
+/// for `path` with in place of the receiver at `upstream`, if it does.
+fn canned_reply(fault: Fault, path: &str, upstream: SocketAddr) -> Option<(String, String)> {
     match fault {
+        Fault::Redirect { status } => Some((
+            format!("{status} Redirect\r\nlocation: http://{upstream}{path}"),
+            String::new(),
+        )),
         Fault::Unavailable { retry_after_secs } => Some((
             format!(
                 "503 Service Unavailable\r\nretry-after: {retry_after_secs}\r\ncontent-type: application/json"
