@@ -82,12 +82,13 @@ pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str>
 }
 
 /// What a redirect reply (`status`, `headers`) says, for its message: where it points,
-/// without the query (which may repeat our signature). `None` for any other reply.
+/// without the query (which may repeat our signature). `None` for any other reply, and for a
+/// redirect that names no place (AWS's 301 `PermanentRedirect` names the region instead).
 pub fn redirect(status: u16, headers: &HeaderMap) -> Option<String> {
-    if !(300..400).contains(&status) {
+    if !matches!(status, 301 | 302 | 303 | 307 | 308) {
         return None;
     }
-    let location = header_text(headers, LOCATION).unwrap_or("nowhere");
+    let location = header_text(headers, LOCATION)?;
     let place = location.split(['?', '#']).next().unwrap_or_default();
     Some(format!(
         "redirected to {}; redirects are not followed: configure that address",
@@ -352,6 +353,48 @@ fn describe(problem: &CertificateError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A redirect names where it points, without its query and with no credentials; a reply
+    /// that is no redirect, or names no place, says nothing.
+    #[test]
+    fn a_redirect_names_where_it_points_and_nothing_secret() {
+        let said = |place: &str| {
+            format!("redirected to {place}; redirects are not followed: configure that address")
+        };
+        let cases = [
+            (
+                301,
+                Some("https://s3.example/b/k"),
+                Some(said("https://s3.example/b/k")),
+            ),
+            (
+                307,
+                Some("https://s3.example/b/k?X-Amz-Signature=abc#f"),
+                Some(said("https://s3.example/b/k")),
+            ),
+            (
+                308,
+                Some("https://user:pass@hooks.example/in"),
+                Some(said("https://REDACTED@hooks.example/in")),
+            ),
+            (302, Some("/elsewhere"), Some(said("/elsewhere"))),
+            (303, Some("http://h/x"), Some(said("http://h/x"))),
+            (301, None, None),
+            (304, Some("http://h/x"), None),
+            (200, Some("http://h/x"), None),
+        ];
+        for (status, location, expected) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(location) = location {
+                headers.insert(LOCATION, location.parse().unwrap());
+            }
+            assert_eq!(
+                redirect(status, &headers),
+                expected,
+                "{status} {location:?}"
+            );
+        }
+    }
 
     /// `Retry-After` in seconds, or until an HTTP date, is the wait asked for (none for a
     /// date gone by); anything else asks for none.
