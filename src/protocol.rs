@@ -92,6 +92,31 @@ impl ErrorCode {
     }
 }
 
+/// Most metadata entries a file may carry.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key or value, in bytes.
+pub const MAX_METADATA_BYTES: usize = 1024;
+
+/// Checks metadata against the protocol's limits: the receiver refuses more, and `config`
+/// refuses a watch's at load.
+pub fn check_metadata(entries: &BTreeMap<String, String>) -> Result<(), String> {
+    if entries.len() > MAX_METADATA_ENTRIES {
+        return Err(format!(
+            "metadata has {} entries, over the limit of {MAX_METADATA_ENTRIES}",
+            entries.len()
+        ));
+    }
+    for (key, value) in entries {
+        if key.len() > MAX_METADATA_BYTES || value.len() > MAX_METADATA_BYTES {
+            return Err(format!(
+                "metadata entry '{}' is over {MAX_METADATA_BYTES} bytes",
+                key.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Header carrying the 1-based part number of a `PUT .../parts`.
 pub const PART_NUMBER_HEADER: &str = "fastio-part-number";
 /// Header carrying a part's byte offset in the file (v1.1, optional): a receiver writes parts

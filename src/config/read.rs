@@ -654,6 +654,8 @@ impl<'t> Reader<'t> {
         )
         .expect("the default globs compile");
         self.watch_options(path, table, base, &mut watch);
+        let to = remote.as_ref().and_then(|name| remotes.get(name));
+        watch.metadata = self.watch_metadata(path, table, to);
         watch.hooks = self.hooks(path, table, base, hooks);
         let waits = self.get::<bool>(path, table, "after_upload_waits_for_hook");
         watch.after_upload_waits_for_hook = waits.unwrap_or(false);
@@ -686,9 +688,25 @@ impl<'t> Reader<'t> {
         if let Some(symlinks) = self.get_as(path, table, "symlinks", symlinks) {
             watch.symlinks = symlinks;
         }
-        if let Some(metadata) = self.get::<BTreeMap<String, String>>(path, table, "metadata") {
-            watch.metadata = metadata;
-        }
+    }
+
+    /// A watch's `metadata`, checked against what its remote `to` can carry: the native
+    /// protocol's limits, and S3's header names and size (every upload would fail otherwise).
+    fn watch_metadata(
+        &mut self,
+        path: &str,
+        table: &DeTable<'_>,
+        to: Option<&RemoteConfig>,
+    ) -> BTreeMap<String, String> {
+        let checked = |metadata: BTreeMap<String, String>| {
+            crate::protocol::check_metadata(&metadata)?;
+            if let Some(RemoteConfig::S3(_)) = to {
+                crate::upload::s3::metadata::check(&metadata)?;
+            }
+            Ok(metadata)
+        };
+        let metadata = self.get_as(path, table, "metadata", checked);
+        metadata.unwrap_or_default()
     }
 
     /// A watch's `include` and `ignore` globs (the default ignores always apply).

@@ -657,3 +657,60 @@ fn sizes_are_shown_as_users_write_them() {
         "{rendered}"
     );
 }
+
+/// A watch's metadata is checked against its remote at load, so no upload fails on it later:
+/// for S3 its header names, Ferry's own key, keys equal but for case and 2 KiB in all; for
+/// every remote the native protocol's 64 entries and 1 KiB values. The problem names the
+/// watch's `metadata` and its line.
+#[test]
+fn watch_metadata_its_remote_cannot_carry_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let remotes = "[remotes.s3]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+                   bucket = \"photos\"\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"token\"\n\
+                   [remotes.native]\nkind = \"native\"\nurl = \"http://127.0.0.1:8080\"\n\
+                   workspace_id = \"ws\"\ntoken_file = \"token\"\n";
+    let many: Vec<String> = (0..65).map(|n| format!("k{n} = \"v\"")).collect();
+    let long = format!("note = \"{}\"", "x".repeat(1025));
+    let wide = format!("note = \"{}\"", "x".repeat(1000));
+    let wider = format!("{wide}, more = \"{}\"", "y".repeat(1000));
+    let cases = [
+        ("s3", "\"Camera-ID\" = \"7\", city = \"Zürich\"", None),
+        (
+            "native",
+            "\"bad key\" = \"x\", \"Ferry-Session\" = \"x\"",
+            None,
+        ),
+        ("native", &wider, None),
+        ("s3", "\"bad key\" = \"x\"", Some("cannot be an S3 header")),
+        ("s3", "\"ferry-session\" = \"x\"", Some("is Ferry's own")),
+        (
+            "s3",
+            "Project = \"a\", project = \"b\"",
+            Some("only in case"),
+        ),
+        ("s3", &wider, Some("over the 2048 S3 takes")),
+        (
+            "native",
+            &many.join(", "),
+            Some("65 entries, over the limit of 64"),
+        ),
+        ("native", &long, Some("is over 1024 bytes")),
+    ];
+    for (remote, metadata, refused) in cases {
+        let text = format!(
+            "{remotes}[[watch]]\npath = \"/a\"\nremote = \"{remote}\"\nmetadata = {{ {metadata} }}\n"
+        );
+        let parsed = parse_in(dir.path(), &text);
+        let Some(said) = refused else {
+            let config = parsed.unwrap_or_else(|e| panic!("{remote} {metadata}: {e:?}"));
+            assert!(!config.watches[0].metadata.is_empty());
+            continue;
+        };
+        let problems = problems(parsed);
+        assert_eq!(problems.len(), 1, "{remote} {metadata}: {problems:?}");
+        let problem = &problems[0];
+        assert_eq!(problem.key, "watch[0].metadata", "{problem:?}");
+        assert_eq!(problem.line, Some(15), "{problem:?}");
+        assert!(problem.message.contains(said), "{said}: {problem:?}");
+    }
+}

@@ -43,7 +43,7 @@ fn check_init(app: &AppState, request: &InitRequest) -> Result<(), ApiError> {
     crate::protocol::check_workspace_id(&request.workspace_id)
         .map_err(ApiError::invalid_request)?;
     app.check_workspace(&request.workspace_id)?;
-    validate::metadata(&request.metadata).map_err(ApiError::invalid_request)?;
+    crate::protocol::check_metadata(&request.metadata).map_err(ApiError::invalid_request)?;
     if let Some(mime_type) = &request.mime_type
         && (mime_type.len() > 255 || mime_type.chars().any(char::is_control))
     {

@@ -8,10 +8,6 @@ use crate::protocol::ManifestPart;
 pub const MAX_FILENAME_BYTES: usize = 1024;
 /// Longest accepted path component, in bytes: the common filesystem limit (PROTOCOL.md).
 pub const MAX_COMPONENT_BYTES: usize = 255;
-/// Most metadata entries a file may carry (PROTOCOL.md).
-pub const MAX_METADATA_ENTRIES: usize = 64;
-/// Longest metadata key or value, in bytes (PROTOCOL.md).
-pub const MAX_METADATA_BYTES: usize = 1024;
 
 /// Checks a remote file path: relative, `/`-separated, no empty, `.` or `..` component, no NUL
 /// or control characters, at most 1024 bytes, components at most 255 bytes.
@@ -61,25 +57,6 @@ pub fn filename(name: &str) -> Result<(), String> {
 /// Anything else is answered `404` without touching the disk.
 pub fn is_upload_id(id: &str) -> bool {
     id.len() == 35 && id.starts_with("up_") && id[3..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Checks metadata against the protocol's limits.
-pub fn metadata(entries: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
-    if entries.len() > MAX_METADATA_ENTRIES {
-        return Err(format!(
-            "metadata has {} entries, over the limit of {MAX_METADATA_ENTRIES}",
-            entries.len()
-        ));
-    }
-    for (key, value) in entries {
-        if key.len() > MAX_METADATA_BYTES || value.len() > MAX_METADATA_BYTES {
-            return Err(format!(
-                "metadata entry '{}' is over {MAX_METADATA_BYTES} bytes",
-                key.chars().take(64).collect::<String>()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Checks a lowercase hex SHA-256 digest.

@@ -23,6 +23,7 @@ mod encryption;
 mod imds;
 mod kept;
 mod keys;
+pub mod metadata;
 mod permission;
 mod process;
 pub mod profile;
@@ -47,6 +48,7 @@ use checksum::{ChecksumChoice, Noted, carried, decode_crc32c, encode_crc32c};
 pub use credentials::CredentialSource;
 pub use encryption::{CustomerKey, Encryption};
 use kept::Asked;
+use metadata::{MTIME_META, SESSION_META};
 use request::{Call, Requester};
 pub use session::SessionId;
 
@@ -70,13 +72,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Assembly speed assumed when scaling the complete timeout.
 const COMPLETE_BYTES_PER_SECOND: u64 = 20 * 1024 * 1024;
-/// The metadata entry naming the session that wrote an object.
-const SESSION_META: &str = "x-amz-meta-ferry-session";
 /// The checksum algorithm a multipart upload asks for, and its reply names when kept.
 const CHECKSUM_ALGORITHM: &str = "x-amz-checksum-algorithm";
-/// The file's modification time, kept where rclone keeps it (and reads it back: `rclone lsl`,
-/// `check` and `sync` see the file's own time, not the upload's).
-const MTIME_META: &str = "x-amz-meta-mtime";
 
 /// The canned ACLs S3 knows (`acl`, as rclone's).
 pub const CANNED_ACLS: [&str; 7] = [
@@ -374,13 +371,13 @@ impl S3Backend {
         request: &CreateRequest,
     ) -> Result<Call, BackendError> {
         for (name, value) in &request.metadata {
-            let name = meta_name(name).ok_or_else(|| BackendError::Setup {
+            let name = metadata::header_name(name).ok_or_else(|| BackendError::Setup {
                 endpoint: self.requester.endpoint.clone(),
                 problem: format!(
                     "metadata key {name:?} cannot be an S3 header (use letters, digits, - and _)"
                 ),
             })?;
-            call = call.header(name, meta_value(value));
+            call = call.header(name, metadata::header_value(value));
         }
         let mtime_given = request
             .metadata
@@ -898,24 +895,6 @@ fn is_md5_hex(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// `x-amz-meta-<name>`, lowercase, when `name` can be one.
-fn meta_name(name: &str) -> Option<String> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-    valid.then(|| format!("x-amz-meta-{}", name.to_ascii_lowercase()))
-}
-
-/// A metadata value as a header: printable ASCII as is, anything else RFC 2047-encoded (as the
-/// AWS SDKs do).
-fn meta_value(value: &str) -> String {
-    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && value.trim() == value {
-        return value.to_string();
-    }
-    format!("=?UTF-8?B?{}?=", BASE64.encode(value.as_bytes()))
-}
-
 /// A modification time as rclone writes it: seconds since the Unix epoch in fixed point, with
 /// up to 9 decimals and no trailing zeros ("1354040105.123456789", "1354040105.5",
 /// "1354040105").
@@ -1218,19 +1197,6 @@ mod tests {
             let url = config.bucket_url();
             assert_eq!(url.as_ref().map(Url::as_str), Ok(expected), "{bucket}");
         }
-    }
-
-    #[test]
-    fn metadata_becomes_headers_that_survive_the_trip() {
-        assert_eq!(
-            meta_name("Camera-ID").as_deref(),
-            Some("x-amz-meta-camera-id")
-        );
-        assert_eq!(meta_name("bad key"), None);
-        assert_eq!(meta_name(""), None);
-        assert_eq!(meta_value("plain text"), "plain text");
-        assert_eq!(meta_value("café"), "=?UTF-8?B?Y2Fmw6k=?=");
-        assert_eq!(meta_value(" padded"), "=?UTF-8?B?IHBhZGRlZA==?=");
     }
 
     #[test]
