@@ -370,13 +370,13 @@ impl S3Backend {
         mut call: Call,
         request: &CreateRequest,
     ) -> Result<Call, BackendError> {
+        // `config` refused such metadata at load already: this guards the other callers.
+        metadata::check(&request.metadata).map_err(|problem| BackendError::Setup {
+            endpoint: self.requester.endpoint.clone(),
+            problem: format!("metadata {problem}"),
+        })?;
         for (name, value) in &request.metadata {
-            let name = metadata::header_name(name).ok_or_else(|| BackendError::Setup {
-                endpoint: self.requester.endpoint.clone(),
-                problem: format!(
-                    "metadata key {name:?} cannot be an S3 header (use letters, digits, - and _)"
-                ),
-            })?;
+            let name = metadata::header_name(name).expect("checked names are header names");
             call = call.header(name, metadata::header_value(value));
         }
         let mtime_given = request
