@@ -2,7 +2,12 @@
 //! keep them: a file, or an environment variable. Never inline in a configuration, never
 //! logged. Depends on nothing else in the crate.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
+
+/// The largest secret file read: keys, tokens and secrets are bytes to a few KiB. A file
+/// named by mistake (a log, `/dev/zero`) is refused at this, not read without end.
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 /// Why a secret could not be read; names the file or variable, never the value.
 #[derive(Debug, thiserror::Error)]
@@ -15,15 +20,18 @@ pub enum SecretError {
     },
     #[error("{path} is empty")]
     EmptyFile { path: PathBuf },
+    #[error("{path} is over {} KiB: not a secret (is it the right file?)", MAX_SECRET_BYTES / 1024)]
+    TooLarge { path: PathBuf },
     #[error("environment variable {name} is not set")]
     Unset { name: String },
 }
 
 /// Reads a secret file, trimming surrounding whitespace (a trailing newline, say).
 pub fn read_file(path: &Path) -> Result<String, SecretError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+    let bytes = read_at_most(path)?;
+    let text = String::from_utf8(bytes).map_err(|error| SecretError::Unreadable {
         path: path.to_path_buf(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
     })?;
     let secret = text.trim();
     if secret.is_empty() {
@@ -36,12 +44,29 @@ pub fn read_file(path: &Path) -> Result<String, SecretError> {
 
 /// Reads a secret file's bytes as they are (a binary key, say); an empty file is refused.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, SecretError> {
-    let bytes = std::fs::read(path).map_err(|source| SecretError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_at_most(path)?;
     match bytes.is_empty() {
         true => Err(SecretError::EmptyFile {
+            path: path.to_path_buf(),
+        }),
+        false => Ok(bytes),
+    }
+}
+
+/// The bytes of `path`, refused past `MAX_SECRET_BYTES` (a pipe, as from `<(pass show x)`,
+/// is read as a file is).
+fn read_at_most(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let unreadable = |source| SecretError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    match bytes.len() as u64 > MAX_SECRET_BYTES {
+        true => Err(SecretError::TooLarge {
             path: path.to_path_buf(),
         }),
         false => Ok(bytes),
@@ -79,6 +104,22 @@ mod tests {
         assert_eq!(empty, format!("{} is empty", file.display()));
         let missing = read_file(&dir.path().join("nope")).unwrap_err();
         assert!(missing.to_string().ends_with("nope"), "{missing}");
+    }
+
+    /// A file over 64 KiB, or one without end, is refused by name instead of read whole; one
+    /// of exactly 64 KiB is read.
+    #[test]
+    fn a_file_too_large_to_be_a_secret_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, vec![b'k'; MAX_SECRET_BYTES as usize]).unwrap();
+        assert_eq!(read_bytes(&file).unwrap().len(), MAX_SECRET_BYTES as usize);
+        std::fs::write(&file, vec![b'k'; MAX_SECRET_BYTES as usize + 1]).unwrap();
+        let over = read_file(&file).unwrap_err().to_string();
+        let said = format!("{} is over 64 KiB: not a secret", file.display());
+        assert!(over.starts_with(&said), "{over}");
+        let endless = read_bytes(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(endless.starts_with("/dev/zero is over 64 KiB"), "{endless}");
     }
 
     #[test]
